@@ -1,0 +1,745 @@
+//! Configuration of parapet: one TOML file describes the edge role, the pool role or both.
+//!
+//! Parsing happens in two steps. serde reads the file into private `Raw*` structs in which every
+//! field is optional and addresses are plain strings; `build` then applies defaults, resolves
+//! relative paths against the file's folder and turns strings into typed values. The split lets
+//! every error name the table and key a user has to fix ("config: [edge] listen: invalid socket
+//! address \"x\"") instead of surfacing serde's generic wording.
+//!
+//! `Config::validate` holds the checks that depend on the machine or on several keys at once
+//! (CPU ids, limit ordering, required files); callers run it once before starting a role.
+//! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
+
+pub mod devpki;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Whole configuration; `edge` and `pool` say which roles this process runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// SIP domain served, e.g. the host part of every AOR.
+    pub domain: String,
+    /// Log filter passed to the tracing subscriber.
+    pub log: String,
+    pub limits: SipLimits,
+    pub edge: Option<EdgeConfig>,
+    pub pool: Option<PoolConfig>,
+}
+
+/// Hard bounds on a single SIP message, enforced by the parser on untrusted input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipLimits {
+    pub message_bytes_max: usize,
+    pub header_bytes_max: usize,
+    pub header_count_max: usize,
+    pub line_bytes_max: usize,
+}
+
+/// The other side of an internal mutual-TLS link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// DNS name its certificate must carry.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    /// CPU ids to run one executor on each.
+    pub cores: Vec<usize>,
+    /// Remote users, TLS.
+    pub listen: SocketAddr,
+    /// Pool -> edge, mutual TLS.
+    pub internal_listen: SocketAddr,
+    /// PEM; the edge certificate, also its client certificate toward the pool.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM CA(s) trusted for the internal mutual TLS.
+    pub ca: PathBuf,
+    pub pool: Peer,
+    /// Names accepted on the internal listener.
+    pub pool_names: Vec<String>,
+    pub handshake_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    /// Messages per connection write queue.
+    pub flow_queue_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub cores: Vec<usize>,
+    /// Mutual TLS, edges only.
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// `addr` is the edge's `internal_listen`; the pool connects there.
+    pub edges: Vec<Peer>,
+    /// Users file (.toml or .csv), see `crate::store::directory`.
+    pub directory: PathBuf,
+    /// Digest realm; `None` means the domain (see `Config::realm`).
+    pub realm: Option<String>,
+    pub registrar: RegistrarConfig,
+    pub auth: AuthConfig,
+    /// Timer F.
+    pub transaction_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    pub min_expires_s: u32,
+    pub max_expires_s: u32,
+    pub default_expires_s: u32,
+    pub bindings_per_aor_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Digest algorithms offered, in preference order ("SHA-256", "MD5").
+    pub algorithms: Vec<String>,
+    pub nonce_ttl_s: u64,
+}
+
+/// Digest algorithms the pool implements; `validate` rejects anything else.
+pub const AUTH_ALGORITHMS: &[&str] = &["SHA-256", "MD5"];
+
+pub const DEFAULT_DOMAIN: &str = "example.com";
+pub const DEFAULT_EDGE_LISTEN: &str = "127.0.0.1:5061";
+pub const DEFAULT_POOL_LISTEN: &str = "127.0.0.1:5062";
+pub const DEFAULT_EDGE_INTERNAL_LISTEN: &str = "127.0.0.1:5063";
+/// Relative to the config file's folder (or the working directory without a file).
+pub const DEFAULT_DIRECTORY: &str = "users.toml";
+
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Io { path: PathBuf, source: std::io::Error },
+    /// TOML syntax, a wrong type or an unknown key; `path` is empty for `from_toml_str`.
+    Toml { path: PathBuf, message: String },
+    /// A value is well-formed TOML but unusable; `key` reads like "[edge] listen".
+    Invalid { key: String, reason: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Io { path, source } => write!(f, "config {}: {source}", path.display()),
+            ConfigError::Toml { path, message } if path.as_os_str().is_empty() => {
+                write!(f, "config: {message}")
+            }
+            ConfigError::Toml { path, message } => {
+                write!(f, "config {}: {message}", path.display())
+            }
+            // "missing" reads as a sentence after the key ("[pool.edges.0] name missing");
+            // every other reason is a description after a colon.
+            ConfigError::Invalid { key, reason } if reason.starts_with("missing") => {
+                write!(f, "config: {key} {reason}")
+            }
+            ConfigError::Invalid { key, reason } => write!(f, "config: {key}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// Number of online CPUs; CPU ids in `cores` must be below it.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf only reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}
+
+fn all_cores() -> Vec<usize> {
+    (0..online_cpus()).collect()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    // Only used on the constants above, which are valid literals.
+    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+impl Default for SipLimits {
+    fn default() -> Self {
+        SipLimits { message_bytes_max: 65535, header_bytes_max: 16384, header_count_max: 64, line_bytes_max: 4096 }
+    }
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig { min_expires_s: 60, max_expires_s: 7200, default_expires_s: 3600, bindings_per_aor_max: 10 }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { algorithms: AUTH_ALGORITHMS.iter().map(|s| s.to_string()).collect(), nonce_ttl_s: 300 }
+    }
+}
+
+impl Default for Config {
+    /// Domain example.com, no roles.
+    fn default() -> Self {
+        Config {
+            domain: DEFAULT_DOMAIN.into(),
+            log: "info".into(),
+            limits: SipLimits::default(),
+            edge: None,
+            pool: None,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Defaults for `domain`; the pool is expected at `pool.<domain>` on the default pool port.
+    /// Certificate paths are empty: name them or use `Config::use_dev_pki`.
+    pub fn defaults_for(domain: &str) -> Self {
+        let pool = Peer { name: format!("pool.{domain}"), addr: addr(DEFAULT_POOL_LISTEN) };
+        EdgeConfig {
+            cores: all_cores(),
+            listen: addr(DEFAULT_EDGE_LISTEN),
+            internal_listen: addr(DEFAULT_EDGE_INTERNAL_LISTEN),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca: PathBuf::new(),
+            pool_names: vec![pool.name.clone()],
+            pool,
+            handshake_timeout_ms: 5000,
+            idle_timeout_ms: 300_000,
+            flow_queue_max: 256,
+        }
+    }
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig::defaults_for(DEFAULT_DOMAIN)
+    }
+}
+
+impl PoolConfig {
+    /// Defaults for `domain`: one edge `edge.<domain>` at the default internal port, users in
+    /// `users.toml`. Certificate paths are empty: name them or use `Config::use_dev_pki`.
+    pub fn defaults_for(domain: &str) -> Self {
+        PoolConfig {
+            cores: all_cores(),
+            listen: addr(DEFAULT_POOL_LISTEN),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca: PathBuf::new(),
+            edges: vec![Peer { name: format!("edge.{domain}"), addr: addr(DEFAULT_EDGE_INTERNAL_LISTEN) }],
+            directory: PathBuf::from(DEFAULT_DIRECTORY),
+            realm: None,
+            registrar: RegistrarConfig::default(),
+            auth: AuthConfig::default(),
+            transaction_timeout_ms: 32_000,
+            handshake_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig::defaults_for(DEFAULT_DOMAIN)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw file shape. Every field optional so defaults apply per key and missing keys can be named.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    domain: Option<String>,
+    log: Option<String>,
+    limits: Option<RawLimits>,
+    edge: Option<RawEdge>,
+    pool: Option<RawPool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    message_bytes_max: Option<usize>,
+    header_bytes_max: Option<usize>,
+    header_count_max: Option<usize>,
+    line_bytes_max: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Option<String>,
+    addr: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    cores: Option<toml::Value>,
+    listen: Option<String>,
+    internal_listen: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    pool: Option<RawPeer>,
+    pool_names: Option<Vec<String>>,
+    handshake_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    flow_queue_max: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    cores: Option<toml::Value>,
+    listen: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    edges: Option<Vec<RawPeer>>,
+    directory: Option<PathBuf>,
+    realm: Option<String>,
+    registrar: Option<RawRegistrar>,
+    auth: Option<RawAuth>,
+    transaction_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegistrar {
+    min_expires_s: Option<u32>,
+    max_expires_s: Option<u32>,
+    default_expires_s: Option<u32>,
+    bindings_per_aor_max: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    algorithms: Option<Vec<String>>,
+    nonce_ttl_s: Option<u64>,
+}
+
+fn parse_addr(table: &str, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim().parse().map_err(|_| {
+        invalid(
+            format!("[{table}] {key}"),
+            format!("invalid socket address {s:?} (expected ip:port, e.g. \"127.0.0.1:5061\")"),
+        )
+    })
+}
+
+/// `cores = 2` means CPUs 0 and 1; `cores = [0, 3]` names CPU ids.
+fn parse_cores(table: &str, v: Option<toml::Value>) -> Result<Vec<usize>, ConfigError> {
+    let key = format!("[{table}] cores");
+    let to_usize = |i: i64| usize::try_from(i).map_err(|_| invalid(&key, format!("{i} is negative")));
+    match v {
+        None => Ok(all_cores()),
+        Some(toml::Value::Integer(n)) => {
+            let n = to_usize(n)?;
+            if n == 0 {
+                return Err(invalid(&key, "count must be at least 1"));
+            }
+            Ok((0..n).collect())
+        }
+        Some(toml::Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                toml::Value::Integer(i) => to_usize(i),
+                other => Err(invalid(&key, format!("list entries must be CPU ids, found {other}"))),
+            })
+            .collect(),
+        Some(other) => Err(invalid(
+            &key,
+            format!("expected a count (cores = 2) or a list of CPU ids (cores = [0, 1]), found {other}"),
+        )),
+    }
+}
+
+/// Relative paths in the file are relative to the file, not to the working directory, so a
+/// config keeps working whichever directory the server is started from.
+fn resolve(base_dir: &Path, p: Option<PathBuf>) -> PathBuf {
+    match p {
+        Some(p) if p.as_os_str().is_empty() => p,
+        Some(p) if p.is_relative() => base_dir.join(p),
+        Some(p) => p,
+        None => PathBuf::new(),
+    }
+}
+
+fn required_peer(table: &str, raw: RawPeer) -> Result<Peer, ConfigError> {
+    let name =
+        raw.name.filter(|n| !n.trim().is_empty()).ok_or_else(|| invalid(format!("[{table}] name"), "missing"))?;
+    let addr_s = raw.addr.ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?;
+    Ok(Peer { name: name.trim().to_string(), addr: parse_addr(table, "addr", &addr_s)? })
+}
+
+fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+    let domain = raw.domain.map(|d| d.trim().to_ascii_lowercase()).unwrap_or_else(|| DEFAULT_DOMAIN.into());
+    let log = raw.log.unwrap_or_else(|| "info".into());
+
+    let d = SipLimits::default();
+    let l = raw.limits.unwrap_or_default();
+    let limits = SipLimits {
+        message_bytes_max: l.message_bytes_max.unwrap_or(d.message_bytes_max),
+        header_bytes_max: l.header_bytes_max.unwrap_or(d.header_bytes_max),
+        header_count_max: l.header_count_max.unwrap_or(d.header_count_max),
+        line_bytes_max: l.line_bytes_max.unwrap_or(d.line_bytes_max),
+    };
+
+    // Parse listen addresses first: when one file holds both roles, each side's default peer
+    // address follows the other side's listener, so changing one port needs one edit.
+    let pool_listen = match raw.pool.as_ref().and_then(|p| p.listen.as_deref()) {
+        Some(s) => Some(parse_addr("pool", "listen", s)?),
+        None => raw.pool.as_ref().map(|_| addr(DEFAULT_POOL_LISTEN)),
+    };
+    let edge_internal = match raw.edge.as_ref().and_then(|e| e.internal_listen.as_deref()) {
+        Some(s) => Some(parse_addr("edge", "internal_listen", s)?),
+        None => raw.edge.as_ref().map(|_| addr(DEFAULT_EDGE_INTERNAL_LISTEN)),
+    };
+
+    let edge = match raw.edge {
+        None => None,
+        Some(e) => {
+            let mut c = EdgeConfig::defaults_for(&domain);
+            c.cores = parse_cores("edge", e.cores)?;
+            if let Some(s) = e.listen {
+                c.listen = parse_addr("edge", "listen", &s)?;
+            }
+            if let Some(a) = edge_internal {
+                c.internal_listen = a;
+            }
+            c.cert = resolve(base_dir, e.cert);
+            c.key = resolve(base_dir, e.key);
+            c.ca = resolve(base_dir, e.ca);
+            if let Some(a) = pool_listen {
+                c.pool.addr = a;
+            }
+            if let Some(p) = e.pool {
+                if let Some(name) = p.name {
+                    c.pool.name = name.trim().to_string();
+                }
+                if let Some(s) = p.addr {
+                    c.pool.addr = parse_addr("edge.pool", "addr", &s)?;
+                }
+            }
+            c.pool_names = e.pool_names.unwrap_or_else(|| vec![c.pool.name.clone()]);
+            c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
+            c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
+            c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);
+            Some(c)
+        }
+    };
+
+    let pool = match raw.pool {
+        None => None,
+        Some(p) => {
+            let mut c = PoolConfig::defaults_for(&domain);
+            c.cores = parse_cores("pool", p.cores)?;
+            if let Some(a) = pool_listen {
+                c.listen = a;
+            }
+            c.cert = resolve(base_dir, p.cert);
+            c.key = resolve(base_dir, p.key);
+            c.ca = resolve(base_dir, p.ca);
+            match p.edges {
+                Some(edges) => {
+                    c.edges = edges
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, e)| required_peer(&format!("pool.edges.{i}"), e))
+                        .collect::<Result<_, _>>()?;
+                }
+                None => {
+                    if let (Some(a), Some(first)) = (edge_internal, c.edges.first_mut()) {
+                        first.addr = a;
+                    }
+                }
+            }
+            c.directory = resolve(base_dir, Some(p.directory.unwrap_or_else(|| PathBuf::from(DEFAULT_DIRECTORY))));
+            c.realm = p.realm;
+            let r = p.registrar.unwrap_or_default();
+            let rd = RegistrarConfig::default();
+            c.registrar = RegistrarConfig {
+                min_expires_s: r.min_expires_s.unwrap_or(rd.min_expires_s),
+                max_expires_s: r.max_expires_s.unwrap_or(rd.max_expires_s),
+                default_expires_s: r.default_expires_s.unwrap_or(rd.default_expires_s),
+                bindings_per_aor_max: r.bindings_per_aor_max.unwrap_or(rd.bindings_per_aor_max),
+            };
+            let a = p.auth.unwrap_or_default();
+            if let Some(algs) = a.algorithms {
+                c.auth.algorithms = algs;
+            }
+            c.auth.nonce_ttl_s = a.nonce_ttl_s.unwrap_or(c.auth.nonce_ttl_s);
+            c.transaction_timeout_ms = p.transaction_timeout_ms.unwrap_or(c.transaction_timeout_ms);
+            c.handshake_timeout_ms = p.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
+            Some(c)
+        }
+    };
+
+    Ok(Config { domain, log, limits, edge, pool })
+}
+
+/// Turns a toml/serde error into one line naming the table, key and line, e.g.
+/// "unknown key `lisen` in [edge] (line 3; expected one of ...)" or
+/// "[edge] listen: invalid type: integer `5`, expected a string (line 2)".
+fn toml_message(src: &str, err: &toml::de::Error) -> String {
+    // toml's syntax errors span several lines; a config error should stay on one.
+    let msg = err.message().trim().replace('\n', "; ");
+    let Some(span) = err.span() else { return msg };
+    let start = span.start.min(src.len());
+    let before = &src[..start];
+    let line = before.matches('\n').count() + 1;
+    let table = table_at(before);
+    let table_or_top = table.clone().unwrap_or_else(|| "top level".into());
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let (key, expected) = match rest.split_once(", expected ") {
+            Some((k, e)) => (k, format!("; expected {e}")),
+            None => (rest, String::new()),
+        };
+        let place = if table.is_some() { format!("in {table_or_top}") } else { "at top level".into() };
+        return format!("unknown key {key} {place} (line {line}{expected})");
+    }
+    // Value errors point at the value: name the key written before it on the same line.
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_text = &src[line_start..];
+    let line_text = line_text.split('\n').next().unwrap_or("");
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && start > line_start + k.len());
+    match (key, table) {
+        (Some(k), Some(t)) => format!("{t} {k}: {msg} (line {line})"),
+        (Some(k), None) => format!("{k}: {msg} (line {line})"),
+        (None, _) => format!("{msg} in {table_or_top} (line {line})"),
+    }
+}
+
+/// The last table header before an error position, as written ("[edge]", "[[pool.edges]]").
+fn table_at(before: &str) -> Option<String> {
+    before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|l| {
+        // Drop a trailing comment; table names with '#' inside quotes are too rare to matter here.
+        let l = l.split('#').next().unwrap_or(l).trim();
+        l.to_string()
+    })
+}
+
+impl Config {
+    /// Reads and parses `path`; relative paths in the file are resolved against the file's folder.
+    /// Does not call `validate`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::parse(&text, base).map_err(|e| match e {
+            ConfigError::Toml { message, .. } => ConfigError::Toml { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text; relative paths are resolved against `base_dir`. Does not call `validate`.
+    pub fn from_toml_str(s: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Self::parse(s, base_dir)
+    }
+
+    fn parse(s: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(s).map_err(|e| ConfigError::Toml { path: PathBuf::new(), message: toml_message(s, &e) })?;
+        build(raw, base_dir)
+    }
+
+    /// Digest realm of the pool: `[pool] realm`, else the domain.
+    pub fn realm(&self) -> &str {
+        self.pool.as_ref().and_then(|p| p.realm.as_deref()).unwrap_or(&self.domain)
+    }
+
+    /// Fills every empty cert/key/ca path with the development PKI's files; paths named in the
+    /// file are kept. Lets `parapet` run with no file and no certificates of its own.
+    pub fn use_dev_pki(&mut self, pki: &devpki::DevPki) {
+        fn fill(p: &mut PathBuf, with: &Path) {
+            if p.as_os_str().is_empty() {
+                *p = with.to_path_buf();
+            }
+        }
+        if let Some(e) = self.edge.as_mut() {
+            fill(&mut e.cert, &pki.edge_cert);
+            fill(&mut e.key, &pki.edge_key);
+            fill(&mut e.ca, &pki.ca_cert);
+        }
+        if let Some(p) = self.pool.as_mut() {
+            fill(&mut p.cert, &pki.pool_cert);
+            fill(&mut p.key, &pki.pool_key);
+            fill(&mut p.ca, &pki.ca_cert);
+        }
+    }
+
+    /// Checks that need the machine or several keys at once: CPU ids exist and repeat not,
+    /// limits are ordered, certificate/key/CA/directory files are named, names are plausible.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_name("domain", &self.domain)?;
+        if self.log.trim().is_empty() {
+            return Err(invalid("log", "empty (use e.g. \"info\" or \"parapet=debug\")"));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("message_bytes_max", l.message_bytes_max),
+            ("header_bytes_max", l.header_bytes_max),
+            ("header_count_max", l.header_count_max),
+            ("line_bytes_max", l.line_bytes_max),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("[limits] {key}"), "must be at least 1"));
+            }
+        }
+        if l.header_bytes_max > l.message_bytes_max {
+            return Err(invalid(
+                "[limits] header_bytes_max",
+                format!("{} exceeds message_bytes_max {}", l.header_bytes_max, l.message_bytes_max),
+            ));
+        }
+        if l.line_bytes_max > l.header_bytes_max {
+            return Err(invalid(
+                "[limits] line_bytes_max",
+                format!("{} exceeds header_bytes_max {}", l.line_bytes_max, l.header_bytes_max),
+            ));
+        }
+        let cpus = online_cpus();
+        if let Some(e) = &self.edge {
+            validate_cores("edge", &e.cores, cpus)?;
+            validate_files("edge", &[("cert", &e.cert), ("key", &e.key), ("ca", &e.ca)])?;
+            validate_name("[edge.pool] name", &e.pool.name)?;
+            if e.pool_names.is_empty() {
+                return Err(invalid("[edge] pool_names", "empty: no pool could connect to the internal listener"));
+            }
+            for (i, n) in e.pool_names.iter().enumerate() {
+                validate_name(&format!("[edge] pool_names.{i}"), n)?;
+            }
+            if e.listen == e.internal_listen {
+                return Err(invalid("[edge] internal_listen", format!("same address as listen ({})", e.listen)));
+            }
+            positive("[edge] handshake_timeout_ms", e.handshake_timeout_ms)?;
+            positive("[edge] idle_timeout_ms", e.idle_timeout_ms)?;
+            positive("[edge] flow_queue_max", e.flow_queue_max as u64)?;
+        }
+        if let Some(p) = &self.pool {
+            validate_cores("pool", &p.cores, cpus)?;
+            validate_files("pool", &[("cert", &p.cert), ("key", &p.key), ("ca", &p.ca), ("directory", &p.directory)])?;
+            if p.edges.is_empty() {
+                return Err(invalid("[pool] edges", "empty: add at least one [[pool.edges]] with name and addr"));
+            }
+            for (i, e) in p.edges.iter().enumerate() {
+                validate_name(&format!("[pool.edges.{i}] name"), &e.name)?;
+            }
+            if let Some(r) = &p.realm {
+                if r.trim().is_empty() || r.contains('"') {
+                    return Err(invalid("[pool] realm", format!("{r:?} is not usable as a digest realm")));
+                }
+            }
+            let r = &p.registrar;
+            if !(r.min_expires_s <= r.default_expires_s && r.default_expires_s <= r.max_expires_s) {
+                return Err(invalid(
+                    "[pool.registrar]",
+                    format!(
+                        "expected min_expires_s <= default_expires_s <= max_expires_s, got {} / {} / {}",
+                        r.min_expires_s, r.default_expires_s, r.max_expires_s
+                    ),
+                ));
+            }
+            positive("[pool.registrar] max_expires_s", r.max_expires_s as u64)?;
+            positive("[pool.registrar] bindings_per_aor_max", r.bindings_per_aor_max as u64)?;
+            if p.auth.algorithms.is_empty() {
+                return Err(invalid("[pool.auth] algorithms", format!("empty; supported: {AUTH_ALGORITHMS:?}")));
+            }
+            for a in &p.auth.algorithms {
+                if !AUTH_ALGORITHMS.contains(&a.as_str()) {
+                    return Err(invalid(
+                        "[pool.auth] algorithms",
+                        format!("unsupported algorithm {a:?}; supported: {AUTH_ALGORITHMS:?}"),
+                    ));
+                }
+            }
+            positive("[pool.auth] nonce_ttl_s", p.auth.nonce_ttl_s)?;
+            positive("[pool] transaction_timeout_ms", p.transaction_timeout_ms)?;
+            positive("[pool] handshake_timeout_ms", p.handshake_timeout_ms)?;
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_cores(table: &str, cores: &[usize], cpus: usize) -> Result<(), ConfigError> {
+    let key = format!("[{table}] cores");
+    if cores.is_empty() {
+        return Err(invalid(key, "empty: name at least one CPU"));
+    }
+    for (i, &c) in cores.iter().enumerate() {
+        if c >= cpus {
+            return Err(invalid(key, format!("CPU {c} does not exist (this machine has {cpus} online: 0..{cpus})")));
+        }
+        if cores[..i].contains(&c) {
+            return Err(invalid(key, format!("CPU {c} listed twice")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_files(table: &str, files: &[(&str, &PathBuf)]) -> Result<(), ConfigError> {
+    for (key, p) in files {
+        if p.as_os_str().is_empty() {
+            let hint = if *key == "directory" {
+                "missing (name a users file, .toml or .csv)"
+            } else {
+                "missing (name a PEM file, or leave cert, key and ca out to use the development PKI)"
+            };
+            return Err(invalid(format!("[{table}] {key}"), hint));
+        }
+    }
+    Ok(())
+}
+
+/// A DNS-ish name: what certificates carry and what SIP URIs use as host.
+fn validate_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("{name:?} is not a valid DNS name")))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! parapet: a thread-per-core SIP edge appliance (access proxy) and presence/IM pool.
+//!
+//! Layout follows the data path; see ARCHITECTURE.md for the map and its invariants.
+
+pub mod config;
+pub mod edge;
+pub mod mgmt;
+pub mod net;
+pub mod pool;
+pub mod shard;
+pub mod sip;
+pub mod store;

@@ -1,0 +1,75 @@
+//! Running the roles a config names in this process, until SIGTERM or SIGINT.
+
+use std::path::Path;
+
+use crate::config::Config;
+
+/// Blocks the signals we wait for, in this thread and (inherited) in every executor thread started after.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for one of the blocked signals; returns its number.
+pub fn wait_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is a valid initialised set, `sig` a valid out pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+pub fn signals() -> libc::sigset_t {
+    block_signals()
+}
+
+pub fn init_logging(filter: &str) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let targets: Targets = filter.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(targets)
+        .try_init();
+}
+
+/// Starts every role in `config_path` and returns only when told to stop.
+pub fn run(config_path: &Path) -> Result<(), String> {
+    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    cfg.validate().map_err(|e| e.to_string())?;
+    init_logging(&cfg.log);
+    crate::net::tls::install_provider();
+    let set = block_signals();
+    let share: usize = std::env::var("PARAPET_MEMLOCK_SHARE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let executors = cfg.edge.as_ref().map_or(0, |e| e.cores.len()) + cfg.pool.as_ref().map_or(0, |p| p.cores.len());
+    let io_memory = crate::shard::io_memory_per_executor(executors, share)?;
+    let mut handles = Vec::new();
+    if cfg.pool.is_some() {
+        handles.extend(crate::pool::start(&cfg, io_memory)?);
+    }
+    if cfg.edge.is_some() {
+        handles.extend(crate::edge::start(&cfg, io_memory)?);
+    }
+    if handles.is_empty() {
+        return Err(format!("config {}: neither [edge] nor [pool]: nothing to run", config_path.display()));
+    }
+    loop {
+        let sig = wait_signal(&set);
+        if sig == libc::SIGINT || sig == libc::SIGTERM {
+            tracing::info!(signal = sig, "stopping");
+            return Ok(());
+        }
+    }
+}

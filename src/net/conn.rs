@@ -1,0 +1,377 @@
+//! Connections of one core: the table that names them, and the driver task that frames, parses and writes.
+//!
+//! Every connection (remote user, internal peer, outbound connector) is a slot in its core's [`ConnTable`];
+//! others refer to it by [`ConnId`] (core, slot, generation), so a stale id never reaches a reused slot.
+//! The driver is the only code that touches the socket. Others hand it bytes through its bounded queue; a
+//! client that does not read fills that queue and is closed (bounded memory per connection).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use crate::sip::{self, Frame, FrameError, Limits, Message};
+
+/// Bytes read from a socket at once.
+const READ_CHUNK: usize = 8 * 1024;
+/// Most bytes the driver writes in one batch before flushing.
+const WRITE_BATCH_MAX: usize = 64 * 1024;
+
+/// A connection, anywhere in the process: which core owns it, its slot there, and that slot's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub core: u16,
+    pub gen: u16,
+    pub slot: u32,
+}
+
+impl ConnId {
+    pub fn to_u64(self) -> u64 {
+        (u64::from(self.core) << 48) | (u64::from(self.gen) << 32) | u64::from(self.slot)
+    }
+    pub fn from_u64(v: u64) -> ConnId {
+        ConnId { core: (v >> 48) as u16, gen: (v >> 32) as u16, slot: v as u32 }
+    }
+}
+
+/// What the connection is to us; decides what may arrive on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A remote user's TLS connection to the edge.
+    User,
+    /// A trusted peer's mutual-TLS connection to us (edge -> pool, pool -> edge internal).
+    PeerIn,
+    /// Our mutual-TLS connection to a trusted peer.
+    PeerOut,
+}
+
+pub enum Out {
+    Bytes(Bytes),
+    Close,
+}
+
+/// Per-core network counters (read by the management listener).
+#[derive(Default)]
+pub struct NetStats {
+    pub accepted: Cell<u64>,
+    pub handshakes_failed: Cell<u64>,
+    pub peers_refused: Cell<u64>,
+    pub closed: Cell<u64>,
+    pub messages_in: Cell<u64>,
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub parse_errors: Cell<u64>,
+    pub too_large: Cell<u64>,
+    pub framing_errors: Cell<u64>,
+    pub pings: Cell<u64>,
+    pub slow_readers_closed: Cell<u64>,
+    pub idle_closed: Cell<u64>,
+}
+
+pub fn bump(c: &Cell<u64>) {
+    c.set(c.get().wrapping_add(1));
+}
+
+/// One connection's shared face: what others may know and use.
+pub struct Conn {
+    pub id: ConnId,
+    pub kind: ConnKind,
+    pub peer: SocketAddr,
+    /// Names from the peer's certificate (mutual TLS only).
+    pub peer_names: Vec<String>,
+    tx: LocalSender<Out>,
+    /// Milliseconds since the table's epoch at the last byte received (idle sweeps read it).
+    last_rx_ms: Cell<u64>,
+    /// Set when the connection must close although its queue is full (the Close item would not fit).
+    kill: Cell<bool>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is gone (closed, or the id is stale).
+    Gone,
+    /// Its write queue is full: it has been told to close.
+    Full,
+}
+
+/// The connections owned by one core.
+pub struct ConnTable {
+    core: u16,
+    epoch: Instant,
+    slots: Vec<Option<Rc<Conn>>>,
+    gens: Vec<u16>,
+    free: Vec<u32>,
+    queue_max: usize,
+    live: usize,
+}
+
+impl ConnTable {
+    pub fn new(core: usize, queue_max: usize) -> ConnTable {
+        ConnTable {
+            core: core as u16,
+            epoch: Instant::now(),
+            slots: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            queue_max: queue_max.max(1),
+            live: 0,
+        }
+    }
+
+    pub fn core(&self) -> usize {
+        usize::from(self.core)
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Registers a new connection; the receiver goes to its driver.
+    pub fn insert(
+        &mut self,
+        kind: ConnKind,
+        peer: SocketAddr,
+        peer_names: Vec<String>,
+    ) -> (Rc<Conn>, LocalReceiver<Out>) {
+        let (tx, rx) = local_channel::new_bounded(self.queue_max);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.gens.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let i = slot as usize;
+        let gen = self.gens.get(i).copied().unwrap_or(0);
+        let id = ConnId { core: self.core, gen, slot };
+        let conn = Rc::new(Conn {
+            id,
+            kind,
+            peer,
+            peer_names,
+            tx,
+            last_rx_ms: Cell::new(self.now_ms()),
+            kill: Cell::new(false),
+        });
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Some(conn.clone());
+        }
+        self.live += 1;
+        (conn, rx)
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<&Rc<Conn>> {
+        if id.core != self.core {
+            return None;
+        }
+        self.slots.get(id.slot as usize)?.as_ref().filter(|c| c.id.gen == id.gen)
+    }
+
+    pub fn remove(&mut self, id: ConnId) {
+        let i = id.slot as usize;
+        let matches = self.get(id).is_some();
+        if matches {
+            if let Some(s) = self.slots.get_mut(i) {
+                *s = None;
+            }
+            if let Some(g) = self.gens.get_mut(i) {
+                *g = g.wrapping_add(1);
+            }
+            self.free.push(id.slot);
+            self.live -= 1;
+        }
+    }
+
+    /// Queues bytes for a connection of this core.
+    pub fn send(&self, id: ConnId, bytes: &Bytes) -> Result<(), SendError> {
+        let conn = self.get(id).ok_or(SendError::Gone)?;
+        match conn.tx.try_send(Out::Bytes(bytes.clone())) {
+            Ok(()) => Ok(()),
+            Err(glommio::GlommioError::Closed(_)) => Err(SendError::Gone),
+            Err(_) => {
+                // The peer stopped reading: holding more for it would be unbounded memory.
+                conn.kill.set(true);
+                Err(SendError::Full)
+            }
+        }
+    }
+
+    pub fn close(&self, id: ConnId) {
+        if let Some(c) = self.get(id) {
+            let _ = c.tx.try_send(Out::Close);
+        }
+    }
+
+    /// Tells every connection idle for longer than `idle_ms` to close; returns how many.
+    pub fn close_idle(&self, idle_ms: u64) -> usize {
+        let now = self.now_ms();
+        let mut n = 0;
+        for c in self.slots.iter().flatten() {
+            if now.saturating_sub(c.last_rx_ms.get()) > idle_ms {
+                let _ = c.tx.try_send(Out::Close);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Rc<Conn>> {
+        self.slots.iter().flatten()
+    }
+
+    fn touch(&self, conn: &Conn) {
+        conn.last_rx_ms.set(self.now_ms());
+    }
+}
+
+/// What the role running on a core does with what connections receive.
+pub trait Handler: 'static {
+    fn table(&self) -> &RefCell<ConnTable>;
+    fn stats(&self) -> &NetStats;
+    fn limits(&self) -> &Limits;
+    /// A complete message that parsed.
+    fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
+    /// The connection is gone (after removal from the table).
+    fn on_closed(&self, _conn: &Rc<Conn>) {}
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Out(Option<Out>),
+}
+
+/// Runs a connection until it closes: reads, frames, parses and dispatches; writes what is queued for it.
+pub async fn drive<S, H>(mut stream: S, conn: Rc<Conn>, rx: LocalReceiver<Out>, handler: Rc<H>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let limits = *handler.limits();
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut wbuf = BytesMut::new();
+    let mut closing = false;
+    while !closing && !conn.kill.get() {
+        // The read future may lose the race and be dropped, so the buffer is grown and trimmed out here.
+        let filled = rbuf.len();
+        rbuf.resize(filled + READ_CHUNK, 0);
+        let ev = {
+            let read = async {
+                let r = match rbuf.get_mut(filled..) {
+                    Some(tail) => stream.read(tail).await,
+                    None => Ok(0),
+                };
+                Event::Read(r)
+            };
+            let out = async { Event::Out(rx.recv().await) };
+            futures_lite::future::or(out, read).await
+        };
+        let got = match &ev {
+            Event::Read(Ok(n)) => *n,
+            _ => 0,
+        };
+        rbuf.truncate(filled + got);
+        match ev {
+            Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
+            Event::Read(Ok(n)) => {
+                let stats = handler.stats();
+                stats.bytes_in.set(stats.bytes_in.get() + n as u64);
+                handler.table().borrow().touch(&conn);
+                closing = process_input(&mut rbuf, &mut wbuf, &conn, &handler, &limits);
+            }
+            Event::Out(None) | Event::Out(Some(Out::Close)) => closing = true,
+            Event::Out(Some(Out::Bytes(b))) => wbuf.extend_from_slice(&b),
+        }
+        // Batch whatever else is already queued into the same write.
+        while wbuf.len() < WRITE_BATCH_MAX {
+            match futures_lite::future::poll_once(rx.recv()).await {
+                Some(Some(Out::Bytes(b))) => wbuf.extend_from_slice(&b),
+                Some(Some(Out::Close)) | Some(None) => {
+                    closing = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !wbuf.is_empty() {
+            if stream.write_all(&wbuf).await.is_err() || stream.flush().await.is_err() {
+                break;
+            }
+            if conn.kill.get() {
+                bump(&handler.stats().slow_readers_closed);
+                tracing::info!(peer = %conn.peer, "write queue overflowed (peer not reading): closed");
+                break;
+            }
+            let stats = handler.stats();
+            stats.bytes_out.set(stats.bytes_out.get() + wbuf.len() as u64);
+            wbuf.clear();
+        }
+    }
+    let _ = stream.close().await;
+    handler.table().borrow_mut().remove(conn.id);
+    bump(&handler.stats().closed);
+    handler.on_closed(&conn);
+}
+
+/// Frames and dispatches every complete message in `rbuf`. Returns true when the connection must close.
+fn process_input<H: Handler>(
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    conn: &Rc<Conn>,
+    h: &Rc<H>,
+    limits: &Limits,
+) -> bool {
+    let stats = h.stats();
+    loop {
+        match sip::frame(rbuf, limits) {
+            Ok(Frame::Incomplete) => return false,
+            Ok(Frame::Ping { consumed }) => {
+                bump(&stats.pings);
+                let _ = rbuf.split_to(consumed.min(rbuf.len()));
+                // RFC 5626 §3.5.1: a double-CRLF ping gets a single-CRLF pong.
+                wbuf.extend_from_slice(b"\r\n");
+            }
+            Ok(Frame::Pong { consumed }) => {
+                let _ = rbuf.split_to(consumed.min(rbuf.len()));
+            }
+            Ok(Frame::Message { len }) => {
+                let raw = rbuf.split_to(len.min(rbuf.len())).freeze();
+                bump(&stats.messages_in);
+                match Message::parse(raw.clone(), limits) {
+                    Ok(msg) => h.on_message(conn, msg),
+                    Err(e) => {
+                        bump(&stats.parse_errors);
+                        tracing::info!(peer = %conn.peer, error = %e, "malformed SIP message");
+                        if !raw.starts_with(b"SIP/") {
+                            let _ = sip::write_error_response_raw(wbuf, &raw, e.status(), e.reason());
+                        }
+                    }
+                }
+            }
+            Err(FrameError::TooLarge { header_len, content_length }) => {
+                bump(&stats.too_large);
+                tracing::info!(peer = %conn.peer, content_length, "message over the size limit: 513, closing");
+                let head = rbuf.get(..header_len).unwrap_or(&rbuf[..]);
+                let _ = sip::write_error_response_raw(wbuf, head, 513, "Message Too Large");
+                return true;
+            }
+            Err(e) => {
+                bump(&stats.framing_errors);
+                tracing::info!(peer = %conn.peer, error = ?e, "framing lost: closing");
+                return true;
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Connectors: this core's mutual-TLS connection to one trusted peer (edge -> pool, pool -> edge), made on first
+//! use, remade after it drops. Messages sent while it connects wait in a bounded queue; when the peer cannot be
+//! reached they are handed back to the role as undeliverable, so requests get a 503 instead of vanishing.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_rustls::TlsConnector;
+use glommio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use super::conn::{drive, ConnId, ConnKind, Handler, SendError};
+use super::tls::peer_dns_names;
+
+/// Messages held while a connection is being made.
+const PENDING_MAX: usize = 4096;
+
+/// A role that can take back what could not be delivered.
+pub trait Undeliverable: Handler {
+    fn undeliverable(self: &Rc<Self>, bytes: Bytes, code: u16, reason: &'static str);
+}
+
+enum State {
+    Down,
+    Connecting(Vec<Bytes>),
+    Up(ConnId),
+}
+
+pub struct Connector {
+    pub addr: SocketAddr,
+    pub name: String,
+    tls: Arc<ClientConfig>,
+    timeout: Duration,
+    state: RefCell<State>,
+}
+
+impl Connector {
+    pub fn new(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
+        Connector { addr, name: name.to_string(), tls, timeout, state: RefCell::new(State::Down) }
+    }
+
+    pub fn send<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, bytes: Bytes) {
+        let up = match &*self.state.borrow() {
+            State::Up(id) => Some(*id),
+            _ => None,
+        };
+        if let Some(id) = up {
+            match h.table().borrow().send(id, &bytes) {
+                Ok(()) => return,
+                Err(SendError::Full) => {
+                    h.undeliverable(bytes, 503, "Service Unavailable");
+                    return;
+                }
+                Err(SendError::Gone) => *self.state.borrow_mut() = State::Down,
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        match &mut *st {
+            State::Connecting(q) if q.len() < PENDING_MAX => q.push(bytes),
+            State::Connecting(_) => {
+                drop(st);
+                h.undeliverable(bytes, 503, "Service Unavailable");
+            }
+            State::Down | State::Up(_) => {
+                *st = State::Connecting(vec![bytes]);
+                drop(st);
+                let me = self.clone();
+                let h = h.clone();
+                glommio::spawn_local(async move { me.connect(h).await }).detach();
+            }
+        }
+    }
+
+    async fn connect<H: Undeliverable>(self: Rc<Self>, h: Rc<H>) {
+        let result = futures_lite::future::or(self.handshake(), async {
+            glommio::timer::sleep(self.timeout).await;
+            Err("timed out".to_string())
+        })
+        .await;
+        let queued = match std::mem::replace(&mut *self.state.borrow_mut(), State::Down) {
+            State::Connecting(q) => q,
+            _ => Vec::new(),
+        };
+        match result {
+            Ok(tls) => {
+                let names = peer_dns_names(tls.get_ref().1.peer_certificates());
+                let (conn, rx) = h.table().borrow_mut().insert(ConnKind::PeerOut, self.addr, names);
+                *self.state.borrow_mut() = State::Up(conn.id);
+                tracing::info!(peer = %self.addr, name = %self.name, "connected");
+                for b in queued {
+                    if h.table().borrow().send(conn.id, &b).is_err() {
+                        h.undeliverable(b, 503, "Service Unavailable");
+                    }
+                }
+                drive(tls, conn, rx, h).await;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.addr, name = %self.name, error = %e, "cannot reach peer");
+                for b in queued {
+                    h.undeliverable(b, 503, "Service Unavailable");
+                }
+            }
+        }
+    }
+
+    async fn handshake(&self) -> Result<futures_rustls::client::TlsStream<TcpStream>, String> {
+        let tcp = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let name =
+            ServerName::try_from(self.name.clone()).map_err(|e| format!("bad server name {}: {e}", self.name))?;
+        TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,366 @@
+//! The pool (front end): registrar with digest authentication, and the proxy that delivers MESSAGE to every
+//! registered device of a user through the edge that holds its flow.
+//!
+//! Owns, per core: the bindings and nonces of the users whose AOR hashes to this core ([`shard_for`]), the
+//! MESSAGE transactions it forked, its connections from edges, and its connectors to edges' internal listeners.
+//! A request travels: receiving core -> (mesh) core owning the *sender* (authentication) -> (mesh) core owning
+//! the *target* (lookup, fork) -> responses come back to that core's connectors -> (mesh) receiving core.
+//!
+//! Architecture invariant: user state is touched only on the core that owns the user's AOR.
+
+pub mod auth;
+pub mod digest;
+pub mod proxy;
+pub mod register;
+pub mod registrar;
+pub mod users;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use glommio::channels::channel_mesh::Senders;
+
+use crate::config::Config;
+use crate::net::conn::bump;
+use crate::net::listener::{accept_loop, ensure_port_free, ListenSpec};
+use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
+use crate::shard::{self, shard_for, Shard};
+use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
+use digest::{Algorithm, NonceKeeper};
+use registrar::{Registrar, RegistrarLimits};
+use users::Users;
+
+/// Per-core counters of the pool.
+#[derive(Default)]
+pub struct PoolStats {
+    pub challenges: std::cell::Cell<u64>,
+    pub auth_failures: std::cell::Cell<u64>,
+    pub registrations: std::cell::Cell<u64>,
+    pub messages_forked: std::cell::Cell<u64>,
+    pub messages_delivered: std::cell::Cell<u64>,
+    pub messages_offline: std::cell::Cell<u64>,
+    pub messages_unknown_user: std::cell::Cell<u64>,
+    pub transactions_timed_out: std::cell::Cell<u64>,
+    pub mesh_full: std::cell::Cell<u64>,
+    pub responses_unmatched: std::cell::Cell<u64>,
+}
+
+/// Where in its journey across cores a request is.
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    /// On the core owning the authenticating user.
+    Auth,
+    /// Authenticated; on the core owning the target.
+    Route,
+}
+
+pub enum PoolMsg {
+    Write { conn: ConnId, bytes: Bytes },
+    Request { stage: Stage, origin: ConnId, bytes: Bytes },
+}
+
+/// Read-only settings shared by every core.
+pub struct PoolSettings {
+    pub domain: String,
+    pub realm: String,
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub server_tls: Arc<rustls::ServerConfig>,
+    pub client_tls: Arc<rustls::ClientConfig>,
+    pub edges: Vec<crate::config::Peer>,
+    pub users: Users,
+    pub registrar: RegistrarLimits,
+    pub algorithms: Vec<Algorithm>,
+    pub nonce_ttl_s: u64,
+    pub nonce_secret: [u8; 32],
+    pub transaction_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Hosts that mean "this domain" in a Request-URI.
+    pub local_hosts: Vec<String>,
+}
+
+impl PoolSettings {
+    pub fn from_config(cfg: &Config) -> Result<PoolSettings, String> {
+        let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
+        let realm = p.realm.clone().unwrap_or_else(|| cfg.domain.clone());
+        let dir = crate::store::directory::Directory::load(&p.directory).map_err(|e| e.to_string())?;
+        let users = Users::from_directory(&dir, &cfg.domain, &realm);
+        let mut algorithms = Vec::new();
+        for (i, a) in p.auth.algorithms.iter().enumerate() {
+            algorithms.push(Algorithm::parse(a.as_bytes()).ok_or_else(|| {
+                format!("config: [pool.auth] algorithms.{i}: unknown algorithm {a:?} (MD5 or SHA-256)")
+            })?);
+        }
+        if algorithms.is_empty() {
+            return Err("config: [pool.auth] algorithms: at least one of MD5, SHA-256".into());
+        }
+        let mut nonce_secret = [0u8; 32];
+        getrandom::getrandom(&mut nonce_secret).map_err(|e| format!("no randomness for nonces: {e}"))?;
+        Ok(PoolSettings {
+            domain: cfg.domain.to_ascii_lowercase(),
+            realm,
+            listen: p.listen,
+            limits: crate::edge::sip_limits(cfg),
+            server_tls: tls::server_config(&p.cert, &p.key, Some(&p.ca)).map_err(|e| e.to_string())?,
+            client_tls: tls::client_config(&p.ca, Some((&p.cert, &p.key))).map_err(|e| e.to_string())?,
+            edges: p.edges.clone(),
+            users,
+            registrar: RegistrarLimits {
+                min_expires: p.registrar.min_expires_s,
+                max_expires: p.registrar.max_expires_s,
+                default_expires: p.registrar.default_expires_s,
+                bindings_per_aor_max: p.registrar.bindings_per_aor_max,
+                aors_max: 1_000_000,
+            },
+            algorithms,
+            nonce_ttl_s: p.auth.nonce_ttl_s,
+            nonce_secret,
+            transaction_timeout: Duration::from_millis(p.transaction_timeout_ms),
+            handshake_timeout: Duration::from_millis(p.handshake_timeout_ms),
+            local_hosts: vec![cfg.domain.to_ascii_lowercase()],
+        })
+    }
+}
+
+pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoinHandle<()>>, String> {
+    let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
+    ensure_port_free(p.listen, "[pool] listen").map_err(|e| e.to_string())?;
+    let settings = Arc::new(PoolSettings::from_config(cfg)?);
+    tracing::info!(users = settings.users.len(), realm = %settings.realm, "pool directory loaded");
+    shard::start("pool", &p.cores, 4096, io_memory, move |shard: Shard<PoolMsg>| {
+        let settings = settings.clone();
+        async move { run_core(shard, settings).await }
+    })
+    .map_err(|e| e.to_string())
+}
+
+async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
+    let Shard { id, count, senders, mut receivers } = shard;
+    let edges = s
+        .edges
+        .iter()
+        .map(|e| (e.addr, Rc::new(Connector::new(e.addr, &e.name, s.client_tls.clone(), s.handshake_timeout))))
+        .collect();
+    let pool = Rc::new(Pool {
+        id,
+        count,
+        table: RefCell::new(ConnTable::new(id, 4096)),
+        stats: NetStats::default(),
+        pstats: PoolStats::default(),
+        mesh: senders,
+        registrar: RefCell::new(Registrar::new(s.registrar)),
+        nonces: RefCell::new(NonceKeeper::new(s.nonce_secret, id as u16, s.nonce_ttl_s, 65_536)),
+        txns: RefCell::new(proxy::Transactions::new(65_536)),
+        edges,
+        s: s.clone(),
+    });
+    for (_, rx) in receivers.streams() {
+        let pool = pool.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                pool.on_mesh(msg);
+            }
+        })
+        .detach();
+    }
+    {
+        let pool = pool.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                pool.sweep();
+            }
+        })
+        .detach();
+    }
+    let spec = ListenSpec {
+        addr: s.listen,
+        tls: s.server_tls.clone(),
+        kind: ConnKind::PeerIn,
+        handshake_timeout: s.handshake_timeout,
+        admit_names: Some(s.edges.iter().map(|e| e.name.clone()).collect()),
+        connections_max: 10_000,
+    };
+    tracing::info!(core = id, listen = %s.listen, "pool core ready");
+    if let Err(e) = accept_loop(spec, pool).await {
+        tracing::error!(core = id, error = %e, "pool listener failed");
+        std::process::exit(1);
+    }
+}
+
+pub struct Pool {
+    id: usize,
+    count: usize,
+    table: RefCell<ConnTable>,
+    stats: NetStats,
+    pub pstats: PoolStats,
+    mesh: Senders<PoolMsg>,
+    registrar: RefCell<Registrar>,
+    nonces: RefCell<NonceKeeper>,
+    txns: RefCell<proxy::Transactions>,
+    edges: HashMap<SocketAddr, Rc<Connector>>,
+    s: Arc<PoolSettings>,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Handler for Pool {
+    fn table(&self) -> &RefCell<ConnTable> {
+        &self.table
+    }
+    fn stats(&self) -> &NetStats {
+        &self.stats
+    }
+    fn limits(&self) -> &Limits {
+        &self.s.limits
+    }
+    fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
+        if msg.is_request() {
+            self.on_request(conn.id, msg);
+        } else {
+            self.on_response(msg);
+        }
+    }
+}
+
+impl Undeliverable for Pool {
+    /// A forked request that could not reach its edge: answer it ourselves, as that branch's response.
+    fn undeliverable(self: &Rc<Self>, bytes: Bytes, code: u16, reason: &'static str) {
+        let Ok(req) = Message::parse(bytes, &self.s.limits) else { return };
+        let mut out = BytesMut::with_capacity(512);
+        sip::write_response(&mut out, &req, code, reason, Some(b"pool"), &[], None);
+        if let Ok(resp) = Message::parse(out.freeze(), &self.s.limits) {
+            self.on_response(resp);
+        }
+    }
+}
+
+impl Pool {
+    fn on_mesh(self: &Rc<Self>, msg: PoolMsg) {
+        match msg {
+            PoolMsg::Write { conn, bytes } => self.deliver(conn, bytes),
+            PoolMsg::Request { stage, origin, bytes } => match Message::parse(bytes, &self.s.limits) {
+                Ok(m) => self.at_stage(stage, origin, m),
+                Err(e) => tracing::error!(error = %e, "a message that parsed once failed on another core"),
+            },
+        }
+    }
+
+    /// Sends bytes to a connection of any core.
+    pub(crate) fn deliver(self: &Rc<Self>, conn: ConnId, bytes: Bytes) {
+        if usize::from(conn.core) == self.id {
+            if let Err(SendError::Full) = self.table.borrow().send(conn, &bytes) {
+                tracing::warn!(?conn, "edge connection queue full: closed");
+            }
+            return;
+        }
+        if self.mesh.try_send_to(usize::from(conn.core), PoolMsg::Write { conn, bytes }).is_err() {
+            bump(&self.pstats.mesh_full);
+        }
+    }
+
+    /// Hands a request to the core that owns `key`, or handles it here.
+    fn to_core(self: &Rc<Self>, key: &[u8], stage: Stage, origin: ConnId, msg: Message) {
+        let core = shard_for(key, self.count);
+        if core == self.id {
+            self.at_stage(stage, origin, msg);
+            return;
+        }
+        let bytes = msg.bytes().clone();
+        if self.mesh.try_send_to(core, PoolMsg::Request { stage, origin, bytes }).is_err() {
+            bump(&self.pstats.mesh_full);
+            self.reply(origin, &msg, 503, "Service Unavailable", &[]);
+        }
+    }
+
+    pub(crate) fn reply(
+        self: &Rc<Self>,
+        origin: ConnId,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        extra: &[(HeaderName, &[u8])],
+    ) {
+        if req.method() == Some(&Method::Ack) {
+            return;
+        }
+        let mut out = BytesMut::with_capacity(512);
+        let tag = to_tag(req);
+        sip::write_response(&mut out, req, code, reason, Some(tag.as_bytes()), extra, None);
+        self.deliver(origin, out.freeze());
+    }
+
+    fn on_request(self: &Rc<Self>, origin: ConnId, msg: Message) {
+        let Some(method) = msg.method().cloned() else { return };
+        match method {
+            Method::Register => {
+                let key = aor_of(&msg.to().uri);
+                self.to_core(key.as_bytes(), Stage::Auth, origin, msg);
+            }
+            Method::Message => {
+                let key = aor_of(&msg.from().uri);
+                self.to_core(key.as_bytes(), Stage::Auth, origin, msg);
+            }
+            Method::Options => {
+                let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS";
+                self.reply(origin, &msg, 200, "OK", &[(HeaderName::Allow, allow), (HeaderName::Accept, b"text/plain")]);
+            }
+            Method::Ack => {}
+            Method::Subscribe | Method::Publish => {
+                self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, b"")])
+            }
+            _ => {
+                self.reply(origin, &msg, 501, "Not Implemented", &[(HeaderName::Allow, b"REGISTER, MESSAGE, OPTIONS")])
+            }
+        }
+    }
+
+    fn at_stage(self: &Rc<Self>, stage: Stage, origin: ConnId, msg: Message) {
+        match stage {
+            Stage::Auth => {
+                let Some(user) = self.authenticate(origin, &msg) else { return };
+                match msg.method() {
+                    Some(Method::Register) => self.register(origin, &msg, &user),
+                    _ => {
+                        let target =
+                            msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
+                        self.to_core(target.as_bytes(), Stage::Route, origin, msg);
+                    }
+                }
+            }
+            Stage::Route => self.route(origin, msg),
+        }
+    }
+
+    fn sweep(self: &Rc<Self>) {
+        let now = now_secs();
+        self.registrar.borrow_mut().expire(now);
+        self.expire_transactions();
+    }
+
+    pub(crate) fn is_local_host(&self, uri: &Uri<'_>) -> bool {
+        self.s.local_hosts.iter().any(|h| uri.host_eq(h.as_bytes()))
+    }
+}
+
+/// The AOR key of a URI (user@host, host lowercased).
+pub fn aor_of(uri: &Uri<'_>) -> String {
+    registrar::aor_key(&uri.user_unescaped(), uri.host)
+}
+
+/// A To tag for responses we generate: stable for a request, so a retransmission gets the same one.
+fn to_tag(req: &Message) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in req.call_id().iter().chain(req.from().tag().unwrap_or(b"")) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}

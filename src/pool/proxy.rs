@@ -1,0 +1,265 @@
+//! Delivering a request to every registered device of its target (RFC 3261 §16, RFC 3428): one branch per
+//! binding, sent to the edge named by the binding's Path; the first 2xx goes back to the sender at once, and when
+//! every branch has failed (or the transaction times out) the best failure does.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{aor_of, now_secs, Pool};
+use crate::net::conn::bump;
+use crate::net::ConnId;
+use crate::sip::{Editor, HeaderName, Message, NameAddr, Uri};
+
+const BRANCH_PREFIX: &[u8] = b"z9hG4bKp";
+
+/// One forked request.
+struct Txn {
+    origin: ConnId,
+    /// The request as the pool received it, to answer it ourselves when no branch gives a usable answer.
+    request: Bytes,
+    outstanding: usize,
+    /// A 2xx has been sent back: later answers are absorbed.
+    done: bool,
+    best: Option<(u16, Bytes)>,
+    deadline: Instant,
+}
+
+/// The transactions forked by one core, bounded.
+pub struct Transactions {
+    map: HashMap<u32, Txn>,
+    next: u32,
+    max: usize,
+}
+
+impl Transactions {
+    pub fn new(max: usize) -> Transactions {
+        Transactions { map: HashMap::new(), next: 0, max }
+    }
+    fn insert(&mut self, t: Txn) -> Option<u32> {
+        if self.map.len() >= self.max {
+            return None;
+        }
+        loop {
+            self.next = self.next.wrapping_add(1);
+            if !self.map.contains_key(&self.next) {
+                break;
+            }
+        }
+        self.map.insert(self.next, t);
+        Some(self.next)
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+fn write_branch(out: &mut Vec<u8>, core: usize, txn: u32, fork: usize) {
+    out.extend_from_slice(BRANCH_PREFIX);
+    out.extend_from_slice(format!("{:04x}{:08x}{:02x}", core as u16, txn, fork as u8).as_bytes());
+}
+
+fn parse_branch(b: &[u8]) -> Option<(usize, u32)> {
+    let rest = std::str::from_utf8(b.strip_prefix(BRANCH_PREFIX)?).ok()?;
+    let core = u16::from_str_radix(rest.get(0..4)?, 16).ok()?;
+    let txn = u32::from_str_radix(rest.get(4..12)?, 16).ok()?;
+    Some((usize::from(core), txn))
+}
+
+/// RFC 3261 §16.7 step 6, simplified: a 6xx beats everything, else the lowest class wins.
+fn rank(code: u16) -> u16 {
+    if code >= 600 {
+        0
+    } else {
+        code / 100
+    }
+}
+
+impl Pool {
+    /// On the core owning the target: look up its bindings and fork.
+    pub(crate) fn route(self: &Rc<Self>, origin: ConnId, msg: Message) {
+        let Some(ruri) = msg.request_uri().and_then(|r| Uri::parse(r).ok()) else {
+            self.reply(origin, &msg, 416, "Unsupported URI Scheme", &[]);
+            return;
+        };
+        if !self.is_local_host(&ruri) {
+            self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);
+            return;
+        }
+        if self.s.users.get(&ruri.user_unescaped()).is_none() {
+            bump(&self.pstats.messages_unknown_user);
+            self.reply(origin, &msg, 404, "Not Found", &[]);
+            return;
+        }
+        let bindings = self.registrar.borrow_mut().lookup(&aor_of(&ruri), now_secs());
+        if bindings.is_empty() {
+            bump(&self.pstats.messages_offline);
+            self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
+            return;
+        }
+        let txn = Txn {
+            origin,
+            request: msg.bytes().clone(),
+            outstanding: 0,
+            done: false,
+            best: None,
+            deadline: Instant::now() + self.s.transaction_timeout,
+        };
+        let Some(id) = self.txns.borrow_mut().insert(txn) else {
+            self.reply(
+                origin,
+                &msg,
+                503,
+                "Service Unavailable: too many transactions",
+                &[(HeaderName::RetryAfter, b"5")],
+            );
+            return;
+        };
+        let max_forwards = msg.max_forwards().unwrap_or(70).saturating_sub(1);
+        let mut sent = 0;
+        for (fork, b) in bindings.iter().enumerate() {
+            let Some(connector) = b.path.first().and_then(|p| self.edge_for(p)) else {
+                tracing::debug!(contact = %b.contact, "binding without a known edge in its Path: skipped");
+                continue;
+            };
+            let route = b.path.join(", ");
+            let mut via = Vec::with_capacity(96);
+            via.extend_from_slice(b"SIP/2.0/TLS ");
+            via.extend_from_slice(self.s.listen.to_string().as_bytes());
+            via.extend_from_slice(b";branch=");
+            write_branch(&mut via, self.id, id, fork);
+            let mut ed = Editor::new(&msg);
+            ed.set_request_uri(b.contact.as_bytes());
+            ed.remove_headers(HeaderName::Route);
+            ed.remove_headers(HeaderName::ProxyAuthorization);
+            ed.prepend_header(HeaderName::Route, route.as_bytes());
+            ed.push_via(&via);
+            ed.set_max_forwards(max_forwards);
+            let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
+            ed.write(&mut out);
+            connector.send(self, out.freeze());
+            sent += 1;
+        }
+        let mut txns = self.txns.borrow_mut();
+        if sent == 0 {
+            txns.map.remove(&id);
+            drop(txns);
+            self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
+            return;
+        }
+        bump(&self.pstats.messages_forked);
+        if let Some(t) = txns.map.get_mut(&id) {
+            t.outstanding += sent;
+        }
+    }
+
+    /// The connector for the edge a Path entry names (only configured edges: a forged Path reaches nobody).
+    fn edge_for(&self, path: &str) -> Option<Rc<crate::net::Connector>> {
+        let na = NameAddr::parse(path.as_bytes()).ok()?;
+        let host = std::str::from_utf8(na.uri.host).ok()?.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr = host.parse().ok()?;
+        let addr = std::net::SocketAddr::new(ip, na.uri.port.unwrap_or(5061));
+        self.edges.get(&addr).cloned()
+    }
+
+    /// A response to one of our branches (from an edge, or made up for an undeliverable branch).
+    pub(crate) fn on_response(self: &Rc<Self>, msg: Message) {
+        let Some(status) = msg.status() else { return };
+        let Some((core, id)) = msg.top_via().and_then(|v| v.branch()).and_then(parse_branch) else {
+            bump(&self.pstats.responses_unmatched);
+            return;
+        };
+        if core != self.id || status < 200 {
+            return;
+        }
+        let mut txns = self.txns.borrow_mut();
+        let Some(t) = txns.map.get_mut(&id) else {
+            bump(&self.pstats.responses_unmatched);
+            return;
+        };
+        let mut forward = None;
+        if status < 300 {
+            if !t.done {
+                t.done = true;
+                forward = Some((t.origin, msg.bytes().clone()));
+            }
+        } else if t.best.as_ref().map_or(true, |(c, _)| rank(status) < rank(*c)) {
+            t.best = Some((status, msg.bytes().clone()));
+        }
+        t.outstanding = t.outstanding.saturating_sub(1);
+        let finished = if t.outstanding == 0 { txns.map.remove(&id) } else { None };
+        drop(txns);
+        if let Some((origin, bytes)) = forward {
+            bump(&self.pstats.messages_delivered);
+            self.forward_response(origin, bytes);
+        }
+        if let Some(t) = finished {
+            if !t.done {
+                self.answer_failed(t);
+            }
+        }
+    }
+
+    fn forward_response(self: &Rc<Self>, origin: ConnId, bytes: Bytes) {
+        let Ok(resp) = Message::parse(bytes, &self.s.limits) else { return };
+        let mut ed = Editor::new(&resp);
+        ed.pop_via();
+        let mut out = BytesMut::with_capacity(resp.bytes().len());
+        ed.write(&mut out);
+        self.deliver(origin, out.freeze());
+    }
+
+    /// Every branch failed: pass on the best answer; a dead flow or an unreachable edge reads as "offline".
+    fn answer_failed(self: &Rc<Self>, t: Txn) {
+        match t.best {
+            Some((code, bytes)) if !matches!(code, 408 | 430 | 503) => self.forward_response(t.origin, bytes),
+            Some(_) => self.answer_from_request(&t, 480, "Temporarily Unavailable"),
+            None => self.answer_from_request(&t, 408, "Request Timeout"),
+        }
+    }
+
+    fn answer_from_request(self: &Rc<Self>, t: &Txn, code: u16, reason: &str) {
+        if let Ok(req) = Message::parse(t.request.clone(), &self.s.limits) {
+            self.reply(t.origin, &req, code, reason, &[]);
+        }
+    }
+
+    pub(crate) fn expire_transactions(self: &Rc<Self>) {
+        let now = Instant::now();
+        let expired: Vec<u32> =
+            self.txns.borrow().map.iter().filter(|(_, t)| t.deadline <= now).map(|(k, _)| *k).collect();
+        for id in expired {
+            let t = self.txns.borrow_mut().map.remove(&id);
+            if let Some(t) = t {
+                bump(&self.pstats.transactions_timed_out);
+                if !t.done {
+                    self.answer_failed(t);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_round_trip() {
+        let mut b = Vec::new();
+        write_branch(&mut b, 3, 0xdead_beef, 2);
+        assert_eq!(parse_branch(&b), Some((3, 0xdead_beef)));
+        assert_eq!(parse_branch(b"z9hG4bKzzz"), None);
+    }
+
+    #[test]
+    fn best_response_ranking() {
+        assert!(rank(603) < rank(404));
+        assert!(rank(404) < rank(503));
+    }
+}

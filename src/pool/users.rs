@@ -1,0 +1,68 @@
+//! The pool's view of its users: who exists and the digest secrets (HA1) they authenticate with.
+//! Built once at start from the directory; every core holds its own read-only copy (no sharing between cores).
+
+use std::collections::HashMap;
+
+use super::digest::{self, Algorithm};
+use crate::store::directory::Directory;
+
+#[derive(Clone, Debug)]
+pub struct UserRec {
+    /// AOR key, `alias@domain` (see `registrar::aor_key`).
+    pub aor: String,
+    pub alias: String,
+    pub display_name: String,
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+impl UserRec {
+    pub fn ha1(&self, alg: Algorithm) -> Option<&str> {
+        match alg {
+            Algorithm::Md5 => self.ha1_md5.as_deref(),
+            Algorithm::Sha256 => self.ha1_sha256.as_deref(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Users {
+    by_alias: HashMap<String, UserRec>,
+}
+
+impl Users {
+    pub fn from_directory(dir: &Directory, domain: &str, realm: &str) -> Users {
+        let mut by_alias = HashMap::with_capacity(dir.users.len());
+        for u in &dir.users {
+            let alias = u.alias.to_ascii_lowercase();
+            let from_pw =
+                |alg| u.password.as_ref().map(|p| digest::ha1(alg, u.alias.as_bytes(), realm.as_bytes(), p.as_bytes()));
+            let rec = UserRec {
+                aor: super::registrar::aor_key(alias.as_bytes(), domain.as_bytes()),
+                alias: alias.clone(),
+                display_name: u.display_name.clone(),
+                ha1_md5: u.ha1_md5.clone().or_else(|| from_pw(Algorithm::Md5)),
+                ha1_sha256: u.ha1_sha256.clone().or_else(|| from_pw(Algorithm::Sha256)),
+            };
+            by_alias.insert(alias, rec);
+        }
+        Users { by_alias }
+    }
+
+    pub fn get(&self, alias: &[u8]) -> Option<&UserRec> {
+        let a = std::str::from_utf8(alias).ok()?;
+        if a.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_alias.get(&a.to_ascii_lowercase())
+        } else {
+            self.by_alias.get(a)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_alias.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_alias.is_empty()
+    }
+}

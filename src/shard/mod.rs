@@ -1,0 +1,133 @@
+//! Executors per core and the cross-core mesh.
+//!
+//! Owns: starting one glommio executor per configured CPU (pinned), the full mesh of bounded channels between
+//! them, sizing glommio's locked io memory from RLIMIT_MEMLOCK, and `shard_for` (which core owns a key).
+//! Does not own: what runs on a core (edge, pool) — they receive a [`Shard`] and build their per-core state.
+//!
+//! Architecture invariant: cores share no mutable state; the mesh is the only channel between them.
+
+use std::future::Future;
+use std::io;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// glommio needs at least this much locked memory per executor (its own docs and our measurements).
+pub const IO_MEMORY_MIN: usize = 512 * 1024;
+/// glommio's default; more buys nothing for network work.
+pub const IO_MEMORY_DEFAULT: usize = 10 * 1024 * 1024;
+
+/// What a core is handed when its executor starts.
+pub struct Shard<M: Send + 'static> {
+    pub id: usize,
+    pub count: usize,
+    pub senders: Senders<M>,
+    pub receivers: Receivers<M>,
+}
+
+/// Which of `n` cores owns `key` (FNV-1a: stable across processes and releases, unlike `DefaultHasher`).
+pub fn shard_for(key: &[u8], n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if n == 0 {
+        0
+    } else {
+        (h % n as u64) as usize
+    }
+}
+
+/// Locked memory available to this process, per executor, or an error telling the operator what to raise.
+/// `share` is the number of processes of ours expected to draw on the same per-user limit.
+pub fn io_memory_per_executor(executors: usize, share: usize) -> Result<usize, String> {
+    if has_cap_ipc_lock() {
+        return Ok(IO_MEMORY_DEFAULT);
+    }
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
+    if rc != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(IO_MEMORY_DEFAULT);
+    }
+    let limit = rl.rlim_cur as usize;
+    let per = limit / executors.max(1) / share.max(1);
+    if per < IO_MEMORY_MIN {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} KiB; {} executor(s) need at least {} KiB each for io_uring: raise it \
+             (`ulimit -l {}` in the shell, LimitMEMLOCK= in a systemd unit; see tuning/README.md)",
+            limit / 1024,
+            executors * share.max(1),
+            IO_MEMORY_MIN / 1024,
+            executors * share.max(1) * IO_MEMORY_DEFAULT / 1024
+        ));
+    }
+    Ok(per.min(IO_MEMORY_DEFAULT))
+}
+
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Starts one executor per entry of `cores`, pinned to that CPU, all joined in one mesh, and runs `body` on each.
+/// Returns the join handles; `body` returning ends that executor.
+pub fn start<M, F, Fut>(
+    name: &str,
+    cores: &[usize],
+    mesh_capacity: usize,
+    io_memory: usize,
+    body: F,
+) -> io::Result<Vec<glommio::ExecutorJoinHandle<()>>>
+where
+    M: Send + 'static,
+    F: Fn(Shard<M>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let mesh = MeshBuilder::<M, _>::full(cores.len(), mesh_capacity);
+    let mut handles = Vec::with_capacity(cores.len());
+    for &cpu in cores {
+        let mesh = mesh.clone();
+        let body = body.clone();
+        let count = cores.len();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("{name}-{cpu}"))
+            .io_memory(io_memory)
+            .spawn(move || async move {
+                let (senders, receivers) = match mesh.join().await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!("core {cpu}: could not join the mesh: {e}");
+                        return;
+                    }
+                };
+                let id = senders.peer_id();
+                body(Shard { id, count, senders, receivers }).await;
+            })
+            .map_err(|e| io::Error::other(format!("starting executor on CPU {cpu}: {e}")))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_for_is_stable_and_in_range() {
+        assert_eq!(shard_for(b"alice@example.com", 2), shard_for(b"alice@example.com", 2));
+        for n in 1..8 {
+            assert!(shard_for(b"bob@example.com", n) < n);
+        }
+        assert_eq!(shard_for(b"x", 0), 0);
+    }
+}

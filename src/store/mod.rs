@@ -1,0 +1,3 @@
+//! Stored data: the user directory (read at start).
+
+pub mod directory;

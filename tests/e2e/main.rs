@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `parapet up` appliance driven by a real SIP client (pjsip through
+//! PyPI `pjsua2-python`, see tests/clients/pjsua_agent.py) and by a raw TLS client.
+//!
+//! One integration-test binary; each test starts its own appliance on a free port block.
+
+mod support;
+mod pjsua;
+
+mod lifecycle;
+mod interop_pjsip;
+mod malformed;
