@@ -28,6 +28,9 @@ enum Cmd {
         /// SIP domain of the demo users.
         #[arg(long, default_value = "example.com")]
         domain: String,
+        /// Also create users load1..loadN (for loadgen and the benchmarks).
+        #[arg(long, default_value_t = 0)]
+        load_users: usize,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
@@ -44,9 +47,9 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Up { data_dir, port_base, cores, domain } => {
+        Cmd::Up { data_dir, port_base, cores, domain, load_users } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
-            parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions { data_dir, port_base, cores, domain })
+            parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions { data_dir, port_base, cores, domain, load_users })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)

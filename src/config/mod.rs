@@ -28,6 +28,13 @@ pub struct Config {
     pub limits: SipLimits,
     pub edge: Option<EdgeConfig>,
     pub pool: Option<PoolConfig>,
+    /// `[mgmt] listen = "127.0.0.1:5064"`: plain HTTP, `/metrics` (Prometheus text) and `/health`. Off when absent.
+    pub mgmt: Option<MgmtConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MgmtConfig {
+    pub listen: SocketAddr,
 }
 
 /// Hard bounds on a single SIP message, enforced by the parser on untrusted input.
@@ -112,6 +119,7 @@ pub const DEFAULT_DOMAIN: &str = "example.com";
 pub const DEFAULT_EDGE_LISTEN: &str = "127.0.0.1:5061";
 pub const DEFAULT_POOL_LISTEN: &str = "127.0.0.1:5062";
 pub const DEFAULT_EDGE_INTERNAL_LISTEN: &str = "127.0.0.1:5063";
+pub const DEFAULT_MGMT_LISTEN: &str = "127.0.0.1:5064";
 /// Relative to the config file's folder (or the working directory without a file).
 pub const DEFAULT_DIRECTORY: &str = "users.toml";
 
@@ -205,6 +213,7 @@ impl Default for Config {
             limits: SipLimits::default(),
             edge: None,
             pool: None,
+            mgmt: None,
         }
     }
 }
@@ -274,6 +283,13 @@ struct RawConfig {
     limits: Option<RawLimits>,
     edge: Option<RawEdge>,
     pool: Option<RawPool>,
+    mgmt: Option<RawMgmt>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMgmt {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -419,6 +435,13 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         None => raw.edge.as_ref().map(|_| addr(DEFAULT_EDGE_INTERNAL_LISTEN)),
     };
 
+    let mgmt = match raw.mgmt {
+        None => None,
+        Some(m) => Some(MgmtConfig {
+            listen: parse_addr("mgmt", "listen", m.listen.as_deref().unwrap_or(DEFAULT_MGMT_LISTEN))?,
+        }),
+    };
+
     let edge = match raw.edge {
         None => None,
         Some(e) => {
@@ -498,7 +521,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         }
     };
 
-    Ok(Config { domain, log, limits, edge, pool })
+    Ok(Config { domain, log, limits, edge, pool, mgmt })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

@@ -26,16 +26,17 @@ use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, Net
 use crate::shard::{self, Shard};
 use crate::sip::{self, Editor, HeaderName, Limits, Message, Method, Uri};
 
-/// Per-core counters of the edge's own decisions (network counters are in [`NetStats`]).
-#[derive(Default)]
-pub struct EdgeStats {
-    pub requests_from_users: std::cell::Cell<u64>,
-    pub requests_to_users: std::cell::Cell<u64>,
-    pub responses_routed: std::cell::Cell<u64>,
-    pub responses_unroutable: std::cell::Cell<u64>,
-    pub flows_failed: std::cell::Cell<u64>,
-    pub too_many_hops: std::cell::Cell<u64>,
-    pub mesh_full: std::cell::Cell<u64>,
+crate::counters! {
+    /// Per-core counters of the edge's own decisions (network counters are in [`NetStats`]).
+    pub struct EdgeStats {
+        requests_from_users,
+        requests_to_users,
+        responses_routed,
+        responses_unroutable,
+        flows_failed,
+        too_many_hops,
+        mesh_full,
+    }
 }
 
 /// Cross-core messages of the edge.
@@ -115,11 +116,24 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
 async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     let Shard { id, senders, mut receivers, .. } = shard;
     let pool = Rc::new(Connector::new(s.pool_addr, &s.pool_name, s.pool_tls.clone(), s.handshake_timeout));
+    let stats = Arc::new(NetStats::default());
+    let estats = Arc::new(EdgeStats::default());
+    {
+        let (n, e) = (stats.clone(), estats.clone());
+        crate::mgmt::metrics::register(
+            "edge",
+            id,
+            Box::new(move |f| {
+                n.visit(f);
+                e.visit(f);
+            }),
+        );
+    }
     let edge = Rc::new(Edge {
         id,
-        table: RefCell::new(ConnTable::new(id, s.queue_max)),
-        stats: NetStats::default(),
-        estats: EdgeStats::default(),
+        table: RefCell::new(ConnTable::new(id, s.queue_max, stats.clone())),
+        stats,
+        estats,
         mesh: senders,
         pool,
         s: s.clone(),
@@ -141,7 +155,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
             loop {
                 glommio::timer::sleep(Duration::from_secs(1)).await;
                 let n = edge.table.borrow().close_idle(idle_ms);
-                edge.stats.idle_closed.set(edge.stats.idle_closed.get() + n as u64);
+                edge.stats.idle_closed.add(n as u64);
             }
         })
         .detach();
@@ -174,8 +188,8 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
 pub struct Edge {
     id: usize,
     table: RefCell<ConnTable>,
-    stats: NetStats,
-    estats: EdgeStats,
+    stats: Arc<NetStats>,
+    estats: Arc<EdgeStats>,
     mesh: Senders<EdgeMsg>,
     pool: Rc<Connector>,
     s: Arc<EdgeSettings>,

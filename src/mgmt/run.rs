@@ -55,6 +55,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     let share: usize = std::env::var("PARAPET_MEMLOCK_SHARE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let executors = cfg.edge.as_ref().map_or(0, |e| e.cores.len()) + cfg.pool.as_ref().map_or(0, |p| p.cores.len());
     let io_memory = crate::shard::io_memory_per_executor(executors, share)?;
+    if let Some(m) = &cfg.mgmt {
+        crate::mgmt::metrics::serve(m.listen).map_err(|e| e.to_string())?;
+    }
     let mut handles = Vec::new();
     if cfg.pool.is_some() {
         handles.extend(crate::pool::start(&cfg, io_memory)?);

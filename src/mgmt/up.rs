@@ -17,6 +17,8 @@ pub struct UpOptions {
     pub port_base: u16,
     pub cores: usize,
     pub domain: String,
+    /// Extra users load1..loadN for loadgen and the benchmarks.
+    pub load_users: usize,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,7 +43,7 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     )
     .map_err(|e| ctx("cannot make the development PKI in", &dir.join("pki"), e))?;
     let users_file = dir.join("users.toml");
-    let users = Directory::write_demo(&users_file).map_err(|e| ctx("cannot write demo users", &users_file, e))?;
+    let users = Directory::write_demo_with_load(&users_file, o.load_users).map_err(|e| ctx("cannot write demo users", &users_file, e))?;
 
     let (user_port, pool_port, internal_port) = (o.port_base, o.port_base + 1, o.port_base + 2);
     for (what, port) in
@@ -54,7 +56,8 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         "# Written by `parapet up` at every start; copy it elsewhere to customise.\n\
          domain = \"{d}\"\n\n[edge]\ncores = {cores}\nlisten = \"{user}\"\ninternal_listen = \"{internal}\"\n\
          cert = \"pki/edge.pem\"\nkey = \"pki/edge.key\"\nca = \"pki/ca.pem\"\n\n\
-         [edge.pool]\nname = \"{pool_name}\"\naddr = \"{pool}\"\n",
+         [edge.pool]\nname = \"{pool_name}\"\naddr = \"{pool}\"\n\n[mgmt]\nlisten = \"{mgmt}\"\n",
+        mgmt = addr(o.port_base + 3),
         cores = o.cores,
         user = addr(user_port),
         internal = addr(internal_port),
@@ -64,7 +67,8 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         "# Written by `parapet up` at every start; copy it elsewhere to customise.\n\
          domain = \"{d}\"\n\n[pool]\ncores = {cores}\nlisten = \"{pool}\"\n\
          cert = \"pki/pool.pem\"\nkey = \"pki/pool.key\"\nca = \"pki/ca.pem\"\ndirectory = \"users.toml\"\n\n\
-         [[pool.edges]]\nname = \"{edge_name}\"\naddr = \"{internal}\"\n",
+         [[pool.edges]]\nname = \"{edge_name}\"\naddr = \"{internal}\"\n\n[mgmt]\nlisten = \"{mgmt}\"\n",
+        mgmt = addr(o.port_base + 4),
         cores = o.cores,
         pool = addr(pool_port),
         internal = addr(internal_port),
@@ -98,9 +102,18 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     );
     let _ = writeln!(out, "  trust this CA  {}", pki.ca_cert.display());
     let _ = writeln!(out, "  demo users     (digest realm {d})");
-    for (alias, pw) in &users {
+    for (alias, pw) in users.iter().filter(|(a, _)| !a.starts_with("load")) {
         let _ = writeln!(out, "    sip:{alias}@{d}  password {pw}");
     }
+    if o.load_users > 0 {
+        let _ = writeln!(out, "    and {} load users load1..load{} (passwords in {})", o.load_users, o.load_users, users_file.display());
+    }
+    let _ = writeln!(
+        out,
+        "  metrics        http://{}/metrics (edge), http://{}/metrics (pool)",
+        addr(o.port_base + 3),
+        addr(o.port_base + 4)
+    );
     let _ = writeln!(out, "  configs        {} and {}", edge_cfg.display(), pool_cfg.display());
     let _ = writeln!(out, "Stop with Ctrl-C.");
     drop(out);

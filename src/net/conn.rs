@@ -54,26 +54,29 @@ pub enum Out {
     Close,
 }
 
-/// Per-core network counters (read by the management listener).
-#[derive(Default)]
-pub struct NetStats {
-    pub accepted: Cell<u64>,
-    pub handshakes_failed: Cell<u64>,
-    pub peers_refused: Cell<u64>,
-    pub closed: Cell<u64>,
-    pub messages_in: Cell<u64>,
-    pub bytes_in: Cell<u64>,
-    pub bytes_out: Cell<u64>,
-    pub parse_errors: Cell<u64>,
-    pub too_large: Cell<u64>,
-    pub framing_errors: Cell<u64>,
-    pub pings: Cell<u64>,
-    pub slow_readers_closed: Cell<u64>,
-    pub idle_closed: Cell<u64>,
+crate::counters! {
+    /// Per-core network counters (read by the management listener).
+    pub struct NetStats {
+        accepted,
+        handshakes_failed,
+        peers_refused,
+        closed,
+        /// Live connections on this core (a gauge).
+        connections,
+        messages_in,
+        bytes_in,
+        bytes_out,
+        parse_errors,
+        too_large,
+        framing_errors,
+        pings,
+        slow_readers_closed,
+        idle_closed,
+    }
 }
 
-pub fn bump(c: &Cell<u64>) {
-    c.set(c.get().wrapping_add(1));
+pub fn bump(c: &crate::mgmt::metrics::Counter) {
+    c.inc();
 }
 
 /// One connection's shared face: what others may know and use.
@@ -107,10 +110,11 @@ pub struct ConnTable {
     free: Vec<u32>,
     queue_max: usize,
     live: usize,
+    stats: std::sync::Arc<NetStats>,
 }
 
 impl ConnTable {
-    pub fn new(core: usize, queue_max: usize) -> ConnTable {
+    pub fn new(core: usize, queue_max: usize, stats: std::sync::Arc<NetStats>) -> ConnTable {
         ConnTable {
             core: core as u16,
             epoch: Instant::now(),
@@ -119,6 +123,7 @@ impl ConnTable {
             free: Vec::new(),
             queue_max: queue_max.max(1),
             live: 0,
+            stats,
         }
     }
 
@@ -170,6 +175,7 @@ impl ConnTable {
             *s = Some(conn.clone());
         }
         self.live += 1;
+        self.stats.connections.set(self.live as u64);
         (conn, rx)
     }
 
@@ -192,6 +198,7 @@ impl ConnTable {
             }
             self.free.push(id.slot);
             self.live -= 1;
+            self.stats.connections.set(self.live as u64);
         }
     }
 
@@ -287,7 +294,7 @@ where
             Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
             Event::Read(Ok(n)) => {
                 let stats = handler.stats();
-                stats.bytes_in.set(stats.bytes_in.get() + n as u64);
+                stats.bytes_in.add(n as u64);
                 handler.table().borrow().touch(&conn);
                 closing = process_input(&mut rbuf, &mut wbuf, &conn, &handler, &limits);
             }
@@ -315,7 +322,7 @@ where
                 break;
             }
             let stats = handler.stats();
-            stats.bytes_out.set(stats.bytes_out.get() + wbuf.len() as u64);
+            stats.bytes_out.add(wbuf.len() as u64);
             wbuf.clear();
         }
     }

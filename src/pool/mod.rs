@@ -35,19 +35,24 @@ use digest::{Algorithm, NonceKeeper};
 use registrar::{Registrar, RegistrarLimits};
 use users::Users;
 
-/// Per-core counters of the pool.
-#[derive(Default)]
-pub struct PoolStats {
-    pub challenges: std::cell::Cell<u64>,
-    pub auth_failures: std::cell::Cell<u64>,
-    pub registrations: std::cell::Cell<u64>,
-    pub messages_forked: std::cell::Cell<u64>,
-    pub messages_delivered: std::cell::Cell<u64>,
-    pub messages_offline: std::cell::Cell<u64>,
-    pub messages_unknown_user: std::cell::Cell<u64>,
-    pub transactions_timed_out: std::cell::Cell<u64>,
-    pub mesh_full: std::cell::Cell<u64>,
-    pub responses_unmatched: std::cell::Cell<u64>,
+crate::counters! {
+    /// Per-core counters of the pool.
+    pub struct PoolStats {
+        challenges,
+        auth_failures,
+        registrations,
+        messages_forked,
+        messages_delivered,
+        messages_offline,
+        messages_unknown_user,
+        transactions_timed_out,
+        mesh_full,
+        responses_unmatched,
+        /// Bindings held by this core (a gauge, updated by the sweep).
+        bindings_now,
+        /// Forked transactions in flight on this core (a gauge, updated by the sweep).
+        transactions_now,
+    }
 }
 
 /// Where in its journey across cores a request is.
@@ -146,12 +151,25 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         .iter()
         .map(|e| (e.addr, Rc::new(Connector::new(e.addr, &e.name, s.client_tls.clone(), s.handshake_timeout))))
         .collect();
+    let stats = Arc::new(NetStats::default());
+    let pstats = Arc::new(PoolStats::default());
+    {
+        let (n, p) = (stats.clone(), pstats.clone());
+        crate::mgmt::metrics::register(
+            "pool",
+            id,
+            Box::new(move |f| {
+                n.visit(f);
+                p.visit(f);
+            }),
+        );
+    }
     let pool = Rc::new(Pool {
         id,
         count,
-        table: RefCell::new(ConnTable::new(id, 4096)),
-        stats: NetStats::default(),
-        pstats: PoolStats::default(),
+        table: RefCell::new(ConnTable::new(id, 4096, stats.clone())),
+        stats,
+        pstats,
         mesh: senders,
         registrar: RefCell::new(Registrar::new(s.registrar)),
         nonces: RefCell::new(NonceKeeper::new(s.nonce_secret, id as u16, s.nonce_ttl_s, 65_536)),
@@ -197,8 +215,8 @@ pub struct Pool {
     id: usize,
     count: usize,
     table: RefCell<ConnTable>,
-    stats: NetStats,
-    pub pstats: PoolStats,
+    stats: Arc<NetStats>,
+    pub pstats: Arc<PoolStats>,
     mesh: Senders<PoolMsg>,
     registrar: RefCell<Registrar>,
     nonces: RefCell<NonceKeeper>,
@@ -343,6 +361,8 @@ impl Pool {
         let now = now_secs();
         self.registrar.borrow_mut().expire(now);
         self.expire_transactions();
+        self.pstats.bindings_now.set(self.registrar.borrow().binding_count() as u64);
+        self.pstats.transactions_now.set(self.txns.borrow().len() as u64);
     }
 
     pub(crate) fn is_local_host(&self, uri: &Uri<'_>) -> bool {

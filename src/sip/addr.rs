@@ -28,7 +28,7 @@ impl<'a> NameAddr<'a> {
             }
             (b.get(..end), rest)
         } else {
-            match memchr::memchr(b'<', b) {
+            match lex::find(b'<', b) {
                 Some(lt) => {
                     let name = lex::trim_end(b.get(..lt).unwrap_or(&[]));
                     if !name.iter().all(|&c| lex::is_token_char(c) || lex::is_ws(c)) {
@@ -41,7 +41,7 @@ impl<'a> NameAddr<'a> {
             }
         };
         let (uri_raw, params) = if let Some(inner) = after_display.strip_prefix(b"<") {
-            let gt = memchr::memchr(b'>', inner).ok_or(ParseError::BadNameAddr)?;
+            let gt = lex::find(b'>', inner).ok_or(ParseError::BadNameAddr)?;
             let rest = lex::trim_start(inner.get(gt + 1..).unwrap_or(&[]));
             let params = match rest {
                 [] => &[][..],

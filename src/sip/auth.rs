@@ -42,7 +42,7 @@ fn digest_params(value: &[u8]) -> Result<impl Iterator<Item = AuthParam<'_>>, Pa
         return Err(ParseError::BadAuth);
     }
     Ok(lex::CommaSplit::new(rest).map(|item| {
-        let eq = memchr::memchr(b'=', item).ok_or(ParseError::BadAuth)?;
+        let eq = lex::find(b'=', item).ok_or(ParseError::BadAuth)?;
         let name = lex::trim(item.get(..eq).unwrap_or(&[]));
         let raw = lex::trim(item.get(eq + 1..).unwrap_or(&[]));
         if !lex::is_token(name) {

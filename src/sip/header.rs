@@ -128,6 +128,24 @@ const BY_LEN: [[u8; BUCKET_CAP]; NAME_LEN_MAX + 1] = {
     out
 };
 
+/// Wire names lower-cased, per table row, so a lookup lower-cases only the input.
+// Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.
+#[allow(clippy::indexing_slicing)]
+const LOWER: [[u8; NAME_LEN_MAX]; HeaderName::Other as usize] = {
+    let mut out = [[0u8; NAME_LEN_MAX]; HeaderName::Other as usize];
+    let mut i = 0;
+    while i < TABLE.len() {
+        let w = TABLE[i].1.as_bytes();
+        let mut j = 0;
+        while j < w.len() {
+            out[i][j] = w[j].to_ascii_lowercase();
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+};
+
 /// Compact forms by lower-case letter (RFC 3261 §7.3.3 and extensions).
 // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.
 #[allow(clippy::indexing_slicing)]
@@ -157,11 +175,12 @@ impl HeaderName {
         let Some(bucket) = BY_LEN.get(name.len()) else {
             return HeaderName::Other;
         };
+        let first = name.first().map_or(0, u8::to_ascii_lowercase);
         for &row in bucket.iter().take_while(|&&r| r != NONE) {
-            if let Some((h, wire, _, _)) = TABLE.get(usize::from(row)) {
-                if wire.as_bytes().eq_ignore_ascii_case(name) {
-                    return *h;
-                }
+            let Some(lower) = LOWER.get(usize::from(row)) else { continue };
+            // Cheap reject on the first byte before comparing the whole name.
+            if lower.first() == Some(&first) && name.iter().zip(lower).all(|(c, l)| c.to_ascii_lowercase() == *l) {
+                return Self::from_row(row);
             }
         }
         HeaderName::Other

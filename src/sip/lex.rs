@@ -70,25 +70,29 @@ pub fn quoted_end(b: &[u8]) -> Result<usize, ParseError> {
 }
 
 /// Index of the first `sep` outside quoted strings and `<...>`; `Err` on an unterminated quote.
+/// An unclosed `<` hides the rest (no separator found), as a URI cannot hold `>`.
 pub fn find_outside(b: &[u8], sep: u8) -> Result<Option<usize>, ParseError> {
     let mut i = 0;
-    let mut angle = false;
-    while let Some(&c) = b.get(i) {
-        if c == sep && !angle {
-            return Ok(Some(i));
+    loop {
+        let rest = b.get(i..).unwrap_or(&[]);
+        let Some(j) = memchr::memchr3(sep, b'"', b'<', rest) else { return Ok(None) };
+        let at = i + j;
+        match rest.get(j) {
+            Some(&c) if c == sep => return Ok(Some(at)),
+            Some(b'"') => i = at + quoted_end(b.get(at..).unwrap_or(&[]))?,
+            _ => match memchr::memchr(b'>', b.get(at..).unwrap_or(&[])) {
+                Some(k) => i = at + k + 1,
+                None => return Ok(None),
+            },
         }
-        match c {
-            b'"' => {
-                i += quoted_end(b.get(i..).unwrap_or(&[]))?;
-                continue;
-            }
-            b'<' => angle = true,
-            b'>' => angle = false,
-            _ => {}
-        }
-        i += 1;
     }
-    Ok(None)
+}
+
+/// Index of the first `c`; a plain loop beats `memchr`'s setup on the short slices (names, URIs,
+/// params) it is used on.
+#[inline]
+pub fn find(b: &[u8], c: u8) -> Option<usize> {
+    b.iter().position(|&x| x == c)
 }
 
 /// Comma-separated values (outside quotes and `<>`), trimmed, empty ones skipped. An unterminated quote
@@ -153,7 +157,7 @@ impl<'a> Iterator for Params<'a> {
             if item.is_empty() {
                 continue;
             }
-            return Some(match memchr::memchr(b'=', item) {
+            return Some(match find(item, b'=') {
                 Some(eq) => {
                     (trim_end(item.get(..eq).unwrap_or(&[])), Some(trim_start(item.get(eq + 1..).unwrap_or(&[]))))
                 }
@@ -178,7 +182,7 @@ pub fn validate_params(params: &[u8]) -> Result<(), ParseError> {
         };
         rest = next;
         let item = trim(item);
-        let (name, value) = match memchr::memchr(b'=', item) {
+        let (name, value) = match find(item, b'=') {
             Some(eq) => (trim_end(item.get(..eq).unwrap_or(&[])), Some(trim_start(item.get(eq + 1..).unwrap_or(&[])))),
             None => (item, None),
         };

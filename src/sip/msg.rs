@@ -244,18 +244,19 @@ impl Message {
                 if next - pos > line_cap {
                     return Err(ParseError::HeaderLineTooLong);
                 }
-                let colon = memchr::memchr(b':', sub(b, pos, ce)).ok_or(ParseError::BadHeaderLine)?;
+                let colon = lex::find(b':', sub(b, pos, ce)).ok_or(ParseError::BadHeaderLine)?;
                 let name_end =
                     pos + colon - sub(b, pos, pos + colon).iter().rev().take_while(|&&c| is_sp_ht(c)).count();
                 let name = sub(b, pos, name_end);
-                if !lex::is_token(name) {
+                let h = HeaderName::parse(name);
+                // A name found in the table is a token already; only unknown ones need the byte check.
+                if h == HeaderName::Other && !lex::is_token(name) {
                     return Err(ParseError::BadHeaderLine);
                 }
                 if count >= count_cap {
                     return Err(ParseError::TooManyHeaders);
                 }
                 let (vs, ve) = trim_range(b, pos + colon + 1, ce);
-                let h = HeaderName::parse(name);
                 let too_long = |_| ParseError::HeaderLineTooLong;
                 let entry = Entry {
                     start: to_u32(pos),
@@ -288,7 +289,7 @@ impl Message {
         let (_, end) = trim_range(b, start, end);
         let line = sub(b, start, end);
         if line.len() >= 4 && sub(line, 0, 4).eq_ignore_ascii_case(b"SIP/") {
-            let sp = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
+            let sp = lex::find(b' ', line).ok_or(ParseError::BadStartLine)?;
             if !sub(line, 0, sp).eq_ignore_ascii_case(b"SIP/2.0") {
                 return Err(ParseError::BadVersion);
             }
@@ -310,7 +311,7 @@ impl Message {
             self.target_span = Span { start: to_u32(reason_start.min(end)), end: to_u32(end) };
             return Ok(());
         }
-        let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
+        let sp1 = lex::find(b' ', line).ok_or(ParseError::BadStartLine)?;
         let sp2 = memchr::memrchr(b' ', line).ok_or(ParseError::BadStartLine)?;
         let method = sub(line, 0, sp1);
         if !lex::is_token(method) {

@@ -29,19 +29,37 @@ pub struct Uri<'a> {
     pub headers: &'a [u8],
 }
 
-/// Bytes never allowed anywhere in a URI: controls, space, and the delimiters that end a URI in a header.
-#[inline]
-fn uri_char_ok(c: u8) -> bool {
-    c > b' ' && c != 0x7f && !matches!(c, b'<' | b'>' | b'"') && c < 0x80
+const fn class(f: fn(u8) -> bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.
+        #[allow(clippy::indexing_slicing)]
+        {
+            t[i] = f(i as u8);
+        }
+        i += 1;
+    }
+    t
 }
 
+/// Bytes allowed anywhere in a URI: printable ASCII minus the delimiters that end a URI in a header.
+const URI_OK: [bool; 256] = class(|c| c > b' ' && c < 0x7f && !matches!(c, b'<' | b'>' | b'"'));
+const HOSTNAME: [bool; 256] = class(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+
+#[inline]
+fn uri_char_ok(c: u8) -> bool {
+    URI_OK.get(usize::from(c)).copied().unwrap_or(false)
+}
+
+#[inline]
 fn is_hostname_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_')
+    HOSTNAME.get(usize::from(c)).copied().unwrap_or(false)
 }
 
 /// IPv6reference: "[" hex/colons/dots "]" (RFC 3261 §25.1); returns its length including brackets.
 fn ipv6_ref_len(b: &[u8]) -> Result<usize, ParseError> {
-    let close = memchr::memchr(b']', b).ok_or(ParseError::BadUri)?;
+    let close = lex::find(b']', b).ok_or(ParseError::BadUri)?;
     let inner = b.get(1..close).unwrap_or(&[]);
     if inner.is_empty()
         || !inner.iter().all(|&c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
@@ -77,7 +95,7 @@ pub(crate) fn parse_hostport(b: &[u8]) -> Result<HostPort<'_>, ParseError> {
 }
 
 fn scheme_of(b: &[u8]) -> Result<(Scheme, &[u8]), ParseError> {
-    let colon = memchr::memchr(b':', b).ok_or(ParseError::BadUri)?;
+    let colon = lex::find(b':', b).ok_or(ParseError::BadUri)?;
     let name = b.get(..colon).unwrap_or(&[]);
     let rest = b.get(colon + 1..).unwrap_or(&[]);
     let valid = matches!(name.first(), Some(c) if c.is_ascii_alphabetic())
@@ -104,11 +122,11 @@ impl<'a> Uri<'a> {
         }
         let (scheme, rest) = scheme_of(b)?;
         let (rest, headers) = match scheme {
-            Scheme::Sip | Scheme::Sips | Scheme::Tel => match memchr::memchr(b'?', rest) {
+            Scheme::Sip | Scheme::Sips | Scheme::Tel => match lex::find(b'?', rest) {
                 // '?' is legal in a sip user part, so only look for it after the '@'.
                 Some(_) => {
-                    let search_from = memchr::memchr(b'@', rest).map_or(0, |at| at + 1);
-                    match memchr::memchr(b'?', rest.get(search_from..).unwrap_or(&[])) {
+                    let search_from = lex::find(b'@', rest).map_or(0, |at| at + 1);
+                    match lex::find(b'?', rest.get(search_from..).unwrap_or(&[])) {
                         Some(q) => {
                             (rest.get(..search_from + q).unwrap_or(&[]), rest.get(search_from + q + 1..).unwrap_or(&[]))
                         }
@@ -134,7 +152,7 @@ impl<'a> Uri<'a> {
         };
         match scheme {
             Scheme::Tel => {
-                let (number, params) = match memchr::memchr(b';', rest) {
+                let (number, params) = match lex::find(b';', rest) {
                     Some(i) => (rest.get(..i).unwrap_or(&[]), rest.get(i + 1..).unwrap_or(&[])),
                     None => (rest, &[][..]),
                 };
@@ -149,14 +167,14 @@ impl<'a> Uri<'a> {
             }
             _ => {
                 // '@' cannot appear unescaped in user, host or params, so the first one ends userinfo.
-                let (userinfo, hostpart) = match memchr::memchr(b'@', rest) {
+                let (userinfo, hostpart) = match lex::find(b'@', rest) {
                     Some(at) => (Some(rest.get(..at).unwrap_or(&[])), rest.get(at + 1..).unwrap_or(&[])),
                     None => (None, rest),
                 };
                 let (user, password) = match userinfo {
                     None => (None, None),
                     Some(ui) => {
-                        let (u, p) = match memchr::memchr(b':', ui) {
+                        let (u, p) = match lex::find(b':', ui) {
                             Some(c) => (ui.get(..c).unwrap_or(&[]), Some(ui.get(c + 1..).unwrap_or(&[]))),
                             None => (ui, None),
                         };

@@ -347,24 +347,45 @@ impl Directory {
         self.users.iter().find(|u| u.alias == alias)
     }
 
-    /// Writes demo users alice, bob and carol with random 12-character passwords, 0600, as TOML
-    /// (as CSV when `path` ends in .csv). When the file exists already it is read instead and its
-    /// (alias, password) pairs returned, so repeated runs print the same credentials.
+    /// Demo users alice, bob and carol with random passwords, written once; an existing file is read instead.
     pub fn write_demo(path: &Path) -> Result<Vec<(String, String)>, io::Error> {
+        Self::write_demo_with_load(path, 0)
+    }
+
+    /// Like `write_demo`, plus `load_users` users `load1`..`loadN` (for loadgen and the benchmarks). An existing
+    /// file is kept when it already holds exactly that many load users; otherwise it is rewritten keeping the
+    /// passwords of the users it already had.
+    pub fn write_demo_with_load(path: &Path, load_users: usize) -> Result<Vec<(String, String)>, io::Error> {
+        let mut known: Vec<(String, String)> = Vec::new();
         if path.exists() {
-            return read_demo(path);
+            let existing = read_demo(path)?;
+            let loads = existing.iter().filter(|(a, _)| is_load_alias(a)).count();
+            if loads == load_users {
+                return Ok(existing);
+            }
+            known = existing;
+            std::fs::remove_file(path)?;
         }
+        let password_for = |alias: &str| -> io::Result<String> {
+            match known.iter().find(|(a, _)| a == alias) {
+                Some((_, p)) => Ok(p.clone()),
+                None => random_password(12),
+            }
+        };
         let mut raws = Vec::new();
         let mut creds = Vec::new();
-        for (alias, first) in [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")] {
-            let password = random_password(12)?;
-            creds.push((alias.to_string(), password.clone()));
+        let demo = [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")];
+        let load = (1..=load_users).map(|i| (format!("load{i}"), format!("Load{i}")));
+        for (alias, first) in demo.iter().map(|(a, f)| (a.to_string(), f.to_string())).chain(load) {
+            let password = password_for(&alias)?;
+            creds.push((alias.clone(), password.clone()));
+            let last = if is_load_alias(&alias) { "Load" } else { "Example" };
             raws.push(RawUser {
-                alias: Some(alias.into()),
-                display_name: Some(format!("{first} Example")),
-                first: Some(first.into()),
-                last: Some("Example".into()),
+                display_name: Some(format!("{first} {last}")),
+                first: Some(first),
+                last: Some(last.into()),
                 account: Some(format!("EXAMPLE\\{alias}")),
+                alias: Some(alias),
                 password: Some(password),
                 ha1_md5: None,
                 ha1_sha256: None,
@@ -398,6 +419,10 @@ impl Directory {
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all())?;
         Ok(creds)
     }
+}
+
+fn is_load_alias(a: &str) -> bool {
+    a.strip_prefix("load").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn read_demo(path: &Path) -> io::Result<Vec<(String, String)>> {

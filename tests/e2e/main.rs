@@ -9,3 +9,4 @@ mod pjsua;
 mod lifecycle;
 mod interop_pjsip;
 mod malformed;
+mod challenges;

@@ -15,41 +15,41 @@ use crate::support::Appliance;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Raw<'a> {
-    app: &'a Appliance,
+pub(crate) struct Raw<'a> {
+    pub(crate) app: &'a Appliance,
     s: StreamOwned<ClientConnection, TcpStream>,
     buf: Vec<u8>,
-    local_port: u16,
+    pub(crate) local_port: u16,
 }
 
 #[derive(Debug)]
-enum ReadEnd {
+pub(crate) enum ReadEnd {
     /// EOF, close_notify, reset: the server closed the connection.
     Closed(#[allow(dead_code)] String),
     Timeout,
 }
 
-struct Response {
-    head: String,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
-    fn status_line(&self) -> &str {
+    pub(crate) fn status_line(&self) -> &str {
         self.head.split("\r\n").next().unwrap_or("")
     }
-    fn code(&self) -> Option<u16> {
+    pub(crate) fn code(&self) -> Option<u16> {
         let mut it = self.status_line().splitn(3, ' ');
         if it.next() != Some("SIP/2.0") {
             return None;
         }
         it.next().and_then(|c| c.parse().ok()).filter(|c| (100..700).contains(c))
     }
-    fn reason(&self) -> &str {
+    pub(crate) fn reason(&self) -> &str {
         self.status_line().splitn(3, ' ').nth(2).unwrap_or("")
     }
     /// Value of the first header called `name` (case-insensitive; compact forms not handled).
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.head.split("\r\n").skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -58,7 +58,7 @@ impl Response {
 }
 
 impl<'a> Raw<'a> {
-    fn connect(app: &'a Appliance) -> Raw<'a> {
+    pub(crate) fn connect(app: &'a Appliance) -> Raw<'a> {
         let mut roots = RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(&app.ca)
             .unwrap_or_else(|e| app.fail(&format!("read CA {}: {e:?}", app.ca.display())));
@@ -96,12 +96,12 @@ impl<'a> Raw<'a> {
         Raw { app, s, buf: Vec::new(), local_port }
     }
 
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.s.write_all(bytes)?;
         self.s.flush()
     }
 
-    fn send_ok(&mut self, bytes: &[u8], what: &str) {
+    pub(crate) fn send_ok(&mut self, bytes: &[u8], what: &str) {
         if let Err(e) = self.send(bytes) {
             self.app.fail(&format!("sending {what} failed: {e}"));
         }
@@ -155,7 +155,7 @@ impl<'a> Raw<'a> {
         }
     }
 
-    fn expect_response(&mut self, what: &str) -> Response {
+    pub(crate) fn expect_response(&mut self, what: &str) -> Response {
         match self.response(READ_TIMEOUT) {
             Ok(r) => r,
             Err(e) => {
@@ -187,7 +187,7 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-fn uniq() -> String {
+pub(crate) fn uniq() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -242,6 +242,8 @@ pub fn parse_users(path: &Path) -> Result<Vec<User>, String> {
 pub struct Appliance {
     child: Option<Child>,
     pub name: String,
+    /// Per-test scratch dir (logs, data dir); removed when the test passes, kept when it fails.
+    pub scratch: PathBuf,
     pub data_dir: PathBuf,
     pub port_base: u16,
     /// host:port of the remote-user TLS listener, from the READY line.
@@ -314,6 +316,7 @@ impl Appliance {
         let mut app = Appliance {
             child: Some(child),
             name: name.to_string(),
+            scratch: scratch.clone(),
             data_dir,
             port_base,
             edge: String::new(),
@@ -385,6 +388,11 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate_group(&mut child, Duration::from_secs(5));
+        }
+        if thread::panicking() {
+            eprintln!("[{}] logs kept in {}", self.name, self.scratch.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.scratch);
         }
     }
 }
