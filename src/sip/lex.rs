@@ -91,7 +91,7 @@ pub fn find_outside(b: &[u8], sep: u8) -> Result<Option<usize>, ParseError> {
 /// Index of the first `c`; a plain loop beats `memchr`'s setup on the short slices (names, URIs,
 /// params) it is used on.
 #[inline]
-pub fn find(b: &[u8], c: u8) -> Option<usize> {
+pub fn find(c: u8, b: &[u8]) -> Option<usize> {
     b.iter().position(|&x| x == c)
 }
 
@@ -157,7 +157,7 @@ impl<'a> Iterator for Params<'a> {
             if item.is_empty() {
                 continue;
             }
-            return Some(match find(item, b'=') {
+            return Some(match find(b'=', item) {
                 Some(eq) => {
                     (trim_end(item.get(..eq).unwrap_or(&[])), Some(trim_start(item.get(eq + 1..).unwrap_or(&[]))))
                 }
@@ -182,7 +182,7 @@ pub fn validate_params(params: &[u8]) -> Result<(), ParseError> {
         };
         rest = next;
         let item = trim(item);
-        let (name, value) = match find(item, b'=') {
+        let (name, value) = match find(b'=', item) {
             Some(eq) => (trim_end(item.get(..eq).unwrap_or(&[])), Some(trim_start(item.get(eq + 1..).unwrap_or(&[])))),
             None => (item, None),
         };

@@ -29,23 +29,27 @@ pub struct Uri<'a> {
     pub headers: &'a [u8],
 }
 
-const fn class(f: fn(u8) -> bool) -> [bool; 256] {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.
-        #[allow(clippy::indexing_slicing)]
-        {
-            t[i] = f(i as u8);
+/// A 256-entry byte class built at compile time from a predicate on `c`.
+macro_rules! class {
+    (|$c:ident| $pred:expr) => {{
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let $c = i as u8;
+            // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.
+            #[allow(clippy::indexing_slicing)]
+            {
+                t[i] = $pred;
+            }
+            i += 1;
         }
-        i += 1;
-    }
-    t
+        t
+    }};
 }
 
 /// Bytes allowed anywhere in a URI: printable ASCII minus the delimiters that end a URI in a header.
-const URI_OK: [bool; 256] = class(|c| c > b' ' && c < 0x7f && !matches!(c, b'<' | b'>' | b'"'));
-const HOSTNAME: [bool; 256] = class(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+const URI_OK: [bool; 256] = class!(|c| c > b' ' && c < 0x7f && !matches!(c, b'<' | b'>' | b'"'));
+const HOSTNAME: [bool; 256] = class!(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
 
 #[inline]
 fn uri_char_ok(c: u8) -> bool {
