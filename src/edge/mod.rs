@@ -1,14 +1,22 @@
-//! The edge (access proxy): terminates remote users' TLS, forwards their requests to the pool over mutual TLS,
-//! and brings requests from the pool back to the right user's own connection.
+//! The edge (access proxy): terminates remote users' TLS, admits their requests only once they have registered,
+//! forwards them to the pool over mutual TLS, and brings requests from the pool back to the right user's own
+//! connection, hiding every internal address on the way out.
 //!
-//! Owns, per core: the remote-user flows (this core's [`ConnTable`]), the connector to the pool, and the internal
-//! listener on which the pool reaches users. Stateless per transaction: return paths travel in our Via branch and
-//! in the flow token of the Path we add to REGISTERs (see [`token`]).
+//! Owns, per core: the remote-user flows (this core's [`ConnTable`] plus [`flows::Flows`]), the connector to the
+//! pool, the internal listener on which the pool reaches users, and the transactions toward users whose internal
+//! Vias it keeps ([`downstream`]). Requests toward the pool need no state: the return path travels in our Via
+//! branch and in the flow token of the Path we add to REGISTERs ([`token`]).
 //!
 //! Data path: user --TLS--> edge core (accepting) --mTLS--> pool; pool --mTLS--> edge internal listener (any core)
 //! --mesh--> core owning the user's flow --TLS--> user. Responses retrace Via.
+//!
+//! Architecture invariant: a flow's state is read and written only on the core that owns its connection; a
+//! message for another core's flow crosses the mesh first.
 
+pub mod downstream;
+pub mod flows;
 pub mod token;
+pub mod upstream;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -24,7 +32,8 @@ use crate::net::conn::bump;
 use crate::net::listener::{accept_loop, ensure_port_free, ListenSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
-use crate::sip::{self, Editor, HeaderName, Limits, Message, Method, Uri};
+use crate::sip::{self, Limits, Message, Method, Uri};
+use token::TokenKey;
 
 crate::counters! {
     /// Per-core counters of the edge's own decisions (network counters are in [`NetStats`]).
@@ -36,19 +45,38 @@ crate::counters! {
         flows_failed,
         too_many_hops,
         mesh_full,
+        /// Requests refused because the flow has not registered yet (only REGISTER may pass).
+        unauthenticated_refused,
+        /// Requests whose From is not an identity this flow registered.
+        spoofed_from_refused,
+        /// Flow tokens or branches whose MAC did not verify.
+        tokens_refused,
+        /// Requests refused because the flow already has too many in flight.
+        flow_busy,
+        /// Transactions toward users that never got a final response.
+        downstream_expired,
+        /// Flows that have registered (a gauge).
+        flows_authenticated_connections,
     }
 }
 
 /// Cross-core messages of the edge.
 pub enum EdgeMsg {
-    /// Write to a connection owned by the receiving core; `request` says whether a failure needs an answer.
-    Write { conn: ConnId, bytes: Bytes, request: bool },
+    /// Write to a connection owned by the receiving core.
+    Write { conn: ConnId, bytes: Bytes },
+    /// A request from the pool (received on connection `from`) for a flow owned by the receiving core.
+    ToUser { from: ConnId, flow: ConnId, bytes: Bytes },
+    /// A response whose return path is state of the receiving core.
+    Response { bytes: Bytes },
 }
 
 /// What every core of the edge shares, read-only (built once from config).
 pub struct EdgeSettings {
     pub listen: SocketAddr,
     pub internal: SocketAddr,
+    /// `listen` and `internal` as text, for the Vias and Paths we write.
+    pub listen_text: String,
+    pub internal_text: String,
     /// Host names (lowercase) a Route may carry and still mean this edge.
     pub myself: Vec<String>,
     pub limits: Limits,
@@ -62,6 +90,12 @@ pub struct EdgeSettings {
     pub idle_timeout: Duration,
     pub queue_max: usize,
     pub connections_max: usize,
+    /// Requests one flow may have in flight toward the pool.
+    pub flow_in_flight_max: u32,
+    /// Transactions toward users kept per core (their internal Vias wait here for the response).
+    pub downstream_max: usize,
+    pub downstream_timeout: Duration,
+    pub key: TokenKey,
 }
 
 impl EdgeSettings {
@@ -75,6 +109,8 @@ impl EdgeSettings {
         Ok(EdgeSettings {
             listen: e.listen,
             internal: e.internal_listen,
+            listen_text: e.listen.to_string(),
+            internal_text: e.internal_listen.to_string(),
             myself,
             limits: sip_limits(cfg),
             user_tls,
@@ -87,6 +123,10 @@ impl EdgeSettings {
             idle_timeout: Duration::from_millis(e.idle_timeout_ms),
             queue_max: e.flow_queue_max,
             connections_max: 200_000,
+            flow_in_flight_max: 32,
+            downstream_max: 65_536,
+            downstream_timeout: Duration::from_secs(32),
+            key: TokenKey::random()?,
         })
     }
 }
@@ -137,6 +177,8 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         mesh: senders,
         pool,
         s: s.clone(),
+        flows: RefCell::new(flows::Flows::default()),
+        down: RefCell::new(downstream::DownTxns::new(id, s.downstream_max)),
         scratch: RefCell::new(Vec::with_capacity(256)),
     });
     for (_, rx) in receivers.streams() {
@@ -156,6 +198,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
                 glommio::timer::sleep(Duration::from_secs(1)).await;
                 let n = edge.table.borrow().close_idle(idle_ms);
                 edge.stats.idle_closed.add(n as u64);
+                edge.sweep();
             }
         })
         .detach();
@@ -193,6 +236,8 @@ pub struct Edge {
     mesh: Senders<EdgeMsg>,
     pool: Rc<Connector>,
     s: Arc<EdgeSettings>,
+    flows: RefCell<flows::Flows>,
+    down: RefCell<downstream::DownTxns>,
     scratch: RefCell<Vec<u8>>,
 }
 
@@ -209,18 +254,24 @@ impl Handler for Edge {
 
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
         if !msg.is_request() {
-            self.route_response(&msg);
+            self.route_response(msg);
             return;
         }
         match conn.kind {
             ConnKind::User => self.from_user(conn, &msg),
-            ConnKind::PeerIn | ConnKind::PeerOut => self.to_user(conn, &msg),
+            ConnKind::PeerIn | ConnKind::PeerOut => self.to_user(conn.id, msg),
+        }
+    }
+
+    fn on_closed(&self, conn: &Rc<Conn>) {
+        if conn.kind == ConnKind::User {
+            self.flows.borrow_mut().remove(conn.id);
         }
     }
 }
 
 impl Undeliverable for Edge {
-    /// A request we could not pass on: answer it back along its Via (ours is on top).
+    /// A user's request the pool could not be reached for: answer it back along its Via (ours is on top).
     fn undeliverable(self: &Rc<Self>, bytes: Bytes, code: u16, reason: &'static str) {
         let Ok(req) = Message::parse(bytes, &self.s.limits) else { return };
         if !req.is_request() || req.method() == Some(&Method::Ack) {
@@ -229,7 +280,7 @@ impl Undeliverable for Edge {
         let mut out = BytesMut::with_capacity(512);
         sip::write_response(&mut out, &req, code, reason, Some(b"edge"), &[], None);
         if let Ok(resp) = Message::parse(out.freeze(), &self.s.limits) {
-            self.route_response(&resp);
+            self.route_response(resp);
         }
     }
 }
@@ -237,153 +288,79 @@ impl Undeliverable for Edge {
 impl Edge {
     fn on_mesh(self: &Rc<Self>, msg: EdgeMsg) {
         match msg {
-            EdgeMsg::Write { conn, bytes, request } => self.deliver(conn, bytes, request),
+            EdgeMsg::Write { conn, bytes } => self.deliver(conn, bytes),
+            EdgeMsg::ToUser { from, flow, bytes } => match Message::parse(bytes, &self.s.limits) {
+                Ok(m) => self.to_local_user(from, flow, m),
+                Err(e) => tracing::error!(error = %e, "a request that parsed on one core failed on another"),
+            },
+            EdgeMsg::Response { bytes } => match Message::parse(bytes, &self.s.limits) {
+                Ok(m) => self.route_response(m),
+                Err(e) => tracing::error!(error = %e, "a response that parsed on one core failed on another"),
+            },
         }
     }
 
-    /// Writes to a connection on whichever core owns it.
-    fn deliver(self: &Rc<Self>, conn: ConnId, bytes: Bytes, request: bool) {
+    /// Hands a message to the core that owns its state; false when the mesh is full (the caller answers 503).
+    fn to_core(self: &Rc<Self>, core: usize, msg: EdgeMsg) -> bool {
+        if self.mesh.try_send_to(core, msg).is_err() {
+            bump(&self.estats.mesh_full);
+            return false;
+        }
+        true
+    }
+
+    /// Writes to a connection on whichever core owns it. Best effort: a vanished connection is counted.
+    fn deliver(self: &Rc<Self>, conn: ConnId, bytes: Bytes) {
         if usize::from(conn.core) == self.id {
-            match self.table.borrow().send(conn, &bytes) {
-                Ok(()) => return,
-                Err(SendError::Gone) | Err(SendError::Full) => bump(&self.estats.flows_failed),
-            }
-            if request {
-                // RFC 5626 §5.3: the flow is gone.
-                self.undeliverable(bytes, 430, "Flow Failed");
+            if let Err(e) = self.table.borrow().send(conn, &bytes) {
+                bump(&self.estats.flows_failed);
+                if e == SendError::Full {
+                    tracing::info!(?conn, "write queue full: connection closed");
+                }
             }
             return;
         }
-        if self
-            .mesh
-            .try_send_to(usize::from(conn.core), EdgeMsg::Write { conn, bytes: bytes.clone(), request })
-            .is_err()
-        {
-            bump(&self.estats.mesh_full);
-            if request {
-                self.undeliverable(bytes, 503, "Service Unavailable");
-            }
-        }
+        self.to_core(usize::from(conn.core), EdgeMsg::Write { conn, bytes });
     }
 
-    fn reply(self: &Rc<Self>, conn: &Conn, req: &Message, code: u16, reason: &str) {
+    fn reply(self: &Rc<Self>, conn: ConnId, req: &Message, code: u16, reason: &str) {
+        if req.method() == Some(&Method::Ack) {
+            return;
+        }
         let mut out = BytesMut::with_capacity(512);
         sip::write_response(&mut out, req, code, reason, Some(b"edge"), &[], None);
-        self.deliver(conn.id, out.freeze(), false);
+        self.deliver(conn, out.freeze());
     }
 
     fn is_myself(&self, uri: &Uri<'_>) -> bool {
-        let host = uri.host;
         let named = self.s.myself.iter().any(|m| uri.host_eq(m.as_bytes()));
         let port_ok = match uri.port {
             None => true,
             Some(p) => p == self.s.listen.port(),
         };
-        named && port_ok && !host.is_empty()
+        named && port_ok && !uri.host.is_empty()
     }
 
-    /// A remote user's request: on to the pool, with our Via (and for REGISTER a Path naming this flow).
-    fn from_user(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
-        bump(&self.estats.requests_from_users);
-        let max_forwards = msg.max_forwards().unwrap_or(70);
-        if max_forwards == 0 {
-            bump(&self.estats.too_many_hops);
-            self.reply(conn, msg, 483, "Too Many Hops");
-            return;
-        }
-        if msg.method() == Some(&Method::Ack) && msg.header(HeaderName::Route).is_none() {
-            // An ACK for a final response we relayed statelessly: nothing downstream waits for it.
-        }
-        let Some(top) = msg.top_via() else {
-            self.reply(conn, msg, 400, "Bad Request: no Via");
+    /// Any response: our top Via says where it goes, and on which core that knowledge lives.
+    fn route_response(self: &Rc<Self>, msg: Message) {
+        let Some(branch) = msg.top_via().and_then(|v| v.branch()) else {
+            bump(&self.estats.responses_unroutable);
             return;
         };
-        let salt = token::hash(top.branch().unwrap_or(top.raw));
-        let own_routes = msg
-            .values(HeaderName::Route)
-            .take_while(|r| sip::NameAddr::parse(r).map(|na| self.is_myself(&na.uri)).unwrap_or(false))
-            .count();
-
-        let mut scratch = self.scratch.borrow_mut();
-        scratch.clear();
-        scratch.extend_from_slice(b"SIP/2.0/TLS ");
-        scratch.extend_from_slice(self.s.internal.to_string().as_bytes());
-        scratch.extend_from_slice(b";branch=");
-        token::write_branch(&mut scratch, conn.id, salt);
-        let via_end = scratch.len();
-        if msg.method() == Some(&Method::Register) {
-            scratch.extend_from_slice(b"<sip:");
-            token::write_flow(&mut scratch, conn.id);
-            scratch.push(b'@');
-            scratch.extend_from_slice(self.s.internal.to_string().as_bytes());
-            scratch.extend_from_slice(b";transport=tls;lr>");
-        }
-        let path_end = scratch.len();
-        let received = conn.peer.ip().to_string();
-        let (via, path) = scratch.split_at(via_end);
-        let path = path.get(..path_end - via_end).unwrap_or(&[]);
-
-        let mut ed = Editor::new(msg);
-        for _ in 0..own_routes {
-            ed.pop_route();
-        }
-        ed.set_top_via_params(Some(received.as_bytes()), Some(conn.peer.port()));
-        ed.push_via(via);
-        if !path.is_empty() {
-            ed.prepend_header(HeaderName::Path, path);
-        }
-        ed.set_max_forwards(max_forwards - 1);
-        let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
-        ed.write(&mut out);
-        drop(scratch);
-        self.pool.send(self, out.freeze());
-    }
-
-    /// A request from the pool for a remote user: the first Route carries the flow token we put in Path.
-    fn to_user(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
-        bump(&self.estats.requests_to_users);
-        let flow = msg
-            .values(HeaderName::Route)
-            .next()
-            .and_then(|r| sip::NameAddr::parse(r).ok())
-            .and_then(|na| na.uri.user.and_then(token::parse_flow));
-        let Some(flow) = flow else {
-            self.reply(conn, msg, 404, "Not Found: no flow token");
-            return;
-        };
-        let max_forwards = msg.max_forwards().unwrap_or(70);
-        if max_forwards == 0 {
-            self.reply(conn, msg, 483, "Too Many Hops");
-            return;
-        }
-        let salt = token::hash(msg.top_via().and_then(|v| v.branch()).unwrap_or(b""));
-        let mut via = Vec::with_capacity(96);
-        via.extend_from_slice(b"SIP/2.0/TLS ");
-        via.extend_from_slice(self.s.listen.to_string().as_bytes());
-        via.extend_from_slice(b";branch=");
-        token::write_branch(&mut via, conn.id, salt);
-        let mut ed = Editor::new(msg);
-        ed.pop_route();
-        ed.push_via(&via);
-        ed.set_max_forwards(max_forwards - 1);
-        let mut out = BytesMut::with_capacity(msg.bytes().len() + 128);
-        ed.write(&mut out);
-        self.deliver(flow, out.freeze(), true);
-    }
-
-    /// Any response: the top Via is ours and names the connection it returns on.
-    fn route_response(self: &Rc<Self>, msg: &Message) {
-        let back = msg.top_via().and_then(|v| v.branch()).and_then(token::parse_branch);
-        let Some(back) = back else {
+        if token::is_down_branch(branch) {
+            self.response_from_user(msg);
+        } else if let Some(back) = token::parse_up_branch(branch) {
+            self.response_to_user(back, msg);
+        } else {
             bump(&self.estats.responses_unroutable);
             tracing::debug!("response without our Via branch: dropped");
-            return;
-        };
-        bump(&self.estats.responses_routed);
-        let mut ed = Editor::new(msg);
-        ed.pop_via();
-        let mut out = BytesMut::with_capacity(msg.bytes().len());
-        ed.write(&mut out);
-        self.deliver(back, out.freeze(), false);
+        }
+    }
+
+    /// Once a second: expire transactions toward users, refresh gauges.
+    fn sweep(self: &Rc<Self>) {
+        let expired = self.down.borrow_mut().expire(std::time::Instant::now());
+        self.estats.downstream_expired.add(expired as u64);
+        self.estats.flows_authenticated_connections.set(self.flows.borrow().authenticated() as u64);
     }
 }

@@ -94,7 +94,8 @@ pub fn render() -> String {
 /// Serves `/metrics` and `/health` on a plain thread (never on an executor: scraping must not steal a core's time
 /// slice, and a slow scraper must not hold anything the data path needs).
 pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).map_err(|e| std::io::Error::new(e.kind(), format!("[mgmt] listen {addr}: {e}")))?;
+    let listener =
+        TcpListener::bind(addr).map_err(|e| std::io::Error::new(e.kind(), format!("[mgmt] listen {addr}: {e}")))?;
     std::thread::Builder::new().name("mgmt".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

@@ -43,7 +43,8 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     )
     .map_err(|e| ctx("cannot make the development PKI in", &dir.join("pki"), e))?;
     let users_file = dir.join("users.toml");
-    let users = Directory::write_demo_with_load(&users_file, o.load_users).map_err(|e| ctx("cannot write demo users", &users_file, e))?;
+    let users = Directory::write_demo_with_load(&users_file, o.load_users)
+        .map_err(|e| ctx("cannot write demo users", &users_file, e))?;
 
     let (user_port, pool_port, internal_port) = (o.port_base, o.port_base + 1, o.port_base + 2);
     for (what, port) in
@@ -106,7 +107,13 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         let _ = writeln!(out, "    sip:{alias}@{d}  password {pw}");
     }
     if o.load_users > 0 {
-        let _ = writeln!(out, "    and {} load users load1..load{} (passwords in {})", o.load_users, o.load_users, users_file.display());
+        let _ = writeln!(
+            out,
+            "    and {} load users load1..load{} (passwords in {})",
+            o.load_users,
+            o.load_users,
+            users_file.display()
+        );
     }
     let _ = writeln!(
         out,

@@ -15,19 +15,71 @@ use super::conn::{bump, drive, ConnKind, Handler};
 use super::tls::peer_dns_names;
 
 /// glommio binds with SO_REUSEPORT so every core can accept on the same port; the flip side is that a second
-/// process on that port would silently take half the connections. A plain bind first (no SO_REUSEPORT) fails
-/// when anyone already holds the port, and we refuse to start.
+/// process on that port would silently take half the connections. We refuse to start when anything already
+/// listens there. A trial bind cannot tell: it also fails on the TIME_WAIT sockets our own previous run left
+/// (they inherit SO_REUSEPORT), which must not stop a restart. So we read the kernel's socket tables.
 pub fn ensure_port_free(addr: SocketAddr, what: &str) -> io::Result<()> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(l) => {
-            drop(l);
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+    if listening_on(addr)? {
+        return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("{what} {addr} is already in use by another process (refusing to share it through SO_REUSEPORT)"),
-        )),
-        Err(e) => Err(io::Error::new(e.kind(), format!("{what} {addr}: {e}"))),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a socket in LISTEN state holds `addr`'s port on its address or on the wildcard address.
+fn listening_on(addr: SocketAddr) -> io::Result<bool> {
+    const LISTEN: &str = "0A";
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let mut cols = line.split_whitespace();
+            let (Some(local), Some(_remote), Some(state)) = (cols.nth(1), cols.next(), cols.next()) else { continue };
+            if state != LISTEN {
+                continue;
+            }
+            let Some((ip_hex, port_hex)) = local.split_once(':') else { continue };
+            if u16::from_str_radix(port_hex, 16).ok() != Some(addr.port()) {
+                continue;
+            }
+            // Wildcard (all zeros) or the same address: either takes our connections.
+            let ip_matches = ip_hex.bytes().all(|b| b == b'0') || hex_ip_matches(ip_hex, addr.ip());
+            if ip_matches {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// /proc/net/tcp writes IPv4 as one little-endian u32 and IPv6 as four of them.
+fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
+    let words: Vec<u32> = (0..hex.len() / 8)
+        .filter_map(|i| hex.get(i * 8..i * 8 + 8))
+        .filter_map(|w| u32::from_str_radix(w, 16).ok())
+        .collect();
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            bytes == v4.octets()
+                || (bytes.len() == 16 && bytes[12..] == v4.octets() && bytes[..10].iter().all(|b| *b == 0))
+        }
+        std::net::IpAddr::V6(v6) => bytes == v6.octets(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_a_listener_and_ignores_free_ports() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        assert!(ensure_port_free(addr, "test").is_err());
+        drop(l);
+        assert!(ensure_port_free(addr, "test").is_ok());
     }
 }
 

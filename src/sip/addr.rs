@@ -48,7 +48,8 @@ impl<'a> NameAddr<'a> {
                 [b';', p @ ..] => p,
                 _ => return Err(ParseError::BadNameAddr),
             };
-            (inner.get(..gt).unwrap_or(&[]), params)
+            // LWS inside the brackets is not allowed, but RFC 4475 §3.1.2.14 permits reading past it.
+            (lex::trim(inner.get(..gt).unwrap_or(&[])), params)
         } else {
             // addr-spec: it cannot contain ';'-params, ',' or '?' (RFC 3261 §20), so the first ';' or LWS ends it.
             let end = after_display.iter().position(|&c| c == b';' || lex::is_ws(c)).unwrap_or(after_display.len());

@@ -80,7 +80,7 @@ pub fn find_outside(b: &[u8], sep: u8) -> Result<Option<usize>, ParseError> {
         match rest.get(j) {
             Some(&c) if c == sep => return Ok(Some(at)),
             Some(b'"') => i = at + quoted_end(b.get(at..).unwrap_or(&[]))?,
-            _ => match memchr::memchr(b'>', b.get(at..).unwrap_or(&[])) {
+            _ => match find(b'>', b.get(at..).unwrap_or(&[])) {
                 Some(k) => i = at + k + 1,
                 None => return Ok(None),
             },

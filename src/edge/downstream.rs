@@ -1,0 +1,190 @@
+//! Requests from the pool toward remote users, and the users' responses back.
+//!
+//! Topology hiding: every Via, Route and Record-Route of the internal hops is removed before the request leaves,
+//! and our single Via names a transaction kept on the flow's core ([`DownTxns`]): the saved Vias are put back when
+//! the user's response arrives. The branch carries a MAC, so a user cannot make us route a response elsewhere.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{token, Edge, EdgeMsg};
+use crate::net::conn::bump;
+use crate::net::ConnId;
+use crate::sip::{Editor, HeaderName, Message, NameAddr};
+
+/// A request sent to a user, waiting for its final response.
+struct DownTxn {
+    /// The connection (to the pool) the response goes back on.
+    back: ConnId,
+    /// The Via values we removed, in order, joined as one header value.
+    vias: Bytes,
+    deadline: Instant,
+}
+
+/// Transactions toward the users of one core, bounded.
+pub struct DownTxns {
+    map: HashMap<u64, DownTxn>,
+    core: u64,
+    next: u64,
+    max: usize,
+}
+
+impl DownTxns {
+    pub fn new(core: usize, max: usize) -> DownTxns {
+        DownTxns { map: HashMap::new(), core: core as u64, next: 0, max }
+    }
+
+    fn insert(&mut self, t: DownTxn) -> Option<u64> {
+        if self.map.len() >= self.max {
+            return None;
+        }
+        // The top 16 bits name the core, so any core can tell where a response's state lives.
+        self.next = (self.next + 1) & 0x0000_ffff_ffff_ffff;
+        let id = (self.core << 48) | self.next;
+        self.map.insert(id, t);
+        Some(id)
+    }
+
+    /// Drops transactions past their deadline; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, t| t.deadline > now);
+        before - self.map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl Edge {
+    /// A request from the pool: the first Route carries the flow token we put in Path.
+    pub(super) fn to_user(self: &Rc<Self>, from: ConnId, msg: Message) {
+        bump(&self.estats.requests_to_users);
+        let route = msg.values(HeaderName::Route).next().and_then(|r| NameAddr::parse(r).ok());
+        let flow = route.and_then(|na| na.uri.user.and_then(|u| token::parse_flow(&self.s.key, u)));
+        let Some(flow) = flow else {
+            bump(&self.estats.tokens_refused);
+            self.reply(from, &msg, 404, "Not Found: no valid flow token");
+            return;
+        };
+        if usize::from(flow.core) != self.id {
+            let bytes = msg.bytes().clone();
+            if !self.to_core(usize::from(flow.core), EdgeMsg::ToUser { from, flow, bytes }) {
+                self.reply(from, &msg, 503, "Service Unavailable");
+            }
+            return;
+        }
+        self.to_local_user(from, flow, msg);
+    }
+
+    /// On the flow's core: hide the internal hops, remember them, write to the user.
+    pub(super) fn to_local_user(self: &Rc<Self>, from: ConnId, flow: ConnId, msg: Message) {
+        if self.table.borrow().get(flow).is_none() {
+            bump(&self.estats.flows_failed);
+            // RFC 5626 §5.3: the flow this request was bound to is gone.
+            self.reply(from, &msg, 430, "Flow Failed");
+            return;
+        }
+        let max_forwards = msg.max_forwards().unwrap_or(70);
+        if max_forwards == 0 {
+            self.reply(from, &msg, 483, "Too Many Hops");
+            return;
+        }
+        let mut vias = BytesMut::with_capacity(256);
+        for v in msg.values(HeaderName::Via) {
+            if !vias.is_empty() {
+                vias.extend_from_slice(b", ");
+            }
+            vias.extend_from_slice(v);
+        }
+        let txn = DownTxn { back: from, vias: vias.freeze(), deadline: Instant::now() + self.s.downstream_timeout };
+        let Some(id) = self.down.borrow_mut().insert(txn) else {
+            self.reply(from, &msg, 503, "Service Unavailable: too many transactions toward users");
+            return;
+        };
+        let mut via = Vec::with_capacity(96);
+        via.extend_from_slice(b"SIP/2.0/TLS ");
+        via.extend_from_slice(self.s.listen_text.as_bytes());
+        via.extend_from_slice(b";branch=");
+        token::write_down_branch(&self.s.key, &mut via, id);
+        let mut ed = Editor::new(&msg);
+        ed.remove_headers(HeaderName::Via);
+        ed.remove_headers(HeaderName::Route);
+        ed.remove_headers(HeaderName::RecordRoute);
+        ed.remove_headers(HeaderName::Path);
+        ed.push_via(&via);
+        ed.set_max_forwards(max_forwards - 1);
+        let mut out = BytesMut::with_capacity(msg.bytes().len());
+        ed.write(&mut out);
+        if self.table.borrow().send(flow, &out.freeze()).is_err() {
+            self.down.borrow_mut().map.remove(&id);
+            bump(&self.estats.flows_failed);
+            self.reply(from, &msg, 430, "Flow Failed");
+        }
+    }
+
+    /// A user's response to a request we sent it: restore the internal Vias and return it to the pool.
+    pub(super) fn response_from_user(self: &Rc<Self>, msg: Message) {
+        let branch = msg.top_via().and_then(|v| v.branch()).unwrap_or(b"");
+        let Some(id) = token::parse_down_branch(&self.s.key, branch) else {
+            bump(&self.estats.tokens_refused);
+            return;
+        };
+        let core = (id >> 48) as usize;
+        if core != self.id {
+            let bytes = msg.bytes().clone();
+            self.to_core(core, EdgeMsg::Response { bytes });
+            return;
+        }
+        let final_response = msg.status().unwrap_or(0) >= 200;
+        let (back, vias) = {
+            let mut down = self.down.borrow_mut();
+            let found = if final_response { down.map.remove(&id) } else { down.map.get(&id).map(|t| t.clone_ref()) };
+            match found {
+                Some(t) => (t.back, t.vias),
+                None => {
+                    bump(&self.estats.responses_unroutable);
+                    return;
+                }
+            }
+        };
+        bump(&self.estats.responses_routed);
+        let mut ed = Editor::new(&msg);
+        ed.pop_via();
+        ed.push_via(&vias);
+        let mut out = BytesMut::with_capacity(msg.bytes().len() + vias.len());
+        ed.write(&mut out);
+        self.deliver(back, out.freeze());
+    }
+}
+
+impl DownTxn {
+    fn clone_ref(&self) -> DownTxn {
+        DownTxn { back: self.back, vias: self.vias.clone(), deadline: self.deadline }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_and_expiring() {
+        let mut d = DownTxns::new(3, 2);
+        let t = || DownTxn { back: ConnId { core: 0, gen: 0, slot: 1 }, vias: Bytes::new(), deadline: Instant::now() };
+        let a = d.insert(t()).unwrap_or(0);
+        assert_eq!(a >> 48, 3);
+        assert!(d.insert(t()).is_some());
+        assert!(d.insert(t()).is_none(), "capacity holds");
+        assert_eq!(d.expire(Instant::now() + std::time::Duration::from_secs(1)), 2);
+        assert!(d.is_empty());
+    }
+}

@@ -1,0 +1,58 @@
+//! What the edge knows about each remote user's flow on this core: which AORs it has registered (and so may
+//! speak for), and how many of its requests are in flight. Removed when the connection closes.
+
+use std::collections::HashMap;
+
+use crate::net::ConnId;
+
+/// Most AORs one connection may register (a client registers one or a few identities).
+const AORS_PER_FLOW_MAX: usize = 8;
+
+#[derive(Default)]
+pub struct Flow {
+    aors: Vec<String>,
+    pub in_flight: u32,
+}
+
+impl Flow {
+    pub fn is_authenticated(&self) -> bool {
+        !self.aors.is_empty()
+    }
+    pub fn speaks_for(&self, aor: &str) -> bool {
+        self.aors.iter().any(|a| a == aor)
+    }
+}
+
+#[derive(Default)]
+pub struct Flows {
+    map: HashMap<ConnId, Flow>,
+}
+
+impl Flows {
+    pub fn get(&self, id: ConnId) -> Option<&Flow> {
+        self.map.get(&id)
+    }
+    pub fn get_mut(&mut self, id: ConnId) -> &mut Flow {
+        self.map.entry(id).or_default()
+    }
+    /// The registrar accepted a REGISTER for `aor` on this flow (`bound`: it still has bindings).
+    pub fn registered(&mut self, id: ConnId, aor: String, bound: bool) {
+        let f = self.map.entry(id).or_default();
+        f.aors.retain(|a| *a != aor);
+        if bound && f.aors.len() < AORS_PER_FLOW_MAX {
+            f.aors.push(aor);
+        }
+    }
+    pub fn remove(&mut self, id: ConnId) {
+        self.map.remove(&id);
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn authenticated(&self) -> usize {
+        self.map.values().filter(|f| f.is_authenticated()).count()
+    }
+}

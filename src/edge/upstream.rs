@@ -1,0 +1,136 @@
+//! Requests from remote users toward the pool, and the pool's responses back to them.
+//!
+//! The gate: until the pool has accepted a REGISTER on a flow, only REGISTER (and OPTIONS to the edge itself)
+//! pass; after it, a request must come From an identity the flow registered. Everything refused here never
+//! reaches the pool.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+
+use super::{token, Edge};
+use crate::net::conn::bump;
+use crate::net::{Conn, ConnId};
+use crate::pool::aor_of;
+use crate::sip::{self, Editor, HeaderName, Message, Method, NameAddr};
+
+impl Edge {
+    /// A remote user's request: checked, then on to the pool with our Via (and for REGISTER a Path naming this flow).
+    pub(super) fn from_user(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
+        bump(&self.estats.requests_from_users);
+        let method = msg.method().copied().unwrap_or(Method::Other);
+        if method == Method::Options && self.is_keepalive_options(msg) {
+            let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS";
+            let mut out = BytesMut::with_capacity(512);
+            sip::write_response(&mut out, msg, 200, "OK", Some(b"edge"), &[(HeaderName::Allow, allow)], None);
+            self.deliver(conn.id, out.freeze());
+            return;
+        }
+        if method != Method::Register {
+            let flows = self.flows.borrow();
+            let Some(flow) = flows.get(conn.id).filter(|f| f.is_authenticated()) else {
+                drop(flows);
+                bump(&self.estats.unauthenticated_refused);
+                tracing::info!(peer = %conn.peer, method = ?method, "request before REGISTER: refused at the edge");
+                self.reply(conn.id, msg, 403, "Forbidden: register first");
+                return;
+            };
+            if !flow.speaks_for(&aor_of(&msg.from().uri)) {
+                drop(flows);
+                bump(&self.estats.spoofed_from_refused);
+                tracing::info!(peer = %conn.peer, "From is not an identity this connection registered: refused");
+                self.reply(conn.id, msg, 403, "Forbidden: From does not match the registered identity");
+                return;
+            }
+        }
+        let max_forwards = msg.max_forwards().unwrap_or(70);
+        if max_forwards == 0 {
+            bump(&self.estats.too_many_hops);
+            self.reply(conn.id, msg, 483, "Too Many Hops");
+            return;
+        }
+        if method != Method::Ack {
+            let mut flows = self.flows.borrow_mut();
+            let flow = flows.get_mut(conn.id);
+            if flow.in_flight >= self.s.flow_in_flight_max {
+                drop(flows);
+                bump(&self.estats.flow_busy);
+                self.reply(conn.id, msg, 503, "Service Unavailable: too many requests in flight");
+                return;
+            }
+            flow.in_flight += 1;
+        }
+        let Some(top) = msg.top_via() else {
+            self.reply(conn.id, msg, 400, "Bad Request: no Via");
+            return;
+        };
+        let salt = token::hash(top.branch().unwrap_or(top.raw));
+        let own_routes = msg
+            .values(HeaderName::Route)
+            .take_while(|r| NameAddr::parse(r).map(|na| self.is_myself(&na.uri)).unwrap_or(false))
+            .count();
+
+        let mut scratch = self.scratch.borrow_mut();
+        scratch.clear();
+        scratch.extend_from_slice(b"SIP/2.0/TLS ");
+        scratch.extend_from_slice(self.s.internal_text.as_bytes());
+        scratch.extend_from_slice(b";branch=");
+        token::write_up_branch(&mut scratch, conn.id, salt);
+        let via_end = scratch.len();
+        if method == Method::Register {
+            scratch.extend_from_slice(b"<sip:");
+            token::write_flow(&self.s.key, &mut scratch, conn.id);
+            scratch.push(b'@');
+            scratch.extend_from_slice(self.s.internal_text.as_bytes());
+            scratch.extend_from_slice(b";transport=tls;lr>");
+        }
+        let (via, path) = scratch.split_at(via_end);
+        let received = conn.peer.ip().to_string();
+
+        let mut ed = Editor::new(msg);
+        for _ in 0..own_routes {
+            ed.pop_route();
+        }
+        ed.set_top_via_params(Some(received.as_bytes()), Some(conn.peer.port()));
+        ed.push_via(via);
+        if !path.is_empty() {
+            ed.prepend_header(HeaderName::Path, path);
+        }
+        ed.set_max_forwards(max_forwards - 1);
+        let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
+        ed.write(&mut out);
+        drop(scratch);
+        self.pool.send(self, out.freeze());
+    }
+
+    /// OPTIONS addressed to the edge itself (no user part): a client's keep-alive or capability probe.
+    fn is_keepalive_options(&self, msg: &Message) -> bool {
+        msg.request_uri().and_then(|r| sip::Uri::parse(r).ok()).is_some_and(|u| u.user.is_none() && self.is_myself(&u))
+    }
+
+    /// The pool's response to a user's request; `back` is the user's connection, from our Via branch.
+    pub(super) fn response_to_user(self: &Rc<Self>, back: ConnId, msg: Message) {
+        if usize::from(back.core) != self.id {
+            // The flow's bookkeeping lives on its own core.
+            let bytes = msg.bytes().clone();
+            self.to_core(usize::from(back.core), super::EdgeMsg::Response { bytes });
+            return;
+        }
+        let status = msg.status().unwrap_or(0);
+        if status >= 200 {
+            let mut flows = self.flows.borrow_mut();
+            let flow = flows.get_mut(back);
+            flow.in_flight = flow.in_flight.saturating_sub(1);
+            if (200..300).contains(&status) && msg.cseq().method == Method::Register {
+                let bound = msg.values(HeaderName::Contact).next().is_some();
+                flows.registered(back, aor_of(&msg.to().uri), bound);
+            }
+        }
+        bump(&self.estats.responses_routed);
+        let mut ed = Editor::new(&msg);
+        ed.pop_via();
+        let mut out = BytesMut::with_capacity(msg.bytes().len());
+        ed.write(&mut out);
+        self.deliver(back, out.freeze());
+    }
+}
