@@ -52,6 +52,9 @@ impl Flows {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+    pub fn in_flight(&self) -> usize {
+        self.map.values().map(|f| f.in_flight as usize).sum()
+    }
     pub fn authenticated(&self) -> usize {
         self.map.values().filter(|f| f.is_authenticated()).count()
     }

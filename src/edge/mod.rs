@@ -96,6 +96,8 @@ pub struct EdgeSettings {
     pub downstream_max: usize,
     pub downstream_timeout: Duration,
     pub key: TokenKey,
+    /// How long a SIGTERM waits for transactions in flight before closing connections.
+    pub drain_timeout: Duration,
 }
 
 impl EdgeSettings {
@@ -127,6 +129,7 @@ impl EdgeSettings {
             downstream_max: 65_536,
             downstream_timeout: Duration::from_secs(32),
             key: TokenKey::random()?,
+            drain_timeout: Duration::from_secs(5),
         })
     }
 }
@@ -196,8 +199,9 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(Duration::from_secs(1)).await;
-                let n = edge.table.borrow().close_idle(idle_ms);
-                edge.stats.idle_closed.add(n as u64);
+                let (idle, slow) = edge.table.borrow().close_stale(idle_ms, MESSAGE_DEADLINE_MS);
+                edge.stats.idle_closed.add(idle as u64);
+                edge.stats.slow_senders_closed.add(slow as u64);
                 edge.sweep();
             }
         })
@@ -222,11 +226,25 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     tracing::info!(core = id, listen = %s.listen, internal = %s.internal, "edge core ready");
     let a = accept_loop(users, edge.clone());
     let b = accept_loop(internal, edge.clone());
-    if let Err(e) = futures_lite::future::or(a, b).await {
+    let listening = async { Some(futures_lite::future::or(a, b).await) };
+    let drain = async {
+        shard::drain_requested().await;
+        None
+    };
+    if let Some(Err(e)) = futures_lite::future::or(listening, drain).await {
         tracing::error!(core = id, error = %e, "edge listener failed");
         std::process::exit(1);
     }
+    // Draining: the listeners are closed; let transactions in flight finish, then close every flow so that
+    // clients re-register elsewhere at once instead of waiting for a timeout.
+    let done = shard::wait_until(s.drain_timeout, || edge.in_flight() == 0).await;
+    tracing::info!(core = id, in_flight = edge.in_flight(), finished = done, "edge draining: closing connections");
+    edge.table.borrow().close_all();
+    shard::wait_until(Duration::from_secs(2), || edge.table.borrow().is_empty()).await;
 }
+
+/// A message must be complete this long after its first byte arrived (slowloris).
+const MESSAGE_DEADLINE_MS: u64 = 10_000;
 
 pub struct Edge {
     id: usize,
@@ -355,6 +373,11 @@ impl Edge {
             bump(&self.estats.responses_unroutable);
             tracing::debug!("response without our Via branch: dropped");
         }
+    }
+
+    /// Requests in flight through this core, both ways.
+    fn in_flight(&self) -> usize {
+        self.flows.borrow().in_flight() + self.down.borrow().len()
     }
 
     /// Once a second: expire transactions toward users, refresh gauges.

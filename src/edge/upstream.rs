@@ -26,6 +26,13 @@ impl Edge {
             self.deliver(conn.id, out.freeze());
             return;
         }
+        if crate::shard::draining() && method != Method::Ack {
+            let mut out = BytesMut::with_capacity(512);
+            let extra: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"5")];
+            sip::write_response(&mut out, msg, 503, "Service Unavailable: shutting down", Some(b"edge"), extra, None);
+            self.deliver(conn.id, out.freeze());
+            return;
+        }
         if method != Method::Register {
             let flows = self.flows.borrow();
             let Some(flow) = flows.get(conn.id).filter(|f| f.is_authenticated()) else {

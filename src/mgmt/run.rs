@@ -71,8 +71,24 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     loop {
         let sig = wait_signal(&set);
         if sig == libc::SIGINT || sig == libc::SIGTERM {
-            tracing::info!(signal = sig, "stopping");
-            return Ok(());
+            break;
         }
     }
+    tracing::info!("stopping: draining transactions in flight, then closing connections");
+    crate::shard::request_drain();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for h in handles {
+            let _ = h.join();
+        }
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(DRAIN_DEADLINE).is_err() {
+        tracing::warn!("drain did not finish in {DRAIN_DEADLINE:?}: exiting anyway");
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
+
+/// Longest a SIGTERM waits for the cores (their own drain takes up to 5 s, closing up to 2 s more).
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(9);

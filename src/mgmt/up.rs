@@ -22,7 +22,8 @@ pub struct UpOptions {
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longer than a role's own drain deadline, so children exit by themselves.
+const STOP_GRACE: Duration = Duration::from_secs(12);
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

@@ -72,6 +72,8 @@ crate::counters! {
         pings,
         slow_readers_closed,
         idle_closed,
+        /// Connections closed for not finishing a message in time (slowloris).
+        slow_senders_closed,
     }
 }
 
@@ -91,6 +93,8 @@ pub struct Conn {
     last_rx_ms: Cell<u64>,
     /// Set when the connection must close although its queue is full (the Close item would not fit).
     kill: Cell<bool>,
+    /// Milliseconds since the table's epoch when the unfinished message in the read buffer began (0: none).
+    partial_since_ms: Cell<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -139,7 +143,7 @@ impl ConnTable {
         self.live == 0
     }
 
-    fn now_ms(&self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
@@ -170,6 +174,7 @@ impl ConnTable {
             tx,
             last_rx_ms: Cell::new(self.now_ms()),
             kill: Cell::new(false),
+            partial_since_ms: Cell::new(0),
         });
         if let Some(s) = self.slots.get_mut(i) {
             *s = Some(conn.clone());
@@ -222,17 +227,30 @@ impl ConnTable {
         }
     }
 
-    /// Tells every connection idle for longer than `idle_ms` to close; returns how many.
-    pub fn close_idle(&self, idle_ms: u64) -> usize {
+    /// Tells every connection idle for longer than `idle_ms`, or that started a message more than `message_ms`
+    /// ago without finishing it (slowloris), to close; returns (idle, slow) counts.
+    pub fn close_stale(&self, idle_ms: u64, message_ms: u64) -> (usize, usize) {
         let now = self.now_ms();
-        let mut n = 0;
+        let (mut idle, mut slow) = (0, 0);
         for c in self.slots.iter().flatten() {
-            if now.saturating_sub(c.last_rx_ms.get()) > idle_ms {
+            let partial = c.partial_since_ms.get();
+            if partial != 0 && now.saturating_sub(partial) > message_ms {
+                c.kill.set(true);
                 let _ = c.tx.try_send(Out::Close);
-                n += 1;
+                slow += 1;
+            } else if now.saturating_sub(c.last_rx_ms.get()) > idle_ms {
+                let _ = c.tx.try_send(Out::Close);
+                idle += 1;
             }
         }
-        n
+        (idle, slow)
+    }
+
+    /// Tells every connection to close (shutdown).
+    pub fn close_all(&self) {
+        for c in self.slots.iter().flatten() {
+            let _ = c.tx.try_send(Out::Close);
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Rc<Conn>> {
@@ -295,8 +313,19 @@ where
             Event::Read(Ok(n)) => {
                 let stats = handler.stats();
                 stats.bytes_in.add(n as u64);
-                handler.table().borrow().touch(&conn);
+                let now_ms = {
+                    let table = handler.table().borrow();
+                    table.touch(&conn);
+                    table.now_ms()
+                };
+                // Not holding the table here: handlers may need it mutably.
                 closing = process_input(&mut rbuf, &mut wbuf, &conn, &handler, &limits);
+                // Bytes left over are the start of a message: its clock runs until it is complete.
+                match (rbuf.is_empty(), conn.partial_since_ms.get()) {
+                    (true, _) => conn.partial_since_ms.set(0),
+                    (false, 0) => conn.partial_since_ms.set(now_ms.max(1)),
+                    _ => {}
+                }
             }
             Event::Out(None) | Event::Out(Some(Out::Close)) => closing = true,
             Event::Out(Some(Out::Bytes(b))) => wbuf.extend_from_slice(&b),

@@ -205,10 +205,19 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         connections_max: 10_000,
     };
     tracing::info!(core = id, listen = %s.listen, "pool core ready");
-    if let Err(e) = accept_loop(spec, pool).await {
+    let listening = async { Some(accept_loop(spec, pool.clone()).await) };
+    let drain = async {
+        shard::drain_requested().await;
+        None
+    };
+    if let Some(Err(e)) = futures_lite::future::or(listening, drain).await {
         tracing::error!(core = id, error = %e, "pool listener failed");
         std::process::exit(1);
     }
+    let done = shard::wait_until(Duration::from_secs(5), || pool.txns.borrow().is_empty()).await;
+    tracing::info!(core = id, finished = done, "pool draining: closing connections");
+    pool.table.borrow().close_all();
+    shard::wait_until(Duration::from_secs(2), || pool.table.borrow().is_empty()).await;
 }
 
 pub struct Pool {

@@ -17,6 +17,38 @@ pub const IO_MEMORY_MIN: usize = 512 * 1024;
 /// glommio's default; more buys nothing for network work.
 pub const IO_MEMORY_DEFAULT: usize = 10 * 1024 * 1024;
 
+/// Set once by the process lifecycle (SIGTERM); every core polls it and drains.
+static DRAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks every core of this process to stop accepting and drain.
+pub fn request_drain() {
+    DRAIN.store(true, std::sync::atomic::Ordering::Release);
+}
+
+pub fn draining() -> bool {
+    DRAIN.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Completes when a drain has been requested (polled: a shutdown may take 100 ms to notice, the data path pays
+/// nothing).
+pub async fn drain_requested() {
+    while !draining() {
+        glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `idle()` holds or `timeout` passes; returns whether it held.
+pub async fn wait_until(timeout: std::time::Duration, idle: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while !idle() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
 /// What a core is handed when its executor starts.
 pub struct Shard<M: Send + 'static> {
     pub id: usize,

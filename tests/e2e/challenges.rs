@@ -96,10 +96,97 @@ fn register_without_credentials_gets_401_digest_challenge() {
     check_challenges(&app, &r, "WWW-Authenticate", "401 to REGISTER");
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hash(alg: &str, data: &str) -> String {
+    use md5::Digest as _;
+    if alg.eq_ignore_ascii_case("SHA-256") {
+        hex(&sha2::Sha256::digest(data.as_bytes()))
+    } else {
+        hex(&md5::Md5::digest(data.as_bytes()))
+    }
+}
+
+/// `Authorization` value answering the challenge `chal` (qop=auth, RFC 2617 / RFC 8760).
+fn authorization(chal: &str, user: &str, password: &str, method: &str, uri: &str) -> Option<String> {
+    let p = digest_params(chal)?;
+    let get = |k: &str| p.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+    let realm = get("realm")?;
+    let nonce = get("nonce")?;
+    let alg = get("algorithm").unwrap_or_else(|| "MD5".into());
+    let cnonce = format!("c{}", uniq().replace('x', ""));
+    let nc = "00000001";
+    let ha1 = hash(&alg, &format!("{user}:{realm}:{password}"));
+    let ha2 = hash(&alg, &format!("{method}:{uri}"));
+    let resp = hash(&alg, &format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    let opaque = get("opaque").map(|o| format!(", opaque=\"{o}\"")).unwrap_or_default();
+    Some(format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{resp}\", algorithm={alg}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"{opaque}"
+    ))
+}
+
+/// REGISTER over the raw connection, answering the 401 with our own digest computation
+/// (MD5 preferred: the contract requires it), and require 200.
+fn raw_register(app: &Appliance, raw: &mut Raw, user: &str, password: &str) {
+    let d = app.domain.clone();
+    let ruri = format!("sip:{d}");
+    let aor = format!("sip:{user}@{d}");
+    let req = request(raw, "REGISTER", &ruri, &aor, "").replace("sip:alice@", &format!("sip:{user}@"));
+    raw.send_ok(req.as_bytes(), "REGISTER");
+    let r = raw.expect_response("REGISTER without credentials");
+    if r.code() != Some(401) {
+        app.fail(&format!("REGISTER without credentials: expected 401, got {:?}\n{}", r.status_line(), r.head));
+    }
+    let chals = headers(&r, "WWW-Authenticate");
+    let chal = chals
+        .iter()
+        .find(|c| digest_params(c).is_some_and(|p| p.iter().all(|(k, v)| k != "algorithm" || v.eq_ignore_ascii_case("MD5"))))
+        .or(chals.first())
+        .copied()
+        .unwrap_or_else(|| app.fail(&format!("401 without WWW-Authenticate:\n{}", r.head)));
+    let Some(auth) = authorization(chal, user, password, "REGISTER", &ruri) else {
+        app.fail(&format!("cannot answer challenge {chal:?}"));
+    };
+    let call_id = r.header("Call-ID").unwrap_or("").to_string();
+    let from_tag_line = req.lines().find(|l| l.starts_with("From:")).unwrap_or("").to_string();
+    let req2 = request(raw, "REGISTER", &ruri, &aor, "")
+        .replace("sip:alice@", &format!("sip:{user}@"))
+        .replace("CSeq: 1 REGISTER", &format!("CSeq: 2 REGISTER\r\nAuthorization: {auth}"));
+    // Same Call-ID and From as the first attempt, as a real UA would.
+    let req2: String = req2
+        .split("\r\n")
+        .map(|l| {
+            if l.starts_with("Call-ID:") {
+                format!("Call-ID: {call_id}")
+            } else if l.starts_with("From:") {
+                from_tag_line.trim_end().to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    raw.send_ok(req2.as_bytes(), "REGISTER with credentials");
+    let r = raw.expect_response("REGISTER with a digest computed by the test");
+    if r.code() != Some(200) {
+        app.fail(&format!(
+            "REGISTER with correct credentials ({chal}): expected 200, got {:?}\nsent:\n{req2}\ngot:\n{}",
+            r.status_line(),
+            r.head
+        ));
+    }
+}
+
+/// A registered client's MESSAGE without credentials is challenged with 407.
 #[test]
 fn message_without_credentials_gets_407_digest_challenge() {
     let app = Appliance::start("challenge-407");
+    let alice = app.user("alice");
     let mut raw = Raw::connect(&app);
+    raw_register(&app, &mut raw, &alice.alias, &alice.password);
     let d = app.domain.clone();
     let to = format!("sip:bob@{d}");
     let req = request(&raw, "MESSAGE", &to, &to, "hi");
