@@ -84,14 +84,17 @@ impl Edge {
         scratch.extend_from_slice(b";branch=");
         token::write_up_branch(&mut scratch, conn.id, salt);
         let via_end = scratch.len();
-        if method == Method::Register {
-            scratch.extend_from_slice(b"<sip:");
-            token::write_flow(&self.s.key, &mut scratch, conn.id);
-            scratch.push(b'@');
-            scratch.extend_from_slice(self.s.internal_text.as_bytes());
-            scratch.extend_from_slice(b";transport=tls;lr>");
+        // REGISTER gets a Path and a dialog-creating request a Record-Route, both naming this flow, so that the
+        // pool's requests for this user (MESSAGE, NOTIFY) come back to this very connection (RFC 3327, RFC 5626).
+        let flow_header = match method {
+            Method::Register => Some(HeaderName::Path),
+            Method::Subscribe | Method::Invite | Method::Refer if msg.to().tag().is_none() => Some(HeaderName::RecordRoute),
+            _ => None,
+        };
+        if flow_header.is_some() {
+            self.write_flow_uri(&mut scratch, conn.id, &self.s.internal_text);
         }
-        let (via, path) = scratch.split_at(via_end);
+        let (via, flow_uri) = scratch.split_at(via_end);
         let received = conn.peer.ip().to_string();
 
         let mut ed = Editor::new(msg);
@@ -100,8 +103,8 @@ impl Edge {
         }
         ed.set_top_via_params(Some(received.as_bytes()), Some(conn.peer.port()));
         ed.push_via(via);
-        if !path.is_empty() {
-            ed.prepend_header(HeaderName::Path, path);
+        if let Some(name) = flow_header {
+            ed.prepend_header(name, flow_uri);
         }
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
@@ -134,10 +137,32 @@ impl Edge {
             }
         }
         bump(&self.estats.responses_routed);
+        // A dialog's route set must not show internal hops: the user sees one Record-Route, ours, at our public
+        // address, carrying the same flow token.
+        let public_rr = if msg.header(HeaderName::RecordRoute).is_some() {
+            let mut rr = Vec::with_capacity(96);
+            self.write_flow_uri(&mut rr, back, &self.s.listen_text);
+            Some(rr)
+        } else {
+            None
+        };
         let mut ed = Editor::new(&msg);
         ed.pop_via();
+        if let Some(rr) = &public_rr {
+            ed.remove_headers(HeaderName::RecordRoute);
+            ed.append_header(HeaderName::RecordRoute, rr);
+        }
         let mut out = BytesMut::with_capacity(msg.bytes().len());
         ed.write(&mut out);
         self.deliver(back, out.freeze());
+    }
+
+    /// `<sip:<flow token>@<host:port>;transport=tls;lr>`
+    pub(super) fn write_flow_uri(&self, out: &mut Vec<u8>, flow: ConnId, hostport: &str) {
+        out.extend_from_slice(b"<sip:");
+        token::write_flow(&self.s.key, out, flow);
+        out.push(b'@');
+        out.extend_from_slice(hostport.as_bytes());
+        out.extend_from_slice(b";transport=tls;lr>");
     }
 }

@@ -123,19 +123,3 @@ fn wsinv_fields() {
     );
     assert_eq!(m.body().len(), 150);
 }
-
-#[test]
-#[ignore]
-fn print_outcomes() {
-    for (name, exp, data) in CASES {
-        let r: Vec<String> = run_stream(data)
-            .iter()
-            .map(|r| match r {
-                Ok(Ok(m)) => format!("ok({})", if m.is_request() { "req" } else { "resp" }),
-                Ok(Err(e)) => format!("{e:?}"),
-                Err(e) => format!("frame:{e:?}"),
-            })
-            .collect();
-        println!("{name:10} {exp} {}", r.join(" "));
-    }
-}
