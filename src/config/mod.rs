@@ -74,6 +74,40 @@ pub struct EdgeConfig {
     pub idle_timeout_ms: u64,
     /// Messages per connection write queue.
     pub flow_queue_max: usize,
+    /// `[edge.flood]`: per source address and per flow limits, lockout and bans.
+    pub flood: FloodConfig,
+}
+
+/// Flood protection. Rates are per core (connections from one address spread over the cores), so the effective
+/// rate of an address is about `cores` times these.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FloodConfig {
+    pub connections_per_ip_max: u32,
+    pub new_connections_per_ip_per_s: f64,
+    pub messages_per_ip_per_s: f64,
+    pub messages_per_ip_burst: f64,
+    /// Refused messages or connections (strikes) before an address is banned.
+    pub strikes_to_ban: u32,
+    /// Failed authentications (403 from the registrar) within `auth_failure_window_s` before a ban.
+    pub auth_failures_max: u32,
+    pub auth_failure_window_s: u64,
+    pub ban_s: u64,
+}
+
+impl Default for FloodConfig {
+    /// Generous enough for a benchmark from one loopback address; tighten for the Internet.
+    fn default() -> Self {
+        FloodConfig {
+            connections_per_ip_max: 10_000,
+            new_connections_per_ip_per_s: 500.0,
+            messages_per_ip_per_s: 5_000.0,
+            messages_per_ip_burst: 10_000.0,
+            strikes_to_ban: 100,
+            auth_failures_max: 10,
+            auth_failure_window_s: 60,
+            ban_s: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +269,7 @@ impl EdgeConfig {
             handshake_timeout_ms: 5000,
             idle_timeout_ms: 300_000,
             flow_queue_max: 256,
+            flood: FloodConfig::default(),
         }
     }
 }
@@ -322,6 +357,20 @@ struct RawEdge {
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     flow_queue_max: Option<usize>,
+    flood: Option<RawFlood>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFlood {
+    connections_per_ip_max: Option<u32>,
+    new_connections_per_ip_per_s: Option<f64>,
+    messages_per_ip_per_s: Option<f64>,
+    messages_per_ip_burst: Option<f64>,
+    strikes_to_ban: Option<u32>,
+    auth_failures_max: Option<u32>,
+    auth_failure_window_s: Option<u64>,
+    ban_s: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -471,6 +520,28 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
             c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);
+            if let Some(f) = e.flood {
+                let d = c.flood;
+                c.flood = FloodConfig {
+                    connections_per_ip_max: f.connections_per_ip_max.unwrap_or(d.connections_per_ip_max),
+                    new_connections_per_ip_per_s: f.new_connections_per_ip_per_s.unwrap_or(d.new_connections_per_ip_per_s),
+                    messages_per_ip_per_s: f.messages_per_ip_per_s.unwrap_or(d.messages_per_ip_per_s),
+                    messages_per_ip_burst: f.messages_per_ip_burst.unwrap_or(d.messages_per_ip_burst),
+                    strikes_to_ban: f.strikes_to_ban.unwrap_or(d.strikes_to_ban),
+                    auth_failures_max: f.auth_failures_max.unwrap_or(d.auth_failures_max),
+                    auth_failure_window_s: f.auth_failure_window_s.unwrap_or(d.auth_failure_window_s),
+                    ban_s: f.ban_s.unwrap_or(d.ban_s),
+                };
+                for (key, v) in [
+                    ("new_connections_per_ip_per_s", c.flood.new_connections_per_ip_per_s),
+                    ("messages_per_ip_per_s", c.flood.messages_per_ip_per_s),
+                    ("messages_per_ip_burst", c.flood.messages_per_ip_burst),
+                ] {
+                    if !(v > 0.0 && v.is_finite()) {
+                        return Err(invalid(format!("[edge.flood] {key}"), "must be a positive number"));
+                    }
+                }
+            }
             Some(c)
         }
     };

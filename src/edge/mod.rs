@@ -15,6 +15,7 @@
 
 pub mod downstream;
 pub mod flows;
+pub mod guard;
 pub mod token;
 pub mod upstream;
 
@@ -57,6 +58,14 @@ crate::counters! {
         downstream_expired,
         /// Flows that have registered (a gauge).
         flows_authenticated_connections,
+        /// Messages refused by a source address's rate limit.
+        rate_limited,
+        /// Failed authentications seen (403 from the registrar).
+        auth_failures,
+        /// Bans this core decided.
+        bans,
+        /// Addresses banned right now (a gauge).
+        banned_now,
     }
 }
 
@@ -68,6 +77,8 @@ pub enum EdgeMsg {
     ToUser { from: ConnId, flow: ConnId, bytes: Bytes },
     /// A response whose return path is state of the receiving core.
     Response { bytes: Bytes },
+    /// Another core banned an address: refuse it here too, and close its connections.
+    Ban { ip: std::net::IpAddr, until: std::time::Instant },
 }
 
 /// What every core of the edge shares, read-only (built once from config).
@@ -98,6 +109,7 @@ pub struct EdgeSettings {
     pub key: TokenKey,
     /// How long a SIGTERM waits for transactions in flight before closing connections.
     pub drain_timeout: Duration,
+    pub flood: crate::config::FloodConfig,
 }
 
 impl EdgeSettings {
@@ -130,6 +142,7 @@ impl EdgeSettings {
             downstream_timeout: Duration::from_secs(32),
             key: TokenKey::random()?,
             drain_timeout: Duration::from_secs(5),
+            flood: e.flood,
         })
     }
 }
@@ -157,7 +170,7 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
 }
 
 async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
-    let Shard { id, senders, mut receivers, .. } = shard;
+    let Shard { id, count, senders, mut receivers } = shard;
     let pool = Rc::new(Connector::new(s.pool_addr, &s.pool_name, s.pool_tls.clone(), s.handshake_timeout));
     let stats = Arc::new(NetStats::default());
     let estats = Arc::new(EdgeStats::default());
@@ -174,6 +187,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     }
     let edge = Rc::new(Edge {
         id,
+        count,
         table: RefCell::new(ConnTable::new(id, s.queue_max, stats.clone())),
         stats,
         estats,
@@ -182,6 +196,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         s: s.clone(),
         flows: RefCell::new(flows::Flows::default()),
         down: RefCell::new(downstream::DownTxns::new(id, s.downstream_max)),
+        guard: RefCell::new(guard::Guard::new(s.flood)),
         scratch: RefCell::new(Vec::with_capacity(256)),
     });
     for (_, rx) in receivers.streams() {
@@ -248,6 +263,7 @@ const MESSAGE_DEADLINE_MS: u64 = 10_000;
 
 pub struct Edge {
     id: usize,
+    count: usize,
     table: RefCell<ConnTable>,
     stats: Arc<NetStats>,
     estats: Arc<EdgeStats>,
@@ -256,6 +272,7 @@ pub struct Edge {
     s: Arc<EdgeSettings>,
     flows: RefCell<flows::Flows>,
     down: RefCell<downstream::DownTxns>,
+    guard: RefCell<guard::Guard>,
     scratch: RefCell<Vec<u8>>,
 }
 
@@ -284,6 +301,27 @@ impl Handler for Edge {
     fn on_closed(&self, conn: &Rc<Conn>) {
         if conn.kind == ConnKind::User {
             self.flows.borrow_mut().remove(conn.id);
+        }
+    }
+
+    fn admit(&self, peer: SocketAddr, kind: ConnKind) -> bool {
+        if kind != ConnKind::User {
+            return true;
+        }
+        let verdict = self.guard.borrow_mut().admit_connection(peer.ip(), std::time::Instant::now());
+        match verdict {
+            guard::Verdict::Allow => true,
+            guard::Verdict::Refuse => false,
+            guard::Verdict::Ban(reason) => {
+                self.ban(peer.ip(), reason);
+                false
+            }
+        }
+    }
+
+    fn release(&self, peer: SocketAddr, kind: ConnKind) {
+        if kind == ConnKind::User {
+            self.guard.borrow_mut().connection_closed(peer.ip());
         }
     }
 }
@@ -315,6 +353,33 @@ impl Edge {
                 Ok(m) => self.route_response(m),
                 Err(e) => tracing::error!(error = %e, "a response that parsed on one core failed on another"),
             },
+            EdgeMsg::Ban { ip, until } => {
+                self.guard.borrow_mut().ban(ip, until);
+                self.close_address(ip);
+            }
+        }
+    }
+
+    /// Bans an address on every core, closes its connections, and tells the management API.
+    fn ban(&self, ip: std::net::IpAddr, reason: &'static str) {
+        let duration = self.guard.borrow().ban_duration();
+        let until = std::time::Instant::now() + duration;
+        self.guard.borrow_mut().ban(ip, until);
+        bump(&self.estats.bans);
+        tracing::warn!(%ip, reason, seconds = duration.as_secs(), "address banned");
+        crate::mgmt::metrics::record_ban("edge", ip, reason, duration);
+        for core in 0..self.count {
+            if core != self.id && self.mesh.try_send_to(core, EdgeMsg::Ban { ip, until }).is_err() {
+                bump(&self.estats.mesh_full);
+            }
+        }
+        self.close_address(ip);
+    }
+
+    fn close_address(&self, ip: std::net::IpAddr) {
+        let table = self.table.borrow();
+        for c in table.iter().filter(|c| c.kind == ConnKind::User && c.peer.ip() == ip) {
+            table.close(c.id);
         }
     }
 
@@ -382,7 +447,12 @@ impl Edge {
 
     /// Once a second: expire transactions toward users, refresh gauges.
     fn sweep(self: &Rc<Self>) {
-        let expired = self.down.borrow_mut().expire(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let expired = self.down.borrow_mut().expire(now);
+        let mut guard = self.guard.borrow_mut();
+        guard.sweep(now);
+        self.estats.banned_now.set(guard.banned_count() as u64);
+        drop(guard);
         self.estats.downstream_expired.add(expired as u64);
         self.estats.flows_authenticated_connections.set(self.flows.borrow().authenticated() as u64);
     }

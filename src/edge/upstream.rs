@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 
-use super::{token, Edge};
+use super::{guard, token, Edge};
 use crate::net::conn::bump;
 use crate::net::{Conn, ConnId};
 use crate::pool::aor_of;
@@ -18,6 +18,23 @@ impl Edge {
     /// A remote user's request: checked, then on to the pool with our Via (and for REGISTER a Path naming this flow).
     pub(super) fn from_user(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
         bump(&self.estats.requests_from_users);
+        let verdict = self.guard.borrow_mut().admit_message(conn.peer.ip(), std::time::Instant::now());
+        match verdict {
+            guard::Verdict::Allow => {}
+            guard::Verdict::Refuse => {
+                bump(&self.estats.rate_limited);
+                let extra: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"10")];
+                let mut out = BytesMut::with_capacity(512);
+                sip::write_response(&mut out, msg, 503, "Service Unavailable: rate limit", Some(b"edge"), extra, None);
+                self.deliver(conn.id, out.freeze());
+                return;
+            }
+            guard::Verdict::Ban(reason) => {
+                bump(&self.estats.rate_limited);
+                self.ban(conn.peer.ip(), reason);
+                return;
+            }
+        }
         let method = msg.method().copied().unwrap_or(Method::Other);
         if method == Method::Options && self.is_keepalive_options(msg) {
             let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS";
@@ -88,7 +105,9 @@ impl Edge {
         // pool's requests for this user (MESSAGE, NOTIFY) come back to this very connection (RFC 3327, RFC 5626).
         let flow_header = match method {
             Method::Register => Some(HeaderName::Path),
-            Method::Subscribe | Method::Invite | Method::Refer if msg.to().tag().is_none() => Some(HeaderName::RecordRoute),
+            Method::Subscribe | Method::Invite | Method::Refer if msg.to().tag().is_none() => {
+                Some(HeaderName::RecordRoute)
+            }
             _ => None,
         };
         if flow_header.is_some() {
@@ -127,6 +146,9 @@ impl Edge {
             return;
         }
         let status = msg.status().unwrap_or(0);
+        if status == 403 {
+            self.auth_failed(back);
+        }
         if status >= 200 {
             let mut flows = self.flows.borrow_mut();
             let flow = flows.get_mut(back);
@@ -155,6 +177,16 @@ impl Edge {
         let mut out = BytesMut::with_capacity(msg.bytes().len());
         ed.write(&mut out);
         self.deliver(back, out.freeze());
+    }
+
+    /// The registrar refused this flow's credentials: count it against the address (lockout, fail2ban-like).
+    fn auth_failed(self: &Rc<Self>, flow: ConnId) {
+        let Some(ip) = self.table.borrow().get(flow).map(|c| c.peer.ip()) else { return };
+        bump(&self.estats.auth_failures);
+        let verdict = self.guard.borrow_mut().auth_failed(ip, std::time::Instant::now());
+        if let guard::Verdict::Ban(reason) = verdict {
+            self.ban(ip, reason);
+        }
     }
 
     /// `<sip:<flow token>@<host:port>;transport=tls;lr>`

@@ -91,6 +91,51 @@ pub fn render() -> String {
     out
 }
 
+/// A ban decided by a core, for `/bans` (the cores enforce their own replicas; this list is for people).
+struct BanRecord {
+    role: &'static str,
+    ip: std::net::IpAddr,
+    reason: &'static str,
+    until_unix_s: u64,
+}
+
+fn bans() -> &'static Mutex<Vec<BanRecord>> {
+    static BANS: OnceLock<Mutex<Vec<BanRecord>>> = OnceLock::new();
+    BANS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Records a ban (rare: off the data path).
+pub fn record_ban(role: &'static str, ip: std::net::IpAddr, reason: &'static str, duration: Duration) {
+    if let Ok(mut b) = bans().lock() {
+        let now = unix_now();
+        b.retain(|r| r.until_unix_s > now && r.ip != ip);
+        b.push(BanRecord { role, ip, reason, until_unix_s: now + duration.as_secs() });
+    }
+}
+
+/// `/bans`: one line per active ban: address, reason, seconds left, until (unix time).
+pub fn render_bans() -> String {
+    let now = unix_now();
+    let mut out = String::from("# address\trole\treason\tseconds_left\tuntil_unix\n");
+    if let Ok(b) = bans().lock() {
+        for r in b.iter().filter(|r| r.until_unix_s > now) {
+            out.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                r.ip,
+                r.role,
+                r.reason,
+                r.until_unix_s - now,
+                r.until_unix_s
+            ));
+        }
+    }
+    out
+}
+
 /// Serves `/metrics` and `/health` on a plain thread (never on an executor: scraping must not steal a core's time
 /// slice, and a slow scraper must not hold anything the data path needs).
 pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
@@ -114,7 +159,8 @@ fn handle(mut stream: std::net::TcpStream) {
     let (status, ctype, body) = match path {
         b"/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
         b"/health" => ("200 OK", "text/plain", "ok\n".to_string()),
-        _ => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
+        b"/bans" => ("200 OK", "text/plain", render_bans()),
+        _ => ("404 Not Found", "text/plain", "try /metrics, /health or /bans\n".to_string()),
     };
     let _ = write!(
         stream,

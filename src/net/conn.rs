@@ -74,6 +74,8 @@ crate::counters! {
         idle_closed,
         /// Connections closed for not finishing a message in time (slowloris).
         slow_senders_closed,
+        /// Connections refused before their handshake (limits, bans).
+        connections_refused,
     }
 }
 
@@ -271,6 +273,12 @@ pub trait Handler: 'static {
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
     /// The connection is gone (after removal from the table).
     fn on_closed(&self, _conn: &Rc<Conn>) {}
+    /// A new connection on a listener, before its TLS handshake: false closes it at once.
+    fn admit(&self, _peer: SocketAddr, _kind: ConnKind) -> bool {
+        true
+    }
+    /// An admitted connection has ended, whether or not its handshake completed.
+    fn release(&self, _peer: SocketAddr, _kind: ConnKind) {}
 }
 
 enum Event {

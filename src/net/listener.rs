@@ -118,39 +118,54 @@ pub async fn accept_loop<H: Handler>(spec: ListenSpec, handler: Rc<H>) -> io::Re
         // A peer that stops reading must not pin its driver in a write forever (the queue then overflows).
         let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
         let Ok(peer) = stream.peer_addr() else { continue };
+        if !handler.admit(peer, spec.kind) {
+            bump(&handler.stats().connections_refused);
+            continue;
+        }
         let handler = handler.clone();
         let spec = spec.clone();
         let acceptor = acceptor.clone();
         glommio::spawn_local(async move {
-            let hs = async { Some(acceptor.accept(stream).await) };
-            let deadline = async {
-                glommio::timer::sleep(spec.handshake_timeout).await;
-                None
-            };
-            let tls = match futures_lite::future::or(hs, deadline).await {
-                Some(Ok(tls)) => tls,
-                Some(Err(e)) => {
-                    bump(&handler.stats().handshakes_failed);
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                None => {
-                    bump(&handler.stats().handshakes_failed);
-                    tracing::info!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let names = peer_dns_names(tls.get_ref().1.peer_certificates());
-            if let Some(admit) = &spec.admit_names {
-                if !names.iter().any(|n| admit.iter().any(|a| a.eq_ignore_ascii_case(n))) {
-                    bump(&handler.stats().peers_refused);
-                    tracing::warn!(%peer, ?names, admitted = ?admit, "peer certificate names not admitted: closing");
-                    return;
-                }
-            }
-            let (conn, rx) = handler.table().borrow_mut().insert(spec.kind, peer, names);
-            drive(tls, conn, rx, handler).await;
+            handshake_and_drive(stream, peer, &spec, acceptor, handler.clone()).await;
+            handler.release(peer, spec.kind);
         })
         .detach();
     }
+}
+
+async fn handshake_and_drive<H: Handler>(
+    stream: glommio::net::TcpStream,
+    peer: SocketAddr,
+    spec: &ListenSpec,
+    acceptor: TlsAcceptor,
+    handler: Rc<H>,
+) {
+    let hs = async { Some(acceptor.accept(stream).await) };
+    let deadline = async {
+        glommio::timer::sleep(spec.handshake_timeout).await;
+        None
+    };
+    let tls = match futures_lite::future::or(hs, deadline).await {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            bump(&handler.stats().handshakes_failed);
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        None => {
+            bump(&handler.stats().handshakes_failed);
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let names = peer_dns_names(tls.get_ref().1.peer_certificates());
+    if let Some(admit) = &spec.admit_names {
+        if !names.iter().any(|n| admit.iter().any(|a| a.eq_ignore_ascii_case(n))) {
+            bump(&handler.stats().peers_refused);
+            tracing::warn!(%peer, ?names, admitted = ?admit, "peer certificate names not admitted: closing");
+            return;
+        }
+    }
+    let (conn, rx) = handler.table().borrow_mut().insert(spec.kind, peer, names);
+    drive(tls, conn, rx, handler).await;
 }
