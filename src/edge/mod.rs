@@ -16,6 +16,7 @@
 pub mod downstream;
 pub mod flows;
 pub mod guard;
+pub mod policy;
 pub mod token;
 pub mod upstream;
 
@@ -58,6 +59,8 @@ crate::counters! {
         downstream_expired,
         /// Flows that have registered (a gauge).
         flows_authenticated_connections,
+        /// Requests refused while shutting down.
+        draining_refused,
         /// Messages refused by a source address's rate limit.
         rate_limited,
         /// Failed authentications seen (403 from the registrar).
@@ -91,6 +94,8 @@ pub struct EdgeSettings {
     /// Host names (lowercase) a Route may carry and still mean this edge.
     pub myself: Vec<String>,
     pub limits: Limits,
+    /// For what comes from trusted peers (the pool), and for re-parsing on another core.
+    pub peer_limits: Limits,
     pub user_tls: Arc<rustls::ServerConfig>,
     pub internal_tls: Arc<rustls::ServerConfig>,
     pub pool_tls: Arc<rustls::ClientConfig>,
@@ -127,6 +132,7 @@ impl EdgeSettings {
             internal_text: e.internal_listen.to_string(),
             myself,
             limits: sip_limits(cfg),
+            peer_limits: crate::net::conn::peer_limits(&sip_limits(cfg)),
             user_tls,
             internal_tls,
             pool_tls,
@@ -329,13 +335,13 @@ impl Handler for Edge {
 impl Undeliverable for Edge {
     /// A user's request the pool could not be reached for: answer it back along its Via (ours is on top).
     fn undeliverable(self: &Rc<Self>, bytes: Bytes, code: u16, reason: &'static str) {
-        let Ok(req) = Message::parse(bytes, &self.s.limits) else { return };
+        let Ok(req) = Message::parse(bytes, &self.s.peer_limits) else { return };
         if !req.is_request() || req.method() == Some(&Method::Ack) {
             return;
         }
         let mut out = BytesMut::with_capacity(512);
         sip::write_response(&mut out, &req, code, reason, Some(b"edge"), &[], None);
-        if let Ok(resp) = Message::parse(out.freeze(), &self.s.limits) {
+        if let Ok(resp) = Message::parse(out.freeze(), &self.s.peer_limits) {
             self.route_response(resp);
         }
     }
@@ -345,11 +351,11 @@ impl Edge {
     fn on_mesh(self: &Rc<Self>, msg: EdgeMsg) {
         match msg {
             EdgeMsg::Write { conn, bytes } => self.deliver(conn, bytes),
-            EdgeMsg::ToUser { from, flow, bytes } => match Message::parse(bytes, &self.s.limits) {
+            EdgeMsg::ToUser { from, flow, bytes } => match Message::parse(bytes, &self.s.peer_limits) {
                 Ok(m) => self.to_local_user(from, flow, m),
                 Err(e) => tracing::error!(error = %e, "a request that parsed on one core failed on another"),
             },
-            EdgeMsg::Response { bytes } => match Message::parse(bytes, &self.s.limits) {
+            EdgeMsg::Response { bytes } => match Message::parse(bytes, &self.s.peer_limits) {
                 Ok(m) => self.route_response(m),
                 Err(e) => tracing::error!(error = %e, "a response that parsed on one core failed on another"),
             },

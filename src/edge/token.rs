@@ -24,6 +24,11 @@ impl TokenKey {
         Ok(TokenKey(k))
     }
 
+    /// A fixed key (tests and fuzzing).
+    pub fn from_bytes(k: [u8; 16]) -> TokenKey {
+        TokenKey(k)
+    }
+
     fn mac(&self, domain: u8, v: u64) -> u64 {
         let mut h = SipHasher13::new_with_key(&self.0);
         h.write_u8(domain);
@@ -90,6 +95,15 @@ pub fn write_flow(key: &TokenKey, out: &mut Vec<u8>, flow: ConnId) {
 
 pub fn parse_flow(key: &TokenKey, user: &[u8]) -> Option<ConnId> {
     parse_macd(key, b'f', FLOW_PREFIX, user).map(ConnId::from_u64)
+}
+
+/// `<sip:<flow token>@<host:port>;transport=tls;lr>`, for Path and Record-Route.
+pub fn write_flow_uri(key: &TokenKey, out: &mut Vec<u8>, flow: ConnId, hostport: &str) {
+    out.extend_from_slice(b"<sip:");
+    write_flow(key, out, flow);
+    out.push(b'@');
+    out.extend_from_slice(hostport.as_bytes());
+    out.extend_from_slice(b";transport=tls;lr>");
 }
 
 /// FNV-1a, for salts (not a secret).

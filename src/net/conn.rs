@@ -264,6 +264,17 @@ impl ConnTable {
     }
 }
 
+/// Limits for trusted peers: every hop adds a few headers (Via, Path, Record-Route) to a message that a user may
+/// have sent right at the limits, so the next hop must accept a little more than the edge accepts from users.
+pub fn peer_limits(user: &Limits) -> Limits {
+    Limits {
+        message_bytes_max: user.message_bytes_max + 4096,
+        header_bytes_max: user.header_bytes_max + 4096,
+        header_count_max: user.header_count_max + 16,
+        line_bytes_max: user.line_bytes_max,
+    }
+}
+
 /// What the role running on a core does with what connections receive.
 pub trait Handler: 'static {
     fn table(&self) -> &RefCell<ConnTable>;
@@ -292,7 +303,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let limits = *handler.limits();
+    let limits = match conn.kind {
+        ConnKind::User => *handler.limits(),
+        ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(handler.limits()),
+    };
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::new();
     let mut closing = false;

@@ -1,0 +1,333 @@
+//! The command line (the benchmark harness codes against it: see dev/contracts/loadgen.md) and its
+//! validation into a `Config`. Every bad value becomes one `ConfigError` sentence; nothing here touches the
+//! network.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::users::{self, User};
+
+const ABOUT: &str = "Open-loop SIP load generator for parapet: real SIP over TLS with digest auth, \
+latency from the scheduled send time (no coordinated omission), HdrHistogram percentiles.";
+
+const SCENARIOS: &str = "\
+SCENARIOS (every operation is scheduled at a fixed interval 1/--rate, whether or not earlier ones were answered;
+latency runs from the scheduled time to the final answer):
+  register   Each operation is one REGISTER transaction pair on a user's own TLS connection: REGISTER, 401 with
+             a digest challenge, REGISTER with credentials, 200. The users load1..loadN are cycled; --count
+             connections are opened before measuring.
+  im         All --count users register first (not measured). Each operation: user A sends MESSAGE to user B
+             (another simulated user, on its own connection, registered through the edge). The first MESSAGE on
+             a connection gets 407 and is retried with credentials; later ones reuse that nonce with an
+             incrementing nc (no extra round trip). B's connection receives the MESSAGE and answers 200; the
+             latency ends at the 200 back at A.
+  handshake  Each operation opens a new TCP connection and completes a TLS handshake, then closes it. Full
+             handshakes by default; --resume resumes TLS sessions (each connection exchanges one CRLF
+             keep-alive so the session ticket arrives, and the report counts resumed handshakes).
+  idle       Opens --count connections and registers each (as fast as allowed, at most 64 setups in flight
+             per core; these registrations are the measured operations), then holds them all for --duration
+             and reports how many were still open. Meant for measuring the server's memory per connection.
+  mix        A company's day in proportions of operations: 70% im (MESSAGE A->B as in `im`), 20% registration
+             refresh (REGISTER on the user's connection reusing its nonce; a stale nonce costs one 401), 10%
+             handshake (a new full TLS handshake). Users register first, as in `im`.
+  presence   Not yet available (needs presence in the pool).
+  federation Not yet available (needs federation).
+
+OUTPUT: a progress line per second on stderr; a table on stdout at the end; --json, --hdr-log, --plot files.
+Exit code 0 after a completed run (even with SIP errors), 2 with one sentence on bad configuration.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    Register,
+    Im,
+    Handshake,
+    Idle,
+    Mix,
+    Presence,
+    Federation,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Register => "register",
+            Scenario::Im => "im",
+            Scenario::Handshake => "handshake",
+            Scenario::Idle => "idle",
+            Scenario::Mix => "mix",
+            Scenario::Presence => "presence",
+            Scenario::Federation => "federation",
+        }
+    }
+
+    /// Scenarios whose users must all be registered before measuring.
+    pub fn registers_all(self) -> bool {
+        matches!(self, Scenario::Im | Scenario::Mix)
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about = ABOUT, after_help = SCENARIOS)]
+pub struct Args {
+    /// register | im | handshake | idle | mix (presence, federation: not yet available)
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Edge TLS address.
+    #[arg(long, default_value = "127.0.0.1:5061")]
+    pub target: String,
+    /// TLS name to verify in the edge's certificate.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// CA certificate (PEM) to trust.
+    #[arg(long, default_value = "data/pki/ca.pem")]
+    pub ca: PathBuf,
+    /// SIP domain.
+    #[arg(long, default_value = "example.com")]
+    pub domain: String,
+    /// User directory with passwords (parapet's users.toml); users load1..loadN are used, else all users.
+    #[arg(long, default_value = "data/users.toml")]
+    pub users: PathBuf,
+    /// Simulated users / connections.
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// Target operations per second, open loop.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of measurement (per step with --find-max); bounds every run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// CPUs for loadgen's executors, e.g. "1" or "1,2" (default: the last CPU).
+    #[arg(long)]
+    pub cores: Option<String>,
+    /// Spread connections over 127.0.0.1 .. 127.0.0.N (default: ceil(count / 20000)).
+    #[arg(long)]
+    pub source_ips: Option<u8>,
+    /// Write results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an HdrHistogram interval log (one interval per second).
+    #[arg(long)]
+    pub hdr_log: Option<PathBuf>,
+    /// Write an SVG of throughput and p50/p99/p99.9 over time.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Step mode: start at --rate, raise it by --step every --duration, stop when the SLO breaks.
+    #[arg(long)]
+    pub find_max: bool,
+    /// Rate increase per --find-max step: "x1.5" multiplies, "+500" adds.
+    #[arg(long, default_value = "x1.5")]
+    pub step: String,
+    /// --find-max SLO: p99 latency bound in ms (and no error, no timeout, no drop, >= 90% of the rate).
+    #[arg(long, default_value_t = 10.0)]
+    pub slo_p99_ms: f64,
+    /// Per-transaction timeout; counted as "timeout".
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// handshake: resume TLS sessions.
+    #[arg(long)]
+    pub resume: bool,
+    /// Testing only: speak SIP over plain TCP instead of TLS (for fake servers).
+    #[arg(long, hide = true)]
+    pub plain: bool,
+}
+
+/// Bad configuration, in one sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub fn bad(s: impl Into<String>) -> ConfigError {
+    ConfigError(s.into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Step {
+    Times(f64),
+    Plus(f64),
+}
+
+impl Step {
+    pub fn next(self, rate: f64) -> f64 {
+        match self {
+            Step::Times(f) => rate * f,
+            Step::Plus(d) => rate + d,
+        }
+    }
+}
+
+/// Validated settings of one run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub scenario: Scenario,
+    pub target: SocketAddr,
+    pub server_name: String,
+    pub ca_pem: Vec<u8>,
+    pub ca_path: PathBuf,
+    pub domain: String,
+    pub users: Vec<User>,
+    pub users_path: PathBuf,
+    pub count: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub cores: Vec<usize>,
+    pub source_ips: u8,
+    pub find_max: Option<Step>,
+    /// Hard bound on --find-max steps, so that every run ends.
+    pub steps_max: usize,
+    pub slo_p99_ms: f64,
+    pub timeout: Duration,
+    pub resume: bool,
+    pub plain: bool,
+}
+
+impl Config {
+    /// In-flight cap across all cores (contract: --count * 4).
+    pub fn in_flight_max(&self) -> usize {
+        self.count.saturating_mul(4).max(4)
+    }
+
+    pub fn users_path_hint(&self) -> String {
+        self.users_path.display().to_string()
+    }
+
+    pub fn source_ip(&self, conn_index: usize) -> Option<Ipv4Addr> {
+        if self.source_ips <= 1 {
+            return None;
+        }
+        let last = 1 + (conn_index % usize::from(self.source_ips)) as u8;
+        Some(Ipv4Addr::new(127, 0, 0, last))
+    }
+}
+
+fn positive(v: f64, what: &str) -> Result<f64, ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(bad(format!("{what} must be a positive number, got {v}.")))
+    }
+}
+
+pub fn parse_cores(s: Option<&str>) -> Result<Vec<usize>, ConfigError> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(s) = s else {
+        return Ok(vec![online - 1]);
+    };
+    let mut cores = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let c: usize = part.parse().map_err(|_| bad(format!("--cores must list CPU numbers like 1,2; got {s:?}.")))?;
+        if c >= online {
+            return Err(bad(format!("--cores names CPU {c} but this machine has CPUs 0..{}.", online - 1)));
+        }
+        if !cores.contains(&c) {
+            cores.push(c);
+        }
+    }
+    if cores.is_empty() {
+        return Err(bad("--cores must name at least one CPU."));
+    }
+    Ok(cores)
+}
+
+fn parse_step(s: &str) -> Result<Step, ConfigError> {
+    let err = || bad(format!("--step must look like x1.5 (multiply) or +500 (add); got {s:?}."));
+    let t = s.trim();
+    if let Some(f) = t.strip_prefix('x').or_else(|| t.strip_prefix('*')) {
+        let f: f64 = f.parse().map_err(|_| err())?;
+        return if f > 1.0 && f.is_finite() { Ok(Step::Times(f)) } else { Err(err()) };
+    }
+    let d: f64 = t.strip_prefix('+').unwrap_or(t).parse().map_err(|_| err())?;
+    if d > 0.0 && d.is_finite() {
+        Ok(Step::Plus(d))
+    } else {
+        Err(err())
+    }
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        if matches!(self.scenario, Scenario::Presence | Scenario::Federation) {
+            return Err(bad(format!(
+                "The {} scenario is not yet available: the server does not implement it yet.",
+                self.scenario.name()
+            )));
+        }
+        let target: SocketAddr = self.target.parse().map_err(|_| {
+            bad(format!("--target must be an IP:port address like 127.0.0.1:5061; got {:?}.", self.target))
+        })?;
+        let rate = positive(self.rate, "--rate")?;
+        let duration = positive(self.duration, "--duration")?;
+        if !(self.warmup.is_finite() && self.warmup >= 0.0) {
+            return Err(bad(format!("--warmup must be zero or more seconds, got {}.", self.warmup)));
+        }
+        let slo_p99_ms = positive(self.slo_p99_ms, "--slo-p99-ms")?;
+        if self.count == 0 {
+            return Err(bad("--count must be at least 1."));
+        }
+        if self.timeout_ms == 0 {
+            return Err(bad("--timeout-ms must be at least 1."));
+        }
+        let cores = parse_cores(self.cores.as_deref())?;
+        let step = parse_step(&self.step)?;
+        let source_ips = match self.source_ips {
+            Some(0) => return Err(bad("--source-ips must be between 1 and 255.")),
+            Some(n) => n,
+            None => u8::try_from(self.count.div_ceil(20_000)).unwrap_or(u8::MAX).max(1),
+        };
+        let ca_pem = if self.plain {
+            Vec::new()
+        } else {
+            std::fs::read(&self.ca).map_err(|e| bad(format!("Cannot read the CA file {}: {e}.", self.ca.display())))?
+        };
+        let needs_users = self.scenario != Scenario::Handshake;
+        let mut users = if needs_users { users::load(&self.users)? } else { Vec::new() };
+        if needs_users {
+            let need = if self.scenario.registers_all() { self.count.max(2) } else { self.count };
+            if users.len() < need {
+                return Err(bad(format!(
+                    "--count {} needs {need} users but {} has only {} (start parapet with --load-users {need}).",
+                    self.count,
+                    self.users.display(),
+                    users.len()
+                )));
+            }
+            users.truncate(need);
+        }
+        let count = if self.scenario.registers_all() { self.count.max(2) } else { self.count };
+        Ok(Config {
+            scenario: self.scenario,
+            target,
+            server_name: self.server_name,
+            ca_pem,
+            ca_path: self.ca,
+            domain: self.domain,
+            users,
+            users_path: self.users,
+            count,
+            rate,
+            duration: Duration::from_secs_f64(duration),
+            warmup: Duration::from_secs_f64(self.warmup),
+            cores,
+            source_ips,
+            find_max: self.find_max.then_some(step),
+            steps_max: 30,
+            slo_p99_ms,
+            timeout: Duration::from_millis(self.timeout_ms),
+            resume: self.resume,
+            plain: self.plain,
+        })
+    }
+}

@@ -1,0 +1,260 @@
+//! What one operation of each scenario does on the wire, and the setup a scenario needs before it is measured
+//! (connections opened, users registered). Each operation ends in an `Outcome`; scheduling, timing and
+//! recording belong to `engine`. Digest is handled exactly as a client does: send, on 401/407 compute
+//! credentials from the challenge and send again; a kept nonce is reused with an incrementing nc.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use parapet::sip::Message;
+
+use crate::cli::{bad, Config, ConfigError, Scenario};
+use crate::conn::{with_deadline, ReqError, SipConn};
+use crate::sipc::{self, AuthState, Party};
+use crate::stats::Outcome;
+use crate::transport::{ConnectError, Connector};
+
+/// Connection setups in flight per core during the setup phase.
+pub const SETUP_IN_FLIGHT_MAX: usize = 64;
+/// Digest retries per transaction (a stale nonce, then a fresh challenge).
+const AUTH_RETRIES_MAX: u32 = 2;
+
+/// One core's share of a run: its connections and the means to open new ones.
+pub struct Ctx {
+    pub cfg: Arc<Config>,
+    pub core_index: usize,
+    pub full: Connector,
+    pub resumable: Connector,
+    pub conns: Vec<Rc<SipConn>>,
+    next_id: Cell<u64>,
+    pub resumed: Cell<u64>,
+}
+
+impl Ctx {
+    pub fn new(cfg: Arc<Config>, core_index: usize) -> Result<Ctx, ConfigError> {
+        Ok(Ctx {
+            full: Connector::new(&cfg, false)?,
+            resumable: Connector::new(&cfg, true)?,
+            cfg,
+            core_index,
+            conns: Vec::new(),
+            next_id: Cell::new(0),
+            resumed: Cell::new(0),
+        })
+    }
+
+    /// Unique across cores and runs of this process: core in the top bits, a counter below.
+    pub fn id(&self) -> u64 {
+        let n = self.next_id.get().wrapping_add(1);
+        self.next_id.set(n);
+        ((self.core_index as u64) << 48) | (n & ((1 << 48) - 1))
+    }
+
+    fn transport(&self) -> &'static str {
+        if self.cfg.plain {
+            "TCP"
+        } else {
+            "TLS"
+        }
+    }
+
+    /// Users this core simulates: every index i with i % cores == core_index.
+    pub fn my_users(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.cfg.cores.len();
+        (0..self.cfg.count).filter(move |i| i % n == self.core_index)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Register,
+    Message { to: &'a str },
+}
+
+fn outcome(r: Result<Message, ReqError>) -> Outcome {
+    match r {
+        Ok(m) => match m.status() {
+            Some(s) if (200..300).contains(&s) => Outcome::Ok,
+            Some(s) => Outcome::Status(s),
+            None => Outcome::Transport,
+        },
+        Err(ReqError::Timeout) => Outcome::Timeout,
+        Err(ReqError::Transport) => Outcome::Transport,
+    }
+}
+
+/// One transaction with digest: the first request carries credentials only when `reuse` and a nonce is kept.
+async fn transact(ctx: &Ctx, c: &SipConn, what: What<'_>, reuse: bool, deadline: Instant) -> Result<Message, ReqError> {
+    let user = ctx.cfg.users.get(c.user).ok_or(ReqError::Transport)?;
+    let domain = ctx.cfg.domain.as_str();
+    let party = Party { user: &user.alias, domain, local: &c.local, transport: ctx.transport() };
+    let (state, method, uri) = match what {
+        What::Register => (&c.reg_auth, "REGISTER", sipc::register_uri(domain)),
+        What::Message { to } => (&c.proxy_auth, "MESSAGE", sipc::message_uri(to, domain)),
+    };
+    let mut attempt = 0;
+    loop {
+        let id = ctx.id();
+        let creds = if attempt > 0 || reuse {
+            state.borrow_mut().as_mut().map(|a| a.credentials(&user.alias, method, &uri, id))
+        } else {
+            None
+        };
+        let mut out = BytesMut::with_capacity(1024);
+        match what {
+            What::Register => sipc::register(&mut out, &party, id, &c.reg_call_id, c.next_cseq(), creds.as_deref()),
+            What::Message { to } => sipc::message(&mut out, &party, to, id, creds.as_deref(), b"loadgen"),
+        }
+        let resp = c.request(sipc::branch_text(id).as_bytes(), &out, deadline).await?;
+        if matches!(resp.status(), Some(401 | 407)) && attempt < AUTH_RETRIES_MAX {
+            if let Some(a) = AuthState::from_challenge(&resp, &user.alias, &user.password) {
+                *state.borrow_mut() = Some(a);
+                attempt += 1;
+                continue;
+            }
+        }
+        return Ok(resp);
+    }
+}
+
+/// register: REGISTER, 401, REGISTER with credentials, 200 (`reuse`: refresh with the kept nonce first).
+pub async fn register_op(ctx: &Ctx, c: &SipConn, reuse: bool, deadline: Instant) -> Outcome {
+    outcome(transact(ctx, c, What::Register, reuse, deadline).await)
+}
+
+/// im: MESSAGE from `a` to `b`'s user; the kept nonce is reused (407 only the first time per connection).
+pub async fn message_op(ctx: &Ctx, a: &SipConn, b: &SipConn, deadline: Instant) -> Outcome {
+    let Some(to) = ctx.cfg.users.get(b.user) else { return Outcome::Transport };
+    outcome(transact(ctx, a, What::Message { to: &to.alias }, true, deadline).await)
+}
+
+/// handshake: a new connection through the TLS handshake, then closed. With `resume`, one CRLF keep-alive
+/// round trip makes the server's session ticket arrive before the close.
+pub async fn handshake_op(ctx: &Ctx, source_index: usize, resume: bool, measured: bool, deadline: Instant) -> Outcome {
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let connector = if resume { &ctx.resumable } else { &ctx.full };
+    let mut s = match connector.connect(ctx.cfg.source_ip(source_index), left).await {
+        Ok(s) => s,
+        Err(ConnectError::Timeout) => return Outcome::Timeout,
+        Err(_) => return Outcome::Transport,
+    };
+    if measured && s.resumed() {
+        ctx.resumed.set(ctx.resumed.get() + 1);
+    }
+    if resume {
+        let ping = async {
+            s.write_all(b"\r\n\r\n").await?;
+            s.flush().await?;
+            let mut b = [0u8; 64];
+            s.read(&mut b).await
+        };
+        match with_deadline(ping, deadline).await {
+            None => return Outcome::Timeout,
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) => return Outcome::Transport,
+        }
+    }
+    let _ = with_deadline(s.close(), deadline).await;
+    Outcome::Ok
+}
+
+/// Opens (and, when `register`, registers) one user's connection. The Err is the one-sentence reason.
+pub async fn setup_user(ctx: &Ctx, user: usize, register: bool) -> Result<Rc<SipConn>, ConfigError> {
+    let cfg = &ctx.cfg;
+    let stream = ctx.full.connect(cfg.source_ip(user), cfg.timeout).await.map_err(|e| e.sentence(cfg))?;
+    let local = match &stream {
+        crate::transport::Stream::Tls(s) => s.get_ref().0.local_addr(),
+        crate::transport::Stream::Plain(s) => s.local_addr(),
+    }
+    .map(|a| a.to_string())
+    .unwrap_or_else(|_| "127.0.0.1:5060".to_string());
+    let c = SipConn::start(stream, user, local);
+    if register {
+        let deadline = Instant::now() + cfg.timeout;
+        let r = transact(ctx, &c, What::Register, false, deadline).await;
+        check_registration(cfg, user, r)?;
+    }
+    Ok(c)
+}
+
+/// Turns a failed setup registration into the sentence that explains it.
+pub fn check_registration(cfg: &Config, user: usize, r: Result<Message, ReqError>) -> Result<(), ConfigError> {
+    let name = cfg.users.get(user).map_or("?", |u| u.alias.as_str());
+    match outcome(r) {
+        Outcome::Ok => Ok(()),
+        Outcome::Status(code @ (401 | 403 | 407)) => Err(bad(format!(
+            "The target rejected the credentials of user {name} ({code}): check --users {} and --domain {}.",
+            cfg.users_path_hint(),
+            cfg.domain
+        ))),
+        Outcome::Status(code) => Err(bad(format!("The target answered {code} to the registration of user {name}."))),
+        Outcome::Timeout => Err(bad(format!(
+            "The target did not answer the registration of user {name} within --timeout-ms {}.",
+            cfg.timeout.as_millis()
+        ))),
+        Outcome::Transport | Outcome::Dropped => {
+            Err(bad(format!("The target closed the connection while registering user {name}.")))
+        }
+    }
+}
+
+/// Opens this core's connections before measuring: `register` them all (im, mix) or only check the first
+/// one's credentials (register). At most `SETUP_IN_FLIGHT_MAX` at a time.
+pub async fn setup(ctx: &mut Ctx, scenario: Scenario) -> Result<(), ConfigError> {
+    if scenario == Scenario::Handshake {
+        // One handshake up front: an unreachable target or a CA mismatch is a configuration error.
+        let s = ctx.full.connect(ctx.cfg.source_ip(0), ctx.cfg.timeout).await.map_err(|e| e.sentence(&ctx.cfg))?;
+        drop(s);
+        return Ok(());
+    }
+    let users: Vec<usize> = ctx.my_users().collect();
+    let register_all = scenario.registers_all();
+    let mut conns: Vec<Option<Rc<SipConn>>> = vec![None; users.len()];
+    for (chunk_i, chunk) in users.chunks(SETUP_IN_FLIGHT_MAX).enumerate() {
+        let ctx_ref: &Ctx = ctx;
+        let futs = chunk.iter().map(|&u| {
+            let reg = register_all || (u == 0 && scenario == Scenario::Register);
+            async move { setup_user(ctx_ref, u, reg).await }
+        });
+        let mut tasks = Vec::with_capacity(chunk.len());
+        for f in futs {
+            tasks.push(f);
+        }
+        let results = join_all(tasks).await;
+        for (k, r) in results.into_iter().enumerate() {
+            if let Some(slot) = conns.get_mut(chunk_i * SETUP_IN_FLIGHT_MAX + k) {
+                *slot = Some(r?);
+            }
+        }
+    }
+    ctx.conns = conns.into_iter().flatten().collect();
+    Ok(())
+}
+
+/// Polls every future to completion concurrently on this task (no spawn, no Send bound).
+pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut all = true;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

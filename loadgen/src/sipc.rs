@@ -1,0 +1,205 @@
+//! The SIP a simulated client speaks, as bytes: REGISTER and MESSAGE requests, the 200 a callee answers, and
+//! digest credentials computed from a challenge (with `parapet::sip` for syntax and `parapet::pool::digest`
+//! for the hashes). Pure: no I/O, no clock, no randomness (uniqueness comes from counters passed in).
+
+use bytes::BytesMut;
+use parapet::pool::digest::{self, Algorithm};
+use parapet::sip::{self, DigestCredentials, HeaderName, Message};
+
+/// What a client keeps from a digest challenge to answer it, and to reuse its nonce with nc + 1.
+#[derive(Clone, Debug)]
+pub struct AuthState {
+    pub alg: Algorithm,
+    pub realm: String,
+    pub nonce: String,
+    pub opaque: Option<String>,
+    /// Last nonce-count used with this nonce.
+    pub nc: u32,
+    /// hex(H(user:realm:password)) for `alg` and `realm`.
+    pub ha1: String,
+}
+
+impl AuthState {
+    /// The strongest challenge we can answer among the response's `WWW-`/`Proxy-Authenticate` values
+    /// (SHA-256 preferred, then MD5; qop must offer auth or be absent). None when nothing usable was offered.
+    pub fn from_challenge(resp: &Message, user: &str, password: &str) -> Option<AuthState> {
+        let header =
+            if resp.status() == Some(401) { HeaderName::WwwAuthenticate } else { HeaderName::ProxyAuthenticate };
+        let mut best: Option<AuthState> = None;
+        for v in resp.header_lines(header) {
+            let Ok(c) = sip::parse_challenge(v) else { continue };
+            let Some(alg) = c.algorithm.map_or(Some(Algorithm::Md5), Algorithm::parse) else { continue };
+            if c.qop.is_some_and(|q| !q.split(|&b| b == b',').any(|t| t.trim_ascii() == b"auth")) {
+                continue;
+            }
+            if best.as_ref().is_some_and(|b| b.alg == Algorithm::Sha256 || alg == Algorithm::Md5) {
+                continue;
+            }
+            let realm = String::from_utf8_lossy(&sip::unquote(c.realm)).into_owned();
+            best = Some(AuthState {
+                alg,
+                ha1: digest::ha1(alg, user.as_bytes(), realm.as_bytes(), password.as_bytes()),
+                realm,
+                nonce: String::from_utf8_lossy(c.nonce).into_owned(),
+                opaque: c.opaque.map(|o| String::from_utf8_lossy(o).into_owned()),
+                nc: 0,
+            });
+        }
+        best
+    }
+
+    /// The credentials header value for the next request (increments nc).
+    pub fn credentials(&mut self, user: &str, method: &str, uri: &str, cnonce: u64) -> BytesMut {
+        self.nc = self.nc.wrapping_add(1);
+        let nc = format!("{:08x}", self.nc);
+        let cnonce = format!("{cnonce:016x}");
+        let response = digest::response(
+            self.alg,
+            self.ha1.as_bytes(),
+            method.as_bytes(),
+            uri.as_bytes(),
+            self.nonce.as_bytes(),
+            Some(nc.as_bytes()),
+            Some(cnonce.as_bytes()),
+            Some(b"auth"),
+        );
+        let mut out = BytesMut::with_capacity(256);
+        sip::write_credentials(
+            &mut out,
+            &DigestCredentials {
+                username: user.as_bytes(),
+                realm: self.realm.as_bytes(),
+                nonce: self.nonce.as_bytes(),
+                uri: uri.as_bytes(),
+                response: response.as_bytes(),
+                algorithm: Some(self.alg.as_str().as_bytes()),
+                cnonce: Some(cnonce.as_bytes()),
+                opaque: self.opaque.as_deref().map(str::as_bytes),
+                qop: Some(b"auth"),
+                nc: Some(nc.as_bytes()),
+            },
+        );
+        out
+    }
+}
+
+/// Who sends: a simulated user on one connection.
+pub struct Party<'a> {
+    pub user: &'a str,
+    pub domain: &'a str,
+    /// "ip:port" of our end of the connection (for Via and Contact).
+    pub local: &'a str,
+    pub transport: &'a str,
+}
+
+/// A REGISTER for `p` (Expires 3600), with `auth` as the Authorization value when given.
+pub fn register(out: &mut BytesMut, p: &Party<'_>, branch: u64, call_id: &str, cseq: u32, auth: Option<&[u8]>) {
+    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
+    let aor = format!("<sip:{}@{}>", p.user, p.domain);
+    let from = format!("{aor};tag=r{branch:x}");
+    let contact = format!("<sip:{}@{};transport={}>", p.user, p.local, p.transport.to_ascii_lowercase());
+    let cseq = format!("{cseq} REGISTER");
+    let mut h: Vec<(HeaderName, &[u8])> = vec![
+        (HeaderName::Via, via.as_bytes()),
+        (HeaderName::MaxForwards, b"70"),
+        (HeaderName::From, from.as_bytes()),
+        (HeaderName::To, aor.as_bytes()),
+        (HeaderName::CallId, call_id.as_bytes()),
+        (HeaderName::CSeq, cseq.as_bytes()),
+        (HeaderName::Contact, contact.as_bytes()),
+        (HeaderName::Expires, b"3600"),
+    ];
+    if let Some(a) = auth {
+        h.push((HeaderName::Authorization, a));
+    }
+    let ruri = format!("sip:{}", p.domain);
+    sip::write_request(out, "REGISTER", ruri.as_bytes(), &h, None);
+}
+
+/// A MESSAGE from `p` to `to_user`, with `auth` as the Proxy-Authorization value when given.
+pub fn message(out: &mut BytesMut, p: &Party<'_>, to_user: &str, branch: u64, auth: Option<&[u8]>, body: &[u8]) {
+    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
+    let from = format!("<sip:{}@{}>;tag=m{branch:x}", p.user, p.domain);
+    let ruri = message_uri(to_user, p.domain);
+    let to = format!("<{ruri}>");
+    let call_id = format!("m{branch:x}@{}", p.local);
+    let mut h: Vec<(HeaderName, &[u8])> = vec![
+        (HeaderName::Via, via.as_bytes()),
+        (HeaderName::MaxForwards, b"70"),
+        (HeaderName::From, from.as_bytes()),
+        (HeaderName::To, to.as_bytes()),
+        (HeaderName::CallId, call_id.as_bytes()),
+        (HeaderName::CSeq, b"1 MESSAGE"),
+    ];
+    if let Some(a) = auth {
+        h.push((HeaderName::ProxyAuthorization, a));
+    }
+    sip::write_request(out, "MESSAGE", ruri.as_bytes(), &h, Some((b"text/plain", body)));
+}
+
+pub fn message_uri(to_user: &str, domain: &str) -> String {
+    format!("sip:{to_user}@{domain}")
+}
+
+pub fn register_uri(domain: &str) -> String {
+    format!("sip:{domain}")
+}
+
+/// The 200 (or other final answer) a simulated callee sends to a request it received.
+pub fn answer(out: &mut BytesMut, req: &Message, code: u16, reason: &str, tag: &[u8]) {
+    sip::write_response(out, req, code, reason, Some(tag), &[], None);
+}
+
+/// The transaction key of a response or request: the top Via branch.
+pub fn branch_of(m: &Message) -> Option<&[u8]> {
+    m.top_via()?.branch()
+}
+
+/// The branch we put in requests, as text (the key `branch_of` returns for their responses).
+pub fn branch_text(branch: u64) -> String {
+    format!("z9hG4bK{branch:x}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use parapet::sip::Limits;
+
+    #[test]
+    fn register_parses_and_credentials_verify() {
+        let p = Party { user: "load1", domain: "example.com", local: "127.0.0.1:4000", transport: "TLS" };
+        let mut out = BytesMut::new();
+        register(&mut out, &p, 0xabc, "cid", 1, None);
+        let m = Message::parse(out.freeze(), &Limits::DEFAULT).unwrap();
+        assert_eq!(branch_of(&m), Some(&b"z9hG4bKabc"[..]));
+        assert_eq!(branch_text(0xabc).as_bytes(), b"z9hG4bKabc");
+
+        let chal = "SIP/2.0 401 Unauthorized\r\nVia: SIP/2.0/TLS 127.0.0.1:4000;branch=z9hG4bKabc\r\n\
+            From: <sip:load1@example.com>;tag=x\r\nTo: <sip:load1@example.com>;tag=y\r\nCall-ID: cid\r\n\
+            CSeq: 1 REGISTER\r\nWWW-Authenticate: Digest realm=\"example.com\", nonce=\"n1\", algorithm=MD5, qop=\"auth\"\r\n\
+            WWW-Authenticate: Digest realm=\"example.com\", nonce=\"n1\", algorithm=SHA-256, qop=\"auth\"\r\n\
+            Content-Length: 0\r\n\r\n";
+        let r = Message::parse(Bytes::from(chal), &Limits::DEFAULT).unwrap();
+        let mut a = AuthState::from_challenge(&r, "load1", "pw").unwrap();
+        assert_eq!(a.alg, Algorithm::Sha256);
+        let v = a.credentials("load1", "REGISTER", "sip:example.com", 7);
+        let c = sip::parse_credentials(&v).unwrap();
+        let ha1 = digest::ha1(Algorithm::Sha256, b"load1", b"example.com", b"pw");
+        assert!(digest::verify(
+            Algorithm::Sha256,
+            ha1.as_bytes(),
+            b"REGISTER",
+            c.uri,
+            c.nonce,
+            c.nc,
+            c.cnonce,
+            c.qop,
+            c.response
+        ));
+        assert_eq!(c.nc, Some(&b"00000001"[..]));
+        let v2 = a.credentials("load1", "REGISTER", "sip:example.com", 8);
+        assert_eq!(sip::parse_credentials(&v2).unwrap().nc, Some(&b"00000002"[..]));
+    }
+}

@@ -1,0 +1,190 @@
+//! The edge's decisions about a remote user's request, as pure functions (message and state in, decision or
+//! bytes out) so that they can be tested and fuzzed without sockets: whether it may pass, and how it is rewritten
+//! for the pool.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+
+use super::flows::Flow;
+use super::token::{self, TokenKey};
+use crate::net::ConnId;
+use crate::pool::aor_of;
+use crate::sip::{Editor, HeaderName, Message, Method, NameAddr, Uri};
+
+/// Why a request was refused at the edge (each has its counter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Draining,
+    Unauthenticated,
+    SpoofedFrom,
+    TooManyHops,
+    Busy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// On to the pool.
+    Forward,
+    /// OPTIONS to the edge itself: answer 200 here.
+    KeepAlive,
+    Refuse { code: u16, reason: &'static str, why: Refusal },
+}
+
+pub struct Ctx<'a> {
+    /// This connection's flow, if it has any state yet.
+    pub flow: Option<&'a Flow>,
+    pub draining: bool,
+    pub in_flight_max: u32,
+    /// Whether a URI names this edge.
+    pub is_myself: &'a dyn Fn(&Uri<'_>) -> bool,
+}
+
+/// The gate: only REGISTER (and OPTIONS to the edge) before the flow registered; afterwards From must be one of
+/// the flow's identities; hop count and requests in flight are bounded.
+pub fn decide(msg: &Message, ctx: &Ctx<'_>) -> Decision {
+    let method = msg.method().copied().unwrap_or(Method::Other);
+    let keepalive = method == Method::Options
+        && msg.request_uri().and_then(|r| Uri::parse(r).ok()).is_some_and(|u| u.user.is_none() && (ctx.is_myself)(&u));
+    if keepalive {
+        return Decision::KeepAlive;
+    }
+    if ctx.draining && method != Method::Ack {
+        return Decision::Refuse { code: 503, reason: "Service Unavailable: shutting down", why: Refusal::Draining };
+    }
+    if method != Method::Register {
+        let Some(flow) = ctx.flow.filter(|f| f.is_authenticated()) else {
+            return Decision::Refuse { code: 403, reason: "Forbidden: register first", why: Refusal::Unauthenticated };
+        };
+        if !flow.speaks_for(&aor_of(&msg.from().uri)) {
+            return Decision::Refuse {
+                code: 403,
+                reason: "Forbidden: From does not match the registered identity",
+                why: Refusal::SpoofedFrom,
+            };
+        }
+    }
+    if msg.max_forwards() == Some(0) {
+        return Decision::Refuse { code: 483, reason: "Too Many Hops", why: Refusal::TooManyHops };
+    }
+    if method != Method::Ack && ctx.flow.is_some_and(|f| f.in_flight >= ctx.in_flight_max) {
+        return Decision::Refuse {
+            code: 503,
+            reason: "Service Unavailable: too many requests in flight",
+            why: Refusal::Busy,
+        };
+    }
+    Decision::Forward
+}
+
+/// Where the rewritten request comes from and goes through.
+pub struct Hop<'a> {
+    /// Our internal address, for the Via and the flow URI the pool will use to reach this flow.
+    pub internal: &'a str,
+    pub key: &'a TokenKey,
+    pub conn: ConnId,
+    pub peer: SocketAddr,
+}
+
+/// The request as the pool gets it: our Routes popped, the user's Via stamped with received/rport, our Via on
+/// top (its branch names this connection), a Path (REGISTER) or Record-Route (dialog-creating request) naming this
+/// flow, Max-Forwards decremented. `scratch` is reused between calls to spare an allocation.
+pub fn rewrite_for_pool(
+    msg: &Message,
+    hop: &Hop<'_>,
+    is_myself: &dyn Fn(&Uri<'_>) -> bool,
+    scratch: &mut Vec<u8>,
+    out: &mut BytesMut,
+) {
+    let method = msg.method().copied().unwrap_or(Method::Other);
+    let salt = msg.top_via().map(|v| token::hash(v.branch().unwrap_or(v.raw))).unwrap_or(0);
+    let own_routes = msg
+        .values(HeaderName::Route)
+        .take_while(|r| NameAddr::parse(r).map(|na| is_myself(&na.uri)).unwrap_or(false))
+        .count();
+    scratch.clear();
+    scratch.extend_from_slice(b"SIP/2.0/TLS ");
+    scratch.extend_from_slice(hop.internal.as_bytes());
+    scratch.extend_from_slice(b";branch=");
+    token::write_up_branch(scratch, hop.conn, salt);
+    let via_end = scratch.len();
+    // REGISTER gets a Path and a dialog-creating request a Record-Route, both naming this flow, so that the pool's
+    // requests for this user (MESSAGE, NOTIFY) come back to this very connection (RFC 3327, RFC 5626).
+    let flow_header = match method {
+        Method::Register => Some(HeaderName::Path),
+        Method::Subscribe | Method::Invite | Method::Refer if msg.to().tag().is_none() => Some(HeaderName::RecordRoute),
+        _ => None,
+    };
+    if flow_header.is_some() {
+        token::write_flow_uri(hop.key, scratch, hop.conn, hop.internal);
+    }
+    let (via, flow_uri) = scratch.split_at(via_end);
+    let received = hop.peer.ip().to_string();
+
+    let mut ed = Editor::new(msg);
+    for _ in 0..own_routes.min(4) {
+        ed.pop_route();
+    }
+    ed.set_top_via_params(Some(received.as_bytes()), Some(hop.peer.port()));
+    ed.push_via(via);
+    if let Some(name) = flow_header {
+        ed.prepend_header(name, flow_uri);
+    }
+    ed.set_max_forwards(msg.max_forwards().unwrap_or(70).saturating_sub(1));
+    out.reserve(msg.bytes().len() + 256);
+    ed.write(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::flows::Flows;
+    use crate::sip::Limits;
+
+    /// Fuzz findings: a request with exactly the maximum number of headers, forwarded with our Via and Path, must
+    /// still parse at the pool (which allows peers a little more than users).
+    #[test]
+    fn forwarded_request_at_the_header_limit_still_parses() {
+        for data in [
+            &include_bytes!("../../fuzz/regressions/edge_request-too-many-headers")[1..],
+            &include_bytes!("../../fuzz/regressions/parse_edit-too-many-headers")[..],
+        ] {
+            let limits = Limits::default();
+            let Ok(msg) = Message::parse(bytes::Bytes::copy_from_slice(data), &limits) else { continue };
+            let conn = ConnId { core: 0, gen: 1, slot: 7 };
+            let key = TokenKey::from_bytes([3; 16]);
+            let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
+            let is_myself = |u: &Uri<'_>| u.host_eq(b"127.0.0.1");
+            let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
+            rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out);
+            let peer = crate::net::conn::peer_limits(&limits);
+            assert!(Message::parse(out.freeze(), &peer).is_ok());
+        }
+    }
+
+    #[test]
+    fn gate_lets_only_register_through_an_unregistered_flow() {
+        let limits = Limits::default();
+        let req = |m: &str| {
+            let text = format!(
+                "{m} sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.5;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=1\r\n\
+                 To: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 1 {m}\r\nContent-Length: 0\r\n\r\n"
+            );
+            Message::parse(bytes::Bytes::from(text), &limits).expect("parses")
+        };
+        let conn = ConnId { core: 0, gen: 0, slot: 1 };
+        let mut flows = Flows::default();
+        let is_myself = |_: &Uri<'_>| false;
+        let ctx = Ctx { flow: flows.get(conn), draining: false, in_flight_max: 4, is_myself: &is_myself };
+        assert_eq!(decide(&req("REGISTER"), &ctx), Decision::Forward);
+        assert!(matches!(decide(&req("MESSAGE"), &ctx), Decision::Refuse { why: Refusal::Unauthenticated, .. }));
+        flows.registered(conn, "carol@example.com".into(), true);
+        let ctx = Ctx { flow: flows.get(conn), draining: false, in_flight_max: 4, is_myself: &is_myself };
+        assert!(matches!(decide(&req("MESSAGE"), &ctx), Decision::Refuse { why: Refusal::SpoofedFrom, .. }));
+        flows.registered(conn, "alice@example.com".into(), true);
+        let ctx = Ctx { flow: flows.get(conn), draining: true, in_flight_max: 4, is_myself: &is_myself };
+        assert!(matches!(decide(&req("MESSAGE"), &ctx), Decision::Refuse { why: Refusal::Draining, .. }));
+        let ctx = Ctx { flow: flows.get(conn), draining: false, in_flight_max: 4, is_myself: &is_myself };
+        assert_eq!(decide(&req("MESSAGE"), &ctx), Decision::Forward);
+    }
+}
