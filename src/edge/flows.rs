@@ -12,6 +12,8 @@ const AORS_PER_FLOW_MAX: usize = 8;
 pub struct Flow {
     aors: Vec<String>,
     pub in_flight: u32,
+    /// This user's message budget, once registered (see `guard::Guard::admit_user_message`).
+    pub bucket: Option<super::guard::Bucket>,
 }
 
 impl Flow {
@@ -31,6 +33,10 @@ pub struct Flows {
 impl Flows {
     pub fn get(&self, id: ConnId) -> Option<&Flow> {
         self.map.get(&id)
+    }
+    /// The flow, if it has registered.
+    pub fn get_mut_registered(&mut self, id: ConnId) -> Option<&mut Flow> {
+        self.map.get_mut(&id).filter(|f| f.is_authenticated())
     }
     pub fn get_mut(&mut self, id: ConnId) -> &mut Flow {
         self.map.entry(id).or_default()

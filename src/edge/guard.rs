@@ -16,16 +16,16 @@ const TRACKED_IPS_MAX: usize = 200_000;
 
 /// A token bucket: `rate` tokens per second up to `burst`.
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
+pub struct Bucket {
     tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
-    fn full(burst: f64, now: Instant) -> Bucket {
+    pub fn full(burst: f64, now: Instant) -> Bucket {
         Bucket { tokens: burst, last: now }
     }
-    fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
+    pub fn take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.last = now;
@@ -145,7 +145,26 @@ impl Guard {
         }
     }
 
-    /// A message from `ip`.
+    /// A message from a registered flow, judged by the flow's own bucket (users behind one NAT address must not
+    /// share one budget); going over it still counts against the address.
+    pub fn admit_user_message(&mut self, ip: IpAddr, bucket: &mut Bucket, now: Instant) -> Verdict {
+        if self.is_banned(ip, now) {
+            return Verdict::Refuse;
+        }
+        if bucket.take(self.cfg.messages_per_user_per_s, self.cfg.messages_per_user_burst, now) {
+            return Verdict::Allow;
+        }
+        if self.state(ip, now).is_none() {
+            return Verdict::Refuse;
+        }
+        self.strike(ip, "message rate of a registered user")
+    }
+
+    pub fn user_bucket(&self, now: Instant) -> Bucket {
+        Bucket::full(self.cfg.messages_per_user_burst, now)
+    }
+
+    /// A message from `ip` on a connection that has not registered.
     pub fn admit_message(&mut self, ip: IpAddr, now: Instant) -> Verdict {
         if self.is_banned(ip, now) {
             return Verdict::Refuse;
@@ -196,6 +215,8 @@ mod tests {
             new_connections_per_ip_per_s: 10.0,
             messages_per_ip_per_s: 10.0,
             messages_per_ip_burst: 5.0,
+            messages_per_user_per_s: 10.0,
+            messages_per_user_burst: 2.0,
             strikes_to_ban: 3,
             auth_failures_max: 2,
             auth_failure_window_s: 60,
@@ -235,6 +256,12 @@ mod tests {
         assert_eq!(g.admit_connection(ip, t), Verdict::Allow);
         assert_eq!(g.auth_failed(ip, t), Verdict::Allow);
         assert_eq!(g.auth_failed(ip, t), Verdict::Ban("failed authentication"));
+        // A registered user has its own bucket.
+        let mut b = g.user_bucket(t);
+        let user_ip: IpAddr = "10.0.0.9".parse().expect("ip");
+        assert_eq!(g.admit_user_message(user_ip, &mut b, t), Verdict::Allow);
+        assert_eq!(g.admit_user_message(user_ip, &mut b, t), Verdict::Allow);
+        assert_eq!(g.admit_user_message(user_ip, &mut b, t), Verdict::Refuse);
         // Another address is unaffected.
         let other: IpAddr = "10.0.0.3".parse().expect("ip");
         assert_eq!(g.admit_message(other, t), Verdict::Allow);

@@ -19,7 +19,18 @@ impl Edge {
     /// A remote user's request: checked, then on to the pool with our Via (and for REGISTER a Path naming this flow).
     pub(super) fn from_user(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
         bump(&self.estats.requests_from_users);
-        let verdict = self.guard.borrow_mut().admit_message(conn.peer.ip(), std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let verdict = {
+            let mut flows = self.flows.borrow_mut();
+            let mut guard = self.guard.borrow_mut();
+            match flows.get_mut_registered(conn.id) {
+                Some(flow) => {
+                    let bucket = flow.bucket.get_or_insert_with(|| guard.user_bucket(now));
+                    guard.admit_user_message(conn.peer.ip(), bucket, now)
+                }
+                None => guard.admit_message(conn.peer.ip(), now),
+            }
+        };
         match verdict {
             guard::Verdict::Allow => {}
             guard::Verdict::Refuse => {

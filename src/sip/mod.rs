@@ -9,6 +9,7 @@
 
 mod addr;
 mod auth;
+mod cached;
 mod edit;
 mod error;
 mod frame;

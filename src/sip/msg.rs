@@ -4,11 +4,12 @@
 //! are parsed on access. Does not frame streams (`frame.rs`) or edit (`edit.rs`).
 
 use super::addr::{Contact, NameAddr};
+use super::cached::{NameAddrParts, ViaParts};
 use super::error::ParseError;
 use super::header::{HeaderName, HEADER_NAME_COUNT};
 use super::lex;
 use super::limits::{Limits, HEADER_TABLE_CAP};
-use super::uri::{Scheme, Uri};
+use super::uri::Uri;
 use super::via::Via;
 use bytes::Bytes;
 
@@ -119,6 +120,10 @@ pub struct Message {
     hdr_end: u32,
     body_start: u32,
     cseq: CSeq,
+    /// From, To and the top Via as validated, to rebuild without parsing again.
+    from: NameAddrParts,
+    to: NameAddrParts,
+    top_via: ViaParts,
     count: u8,
     /// Index of the first line per `HeaderName`, `ABSENT` if none.
     first: [u8; HEADER_NAME_COUNT],
@@ -201,6 +206,9 @@ impl Message {
             hdr_end: 0,
             body_start: 0,
             cseq: CSeq { seq: 0, method: Method::Other },
+            from: NameAddrParts::EMPTY,
+            to: NameAddrParts::EMPTY,
+            top_via: ViaParts::EMPTY,
             count: 0,
             first: [ABSENT; HEADER_NAME_COUNT],
             headers: [EMPTY_ENTRY; HEADER_TABLE_CAP],
@@ -364,11 +372,17 @@ impl Message {
             return Err(ParseError::CSeqMethodMismatch);
         }
         self.cseq = cseq;
-        for h in [HeaderName::From, HeaderName::To] {
-            NameAddr::parse(self.header(h).unwrap_or(&[])).map_err(|_| ParseError::BadHeader(h))?;
-        }
+        let buf = &self.buf[..];
+        let from = NameAddr::parse(self.header(HeaderName::From).unwrap_or(&[]))
+            .map_err(|_| ParseError::BadHeader(HeaderName::From))?;
+        let to =
+            NameAddr::parse(self.header(HeaderName::To).unwrap_or(&[])).map_err(|_| ParseError::BadHeader(HeaderName::To))?;
         let top = self.values(HeaderName::Via).next().ok_or(ParseError::BadHeader(HeaderName::Via))?;
-        Via::parse(top).map_err(|_| ParseError::BadHeader(HeaderName::Via))?;
+        let via = Via::parse(top).map_err(|_| ParseError::BadHeader(HeaderName::Via))?;
+        let (from, to, via) = (NameAddrParts::of(buf, &from), NameAddrParts::of(buf, &to), ViaParts::of(buf, &via));
+        self.from = from;
+        self.to = to;
+        self.top_via = via;
         Ok(())
     }
 
@@ -497,32 +511,15 @@ impl Message {
     }
 
     pub fn from(&self) -> NameAddr<'_> {
-        self.name_addr(HeaderName::From)
+        self.from.get(&self.buf)
     }
 
     pub fn to(&self) -> NameAddr<'_> {
-        self.name_addr(HeaderName::To)
-    }
-
-    fn name_addr(&self, h: HeaderName) -> NameAddr<'_> {
-        NameAddr::parse(self.header(h).unwrap_or(&[])).unwrap_or(NameAddr {
-            display: None,
-            uri: Uri {
-                scheme: Scheme::Other,
-                user: None,
-                password: None,
-                host: &[],
-                port: None,
-                params: &[],
-                headers: &[],
-            },
-            uri_raw: &[],
-            params: &[],
-        })
+        self.to.get(&self.buf)
     }
 
     pub fn top_via(&self) -> Option<Via<'_>> {
-        self.values(HeaderName::Via).next().and_then(|v| Via::parse(v).ok())
+        Some(self.top_via.get(&self.buf))
     }
 
     pub fn vias(&self) -> impl Iterator<Item = Via<'_>> + '_ {
