@@ -84,8 +84,12 @@ pub struct EdgeConfig {
 pub struct FloodConfig {
     pub connections_per_ip_max: u32,
     pub new_connections_per_ip_per_s: f64,
+    /// Messages from connections that have not registered yet, per address.
     pub messages_per_ip_per_s: f64,
     pub messages_per_ip_burst: f64,
+    /// Messages per registered connection (a user): addresses behind NAT share the per-address budget, users don't.
+    pub messages_per_user_per_s: f64,
+    pub messages_per_user_burst: f64,
     /// Refused messages or connections (strikes) before an address is banned.
     pub strikes_to_ban: u32,
     /// Failed authentications (403 from the registrar) within `auth_failure_window_s` before a ban.
@@ -100,8 +104,10 @@ impl Default for FloodConfig {
         FloodConfig {
             connections_per_ip_max: 10_000,
             new_connections_per_ip_per_s: 500.0,
-            messages_per_ip_per_s: 5_000.0,
-            messages_per_ip_burst: 10_000.0,
+            messages_per_ip_per_s: 2_000.0,
+            messages_per_ip_burst: 4_000.0,
+            messages_per_user_per_s: 500.0,
+            messages_per_user_burst: 1_000.0,
             strikes_to_ban: 100,
             auth_failures_max: 10,
             auth_failure_window_s: 60,
@@ -122,13 +128,56 @@ pub struct PoolConfig {
     pub edges: Vec<Peer>,
     /// Users file (.toml or .csv), see `crate::store::directory`.
     pub directory: PathBuf,
+    /// The durable store (SQLite file, created when missing): allow/block entries, contact lists; see
+    /// `crate::store`. Default `parapet.db` next to the directory file's folder (the config's folder).
+    pub database: PathBuf,
     /// Digest realm; `None` means the domain (see `Config::realm`).
     pub realm: Option<String>,
     pub registrar: RegistrarConfig,
     pub auth: AuthConfig,
+    pub presence: PresenceConfig,
     /// Timer F.
     pub transaction_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
+}
+
+/// `[pool.presence]`: publication and subscription bounds, and the deployment's default authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceConfig {
+    /// Watchers no entry decides about: "allow", "block" (they see offline) or "confirm" (pending).
+    pub default_policy: String,
+    /// Senders no entry decides about: "allow" or "block" (their MESSAGE gets 480, like an offline user).
+    pub im_default_policy: String,
+    pub publish_min_expires_s: u32,
+    pub publish_max_expires_s: u32,
+    /// For a PUBLISH without Expires (pjsip sends none).
+    pub publish_default_expires_s: u32,
+    pub subscribe_min_expires_s: u32,
+    pub subscribe_max_expires_s: u32,
+    pub subscribe_default_expires_s: u32,
+    /// Subscriptions one watcher may hold on one pool core.
+    pub subscriptions_per_user_max: usize,
+    pub watchers_per_presentity_max: usize,
+    /// Devices publishing for one presentity.
+    pub publications_per_presentity_max: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            default_policy: "allow".into(),
+            im_default_policy: "allow".into(),
+            publish_min_expires_s: 60,
+            publish_max_expires_s: 7200,
+            publish_default_expires_s: 3600,
+            subscribe_min_expires_s: 60,
+            subscribe_max_expires_s: 7200,
+            subscribe_default_expires_s: 3600,
+            subscriptions_per_user_max: 200,
+            watchers_per_presentity_max: 1000,
+            publications_per_presentity_max: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +205,8 @@ pub const DEFAULT_EDGE_INTERNAL_LISTEN: &str = "127.0.0.1:5063";
 pub const DEFAULT_MGMT_LISTEN: &str = "127.0.0.1:5064";
 /// Relative to the config file's folder (or the working directory without a file).
 pub const DEFAULT_DIRECTORY: &str = "users.toml";
+/// Relative to the config file's folder (or the working directory without a file).
+pub const DEFAULT_DATABASE: &str = "parapet.db";
 
 #[derive(Debug)]
 pub enum ConfigError {
@@ -292,9 +343,11 @@ impl PoolConfig {
             ca: PathBuf::new(),
             edges: vec![Peer { name: format!("edge.{domain}"), addr: addr(DEFAULT_EDGE_INTERNAL_LISTEN) }],
             directory: PathBuf::from(DEFAULT_DIRECTORY),
+            database: PathBuf::from(DEFAULT_DATABASE),
             realm: None,
             registrar: RegistrarConfig::default(),
             auth: AuthConfig::default(),
+            presence: PresenceConfig::default(),
             transaction_timeout_ms: 32_000,
             handshake_timeout_ms: 5000,
         }
@@ -367,6 +420,8 @@ struct RawFlood {
     new_connections_per_ip_per_s: Option<f64>,
     messages_per_ip_per_s: Option<f64>,
     messages_per_ip_burst: Option<f64>,
+    messages_per_user_per_s: Option<f64>,
+    messages_per_user_burst: Option<f64>,
     strikes_to_ban: Option<u32>,
     auth_failures_max: Option<u32>,
     auth_failure_window_s: Option<u64>,
@@ -383,11 +438,29 @@ struct RawPool {
     ca: Option<PathBuf>,
     edges: Option<Vec<RawPeer>>,
     directory: Option<PathBuf>,
+    database: Option<PathBuf>,
     realm: Option<String>,
     registrar: Option<RawRegistrar>,
     auth: Option<RawAuth>,
+    presence: Option<RawPresence>,
     transaction_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPresence {
+    default_policy: Option<String>,
+    im_default_policy: Option<String>,
+    publish_min_expires_s: Option<u32>,
+    publish_max_expires_s: Option<u32>,
+    publish_default_expires_s: Option<u32>,
+    subscribe_min_expires_s: Option<u32>,
+    subscribe_max_expires_s: Option<u32>,
+    subscribe_default_expires_s: Option<u32>,
+    subscriptions_per_user_max: Option<usize>,
+    watchers_per_presentity_max: Option<usize>,
+    publications_per_presentity_max: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -527,6 +600,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                     new_connections_per_ip_per_s: f.new_connections_per_ip_per_s.unwrap_or(d.new_connections_per_ip_per_s),
                     messages_per_ip_per_s: f.messages_per_ip_per_s.unwrap_or(d.messages_per_ip_per_s),
                     messages_per_ip_burst: f.messages_per_ip_burst.unwrap_or(d.messages_per_ip_burst),
+                    messages_per_user_per_s: f.messages_per_user_per_s.unwrap_or(d.messages_per_user_per_s),
+                    messages_per_user_burst: f.messages_per_user_burst.unwrap_or(d.messages_per_user_burst),
                     strikes_to_ban: f.strikes_to_ban.unwrap_or(d.strikes_to_ban),
                     auth_failures_max: f.auth_failures_max.unwrap_or(d.auth_failures_max),
                     auth_failure_window_s: f.auth_failure_window_s.unwrap_or(d.auth_failure_window_s),
@@ -536,6 +611,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                     ("new_connections_per_ip_per_s", c.flood.new_connections_per_ip_per_s),
                     ("messages_per_ip_per_s", c.flood.messages_per_ip_per_s),
                     ("messages_per_ip_burst", c.flood.messages_per_ip_burst),
+                    ("messages_per_user_per_s", c.flood.messages_per_user_per_s),
+                    ("messages_per_user_burst", c.flood.messages_per_user_burst),
                 ] {
                     if !(v > 0.0 && v.is_finite()) {
                         return Err(invalid(format!("[edge.flood] {key}"), "must be a positive number"));
@@ -572,6 +649,24 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                 }
             }
             c.directory = resolve(base_dir, Some(p.directory.unwrap_or_else(|| PathBuf::from(DEFAULT_DIRECTORY))));
+            c.database = resolve(base_dir, Some(p.database.unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE))));
+            let r = p.presence.unwrap_or_default();
+            let d = PresenceConfig::default();
+            c.presence = PresenceConfig {
+                default_policy: r.default_policy.unwrap_or(d.default_policy),
+                im_default_policy: r.im_default_policy.unwrap_or(d.im_default_policy),
+                publish_min_expires_s: r.publish_min_expires_s.unwrap_or(d.publish_min_expires_s),
+                publish_max_expires_s: r.publish_max_expires_s.unwrap_or(d.publish_max_expires_s),
+                publish_default_expires_s: r.publish_default_expires_s.unwrap_or(d.publish_default_expires_s),
+                subscribe_min_expires_s: r.subscribe_min_expires_s.unwrap_or(d.subscribe_min_expires_s),
+                subscribe_max_expires_s: r.subscribe_max_expires_s.unwrap_or(d.subscribe_max_expires_s),
+                subscribe_default_expires_s: r.subscribe_default_expires_s.unwrap_or(d.subscribe_default_expires_s),
+                subscriptions_per_user_max: r.subscriptions_per_user_max.unwrap_or(d.subscriptions_per_user_max),
+                watchers_per_presentity_max: r.watchers_per_presentity_max.unwrap_or(d.watchers_per_presentity_max),
+                publications_per_presentity_max: r
+                    .publications_per_presentity_max
+                    .unwrap_or(d.publications_per_presentity_max),
+            };
             c.realm = p.realm;
             let r = p.registrar.unwrap_or_default();
             let rd = RegistrarConfig::default();
@@ -776,6 +871,37 @@ impl Config {
             positive("[pool.auth] nonce_ttl_s", p.auth.nonce_ttl_s)?;
             positive("[pool] transaction_timeout_ms", p.transaction_timeout_ms)?;
             positive("[pool] handshake_timeout_ms", p.handshake_timeout_ms)?;
+            if p.database.as_os_str().is_empty() {
+                return Err(invalid("[pool] database", "missing: name the SQLite file (e.g. \"parapet.db\")"));
+            }
+            let pr = &p.presence;
+            if !matches!(pr.default_policy.trim().to_ascii_lowercase().as_str(), "allow" | "block" | "confirm") {
+                return Err(invalid(
+                    "[pool.presence] default_policy",
+                    format!("{:?}: expected \"allow\", \"block\" or \"confirm\"", pr.default_policy),
+                ));
+            }
+            if !matches!(pr.im_default_policy.trim().to_ascii_lowercase().as_str(), "allow" | "block") {
+                return Err(invalid(
+                    "[pool.presence] im_default_policy",
+                    format!("{:?}: expected \"allow\" or \"block\"", pr.im_default_policy),
+                ));
+            }
+            for (what, min, default, max) in [
+                ("publish", pr.publish_min_expires_s, pr.publish_default_expires_s, pr.publish_max_expires_s),
+                ("subscribe", pr.subscribe_min_expires_s, pr.subscribe_default_expires_s, pr.subscribe_max_expires_s),
+            ] {
+                positive(&format!("[pool.presence] {what}_min_expires_s"), u64::from(min))?;
+                if !(min <= default && default <= max) {
+                    return Err(invalid(
+                        format!("[pool.presence] {what}_default_expires_s"),
+                        format!("{default} must lie between {what}_min_expires_s {min} and {what}_max_expires_s {max}"),
+                    ));
+                }
+            }
+            positive("[pool.presence] subscriptions_per_user_max", pr.subscriptions_per_user_max as u64)?;
+            positive("[pool.presence] watchers_per_presentity_max", pr.watchers_per_presentity_max as u64)?;
+            positive("[pool.presence] publications_per_presentity_max", pr.publications_per_presentity_max as u64)?;
         }
         Ok(())
     }

@@ -235,3 +235,29 @@ fn use_dev_pki_keeps_named_files() {
     assert_eq!(e.key, Path::new("/d/edge.key"));
     assert_eq!(c.pool.as_ref().expect("pool").ca, Path::new("/d/ca.pem"));
 }
+
+#[test]
+fn pool_database_and_presence() {
+    let c = parse("[pool]\n").expect("parse");
+    let p = c.pool.as_ref().expect("pool");
+    assert_eq!(p.database, Path::new("/etc/parapet/parapet.db"), "next to the config, like the directory");
+    assert_eq!(p.presence, PresenceConfig::default());
+    let c = parse(
+        "[pool]\ndatabase = \"/var/lib/parapet/p.db\"\n[pool.presence]\ndefault_policy = \"confirm\"\n\
+         im_default_policy = \"block\"\npublish_default_expires_s = 600\nsubscriptions_per_user_max = 5\n",
+    )
+    .expect("parse");
+    let p = c.pool.as_ref().expect("pool");
+    assert_eq!(p.database, Path::new("/var/lib/parapet/p.db"));
+    assert_eq!(p.presence.default_policy, "confirm");
+    assert_eq!(p.presence.publish_default_expires_s, 600);
+    assert_eq!(p.presence.subscriptions_per_user_max, 5);
+    with_files(c).validate().expect("valid");
+
+    let bad = |toml: &str| with_files(parse(toml).expect("parse")).validate().expect_err("invalid").to_string();
+    assert!(bad("[pool.presence]\ndefault_policy = \"maybe\"\n").contains("[pool.presence] default_policy"));
+    assert!(bad("[pool.presence]\nim_default_policy = \"confirm\"\n").contains("[pool.presence] im_default_policy"));
+    assert!(bad("[pool.presence]\npublish_default_expires_s = 10\n").contains("publish_default_expires_s"));
+    assert!(bad("[pool.presence]\nsubscriptions_per_user_max = 0\n").contains("subscriptions_per_user_max"));
+    assert!(parse("[pool.presence]\nbogus = 1\n").expect_err("unknown key").to_string().contains("bogus"));
+}
