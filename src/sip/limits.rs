@@ -3,7 +3,7 @@
 
 /// Hard cap of the inline header table of [`crate::sip::Message`]; `Limits::header_count_max` above it is
 /// clamped, because the table is a fixed array (no allocation per message).
-pub const HEADER_TABLE_CAP: usize = 128;
+pub const HEADER_TABLE_CAP: usize = 96;
 
 /// Header line offsets are stored as `u16` in the table; a configured `line_bytes_max` above this is clamped.
 pub const LINE_BYTES_HARD_MAX: usize = u16::MAX as usize;
@@ -44,4 +44,6 @@ impl Default for Limits {
 const _: () = assert!(Limits::DEFAULT.header_bytes_max <= Limits::DEFAULT.message_bytes_max);
 const _: () = assert!(Limits::DEFAULT.line_bytes_max <= Limits::DEFAULT.header_bytes_max);
 const _: () = assert!(Limits::DEFAULT.header_count_max <= HEADER_TABLE_CAP);
+// Peers get 16 more headers than users (net::conn::peer_limits): the table must hold them.
+const _: () = assert!(Limits::DEFAULT.header_count_max + 16 <= HEADER_TABLE_CAP);
 const _: () = assert!(HEADER_TABLE_CAP < u8::MAX as usize); // indices are kept in u8, 0xFF = absent
