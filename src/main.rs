@@ -42,6 +42,91 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Allow/block entries (presence and IM) in the pool's store; a running pool applies them within a second.
+    Policy {
+        /// The pool's config (its `[pool] database` is used).
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Users' contact lists in the pool's store.
+    Contacts {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: ContactsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Entries, of one owner or all.
+    List {
+        owner: Option<String>,
+    },
+    /// Sets OWNER's entry about TARGET (user@domain, @domain or *); a right not given keeps its value.
+    Set {
+        owner: String,
+        target: String,
+        /// allow, block or unset.
+        #[arg(long)]
+        presence: Option<String>,
+        /// allow, block or unset.
+        #[arg(long)]
+        im: Option<String>,
+    },
+    Delete {
+        owner: String,
+        target: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactsCmd {
+    List {
+        owner: String,
+    },
+    Add {
+        owner: String,
+        uri: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    Remove {
+        owner: String,
+        uri: String,
+    },
+}
+
+fn print(r: Result<String, String>) -> Result<(), String> {
+    r.map(|s| print!("{s}"))
+}
+
+fn policy(config: &std::path::Path, cmd: PolicyCmd) -> Result<String, String> {
+    use parapet::store::admin::{self, Change};
+    match cmd {
+        PolicyCmd::List { owner } => admin::policy_list(config, owner.as_deref()),
+        PolicyCmd::Set { owner, target, presence, im } => admin::policy_set(
+            config,
+            &owner,
+            &target,
+            Change::parse(presence.as_deref()).map_err(|e| format!("--presence {e}"))?,
+            Change::parse(im.as_deref()).map_err(|e| format!("--im {e}"))?,
+        ),
+        PolicyCmd::Delete { owner, target } => admin::policy_delete(config, &owner, &target),
+    }
+}
+
+fn contacts(config: &std::path::Path, cmd: ContactsCmd) -> Result<String, String> {
+    use parapet::store::admin;
+    match cmd {
+        ContactsCmd::List { owner } => admin::contacts_list(config, &owner),
+        ContactsCmd::Add { owner, uri, name, group } => admin::contacts_add(config, &owner, &uri, &name, &group),
+        ContactsCmd::Remove { owner, uri } => admin::contacts_remove(config, &owner, &uri),
+    }
 }
 
 fn main() -> ExitCode {
@@ -56,6 +141,8 @@ fn main() -> ExitCode {
             .and_then(|c| c.validate())
             .map(|()| println!("{}: ok", config.display()))
             .map_err(|e| e.to_string()),
+        Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
+        Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

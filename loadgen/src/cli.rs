@@ -108,6 +108,10 @@ pub struct Args {
     /// Spread connections over 127.0.0.1 .. 127.0.0.N (default: ceil(count / 20000)).
     #[arg(long)]
     pub source_ips: Option<u8>,
+    /// The first source address's last byte: with --source-first 5 --source-ips 2, connections come from
+    /// 127.0.0.5 and 127.0.0.6 (e.g. to play an abuser from its own address).
+    #[arg(long, default_value_t = 1)]
+    pub source_first: u8,
     /// Write results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -185,6 +189,7 @@ pub struct Config {
     pub warmup: Duration,
     pub cores: Vec<usize>,
     pub source_ips: u8,
+    pub source_first: u8,
     pub find_max: Option<Step>,
     /// Hard bound on --find-max steps, so that every run ends.
     pub steps_max: usize,
@@ -205,10 +210,11 @@ impl Config {
     }
 
     pub fn source_ip(&self, conn_index: usize) -> Option<Ipv4Addr> {
-        if self.source_ips <= 1 {
+        if self.source_ips <= 1 && self.source_first <= 1 {
             return None;
         }
-        let last = 1 + (conn_index % usize::from(self.source_ips)) as u8;
+        let spread = usize::from(self.source_ips.max(1));
+        let last = self.source_first.max(1).saturating_add((conn_index % spread) as u8);
         Some(Ipv4Addr::new(127, 0, 0, last))
     }
 }
@@ -222,7 +228,10 @@ fn positive(v: f64, what: &str) -> Result<f64, ConfigError> {
 }
 
 pub fn parse_cores(s: Option<&str>) -> Result<Vec<usize>, ConfigError> {
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Online CPUs, not `available_parallelism` (that is the affinity mask: under `taskset -c 1` it is 1, and CPU 1
+    // would be refused).
+    // SAFETY: sysconf only reads a system value.
+    let online = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1).max(1);
     let Some(s) = s else {
         return Ok(vec![online - 1]);
     };
@@ -322,6 +331,7 @@ impl Args {
             warmup: Duration::from_secs_f64(self.warmup),
             cores,
             source_ips,
+            source_first: self.source_first,
             find_max: self.find_max.then_some(step),
             steps_max: 30,
             slo_p99_ms,

@@ -597,7 +597,9 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                 let d = c.flood;
                 c.flood = FloodConfig {
                     connections_per_ip_max: f.connections_per_ip_max.unwrap_or(d.connections_per_ip_max),
-                    new_connections_per_ip_per_s: f.new_connections_per_ip_per_s.unwrap_or(d.new_connections_per_ip_per_s),
+                    new_connections_per_ip_per_s: f
+                        .new_connections_per_ip_per_s
+                        .unwrap_or(d.new_connections_per_ip_per_s),
                     messages_per_ip_per_s: f.messages_per_ip_per_s.unwrap_or(d.messages_per_ip_per_s),
                     messages_per_ip_burst: f.messages_per_ip_burst.unwrap_or(d.messages_per_ip_burst),
                     messages_per_user_per_s: f.messages_per_user_per_s.unwrap_or(d.messages_per_user_per_s),

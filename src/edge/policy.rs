@@ -28,7 +28,11 @@ pub enum Decision {
     Forward,
     /// OPTIONS to the edge itself: answer 200 here.
     KeepAlive,
-    Refuse { code: u16, reason: &'static str, why: Refusal },
+    Refuse {
+        code: u16,
+        reason: &'static str,
+        why: Refusal,
+    },
 }
 
 pub struct Ctx<'a> {
@@ -153,7 +157,8 @@ mod tests {
             let Ok(msg) = Message::parse(bytes::Bytes::copy_from_slice(data), &limits) else { continue };
             let conn = ConnId { core: 0, gen: 1, slot: 7 };
             let key = TokenKey::from_bytes([3; 16]);
-            let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
+            let hop =
+                Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
             let is_myself = |u: &Uri<'_>| u.host_eq(b"127.0.0.1");
             let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
             rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out);

@@ -364,12 +364,24 @@ where
             }
         }
         if !wbuf.is_empty() {
-            if stream.write_all(&wbuf).await.is_err() || stream.flush().await.is_err() {
-                break;
-            }
+            let written = {
+                let mut write = std::pin::pin!(async {
+                    stream.write_all(&wbuf).await?;
+                    stream.flush().await
+                });
+                // Most writes finish at once; only a stalled one (the peer stopped reading) races the watchdog,
+                // so the common case sets no timer.
+                match futures_lite::future::poll_once(&mut write).await {
+                    Some(r) => r.is_ok(),
+                    None => futures_lite::future::or(async { write.await.is_ok() }, stalled(&conn)).await,
+                }
+            };
             if conn.kill.get() {
                 bump(&handler.stats().slow_readers_closed);
                 tracing::info!(peer = %conn.peer, "write queue overflowed (peer not reading): closed");
+                break;
+            }
+            if !written {
                 break;
             }
             let stats = handler.stats();
@@ -381,6 +393,18 @@ where
     handler.table().borrow_mut().remove(conn.id);
     bump(&handler.stats().closed);
     handler.on_closed(&conn);
+}
+
+/// A write that has not finished this long means the peer is not reading.
+const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Completes (as a failed write) once the connection's queue has overflowed or the write has stalled too long.
+async fn stalled(conn: &Conn) -> bool {
+    let start = Instant::now();
+    while !conn.kill.get() && start.elapsed() < WRITE_STALL_MAX {
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Frames and dispatches every complete message in `rbuf`. Returns true when the connection must close.

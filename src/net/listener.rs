@@ -69,19 +69,6 @@ fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sees_a_listener_and_ignores_free_ports() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        assert!(ensure_port_free(addr, "test").is_err());
-        drop(l);
-        assert!(ensure_port_free(addr, "test").is_ok());
-    }
-}
 
 pub struct ListenSpec {
     pub addr: SocketAddr,
@@ -168,4 +155,18 @@ async fn handshake_and_drive<H: Handler>(
     }
     let (conn, rx) = handler.table().borrow_mut().insert(spec.kind, peer, names);
     drive(tls, conn, rx, handler).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_a_listener_and_ignores_free_ports() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        assert!(ensure_port_free(addr, "test").is_err());
+        drop(l);
+        assert!(ensure_port_free(addr, "test").is_ok());
+    }
 }

@@ -10,6 +10,8 @@
 
 pub mod auth;
 pub mod digest;
+pub mod persist;
+pub mod presence;
 pub mod proxy;
 pub mod register;
 pub mod registrar;
@@ -52,6 +54,37 @@ crate::counters! {
         bindings_now,
         /// Forked transactions in flight on this core (a gauge, updated by the sweep).
         transactions_now,
+        /// SUBSCRIBE or PUBLISH for an event package we do not serve (489).
+        bad_event,
+        /// MESSAGE refused because the recipient blocks the sender (answered like an offline recipient: 480).
+        messages_refused_policy,
+        /// Accepted PUBLISH requests (initial, refresh, modify, remove).
+        publications,
+        /// PUBLISH refused: someone else's presentity, wrong media type, too many devices.
+        publish_refused,
+        /// PUBLISH bodies that are not well-formed PIDF (400).
+        pidf_malformed,
+        /// PUBLISH with a SIP-If-Match naming no current publication (412).
+        etag_mismatches,
+        /// New subscriptions accepted.
+        subscriptions,
+        /// SUBSCRIBE refused for want of a route back, or a full table.
+        subscribe_refused,
+        /// SUBSCRIBE refused: the watcher holds too many subscriptions (per-user cap).
+        subscriptions_over_cap,
+        unsubscribes,
+        subscriptions_expired,
+        notifies_sent,
+        /// NOTIFYs answered with a failure (the subscription was removed).
+        notifies_failed,
+        /// Publications held by this core (a gauge, updated by the sweep).
+        publications_now,
+        /// Subscriptions held by this core (a gauge, updated by the sweep).
+        subscriptions_now,
+        /// Subscriptions to a contact list (RFC 4662), also counted in `subscriptions`.
+        list_subscriptions,
+        /// Soft-state writes dropped because the store's queue was full (the next change rewrites them).
+        store_queue_full,
     }
 }
 
@@ -65,8 +98,17 @@ pub enum Stage {
 }
 
 pub enum PoolMsg {
-    Write { conn: ConnId, bytes: Bytes },
-    Request { stage: Stage, origin: ConnId, bytes: Bytes },
+    Write {
+        conn: ConnId,
+        bytes: Bytes,
+    },
+    Request {
+        stage: Stage,
+        origin: ConnId,
+        bytes: Bytes,
+    },
+    /// Presence across cores (resource-list watches and the states they bring back).
+    Presence(presence::remote::Msg),
 }
 
 /// Read-only settings shared by every core.
@@ -87,6 +129,11 @@ pub struct PoolSettings {
     pub handshake_timeout: Duration,
     /// Hosts that mean "this domain" in a Request-URI.
     pub local_hosts: Vec<String>,
+    pub presence: presence::PresenceSettings,
+    /// The durable store, on its own thread.
+    pub store: crate::store::thread::StoreHandle,
+    /// Soft state saved before the last stop, one share per core (each core takes its own at start).
+    pub restore: Vec<std::sync::Mutex<Vec<crate::store::StateRow>>>,
 }
 
 impl PoolSettings {
@@ -104,13 +151,16 @@ impl PoolSettings {
         if algorithms.is_empty() {
             return Err("config: [pool.auth] algorithms: at least one of MD5, SHA-256".into());
         }
+        let (presence, store) = presence::settings_from_config(p)?;
+        let restore = persist::saved_state(&store, p.cores.len())?;
         let mut nonce_secret = [0u8; 32];
         getrandom::getrandom(&mut nonce_secret).map_err(|e| format!("no randomness for nonces: {e}"))?;
         Ok(PoolSettings {
             domain: cfg.domain.to_ascii_lowercase(),
             realm,
             listen: p.listen,
-            limits: crate::edge::sip_limits(cfg),
+            // The pool only talks to trusted peers, whose messages carry the headers the edge added.
+            limits: crate::net::conn::peer_limits(&crate::edge::sip_limits(cfg)),
             server_tls: tls::server_config(&p.cert, &p.key, Some(&p.ca)).map_err(|e| e.to_string())?,
             client_tls: tls::client_config(&p.ca, Some((&p.cert, &p.key))).map_err(|e| e.to_string())?,
             edges: p.edges.clone(),
@@ -128,6 +178,9 @@ impl PoolSettings {
             transaction_timeout: Duration::from_millis(p.transaction_timeout_ms),
             handshake_timeout: Duration::from_millis(p.handshake_timeout_ms),
             local_hosts: vec![cfg.domain.to_ascii_lowercase()],
+            presence,
+            store,
+            restore,
         })
     }
 }
@@ -174,6 +227,12 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         registrar: RefCell::new(Registrar::new(s.registrar)),
         nonces: RefCell::new(NonceKeeper::new(s.nonce_secret, id as u16, s.nonce_ttl_s, 65_536)),
         txns: RefCell::new(proxy::Transactions::new(65_536)),
+        presence: RefCell::new(presence::Presence::new(
+            &s.presence,
+            id,
+            count,
+            u32::from_le_bytes([s.nonce_secret[0], s.nonce_secret[1], s.nonce_secret[2], s.nonce_secret[3]]),
+        )),
         edges,
         s: s.clone(),
     });
@@ -185,6 +244,40 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
             }
         })
         .detach();
+    }
+    let saved = s.restore.get(id).and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v))).unwrap_or_default();
+    let restored = pool.restore(saved);
+    if !restored.is_empty() {
+        // Watchers hear the current state again once the edges are reachable (connectors queue meanwhile).
+        let pool = pool.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            for sub in restored {
+                pool.send_notify(sub, None);
+            }
+        })
+        .detach();
+    }
+    if let Ok(rx) = s.store.watch_contacts() {
+        let pool = pool.clone();
+        glommio::spawn_local(async move {
+            while rx.recv_async().await.is_ok() {
+                pool.reload_lists();
+            }
+        })
+        .detach();
+    }
+    match s.store.watch_policies() {
+        Ok(rx) => {
+            let pool = pool.clone();
+            glommio::spawn_local(async move {
+                while let Ok(rows) = rx.recv_async().await {
+                    pool.policies_replaced(&rows);
+                }
+            })
+            .detach();
+        }
+        Err(e) => tracing::warn!(core = id, error = %e, "allow/block changes will not reach this core until restart"),
     }
     {
         let pool = pool.clone();
@@ -230,6 +323,7 @@ pub struct Pool {
     registrar: RefCell<Registrar>,
     nonces: RefCell<NonceKeeper>,
     txns: RefCell<proxy::Transactions>,
+    presence: RefCell<presence::Presence>,
     edges: HashMap<SocketAddr, Rc<Connector>>,
     s: Arc<PoolSettings>,
 }
@@ -252,7 +346,7 @@ impl Handler for Pool {
         if msg.is_request() {
             self.on_request(conn.id, msg);
         } else {
-            self.on_response(msg);
+            self.on_any_response(msg);
         }
     }
 }
@@ -264,12 +358,21 @@ impl Undeliverable for Pool {
         let mut out = BytesMut::with_capacity(512);
         sip::write_response(&mut out, &req, code, reason, Some(b"pool"), &[], None);
         if let Ok(resp) = Message::parse(out.freeze(), &self.s.limits) {
-            self.on_response(resp);
+            self.on_any_response(resp);
         }
     }
 }
 
 impl Pool {
+    /// Responses to our NOTIFYs and to forked requests are told apart by their branch.
+    fn on_any_response(self: &Rc<Self>, msg: Message) {
+        if msg.top_via().and_then(|v| v.branch()).is_some_and(presence::notify::is_notify_branch) {
+            self.notify_response(&msg);
+        } else {
+            self.on_response(msg);
+        }
+    }
+
     fn on_mesh(self: &Rc<Self>, msg: PoolMsg) {
         match msg {
             PoolMsg::Write { conn, bytes } => self.deliver(conn, bytes),
@@ -277,6 +380,7 @@ impl Pool {
                 Ok(m) => self.at_stage(stage, origin, m),
                 Err(e) => tracing::error!(error = %e, "a message that parsed once failed on another core"),
             },
+            PoolMsg::Presence(m) => self.on_presence_msg(m),
         }
     }
 
@@ -336,16 +440,31 @@ impl Pool {
                 self.to_core(key.as_bytes(), Stage::Auth, origin, msg);
             }
             Method::Options => {
-                let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS";
-                self.reply(origin, &msg, 200, "OK", &[(HeaderName::Allow, allow), (HeaderName::Accept, b"text/plain")]);
+                self.reply(
+                    origin,
+                    &msg,
+                    200,
+                    "OK",
+                    &[
+                        (HeaderName::Allow, ALLOW),
+                        (HeaderName::AllowEvents, presence::ALLOW_EVENTS),
+                        (HeaderName::Accept, b"text/plain, application/pidf+xml"),
+                    ],
+                );
             }
             Method::Ack => {}
             Method::Subscribe | Method::Publish => {
-                self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, b"")])
+                // The package is checked before authentication: 489 says nothing about any user.
+                if presence::event_of(&msg).is_some_and(|(p, _)| presence::subscriptions::Package::parse(&p).is_some())
+                {
+                    let key = aor_of(&msg.from().uri);
+                    self.to_core(key.as_bytes(), Stage::Auth, origin, msg);
+                } else {
+                    bump(&self.pstats.bad_event);
+                    self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, presence::ALLOW_EVENTS)])
+                }
             }
-            _ => {
-                self.reply(origin, &msg, 501, "Not Implemented", &[(HeaderName::Allow, b"REGISTER, MESSAGE, OPTIONS")])
-            }
+            _ => self.reply(origin, &msg, 501, "Not Implemented", &[(HeaderName::Allow, ALLOW)]),
         }
     }
 
@@ -354,7 +473,11 @@ impl Pool {
             Stage::Auth => {
                 let Some(user) = self.authenticate(origin, &msg) else { return };
                 match msg.method() {
-                    Some(Method::Register) => self.register(origin, &msg, &user),
+                    Some(Method::Register) => {
+                        self.register(origin, &msg, &user);
+                        self.persist_bindings(&user.aor);
+                        self.presence_registration(&user.aor);
+                    }
                     _ => {
                         let target =
                             msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
@@ -362,14 +485,34 @@ impl Pool {
                     }
                 }
             }
-            Stage::Route => self.route(origin, msg),
+            Stage::Route => match msg.method() {
+                Some(Method::Publish) => self.publish(origin, &msg),
+                Some(Method::Subscribe) => self.subscribe(origin, &msg),
+                Some(Method::Message) if self.im_refused(&msg) => {
+                    // The same answer an offline recipient gives: the sender cannot tell it is blocked.
+                    bump(&self.pstats.messages_refused_policy);
+                    self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
+                }
+                _ => self.route(origin, msg),
+            },
         }
+    }
+
+    /// A MESSAGE whose (existing, local) recipient does not accept IM from the sender.
+    fn im_refused(&self, msg: &Message) -> bool {
+        let Some(ruri) = msg.request_uri_parsed() else { return false };
+        if !self.is_local_host(&ruri) || self.s.users.get(&ruri.user_unescaped()).is_none() {
+            return false;
+        }
+        !self.presence.borrow().policy.may_message(&aor_of(&ruri), &aor_of(&msg.from().uri))
     }
 
     fn sweep(self: &Rc<Self>) {
         let now = now_secs();
         self.registrar.borrow_mut().expire(now);
         self.expire_transactions();
+        self.presence_sweep();
+        self.flush_dirty_subscriptions();
         self.pstats.bindings_now.set(self.registrar.borrow().binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.borrow().len() as u64);
     }
@@ -379,13 +522,16 @@ impl Pool {
     }
 }
 
+/// Methods the pool serves.
+const ALLOW: &[u8] = b"REGISTER, MESSAGE, SUBSCRIBE, PUBLISH, OPTIONS";
+
 /// The AOR key of a URI (user@host, host lowercased).
 pub fn aor_of(uri: &Uri<'_>) -> String {
     registrar::aor_key(&uri.user_unescaped(), uri.host)
 }
 
 /// A To tag for responses we generate: stable for a request, so a retransmission gets the same one.
-fn to_tag(req: &Message) -> String {
+pub(crate) fn to_tag(req: &Message) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in req.call_id().iter().chain(req.from().tag().unwrap_or(b"")) {
         h ^= u64::from(*b);

@@ -159,7 +159,7 @@ impl Pool {
     }
 
     /// The connector for the edge a Path entry names (only configured edges: a forged Path reaches nobody).
-    fn edge_for(&self, path: &str) -> Option<Rc<crate::net::Connector>> {
+    pub(crate) fn edge_for(&self, path: &str) -> Option<Rc<crate::net::Connector>> {
         let na = NameAddr::parse(path.as_bytes()).ok()?;
         let host = std::str::from_utf8(na.uri.host).ok()?.trim_start_matches('[').trim_end_matches(']');
         let ip: std::net::IpAddr = host.parse().ok()?;
@@ -188,7 +188,7 @@ impl Pool {
                 t.done = true;
                 forward = Some((t.origin, msg.bytes().clone()));
             }
-        } else if t.best.as_ref().map_or(true, |(c, _)| rank(status) < rank(*c)) {
+        } else if t.best.as_ref().is_none_or(|(c, _)| rank(status) < rank(*c)) {
             t.best = Some((status, msg.bytes().clone()));
         }
         t.outstanding = t.outstanding.saturating_sub(1);

@@ -416,6 +416,23 @@ impl Registrar {
         stale.iter().map(|a| self.prune(a, now_secs)).sum()
     }
 
+    /// Puts back an AOR's bindings saved before a restart (the live ones, at most `bindings_per_aor_max`);
+    /// refused when the table is full.
+    pub fn restore(&mut self, aor: &str, mut bindings: Vec<Binding>, now_secs: u64) -> bool {
+        bindings.retain(|b| b.expires_at > now_secs);
+        bindings.truncate(self.limits.bindings_per_aor_max);
+        if bindings.is_empty() || (self.aors.len() >= self.limits.aors_max && !self.aors.contains_key(aor)) {
+            return false;
+        }
+        self.commit(aor, bindings);
+        true
+    }
+
+    /// Whether the AOR has a binding that is live at `now_secs` (read-only: nothing is pruned).
+    pub fn is_registered(&self, aor: &str, now_secs: u64) -> bool {
+        self.aors.get(aor).is_some_and(|bs| bs.iter().any(|b| b.expires_at > now_secs))
+    }
+
     pub fn aor_count(&self) -> usize {
         self.aors.len()
     }

@@ -375,8 +375,8 @@ impl Message {
         let buf = &self.buf[..];
         let from = NameAddr::parse(self.header(HeaderName::From).unwrap_or(&[]))
             .map_err(|_| ParseError::BadHeader(HeaderName::From))?;
-        let to =
-            NameAddr::parse(self.header(HeaderName::To).unwrap_or(&[])).map_err(|_| ParseError::BadHeader(HeaderName::To))?;
+        let to = NameAddr::parse(self.header(HeaderName::To).unwrap_or(&[]))
+            .map_err(|_| ParseError::BadHeader(HeaderName::To))?;
         let top = self.values(HeaderName::Via).next().ok_or(ParseError::BadHeader(HeaderName::Via))?;
         let via = Via::parse(top).map_err(|_| ParseError::BadHeader(HeaderName::Via))?;
         let (from, to, via) = (NameAddrParts::of(buf, &from), NameAddrParts::of(buf, &to), ViaParts::of(buf, &via));

@@ -9,6 +9,9 @@ Commands (one JSON object per line on stdin):
   {"cmd": "register"}
   {"cmd": "unregister"}
   {"cmd": "message", "to": "sip:bob@example.com", "text": "hello"}   ("to" may also be a bare user)
+  {"cmd": "publish", "status": "online|busy|away|offline", "note": "..."}   (PUBLISH, RFC 3903)
+  {"cmd": "subscribe", "uri": "sip:bob@example.com"}     (SUBSCRIBE Event: presence)
+  {"cmd": "unsubscribe", "uri": "sip:bob@example.com"}   (SUBSCRIBE Expires: 0)
   {"cmd": "quit"}
 
 Events (one JSON object per line on stdout):
@@ -16,6 +19,8 @@ Events (one JSON object per line on stdout):
   {"event": "reg", "code": 200, "reason": "OK", "expires": 300, "status": 0}
   {"event": "message_status", "to": ..., "code": 200, "reason": "OK"}
   {"event": "message", "from": ..., "text": ..., "content_type": ...}
+  {"event": "buddy_state", "uri": ..., "status": "online|offline|unknown", "activity": "busy|away|",
+   "note": ..., "text": ..., "sub_state": "ACTIVE|TERMINATED|...", "term_code": ..., "term_reason": ...}
   {"event": "error", "cmd": ..., "message": ...}
   {"event": "bye"}   (last line, after quit or end of stdin)
 
@@ -76,6 +81,36 @@ def _rdata_present(prm):
         return bool(prm.rdata.wholeMsg)
     except Exception:
         return False
+
+
+_STATUS_NAMES = {}
+for _n in ("ONLINE", "OFFLINE", "UNKNOWN"):
+    _STATUS_NAMES[getattr(pj, "PJSUA_BUDDY_STATUS_" + _n)] = _n.lower()
+_ACTIVITY_NAMES = {pj.PJRPID_ACTIVITY_AWAY: "away", pj.PJRPID_ACTIVITY_BUSY: "busy"}
+
+
+class AgentBuddy(pj.Buddy):
+    def __init__(self):
+        pj.Buddy.__init__(self)
+
+    def _report(self):
+        try:
+            info = self.getInfo()
+            ps = info.presStatus
+            emit("buddy_state", uri=str(info.uri),
+                 status=_STATUS_NAMES.get(ps.status, str(ps.status)),
+                 activity=_ACTIVITY_NAMES.get(ps.activity, ""),
+                 note=str(ps.note), text=str(ps.statusText),
+                 sub_state=str(info.subStateName), term_code=int(info.subTermCode),
+                 term_reason=str(info.subTermReason))
+        except Exception as exc:
+            log("buddy state: %r" % (exc,))
+
+    def onBuddyState(self):
+        self._report()
+
+    def onBuddyEvSubState(self, prm):
+        self._report()
 
 
 class AgentAccount(pj.Account):
@@ -214,7 +249,7 @@ def main():
             bcfg = pj.BuddyConfig()
             bcfg.uri = uri
             bcfg.subscribe = False
-            b = pj.Buddy()
+            b = AgentBuddy()
             b.create(acc, bcfg)
             buddies[uri] = b
         return b
@@ -222,6 +257,30 @@ def main():
     q = queue.Queue()
     t = threading.Thread(target=stdin_reader, args=(q,), daemon=True)
     t.start()
+
+    publishing = [False]
+
+    def publish(status, note):
+        ps = pj.PresenceStatus()
+        if status == "offline":
+            ps.status = pj.PJSUA_BUDDY_STATUS_OFFLINE
+        else:
+            ps.status = pj.PJSUA_BUDDY_STATUS_ONLINE
+            if status == "busy":
+                ps.activity = pj.PJRPID_ACTIVITY_BUSY
+            elif status == "away":
+                ps.activity = pj.PJRPID_ACTIVITY_AWAY
+            elif status != "online":
+                raise ValueError("status must be online, busy, away or offline")
+        ps.note = note
+        ps.statusText = note
+        acc.setOnlineStatus(ps)
+        if not publishing[0]:
+            # Publication is switched on only now: pjsip publishes at once when it is enabled, and the edge
+            # admits nothing but REGISTER before the account registered.
+            acfg.presConfig.publishEnabled = True
+            acc.modify(acfg)
+            publishing[0] = True
 
     emit("ready", aor=aor, proxy=args.proxy, pid=os.getpid())
 
@@ -255,6 +314,12 @@ def main():
                     prm.content = str(cmd.get("text", ""))
                     prm.contentType = str(cmd.get("content_type", "text/plain"))
                     get_buddy(uri).sendInstantMessage(prm)
+                elif name == "publish":
+                    publish(str(cmd.get("status", "online")), str(cmd.get("note", "")))
+                elif name == "subscribe":
+                    get_buddy(target_uri(cmd["uri"])).subscribePresence(True)
+                elif name == "unsubscribe":
+                    get_buddy(target_uri(cmd["uri"])).subscribePresence(False)
                 elif name == "quit":
                     running = False
                     break

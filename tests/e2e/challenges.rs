@@ -25,7 +25,7 @@ fn digest_params(h: &str) -> Option<Vec<(String, String)>> {
 }
 
 /// All values of header `name` (several challenges, e.g. SHA-256 and MD5, may be offered).
-fn headers<'a>(r: &'a Response, name: &str) -> Vec<&'a str> {
+pub(crate) fn headers<'a>(r: &'a Response, name: &str) -> Vec<&'a str> {
     r.head
         .split("\r\n")
         .skip(1)
@@ -110,7 +110,7 @@ fn hash(alg: &str, data: &str) -> String {
 }
 
 /// `Authorization` value answering the challenge `chal` (qop=auth, RFC 2617 / RFC 8760).
-fn authorization(chal: &str, user: &str, password: &str, method: &str, uri: &str) -> Option<String> {
+pub(crate) fn authorization(chal: &str, user: &str, password: &str, method: &str, uri: &str) -> Option<String> {
     let p = digest_params(chal)?;
     let get = |k: &str| p.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
     let realm = get("realm")?;
@@ -130,7 +130,7 @@ fn authorization(chal: &str, user: &str, password: &str, method: &str, uri: &str
 
 /// REGISTER over the raw connection, answering the 401 with our own digest computation
 /// (MD5 preferred: the contract requires it), and require 200.
-fn raw_register(app: &Appliance, raw: &mut Raw, user: &str, password: &str) {
+pub(crate) fn raw_register(app: &Appliance, raw: &mut Raw, user: &str, password: &str) {
     let d = app.domain.clone();
     let ruri = format!("sip:{d}");
     let aor = format!("sip:{user}@{d}");
@@ -143,7 +143,9 @@ fn raw_register(app: &Appliance, raw: &mut Raw, user: &str, password: &str) {
     let chals = headers(&r, "WWW-Authenticate");
     let chal = chals
         .iter()
-        .find(|c| digest_params(c).is_some_and(|p| p.iter().all(|(k, v)| k != "algorithm" || v.eq_ignore_ascii_case("MD5"))))
+        .find(|c| {
+            digest_params(c).is_some_and(|p| p.iter().all(|(k, v)| k != "algorithm" || v.eq_ignore_ascii_case("MD5")))
+        })
         .or(chals.first())
         .copied()
         .unwrap_or_else(|| app.fail(&format!("401 without WWW-Authenticate:\n{}", r.head)));

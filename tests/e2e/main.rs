@@ -3,10 +3,14 @@
 //!
 //! One integration-test binary; each test starts its own appliance on a free port block.
 
-mod support;
 mod pjsua;
+mod support;
 
-mod lifecycle;
-mod interop_pjsip;
-mod malformed;
 mod challenges;
+mod edge_security;
+mod interop_pjsip;
+mod lifecycle;
+mod malformed;
+mod presence_pjsip;
+mod presence_raw;
+mod presence_restart;

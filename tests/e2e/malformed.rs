@@ -142,7 +142,8 @@ impl<'a> Raw<'a> {
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
                         let k = k.trim();
-                        (k.eq_ignore_ascii_case("content-length") || k == "l").then(|| v.trim().parse::<usize>().ok())?
+                        (k.eq_ignore_ascii_case("content-length") || k == "l")
+                            .then(|| v.trim().parse::<usize>().ok())?
                     })
                     .unwrap_or(0);
                 if self.buf.len() >= end + 4 + len {
@@ -174,9 +175,7 @@ impl<'a> Raw<'a> {
                 Err(ReadEnd::Closed(_)) => return std::mem::take(&mut self.buf),
                 Err(ReadEnd::Timeout) => {
                     let got = String::from_utf8_lossy(&self.buf).to_string();
-                    self.app.fail(&format!(
-                        "{what}: connection still open after {timeout:?}; bytes received: {got:?}"
-                    ))
+                    self.app.fail(&format!("{what}: connection still open after {timeout:?}; bytes received: {got:?}"))
                 }
             }
         }
@@ -189,10 +188,8 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 
 pub(crate) fn uniq() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{}x{}x{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
@@ -224,7 +221,11 @@ fn broken_cseq_gets_400_and_connection_stays_usable() {
     raw.send_ok(bad.as_bytes(), "OPTIONS with a broken CSeq");
     let r = raw.expect_response("OPTIONS with CSeq `abc OPTIONS`");
     if r.code() != Some(400) || r.reason().trim().is_empty() {
-        app.fail(&format!("broken CSeq: expected `SIP/2.0 400 <reason>`, got status line {:?}\n{}", r.status_line(), r.head));
+        app.fail(&format!(
+            "broken CSeq: expected `SIP/2.0 400 <reason>`, got status line {:?}\n{}",
+            r.status_line(),
+            r.head
+        ));
     }
 
     // Same connection, valid request: must still be answered, with Call-ID and CSeq echoed.
@@ -277,7 +278,11 @@ fn content_length_over_limit_gets_513_and_close() {
     // server's close a TCP reset that discards the response before we read it).
     let r = raw.expect_response("MESSAGE with Content-Length 70000");
     if r.status_line() != "SIP/2.0 513 Message Too Large" {
-        app.fail(&format!("Content-Length 70000: expected `SIP/2.0 513 Message Too Large`, got {:?}\n{}", r.status_line(), r.head));
+        app.fail(&format!(
+            "Content-Length 70000: expected `SIP/2.0 513 Message Too Large`, got {:?}\n{}",
+            r.status_line(),
+            r.head
+        ));
     }
     raw.expect_closed("after 513", Duration::from_secs(10));
 }
@@ -315,7 +320,10 @@ fn crlf_ping_gets_crlf_pong() {
     let deadline = Instant::now() + Duration::from_secs(5);
     while raw.buf.len() < 2 {
         if let Err(e) = raw.fill(deadline) {
-            app.fail(&format!("CRLFCRLF ping: expected a CRLF pong, got {:?} then {e:?}", String::from_utf8_lossy(&raw.buf)));
+            app.fail(&format!(
+                "CRLFCRLF ping: expected a CRLF pong, got {:?} then {e:?}",
+                String::from_utf8_lossy(&raw.buf)
+            ));
         }
     }
     if raw.buf != b"\r\n" {

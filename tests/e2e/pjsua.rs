@@ -458,8 +458,10 @@ impl Drop for Agent {
 
 #[test]
 fn json_roundtrip() {
-    let v = Json::parse(r#"{"event": "message", "text": "h\u00e9 \"x\" \ud83d\ude00\n", "code": 200, "l": [true, null, -1.5e2]}"#)
-        .expect("parse");
+    let v = Json::parse(
+        r#"{"event": "message", "text": "h\u00e9 \"x\" \ud83d\ude00\n", "code": 200, "l": [true, null, -1.5e2]}"#,
+    )
+    .expect("parse");
     assert_eq!(v.event(), "message");
     assert_eq!(v.str("text"), Some("hé \"x\" 😀\n"));
     assert_eq!(v.int("code"), Some(200));

@@ -36,10 +36,7 @@ pub fn parapet_bin() -> PathBuf {
 /// The cargo target directory (derived from where cargo put the binary: <target>/<profile>/parapet).
 pub fn target_dir() -> PathBuf {
     let bin = parapet_bin();
-    bin.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| repo_root().join("target"))
+    bin.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| repo_root().join("target"))
 }
 
 pub fn agent_script() -> PathBuf {
@@ -193,10 +190,8 @@ pub fn free_port_base() -> u16 {
     const LO: u32 = 20_000;
     const SPAN: u32 = 30_000;
     let mut base = next.unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos;
         (LO + (seed % (SPAN / 10)) * 10) as u16
     }) as u32;
@@ -254,6 +249,8 @@ pub struct Appliance {
     pub users: Vec<User>,
     pub ready_line: String,
     pub stderr: Tail,
+    /// Roles started directly with `parapet run -c` (see `start_with_edge_extra`): (name, process).
+    roles: Vec<(&'static str, Child)>,
 }
 
 impl Appliance {
@@ -326,6 +323,7 @@ impl Appliance {
             users: Vec::new(),
             ready_line: ready_line.clone(),
             stderr,
+            roles: Vec::new(),
         };
         let field = |k: &str| -> Option<String> {
             ready_line
@@ -346,6 +344,99 @@ impl Appliance {
             Err(e) => app.fail(&e),
         }
         app
+    }
+
+    /// Like `start`, but with `snippet` (TOML, e.g. an `[edge.flood]` table) appended to the edge's config.
+    ///
+    /// `parapet up` rewrites edge.toml at every start, so: run `up` once to make the data dir (PKI, users,
+    /// configs), stop it, append the snippet, then start the two roles with `parapet run -c` ourselves
+    /// (pool first), each in its own process group, and wait until the three ports accept connections.
+    pub fn start_with_edge_extra(name: &str, snippet: &str) -> Appliance {
+        let mut app = Appliance::start(name);
+        if app.sigterm_and_wait(Duration::from_secs(30)).is_none() {
+            app.fail("`parapet up` did not exit within 30 s of SIGTERM");
+        }
+        let edge_cfg = app.data_dir.join("edge.toml");
+        let pool_cfg = app.data_dir.join("pool.toml");
+        let mut text =
+            fs::read_to_string(&edge_cfg).unwrap_or_else(|e| app.fail(&format!("read {}: {e}", edge_cfg.display())));
+        text.push_str("\n# Added by the e2e test\n");
+        text.push_str(snippet);
+        text.push('\n');
+        if let Err(e) = fs::write(&edge_cfg, &text) {
+            app.fail(&format!("write {}: {e}", edge_cfg.display()));
+        }
+        for (role, cfg) in [("pool", &pool_cfg), ("edge", &edge_cfg)] {
+            let mut cmd = Command::new(parapet_bin());
+            cmd.arg("run")
+                .arg("-c")
+                .arg(cfg)
+                .current_dir(&app.data_dir)
+                .env("PARAPET_MEMLOCK_SHARE", "2")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            // SAFETY: prctl is async-signal-safe; the role stops if the test (thread) that started it dies.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().unwrap_or_else(|e| app.fail(&format!("cannot start the {role}: {e}")));
+            app.stderr.collect(
+                child.stderr.take().expect("piped"),
+                Some(app.scratch.join(format!("{role}.stderr"))),
+                None,
+            );
+            app.stderr.collect(
+                child.stdout.take().expect("piped"),
+                Some(app.scratch.join(format!("{role}.stdout"))),
+                None,
+            );
+            app.roles.push((role, child));
+        }
+        app.ready_line = format!("parapet run pool.toml + edge.toml (+ {} bytes of edge config)", snippet.len());
+        let b = app.port_base;
+        let ports = [b, b + 1, b + 2, b + 3];
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let exited = app.roles.iter_mut().find_map(|(r, c)| c.try_wait().ok().flatten().map(|st| (*r, st)));
+            if let Some((role, st)) = exited {
+                app.fail(&format!("the {role} exited during start-up ({st}); config:\n{text}"));
+            }
+            let up = ports.iter().all(|p| {
+                std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], *p).into(), Duration::from_millis(200)).is_ok()
+            });
+            if up {
+                break;
+            }
+            if Instant::now() >= deadline {
+                app.fail(&format!("roles not accepting on ports {ports:?} after {READY_TIMEOUT:?}"));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        app
+    }
+
+    /// Pid of the edge process: the role we started, or the child of `parapet up` running edge.toml.
+    pub fn edge_pid(&self) -> Option<u32> {
+        if let Some((_, c)) = self.roles.iter().find(|(r, _)| *r == "edge") {
+            return Some(c.id());
+        }
+        let up = self.pid();
+        let tasks = fs::read_dir(format!("/proc/{up}/task")).ok()?;
+        for t in tasks.flatten() {
+            let children = fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("edge.toml") {
+                    return Some(pid);
+                }
+            }
+        }
+        None
     }
 
     /// Panic with `msg` plus the tail of the appliance's stderr.
@@ -388,6 +479,9 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate_group(&mut child, Duration::from_secs(5));
+        }
+        for (_, child) in self.roles.iter_mut() {
+            terminate_group(child, Duration::from_secs(5));
         }
         if thread::panicking() {
             eprintln!("[{}] logs kept in {}", self.name, self.scratch.display());

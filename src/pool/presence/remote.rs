@@ -1,0 +1,130 @@
+//! Presence across cores, through the mesh: a list subscription (`rls.rs`) on one core watches presentities
+//! owned by others. The presentity's core keeps a *remote watch* per (list core, list subscription), authorizes
+//! the list owner like any watcher, and sends its state back now and at every change. Remote watches expire
+//! with the list subscription (refreshes renew them) and are removed when it ends. A full mesh channel drops the
+//! message (counted in `mesh_full`): the next change or refresh carries the state again.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::pidf;
+use super::policy::Watch;
+use crate::net::conn::bump;
+use crate::pool::{now_secs, Pool, PoolMsg};
+use crate::shard::shard_for;
+
+pub enum Msg {
+    Watch {
+        presentity: String,
+        watcher: String,
+        core: usize,
+        list: u32,
+        expires_at: u64,
+    },
+    Unwatch {
+        presentity: String,
+        core: usize,
+        list: u32,
+    },
+    /// A presentity's document as the list owner may see it (None: the owner is pending).
+    State {
+        list: u32,
+        presentity: String,
+        state: Option<(String, Bytes)>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteWatch {
+    pub core: usize,
+    pub list: u32,
+    pub watcher: String,
+    pub expires_at: u64,
+}
+
+/// Remote watches outlive their list subscription's expiry by this much (a refresh in flight renews them).
+const SLACK_S: u64 = 30;
+
+impl Pool {
+    fn to_core_presence(self: &Rc<Self>, core: usize, msg: Msg) {
+        if core == self.id {
+            self.on_presence_msg(msg);
+        } else if self.mesh.try_send_to(core, PoolMsg::Presence(msg)).is_err() {
+            bump(&self.pstats.mesh_full);
+        }
+    }
+
+    pub(crate) fn remote_watch(self: &Rc<Self>, presentity: String, watcher: String, list: u32, expires_at: u64) {
+        let core = shard_for(presentity.as_bytes(), self.count);
+        let msg = Msg::Watch { presentity, watcher, core: self.id, list, expires_at: expires_at + SLACK_S };
+        self.to_core_presence(core, msg);
+    }
+
+    pub(crate) fn remote_unwatch(self: &Rc<Self>, presentity: String, list: u32) {
+        let core = shard_for(presentity.as_bytes(), self.count);
+        self.to_core_presence(core, Msg::Unwatch { presentity, core: self.id, list });
+    }
+
+    pub(crate) fn on_presence_msg(self: &Rc<Self>, msg: Msg) {
+        match msg {
+            Msg::Watch { presentity, watcher, core, list, expires_at } => {
+                let state = self.state_for(&presentity, &watcher);
+                {
+                    let mut p = self.presence.borrow_mut();
+                    let registered = self.registrar.borrow().is_registered(&presentity, now_secs());
+                    p.registered.entry(presentity.clone()).or_insert(registered);
+                    let watches = p.remote.entry(presentity.clone()).or_default();
+                    watches.retain(|w| !(w.core == core && w.list == list));
+                    watches.push(RemoteWatch { core, list, watcher, expires_at });
+                }
+                self.to_core_presence(core, Msg::State { list, presentity, state });
+            }
+            Msg::Unwatch { presentity, core, list } => {
+                let mut p = self.presence.borrow_mut();
+                if let Some(watches) = p.remote.get_mut(&presentity) {
+                    watches.retain(|w| !(w.core == core && w.list == list));
+                    if watches.is_empty() {
+                        p.remote.remove(&presentity);
+                    }
+                }
+            }
+            Msg::State { list, presentity, state } => self.list_state(list, &presentity, state),
+        }
+    }
+
+    /// `presentity`'s document as `watcher` may see it; unknown or foreign presentities read as closed.
+    fn state_for(self: &Rc<Self>, presentity: &str, watcher: &str) -> Option<(String, Bytes)> {
+        let entity = format!("sip:{presentity}");
+        let (alias, domain) = presentity.split_once('@').unwrap_or((presentity, ""));
+        let known = self.s.local_hosts.iter().any(|h| h == domain) && self.s.users.get(alias.as_bytes()).is_some();
+        let closed = || Some((super::PIDF.to_string(), Bytes::from(pidf::closed(&entity))));
+        if !known {
+            return closed();
+        }
+        match self.presence.borrow().policy.watch(presentity, watcher) {
+            Watch::Allow => {}
+            Watch::Block => return closed(),
+            Watch::Pending => return None,
+        }
+        Some(self.presence_document(presentity, &entity))
+    }
+
+    /// The presentity changed: every remote watcher gets its view of the new state.
+    pub(crate) fn remote_changed(self: &Rc<Self>, presentity: &str) {
+        let watches = self.presence.borrow().remote.get(presentity).cloned().unwrap_or_default();
+        for w in watches {
+            let state = self.state_for(presentity, &w.watcher);
+            self.to_core_presence(w.core, Msg::State { list: w.list, presentity: presentity.to_string(), state });
+        }
+    }
+
+    /// Sweep: remote watches whose list subscription stopped refreshing.
+    pub(crate) fn expire_remote(&self, now: u64) {
+        let mut p = self.presence.borrow_mut();
+        p.remote.retain(|_, watches| {
+            watches.retain(|w| w.expires_at > now);
+            !watches.is_empty()
+        });
+    }
+}

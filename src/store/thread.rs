@@ -1,0 +1,237 @@
+//! Runs a [`Store`] on a thread of its own. Executors hand it operations through a bounded queue and await
+//! the answer (`call`, an async receive: the core keeps serving while the disk works); a full queue is an
+//! immediate error the caller turns into 503, never a wait. Start-up code and the CLI, which run on no
+//! executor, may use `call_blocking`.
+
+use std::thread;
+use std::time::Duration;
+
+use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+
+/// Operations waiting for the store thread before new ones are refused.
+pub const QUEUE_MAX: usize = 4096;
+/// How often the thread looks for changes made by other processes (the CLI).
+pub const POLL: Duration = Duration::from_millis(500);
+/// Soft-state writes committed in one transaction at most.
+pub const BATCH_MAX: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Policies,
+    PutPolicy(PolicyRow),
+    DeletePolicy {
+        owner: String,
+        target: String,
+    },
+    Contacts {
+        owner: String,
+    },
+    PutContact(ContactRow),
+    DeleteContact {
+        owner: String,
+        uri: String,
+    },
+    /// Every policy change from now on (ours or another process's) sends the full entry list here.
+    WatchPolicies(flume::Sender<Vec<PolicyRow>>),
+    /// Every contact-list change (ours, or any change by another process) sends a signal here.
+    WatchContacts(flume::Sender<()>),
+    /// Live soft state, at start.
+    States {
+        now: u64,
+    },
+    /// Soft state to write; queued without waiting ([`StoreHandle::write_state`]) and committed in batches.
+    WriteState(StateWrite),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Policies(Vec<PolicyRow>),
+    States(Vec<StateRow>),
+    Contacts(Vec<ContactRow>),
+    /// A write; for deletions, whether something was there.
+    Done(bool),
+}
+
+type Job = (Op, flume::Sender<Result<Reply, StoreError>>);
+
+/// A cheap, cloneable, `Send` handle to the store thread. The thread ends when every handle is dropped.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: flume::Sender<Job>,
+}
+
+fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
+    Ok(match op {
+        Op::Policies => Reply::Policies(store.policies()?),
+        Op::PutPolicy(r) => {
+            store.put_policy(&r)?;
+            Reply::Done(true)
+        }
+        Op::DeletePolicy { owner, target } => Reply::Done(store.delete_policy(&owner, &target)?),
+        Op::Contacts { owner } => Reply::Contacts(store.contacts(&owner)?),
+        Op::PutContact(r) => {
+            store.put_contact(&r)?;
+            Reply::Done(true)
+        }
+        Op::DeleteContact { owner, uri } => Reply::Done(store.delete_contact(&owner, &uri)?),
+        Op::WatchPolicies(_) | Op::WatchContacts(_) => Reply::Done(true),
+        Op::States { now } => Reply::States(store.states(now)?),
+        Op::WriteState(w) => {
+            store.write_states(std::slice::from_ref(&w))?;
+            Reply::Done(true)
+        }
+    })
+}
+
+/// Commits a run of queued soft-state writes in one transaction; returns the job that ended the run, if any.
+fn write_batch(store: &mut dyn Store, first: StateWrite, rx: &flume::Receiver<Job>) -> Option<Job> {
+    let mut batch = vec![first];
+    let mut next = None;
+    while batch.len() < BATCH_MAX {
+        match rx.try_recv() {
+            Ok((Op::WriteState(w), _)) => batch.push(w),
+            Ok(job) => {
+                next = Some(job);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if let Err(e) = store.write_states(&batch) {
+        tracing::warn!(error = %e, writes = batch.len(), "store: soft state not written");
+    }
+    next
+}
+
+/// The store thread: operations in order; between them, a look for other writers every [`POLL`]; after any
+/// policy change, the new entry list to every watcher.
+fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
+    let mut watchers: Vec<flume::Sender<Vec<PolicyRow>>> = Vec::new();
+    let mut contact_watchers: Vec<flume::Sender<()>> = Vec::new();
+    let mut carried: Option<Job> = None;
+    loop {
+        let next = match carried.take() {
+            Some(job) => Ok(job),
+            None => rx.recv_timeout(POLL),
+        };
+        let (policy_changed, contacts_changed) = match next {
+            Ok((Op::WriteState(w), _)) => {
+                carried = write_batch(store, w, rx);
+                (false, false)
+            }
+            Ok((op, reply)) => {
+                let writes_policy = matches!(op, Op::PutPolicy(_) | Op::DeletePolicy { .. });
+                let writes_contacts = matches!(op, Op::PutContact(_) | Op::DeleteContact { .. });
+                match &op {
+                    Op::WatchPolicies(w) => watchers.push(w.clone()),
+                    Op::WatchContacts(w) => contact_watchers.push(w.clone()),
+                    _ => {}
+                }
+                let result = run(store, op);
+                let ok = result.is_ok();
+                let _ = reply.send(result);
+                (writes_policy && ok, writes_contacts && ok)
+            }
+            Err(flume::RecvTimeoutError::Timeout) => match store.changed_elsewhere() {
+                // Another process wrote: which table is not known, so both kinds of watchers hear of it.
+                Ok(c) => (c, c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: cannot check for outside changes");
+                    (false, false)
+                }
+            },
+            Err(flume::RecvTimeoutError::Disconnected) => return,
+        };
+        if contacts_changed {
+            // A full channel already holds a signal: nothing is lost.
+            contact_watchers.retain(|w| !w.is_disconnected());
+            for w in &contact_watchers {
+                let _ = w.try_send(());
+            }
+        }
+        if policy_changed && !watchers.is_empty() {
+            match store.policies() {
+                Ok(rows) => watchers.retain(|w| w.try_send(rows.clone()).is_ok() || !w.is_disconnected()),
+                Err(e) => tracing::warn!(error = %e, "store: cannot reload policies"),
+            }
+        }
+    }
+}
+
+impl StoreHandle {
+    pub fn start(mut store: Box<dyn Store>) -> Result<StoreHandle, StoreError> {
+        let (tx, rx) = flume::bounded::<Job>(QUEUE_MAX);
+        thread::Builder::new()
+            .name("parapet-store".into())
+            .spawn(move || serve(store.as_mut(), &rx))
+            .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
+        Ok(StoreHandle { tx })
+    }
+
+    fn submit(&self, op: Op) -> Result<flume::Receiver<Result<Reply, StoreError>>, StoreError> {
+        let (rtx, rrx) = flume::bounded(1);
+        self.tx.try_send((op, rtx)).map_err(|e| match e {
+            flume::TrySendError::Full(_) => StoreError("busy: too many operations queued".into()),
+            flume::TrySendError::Disconnected(_) => StoreError("the store thread has stopped".into()),
+        })?;
+        Ok(rrx)
+    }
+
+    /// From an executor: never blocks the thread.
+    pub async fn call(&self, op: Op) -> Result<Reply, StoreError> {
+        let rx = self.submit(op)?;
+        rx.recv_async().await.map_err(|_| StoreError("the store thread has stopped".into()))?
+    }
+
+    /// Queues a soft-state write without waiting (write-behind: committed with the next batch, typically within
+    /// milliseconds). False when the queue is full: the write is dropped, and the next change rewrites it.
+    pub fn write_state(&self, w: StateWrite) -> bool {
+        let (rtx, _) = flume::bounded(1);
+        self.tx.try_send((Op::WriteState(w), rtx)).is_ok()
+    }
+
+    /// Entry lists after every policy change (for a core: receive with `recv_async`).
+    pub fn watch_policies(&self) -> Result<flume::Receiver<Vec<PolicyRow>>, StoreError> {
+        let (tx, rx) = flume::bounded(4);
+        // Queued, not awaited: a core may call this at start without waiting for the disk.
+        drop(self.submit(Op::WatchPolicies(tx))?);
+        Ok(rx)
+    }
+
+    /// A signal after every contact-list change (for a core: receive with `recv_async`).
+    pub fn watch_contacts(&self) -> Result<flume::Receiver<()>, StoreError> {
+        let (tx, rx) = flume::bounded(1);
+        drop(self.submit(Op::WatchContacts(tx))?);
+        Ok(rx)
+    }
+
+    /// Off the executors only (start-up, CLI).
+    pub fn call_blocking(&self, op: Op) -> Result<Reply, StoreError> {
+        let rx = self.submit(op)?;
+        rx.recv().map_err(|_| StoreError("the store thread has stopped".into()))?
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    #[test]
+    fn operations_through_the_thread() {
+        let h = StoreHandle::start(Box::new(SqliteStore::in_memory().unwrap())).unwrap();
+        let row = PolicyRow { owner: "bob@x".into(), target: "@y".into(), presence: Some("block".into()), im: None };
+        assert_eq!(h.call_blocking(Op::PutPolicy(row.clone())).unwrap(), Reply::Done(true));
+        assert_eq!(h.call_blocking(Op::Policies).unwrap(), Reply::Policies(vec![row]));
+        let watch = h.watch_policies().unwrap();
+        let r = futures_lite::future::block_on(h.call(Op::DeletePolicy { owner: "bob@x".into(), target: "@y".into() }));
+        assert_eq!(r.unwrap(), Reply::Done(true));
+        assert_eq!(watch.recv_timeout(Duration::from_secs(5)).unwrap(), vec![], "watchers get the new list");
+        let row = StateRow { kind: "sub".into(), key: "k".into(), value: vec![1], expires_at: u64::MAX >> 2 };
+        for _ in 0..3 {
+            assert!(h.write_state(StateWrite::Put(row.clone())));
+        }
+        assert_eq!(h.call_blocking(Op::States { now: 0 }).unwrap(), Reply::States(vec![row]));
+    }
+}

@@ -1,0 +1,1538 @@
+//! The edge under attack, end to end over real TLS on loopback (issue 5 acceptance):
+//!
+//! - nothing but REGISTER (and OPTIONS to the edge itself) passes an unregistered flow, and the pool's own
+//!   counters prove it saw nothing;
+//! - From spoofing on a registered flow is refused at the edge;
+//! - requests toward users carry one Via of ours whose branch is MAC'd: a tampered branch is dropped, the right
+//!   one still routes;
+//! - every byte the edge writes to the raw clients of these tests is scanned for internal addresses and names;
+//! - a flooding address is throttled (503 + Retry-After), then banned on every core (listed at /bans, new
+//!   connections refused before the handshake) while other users keep messaging with every transaction 200;
+//! - a client that stops reading is closed and the edge's memory stays bounded;
+//! - a message never finished (slowloris) closes its connection;
+//! - the 32 RFC 4475 torture messages, each on a fresh *unregistered* TLS connection, get a correct answer and
+//!   the edge still serves afterwards.
+//!
+//! The client here is a small blocking SIP-over-TLS UA: it frames with `parapet::sip::frame`, parses with
+//! `parapet::sip::Message`, answers digest challenges with `parapet::pool::digest::response`, and records
+//! every byte it receives (for the leak scan). It can bind its socket to another loopback address
+//! (127.0.0.2, 127.0.0.3, ...) so that one test has several source addresses.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parapet::pool::digest::{self, Algorithm};
+use parapet::sip::{self, Frame, HeaderName, Limits, Message};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use crate::malformed::uniq;
+use crate::support::Appliance;
+
+/// Upper bound for any single SIP answer we wait for.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Wire recording (for the leak scan)
+
+/// Every byte the edge wrote to a raw client, per appliance (port base) and client label.
+type WireLog = Arc<Mutex<Vec<u8>>>;
+
+fn wires() -> &'static Mutex<Vec<(u16, String, WireLog)>> {
+    static W: Mutex<Vec<(u16, String, WireLog)>> = Mutex::new(Vec::new());
+    &W
+}
+
+fn new_wire(app: &Appliance, label: &str) -> WireLog {
+    let w: WireLog = Arc::default();
+    wires().lock().unwrap_or_else(|p| p.into_inner()).push((app.port_base, label.to_string(), w.clone()));
+    w
+}
+
+/// Strings that name an internal hop: the pool's and the edge's internal listeners, the pool's host name, and
+/// the prefix of the edge's branches toward the pool.
+fn internal_markers(app: &Appliance) -> Vec<String> {
+    vec![
+        format!("127.0.0.1:{}", app.port_base + 1),
+        format!("127.0.0.1:{}", app.port_base + 2),
+        format!("pool.{}", app.domain),
+        "z9hG4bKu".to_string(),
+    ]
+}
+
+/// Scans everything the edge wrote to this appliance's raw clients; fails on any internal marker.
+/// Returns how many bytes were scanned.
+fn assert_no_internal_leaks(app: &Appliance) -> usize {
+    let markers = internal_markers(app);
+    let mut scanned = 0;
+    let list: Vec<(String, WireLog)> = wires()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(b, _, _)| *b == app.port_base)
+        .map(|(_, l, w)| (l.clone(), w.clone()))
+        .collect();
+    for (label, w) in list {
+        let bytes = w.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        scanned += bytes.len();
+        for m in &markers {
+            if let Some(at) = find(&bytes, m.as_bytes()) {
+                let from = at.saturating_sub(300);
+                let to = (at + 300).min(bytes.len());
+                app.fail(&format!(
+                    "topology leak: the edge wrote {m:?} to client {label} (offset {at}); context:\n{}",
+                    String::from_utf8_lossy(&bytes[from..to])
+                ));
+            }
+        }
+    }
+    scanned
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    if n.is_empty() || h.len() < n.len() {
+        return None;
+    }
+    h.windows(n.len()).position(|w| w == n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and /bans
+
+fn http_get(port: u16, path: &str) -> Result<String, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    // One write: the management server reads the request with a single read(2).
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| format!("write {addr}: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| format!("read {addr}{path}: {e}"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    if !out.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path}: {}", out.lines().next().unwrap_or("")));
+    }
+    Ok(body)
+}
+
+/// A scrape of one /metrics endpoint.
+struct Metrics(String);
+
+impl Metrics {
+    fn edge(app: &Appliance) -> Metrics {
+        Metrics(http_get(app.port_base + 3, "/metrics").unwrap_or_else(|e| app.fail(&format!("edge metrics: {e}"))))
+    }
+    fn pool(app: &Appliance) -> Metrics {
+        Metrics(http_get(app.port_base + 4, "/metrics").unwrap_or_else(|e| app.fail(&format!("pool metrics: {e}"))))
+    }
+    /// Sum over cores of `name{core="N"} v`; None when the counter is not exposed at all.
+    fn get(&self, name: &str) -> Option<u64> {
+        let mut found = false;
+        let mut sum = 0;
+        for l in self.0.lines() {
+            if let Some(rest) = l.strip_prefix(name) {
+                if rest.starts_with('{') || rest.starts_with(' ') {
+                    if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) {
+                        found = true;
+                        sum += v;
+                    }
+                }
+            }
+        }
+        found.then_some(sum)
+    }
+    fn must(&self, app: &Appliance, name: &str) -> u64 {
+        self.get(name).unwrap_or_else(|| app.fail(&format!("metric {name} not exposed; scrape:\n{}", self.0)))
+    }
+}
+
+/// Polls the edge's metrics until `name` reaches `at_least` (bounded); returns the last value.
+fn wait_edge_metric(app: &Appliance, name: &str, at_least: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = Metrics::edge(app).must(app, name);
+        if v >= at_least || Instant::now() >= deadline {
+            return v;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets
+
+fn tls_config(app: &Appliance) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&app.ca)
+        .unwrap_or_else(|e| app.fail(&format!("read CA {}: {e:?}", app.ca.display())));
+    for c in certs {
+        let c = c.unwrap_or_else(|e| app.fail(&format!("parse CA: {e:?}")));
+        roots.add(c).unwrap_or_else(|e| app.fail(&format!("add CA: {e}")));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| app.fail(&format!("rustls config: {e}")))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+fn edge_addr(app: &Appliance) -> SocketAddrV4 {
+    app.edge.parse().unwrap_or_else(|e| app.fail(&format!("edge address {:?}: {e}", app.edge)))
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A TCP connection to `to`, from loopback address `from` (any port) if given, with a small receive buffer if
+/// `rcvbuf` is given (set before connect, so the advertised window stays small).
+fn tcp_connect(from: Option<Ipv4Addr>, to: SocketAddrV4, rcvbuf: Option<i32>) -> std::io::Result<TcpStream> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: plain socket(2)/setsockopt(2)/bind(2)/connect(2) on a descriptor we own; the TcpStream takes
+    // ownership right away, so every early return closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(err());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        if let Some(n) = rcvbuf {
+            let rc = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &n as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            );
+            if rc != 0 {
+                return Err(err());
+            }
+        }
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if let Some(ip) = from {
+            let sa = sockaddr(SocketAddrV4::new(ip, 0));
+            if libc::bind(fd, &sa as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+                return Err(err());
+            }
+        }
+        let sa = sockaddr(to);
+        if libc::connect(fd, &sa as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+            return Err(err());
+        }
+        Ok(stream)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw UA
+
+#[derive(Debug)]
+enum End {
+    /// EOF, reset, TLS alert: the edge closed the connection.
+    Closed(String),
+    Timeout,
+    /// Bytes that do not frame or parse as SIP (description, raw message bytes if framed).
+    Garbage(String, Vec<u8>),
+}
+
+struct Nonce {
+    realm: String,
+    nonce: String,
+    alg: Algorithm,
+    nc: u32,
+}
+
+struct Ua {
+    label: String,
+    s: StreamOwned<ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+    wire: WireLog,
+    local: SocketAddr,
+    domain: String,
+    /// alias and password once known (digest answers).
+    creds: Option<(String, String)>,
+    /// The last proxy challenge answered, reused with nc+1 (RFC 7616 §3.4).
+    nonce: Option<Nonce>,
+    /// Requests that arrived while we waited for a response.
+    inbox: VecDeque<Message>,
+    limits: Limits,
+    cseq: u32,
+}
+
+/// A request we sent and how to find its answer.
+#[derive(Clone)]
+struct Sent {
+    call_id: String,
+    cseq: u32,
+    bytes: String,
+}
+
+impl Ua {
+    /// TLS connection to the edge's user port from `from` (loopback; None = kernel's choice).
+    fn connect(app: &Appliance, label: &str, from: Option<Ipv4Addr>) -> Result<Ua, String> {
+        Ua::connect_with(app, label, from, None)
+    }
+
+    fn connect_with(app: &Appliance, label: &str, from: Option<Ipv4Addr>, rcvbuf: Option<i32>) -> Result<Ua, String> {
+        let tcp =
+            tcp_connect(from, edge_addr(app), rcvbuf).map_err(|e| format!("{label}: connect {}: {e}", app.edge))?;
+        tcp.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+        tcp.set_write_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| e.to_string())?;
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let conn = ClientConnection::new(tls_config(app), name).map_err(|e| format!("{label}: rustls: {e}"))?;
+        let mut s = StreamOwned::new(conn, tcp);
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        while s.conn.is_handshaking() {
+            match s.conn.complete_io(&mut s.sock) {
+                Ok((0, 0)) => return Err(format!("{label}: connection closed during the TLS handshake")),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                    if Instant::now() >= deadline {
+                        return Err(format!("{label}: TLS handshake timed out"));
+                    }
+                }
+                Err(e) => return Err(format!("{label}: TLS handshake failed: {e}")),
+            }
+        }
+        Ok(Ua {
+            label: label.to_string(),
+            s,
+            buf: Vec::new(),
+            wire: new_wire(app, label),
+            local,
+            domain: app.domain.clone(),
+            creds: None,
+            nonce: None,
+            inbox: VecDeque::new(),
+            limits: Limits::DEFAULT,
+            cseq: 0,
+        })
+    }
+
+    fn connect_ok(app: &Appliance, label: &str, from: Option<Ipv4Addr>) -> Ua {
+        Ua::connect(app, label, from).unwrap_or_else(|e| app.fail(&e))
+    }
+
+    /// How long one blocking read waits before the deadline is looked at again (100 ms by default).
+    fn set_poll(&mut self, d: Duration) {
+        let _ = self.s.sock.set_read_timeout(Some(d));
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.s.write_all(bytes)?;
+        self.s.flush()
+    }
+
+    fn fill(&mut self, deadline: Instant) -> Result<(), End> {
+        let mut chunk = [0u8; 16384];
+        loop {
+            match self.s.read(&mut chunk) {
+                Ok(0) => return Err(End::Closed("EOF".into())),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.wire.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+                    return Ok(());
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                    if Instant::now() >= deadline {
+                        return Err(End::Timeout);
+                    }
+                }
+                Err(e) => return Err(End::Closed(format!("{:?}: {e}", e.kind()))),
+            }
+        }
+    }
+
+    /// The next SIP message on the wire (keep-alive CRLFs skipped).
+    fn next_message(&mut self, timeout: Duration) -> Result<Message, End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match sip::frame(&self.buf, &self.limits) {
+                Ok(Frame::Message { len }) => {
+                    let raw = Bytes::copy_from_slice(&self.buf[..len]);
+                    self.buf.drain(..len);
+                    return Message::parse(raw.clone(), &self.limits)
+                        .map_err(|e| End::Garbage(format!("{e}: {:?}", String::from_utf8_lossy(&raw)), raw.to_vec()));
+                }
+                Ok(Frame::Ping { consumed }) | Ok(Frame::Pong { consumed }) => {
+                    self.buf.drain(..consumed.min(self.buf.len()));
+                }
+                Ok(Frame::Incomplete) => self.fill(deadline)?,
+                Err(e) => {
+                    return Err(End::Garbage(format!("{e:?}: {:?}", String::from_utf8_lossy(&self.buf)), Vec::new()))
+                }
+            }
+        }
+    }
+
+    /// The next request addressed to us (from the inbox first).
+    fn next_request(&mut self, timeout: Duration) -> Result<Message, End> {
+        if let Some(m) = self.inbox.pop_front() {
+            return Ok(m);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.next_message(deadline.saturating_duration_since(Instant::now()))?;
+            if m.is_request() {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// The final response to `sent` (provisional ones and unrelated responses skipped, requests kept).
+    fn final_response(&mut self, sent: &Sent, timeout: Duration) -> Result<Message, End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.next_message(deadline.saturating_duration_since(Instant::now()))?;
+            if m.is_request() {
+                self.inbox.push_back(m);
+                continue;
+            }
+            if m.call_id() == sent.call_id.as_bytes() && m.cseq().seq == sent.cseq && m.status().unwrap_or(0) >= 200 {
+                return Ok(m);
+            }
+        }
+    }
+
+    fn user(&self) -> String {
+        self.creds.as_ref().map(|(a, _)| a.clone()).unwrap_or_else(|| "anonymous".into())
+    }
+
+    /// Bytes of a request. `from_user` names the From AOR's user part.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        method: &str,
+        ruri: &str,
+        from_user: &str,
+        to: &str,
+        call_id: &str,
+        cseq: u32,
+        extra: &[String],
+        body: &[u8],
+    ) -> String {
+        let d = &self.domain;
+        let local = self.local;
+        let me = self.user();
+        let branch = format!("z9hG4bKc{}", uniq());
+        let tag = format!("f{}", &digest_hex(call_id)[..10]);
+        let mut h = format!(
+            "{method} {ruri} SIP/2.0\r\n\
+             Via: SIP/2.0/TLS {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:{from_user}@{d}>;tag={tag}\r\n\
+             To: <{to}>\r\n\
+             Call-ID: {call_id}\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Contact: <sip:{me}@{local};transport=tls>\r\n"
+        );
+        for e in extra {
+            h.push_str(e);
+            h.push_str("\r\n");
+        }
+        if !body.is_empty() {
+            h.push_str("Content-Type: text/plain\r\n");
+        }
+        h.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        h.push_str(&String::from_utf8_lossy(body));
+        h
+    }
+
+    /// `Digest ...` credentials for `method ruri` against our cached nonce (nc advanced).
+    fn credentials(&mut self, method: &str, ruri: &str) -> Option<String> {
+        let (alias, password) = self.creds.clone()?;
+        let n = self.nonce.as_mut()?;
+        n.nc += 1;
+        let nc = format!("{:08x}", n.nc);
+        let cnonce = format!("c{}", digest_hex(&uniq()).get(..16).unwrap_or("0"));
+        let ha1 = digest::ha1(n.alg, alias.as_bytes(), n.realm.as_bytes(), password.as_bytes());
+        let resp = digest::response(
+            n.alg,
+            ha1.as_bytes(),
+            method.as_bytes(),
+            ruri.as_bytes(),
+            n.nonce.as_bytes(),
+            Some(nc.as_bytes()),
+            Some(cnonce.as_bytes()),
+            Some(b"auth"),
+        );
+        Some(format!(
+            "Digest username=\"{alias}\", realm=\"{}\", nonce=\"{}\", uri=\"{ruri}\", response=\"{resp}\", \
+             algorithm={}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"",
+            n.realm,
+            n.nonce,
+            n.alg.as_str()
+        ))
+    }
+
+    /// Takes the challenge of a 401/407 (MD5 preferred, else the first usable one) as our nonce.
+    fn take_challenge(&mut self, r: &Message) -> bool {
+        let name = if r.status() == Some(401) { HeaderName::WwwAuthenticate } else { HeaderName::ProxyAuthenticate };
+        let mut best: Option<Nonce> = None;
+        for v in r.header_lines(name) {
+            let Ok(c) = sip::parse_challenge(v) else { continue };
+            let alg = match c.algorithm {
+                None => Algorithm::Md5,
+                Some(a) => match Algorithm::parse(a) {
+                    Some(a) => a,
+                    None => continue,
+                },
+            };
+            let n = Nonce {
+                realm: String::from_utf8_lossy(c.realm).into_owned(),
+                nonce: String::from_utf8_lossy(c.nonce).into_owned(),
+                alg,
+                nc: 0,
+            };
+            if best.is_none() || alg == Algorithm::Md5 {
+                best = Some(n);
+            }
+        }
+        self.nonce = best;
+        self.nonce.is_some()
+    }
+
+    /// Sends a request (with cached credentials when `auth` and we have a nonce); does not wait.
+    fn send_request(
+        &mut self,
+        method: &str,
+        ruri: &str,
+        from_user: &str,
+        to: &str,
+        extra: &[String],
+        body: &[u8],
+    ) -> Sent {
+        self.send_request_in(&format!("{}-{}", self.label, uniq()), method, ruri, from_user, to, extra, body, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_request_in(
+        &mut self,
+        call_id: &str,
+        method: &str,
+        ruri: &str,
+        from_user: &str,
+        to: &str,
+        extra: &[String],
+        body: &[u8],
+        auth: bool,
+    ) -> Sent {
+        self.cseq += 1;
+        let mut extra = extra.to_vec();
+        if auth && method != "REGISTER" {
+            if let Some(c) = self.credentials(method, ruri) {
+                extra.push(format!("Proxy-Authorization: {c}"));
+            }
+        }
+        let bytes = self.build(method, ruri, from_user, to, call_id, self.cseq, &extra, body);
+        let _ = self.send(bytes.as_bytes());
+        Sent { call_id: call_id.to_string(), cseq: self.cseq, bytes }
+    }
+
+    /// A whole transaction as our own user: send, answer one challenge (401/407) if we have credentials, return
+    /// the final response.
+    fn transaction(
+        &mut self,
+        method: &str,
+        ruri: &str,
+        to: &str,
+        extra: &[String],
+        body: &[u8],
+    ) -> Result<(Sent, Message), String> {
+        let me = self.user();
+        let call_id = format!("{}-{}", self.label, uniq());
+        let mut sent = self.send_request_in(&call_id, method, ruri, &me, to, extra, body, true);
+        for _ in 0..3 {
+            let r = self.final_response(&sent, ANSWER_TIMEOUT).map_err(|e| {
+                format!("{}: {method} {ruri}: no final response ({e:?})\nsent:\n{}", self.label, sent.bytes)
+            })?;
+            let code = r.status().unwrap_or(0);
+            if !(code == 401 || code == 407) || self.creds.is_none() || !self.take_challenge(&r) {
+                return Ok((sent, r));
+            }
+            let mut ex = extra.to_vec();
+            if method == "REGISTER" {
+                if let Some(c) = self.credentials(method, ruri) {
+                    ex.push(format!("Authorization: {c}"));
+                }
+            }
+            sent = self.send_request_in(&call_id, method, ruri, &me, to, &ex, body, true);
+        }
+        Err(format!("{}: {method} {ruri}: challenged again and again", self.label))
+    }
+
+    /// REGISTER as `alias` (digest computed here); the final response.
+    fn register(&mut self, alias: &str, password: &str) -> Result<Message, String> {
+        self.creds = Some((alias.to_string(), password.to_string()));
+        let d = self.domain.clone();
+        let (_, r) = self.transaction(
+            "REGISTER",
+            &format!("sip:{d}"),
+            &format!("sip:{alias}@{d}"),
+            &["Expires: 600".into()],
+            b"",
+        )?;
+        self.nonce = None; // the registrar's nonce lives on another pool core than the proxy challenges may
+        Ok(r)
+    }
+
+    fn register_ok(&mut self, app: &Appliance, alias: &str) {
+        let u = app.user(alias);
+        match self.register(&u.alias, &u.password) {
+            Ok(r) if r.status() == Some(200) => {}
+            Ok(r) => app.fail(&format!("{}: REGISTER as {alias}: expected 200, got\n{}", self.label, text(&r))),
+            Err(e) => app.fail(&e),
+        }
+    }
+
+    /// MESSAGE to `to_user` as ourselves; the final response.
+    fn message(&mut self, to_user: &str, body: &str) -> Result<Message, String> {
+        let d = self.domain.clone();
+        let to = format!("sip:{to_user}@{d}");
+        self.transaction("MESSAGE", &to, &to, &[], body.as_bytes()).map(|(_, r)| r)
+    }
+
+    /// Answers `req` (To tag added); returns the bytes, after `edit` has had its way with them.
+    fn answer_with(&mut self, req: &Message, code: u16, reason: &str, edit: impl Fn(String) -> String) -> String {
+        let mut out = BytesMut::with_capacity(512);
+        let tag = format!("a{}", &digest_hex(&self.label)[..8]);
+        sip::write_response(&mut out, req, code, reason, Some(tag.as_bytes()), &[], None);
+        let s = edit(String::from_utf8_lossy(&out).into_owned());
+        let _ = self.send(s.as_bytes());
+        s
+    }
+
+    /// Reads until the edge closes the connection (bounded); Err if it is still open at the deadline.
+    fn wait_closed(&mut self, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.fill(deadline) {
+                Ok(()) => {
+                    // Keep the buffer small: we only care about the end.
+                    if self.buf.len() > 1 << 20 {
+                        self.buf.clear();
+                    }
+                }
+                Err(End::Closed(why)) => return Ok(why),
+                Err(End::Timeout) => return Err(format!("{}: still open after {timeout:?}", self.label)),
+                Err(End::Garbage(g, _)) => return Err(g),
+            }
+        }
+    }
+}
+
+fn digest_hex(s: &str) -> String {
+    use md5::Digest as _;
+    md5::Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8_lossy(m.bytes()).into_owned()
+}
+
+fn reason(m: &Message) -> String {
+    String::from_utf8_lossy(m.reason().unwrap_or(b"")).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gate: register first
+
+#[test]
+fn unregistered_flow_gets_403_and_the_pool_sees_nothing() {
+    let app = Appliance::start("edge-sec-gate");
+    let d = app.domain.clone();
+    let alice = app.user("alice");
+
+    // A real nonce for alice, from the registrar, on another connection: even correct credentials must not
+    // get a request from an unregistered flow past the edge.
+    let mut probe = Ua::connect_ok(&app, "probe", None);
+    let sent = probe.send_request("REGISTER", &format!("sip:{d}"), "alice", &format!("sip:alice@{d}"), &[], b"");
+    let r401 =
+        probe.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("REGISTER probe: {e:?}")));
+    if r401.status() != Some(401) {
+        app.fail(&format!("REGISTER without credentials: expected 401, got\n{}", text(&r401)));
+    }
+    drop(probe);
+
+    let mut ua = Ua::connect_ok(&app, "unregistered", None);
+    ua.creds = Some((alice.alias.clone(), alice.password.clone()));
+    if !ua.take_challenge(&r401) {
+        app.fail(&format!("no usable challenge in\n{}", text(&r401)));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let (edge0, pool0) = (Metrics::edge(&app), Metrics::pool(&app));
+
+    let bob = format!("sip:bob@{d}");
+    let tries: Vec<(&str, Vec<String>, &[u8])> = vec![
+        ("MESSAGE", vec![], b"hello before REGISTER"),
+        ("SUBSCRIBE", vec!["Event: presence".into(), "Expires: 600".into()], b""),
+        ("INVITE", vec![], b""),
+        ("PUBLISH", vec!["Event: presence".into()], b""),
+        ("NOTIFY", vec!["Event: presence".into(), "Subscription-State: active".into()], b""),
+        ("OPTIONS", vec![], b""),
+    ];
+    for (method, extra, body) in &tries {
+        // `send_request` adds Proxy-Authorization computed from alice's real nonce.
+        let sent = ua.send_request(method, &bob, "alice", &bob, extra, body);
+        if !sent.bytes.contains("Proxy-Authorization: Digest") {
+            app.fail(&format!("{method}: test bug, no credentials in\n{}", sent.bytes));
+        }
+        let r = ua
+            .final_response(&sent, ANSWER_TIMEOUT)
+            .unwrap_or_else(|e| app.fail(&format!("{method} before REGISTER: no answer ({e:?})")));
+        if r.status() != Some(403) || reason(&r) != "Forbidden: register first" {
+            app.fail(&format!("{method} before REGISTER: expected `403 Forbidden: register first`, got\n{}", text(&r)));
+        }
+    }
+
+    // OPTIONS to the edge itself (no user part) is answered there: 200.
+    let sent = ua.send_request("OPTIONS", &format!("sip:{d}"), "alice", &format!("sip:{d}"), &[], b"");
+    let r =
+        ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("OPTIONS to the edge: {e:?}")));
+    if r.status() != Some(200) {
+        app.fail(&format!("OPTIONS sip:{d} before REGISTER: expected 200 from the edge, got\n{}", text(&r)));
+    }
+
+    thread::sleep(Duration::from_millis(500));
+    let (edge1, pool1) = (Metrics::edge(&app), Metrics::pool(&app));
+    for name in ["parapet_pool_messages_in", "parapet_pool_challenges", "parapet_pool_auth_failures"] {
+        let (a, b) = (pool0.must(&app, name), pool1.must(&app, name));
+        if a != b {
+            app.fail(&format!("the pool saw traffic from an unregistered flow: {name} went {a} -> {b}"));
+        }
+    }
+    let refused = edge1.must(&app, "parapet_edge_unauthenticated_refused")
+        - edge0.must(&app, "parapet_edge_unauthenticated_refused");
+    if refused != tries.len() as u64 {
+        app.fail(&format!("parapet_edge_unauthenticated_refused grew by {refused}, expected {}", tries.len()));
+    }
+
+    // The gate opens with a REGISTER on the same connection.
+    ua.register_ok(&app, "alice");
+    let r = ua.message("carol", "after REGISTER").unwrap_or_else(|e| app.fail(&e));
+    if r.status() == Some(403) {
+        app.fail(&format!("MESSAGE after a successful REGISTER still refused:\n{}", text(&r)));
+    }
+    let n = assert_no_internal_leaks(&app);
+    eprintln!("gate: {} requests refused at the edge, pool untouched; {n} bytes scanned", tries.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// From spoofing
+
+#[test]
+fn from_spoofing_on_a_registered_flow_is_refused() {
+    let app = Appliance::start("edge-sec-spoof");
+    let d = app.domain.clone();
+    let mut ua = Ua::connect_ok(&app, "alice", None);
+    ua.register_ok(&app, "alice");
+    // Warm the proxy nonce with an honest request (carol is offline: 480 after the challenge).
+    let r = ua.message("carol", "honest").unwrap_or_else(|e| app.fail(&e));
+    if r.status() == Some(403) {
+        app.fail(&format!("honest MESSAGE From alice refused:\n{}", text(&r)));
+    }
+    let e0 = Metrics::edge(&app);
+    let pool0 = Metrics::pool(&app);
+    let bob = format!("sip:bob@{d}");
+    let spoofs: Vec<(&str, String)> = vec![
+        ("MESSAGE", "carol".into()),
+        ("MESSAGE", "bob".into()),
+        ("SUBSCRIBE", "carol".into()),
+        ("MESSAGE", "nobody".into()),
+    ];
+    for (method, from_user) in &spoofs {
+        let sent = ua.send_request(method, &bob, from_user, &bob, &["Event: presence".into()], b"spoofed");
+        let r =
+            ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("spoofed {method}: {e:?}")));
+        if r.status() != Some(403) || reason(&r) != "Forbidden: From does not match the registered identity" {
+            app.fail(&format!(
+                "{method} From {from_user} on alice's flow: expected `403 Forbidden: From does not match the registered \
+                 identity`, got\n{}",
+                text(&r)
+            ));
+        }
+    }
+    // Same user, another domain: another AOR.
+    let call = format!("spoof-{}", uniq());
+    ua.cseq += 1;
+    let evil = ua.build("MESSAGE", &bob, "alice", &bob, &call, ua.cseq, &[], b"x").replacen(
+        &format!("From: <sip:alice@{d}>"),
+        "From: <sip:alice@evil.example.net>",
+        1,
+    );
+    if !evil.contains("From: <sip:alice@evil.example.net>") {
+        app.fail("test bug: From not rewritten");
+    }
+    ua.send(evil.as_bytes()).unwrap_or_else(|e| app.fail(&format!("send: {e}")));
+    let r = ua
+        .final_response(&Sent { call_id: call.clone(), cseq: ua.cseq, bytes: evil.clone() }, ANSWER_TIMEOUT)
+        .unwrap_or_else(|e| app.fail(&format!("From alice@evil: {e:?}")));
+    if r.status() != Some(403) {
+        app.fail(&format!("MESSAGE From sip:alice@evil.example.net on alice's flow: expected 403, got\n{}", text(&r)));
+    }
+    let e1 = Metrics::edge(&app);
+    let grew = e1.must(&app, "parapet_edge_spoofed_from_refused") - e0.must(&app, "parapet_edge_spoofed_from_refused");
+    if grew != spoofs.len() as u64 + 1 {
+        app.fail(&format!("parapet_edge_spoofed_from_refused grew by {grew}, expected {}", spoofs.len() + 1));
+    }
+    // None of it reached the pool.
+    let pin = Metrics::pool(&app).must(&app, "parapet_pool_messages_in") - pool0.must(&app, "parapet_pool_messages_in");
+    if pin != 0 {
+        app.fail(&format!("pool messages_in grew by {pin} during the spoofing attempts, expected 0"));
+    }
+    // And the honest identity still works.
+    let r = ua.message("carol", "still me").unwrap_or_else(|e| app.fail(&e));
+    if r.status() == Some(403) {
+        app.fail(&format!("honest MESSAGE after the spoofing attempts refused:\n{}", text(&r)));
+    }
+    assert_no_internal_leaks(&app);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Downstream: topology hiding and the MAC'd branch
+
+/// Checks what a request from the pool looks like when it reaches a user: one Via, ours, public, MAC'd branch;
+/// no Route, Record-Route or Path. Returns the branch.
+fn check_downstream_request(app: &Appliance, req: &Message) -> String {
+    let vias: Vec<&[u8]> = req.values(HeaderName::Via).collect();
+    if vias.len() != 1 {
+        app.fail(&format!(
+            "request toward a user carries {} Vias (expected exactly the edge's):\n{}",
+            vias.len(),
+            text(req)
+        ));
+    }
+    let via = req.top_via().unwrap_or_else(|| app.fail(&format!("no parsable Via:\n{}", text(req))));
+    let sent_by = format!("{}:{}", String::from_utf8_lossy(via.host), via.port.unwrap_or(5061));
+    if sent_by != app.edge {
+        app.fail(&format!(
+            "the edge's Via toward users names {sent_by}, not its public address {}:\n{}",
+            app.edge,
+            text(req)
+        ));
+    }
+    let branch = String::from_utf8_lossy(via.branch().unwrap_or(b"")).into_owned();
+    let hex = branch.strip_prefix("z9hG4bKd").unwrap_or("");
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        app.fail(&format!("branch toward users is not z9hG4bKd<16 hex id><16 hex MAC>: {branch:?}"));
+    }
+    for h in [HeaderName::Route, HeaderName::RecordRoute, HeaderName::Path] {
+        if req.header(h).is_some() {
+            app.fail(&format!("request toward a user still carries {h:?}:\n{}", text(req)));
+        }
+    }
+    branch
+}
+
+/// Flips the last hex digit of `s`.
+fn flip_last_hex(s: &str) -> String {
+    let mut b = s.as_bytes().to_vec();
+    if let Some(c) = b.last_mut() {
+        *c = if *c == b'0' { b'1' } else { b'0' };
+    }
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+#[test]
+fn tampered_downstream_branch_is_dropped_and_the_true_one_routes() {
+    let app = Appliance::start("edge-sec-branch");
+    let mut alice = Ua::connect_ok(&app, "alice", None);
+    let mut bob = Ua::connect_ok(&app, "bob", None);
+    alice.register_ok(&app, "alice");
+    bob.register_ok(&app, "bob");
+    // Prime alice's proxy nonce (carol is offline).
+    let r = alice.message("carol", "prime").unwrap_or_else(|e| app.fail(&e));
+    if alice.nonce.is_none() || r.status() == Some(403) {
+        app.fail(&format!("priming MESSAGE: expected a challenge then a non-403 answer, got\n{}", text(&r)));
+    }
+
+    let d = app.domain.clone();
+    let to = format!("sip:bob@{d}");
+    let sent = alice.send_request("MESSAGE", &to, "alice", &to, &[], b"tamper test");
+    let req = bob.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob got no MESSAGE: {e:?}")));
+    let branch = check_downstream_request(&app, &req);
+
+    let t0 = Metrics::edge(&app).must(&app, "parapet_edge_tokens_refused");
+    // 1. The MAC altered; 2. the id altered under the old MAC; 3. a well-formed branch with a made-up MAC.
+    let id_altered = {
+        let mut b = branch.clone().into_bytes();
+        let i = "z9hG4bKd".len() + 15;
+        b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    let forged = format!("z9hG4bKd{}{}", &branch["z9hG4bKd".len().."z9hG4bKd".len() + 16], "0123456789abcdef");
+    let bad = [flip_last_hex(&branch), id_altered, forged];
+    for b in &bad {
+        let sent_back = bob.answer_with(&req, 200, "OK", |s| s.replacen(&branch, b, 1));
+        if !sent_back.contains(b.as_str()) {
+            app.fail("test bug: the tampered branch is not in the response");
+        }
+    }
+    match alice.final_response(&sent, Duration::from_millis(1500)) {
+        Err(End::Timeout) => {}
+        Ok(r) => app.fail(&format!("a response with a tampered branch reached alice:\n{}", text(&r))),
+        Err(e) => app.fail(&format!("alice's connection failed: {e:?}")),
+    }
+    let t1 = wait_edge_metric(&app, "parapet_edge_tokens_refused", t0 + bad.len() as u64, Duration::from_secs(5));
+    if t1 < t0 + bad.len() as u64 {
+        app.fail(&format!("parapet_edge_tokens_refused went {t0} -> {t1}, expected +{}", bad.len()));
+    }
+
+    // The true branch still routes: alice gets bob's 200.
+    bob.answer_with(&req, 200, "OK", |s| s);
+    let r =
+        alice.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("alice got no 200: {e:?}")));
+    if r.status() != Some(200) {
+        app.fail(&format!("alice: expected bob's 200, got\n{}", text(&r)));
+    }
+    if r.values(HeaderName::Via).count() != 1 {
+        app.fail(&format!("alice's 200 carries internal Vias:\n{}", text(&r)));
+    }
+    assert_no_internal_leaks(&app);
+}
+
+/// Exercises every path that writes to users (challenges, 200s with Contact, requests from the pool, responses
+/// from the other user, edge-local answers, pool errors, a dialog-creating request) and scans all of it.
+#[test]
+fn nothing_internal_reaches_users() {
+    let app = Appliance::start("edge-sec-leaks");
+    let d = app.domain.clone();
+    let mut alice = Ua::connect_ok(&app, "alice", None);
+    let mut bob = Ua::connect_ok(&app, "bob", None);
+    let mut anon = Ua::connect_ok(&app, "anon", None);
+    alice.register_ok(&app, "alice");
+    bob.register_ok(&app, "bob");
+
+    // Both directions, each answered by the other raw client.
+    for (i, (from, _to)) in [(0, 1), (1, 0), (0, 1)].into_iter().enumerate() {
+        let (a, b) = if from == 0 { (&mut alice, &mut bob) } else { (&mut bob, &mut alice) };
+        let to_user = b.user();
+        let target = format!("sip:{to_user}@{d}");
+        // Challenge round trip first (if no nonce yet), then the real send.
+        if a.nonce.is_none() {
+            let sent = a.send_request("MESSAGE", &target, &a.user(), &target, &[], b"probe");
+            let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("probe: {e:?}")));
+            if r.status() != Some(407) || !a.take_challenge(&r) {
+                app.fail(&format!("expected 407 with a challenge, got\n{}", text(&r)));
+            }
+        }
+        let sent = a.send_request("MESSAGE", &target, &a.user(), &target, &[], format!("leak test {i}").as_bytes());
+        let req =
+            b.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("{to_user} got no MESSAGE: {e:?}")));
+        check_downstream_request(&app, &req);
+        b.answer_with(&req, 200, "OK", |s| s);
+        let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("no 200: {e:?}")));
+        if r.status() != Some(200) {
+            app.fail(&format!("MESSAGE {i}: expected 200, got\n{}", text(&r)));
+        }
+    }
+    // A dialog-creating request (the edge adds a Record-Route on the way in), errors from the pool.
+    let (_, r) = alice
+        .transaction("SUBSCRIBE", &format!("sip:bob@{d}"), &format!("sip:bob@{d}"), &["Event: presence".into()], b"")
+        .unwrap_or_else(|e| app.fail(&e));
+    eprintln!("SUBSCRIBE answered {}", r.status().unwrap_or(0));
+    for rr in r.values(HeaderName::RecordRoute) {
+        let rr = String::from_utf8_lossy(rr);
+        if !rr.contains(&format!("@{};", app.edge)) {
+            app.fail(&format!("Record-Route toward a user does not name the edge's public address {}: {rr}", app.edge));
+        }
+    }
+    for user in ["carol", "nosuchuser"] {
+        let r = alice.message(user, "to nowhere").unwrap_or_else(|e| app.fail(&e));
+        eprintln!("MESSAGE to {user}: {}", r.status().unwrap_or(0));
+    }
+    let (_, r) = alice
+        .transaction("OPTIONS", &format!("sip:bob@{d}"), &format!("sip:bob@{d}"), &[], b"")
+        .unwrap_or_else(|e| app.fail(&e));
+    eprintln!("OPTIONS to bob: {}", r.status().unwrap_or(0));
+    let (_, r) = alice
+        .transaction("OPTIONS", &format!("sip:{d}"), &format!("sip:{d}"), &[], b"")
+        .unwrap_or_else(|e| app.fail(&e));
+    if r.status() != Some(200) {
+        app.fail(&format!("OPTIONS to the edge: expected 200, got\n{}", text(&r)));
+    }
+    let sent = anon.send_request("MESSAGE", &format!("sip:bob@{d}"), "alice", &format!("sip:bob@{d}"), &[], b"x");
+    let _ = anon.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("anon: {e:?}")));
+    let _ = anon.send(b"\r\n\r\n");
+    thread::sleep(Duration::from_millis(300));
+    let _ = anon.next_message(Duration::from_millis(300));
+    // A wrong password: 403 from the registrar.
+    let mut wrong = Ua::connect_ok(&app, "wrong-password", None);
+    let r = wrong.register("alice", "not-the-password").unwrap_or_else(|e| app.fail(&e));
+    eprintln!("REGISTER with a wrong password: {}", r.status().unwrap_or(0));
+
+    let n = assert_no_internal_leaks(&app);
+    if n < 4000 {
+        app.fail(&format!("only {n} bytes scanned: the scan saw too little to mean anything"));
+    }
+    eprintln!("leak scan: {n} bytes from the edge, no internal address or name");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flood protection
+
+const ABUSER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const GOOD: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const PEER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+
+/// Per core: 10 messages/s (burst 10), 4 connections, 5 new connections/s. With the 2 edge cores `parapet up`
+/// gives this machine, an address may send about 20 messages/s in all.
+const FLOOD_CFG: &str = "[edge.flood]\n\
+    connections_per_ip_max = 4\n\
+    new_connections_per_ip_per_s = 5.0\n\
+    messages_per_ip_per_s = 10.0\n\
+    messages_per_ip_burst = 10.0\n\
+    strikes_to_ban = 40\n\
+    auth_failures_max = 5\n\
+    auth_failure_window_s = 60\n\
+    ban_s = 120\n";
+
+#[test]
+fn flooding_address_is_throttled_then_banned_while_others_keep_messaging() {
+    let app = Appliance::start_with_edge_extra("edge-sec-flood", FLOOD_CFG);
+    let d = app.domain.clone();
+
+    // bob (127.0.0.4) answers every MESSAGE with 200 until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut bob = Ua::connect_ok(&app, "bob", Some(PEER));
+    bob.register_ok(&app, "bob");
+    let bob_thread = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        thread::spawn(move || -> Result<(), String> {
+            while !stop.load(Ordering::Relaxed) {
+                match bob.next_request(Duration::from_millis(200)) {
+                    Ok(req) => {
+                        bob.answer_with(&req, 200, "OK", |s| s);
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(End::Timeout) => {}
+                    Err(e) => return Err(format!("bob: {e:?}")),
+                }
+            }
+            Ok(())
+        })
+    };
+    // carol (127.0.0.3) messages bob 5 times a second for as long as the flood lasts, and a while after.
+    let mut carol = Ua::connect_ok(&app, "carol", Some(GOOD));
+    carol.register_ok(&app, "carol");
+    let carol_done = Arc::new(AtomicBool::new(false));
+    let carol_thread = {
+        let done = carol_done.clone();
+        thread::spawn(move || -> (Vec<(u16, Duration)>, Vec<String>) {
+            let mut results = Vec::new();
+            let mut errors = Vec::new();
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) && i < 400 {
+                let t = Instant::now();
+                match carol.message("bob", &format!("carol {i}")) {
+                    Ok(r) => {
+                        let code = r.status().unwrap_or(0);
+                        if code != 200 {
+                            errors.push(format!("transaction {i}: {}", text(&r)));
+                        }
+                        results.push((code, t.elapsed()));
+                    }
+                    Err(e) => {
+                        errors.push(format!("transaction {i}: {e}"));
+                        results.push((0, t.elapsed()));
+                    }
+                }
+                i += 1;
+                thread::sleep(Duration::from_millis(200).saturating_sub(t.elapsed()));
+            }
+            (results, errors)
+        })
+    };
+    thread::sleep(Duration::from_secs(1)); // carol's baseline
+
+    // The abuser: 4 connections from 127.0.0.2, each sending OPTIONS (answered by the edge itself) in bursts of
+    // 5 every 10 ms, 2000/s in all: 100x the address's allowance (10/s per core, 2 cores).
+    let mut abusers: Vec<Ua> = Vec::new();
+    for i in 0..4 {
+        let mut ab = Ua::connect(&app, &format!("abuser{i}"), Some(ABUSER)).unwrap_or_else(|e| app.fail(&e));
+        ab.set_poll(Duration::from_millis(1));
+        abusers.push(ab);
+    }
+    let t_flood = Instant::now();
+    let (mut ok200, mut throttled, mut retry_after_missing, mut sent_n) = (0u64, 0u64, 0u64, 0u64);
+    let mut closed = vec![false; abusers.len()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    const RATE: f64 = 2000.0;
+    while closed.iter().any(|c| !c) && Instant::now() < deadline {
+        let tick = Instant::now();
+        // Paced on elapsed time: whatever is due at 2000/s goes out now, spread over the open connections.
+        let due = (t_flood.elapsed().as_secs_f64() * RATE) as u64;
+        let open = closed.iter().filter(|c| !**c).count().max(1) as u64;
+        let per_conn = (due.saturating_sub(sent_n) / open).clamp(1, 200);
+        for (i, ab) in abusers.iter_mut().enumerate() {
+            if closed[i] {
+                continue;
+            }
+            let mut burst = String::new();
+            for _ in 0..per_conn {
+                let s = ab.build(
+                    "OPTIONS",
+                    &format!("sip:{d}"),
+                    "abuser",
+                    &format!("sip:{d}"),
+                    &format!("ab-{}", uniq()),
+                    1,
+                    &[],
+                    b"",
+                );
+                burst.push_str(&s);
+            }
+            if ab.send(burst.as_bytes()).is_err() {
+                closed[i] = true;
+                continue;
+            }
+            sent_n += per_conn;
+            loop {
+                match ab.next_message(Duration::from_millis(1)) {
+                    Ok(m) => match m.status() {
+                        Some(200) => ok200 += 1,
+                        Some(503) => {
+                            throttled += 1;
+                            if m.header(HeaderName::RetryAfter).is_none() || !reason(&m).contains("rate limit") {
+                                retry_after_missing += 1;
+                            }
+                        }
+                        _ => {}
+                    },
+                    Err(End::Timeout) => break,
+                    Err(_) => {
+                        closed[i] = true;
+                        break;
+                    }
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(5).saturating_sub(tick.elapsed()));
+    }
+    let flood_time = t_flood.elapsed();
+    eprintln!(
+        "abuser: sent {sent_n} OPTIONS in {flood_time:?} ({:.0}/s): {ok200} x 200, {throttled} x 503; closed: {closed:?}",
+        sent_n as f64 / flood_time.as_secs_f64().max(0.001)
+    );
+    if closed.iter().any(|c| !c) {
+        app.fail(&format!("abuser connections still open after {flood_time:?} of flooding: {closed:?}"));
+    }
+    if throttled == 0 {
+        app.fail("the abuser was never throttled (no 503 rate limit)");
+    }
+    if retry_after_missing > 0 {
+        app.fail(&format!("{retry_after_missing} of the 503s lacked Retry-After or the `rate limit` reason"));
+    }
+
+    // Banned: listed at /bans, new connections refused before the handshake, on every core.
+    let bans = http_get(app.port_base + 3, "/bans").unwrap_or_else(|e| app.fail(&e));
+    if !bans.lines().any(|l| l.starts_with("127.0.0.2\t")) {
+        app.fail(&format!("127.0.0.2 not listed at /bans:\n{bans}"));
+    }
+    // The abuser keeps coming back for 3 s (50 connection attempts a second) while carol goes on: every new
+    // connection must be refused before the TLS handshake completes.
+    let mut attempts = 0u64;
+    let t_ban = Instant::now();
+    while t_ban.elapsed() < Duration::from_secs(3) {
+        let tick = Instant::now();
+        attempts += 1;
+        if let Ok(mut ua) = Ua::connect(&app, &format!("banned{attempts}"), Some(ABUSER)) {
+            let s = ua.send_request("OPTIONS", &format!("sip:{d}"), "abuser", &format!("sip:{d}"), &[], b"");
+            let answer = ua.final_response(&s, Duration::from_secs(2)).map(|r| text(&r));
+            app.fail(&format!(
+                "banned address completed a TLS handshake on new connection {attempts}; answer: {answer:?}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(20).saturating_sub(tick.elapsed()));
+    }
+    let m = Metrics::edge(&app);
+    let (bans_n, banned_now, rate_limited, refused) = (
+        m.must(&app, "parapet_edge_bans"),
+        wait_edge_metric(&app, "parapet_edge_banned_now", 2, Duration::from_secs(3)),
+        m.must(&app, "parapet_edge_rate_limited"),
+        m.must(&app, "parapet_edge_connections_refused"),
+    );
+    eprintln!("edge: bans={bans_n} banned_now={banned_now} rate_limited={rate_limited} connections_refused={refused}\n/bans:\n{bans}");
+    if bans_n < 1 || rate_limited < 1 || refused < attempts {
+        app.fail(&format!("counters: bans={bans_n} rate_limited={rate_limited} connections_refused={refused}"));
+    }
+    // Replicated to every core (2 edge cores with `parapet up` defaults on this machine: at least 1).
+    let cores = m.0.lines().filter(|l| l.starts_with("parapet_edge_banned_now{")).count() as u64;
+    if banned_now < cores {
+        app.fail(&format!("the ban is on {banned_now} of {cores} cores"));
+    }
+
+    // carol keeps going a little after the ban, then stops.
+    thread::sleep(Duration::from_secs(1));
+    carol_done.store(true, Ordering::Relaxed);
+    let (results, errors) = carol_thread.join().unwrap_or_else(|_| app.fail("carol's thread panicked"));
+    stop.store(true, Ordering::Relaxed);
+    if let Ok(Err(e)) = bob_thread.join() {
+        app.fail(&e);
+    }
+    if !errors.is_empty() {
+        app.fail(&format!(
+            "{} of carol's {} transactions failed during the flood:\n{}",
+            errors.len(),
+            results.len(),
+            errors.join("\n")
+        ));
+    }
+    if results.len() < 10 {
+        app.fail(&format!("carol made only {} transactions", results.len()));
+    }
+    let mut lat: Vec<Duration> = results.iter().map(|(_, l)| *l).collect();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).saturating_sub(1).min(lat.len() - 1)];
+    eprintln!(
+        "carol: {} transactions, all 200 (bob answered {}); latency p50 {:?} p99 {:?} max {:?}",
+        results.len(),
+        answered.load(Ordering::Relaxed),
+        p(0.5),
+        p(0.99),
+        lat[lat.len() - 1]
+    );
+    assert_no_internal_leaks(&app);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow reader
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+fn slow_reader_is_closed_and_edge_memory_stays_bounded() {
+    let app = Appliance::start("edge-sec-slowreader");
+    let Some(edge_pid) = app.edge_pid() else { app.fail("cannot find the edge process under `parapet up`") };
+    let d = app.domain.clone();
+
+    // bob registers with a 4 KiB receive buffer, then never reads again.
+    let mut bob = Ua::connect_with(&app, "bob-slow", None, Some(4096)).unwrap_or_else(|e| app.fail(&e));
+    bob.register_ok(&app, "bob");
+
+    // 16 sender flows (alice x8, carol x8: at most 10 bindings per AOR), each allowed 32 requests in flight.
+    let mut senders: Vec<Ua> = Vec::new();
+    for i in 0..16 {
+        let who = if i % 2 == 0 { "alice" } else { "carol" };
+        let mut ua = Ua::connect_ok(&app, &format!("{who}{i}"), None);
+        ua.register_ok(&app, who);
+        let sent =
+            ua.send_request("MESSAGE", &format!("sip:nobody@{d}"), who, &format!("sip:nobody@{d}"), &[], b"prime");
+        let r = ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("prime: {e:?}")));
+        if !ua.take_challenge(&r) {
+            app.fail(&format!("priming MESSAGE: expected 407, got\n{}", text(&r)));
+        }
+        senders.push(ua);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let rss0 = vm_rss_kib(edge_pid).unwrap_or_else(|| app.fail("no VmRSS for the edge"));
+    let slow0 = Metrics::edge(&app).must(&app, "parapet_edge_slow_readers_closed");
+
+    // Sample the edge's RSS while the senders push 30 KB MESSAGEs at bob.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(rss0));
+    let sampler = {
+        let (sampling, peak) = (sampling.clone(), peak.clone());
+        thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(v) = vm_rss_kib(edge_pid) {
+                    peak.fetch_max(v, Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let body = vec![b'x'; 30_000];
+    let to = format!("sip:bob@{d}");
+    let mut handles = Vec::new();
+    let sending = Arc::new(AtomicBool::new(true));
+    let sent_total = Arc::new(AtomicU64::new(0));
+    for mut ua in senders {
+        let (to, body, sending, sent_total) = (to.clone(), body.clone(), sending.clone(), sent_total.clone());
+        handles.push(thread::spawn(move || -> (u64, Vec<u16>) {
+            // Up to 32 in flight per flow; keep 30 outstanding until told to stop (45 s at most), counting the
+            // final answers.
+            let mut outstanding: VecDeque<Sent> = VecDeque::new();
+            let mut sent_n = 0u64;
+            let mut finals = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(45);
+            while Instant::now() < deadline && sending.load(Ordering::Relaxed) {
+                while outstanding.len() < 30 {
+                    let me = ua.user();
+                    let s = ua.send_request("MESSAGE", &to, &me, &to, &[], &body);
+                    outstanding.push_back(s);
+                    sent_n += 1;
+                    sent_total.fetch_add(1, Ordering::Relaxed);
+                }
+                match ua.next_message(Duration::from_millis(200)) {
+                    Ok(m) if !m.is_request() && m.status().unwrap_or(0) >= 200 => {
+                        finals.push(m.status().unwrap_or(0));
+                        let (cid, seq) = (m.call_id().to_vec(), m.cseq().seq);
+                        outstanding.retain(|s| !(s.call_id.as_bytes() == cid && s.cseq == seq));
+                    }
+                    Ok(_) | Err(End::Timeout) => {}
+                    Err(_) => break,
+                }
+            }
+            (sent_n, finals)
+        }));
+    }
+    // The edge must close bob's connection (and count it) within the run.
+    let closed_at = {
+        let t = Instant::now();
+        let v = wait_edge_metric(&app, "parapet_edge_slow_readers_closed", slow0 + 1, Duration::from_secs(40));
+        (t.elapsed(), v, sent_total.load(Ordering::Relaxed))
+    };
+    // Keep the pressure on a little longer (the edge must not accumulate anything else), then stop.
+    thread::sleep(Duration::from_secs(3));
+    sending.store(false, Ordering::Relaxed);
+    let mut total_sent = 0;
+    let mut finals: Vec<u16> = Vec::new();
+    for h in handles {
+        let (n, f) = h.join().unwrap_or_else(|_| app.fail("sender panicked"));
+        total_sent += n;
+        finals.extend(f);
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
+    let rss1 = vm_rss_kib(edge_pid).unwrap_or(0);
+    let peak = peak.load(Ordering::Relaxed);
+    let mut codes: Vec<(u16, usize)> = Vec::new();
+    for c in &finals {
+        match codes.iter_mut().find(|(k, _)| k == c) {
+            Some((_, n)) => *n += 1,
+            None => codes.push((*c, 1)),
+        }
+    }
+    let m = Metrics::edge(&app);
+    eprintln!(
+        "slow reader: {total_sent} MESSAGEs of 30 KB ({} MB) sent toward bob, {} of them before the close; finals {codes:?}; \
+         edge RSS {} -> peak {} -> {} MiB; slow_readers_closed {} -> {} (after {:?}); flows_failed {}",
+        total_sent * 30 / 1000,
+        closed_at.2,
+        rss0 / 1024,
+        peak / 1024,
+        rss1 / 1024,
+        slow0,
+        closed_at.1,
+        closed_at.0,
+        m.must(&app, "parapet_edge_flows_failed"),
+    );
+    // Bob's connection is gone: reading now reaches EOF after whatever was in flight.
+    if let Err(e) = bob.wait_closed(Duration::from_secs(20)) {
+        app.fail(&format!("the edge did not close the connection of a client that stopped reading: {e}"));
+    }
+    if closed_at.1 <= slow0 {
+        app.fail(&format!("parapet_edge_slow_readers_closed did not grow ({slow0} -> {})", closed_at.1));
+    }
+    // Bounded: the queue holds at most 256 messages of ~31 KB (~8 MiB); allow that much again in overhead plus
+    // 16 MiB of allocator slack, well under the ~14 MB that the 16 flows x 30 outstanding keep aimed at bob,
+    // let alone the total sent.
+    let growth_mib = peak.saturating_sub(rss0) / 1024;
+    if closed_at.2 < 256 {
+        app.fail(&format!("only {} MESSAGEs sent before the close: not enough pressure to judge memory", closed_at.2));
+    }
+    if growth_mib > 32 {
+        app.fail(&format!("edge RSS grew by {growth_mib} MiB while one client stopped reading (limit 32 MiB)"));
+    }
+    // The edge still serves.
+    let mut ua = Ua::connect_ok(&app, "after", None);
+    ua.register_ok(&app, "bob");
+    assert_no_internal_leaks(&app);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slowloris
+
+#[test]
+fn unfinished_message_closes_after_the_deadline() {
+    let app = Appliance::start("edge-sec-slowloris");
+    let d = app.domain.clone();
+    let s0 = Metrics::edge(&app).must(&app, "parapet_edge_slow_senders_closed");
+    let mut ua = Ua::connect_ok(&app, "slowloris", None);
+    let req = ua.build("OPTIONS", &format!("sip:{d}"), "x", &format!("sip:{d}"), "loris", 1, &[], b"");
+    let bytes = req.as_bytes();
+    let t = Instant::now();
+    // One byte a second: never idle, never finished.
+    let mut i = 0;
+    let outcome = loop {
+        if i < bytes.len() - 4 {
+            if ua.send(&bytes[i..i + 1]).is_err() {
+                break Ok(t.elapsed());
+            }
+            i += 1;
+        }
+        match ua.fill(Instant::now() + Duration::from_secs(1)) {
+            Err(End::Closed(_)) => break Ok(t.elapsed()),
+            Ok(()) => {
+                break Err(format!("edge answered an unfinished message: {:?}", String::from_utf8_lossy(&ua.buf)))
+            }
+            Err(_) => {}
+        }
+        if t.elapsed() > Duration::from_secs(25) {
+            break Err("connection still open after 25 s of a message trickling in".to_string());
+        }
+    };
+    match outcome {
+        Ok(after) if after >= Duration::from_secs(9) => eprintln!("slowloris closed after {after:?}"),
+        Ok(after) => app.fail(&format!("closed after only {after:?}, before the 10 s message deadline")),
+        Err(e) => app.fail(&e),
+    }
+    let s1 = wait_edge_metric(&app, "parapet_edge_slow_senders_closed", s0 + 1, Duration::from_secs(3));
+    if s1 <= s0 {
+        app.fail(&format!("parapet_edge_slow_senders_closed did not grow ({s0} -> {s1})"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RFC 4475 torture messages over TLS
+
+/// (name, expectation) from tests/torture/INDEX.md.
+fn torture_index() -> Vec<(String, char)> {
+    let index = std::fs::read_to_string(crate::support::repo_root().join("tests/torture/INDEX.md")).unwrap_or_default();
+    index
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            if cols.len() < 5 {
+                return None;
+            }
+            let exp = cols[3].chars().next()?;
+            ("VREL C".contains(exp) && cols[3].len() == 1 && !cols[1].is_empty() && cols[1] != "name")
+                .then(|| (cols[1].to_string(), exp))
+        })
+        .collect()
+}
+
+/// What came back for one torture message: status codes of responses (parsed leniently: an error response
+/// echoes the malformed headers it is about, which our strict parser refuses), requests, and whether the
+/// edge closed the connection.
+struct Answers {
+    statuses: Vec<u16>,
+    requests: usize,
+    closed: bool,
+    raw: Vec<String>,
+}
+
+fn lenient_status(raw: &[u8]) -> Option<u16> {
+    let line = raw.split(|b| *b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut it = line.splitn(3, ' ');
+    (it.next()? == "SIP/2.0").then_some(())?;
+    it.next()?.parse().ok()
+}
+
+/// Everything that arrives within `timeout` (or up to the first final response if `stop_at_final`), or until
+/// the edge closes.
+fn collect_answers(ua: &mut Ua, timeout: Duration, stop_at_final: bool) -> Answers {
+    let deadline = Instant::now() + timeout;
+    let mut a = Answers { statuses: Vec::new(), requests: 0, closed: false, raw: Vec::new() };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let status = match ua.next_message(left) {
+            Ok(m) => {
+                a.raw.push(text(&m));
+                if m.is_request() {
+                    a.requests += 1;
+                    continue;
+                }
+                m.status().unwrap_or(0)
+            }
+            Err(End::Garbage(g, raw)) => {
+                a.raw.push(g);
+                match lenient_status(&raw) {
+                    Some(s) => s,
+                    None => {
+                        a.requests += 1; // not a response: count as something we should not have got
+                        return a;
+                    }
+                }
+            }
+            Err(End::Timeout) => return a,
+            Err(End::Closed(_)) => {
+                a.closed = true;
+                return a;
+            }
+        };
+        a.statuses.push(status);
+        if status >= 200 && stop_at_final {
+            return a;
+        }
+    }
+}
+
+/// Each message on a fresh, unregistered TLS connection. The edge answers non-REGISTER requests on such a flow
+/// with 403 (register first) unless the parser rejected them first (400-class): both are "a final response"
+/// for V, and a rejection for E. REGISTERs (dblreq, escnull, regbadct) reach the pool and get its answer.
+#[test]
+fn rfc4475_torture_messages_over_tls() {
+    let app = Appliance::start("edge-sec-torture");
+    let index = torture_index();
+    if index.len() != 32 {
+        app.fail(&format!("expected 32 entries in tests/torture/INDEX.md, parsed {}: {index:?}", index.len()));
+    }
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (name, exp) in &index {
+        let path = crate::support::repo_root().join(format!("tests/torture/{name}.dat"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| app.fail(&format!("read {}: {e}", path.display())));
+        let mut ua = Ua::connect_ok(&app, &format!("torture-{name}"), None);
+        // Our own parser must not limit what the edge sends back.
+        ua.limits = Limits::DEFAULT;
+        let send_err = ua.send(&bytes).err();
+        let wait = match exp {
+            'V' | 'E' => ANSWER_TIMEOUT,
+            _ => Duration::from_millis(1500),
+        };
+        let a = collect_answers(&mut ua, wait, *exp == 'V' || *exp == 'E');
+        let finals: Vec<u16> = a.statuses.iter().copied().filter(|s| *s >= 200).collect();
+        let closed = a.closed;
+        let outcome = format!("{name} [{exp}]: finals {finals:?} closed={closed} send_err={send_err:?}");
+        let ok = a.requests == 0
+            && match exp {
+                'V' => finals.first().is_some_and(|c| *c != 400 && *c != 500),
+                'E' => finals.first().is_some_and(|c| (400..700).contains(c)) || (finals.is_empty() && closed),
+                'R' => a.statuses.is_empty(),
+                _ => true, // L, C: anything, or close
+            };
+        if !ok {
+            failures.push(format!("{outcome}\n  got: {:?}", a.raw));
+        }
+        report.push(outcome);
+    }
+    eprintln!("RFC 4475 over TLS (unregistered flows):\n{}", report.join("\n"));
+    if !failures.is_empty() {
+        app.fail(&format!("{} torture messages answered wrongly:\n{}", failures.len(), failures.join("\n")));
+    }
+    // Still serving: a registration and an edge OPTIONS on a new connection.
+    let mut ua = Ua::connect_ok(&app, "after-torture", None);
+    ua.register_ok(&app, "alice");
+    let d = app.domain.clone();
+    let (_, r) =
+        ua.transaction("OPTIONS", &format!("sip:{d}"), &format!("sip:{d}"), &[], b"").unwrap_or_else(|e| app.fail(&e));
+    if r.status() != Some(200) {
+        app.fail(&format!("OPTIONS after the torture run: expected 200, got\n{}", text(&r)));
+    }
+    assert_no_internal_leaks(&app);
+}
