@@ -145,13 +145,15 @@ mod tests {
     use crate::edge::flows::Flows;
     use crate::sip::Limits;
 
-    /// Fuzz findings: a request with exactly the maximum number of headers, forwarded with our Via and Path, must
-    /// still parse at the pool (which allows peers a little more than users).
+    /// Fuzz findings: a request with exactly the maximum number of headers, or a Via line at the maximum length,
+    /// forwarded with our Via, Path and received/rport, must still parse at the pool (which allows peers a little
+    /// more than users).
     #[test]
     fn forwarded_request_at_the_header_limit_still_parses() {
         for data in [
             &include_bytes!("../../fuzz/regressions/edge_request-too-many-headers")[1..],
             &include_bytes!("../../fuzz/regressions/parse_edit-too-many-headers")[..],
+            &include_bytes!("../../fuzz/regressions/parse_edit-via-line-at-limit")[..],
         ] {
             let limits = Limits::default();
             let Ok(msg) = Message::parse(bytes::Bytes::copy_from_slice(data), &limits) else { continue };

@@ -264,14 +264,16 @@ impl ConnTable {
     }
 }
 
-/// Limits for trusted peers: every hop adds a few headers (Via, Path, Record-Route) to a message that a user may
-/// have sent right at the limits, so the next hop must accept a little more than the edge accepts from users.
+/// Limits for trusted peers: every hop adds a few headers (Via, Path, Record-Route) and parameters to a message
+/// that a user may have sent right at the limits, so the next hop must accept a little more than the edge accepts
+/// from users.
 pub fn peer_limits(user: &Limits) -> Limits {
     Limits {
         message_bytes_max: user.message_bytes_max + 4096,
         header_bytes_max: user.header_bytes_max + 4096,
         header_count_max: user.header_count_max + 16,
-        line_bytes_max: user.line_bytes_max,
+        // received=/rport= added to a Via line that was already at the limit.
+        line_bytes_max: user.line_bytes_max + 256,
     }
 }
 
