@@ -11,9 +11,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::queue::{OutQueue, QueueError};
 use crate::sip::{self, Frame, FrameError, Limits, Message};
 
 /// Bytes read from a socket at once.
@@ -90,7 +90,7 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Names from the peer's certificate (mutual TLS only).
     pub peer_names: Vec<String>,
-    tx: LocalSender<Out>,
+    tx: Rc<OutQueue>,
     /// Milliseconds since the table's epoch at the last byte received (idle sweeps read it).
     last_rx_ms: Cell<u64>,
     /// Set when the connection must close although its queue is full (the Close item would not fit).
@@ -155,8 +155,9 @@ impl ConnTable {
         kind: ConnKind,
         peer: SocketAddr,
         peer_names: Vec<String>,
-    ) -> (Rc<Conn>, LocalReceiver<Out>) {
-        let (tx, rx) = local_channel::new_bounded(self.queue_max);
+    ) -> (Rc<Conn>, Rc<OutQueue>) {
+        let tx = Rc::new(OutQueue::new(self.queue_max));
+        let rx = tx.clone();
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -214,8 +215,8 @@ impl ConnTable {
         let conn = self.get(id).ok_or(SendError::Gone)?;
         match conn.tx.try_send(Out::Bytes(bytes.clone())) {
             Ok(()) => Ok(()),
-            Err(glommio::GlommioError::Closed(_)) => Err(SendError::Gone),
-            Err(_) => {
+            Err(QueueError::Closed) => Err(SendError::Gone),
+            Err(QueueError::Full) => {
                 // The peer stopped reading: holding more for it would be unbounded memory.
                 conn.kill.set(true);
                 Err(SendError::Full)
@@ -300,7 +301,7 @@ enum Event {
 }
 
 /// Runs a connection until it closes: reads, frames, parses and dispatches; writes what is queued for it.
-pub async fn drive<S, H>(mut stream: S, conn: Rc<Conn>, rx: LocalReceiver<Out>, handler: Rc<H>)
+pub async fn drive<S, H>(mut stream: S, conn: Rc<Conn>, rx: Rc<OutQueue>, handler: Rc<H>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
@@ -309,29 +310,16 @@ where
         ConnKind::User => *handler.limits(),
         ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(handler.limits()),
     };
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    // Both buffers hold memory only while there is something in them: an idle connection owns neither.
+    let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
     let mut closing = false;
     while !closing && !conn.kill.get() {
-        // The read future may lose the race and be dropped, so the buffer is grown and trimmed out here.
-        let filled = rbuf.len();
-        rbuf.resize(filled + READ_CHUNK, 0);
         let ev = {
-            let read = async {
-                let r = match rbuf.get_mut(filled..) {
-                    Some(tail) => stream.read(tail).await,
-                    None => Ok(0),
-                };
-                Event::Read(r)
-            };
+            let read = async { Event::Read(read_some(&mut stream, &mut rbuf).await) };
             let out = async { Event::Out(rx.recv().await) };
             futures_lite::future::or(out, read).await
         };
-        let got = match &ev {
-            Event::Read(Ok(n)) => *n,
-            _ => 0,
-        };
-        rbuf.truncate(filled + got);
         match ev {
             Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
             Event::Read(Ok(n)) => {
@@ -346,7 +334,10 @@ where
                 closing = process_input(&mut rbuf, &mut wbuf, &conn, &handler, &limits);
                 // Bytes left over are the start of a message: its clock runs until it is complete.
                 match (rbuf.is_empty(), conn.partial_since_ms.get()) {
-                    (true, _) => conn.partial_since_ms.set(0),
+                    (true, _) => {
+                        conn.partial_since_ms.set(0);
+                        rbuf = BytesMut::new();
+                    }
                     (false, 0) => conn.partial_since_ms.set(now_ms.max(1)),
                     _ => {}
                 }
@@ -356,9 +347,9 @@ where
         }
         // Batch whatever else is already queued into the same write.
         while wbuf.len() < WRITE_BATCH_MAX {
-            match futures_lite::future::poll_once(rx.recv()).await {
-                Some(Some(Out::Bytes(b))) => wbuf.extend_from_slice(&b),
-                Some(Some(Out::Close)) | Some(None) => {
+            match rx.try_recv() {
+                Some(Out::Bytes(b)) => wbuf.extend_from_slice(&b),
+                Some(Out::Close) => {
                     closing = true;
                     break;
                 }
@@ -388,13 +379,37 @@ where
             }
             let stats = handler.stats();
             stats.bytes_out.add(wbuf.len() as u64);
-            wbuf.clear();
+            wbuf = BytesMut::new();
         }
     }
+    rx.close();
     let _ = stream.close().await;
     handler.table().borrow_mut().remove(conn.id);
     bump(&handler.stats().closed);
     handler.on_closed(&conn);
+}
+
+thread_local! {
+    /// Where every connection of this core reads into, one poll at a time; what arrived is then appended to the
+    /// connection's own buffer. A pending read holds no buffer of its own.
+    static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// Reads what is available into `rbuf` (appending); Ok(0) at end of stream.
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        READ_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                std::task::Poll::Ready(Ok(n)) => {
+                    rbuf.extend_from_slice(scratch.get(..n).unwrap_or(&[]));
+                    std::task::Poll::Ready(Ok(n))
+                }
+                other => other,
+            }
+        })
+    })
+    .await
 }
 
 /// A write that has not finished this long means the peer is not reading.

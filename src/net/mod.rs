@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod connector;
 pub mod listener;
+pub mod queue;
 pub mod tls;
 
 pub use conn::{Conn, ConnId, ConnKind, ConnTable, Handler, NetStats, SendError};
