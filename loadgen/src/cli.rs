@@ -33,7 +33,15 @@ latency runs from the scheduled time to the final answer):
   mix        A company's day in proportions of operations: 70% im (MESSAGE A->B as in `im`), 20% registration
              refresh (REGISTER on the user's connection reusing its nonce; a stale nonce costs one 401), 10%
              handshake (a new full TLS handshake). Users register first, as in `im`.
-  presence   Not yet available (needs presence in the pool).
+  presence   Presence with --watchers W watchers per presentity (issue 4). All --count users register first;
+             the first count/(W+1) users (at least 1, and at least one per loadgen core) are presentities, and
+             each is watched by W of the other users (fewer when --count is too small; a user may then watch
+             several presentities): their SUBSCRIBE (Event: presence, 407 then 200, then the first NOTIFY) is
+             set up before measuring, not measured. Each operation: a presentity PUBLISHes its state (PIDF,
+             alternately open and busy, with a note; after the first it modifies its publication with
+             SIP-If-Match); the latency ends at the 200. Every state change makes the server NOTIFY each
+             watcher, which answers 200 at once; NOTIFYs received in the measured window are reported as
+             notifies and notifies_per_s.
   federation Not yet available (needs federation).
 
 OUTPUT: a progress line per second on stderr; a table on stdout at the end; --json, --hdr-log, --plot files.
@@ -65,14 +73,14 @@ impl Scenario {
 
     /// Scenarios whose users must all be registered before measuring.
     pub fn registers_all(self) -> bool {
-        matches!(self, Scenario::Im | Scenario::Mix)
+        matches!(self, Scenario::Im | Scenario::Mix | Scenario::Presence)
     }
 }
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about = ABOUT, after_help = SCENARIOS)]
 pub struct Args {
-    /// register | im | handshake | idle | mix (presence, federation: not yet available)
+    /// register | im | handshake | idle | mix | presence (federation: not yet available)
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Edge TLS address.
@@ -136,6 +144,9 @@ pub struct Args {
     /// handshake: resume TLS sessions.
     #[arg(long)]
     pub resume: bool,
+    /// presence: watchers per presentity.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
     /// Testing only: speak SIP over plain TCP instead of TLS (for fake servers).
     #[arg(long, hide = true)]
     pub plain: bool,
@@ -196,6 +207,8 @@ pub struct Config {
     pub slo_p99_ms: f64,
     pub timeout: Duration,
     pub resume: bool,
+    /// presence: watchers per presentity (as asked; see `presence_plan` for what --count allows).
+    pub watchers: usize,
     pub plain: bool,
 }
 
@@ -207,6 +220,19 @@ impl Config {
 
     pub fn users_path_hint(&self) -> String {
         self.users_path.display().to_string()
+    }
+
+    /// presence: (presentities, watchers per presentity). Presentities are users 0..P, watchers users P..count.
+    pub fn presence_plan(&self) -> (usize, usize) {
+        let p = (self.count / (self.watchers + 1)).max(1).max(self.cores.len()).min(self.count);
+        (p, self.watchers.min(self.count - p))
+    }
+
+    /// presence: the watcher (user index) of presentity `p`'s `k`-th subscription.
+    pub fn watcher_of(&self, p: usize, k: usize) -> usize {
+        let (n, _) = self.presence_plan();
+        let others = (self.count - n).max(1);
+        n + (p * self.watchers + k) % others
     }
 
     pub fn source_ip(&self, conn_index: usize) -> Option<Ipv4Addr> {
@@ -268,7 +294,7 @@ fn parse_step(s: &str) -> Result<Step, ConfigError> {
 
 impl Args {
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        if matches!(self.scenario, Scenario::Presence | Scenario::Federation) {
+        if self.scenario == Scenario::Federation {
             return Err(bad(format!(
                 "The {} scenario is not yet available: the server does not implement it yet.",
                 self.scenario.name()
@@ -337,6 +363,7 @@ impl Args {
             slo_p99_ms,
             timeout: Duration::from_millis(self.timeout_ms),
             resume: self.resume,
+            watchers: self.watchers,
             plain: self.plain,
         })
     }

@@ -66,6 +66,10 @@ pub struct SipConn {
     pub proxy_auth: RefCell<Option<AuthState>>,
     /// Requests received and answered (this user as callee).
     pub answered: Cell<u64>,
+    /// NOTIFYs received and answered (this user as a watcher).
+    pub notifies: Cell<u64>,
+    /// presence: the entity-tag of this user's publication (from the last 2xx to a PUBLISH).
+    pub pub_etag: RefCell<Option<String>>,
     alive: Cell<bool>,
     outbox: RefCell<Outbox>,
     pending: RefCell<HashMap<Vec<u8>, Rc<Slot>>>,
@@ -82,6 +86,8 @@ impl SipConn {
             reg_auth: RefCell::new(None),
             proxy_auth: RefCell::new(None),
             answered: Cell::new(0),
+            notifies: Cell::new(0),
+            pub_etag: RefCell::new(None),
             alive: Cell::new(true),
             outbox: RefCell::new(Outbox::default()),
             pending: RefCell::new(HashMap::new()),
@@ -165,6 +171,9 @@ impl SipConn {
             let tag = format!("b{}", self.user);
             sipc::answer(&mut out, &m, 200, "OK", tag.as_bytes());
             self.answered.set(self.answered.get() + 1);
+            if m.method_bytes() == Some(b"NOTIFY") {
+                self.notifies.set(self.notifies.get() + 1);
+            }
             self.send(&out);
             return;
         }

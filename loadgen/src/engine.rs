@@ -332,6 +332,17 @@ async fn schedule(core: &Rc<Core>, plan: &Plan, measure_from: Instant) {
     let offset = interval.mul_f64(core.ctx.core_index as f64 / n as f64);
     let end = measure_from + cfg.duration;
     let cap = (cfg.in_flight_max() / n).max(1);
+    // presence: NOTIFYs received by this core's watchers during [measure_from, end).
+    let notify_counter = (cfg.scenario == Scenario::Presence).then(|| {
+        let c = Rc::clone(core);
+        glommio::spawn_local(async move {
+            let sum = || c.ctx.conns.iter().map(|x| x.notifies.get()).sum::<u64>();
+            sleep_until(measure_from).await;
+            let first = sum();
+            sleep_until(end).await;
+            sum().saturating_sub(first)
+        })
+    });
     let mut i: u64 = 0;
     loop {
         let due = plan.start + offset + interval.mul_f64(i as f64);
@@ -361,6 +372,10 @@ async fn schedule(core: &Rc<Core>, plan: &Plan, measure_from: Instant) {
     while core.in_flight.get() > 0 && Instant::now() < drain_until {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    if let Some(t) = notify_counter {
+        let n = t.await;
+        core.rec.borrow_mut().total.notifies = n;
+    }
 }
 
 /// Operation `i` of this core, due at `due`.
@@ -388,7 +403,14 @@ async fn op(core: &Core, i: u64, due: Instant) -> Outcome {
             (9, _, _) => scenario::handshake_op(ctx, source, false, measured, deadline).await,
             _ => Outcome::Transport,
         },
-        Scenario::Idle | Scenario::Presence | Scenario::Federation => Outcome::Transport,
+        Scenario::Presence => {
+            let np = ctx.presentities.max(1) as u64;
+            match (ctx.presentities > 0).then(|| pick(i % np)).flatten() {
+                Some(c) => scenario::publish_op(ctx, c, (i / np).is_multiple_of(2), i / np, deadline).await,
+                None => Outcome::Transport,
+            }
+        }
+        Scenario::Idle | Scenario::Federation => Outcome::Transport,
     }
 }
 

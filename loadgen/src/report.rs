@@ -58,6 +58,12 @@ pub fn table(cfg: &Config, r: &RunResult) -> String {
     if cfg.scenario == crate::cli::Scenario::Handshake || cfg.scenario == crate::cli::Scenario::Mix {
         row(&mut s, "resumed", r.resumed.to_string());
     }
+    if cfg.scenario == crate::cli::Scenario::Presence {
+        let (p, w) = cfg.presence_plan();
+        row(&mut s, "presentities", format!("{p} with {w} watchers each ({} subscriptions)", p * w));
+        row(&mut s, "notifies", h.tally.notifies.to_string());
+        row(&mut s, "notifies_per_s", format!("{:.1} /s", notifies_per_s(h)));
+    }
     if let Some(n) = r.connections_held {
         row(&mut s, "connections held", format!("{n} of {}", cfg.count));
     }
@@ -91,6 +97,15 @@ pub fn table(cfg: &Config, r: &RunResult) -> String {
         }
     }
     s
+}
+
+/// presence: NOTIFYs received by the watchers per second of measurement.
+pub fn notifies_per_s(st: &StepResult) -> f64 {
+    if st.duration_s > 0.0 {
+        st.tally.notifies as f64 / st.duration_s
+    } else {
+        0.0
+    }
 }
 
 pub fn max_rate_held(r: &RunResult) -> Option<f64> {
@@ -159,6 +174,13 @@ pub fn json(cfg: &Config, r: &RunResult) -> String {
     let _ = write!(s, ",\"count\":{},\"cores\":{},\"resumed\":{}", cfg.count, cfg.cores.len(), r.resumed);
     if let Some(n) = r.connections_held {
         let _ = write!(s, ",\"connections_held\":{n}");
+    }
+    if cfg.scenario == crate::cli::Scenario::Presence {
+        let (p, w) = cfg.presence_plan();
+        let _ = write!(s, ",\"presentities\":{p},\"watchers\":{w}");
+        if let Some(h) = headline(r) {
+            let _ = write!(s, ",\"notifies\":{},\"notifies_per_s\":{}", h.tally.notifies, num(notifies_per_s(h)));
+        }
     }
     if cfg.find_max.is_some() {
         let steps: Vec<String> =

@@ -32,6 +32,8 @@ pub struct Ctx {
     pub conns: Vec<Rc<SipConn>>,
     next_id: Cell<u64>,
     pub resumed: Cell<u64>,
+    /// presence: how many of `conns` (the first ones) are presentities.
+    pub presentities: usize,
 }
 
 impl Ctx {
@@ -44,6 +46,7 @@ impl Ctx {
             conns: Vec::new(),
             next_id: Cell::new(0),
             resumed: Cell::new(0),
+            presentities: 0,
         })
     }
 
@@ -73,6 +76,8 @@ impl Ctx {
 enum What<'a> {
     Register,
     Message { to: &'a str },
+    Subscribe { to: &'a str, call_id: &'a str, tag: &'a str },
+    Publish { if_match: Option<&'a str>, body: &'a [u8] },
 }
 
 fn outcome(r: Result<Message, ReqError>) -> Outcome {
@@ -95,6 +100,8 @@ async fn transact(ctx: &Ctx, c: &SipConn, what: What<'_>, reuse: bool, deadline:
     let (state, method, uri) = match what {
         What::Register => (&c.reg_auth, "REGISTER", sipc::register_uri(domain)),
         What::Message { to } => (&c.proxy_auth, "MESSAGE", sipc::message_uri(to, domain)),
+        What::Subscribe { to, .. } => (&c.proxy_auth, "SUBSCRIBE", sipc::message_uri(to, domain)),
+        What::Publish { .. } => (&c.proxy_auth, "PUBLISH", sipc::message_uri(&user.alias, domain)),
     };
     let mut attempt = 0;
     loop {
@@ -108,6 +115,10 @@ async fn transact(ctx: &Ctx, c: &SipConn, what: What<'_>, reuse: bool, deadline:
         match what {
             What::Register => sipc::register(&mut out, &party, id, &c.reg_call_id, c.next_cseq(), creds.as_deref()),
             What::Message { to } => sipc::message(&mut out, &party, to, id, creds.as_deref(), b"loadgen"),
+            What::Subscribe { to, call_id, tag } => {
+                sipc::subscribe(&mut out, &party, to, id, call_id, tag, attempt + 1, creds.as_deref())
+            }
+            What::Publish { if_match, body } => sipc::publish(&mut out, &party, id, if_match, creds.as_deref(), body),
         }
         let resp = c.request(sipc::branch_text(id).as_bytes(), &out, deadline).await?;
         if matches!(resp.status(), Some(401 | 407)) && attempt < AUTH_RETRIES_MAX {
@@ -130,6 +141,98 @@ pub async fn register_op(ctx: &Ctx, c: &SipConn, reuse: bool, deadline: Instant)
 pub async fn message_op(ctx: &Ctx, a: &SipConn, b: &SipConn, deadline: Instant) -> Outcome {
     let Some(to) = ctx.cfg.users.get(b.user) else { return Outcome::Transport };
     outcome(transact(ctx, a, What::Message { to: &to.alias }, true, deadline).await)
+}
+
+/// presence: `a` subscribes to the presence of `b`'s user (setup; 407 the first time per connection).
+pub async fn subscribe_op(ctx: &Ctx, a: &SipConn, presentity: usize, deadline: Instant) -> Outcome {
+    let Some(to) = ctx.cfg.users.get(presentity) else { return Outcome::Transport };
+    let id = ctx.id();
+    let call_id = format!("s{id:x}@{}", a.local);
+    let tag = format!("s{id:x}");
+    let what = What::Subscribe { to: &to.alias, call_id: &call_id, tag: &tag };
+    outcome(transact(ctx, a, what, true, deadline).await)
+}
+
+/// presence: `c`'s user publishes its state (busy or open, with a note); the first PUBLISH creates the
+/// publication, later ones modify it with SIP-If-Match. Open loop, two PUBLISHes of one user can be in flight
+/// with the same tag: the later one gets 412 and is sent again (once) with the tag the earlier one got. A 412
+/// for the tag still kept forgets it, so the next PUBLISH creates the publication anew.
+pub async fn publish_op(ctx: &Ctx, c: &SipConn, busy: bool, n: u64, deadline: Instant) -> Outcome {
+    let Some(user) = ctx.cfg.users.get(c.user) else { return Outcome::Transport };
+    let note = if busy { format!("In a meeting ({n})") } else { format!("Available ({n})") };
+    let body = sipc::pidf(&user.alias, &ctx.cfg.domain, busy, &note);
+    let mut retried = false;
+    loop {
+        let tag = c.pub_etag.borrow().clone();
+        let what = What::Publish { if_match: tag.as_deref(), body: body.as_bytes() };
+        let r = transact(ctx, c, what, true, deadline).await;
+        if let Ok(m) = &r {
+            match m.status() {
+                Some(200..=299) => {
+                    if let Some(t) = m.header(parapet::sip::HeaderName::SipETag) {
+                        *c.pub_etag.borrow_mut() = Some(String::from_utf8_lossy(t).trim().to_string());
+                    }
+                }
+                Some(412) => {
+                    let mut kept = c.pub_etag.borrow_mut();
+                    if *kept == tag {
+                        *kept = None;
+                    } else if !retried {
+                        retried = true;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        return outcome(r);
+    }
+}
+
+/// presence: this core's watchers subscribe to their presentities (at most `SETUP_IN_FLIGHT_MAX` at a time).
+/// A failed subscription is a configuration error.
+pub async fn setup_presence(ctx: &Ctx) -> Result<(), ConfigError> {
+    let cfg = &ctx.cfg;
+    let (presentities, watchers) = cfg.presence_plan();
+    let n = cfg.cores.len();
+    let by_user: std::collections::HashMap<usize, &Rc<SipConn>> = ctx.conns.iter().map(|c| (c.user, c)).collect();
+    let mut pairs = Vec::new();
+    for p in 0..presentities {
+        for k in 0..watchers {
+            let w = cfg.watcher_of(p, k);
+            if w % n == ctx.core_index {
+                pairs.push((w, p));
+            }
+        }
+    }
+    for chunk in pairs.chunks(SETUP_IN_FLIGHT_MAX) {
+        let futs: Vec<_> = chunk
+            .iter()
+            .map(|&(w, p)| {
+                let c = by_user.get(&w).copied();
+                async move {
+                    let Some(c) = c else { return (w, p, Outcome::Transport) };
+                    (w, p, subscribe_op(ctx, c, p, Instant::now() + cfg.timeout).await)
+                }
+            })
+            .collect();
+        for (w, p, o) in join_all(futs).await {
+            if o != Outcome::Ok {
+                let name = |u: usize| cfg.users.get(u).map_or("?", |x| x.alias.as_str()).to_string();
+                return Err(bad(format!(
+                    "The subscription of {} to the presence of {} failed ({}).",
+                    name(w),
+                    name(p),
+                    match o {
+                        Outcome::Status(s) => format!("answered {s}"),
+                        Outcome::Timeout => "no answer within --timeout-ms".to_string(),
+                        _ => "connection closed".to_string(),
+                    }
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// handshake: a new connection through the TLS handshake, then closed. With `resume`, one CRLF keep-alive
@@ -232,6 +335,11 @@ pub async fn setup(ctx: &mut Ctx, scenario: Scenario) -> Result<(), ConfigError>
         }
     }
     ctx.conns = conns.into_iter().flatten().collect();
+    if scenario == Scenario::Presence {
+        let (p, _) = ctx.cfg.presence_plan();
+        ctx.presentities = ctx.conns.iter().take_while(|c| c.user < p).count();
+        setup_presence(ctx).await?;
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The SIP a simulated client speaks, as bytes: REGISTER and MESSAGE requests, the 200 a callee answers, and
-//! digest credentials computed from a challenge (with `parapet::sip` for syntax and `parapet::pool::digest`
+//! The SIP a simulated client speaks, as bytes: REGISTER, MESSAGE, SUBSCRIBE and PUBLISH (with a PIDF body)
+//! requests, the 200 a callee answers, and digest credentials computed from a challenge (with `parapet::sip` for syntax and `parapet::pool::digest`
 //! for the hashes). Pure: no I/O, no clock, no randomness (uniqueness comes from counters passed in).
 
 use bytes::BytesMut;
@@ -137,6 +137,91 @@ pub fn message(out: &mut BytesMut, p: &Party<'_>, to_user: &str, branch: u64, au
     sip::write_request(out, "MESSAGE", ruri.as_bytes(), &h, Some((b"text/plain", body)));
 }
 
+/// A presence SUBSCRIBE from `p` to `to_user` (a new dialog: no To tag), with `auth` as Proxy-Authorization.
+#[allow(clippy::too_many_arguments)]
+pub fn subscribe(
+    out: &mut BytesMut,
+    p: &Party<'_>,
+    to_user: &str,
+    branch: u64,
+    call_id: &str,
+    from_tag: &str,
+    cseq: u32,
+    auth: Option<&[u8]>,
+) {
+    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
+    let from = format!("<sip:{}@{}>;tag={from_tag}", p.user, p.domain);
+    let ruri = message_uri(to_user, p.domain);
+    let to = format!("<{ruri}>");
+    let contact = format!("<sip:{}@{};transport={}>", p.user, p.local, p.transport.to_ascii_lowercase());
+    let cseq = format!("{cseq} SUBSCRIBE");
+    let mut h: Vec<(HeaderName, &[u8])> = vec![
+        (HeaderName::Via, via.as_bytes()),
+        (HeaderName::MaxForwards, b"70"),
+        (HeaderName::From, from.as_bytes()),
+        (HeaderName::To, to.as_bytes()),
+        (HeaderName::CallId, call_id.as_bytes()),
+        (HeaderName::CSeq, cseq.as_bytes()),
+        (HeaderName::Contact, contact.as_bytes()),
+        (HeaderName::Event, b"presence"),
+        (HeaderName::Accept, b"application/pidf+xml"),
+        (HeaderName::Expires, b"3600"),
+    ];
+    if let Some(a) = auth {
+        h.push((HeaderName::ProxyAuthorization, a));
+    }
+    sip::write_request(out, "SUBSCRIBE", ruri.as_bytes(), &h, None);
+}
+
+/// The PIDF document a presentity publishes: open, and busy (with a note) when `busy`.
+pub fn pidf(user: &str, domain: &str, busy: bool, note: &str) -> String {
+    let person = if busy {
+        format!(
+            "<dm:person id=\"p1\"><rpid:activities><rpid:busy/></rpid:activities><dm:note>{note}</dm:note></dm:person>"
+        )
+    } else {
+        format!("<dm:person id=\"p1\"><dm:note>{note}</dm:note></dm:person>")
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+         xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" \
+         entity=\"sip:{user}@{domain}\"><tuple id=\"t1\"><status><basic>open</basic></status></tuple>{person}</presence>"
+    )
+}
+
+/// A PUBLISH (Event: presence) of `p`'s own state, modifying the publication `if_match` when given.
+pub fn publish(
+    out: &mut BytesMut,
+    p: &Party<'_>,
+    branch: u64,
+    if_match: Option<&str>,
+    auth: Option<&[u8]>,
+    body: &[u8],
+) {
+    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
+    let ruri = message_uri(p.user, p.domain);
+    let from = format!("<{ruri}>;tag=p{branch:x}");
+    let to = format!("<{ruri}>");
+    let call_id = format!("p{branch:x}@{}", p.local);
+    let mut h: Vec<(HeaderName, &[u8])> = vec![
+        (HeaderName::Via, via.as_bytes()),
+        (HeaderName::MaxForwards, b"70"),
+        (HeaderName::From, from.as_bytes()),
+        (HeaderName::To, to.as_bytes()),
+        (HeaderName::CallId, call_id.as_bytes()),
+        (HeaderName::CSeq, b"1 PUBLISH"),
+        (HeaderName::Event, b"presence"),
+        (HeaderName::Expires, b"3600"),
+    ];
+    if let Some(t) = if_match {
+        h.push((HeaderName::SipIfMatch, t.as_bytes()));
+    }
+    if let Some(a) = auth {
+        h.push((HeaderName::ProxyAuthorization, a));
+    }
+    sip::write_request(out, "PUBLISH", ruri.as_bytes(), &h, Some((b"application/pidf+xml", body)));
+}
+
 pub fn message_uri(to_user: &str, domain: &str) -> String {
     format!("sip:{to_user}@{domain}")
 }
@@ -201,5 +286,23 @@ mod tests {
         assert_eq!(c.nc, Some(&b"00000001"[..]));
         let v2 = a.credentials("load1", "REGISTER", "sip:example.com", 8);
         assert_eq!(sip::parse_credentials(&v2).unwrap().nc, Some(&b"00000002"[..]));
+    }
+
+    #[test]
+    fn presence_requests_parse_and_the_pidf_reads_as_published() {
+        use parapet::pool::presence::pidf::{summarize, Rich};
+        let p = Party { user: "load1", domain: "example.com", local: "127.0.0.1:4000", transport: "TLS" };
+        let mut out = BytesMut::new();
+        subscribe(&mut out, &p, "load2", 0xa, "cid", "tg", 2, None);
+        let m = Message::parse(out.freeze(), &Limits::DEFAULT).unwrap();
+        assert_eq!(m.method_bytes(), Some(&b"SUBSCRIBE"[..]));
+        assert_eq!(m.header(HeaderName::Event), Some(&b"presence"[..]));
+        let busy = pidf("load1", "example.com", true, "In a meeting (1)");
+        let mut out = BytesMut::new();
+        publish(&mut out, &p, 0xb, Some("etag1"), None, busy.as_bytes());
+        let m = Message::parse(out.freeze(), &Limits::DEFAULT).unwrap();
+        assert_eq!(m.header(HeaderName::SipIfMatch), Some(&b"etag1"[..]));
+        assert_eq!(summarize(m.body()).unwrap().rich, Rich::Busy);
+        assert_eq!(summarize(pidf("load1", "example.com", false, "x").as_bytes()).unwrap().rich, Rich::Available);
     }
 }

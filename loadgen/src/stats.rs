@@ -45,11 +45,21 @@ pub struct Tally {
     pub dropped: u64,
     /// Operations that were actually started (sent), whatever their outcome.
     pub sent: u64,
+    /// presence: NOTIFYs received by the watchers in the measured window.
+    pub notifies: u64,
 }
 
 impl Default for Tally {
     fn default() -> Tally {
-        Tally { latency_us: new_histogram(), ok: 0, errors: BTreeMap::new(), timeouts: 0, dropped: 0, sent: 0 }
+        Tally {
+            latency_us: new_histogram(),
+            ok: 0,
+            errors: BTreeMap::new(),
+            timeouts: 0,
+            dropped: 0,
+            sent: 0,
+            notifies: 0,
+        }
     }
 }
 
@@ -85,6 +95,7 @@ impl Tally {
         self.timeouts += other.timeouts;
         self.dropped += other.dropped;
         self.sent += other.sent;
+        self.notifies += other.notifies;
     }
 
     pub fn error_count(&self) -> u64 {

@@ -199,7 +199,7 @@ fn bad_values_are_one_sentence() {
     let u = users.to_str().unwrap();
     let e = |argv: &[&str]| Args::try_parse_from(argv).unwrap().into_config().unwrap_err().0;
     assert!(e(&["loadgen", "im", "--plain", "--users", u, "--count", "10"]).contains("needs 10 users"));
-    assert!(e(&["loadgen", "presence", "--plain"]).contains("not yet available"));
+    assert!(e(&["loadgen", "federation", "--plain"]).contains("not yet available"));
     assert!(e(&["loadgen", "register", "--plain", "--users", u, "--rate", "0"]).contains("--rate"));
     assert!(e(&["loadgen", "handshake", "--ca", "/nonexistent/ca.pem"]).contains("Cannot read the CA file"));
     assert!(e(&["loadgen", "handshake", "--plain", "--cores", "999"]).contains("--cores"));

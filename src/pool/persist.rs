@@ -2,8 +2,8 @@
 //! subscriptions, and watchers get the current state again without doing anything.
 //!
 //! Write-behind, and why: REGISTER, PUBLISH and SUBSCRIBE are answered at once and their new state is queued to
-//! the store thread, which commits whatever is queued in one transaction (`store::thread`), typically within
-//! milliseconds; a subscription is saved again after every [`CSEQ_SAVE_EVERY`] NOTIFYs (flushed by the sweep)
+//! the store thread, which gathers them for up to `store::thread::BATCH_WINDOW` (50 ms) and commits them in one
+//! transaction, the last write per row only; a subscription is saved again after every [`CSEQ_SAVE_EVERY`] NOTIFYs (flushed by the sweep)
 //! and a restored dialog's CSeq skips ahead by [`CSEQ_SKIP`], so it stays above anything sent before a crash. A crash can lose the changes of the last
 //! moments only, and every one of them is soft state its client refreshes on its own (REGISTER and SUBSCRIBE
 //! within their expiry, PUBLISH likewise), so the worst case is a state as old as one refresh interval. Making

@@ -14,6 +14,9 @@ pub const QUEUE_MAX: usize = 4096;
 pub const POLL: Duration = Duration::from_millis(500);
 /// Soft-state writes committed in one transaction at most.
 pub const BATCH_MAX: usize = 1024;
+/// How long soft-state writes are gathered before one commit: every commit is an fsync, and a registration
+/// refresh rate of thousands per second must not become thousands of fsyncs. Bounds the write-behind window.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -84,11 +87,14 @@ fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
 }
 
 /// Commits a run of queued soft-state writes in one transaction; returns the job that ended the run, if any.
+/// Writes to the same row within one window collapse into the last one (a refresh overwrites the previous).
 fn write_batch(store: &mut dyn Store, first: StateWrite, rx: &flume::Receiver<Job>) -> Option<Job> {
+    let deadline = std::time::Instant::now() + BATCH_WINDOW;
     let mut batch = vec![first];
     let mut next = None;
     while batch.len() < BATCH_MAX {
-        match rx.try_recv() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
             Ok((Op::WriteState(w), _)) => batch.push(w),
             Ok(job) => {
                 next = Some(job);
@@ -97,10 +103,31 @@ fn write_batch(store: &mut dyn Store, first: StateWrite, rx: &flume::Receiver<Jo
             Err(_) => break,
         }
     }
+    let batch = last_write_per_row(batch);
     if let Err(e) = store.write_states(&batch) {
         tracing::warn!(error = %e, writes = batch.len(), "store: soft state not written");
     }
     next
+}
+
+fn row_of(w: &StateWrite) -> (&str, &str) {
+    match w {
+        StateWrite::Put(r) => (r.kind.as_str(), r.key.as_str()),
+        StateWrite::Delete { kind, key } => (kind.as_str(), key.as_str()),
+    }
+}
+
+/// Keeps, for every (kind, key), only its last write, in the order of those last writes.
+fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
+    let mut last: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+    for (i, w) in batch.iter().enumerate() {
+        let (k, key) = row_of(w);
+        last.insert((k.to_string(), key.to_string()), i);
+    }
+    batch.into_iter().enumerate().filter(|(i, w)| {
+        let (k, key) = row_of(w);
+        last.get(&(k.to_string(), key.to_string())) == Some(i)
+    }).map(|(_, w)| w).collect()
 }
 
 /// The store thread: operations in order; between them, a look for other writers every [`POLL`]; after any
@@ -215,6 +242,22 @@ impl StoreHandle {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn a_window_keeps_the_last_write_per_row() {
+        let put = |key: &str, v: u8| {
+            StateWrite::Put(StateRow { kind: "reg".into(), key: key.into(), value: vec![v], expires_at: 0 })
+        };
+        let out = last_write_per_row(vec![
+            put("a", 1),
+            put("b", 1),
+            put("a", 2),
+            StateWrite::Delete { kind: "reg".into(), key: "b".into() },
+        ]);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[0], StateWrite::Put(r) if r.key == "a" && r.value == vec![2]));
+        assert!(matches!(&out[1], StateWrite::Delete { key, .. } if key == "b"));
+    }
+
     use super::*;
     use crate::store::sqlite::SqliteStore;
 
