@@ -152,6 +152,7 @@ mod tests {
     fn forwarded_request_at_the_header_limit_still_parses() {
         for data in [
             &include_bytes!("../../fuzz/regressions/edge_request-too-many-headers")[1..],
+            &include_bytes!("../../fuzz/regressions/edge_request-repeated-rport")[1..],
             &include_bytes!("../../fuzz/regressions/parse_edit-too-many-headers")[..],
             &include_bytes!("../../fuzz/regressions/parse_edit-via-line-at-limit")[..],
         ] {

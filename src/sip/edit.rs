@@ -223,6 +223,9 @@ fn write_via_with_params(out: &mut BytesMut, via: &[u8], received: Option<&[u8]>
     };
     out.put_slice(head);
     let mut rest = params;
+    // Only the first rport is filled and later ones dropped: filling every one would let a peer grow the line by
+    // "=port" per repetition (a fuzz finding), and one rport is all RFC 3581 means.
+    let mut rport_done = false;
     while !rest.is_empty() {
         let (item, next) = match lex::find_outside(rest, b';') {
             Ok(Some(i)) => (rest.get(..i).unwrap_or(&[]), rest.get(i + 1..).unwrap_or(&[])),
@@ -234,11 +237,16 @@ fn write_via_with_params(out: &mut BytesMut, via: &[u8], received: Option<&[u8]>
         if item.is_empty() || (received.is_some() && name.eq_ignore_ascii_case(b"received")) {
             continue;
         }
+        let is_rport = name.eq_ignore_ascii_case(b"rport");
+        if is_rport && rport.is_some() && rport_done {
+            continue;
+        }
         out.put_u8(b';');
         match rport {
-            Some(p) if name.eq_ignore_ascii_case(b"rport") => {
+            Some(p) if is_rport => {
                 out.put_slice(b"rport=");
                 put_uint(out, u64::from(p));
+                rport_done = true;
             }
             _ => out.put_slice(item),
         }
