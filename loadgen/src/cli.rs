@@ -98,9 +98,9 @@ pub struct Args {
     /// User directory with passwords (parapet's users.toml); users load1..loadN are used, else all users.
     #[arg(long, default_value = "data/users.toml")]
     pub users: PathBuf,
-    /// Simulated users / connections.
-    #[arg(long, default_value_t = 100)]
-    pub count: usize,
+    /// Simulated users / connections (default: 100, or all the users there are when fewer).
+    #[arg(long)]
+    pub count: Option<usize>,
     /// Target operations per second, open loop.
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
@@ -309,7 +309,7 @@ impl Args {
             return Err(bad(format!("--warmup must be zero or more seconds, got {}.", self.warmup)));
         }
         let slo_p99_ms = positive(self.slo_p99_ms, "--slo-p99-ms")?;
-        if self.count == 0 {
+        if self.count == Some(0) {
             return Err(bad("--count must be at least 1."));
         }
         if self.timeout_ms == 0 {
@@ -320,7 +320,7 @@ impl Args {
         let source_ips = match self.source_ips {
             Some(0) => return Err(bad("--source-ips must be between 1 and 255.")),
             Some(n) => n,
-            None => u8::try_from(self.count.div_ceil(20_000)).unwrap_or(u8::MAX).max(1),
+            None => u8::try_from(self.count.unwrap_or(100).div_ceil(20_000)).unwrap_or(u8::MAX).max(1),
         };
         let ca_pem = if self.plain {
             Vec::new()
@@ -329,19 +329,21 @@ impl Args {
         };
         let needs_users = self.scenario != Scenario::Handshake;
         let mut users = if needs_users { users::load(&self.users)? } else { Vec::new() };
+        // Without --count: 100, or as many users as there are (so that `parapet up`'s three demo users work).
+        let count = self.count.unwrap_or_else(|| if needs_users { users.len().clamp(2, 100) } else { 100 });
         if needs_users {
-            let need = if self.scenario.registers_all() { self.count.max(2) } else { self.count };
+            let need = if self.scenario.registers_all() { count.max(2) } else { count };
             if users.len() < need {
                 return Err(bad(format!(
                     "--count {} needs {need} users but {} has only {} (start parapet with --load-users {need}).",
-                    self.count,
+                    count,
                     self.users.display(),
                     users.len()
                 )));
             }
             users.truncate(need);
         }
-        let count = if self.scenario.registers_all() { self.count.max(2) } else { self.count };
+        let count = if self.scenario.registers_all() { count.max(2) } else { count };
         Ok(Config {
             scenario: self.scenario,
             target,
