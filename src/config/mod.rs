@@ -11,6 +11,9 @@
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
 pub mod devpki;
+pub mod federation;
+
+pub use federation::{Clearinghouse, FederationConfig, Partner, UnknownPeers};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -76,6 +79,8 @@ pub struct EdgeConfig {
     pub flow_queue_max: usize,
     /// `[edge.flood]`: per source address and per flow limits, lockout and bans.
     pub flood: FloodConfig,
+    /// `[edge.federation]`: the federation listener and the partner table; off when absent.
+    pub federation: Option<FederationConfig>,
 }
 
 /// Flood protection. Rates are per core (connections from one address spread over the cores), so the effective
@@ -321,6 +326,7 @@ impl EdgeConfig {
             idle_timeout_ms: 300_000,
             flow_queue_max: 256,
             flood: FloodConfig::default(),
+            federation: None,
         }
     }
 }
@@ -411,6 +417,7 @@ struct RawEdge {
     idle_timeout_ms: Option<u64>,
     flow_queue_max: Option<usize>,
     flood: Option<RawFlood>,
+    federation: Option<federation::RawFederation>,
 }
 
 #[derive(Deserialize, Default)]
@@ -593,6 +600,9 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
             c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);
+            if let Some(f) = e.federation {
+                c.federation = Some(federation::build(f, base_dir, &domain)?);
+            }
             if let Some(f) = e.flood {
                 let d = c.flood;
                 c.flood = FloodConfig {
@@ -828,6 +838,14 @@ impl Config {
             }
             if e.listen == e.internal_listen {
                 return Err(invalid("[edge] internal_listen", format!("same address as listen ({})", e.listen)));
+            }
+            if let Some(f) = &e.federation {
+                if f.listen == e.listen || f.listen == e.internal_listen {
+                    return Err(invalid(
+                        "[edge.federation] listen",
+                        format!("{} is already another edge listener", f.listen),
+                    ));
+                }
             }
             positive("[edge] handshake_timeout_ms", e.handshake_timeout_ms)?;
             positive("[edge] idle_timeout_ms", e.idle_timeout_ms)?;

@@ -16,12 +16,12 @@ use crate::net::ConnId;
 use crate::sip::{Editor, HeaderName, Message, NameAddr};
 
 /// A request sent to a user, waiting for its final response.
-struct DownTxn {
+pub(super) struct DownTxn {
     /// The connection (to the pool) the response goes back on.
-    back: ConnId,
+    pub(super) back: ConnId,
     /// The Via values we removed, in order, joined as one header value.
-    vias: Bytes,
-    deadline: Instant,
+    pub(super) vias: Bytes,
+    pub(super) deadline: Instant,
 }
 
 /// Transactions toward the users of one core, bounded.
@@ -37,7 +37,7 @@ impl DownTxns {
         DownTxns { map: HashMap::new(), core: core as u64, next: 0, max }
     }
 
-    fn insert(&mut self, t: DownTxn) -> Option<u64> {
+    pub(super) fn insert(&mut self, t: DownTxn) -> Option<u64> {
         if self.map.len() >= self.max {
             return None;
         }
@@ -69,6 +69,10 @@ impl Edge {
     pub(super) fn to_user(self: &Rc<Self>, from: ConnId, msg: Message) {
         bump(&self.estats.requests_to_users);
         let route = msg.values(HeaderName::Route).next().and_then(|r| NameAddr::parse(r).ok());
+        if route.as_ref().and_then(|na| na.uri.user) == Some(super::federation::FED_ROUTE_USER) {
+            self.to_partner(from, msg);
+            return;
+        }
         let flow = route.and_then(|na| na.uri.user.and_then(|u| token::parse_flow(&self.s.key, u)));
         let Some(flow) = flow else {
             bump(&self.estats.tokens_refused);
@@ -120,6 +124,7 @@ impl Edge {
         ed.remove_headers(HeaderName::Route);
         ed.remove_headers(HeaderName::RecordRoute);
         ed.remove_headers(HeaderName::Path);
+        ed.remove_headers(HeaderName::ParapetFederated);
         ed.push_via(&via);
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len());

@@ -14,6 +14,7 @@
 //! message for another core's flow crosses the mesh first.
 
 pub mod downstream;
+pub mod federation;
 pub mod flows;
 pub mod guard;
 pub mod policy;
@@ -69,6 +70,14 @@ crate::counters! {
         bans,
         /// Addresses banned right now (a gauge).
         banned_now,
+        /// Requests from federated peers (partners, clearinghouses).
+        requests_from_partners,
+        /// Requests from the pool toward federated peers.
+        requests_to_partners,
+        /// Federated requests whose From domain the peer may not speak for (403).
+        federation_spoofed_from,
+        /// Federated requests refused otherwise (method, domain not ours, no route, blocked).
+        federation_refused,
     }
 }
 
@@ -115,6 +124,8 @@ pub struct EdgeSettings {
     /// How long a SIGTERM waits for transactions in flight before closing connections.
     pub drain_timeout: Duration,
     pub flood: crate::config::FloodConfig,
+    /// `[edge.federation]`, when configured.
+    pub fed: Option<federation::FedSettings>,
 }
 
 impl EdgeSettings {
@@ -149,6 +160,10 @@ impl EdgeSettings {
             key: TokenKey::random()?,
             drain_timeout: Duration::from_secs(5),
             flood: e.flood,
+            fed: match &e.federation {
+                Some(f) => Some(federation::FedSettings::new(f, &cfg.domain, &e.cert, &e.key)?),
+                None => None,
+            },
         })
     }
 }
@@ -167,6 +182,9 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
     ensure_port_free(e.listen, "[edge] listen").map_err(|e| e.to_string())?;
     ensure_port_free(e.internal_listen, "[edge] internal_listen").map_err(|e| e.to_string())?;
+    if let Some(f) = &e.federation {
+        ensure_port_free(f.listen, "[edge.federation] listen").map_err(|e| e.to_string())?;
+    }
     let settings = Arc::new(EdgeSettings::from_config(cfg)?);
     shard::start("edge", &e.cores, 4096, io_memory, move |shard: Shard<EdgeMsg>| {
         let settings = settings.clone();
@@ -179,15 +197,17 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     let Shard { id, count, senders, mut receivers } = shard;
     let pool = Rc::new(Connector::new(s.pool_addr, &s.pool_name, s.pool_tls.clone(), s.handshake_timeout));
     let stats = Arc::new(NetStats::default());
+    let times = Arc::new(crate::net::conn::NetTimes::default());
     let estats = Arc::new(EdgeStats::default());
     {
-        let (n, e) = (stats.clone(), estats.clone());
+        let (n, e, t) = (stats.clone(), estats.clone(), times.clone());
         crate::mgmt::metrics::register(
             "edge",
             id,
             Box::new(move |f| {
                 n.visit(f);
                 e.visit(f);
+                t.handle.visit("handle", f);
             }),
         );
     }
@@ -196,6 +216,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         count,
         table: RefCell::new(ConnTable::new(id, s.queue_max, stats.clone())),
         stats,
+        times,
         estats,
         mesh: senders,
         pool,
@@ -204,6 +225,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         down: RefCell::new(downstream::DownTxns::new(id, s.downstream_max)),
         guard: RefCell::new(guard::Guard::new(s.flood)),
         scratch: RefCell::new(Vec::with_capacity(256)),
+        partners: RefCell::default(),
     });
     for (_, rx) in receivers.streams() {
         let edge = edge.clone();
@@ -247,7 +269,21 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     tracing::info!(core = id, listen = %s.listen, internal = %s.internal, "edge core ready");
     let a = accept_loop(users, edge.clone());
     let b = accept_loop(internal, edge.clone());
-    let listening = async { Some(futures_lite::future::or(a, b).await) };
+    let fed = s.fed.as_ref().map(|f| ListenSpec {
+        addr: f.cfg.listen,
+        tls: f.server_tls.clone(),
+        kind: ConnKind::Partner,
+        handshake_timeout: s.handshake_timeout,
+        admit_names: Some(f.admitted_names()),
+        connections_max: s.connections_max,
+    });
+    let c = async {
+        match fed {
+            Some(spec) => accept_loop(spec, edge.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let listening = async { Some(futures_lite::future::or(a, futures_lite::future::or(b, c)).await) };
     let drain = async {
         shard::drain_requested().await;
         None
@@ -272,6 +308,7 @@ pub struct Edge {
     count: usize,
     table: RefCell<ConnTable>,
     stats: Arc<NetStats>,
+    times: Arc<crate::net::conn::NetTimes>,
     estats: Arc<EdgeStats>,
     mesh: Senders<EdgeMsg>,
     pool: Rc<Connector>,
@@ -280,6 +317,8 @@ pub struct Edge {
     down: RefCell<downstream::DownTxns>,
     guard: RefCell<guard::Guard>,
     scratch: RefCell<Vec<u8>>,
+    /// Connectors to federation peers, by certificate name (made on first use).
+    partners: federation::PartnerConnectors,
 }
 
 impl Handler for Edge {
@@ -289,18 +328,25 @@ impl Handler for Edge {
     fn stats(&self) -> &NetStats {
         &self.stats
     }
+    fn times(&self) -> &crate::net::conn::NetTimes {
+        &self.times
+    }
     fn limits(&self) -> &Limits {
         &self.s.limits
     }
 
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
         if !msg.is_request() {
-            self.route_response(msg);
+            // Up-branches carry no MAC: only the pool, which got them from us, may hand them back.
+            self.route_response(msg, self.is_pool_conn(conn));
             return;
         }
         match conn.kind {
             ConnKind::User => self.from_user(conn, &msg),
+            // Our outbound connection to a federation peer carries its requests too: those are a partner's.
+            ConnKind::PeerOut if !self.is_pool(conn) => self.from_partner(conn, &msg),
             ConnKind::PeerIn | ConnKind::PeerOut => self.to_user(conn.id, msg),
+            ConnKind::Partner => self.from_partner(conn, &msg),
         }
     }
 
@@ -342,7 +388,7 @@ impl Undeliverable for Edge {
         let mut out = BytesMut::with_capacity(512);
         sip::write_response(&mut out, &req, code, reason, Some(b"edge"), &[], None);
         if let Ok(resp) = Message::parse(out.freeze(), &self.s.peer_limits) {
-            self.route_response(resp);
+            self.route_response(resp, true);
         }
     }
 }
@@ -356,7 +402,8 @@ impl Edge {
                 Err(e) => tracing::error!(error = %e, "a request that parsed on one core failed on another"),
             },
             EdgeMsg::Response { bytes } => match Message::parse(bytes, &self.s.peer_limits) {
-                Ok(m) => self.route_response(m),
+                // Checked by the core that received it.
+                Ok(m) => self.route_response(m, true),
                 Err(e) => tracing::error!(error = %e, "a response that parsed on one core failed on another"),
             },
             EdgeMsg::Ban { ip, until } => {
@@ -421,6 +468,11 @@ impl Edge {
         self.deliver(conn, out.freeze());
     }
 
+    /// Whether a mutual-TLS peer is (one of) our pool(s), by certificate name.
+    fn is_pool(&self, conn: &Conn) -> bool {
+        conn.peer_names.iter().any(|n| self.s.pool_names.iter().any(|p| p.eq_ignore_ascii_case(n)))
+    }
+
     fn is_myself(&self, uri: &Uri<'_>) -> bool {
         let named = self.s.myself.iter().any(|m| uri.host_eq(m.as_bytes()));
         let port_ok = match uri.port {
@@ -431,7 +483,8 @@ impl Edge {
     }
 
     /// Any response: our top Via says where it goes, and on which core that knowledge lives.
-    fn route_response(self: &Rc<Self>, msg: Message) {
+    /// `from_pool`: it came from the pool (or from our own code), so an up-branch may be believed.
+    fn route_response(self: &Rc<Self>, msg: Message, from_pool: bool) {
         let Some(branch) = msg.top_via().and_then(|v| v.branch()) else {
             bump(&self.estats.responses_unroutable);
             return;
@@ -439,11 +492,22 @@ impl Edge {
         if token::is_down_branch(branch) {
             self.response_from_user(msg);
         } else if let Some(back) = token::parse_up_branch(branch) {
+            if !from_pool {
+                // A user or partner naming another connection in a branch it was never given: refused.
+                bump(&self.estats.tokens_refused);
+                return;
+            }
             self.response_to_user(back, msg);
         } else {
             bump(&self.estats.responses_unroutable);
             tracing::debug!("response without our Via branch: dropped");
         }
+    }
+
+    /// A connection to or from our pool (its certificate carries a pool name).
+    fn is_pool_conn(&self, conn: &Conn) -> bool {
+        matches!(conn.kind, ConnKind::PeerIn | ConnKind::PeerOut)
+            && conn.peer_names.iter().any(|n| self.s.pool_names.iter().any(|p| p.eq_ignore_ascii_case(n)))
     }
 
     /// Requests in flight through this core, both ways.

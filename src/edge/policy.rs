@@ -129,6 +129,8 @@ pub fn rewrite_for_pool(
     for _ in 0..own_routes.min(4) {
         ed.pop_route();
     }
+    // Only the edge may say a request comes from a federated peer.
+    ed.remove_headers(HeaderName::ParapetFederated);
     ed.set_top_via_params(Some(received.as_bytes()), Some(hop.peer.port()));
     ed.push_via(via);
     if let Some(name) = flow_header {
@@ -168,6 +170,23 @@ mod tests {
             let peer = crate::net::conn::peer_limits(&limits);
             assert!(Message::parse(out.freeze(), &peer).is_ok());
         }
+    }
+
+    #[test]
+    fn a_users_federation_mark_is_removed() {
+        let limits = Limits::default();
+        let text = "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.5;branch=z9hG4bK1\r\n\
+                    P-Parapet-Federated: partner.test\r\nFrom: <sip:alice@partner.test>;tag=1\r\n\
+                    To: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let msg = Message::parse(bytes::Bytes::from(text), &limits).expect("parses");
+        assert!(msg.header(HeaderName::ParapetFederated).is_some());
+        let key = TokenKey::from_bytes([3; 16]);
+        let conn = ConnId { core: 0, gen: 1, slot: 7 };
+        let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
+        let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
+        rewrite_for_pool(&msg, &hop, &|_: &Uri<'_>| false, &mut scratch, &mut out);
+        let fwd = Message::parse(out.freeze(), &crate::net::conn::peer_limits(&limits)).expect("parses");
+        assert!(fwd.header(HeaderName::ParapetFederated).is_none());
     }
 
     #[test]

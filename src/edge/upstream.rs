@@ -106,6 +106,10 @@ impl Edge {
             self.to_core(usize::from(back.core), super::EdgeMsg::Response { bytes });
             return;
         }
+        if self.table.borrow().get(back).is_some_and(|c| c.kind == crate::net::ConnKind::Partner) {
+            self.response_to_partner(back, &msg);
+            return;
+        }
         let status = msg.status().unwrap_or(0);
         if status == 403 {
             self.auth_failed(back);

@@ -33,6 +33,47 @@ impl Counter {
     }
 }
 
+/// A latency histogram written by one core: power-of-two microsecond buckets (1 µs .. ~8 s), exported as a
+/// Prometheus histogram. Recording is one bucket index and two relaxed stores.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [Counter; HISTOGRAM_BUCKETS],
+    sum_us: Counter,
+}
+
+pub const HISTOGRAM_BUCKETS: usize = 24;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { buckets: std::array::from_fn(|_| Counter::default()), sum_us: Counter::default() }
+    }
+}
+
+impl Histogram {
+    #[inline]
+    pub fn record_us(&self, us: u64) {
+        let i = (64 - us.leading_zeros() as usize).min(HISTOGRAM_BUCKETS - 1);
+        if let Some(b) = self.buckets.get(i) {
+            b.inc();
+        }
+        self.sum_us.add(us);
+    }
+
+    /// Lists itself as `<name>_bucket{le="..."}` (cumulative, in seconds), `<name>_sum`, `<name>_count`.
+    pub fn visit(&self, name: &'static str, f: &mut dyn FnMut(&str, u64)) {
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.get();
+            // Bucket i holds values below 2^i µs.
+            let le =
+                if i + 1 == HISTOGRAM_BUCKETS { "+Inf".to_string() } else { format!("{}", (1u64 << i) as f64 / 1e6) };
+            f(&format!("{name}_seconds_bucket{{le=\"{le}\"}}"), cumulative);
+        }
+        f(&format!("{name}_seconds_sum_us"), self.sum_us.get());
+        f(&format!("{name}_seconds_count"), cumulative);
+    }
+}
+
 /// Declares a struct of counters that can list itself for `/metrics`.
 #[macro_export]
 macro_rules! counters {
@@ -41,14 +82,14 @@ macro_rules! counters {
         #[derive(Default, Debug)]
         pub struct $name { $($(#[$fm])* pub $field: $crate::mgmt::metrics::Counter,)* }
         impl $name {
-            pub fn visit(&self, f: &mut dyn FnMut(&'static str, u64)) {
+            pub fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
                 $(f(stringify!($field), self.$field.get());)*
             }
         }
     };
 }
 
-type Visitor = Box<dyn Fn(&mut dyn FnMut(&'static str, u64)) + Send + Sync>;
+type Visitor = Box<dyn Fn(&mut dyn FnMut(&str, u64)) + Send + Sync>;
 
 struct Source {
     role: &'static str,
@@ -76,19 +117,44 @@ pub fn render() -> String {
             (src.visit)(&mut |name, v| samples.push((format!("parapet_{}_{}", src.role, name), src.core, v)));
         }
     }
-    samples.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    // Stable: within a family and core, samples keep the order they were listed in (histogram buckets ascending).
+    samples.sort_by(|a, b| family(&a.0).cmp(family(&b.0)).then(a.1.cmp(&b.1)));
     let mut out = String::with_capacity(samples.len() * 48);
-    let mut last = "";
+    let mut last = String::new();
     for (name, core, v) in &samples {
-        if name != last {
-            // Gauges are named by what they hold now; everything else only grows.
-            let kind = if name.ends_with("connections") || name.ends_with("_now") { "gauge" } else { "counter" };
-            out.push_str(&format!("# TYPE {name} {kind}\n"));
-            last = name;
+        let fam = family(name);
+        if fam != last {
+            // Gauges are named by what they hold now; histograms by their suffixes; everything else only grows.
+            let kind = if name.contains("_seconds_") {
+                "histogram"
+            } else if name.ends_with("connections") || name.ends_with("_now") {
+                "gauge"
+            } else {
+                "counter"
+            };
+            out.push_str(&format!("# TYPE {fam} {kind}\n"));
+            last = fam.to_string();
         }
-        out.push_str(&format!("{name}{{core=\"{core}\"}} {v}\n"));
+        // A histogram's sum is kept in µs (integers); Prometheus wants seconds.
+        if let Some(base) = name.strip_suffix("_seconds_sum_us") {
+            out.push_str(&format!("{base}_seconds_sum{{core=\"{core}\"}} {}\n", *v as f64 / 1e6));
+            continue;
+        }
+        match name.split_once('{') {
+            Some((base, labels)) => out.push_str(&format!("{base}{{core=\"{core}\",{labels} {v}\n")),
+            None => out.push_str(&format!("{name}{{core=\"{core}\"}} {v}\n")),
+        }
     }
     out
+}
+
+/// The metric family a sample belongs to (a histogram's buckets, sum and count are one family).
+fn family(name: &str) -> &str {
+    let base = name.split('{').next().unwrap_or(name);
+    match base.find("_seconds_") {
+        Some(i) => base.get(..i + "_seconds".len()).unwrap_or(base),
+        None => base,
+    }
 }
 
 /// A ban decided by a core, for `/bans` (the cores enforce their own replicas; this list is for people).
@@ -167,4 +233,24 @@ fn handle(mut stream: std::net::TcpStream) {
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_ascending() {
+        let h = Histogram::default();
+        for us in [0, 1, 3, 900, 5_000_000] {
+            h.record_us(us);
+        }
+        let mut seen = Vec::new();
+        h.visit("t", &mut |name, v| seen.push((name.to_string(), v)));
+        let buckets: Vec<u64> = seen.iter().filter(|(n, _)| n.contains("_bucket")).map(|(_, v)| *v).collect();
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative");
+        assert_eq!(buckets.last(), Some(&5));
+        assert!(seen.last().is_some_and(|(n, v)| n == "t_seconds_count" && *v == 5));
+        assert_eq!(family("x_handle_seconds_bucket{le=\"1\"}"), "x_handle_seconds");
+    }
 }

@@ -47,6 +47,9 @@ pub enum ConnKind {
     PeerIn,
     /// Our mutual-TLS connection to a trusted peer.
     PeerOut,
+    /// A federated organization's (or clearinghouse's) mutual-TLS connection to our edge: authenticated by
+    /// certificate, but not trusted like an internal peer.
+    Partner,
 }
 
 pub enum Out {
@@ -76,6 +79,52 @@ crate::counters! {
         slow_senders_closed,
         /// Connections refused before their handshake (limits, bans).
         connections_refused,
+        /// Messages waiting in this core's write queues (a gauge, refreshed every second).
+        queued_messages_now,
+        /// The longest write queue on this core (a gauge, refreshed every second).
+        longest_queue_now,
+        requests_register,
+        requests_message,
+        requests_subscribe,
+        requests_notify,
+        requests_publish,
+        requests_options,
+        requests_other,
+        responses_1xx,
+        responses_2xx,
+        responses_3xx,
+        responses_4xx,
+        responses_5xx,
+        responses_6xx,
+    }
+}
+
+/// Time from a message's arrival to the end of its handling on this core (the role's whole stage: checks, edits,
+/// routing), per core; with the counters above, where time goes.
+#[derive(Default, Debug)]
+pub struct NetTimes {
+    pub handle: crate::mgmt::metrics::Histogram,
+}
+
+impl NetStats {
+    fn count_message(&self, msg: &Message) {
+        use crate::sip::Method;
+        let c = match (msg.method(), msg.status()) {
+            (Some(Method::Register), _) => &self.requests_register,
+            (Some(Method::Message), _) => &self.requests_message,
+            (Some(Method::Subscribe), _) => &self.requests_subscribe,
+            (Some(Method::Notify), _) => &self.requests_notify,
+            (Some(Method::Publish), _) => &self.requests_publish,
+            (Some(Method::Options), _) => &self.requests_options,
+            (Some(_), _) => &self.requests_other,
+            (None, Some(s)) if s < 200 => &self.responses_1xx,
+            (None, Some(s)) if s < 300 => &self.responses_2xx,
+            (None, Some(s)) if s < 400 => &self.responses_3xx,
+            (None, Some(s)) if s < 500 => &self.responses_4xx,
+            (None, Some(s)) if s < 600 => &self.responses_5xx,
+            _ => &self.responses_6xx,
+        };
+        c.inc();
     }
 }
 
@@ -150,12 +199,7 @@ impl ConnTable {
     }
 
     /// Registers a new connection; the receiver goes to its driver.
-    pub fn insert(
-        &mut self,
-        kind: ConnKind,
-        peer: SocketAddr,
-        peer_names: Vec<String>,
-    ) -> (Rc<Conn>, Rc<OutQueue>) {
+    pub fn insert(&mut self, kind: ConnKind, peer: SocketAddr, peer_names: Vec<String>) -> (Rc<Conn>, Rc<OutQueue>) {
         let tx = Rc::new(OutQueue::new(self.queue_max));
         let rx = tx.clone();
         let slot = match self.free.pop() {
@@ -235,7 +279,11 @@ impl ConnTable {
     pub fn close_stale(&self, idle_ms: u64, message_ms: u64) -> (usize, usize) {
         let now = self.now_ms();
         let (mut idle, mut slow) = (0, 0);
+        let (mut queued, mut longest) = (0, 0);
         for c in self.slots.iter().flatten() {
+            let len = c.tx.len();
+            queued += len;
+            longest = longest.max(len);
             let partial = c.partial_since_ms.get();
             if partial != 0 && now.saturating_sub(partial) > message_ms {
                 c.kill.set(true);
@@ -246,6 +294,8 @@ impl ConnTable {
                 idle += 1;
             }
         }
+        self.stats.queued_messages_now.set(queued as u64);
+        self.stats.longest_queue_now.set(longest as u64);
         (idle, slow)
     }
 
@@ -282,6 +332,7 @@ pub fn peer_limits(user: &Limits) -> Limits {
 pub trait Handler: 'static {
     fn table(&self) -> &RefCell<ConnTable>;
     fn stats(&self) -> &NetStats;
+    fn times(&self) -> &NetTimes;
     fn limits(&self) -> &Limits;
     /// A complete message that parsed.
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
@@ -307,7 +358,7 @@ where
     H: Handler,
 {
     let limits = match conn.kind {
-        ConnKind::User => *handler.limits(),
+        ConnKind::User | ConnKind::Partner => *handler.limits(),
         ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(handler.limits()),
     };
     // Both buffers hold memory only while there is something in them: an idle connection owns neither.
@@ -449,7 +500,12 @@ fn process_input<H: Handler>(
                 let raw = rbuf.split_to(len.min(rbuf.len())).freeze();
                 bump(&stats.messages_in);
                 match Message::parse(raw.clone(), limits) {
-                    Ok(msg) => h.on_message(conn, msg),
+                    Ok(msg) => {
+                        stats.count_message(&msg);
+                        let start = Instant::now();
+                        h.on_message(conn, msg);
+                        h.times().handle.record_us(start.elapsed().as_micros() as u64);
+                    }
                     Err(e) => {
                         bump(&stats.parse_errors);
                         tracing::info!(peer = %conn.peer, error = %e, "malformed SIP message");

@@ -69,7 +69,6 @@ fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
     }
 }
 
-
 pub struct ListenSpec {
     pub addr: SocketAddr,
     pub tls: Arc<ServerConfig>,

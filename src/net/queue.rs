@@ -27,7 +27,12 @@ pub struct OutQueue {
 
 impl OutQueue {
     pub fn new(max: usize) -> OutQueue {
-        OutQueue { items: RefCell::new(VecDeque::new()), waker: RefCell::new(None), max: max.max(1), closed: Cell::new(false) }
+        OutQueue {
+            items: RefCell::new(VecDeque::new()),
+            waker: RefCell::new(None),
+            max: max.max(1),
+            closed: Cell::new(false),
+        }
     }
 
     pub fn try_send(&self, item: Out) -> Result<(), QueueError> {
@@ -67,6 +72,14 @@ impl OutQueue {
             items.shrink_to(KEEP_CAPACITY);
         }
         item
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.borrow().is_empty()
     }
 
     /// The consumer is gone: further sends fail.

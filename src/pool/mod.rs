@@ -85,6 +85,10 @@ crate::counters! {
         list_subscriptions,
         /// Soft-state writes dropped because the store's queue was full (the next change rewrites them).
         store_queue_full,
+        /// Requests from federated peers, as vouched for by an edge.
+        federated_requests,
+        /// Requests for foreign domains handed to an edge for federation.
+        federated_out,
     }
 }
 
@@ -205,15 +209,17 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         .map(|e| (e.addr, Rc::new(Connector::new(e.addr, &e.name, s.client_tls.clone(), s.handshake_timeout))))
         .collect();
     let stats = Arc::new(NetStats::default());
+    let times = Arc::new(crate::net::conn::NetTimes::default());
     let pstats = Arc::new(PoolStats::default());
     {
-        let (n, p) = (stats.clone(), pstats.clone());
+        let (n, p, t) = (stats.clone(), pstats.clone(), times.clone());
         crate::mgmt::metrics::register(
             "pool",
             id,
             Box::new(move |f| {
                 n.visit(f);
                 p.visit(f);
+                t.handle.visit("handle", f);
             }),
         );
     }
@@ -222,6 +228,7 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         count,
         table: RefCell::new(ConnTable::new(id, 4096, stats.clone())),
         stats,
+        times,
         pstats,
         mesh: senders,
         registrar: RefCell::new(Registrar::new(s.registrar)),
@@ -318,6 +325,7 @@ pub struct Pool {
     count: usize,
     table: RefCell<ConnTable>,
     stats: Arc<NetStats>,
+    times: Arc<crate::net::conn::NetTimes>,
     pub pstats: Arc<PoolStats>,
     mesh: Senders<PoolMsg>,
     registrar: RefCell<Registrar>,
@@ -338,6 +346,9 @@ impl Handler for Pool {
     }
     fn stats(&self) -> &NetStats {
         &self.stats
+    }
+    fn times(&self) -> &crate::net::conn::NetTimes {
+        &self.times
     }
     fn limits(&self) -> &Limits {
         &self.s.limits
@@ -430,6 +441,10 @@ impl Pool {
 
     fn on_request(self: &Rc<Self>, origin: ConnId, msg: Message) {
         let Some(method) = msg.method().cloned() else { return };
+        if msg.header(HeaderName::ParapetFederated).is_some() && method != Method::Options {
+            self.federated_request(origin, msg);
+            return;
+        }
         match method {
             Method::Register => {
                 let key = aor_of(&msg.to().uri);
@@ -495,6 +510,28 @@ impl Pool {
                 }
                 _ => self.route(origin, msg),
             },
+        }
+    }
+
+    /// A request an edge received from a federated peer (which vouched for its From domain): no digest
+    /// authentication, since the user is not ours; only MESSAGE, only From a foreign domain, only to ours.
+    fn federated_request(self: &Rc<Self>, origin: ConnId, msg: Message) {
+        bump(&self.pstats.federated_requests);
+        if self.is_local_host(&msg.from().uri) {
+            self.reply(origin, &msg, 403, "Forbidden: a federated request From our own domain", &[]);
+            return;
+        }
+        if !msg.request_uri_parsed().is_some_and(|u| self.is_local_host(&u)) {
+            self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);
+            return;
+        }
+        match msg.method() {
+            Some(Method::Message) => {
+                let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+                self.to_core(target.as_bytes(), Stage::Route, origin, msg);
+            }
+            Some(Method::Ack) => {}
+            _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers yet", &[]),
         }
     }
 

@@ -88,7 +88,7 @@ impl Pool {
             return;
         };
         if !self.is_local_host(&ruri) {
-            self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);
+            self.route_foreign(origin, msg);
             return;
         }
         if self.s.users.get(&ruri.user_unescaped()).is_none() {
@@ -156,6 +156,50 @@ impl Pool {
         if let Some(t) = txns.map.get_mut(&id) {
             t.outstanding += sent;
         }
+    }
+
+    /// A request of ours for a foreign domain: to the first edge, whose federation routes it (never relayed for a
+    /// federated peer).
+    fn route_foreign(self: &Rc<Self>, origin: ConnId, msg: Message) {
+        let edge = self.s.edges.first().and_then(|p| self.edges.get(&p.addr).map(|c| (p.addr, c.clone())));
+        let Some((addr, connector)) = edge.filter(|_| msg.header(HeaderName::ParapetFederated).is_none()) else {
+            self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);
+            return;
+        };
+        let txn = Txn {
+            origin,
+            request: msg.bytes().clone(),
+            outstanding: 1,
+            done: false,
+            best: None,
+            deadline: Instant::now() + self.s.transaction_timeout,
+        };
+        let Some(id) = self.txns.borrow_mut().insert(txn) else {
+            self.reply(
+                origin,
+                &msg,
+                503,
+                "Service Unavailable: too many transactions",
+                &[(HeaderName::RetryAfter, b"5")],
+            );
+            return;
+        };
+        bump(&self.pstats.federated_out);
+        let route = format!("<sip:fed@{addr};lr>");
+        let mut via = Vec::with_capacity(96);
+        via.extend_from_slice(b"SIP/2.0/TLS ");
+        via.extend_from_slice(self.s.listen.to_string().as_bytes());
+        via.extend_from_slice(b";branch=");
+        write_branch(&mut via, self.id, id, 0);
+        let mut ed = Editor::new(&msg);
+        ed.remove_headers(HeaderName::Route);
+        ed.remove_headers(HeaderName::ProxyAuthorization);
+        ed.prepend_header(HeaderName::Route, route.as_bytes());
+        ed.push_via(&via);
+        ed.set_max_forwards(msg.max_forwards().unwrap_or(70).saturating_sub(1));
+        let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
+        ed.write(&mut out);
+        connector.send(self, out.freeze());
     }
 
     /// The connector for the edge a Path entry names (only configured edges: a forged Path reaches nobody).

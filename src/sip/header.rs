@@ -42,6 +42,9 @@ pub enum HeaderName {
     Date,
     Warning,
     RetryAfter,
+    /// Ours: set by the edge on requests from a federated peer (the value is the peer's domain); removed from
+    /// anything a user sends.
+    ParapetFederated,
     Other,
 }
 
@@ -87,6 +90,7 @@ pub const TABLE: &[(HeaderName, &str, Option<u8>, &str)] = &[
     (HeaderName::Date, "Date", None, "RFC 3261"),
     (HeaderName::Warning, "Warning", None, "RFC 3261"),
     (HeaderName::RetryAfter, "Retry-After", None, "RFC 3261"),
+    (HeaderName::ParapetFederated, "P-Parapet-Federated", None, "parapet"),
 ];
 
 // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.

@@ -124,10 +124,15 @@ fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
         let (k, key) = row_of(w);
         last.insert((k.to_string(), key.to_string()), i);
     }
-    batch.into_iter().enumerate().filter(|(i, w)| {
-        let (k, key) = row_of(w);
-        last.get(&(k.to_string(), key.to_string())) == Some(i)
-    }).map(|(_, w)| w).collect()
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, w)| {
+            let (k, key) = row_of(w);
+            last.get(&(k.to_string(), key.to_string())) == Some(i)
+        })
+        .map(|(_, w)| w)
+        .collect()
 }
 
 /// The store thread: operations in order; between them, a look for other writers every [`POLL`]; after any

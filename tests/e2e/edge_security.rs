@@ -125,13 +125,13 @@ fn http_get(port: u16, path: &str) -> Result<String, String> {
 }
 
 /// A scrape of one /metrics endpoint.
-struct Metrics(String);
+pub(crate) struct Metrics(String);
 
 impl Metrics {
-    fn edge(app: &Appliance) -> Metrics {
+    pub(crate) fn edge(app: &Appliance) -> Metrics {
         Metrics(http_get(app.port_base + 3, "/metrics").unwrap_or_else(|e| app.fail(&format!("edge metrics: {e}"))))
     }
-    fn pool(app: &Appliance) -> Metrics {
+    pub(crate) fn pool(app: &Appliance) -> Metrics {
         Metrics(http_get(app.port_base + 4, "/metrics").unwrap_or_else(|e| app.fail(&format!("pool metrics: {e}"))))
     }
     /// Sum over cores of `name{core="N"} v`; None when the counter is not exposed at all.
@@ -150,7 +150,7 @@ impl Metrics {
         }
         found.then_some(sum)
     }
-    fn must(&self, app: &Appliance, name: &str) -> u64 {
+    pub(crate) fn must(&self, app: &Appliance, name: &str) -> u64 {
         self.get(name).unwrap_or_else(|| app.fail(&format!("metric {name} not exposed; scrape:\n{}", self.0)))
     }
 }
@@ -243,7 +243,7 @@ fn tcp_connect(from: Option<Ipv4Addr>, to: SocketAddrV4, rcvbuf: Option<i32>) ->
 // The raw UA
 
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// EOF, reset, TLS alert: the edge closed the connection.
     Closed(String),
     Timeout,
@@ -258,7 +258,7 @@ struct Nonce {
     nc: u32,
 }
 
-struct Ua {
+pub(crate) struct Ua {
     label: String,
     s: StreamOwned<ClientConnection, TcpStream>,
     buf: Vec<u8>,
@@ -277,7 +277,7 @@ struct Ua {
 
 /// A request we sent and how to find its answer.
 #[derive(Clone)]
-struct Sent {
+pub(crate) struct Sent {
     call_id: String,
     cseq: u32,
     bytes: String,
@@ -326,7 +326,7 @@ impl Ua {
         })
     }
 
-    fn connect_ok(app: &Appliance, label: &str, from: Option<Ipv4Addr>) -> Ua {
+    pub(crate) fn connect_ok(app: &Appliance, label: &str, from: Option<Ipv4Addr>) -> Ua {
         Ua::connect(app, label, from).unwrap_or_else(|e| app.fail(&e))
     }
 
@@ -383,7 +383,7 @@ impl Ua {
     }
 
     /// The next request addressed to us (from the inbox first).
-    fn next_request(&mut self, timeout: Duration) -> Result<Message, End> {
+    pub(crate) fn next_request(&mut self, timeout: Duration) -> Result<Message, End> {
         if let Some(m) = self.inbox.pop_front() {
             return Ok(m);
         }
@@ -548,7 +548,7 @@ impl Ua {
 
     /// A whole transaction as our own user: send, answer one challenge (401/407) if we have credentials, return
     /// the final response.
-    fn transaction(
+    pub(crate) fn transaction(
         &mut self,
         method: &str,
         ruri: &str,
@@ -593,7 +593,7 @@ impl Ua {
         Ok(r)
     }
 
-    fn register_ok(&mut self, app: &Appliance, alias: &str) {
+    pub(crate) fn register_ok(&mut self, app: &Appliance, alias: &str) {
         let u = app.user(alias);
         match self.register(&u.alias, &u.password) {
             Ok(r) if r.status() == Some(200) => {}
@@ -610,7 +610,13 @@ impl Ua {
     }
 
     /// Answers `req` (To tag added); returns the bytes, after `edit` has had its way with them.
-    fn answer_with(&mut self, req: &Message, code: u16, reason: &str, edit: impl Fn(String) -> String) -> String {
+    pub(crate) fn answer_with(
+        &mut self,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        edit: impl Fn(String) -> String,
+    ) -> String {
         let mut out = BytesMut::with_capacity(512);
         let tag = format!("a{}", &digest_hex(&self.label)[..8]);
         sip::write_response(&mut out, req, code, reason, Some(tag.as_bytes()), &[], None);
@@ -643,7 +649,7 @@ fn digest_hex(s: &str) -> String {
     md5::Md5::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn text(m: &Message) -> String {
+pub(crate) fn text(m: &Message) -> String {
     String::from_utf8_lossy(m.bytes()).into_owned()
 }
 
@@ -906,6 +912,52 @@ fn tampered_downstream_branch_is_dropped_and_the_true_one_routes() {
         app.fail(&format!("alice's 200 carries internal Vias:\n{}", text(&r)));
     }
     assert_no_internal_leaks(&app);
+}
+
+/// Branches toward the pool (`z9hG4bKu<connection>…`) carry no MAC, so a user must not be able to hand one back:
+/// a user answering with such a branch for every connection id near the ones in use gets nothing through, and no
+/// other user receives a stray response.
+#[test]
+fn forged_upstream_branch_from_a_user_is_refused() {
+    let app = Appliance::start("edge-sec-upbranch");
+    let mut alice = Ua::connect_ok(&app, "alice", None);
+    let mut bob = Ua::connect_ok(&app, "bob", None);
+    alice.register_ok(&app, "alice");
+    bob.register_ok(&app, "bob");
+    let _ = alice.message("carol", "prime").unwrap_or_else(|e| app.fail(&e));
+    let d = app.domain.clone();
+    let to = format!("sip:bob@{d}");
+    let sent = alice.send_request("MESSAGE", &to, "alice", &to, &[], b"injection test");
+    let req = bob.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob got no MESSAGE: {e:?}")));
+    let branch = check_downstream_request(&app, &req);
+
+    let t0 = Metrics::edge(&app).must(&app, "parapet_edge_tokens_refused");
+    let mut forged = 0u64;
+    for core in 0u64..2 {
+        for gen in 0u64..2 {
+            for slot in 0u64..8 {
+                let conn = (core << 48) | (gen << 32) | slot;
+                let up = format!("z9hG4bKu{conn:016x}{:016x}", 7);
+                bob.answer_with(&req, 200, "OK", |s| s.replacen(&branch, &up, 1));
+                forged += 1;
+            }
+        }
+    }
+    match alice.final_response(&sent, Duration::from_millis(1500)) {
+        Err(End::Timeout) => {}
+        Ok(r) => app.fail(&format!("a response with a forged upstream branch reached alice:\n{}", text(&r))),
+        Err(e) => app.fail(&format!("alice's connection failed: {e:?}")),
+    }
+    let t1 = wait_edge_metric(&app, "parapet_edge_tokens_refused", t0 + forged, Duration::from_secs(5));
+    if t1 < t0 + forged {
+        app.fail(&format!("parapet_edge_tokens_refused went {t0} -> {t1}, expected +{forged}"));
+    }
+    bob.answer_with(&req, 200, "OK", |s| s);
+    let r =
+        alice.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("alice got no 200: {e:?}")));
+    if r.status() != Some(200) {
+        app.fail(&format!("alice: expected bob's 200, got\n{}", text(&r)));
+    }
 }
 
 /// Exercises every path that writes to users (challenges, 200s with Contact, requests from the pool, responses

@@ -8,6 +8,7 @@ mod support;
 
 mod challenges;
 mod edge_security;
+mod federation;
 mod interop_pjsip;
 mod lifecycle;
 mod malformed;

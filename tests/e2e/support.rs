@@ -256,6 +256,11 @@ pub struct Appliance {
 impl Appliance {
     /// Start `parapet up --data-dir <scratch>/data --port-base <free>` and wait for PARAPET_READY.
     pub fn start(name: &str) -> Appliance {
+        Appliance::start_with_args(name, &[])
+    }
+
+    /// `start` with extra arguments to `parapet up` (e.g. `--domain partner.test`).
+    pub fn start_with_args(name: &str, args: &[&str]) -> Appliance {
         let scratch = scratch_dir(name);
         let data_dir = scratch.join("data");
         let port_base = free_port_base();
@@ -266,6 +271,7 @@ impl Appliance {
             .arg(&data_dir)
             .arg("--port-base")
             .arg(port_base.to_string())
+            .args(args)
             .current_dir(&scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -352,10 +358,23 @@ impl Appliance {
     /// configs), stop it, append the snippet, then start the two roles with `parapet run -c` ourselves
     /// (pool first), each in its own process group, and wait until the three ports accept connections.
     pub fn start_with_edge_extra(name: &str, snippet: &str) -> Appliance {
-        let mut app = Appliance::start(name);
+        let mut app = Appliance::prepare(name, &[]);
+        app.run_roles(snippet, &[]);
+        app
+    }
+
+    /// The first half of `start_with_edge_extra`: `parapet up` once (data dir, PKI, users, configs), then stopped.
+    pub fn prepare(name: &str, args: &[&str]) -> Appliance {
+        let mut app = Appliance::start_with_args(name, args);
         if app.sigterm_and_wait(Duration::from_secs(30)).is_none() {
             app.fail("`parapet up` did not exit within 30 s of SIGTERM");
         }
+        app
+    }
+
+    /// The second half: append `snippet` to edge.toml, start both roles, wait for their ports and `extra_ports`.
+    pub fn run_roles(&mut self, snippet: &str, extra_ports: &[u16]) {
+        let app = self;
         let edge_cfg = app.data_dir.join("edge.toml");
         let pool_cfg = app.data_dir.join("pool.toml");
         let mut text =
@@ -399,7 +418,8 @@ impl Appliance {
         }
         app.ready_line = format!("parapet run pool.toml + edge.toml (+ {} bytes of edge config)", snippet.len());
         let b = app.port_base;
-        let ports = [b, b + 1, b + 2, b + 3];
+        let mut ports = vec![b, b + 1, b + 2, b + 3];
+        ports.extend_from_slice(extra_ports);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let exited = app.roles.iter_mut().find_map(|(r, c)| c.try_wait().ok().flatten().map(|st| (*r, st)));
@@ -417,7 +437,6 @@ impl Appliance {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        app
     }
 
     /// Pid of the edge process: the role we started, or the child of `parapet up` running edge.toml.
