@@ -49,8 +49,9 @@ impl Flows {
             f.aors.push(aor);
         }
     }
-    pub fn remove(&mut self, id: ConnId) {
-        self.map.remove(&id);
+    /// Forgets the flow; returns the AORs it had registered.
+    pub fn remove(&mut self, id: ConnId) -> Vec<String> {
+        self.map.remove(&id).map(|f| f.aors).unwrap_or_default()
     }
     pub fn len(&self) -> usize {
         self.map.len()

@@ -35,7 +35,7 @@ use crate::net::conn::bump;
 use crate::net::listener::{accept_loop, ensure_port_free, ListenSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
-use crate::sip::{self, Limits, Message, Method, Uri};
+use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
 use token::TokenKey;
 
 crate::counters! {
@@ -300,6 +300,12 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     shard::wait_until(Duration::from_secs(2), || edge.table.borrow().is_empty()).await;
 }
 
+/// Branches of the edge's own notices to the pool.
+const NOTICE_BRANCH_PREFIX: &[u8] = b"z9hG4bKx";
+
+/// The internal event by which the edge tells the pool a registered flow closed.
+pub const FLOW_CLOSED_EVENT: &str = "x-parapet-flow-closed";
+
 /// A message must be complete this long after its first byte arrived (slowloris).
 const MESSAGE_DEADLINE_MS: u64 = 10_000;
 
@@ -350,9 +356,12 @@ impl Handler for Edge {
         }
     }
 
-    fn on_closed(&self, conn: &Rc<Conn>) {
+    fn on_closed(self: &Rc<Self>, conn: &Rc<Conn>) {
         if conn.kind == ConnKind::User {
-            self.flows.borrow_mut().remove(conn.id);
+            let aors = self.flows.borrow_mut().remove(conn.id);
+            if !aors.is_empty() && !crate::shard::draining() {
+                self.flow_closed(conn.id, &aors);
+            }
         }
     }
 
@@ -489,6 +498,10 @@ impl Edge {
             bump(&self.estats.responses_unroutable);
             return;
         };
+        if branch.starts_with(NOTICE_BRANCH_PREFIX) {
+            // The pool's answer to one of our own notices (flow closed): nothing waits for it.
+            return;
+        }
         if token::is_down_branch(branch) {
             self.response_from_user(msg);
         } else if let Some(back) = token::parse_up_branch(branch) {
@@ -501,6 +514,46 @@ impl Edge {
         } else {
             bump(&self.estats.responses_unroutable);
             tracing::debug!("response without our Via branch: dropped");
+        }
+    }
+
+    /// Tells the pool that a registered flow is gone, so its bindings go now rather than at expiry (watchers see the
+    /// user offline at once). One internal NOTIFY per AOR (`Event: x-parapet-flow-closed`, the flow's Path URI in
+    /// `P-Parapet-Flow`); users cannot send that event (the gate refuses it).
+    fn flow_closed(self: &Rc<Self>, flow: ConnId, aors: &[String]) {
+        let mut path = Vec::with_capacity(96);
+        token::write_flow_uri(&self.s.key, &mut path, flow, &self.s.internal_text);
+        for aor in aors {
+            let ruri = format!("sip:{aor}");
+            let via = format!(
+                "SIP/2.0/TLS {};branch={}{:016x}",
+                self.s.internal_text,
+                std::str::from_utf8(NOTICE_BRANCH_PREFIX).unwrap_or("z9hG4bKx"),
+                token::hash(&path)
+            );
+            let from = format!("<sip:edge@{}>;tag=flow", self.s.internal_text);
+            let to = format!("<{ruri}>");
+            let call_id = format!("flow-{:016x}-{}", flow.to_u64(), self.id);
+            let mut out = BytesMut::with_capacity(512);
+            sip::write_request(
+                &mut out,
+                "NOTIFY",
+                ruri.as_bytes(),
+                &[
+                    (HeaderName::Via, via.as_bytes()),
+                    (HeaderName::MaxForwards, b"1"),
+                    (HeaderName::From, from.as_bytes()),
+                    (HeaderName::To, to.as_bytes()),
+                    (HeaderName::CallId, call_id.as_bytes()),
+                    (HeaderName::CSeq, b"1 NOTIFY"),
+                    (HeaderName::Event, FLOW_CLOSED_EVENT.as_bytes()),
+                    (HeaderName::SubscriptionState, b"terminated"),
+                    (HeaderName::ParapetFlow, &path),
+                ],
+                None,
+            );
+            // Best effort: if the pool cannot be reached, the bindings expire on their own.
+            self.pool.send(self, out.freeze());
         }
     }
 

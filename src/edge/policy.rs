@@ -16,6 +16,8 @@ use crate::sip::{Editor, HeaderName, Message, Method, NameAddr, Uri};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
     Draining,
+    /// An event only the edge may send to the pool.
+    InternalEvent,
     Unauthenticated,
     SpoofedFrom,
     TooManyHops,
@@ -52,6 +54,10 @@ pub fn decide(msg: &Message, ctx: &Ctx<'_>) -> Decision {
         && msg.request_uri().and_then(|r| Uri::parse(r).ok()).is_some_and(|u| u.user.is_none() && (ctx.is_myself)(&u));
     if keepalive {
         return Decision::KeepAlive;
+    }
+    // Internal events (edge to pool) must never come from outside.
+    if msg.header(HeaderName::Event).is_some_and(|e| e.len() >= 10 && e[..10].eq_ignore_ascii_case(b"x-parapet-")) {
+        return Decision::Refuse { code: 489, reason: "Bad Event", why: Refusal::InternalEvent };
     }
     if ctx.draining && method != Method::Ack {
         return Decision::Refuse { code: 503, reason: "Service Unavailable: shutting down", why: Refusal::Draining };

@@ -70,6 +70,7 @@ impl Edge {
             Decision::Refuse { code, reason, why } => {
                 let counter = match why {
                     Refusal::Draining => &self.estats.draining_refused,
+                    Refusal::InternalEvent => &self.estats.tokens_refused,
                     Refusal::Unauthenticated => &self.estats.unauthenticated_refused,
                     Refusal::SpoofedFrom => &self.estats.spoofed_from_refused,
                     Refusal::TooManyHops => &self.estats.too_many_hops,

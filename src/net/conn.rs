@@ -337,7 +337,7 @@ pub trait Handler: 'static {
     /// A complete message that parsed.
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
     /// The connection is gone (after removal from the table).
-    fn on_closed(&self, _conn: &Rc<Conn>) {}
+    fn on_closed(self: &Rc<Self>, _conn: &Rc<Conn>) {}
     /// A new connection on a listener, before its TLS handshake: false closes it at once.
     fn admit(&self, _peer: SocketAddr, _kind: ConnKind) -> bool {
         true

@@ -50,6 +50,8 @@ crate::counters! {
         transactions_timed_out,
         mesh_full,
         responses_unmatched,
+        /// Bindings removed because the edge reported their flow closed.
+        bindings_of_closed_flows,
         /// Bindings held by this core (a gauge, updated by the sweep).
         bindings_now,
         /// Forked transactions in flight on this core (a gauge, updated by the sweep).
@@ -99,6 +101,8 @@ pub enum Stage {
     Auth,
     /// Authenticated; on the core owning the target.
     Route,
+    /// An edge's notice that a flow closed; on the core owning the AOR it had registered.
+    FlowClosed,
 }
 
 pub enum PoolMsg {
@@ -445,6 +449,11 @@ impl Pool {
             self.federated_request(origin, msg);
             return;
         }
+        if method == Method::Notify && is_flow_closed_notice(&msg) {
+            let key = msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
+            self.to_core(key.as_bytes(), Stage::FlowClosed, origin, msg);
+            return;
+        }
         match method {
             Method::Register => {
                 let key = aor_of(&msg.to().uri);
@@ -499,6 +508,17 @@ impl Pool {
                         self.to_core(target.as_bytes(), Stage::Route, origin, msg);
                     }
                 }
+            }
+            Stage::FlowClosed => {
+                let aor = msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
+                let flow = msg.header(HeaderName::ParapetFlow).map(flow_key);
+                let removed = flow.map_or(0, |f| self.registrar.borrow_mut().remove_flow(f));
+                if removed > 0 {
+                    self.pstats.bindings_of_closed_flows.add(removed as u64);
+                    self.persist_bindings(&aor);
+                    self.presence_registration(&aor);
+                }
+                self.reply(origin, &msg, 200, "OK", &[]);
             }
             Stage::Route => match msg.method() {
                 Some(Method::Publish) => self.publish(origin, &msg),
@@ -561,6 +581,22 @@ impl Pool {
 
 /// Methods the pool serves.
 const ALLOW: &[u8] = b"REGISTER, MESSAGE, SUBSCRIBE, PUBLISH, OPTIONS";
+
+/// Whether a request is an edge's notice that a flow closed (users cannot send it: the edge refuses the event).
+fn is_flow_closed_notice(msg: &Message) -> bool {
+    msg.header(HeaderName::Event).is_some_and(|e| e.eq_ignore_ascii_case(crate::edge::FLOW_CLOSED_EVENT.as_bytes()))
+}
+
+/// The registrar's name for an edge flow: a hash of the Path URI the edge wrote (the same bytes in the REGISTER
+/// and in the edge's flow-closed notice).
+pub fn flow_key(path: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.trim_ascii() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
 
 /// The AOR key of a URI (user@host, host lowercased).
 pub fn aor_of(uri: &Uri<'_>) -> String {

@@ -239,6 +239,8 @@ impl Pool {
                         .b
                         .into_iter()
                         .map(|b| Binding {
+                            // Same key as at registration, so the edge's flow-closed notice still finds it.
+                            flow: b.path.first().map(|p| super::flow_key(p.as_bytes())),
                             contact: b.contact,
                             contact_params: b.contact_params,
                             instance: b.instance,
@@ -248,7 +250,6 @@ impl Pool {
                             call_id: b.call_id,
                             cseq: b.cseq,
                             expires_at: b.expires_at,
-                            flow: None,
                         })
                         .collect();
                     if self.registrar.borrow_mut().restore(&row.key, bindings, now) {

@@ -40,7 +40,8 @@ impl Pool {
             call_id: msg.call_id(),
             cseq: msg.cseq().seq,
             path: &path,
-            flow: None,
+            // The edge's flow, named by the Path it added: when it reports the flow closed, these bindings go.
+            flow: path.first().map(|p| super::flow_key(p)),
         };
         let now = now_secs();
         let result = self.registrar.borrow_mut().register(&req, now);

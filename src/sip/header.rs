@@ -45,6 +45,8 @@ pub enum HeaderName {
     /// Ours: set by the edge on requests from a federated peer (the value is the peer's domain); removed from
     /// anything a user sends.
     ParapetFederated,
+    /// Ours: the Path URI of a flow the edge reports closed (`Event: x-parapet-flow-closed`, edge to pool only).
+    ParapetFlow,
     Other,
 }
 
@@ -91,6 +93,7 @@ pub const TABLE: &[(HeaderName, &str, Option<u8>, &str)] = &[
     (HeaderName::Warning, "Warning", None, "RFC 3261"),
     (HeaderName::RetryAfter, "Retry-After", None, "RFC 3261"),
     (HeaderName::ParapetFederated, "P-Parapet-Federated", None, "parapet"),
+    (HeaderName::ParapetFlow, "P-Parapet-Flow", None, "parapet"),
 ];
 
 // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.

@@ -400,6 +400,12 @@ impl Agent {
         self.backlog.iter().filter(|e| e.event() == kind).cloned().collect()
     }
 
+    /// Drops every event of `kind` received so far, so that later waits only see what comes after.
+    pub fn discard(&mut self, kind: &str) {
+        let _ = self.pending(kind);
+        self.backlog.retain(|e| e.event() != kind);
+    }
+
     /// Send REGISTER and return the final `reg` event.
     pub fn register(&mut self) -> Json {
         self.send(r#"{"cmd":"register"}"#);
@@ -424,6 +430,15 @@ impl Agent {
     pub fn check(&self, cond: bool, msg: impl FnOnce() -> String) {
         if !cond {
             self.fail(&msg());
+        }
+    }
+
+    /// Kill the agent's process at once (a crashed client: no unregister, no unpublish, its TCP connection reset).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.stdin.take();
+            support::signal_group(child.id(), libc::SIGKILL);
+            let _ = support::wait_timeout(&mut child, Duration::from_secs(5));
         }
     }
 

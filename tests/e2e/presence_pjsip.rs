@@ -77,6 +77,29 @@ fn pjsip_presence_publish_and_watch() {
     wait_state(&mut alice, &bob_uri, "offline", "", Some(""));
 }
 
+/// bob's client dies without unregistering or unpublishing: the edge sees its flow close and tells the pool, which
+/// drops the bindings registered through it at once, so alice sees bob offline within seconds, not at expiry.
+#[test]
+fn pjsip_presence_crashed_client_goes_offline_at_once() {
+    let app = Appliance::start("presence-crash");
+    let mut alice = registered(&app, "alice", "alice");
+    let mut bob = registered(&app, "bob", "bob");
+    let bob_uri = aor(&app, "bob");
+    subscribe(&mut alice, &bob_uri);
+    publish(&mut bob, "online", "Here");
+    wait_state(&mut alice, &bob_uri, "online", "", Some("Here"));
+    // Forget older states (the first NOTIFY said offline): only what follows the crash counts.
+    alice.discard("buddy_state");
+    let started = std::time::Instant::now();
+    bob.crash();
+    wait_state(&mut alice, &bob_uri, "offline", "", None);
+    let took = started.elapsed();
+    alice.check(took < Duration::from_secs(5), || format!("bob went offline only after {took:?}"));
+    // And a MESSAGE to him is answered as to an offline user.
+    let r = alice.message(&bob_uri, "are you there?");
+    alice.check(r.int("code") == Some(480), || format!("MESSAGE to crashed bob: {r}"));
+}
+
 /// bob on two devices: alice sees one aggregated state, the most available one, with the note of the most
 /// recent change.
 #[test]
