@@ -31,6 +31,10 @@ enum Cmd {
         /// Also create users load1..loadN (for loadgen and the benchmarks).
         #[arg(long, default_value_t = 0)]
         load_users: usize,
+        /// `off` lifts the edge's per-address flood limits, for benchmarks that open thousands of connections
+        /// from one address; leave them `on` anywhere else.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        flood_limits: String,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
@@ -49,6 +53,11 @@ enum Cmd {
         config: PathBuf,
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+    /// Federation operations.
+    Federation {
+        #[command(subcommand)]
+        cmd: FederationCmd,
     },
     /// Users' contact lists in the pool's store.
     Contacts {
@@ -79,6 +88,17 @@ enum PolicyCmd {
     Delete {
         owner: String,
         target: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FederationCmd {
+    /// Connects to DOMAIN's partner edge as our edge would; reports certificate, trust, TLS and an OPTIONS.
+    Test {
+        domain: String,
+        /// Our edge's config (its [edge.federation] table, certificate and key are used).
+        #[arg(short, long)]
+        config: PathBuf,
     },
 }
 
@@ -132,9 +152,16 @@ fn contacts(config: &std::path::Path, cmd: ContactsCmd) -> Result<String, String
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Up { data_dir, port_base, cores, domain, load_users } => {
+        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
-            parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions { data_dir, port_base, cores, domain, load_users })
+            parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
+                data_dir,
+                port_base,
+                cores,
+                domain,
+                load_users,
+                flood_limits: flood_limits == "on",
+            })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)
@@ -143,6 +170,7 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
+        Cmd::Federation { cmd: FederationCmd::Test { domain, config } } => parapet::mgmt::probe::run(&config, &domain),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

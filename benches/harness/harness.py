@@ -237,7 +237,8 @@ class Parapet(Server):
     def start(self):
         self.log_path = os.path.join(OUT, "parapet.log")
         argv = ["taskset", "-c", self.args.server_cpu, PARAPET, "up", "--data-dir", DATA, "--port-base",
-                str(PORTS["parapet"]), "--load-users", str(LOAD_USERS), "--cores", "1"]
+                str(PORTS["parapet"]), "--load-users", str(LOAD_USERS), "--cores", "1",
+                "--flood-limits", "off"]
         self.spawn(argv, self.log_path, stdout=subprocess.PIPE, text=True)
         ready = {}
 

@@ -24,7 +24,7 @@ use super::downstream::DownTxn;
 use super::{token, Edge};
 use crate::config::FederationConfig;
 use crate::net::conn::bump;
-use crate::net::{tls, Conn, ConnId, Connector};
+use crate::net::{tls, Conn, ConnId, ConnKind, Connector};
 use crate::sip::{Editor, HeaderName, Message, Method, Uri};
 
 /// The user part of the Route with which the pool hands us a request for a foreign domain.
@@ -58,13 +58,12 @@ impl FedSettings {
             client_tls,
         })
     }
+}
 
-    /// Certificate names admitted on the federation listener.
-    pub fn admitted_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.cfg.partners.iter().map(|p| p.cert_name.clone()).collect();
-        v.extend(self.cfg.clearinghouses.iter().map(|c| c.name.clone()));
-        v
-    }
+/// Whether a peer with these certificate names is a partner or clearinghouse of `cfg`.
+pub fn admits(cfg: &FederationConfig, names: &[String]) -> bool {
+    let has = |n: &str| names.iter().any(|m| m.eq_ignore_ascii_case(n));
+    cfg.partners.iter().any(|p| has(&p.cert_name)) || cfg.clearinghouses.iter().any(|c| has(&c.name))
 }
 
 /// Where a request for a foreign domain goes: the peer's certificate name and address.
@@ -140,9 +139,10 @@ impl Edge {
             self.reply(conn.id, msg, 503, "Service Unavailable: shutting down");
             return;
         }
-        let domains = speaks_for(&fed.cfg, &conn.peer_names);
+        let Some(table) = self.fed_table.borrow().clone() else { return };
+        let domains = speaks_for(&table, &conn.peer_names);
         let from = host_lower(&msg.from().uri);
-        if !may_speak(&fed.cfg, &fed.domain, &domains, &from) {
+        if !may_speak(&table, &fed.domain, &domains, &from) {
             bump(&self.estats.federation_spoofed_from);
             tracing::warn!(peer = %conn.peer, names = ?conn.peer_names, %from, "federated request From a domain the peer does not speak for");
             self.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");
@@ -211,9 +211,10 @@ impl Edge {
             self.reply(from, &msg, 416, "Unsupported URI Scheme");
             return;
         };
-        let Some(target) = route_for(&fed.cfg, &domain) else {
+        let Some(table) = self.fed_table.borrow().clone() else { return };
+        let Some(target) = route_for(&table, &domain) else {
             bump(&self.estats.federation_refused);
-            let blocked = fed.cfg.blocked_domains.contains(&domain);
+            let blocked = table.blocked_domains.contains(&domain);
             let (code, reason) =
                 if blocked { (403, "Forbidden: domain blocked") } else { (404, "Not Found: no federation route") };
             self.reply(from, &msg, code, reason);
@@ -264,6 +265,41 @@ impl Edge {
                 Rc::new(Connector::new(t.addr, &t.name, fed.client_tls.clone(), self.s.handshake_timeout))
             })
             .clone()
+    }
+}
+
+impl Edge {
+    /// Once a second, from the sweep: when a reload published a new table, take it, forget connectors to peers it
+    /// no longer routes to, and close the federation connections of peers it no longer admits.
+    pub(super) fn apply_federation_reload(&self) {
+        let generation = super::reload::generation();
+        if generation == self.fed_generation.get() {
+            return;
+        }
+        self.fed_generation.set(generation);
+        let Some(new) = super::reload::current() else { return };
+        if self.s.fed.is_none() {
+            return;
+        }
+        *self.fed_table.borrow_mut() = Some(new.clone());
+        bump(&self.estats.federation_reloads);
+        let routed = |name: &str, addr: SocketAddr| {
+            new.partners.iter().any(|p| p.cert_name == name && p.addr == addr)
+                || new.clearinghouses.iter().any(|c| c.name == name && c.addr == addr)
+        };
+        self.partners.borrow_mut().retain(|name, c| routed(name, c.addr));
+        let table = self.table.borrow();
+        let mut cut = 0u64;
+        for c in table.iter() {
+            let federated = c.kind == ConnKind::Partner || (c.kind == ConnKind::PeerOut && !self.is_pool(c));
+            if federated && !admits(&new, &c.peer_names) {
+                tracing::info!(peer = %c.peer, names = ?c.peer_names, "federation peer removed by reload: closing");
+                table.close(c.id);
+                cut += 1;
+            }
+        }
+        self.estats.federation_peers_cut.add(cut);
+        tracing::info!(core = self.id, generation, closed = cut, "federation table applied");
     }
 }
 

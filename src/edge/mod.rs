@@ -18,6 +18,7 @@ pub mod federation;
 pub mod flows;
 pub mod guard;
 pub mod policy;
+pub mod reload;
 pub mod token;
 pub mod upstream;
 
@@ -78,6 +79,10 @@ crate::counters! {
         federation_spoofed_from,
         /// Federated requests refused otherwise (method, domain not ours, no route, blocked).
         federation_refused,
+        /// Federation connections closed because a reloaded table no longer admits their peer.
+        federation_peers_cut,
+        /// Federation tables this core applied after a reload.
+        federation_reloads,
     }
 }
 
@@ -186,6 +191,9 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
         ensure_port_free(f.listen, "[edge.federation] listen").map_err(|e| e.to_string())?;
     }
     let settings = Arc::new(EdgeSettings::from_config(cfg)?);
+    if let Some(f) = &e.federation {
+        reload::install(f);
+    }
     shard::start("edge", &e.cores, 4096, io_memory, move |shard: Shard<EdgeMsg>| {
         let settings = settings.clone();
         async move { run_core(shard, settings).await }
@@ -226,6 +234,8 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         guard: RefCell::new(guard::Guard::new(s.flood)),
         scratch: RefCell::new(Vec::with_capacity(256)),
         partners: RefCell::default(),
+        fed_table: RefCell::new(s.fed.as_ref().map(|f| Arc::new(f.cfg.clone()))),
+        fed_generation: std::cell::Cell::new(reload::generation()),
     });
     for (_, rx) in receivers.streams() {
         let edge = edge.clone();
@@ -274,7 +284,8 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         tls: f.server_tls.clone(),
         kind: ConnKind::Partner,
         handshake_timeout: s.handshake_timeout,
-        admit_names: Some(f.admitted_names()),
+        // Admitted by the table in force on this core ([`Handler::admit_peer`]), which a reload may change.
+        admit_names: None,
         connections_max: s.connections_max,
     });
     let c = async {
@@ -325,6 +336,10 @@ pub struct Edge {
     scratch: RefCell<Vec<u8>>,
     /// Connectors to federation peers, by certificate name (made on first use).
     partners: federation::PartnerConnectors,
+    /// This core's copy of the federation table (replaced on reload, see [`reload`]).
+    fed_table: RefCell<Option<Arc<crate::config::FederationConfig>>>,
+    /// The reload generation `fed_table` comes from.
+    fed_generation: std::cell::Cell<u64>,
 }
 
 impl Handler for Edge {
@@ -377,6 +392,16 @@ impl Handler for Edge {
                 self.ban(peer.ip(), reason);
                 false
             }
+        }
+    }
+
+    fn admit_peer(&self, kind: ConnKind, names: &[String]) -> bool {
+        if kind != ConnKind::Partner {
+            return true;
+        }
+        match self.fed_table.borrow().as_ref() {
+            Some(t) => federation::admits(t, names),
+            None => false,
         }
     }
 
@@ -570,6 +595,7 @@ impl Edge {
 
     /// Once a second: expire transactions toward users, refresh gauges.
     fn sweep(self: &Rc<Self>) {
+        self.apply_federation_reload();
         let now = std::time::Instant::now();
         let expired = self.down.borrow_mut().expire(now);
         let mut guard = self.guard.borrow_mut();

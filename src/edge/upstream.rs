@@ -112,7 +112,8 @@ impl Edge {
             return;
         }
         let status = msg.status().unwrap_or(0);
-        if status == 403 {
+        // Only failed credentials count toward the lockout (not, say, a registrar limit or a policy refusal).
+        if status == 403 && msg.reason() == Some(crate::pool::auth::AUTH_FAILED_REASON.as_bytes()) {
             self.auth_failed(back);
         }
         if status >= 200 {

@@ -217,16 +217,36 @@ pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
+type ReloadHook = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+static RELOAD: std::sync::OnceLock<ReloadHook> = std::sync::OnceLock::new();
+
+/// What `POST /reload` runs (set once by the process that has something to reload).
+pub fn on_reload(hook: ReloadHook) {
+    let _ = RELOAD.set(hook);
+}
+
+fn reload() -> (&'static str, &'static str, String) {
+    match RELOAD.get().map(|f| f()) {
+        Some(Ok(summary)) => ("200 OK", "text/plain", format!("{summary}\n")),
+        Some(Err(e)) => ("422 Unprocessable Entity", "text/plain", format!("{e}\n")),
+        None => ("404 Not Found", "text/plain", "nothing to reload in this process\n".to_string()),
+    }
+}
+
 fn handle(mut stream: std::net::TcpStream) {
     let mut buf = [0u8; 2048];
     let n = stream.read(&mut buf).unwrap_or(0);
     let head = buf.get(..n).unwrap_or(&[]);
     let path = head.split(|b| *b == b' ').nth(1).unwrap_or(b"");
+    let post = head.starts_with(b"POST ");
     let (status, ctype, body) = match path {
+        b"/reload" if post => reload(),
+        b"/reload" => ("405 Method Not Allowed", "text/plain", "use POST /reload\n".to_string()),
         b"/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
         b"/health" => ("200 OK", "text/plain", "ok\n".to_string()),
         b"/bans" => ("200 OK", "text/plain", render_bans()),
-        _ => ("404 Not Found", "text/plain", "try /metrics, /health or /bans\n".to_string()),
+        _ => ("404 Not Found", "text/plain", "try /metrics, /health, /bans or POST /reload\n".to_string()),
     };
     let _ = write!(
         stream,

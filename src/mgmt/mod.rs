@@ -2,5 +2,6 @@
 //! (`up`: PKI, demo users, configs, and one edge and one pool as child processes).
 
 pub mod metrics;
+pub mod probe;
 pub mod run;
 pub mod up;

@@ -1,4 +1,5 @@
-//! Running the roles a config names in this process, until SIGTERM or SIGINT.
+//! Running the roles a config names in this process, until SIGTERM or SIGINT; SIGHUP (or `POST /reload` on the
+//! management listener) reloads the edge's federation table from the same file ([`crate::edge::reload`]).
 
 use std::path::Path;
 
@@ -12,6 +13,7 @@ fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::sigaddset(&mut set, libc::SIGCHLD);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
@@ -58,6 +60,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     if let Some(m) = &cfg.mgmt {
         crate::mgmt::metrics::serve(m.listen).map_err(|e| e.to_string())?;
     }
+    if cfg.edge.as_ref().is_some_and(|e| e.federation.is_some()) {
+        let path = config_path.to_path_buf();
+        crate::mgmt::metrics::on_reload(Box::new(move || reload(&path)));
+    }
     let mut handles = Vec::new();
     if cfg.pool.is_some() {
         handles.extend(crate::pool::start(&cfg, io_memory)?);
@@ -72,6 +78,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         let sig = wait_signal(&set);
         if sig == libc::SIGINT || sig == libc::SIGTERM {
             break;
+        }
+        if sig == libc::SIGHUP {
+            let _ = reload(config_path);
         }
     }
     tracing::info!("stopping: draining transactions in flight, then closing connections");
@@ -88,6 +97,20 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the federation table, logging the outcome (a refused file leaves the table in force).
+fn reload(config_path: &Path) -> Result<String, String> {
+    match crate::edge::reload::reload(config_path) {
+        Ok(summary) => {
+            tracing::info!(config = %config_path.display(), "{summary}");
+            Ok(summary)
+        }
+        Err(e) => {
+            tracing::error!(config = %config_path.display(), "{e}; the table in force stays");
+            Err(e.to_string())
+        }
+    }
 }
 
 /// Longest a SIGTERM waits for the cores (their own drain takes up to 5 s, closing up to 2 s more).

@@ -19,7 +19,15 @@ pub struct UpOptions {
     pub domain: String,
     /// Extra users load1..loadN for loadgen and the benchmarks.
     pub load_users: usize,
+    /// false: per-address flood limits lifted (a benchmark from one address), said loudly in the output.
+    pub flood_limits: bool,
 }
+
+/// Flood limits a benchmark cannot reach from one address (message size, in-flight and queue limits stay).
+const NO_FLOOD_LIMITS: &str = "\n[edge.flood]\nconnections_per_ip_max = 4000000000\n\
+    new_connections_per_ip_per_s = 1000000000.0\nmessages_per_ip_per_s = 1000000000.0\n\
+    messages_per_ip_burst = 1000000000.0\nmessages_per_user_per_s = 1000000000.0\n\
+    messages_per_user_burst = 1000000000.0\n";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longer than a role's own drain deadline, so children exit by themselves.
@@ -75,6 +83,7 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         pool = addr(pool_port),
         internal = addr(internal_port),
     );
+    let edge_toml = if o.flood_limits { edge_toml } else { format!("{edge_toml}{NO_FLOOD_LIMITS}") };
     let edge_cfg = dir.join("edge.toml");
     let pool_cfg = dir.join("pool.toml");
     std::fs::write(&edge_cfg, edge_toml).map_err(|e| ctx("cannot write", &edge_cfg, e))?;
@@ -123,6 +132,12 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         addr(o.port_base + 4)
     );
     let _ = writeln!(out, "  configs        {} and {}", edge_cfg.display(), pool_cfg.display());
+    if !o.flood_limits {
+        let _ = writeln!(
+            out,
+            "  WARNING        per-address flood limits are OFF (--flood-limits off): for benchmarks only"
+        );
+    }
     let _ = writeln!(out, "Stop with Ctrl-C.");
     drop(out);
 

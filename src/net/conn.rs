@@ -342,6 +342,11 @@ pub trait Handler: 'static {
     fn admit(&self, _peer: SocketAddr, _kind: ConnKind) -> bool {
         true
     }
+    /// A mutual-TLS peer after its handshake (and the listener's own name check), by its certificate names:
+    /// false closes it.
+    fn admit_peer(&self, _kind: ConnKind, _names: &[String]) -> bool {
+        true
+    }
     /// An admitted connection has ended, whether or not its handshake completed.
     fn release(&self, _peer: SocketAddr, _kind: ConnKind) {}
 }

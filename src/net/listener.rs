@@ -152,6 +152,11 @@ async fn handshake_and_drive<H: Handler>(
             return;
         }
     }
+    if !handler.admit_peer(spec.kind, &names) {
+        bump(&handler.stats().peers_refused);
+        tracing::warn!(%peer, ?names, "peer certificate names not admitted by the current table: closing");
+        return;
+    }
     let (conn, rx) = handler.table().borrow_mut().insert(spec.kind, peer, names);
     drive(tls, conn, rx, handler).await;
 }

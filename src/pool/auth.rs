@@ -12,6 +12,11 @@ use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{self, DigestChallenge, HeaderName, Message, Method};
 
+/// The reason phrase of a 403 for failed digest authentication, whether the user is unknown or the response wrong
+/// (the same words, so that the answer does not tell which users exist). The edge counts these, and only these,
+/// toward an address's lockout.
+pub const AUTH_FAILED_REASON: &str = "Forbidden: wrong credentials";
+
 impl Pool {
     /// The authenticated user, or None once the request has been answered (challenge or refusal).
     pub(crate) fn authenticate(self: &Rc<Self>, origin: ConnId, msg: &Message) -> Option<UserRec> {
@@ -31,7 +36,7 @@ impl Pool {
             return None;
         };
         let Some(user) = self.s.users.get(c.username) else {
-            return self.refuse(origin, msg, "Forbidden");
+            return self.refuse(origin, msg, AUTH_FAILED_REASON);
         };
         if user.aor != claimed {
             return self.refuse(origin, msg, "Forbidden: credentials are for another identity");
@@ -65,7 +70,7 @@ impl Pool {
         let method = msg.method_bytes().unwrap_or(b"");
         if !digest::verify(alg, ha1.as_bytes(), method, c.uri, c.nonce, c.nc, c.cnonce, c.qop, c.response) {
             tracing::info!(user = %user.alias, "digest response does not match: refused");
-            return self.refuse(origin, msg, "Forbidden: wrong credentials");
+            return self.refuse(origin, msg, AUTH_FAILED_REASON);
         }
         match self.nonces.borrow_mut().check(c.nonce, nc, now) {
             NonceCheck::Fresh => Some(user.clone()),

@@ -360,9 +360,25 @@ impl Registrar {
             }
         }
 
-        // Only growth is refused: an AOR already above a lowered limit can still refresh or shrink.
+        // A full AOR gives way to a new registration: the binding closest to expiry that this request did not
+        // touch goes (a device that reconnected leaves its old binding behind until it expires; refusing would
+        // lock the user out). Only a request that by itself brings more contacts than the limit is refused, and
+        // an AOR already above a lowered limit can still refresh or shrink.
         if work.len() > self.limits.bindings_per_aor_max && work.len() > before {
-            return Err(RegError::TooManyBindings);
+            while work.len() > self.limits.bindings_per_aor_max.max(before) {
+                let oldest = work
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, touched))| !touched)
+                    .min_by_key(|(_, (b, _))| b.expires_at)
+                    .map(|(i, _)| i);
+                match oldest {
+                    Some(i) => {
+                        work.remove(i);
+                    }
+                    None => return Err(RegError::TooManyBindings),
+                }
+            }
         }
         if !work.is_empty() && !self.aors.contains_key(req.aor) && self.aors.len() >= self.limits.aors_max {
             // Reclaim expired AORs at most once a second before refusing.
@@ -547,9 +563,20 @@ mod tests {
         let cs =
             [contact("sip:alice@10.0.0.1:5061"), contact("sip:Alice@10.0.0.1:5061"), contact("sip:alice@10.0.0.1")];
         assert_eq!(r.register(&req(A, &cs, "c", 1), 0).expect("ok").len(), 3);
+        // At the limit, a new contact displaces the binding closest to expiry.
         let cs = [contact("sip:alice@10.0.0.1:5061;transport=tcp")];
-        assert_eq!(r.register(&req(A, &cs, "c", 2), 0), Err(RegError::TooManyBindings));
+        let after = r.register(&req(A, &cs, "c", 2), 0).expect("displaces");
+        assert_eq!(after.len(), 3);
+        assert!(after.iter().any(|b| b.contact == "sip:alice@10.0.0.1:5061;transport=tcp"));
         assert_eq!(r.binding_count(), 3);
+        // A single request with more contacts than the limit is still refused.
+        let many = [
+            contact("sip:alice@10.0.0.2"),
+            contact("sip:alice@10.0.0.3"),
+            contact("sip:alice@10.0.0.4"),
+            contact("sip:alice@10.0.0.5"),
+        ];
+        assert_eq!(r.register(&req(A, &many, "d", 1), 0), Err(RegError::TooManyBindings));
     }
 
     #[test]

@@ -9,6 +9,8 @@ mod support;
 mod challenges;
 mod edge_security;
 mod federation;
+mod federation_kamailio;
+mod federation_ops;
 mod interop_pjsip;
 mod lifecycle;
 mod malformed;

@@ -187,8 +187,10 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<String, Strin
 pub fn free_port_base() -> u16 {
     static NEXT: Mutex<Option<u16>> = Mutex::new(None);
     let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
-    const LO: u32 = 20_000;
-    const SPAN: u32 = 30_000;
+    // Below the kernel's ephemeral range (32768..), so no client connection takes a port between the check and
+    // the appliance's bind.
+    const LO: u32 = 12_000;
+    const SPAN: u32 = 20_000;
     let mut base = next.unwrap_or_else(|| {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);

@@ -1,0 +1,117 @@
+//! Hot reload of the federation table (SIGHUP, `POST /reload`): the edge config file is read again and validated
+//! in full (TOML, every key, the CA and our certificate); a bad file is rejected with the reason and the table in
+//! force stays. A good one is published here, behind a mutex and a generation number.
+//!
+//! Each core owns its own copy of the table (an `Arc`, read without locking on the data path). Its once-a-second
+//! sweep compares the generation with the one it applied; only when it moved does it take the mutex, swap its
+//! copy, drop connectors to peers no longer routed to, and close the federation connections whose certificate
+//! names the new table no longer admits (counted in `federation_peers_cut`). Other connections stay up.
+//!
+//! What cannot change without a restart (the federation listener's address and CA file, turning federation on
+//! or off) is refused with the key named.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, ConfigError, FederationConfig};
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static TABLE: Mutex<Option<Arc<FederationConfig>>> = Mutex::new(None);
+
+/// Why a reload was refused; the table in force stays.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file does not parse or validate.
+    Config(ConfigError),
+    /// A key whose change needs a restart, or a file it names that cannot be used.
+    Key { key: &'static str, detail: String },
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Config(e) => write!(f, "reload refused: {e}"),
+            ReloadError::Key { key, detail } => write!(f, "reload refused: config: {key}: {detail}"),
+        }
+    }
+}
+impl std::error::Error for ReloadError {}
+
+/// The table the edge starts with (before the cores start).
+pub fn install(initial: &FederationConfig) {
+    let mut t = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    *t = Some(Arc::new(initial.clone()));
+}
+
+/// Moves on each successful reload.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// The table last published.
+pub fn current() -> Option<Arc<FederationConfig>> {
+    TABLE.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Reads `config_path` again and, when it is valid, publishes its federation table. Returns a summary.
+pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
+    let cfg = Config::load(config_path).map_err(ReloadError::Config)?;
+    cfg.validate().map_err(ReloadError::Config)?;
+    let edge = cfg
+        .edge
+        .as_ref()
+        .ok_or(ReloadError::Key { key: "[edge]", detail: "missing (the edge cannot be removed by a reload)".into() })?;
+    let new = edge.federation.as_ref().ok_or(ReloadError::Key {
+        key: "[edge.federation]",
+        detail: "missing (turning federation off needs a restart)".into(),
+    })?;
+    let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let old = table.as_ref().ok_or(ReloadError::Key {
+        key: "[edge.federation]",
+        detail: "not configured at start (turning federation on needs a restart)".into(),
+    })?;
+    if new.listen != old.listen {
+        let detail = format!("changed from {} to {} (needs a restart)", old.listen, new.listen);
+        return Err(ReloadError::Key { key: "[edge.federation] listen", detail });
+    }
+    if new.ca != old.ca {
+        let detail = format!("changed from {} to {} (needs a restart)", old.ca.display(), new.ca.display());
+        return Err(ReloadError::Key { key: "[edge.federation] ca", detail });
+    }
+    // The certificates and the CA must still load, exactly as at start.
+    super::federation::FedSettings::new(new, &cfg.domain, &edge.cert, &edge.key)
+        .map_err(|detail| ReloadError::Key { key: "[edge.federation]", detail })?;
+    let summary = summarize(old, new);
+    *table = Some(Arc::new(new.clone()));
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+    Ok(summary)
+}
+
+fn summarize(old: &FederationConfig, new: &FederationConfig) -> String {
+    let names = |c: &FederationConfig| -> Vec<String> {
+        let mut v: Vec<String> = c.partners.iter().map(|p| p.domain.clone()).collect();
+        v.extend(c.clearinghouses.iter().map(|h| h.name.clone()));
+        v
+    };
+    let (before, after) = (names(old), names(new));
+    let added: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
+    let removed: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
+    format!(
+        "federation table reloaded: {} partners, {} clearinghouses, {} blocked domains; added {added:?}, removed {removed:?}",
+        new.partners.len(),
+        new.clearinghouses.len(),
+        new.blocked_domains.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_is_refused_naming_it() {
+        let e = reload(Path::new("/nonexistent/parapet-edge.toml")).expect_err("no file");
+        assert!(e.to_string().contains("/nonexistent/parapet-edge.toml"), "{e}");
+    }
+}
