@@ -33,7 +33,7 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::config::Config;
 use crate::net::conn::bump;
-use crate::net::listener::{accept_loop, ensure_port_free, ListenSpec};
+use crate::net::listener::{ensure_port_free, listen, ListenSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
 use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
@@ -277,8 +277,6 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         connections_max: s.connections_max,
     };
     tracing::info!(core = id, listen = %s.listen, internal = %s.internal, "edge core ready");
-    let a = accept_loop(users, edge.clone());
-    let b = accept_loop(internal, edge.clone());
     let fed = s.fed.as_ref().map(|f| ListenSpec {
         addr: f.cfg.listen,
         tls: f.server_tls.clone(),
@@ -288,21 +286,19 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         admit_names: None,
         connections_max: s.connections_max,
     });
-    let c = async {
-        match fed {
-            Some(spec) => accept_loop(spec, edge.clone()).await,
-            None => std::future::pending().await,
+    let mut listeners = Vec::with_capacity(3);
+    for spec in [Some(users), Some(internal), fed].into_iter().flatten() {
+        match listen(spec, edge.clone()) {
+            Ok(task) => listeners.push(task),
+            Err(e) => {
+                tracing::error!(core = id, error = %e, "edge listener failed");
+                std::process::exit(1);
+            }
         }
-    };
-    let listening = async { Some(futures_lite::future::or(a, futures_lite::future::or(b, c)).await) };
-    let drain = async {
-        shard::drain_requested().await;
-        None
-    };
-    if let Some(Err(e)) = futures_lite::future::or(listening, drain).await {
-        tracing::error!(core = id, error = %e, "edge listener failed");
-        std::process::exit(1);
     }
+    shard::drain_requested().await;
+    // Stop accepting: dropping the tasks closes the listeners.
+    drop(listeners);
     // Draining: the listeners are closed; let transactions in flight finish, then close every flow so that
     // clients re-register elsewhere at once instead of waiting for a timeout.
     let done = shard::wait_until(s.drain_timeout, || edge.in_flight() == 0).await;

@@ -29,7 +29,7 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::config::Config;
 use crate::net::conn::bump;
-use crate::net::listener::{accept_loop, ensure_port_free, ListenSpec};
+use crate::net::listener::{ensure_port_free, listen, ListenSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, shard_for, Shard};
 use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
@@ -309,15 +309,16 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         connections_max: 10_000,
     };
     tracing::info!(core = id, listen = %s.listen, "pool core ready");
-    let listening = async { Some(accept_loop(spec, pool.clone()).await) };
-    let drain = async {
-        shard::drain_requested().await;
-        None
+    let listener = match listen(spec, pool.clone()) {
+        Ok(task) => task,
+        Err(e) => {
+            tracing::error!(core = id, error = %e, "pool listener failed");
+            std::process::exit(1);
+        }
     };
-    if let Some(Err(e)) = futures_lite::future::or(listening, drain).await {
-        tracing::error!(core = id, error = %e, "pool listener failed");
-        std::process::exit(1);
-    }
+    shard::drain_requested().await;
+    // Stop accepting: dropping the task closes the listener.
+    drop(listener);
     let done = shard::wait_until(Duration::from_secs(5), || pool.txns.borrow().is_empty()).await;
     tracing::info!(core = id, finished = done, "pool draining: closing connections");
     pool.table.borrow().close_all();
