@@ -16,12 +16,12 @@ use crate::net::ConnId;
 use crate::sip::{Editor, HeaderName, Message, NameAddr};
 
 /// A request sent to a user, waiting for its final response.
-pub(super) struct DownTxn {
+struct DownTxn {
     /// The connection (to the pool) the response goes back on.
-    pub(super) back: ConnId,
+    back: ConnId,
     /// The Via values we removed, in order, joined as one header value.
-    pub(super) vias: Bytes,
-    pub(super) deadline: Instant,
+    vias: Bytes,
+    deadline: Instant,
 }
 
 /// Transactions toward the users of one core, bounded.
@@ -37,7 +37,7 @@ impl DownTxns {
         DownTxns { map: HashMap::new(), core: core as u64, next: 0, max }
     }
 
-    pub(super) fn insert(&mut self, t: DownTxn) -> Option<u64> {
+    fn insert(&mut self, t: DownTxn) -> Option<u64> {
         if self.map.len() >= self.max {
             return None;
         }
@@ -97,10 +97,28 @@ impl Edge {
             self.reply(from, &msg, 430, "Flow Failed");
             return;
         }
+        let Some((id, out)) = self.hide_internal_hops(from, &msg, &self.s.listen_text) else { return };
+        if self.table.borrow().send(flow, &out).is_err() {
+            self.down.borrow_mut().map.remove(&id);
+            bump(&self.estats.flows_failed);
+            self.reply(from, &msg, 430, "Flow Failed");
+        }
+    }
+
+    /// A request leaving the edge (toward a user or a partner) with its internal hops hidden: its Vias wait in a
+    /// transaction on this core, named by the MAC'd branch of the single Via it carries out (at `via_host`), and
+    /// Route, Record-Route, Path, Proxy-Authorization and our internal marks are gone. None when it was answered
+    /// here instead (483, or 503 when the transaction table is full).
+    pub(super) fn hide_internal_hops(
+        self: &Rc<Self>,
+        from: ConnId,
+        msg: &Message,
+        via_host: &str,
+    ) -> Option<(u64, Bytes)> {
         let max_forwards = msg.max_forwards().unwrap_or(70);
         if max_forwards == 0 {
-            self.reply(from, &msg, 483, "Too Many Hops");
-            return;
+            self.reply(from, msg, 483, "Too Many Hops");
+            return None;
         }
         let mut vias = BytesMut::with_capacity(256);
         for v in msg.values(HeaderName::Via) {
@@ -111,29 +129,30 @@ impl Edge {
         }
         let txn = DownTxn { back: from, vias: vias.freeze(), deadline: Instant::now() + self.s.downstream_timeout };
         let Some(id) = self.down.borrow_mut().insert(txn) else {
-            self.reply(from, &msg, 503, "Service Unavailable: too many transactions toward users");
-            return;
+            self.reply(from, msg, 503, "Service Unavailable: too many transactions in progress");
+            return None;
         };
         let mut via = Vec::with_capacity(96);
         via.extend_from_slice(b"SIP/2.0/TLS ");
-        via.extend_from_slice(self.s.listen_text.as_bytes());
+        via.extend_from_slice(via_host.as_bytes());
         via.extend_from_slice(b";branch=");
         token::write_down_branch(&self.s.key, &mut via, id);
-        let mut ed = Editor::new(&msg);
-        ed.remove_headers(HeaderName::Via);
-        ed.remove_headers(HeaderName::Route);
-        ed.remove_headers(HeaderName::RecordRoute);
-        ed.remove_headers(HeaderName::Path);
-        ed.remove_headers(HeaderName::ParapetFederated);
+        let mut ed = Editor::new(msg);
+        for name in [
+            HeaderName::Via,
+            HeaderName::Route,
+            HeaderName::RecordRoute,
+            HeaderName::Path,
+            HeaderName::ProxyAuthorization,
+            HeaderName::ParapetFederated,
+        ] {
+            ed.remove_headers(name);
+        }
         ed.push_via(&via);
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len());
         ed.write(&mut out);
-        if self.table.borrow().send(flow, &out.freeze()).is_err() {
-            self.down.borrow_mut().map.remove(&id);
-            bump(&self.estats.flows_failed);
-            self.reply(from, &msg, 430, "Flow Failed");
-        }
+        Some((id, out.freeze()))
     }
 
     /// A user's response to a request we sent it: restore the internal Vias and return it to the pool.

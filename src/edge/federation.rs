@@ -16,11 +16,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::downstream::DownTxn;
 use super::{token, Edge};
 use crate::config::FederationConfig;
 use crate::net::conn::bump;
@@ -220,41 +218,9 @@ impl Edge {
             self.reply(from, &msg, code, reason);
             return;
         };
-        let max_forwards = msg.max_forwards().unwrap_or(70);
-        if max_forwards == 0 {
-            self.reply(from, &msg, 483, "Too Many Hops");
-            return;
-        }
-        let mut vias = BytesMut::with_capacity(256);
-        for v in msg.values(HeaderName::Via) {
-            if !vias.is_empty() {
-                vias.extend_from_slice(b", ");
-            }
-            vias.extend_from_slice(v);
-        }
-        let txn = DownTxn { back: from, vias: vias.freeze(), deadline: Instant::now() + self.s.downstream_timeout };
-        let Some(id) = self.down.borrow_mut().insert(txn) else {
-            self.reply(from, &msg, 503, "Service Unavailable: too many transactions");
-            return;
-        };
-        let mut via = Vec::with_capacity(96);
-        via.extend_from_slice(b"SIP/2.0/TLS ");
-        via.extend_from_slice(fed.listen_text.as_bytes());
-        via.extend_from_slice(b";branch=");
-        token::write_down_branch(&self.s.key, &mut via, id);
-        let mut ed = Editor::new(&msg);
-        ed.remove_headers(HeaderName::Via);
-        ed.remove_headers(HeaderName::Route);
-        ed.remove_headers(HeaderName::RecordRoute);
-        ed.remove_headers(HeaderName::Path);
-        ed.remove_headers(HeaderName::ProxyAuthorization);
-        ed.remove_headers(HeaderName::ParapetFederated);
-        ed.push_via(&via);
-        ed.set_max_forwards(max_forwards - 1);
-        let mut out = BytesMut::with_capacity(msg.bytes().len());
-        ed.write(&mut out);
+        let Some((_, out)) = self.hide_internal_hops(from, &msg, &fed.listen_text) else { return };
         let connector = self.partner_connector(&target, fed);
-        connector.send(self, out.freeze());
+        connector.send(self, out);
     }
 
     /// This core's connector to a federation peer, made on first use.
