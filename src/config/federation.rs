@@ -27,7 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{invalid, parse_addr, resolve, validate_name, ConfigError};
+use super::validate::validate_name;
+use super::{invalid, parse_addr, resolve, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FederationConfig {

@@ -16,8 +16,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use crate::edge_security::{text, Metrics, Ua};
 use crate::malformed::uniq;
+use crate::rawsip::{text, Metrics, Ua};
 use crate::support::Appliance;
 
 /// Port (offset from the port base) of each edge's federation listener.

@@ -27,8 +27,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use crate::edge_security::{text, Metrics, Ua};
 use crate::malformed::uniq;
+use crate::rawsip::{text, Metrics, Ua};
 use crate::support::{free_port_base, run_bounded, terminate_group, wait_timeout, Appliance, Tail};
 
 /// Port (offset from the appliance's port base) of parapet's federation listener.

@@ -16,8 +16,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use crate::edge_security::{text, Metrics, Ua};
 use crate::malformed::uniq;
+use crate::rawsip::{text, Metrics, Ua};
 use crate::support::{parapet_bin, Appliance};
 
 const FED_PORT: u16 = 5;

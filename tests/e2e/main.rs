@@ -17,3 +17,4 @@ mod malformed;
 mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;
+mod rawsip;
