@@ -102,24 +102,7 @@ impl Pool {
             self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
             return;
         }
-        let txn = Txn {
-            origin,
-            request: msg.bytes().clone(),
-            outstanding: 0,
-            done: false,
-            best: None,
-            deadline: Instant::now() + self.s.transaction_timeout,
-        };
-        let Some(id) = self.txns.borrow_mut().insert(txn) else {
-            self.reply(
-                origin,
-                &msg,
-                503,
-                "Service Unavailable: too many transactions",
-                &[(HeaderName::RetryAfter, b"5")],
-            );
-            return;
-        };
+        let Some(id) = self.open_transaction(origin, &msg, 0) else { return };
         let max_forwards = msg.max_forwards().unwrap_or(70).saturating_sub(1);
         let mut sent = 0;
         for (fork, b) in bindings.iter().enumerate() {
@@ -158,6 +141,25 @@ impl Pool {
         }
     }
 
+    /// A transaction for a request we send on, with `outstanding` branches so far; None (after a 503) when the
+    /// table is full.
+    fn open_transaction(self: &Rc<Self>, origin: ConnId, msg: &Message, outstanding: usize) -> Option<u32> {
+        let txn = Txn {
+            origin,
+            request: msg.bytes().clone(),
+            outstanding,
+            done: false,
+            best: None,
+            deadline: Instant::now() + self.s.transaction_timeout,
+        };
+        let id = self.txns.borrow_mut().insert(txn);
+        if id.is_none() {
+            let retry: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"5")];
+            self.reply(origin, msg, 503, "Service Unavailable: too many transactions", retry);
+        }
+        id
+    }
+
     /// A request of ours for a foreign domain: to the first edge, whose federation routes it (never relayed for a
     /// federated peer).
     fn route_foreign(self: &Rc<Self>, origin: ConnId, msg: Message) {
@@ -166,24 +168,7 @@ impl Pool {
             self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);
             return;
         };
-        let txn = Txn {
-            origin,
-            request: msg.bytes().clone(),
-            outstanding: 1,
-            done: false,
-            best: None,
-            deadline: Instant::now() + self.s.transaction_timeout,
-        };
-        let Some(id) = self.txns.borrow_mut().insert(txn) else {
-            self.reply(
-                origin,
-                &msg,
-                503,
-                "Service Unavailable: too many transactions",
-                &[(HeaderName::RetryAfter, b"5")],
-            );
-            return;
-        };
+        let Some(id) = self.open_transaction(origin, &msg, 1) else { return };
         bump(&self.pstats.federated_out);
         let route = format!("<sip:fed@{addr};lr>");
         let mut via = Vec::with_capacity(96);
