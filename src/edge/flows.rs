@@ -20,6 +20,18 @@ impl Flow {
     pub fn is_authenticated(&self) -> bool {
         !self.aors.is_empty()
     }
+    /// Whether `uri` names one of this flow's identities, as `speaks_for(&aor_of(uri))` but without building the
+    /// AOR string for the common case (checked on every request of a registered flow).
+    pub fn speaks_for_uri(&self, uri: &crate::sip::Uri<'_>) -> bool {
+        let user = uri.user.unwrap_or(b"");
+        if user.is_empty() || user.contains(&b'%') || std::str::from_utf8(user).is_err() {
+            return self.speaks_for(&crate::pool::aor_of(uri));
+        }
+        self.aors.iter().any(|a| {
+            a.split_once('@').is_some_and(|(u, h)| u.as_bytes() == user && h.as_bytes().eq_ignore_ascii_case(uri.host))
+        })
+    }
+
     pub fn speaks_for(&self, aor: &str) -> bool {
         self.aors.iter().any(|a| a == aor)
     }
@@ -64,5 +76,33 @@ impl Flows {
     }
     pub fn authenticated(&self) -> usize {
         self.map.values().filter(|f| f.is_authenticated()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Uri;
+
+    #[test]
+    fn speaks_for_uri_agrees_with_the_aor_key() {
+        let mut flows = Flows::default();
+        let id = ConnId { core: 0, gen: 0, slot: 0 };
+        flows.registered(id, crate::pool::aor_of(&Uri::parse(b"sip:alice@Example.COM").expect("uri")), true);
+        flows.registered(id, crate::pool::aor_of(&Uri::parse(b"sip:b%6Fb@example.com").expect("uri")), true);
+        let f = flows.get(id).expect("flow");
+        for (uri, expect) in [
+            ("sip:alice@example.com", true),
+            ("sip:alice@EXAMPLE.com;transport=tls", true),
+            ("sip:Alice@example.com", false),
+            ("sip:bob@example.com", true),
+            ("sip:b%6fb@example.com", true),
+            ("sip:carol@example.com", false),
+            ("sip:alice@example.org", false),
+        ] {
+            let u = Uri::parse(uri.as_bytes()).expect("uri");
+            assert_eq!(f.speaks_for_uri(&u), expect, "{uri}");
+            assert_eq!(f.speaks_for_uri(&u), f.speaks_for(&crate::pool::aor_of(&u)), "{uri}");
+        }
     }
 }

@@ -9,7 +9,6 @@ use bytes::BytesMut;
 use super::flows::Flow;
 use super::token::{self, TokenKey};
 use crate::net::ConnId;
-use crate::pool::aor_of;
 use crate::sip::{Editor, HeaderName, Message, Method, NameAddr, Uri};
 
 /// Why a request was refused at the edge (each has its counter).
@@ -66,7 +65,7 @@ pub fn decide(msg: &Message, ctx: &Ctx<'_>) -> Decision {
         let Some(flow) = ctx.flow.filter(|f| f.is_authenticated()) else {
             return Decision::Refuse { code: 403, reason: "Forbidden: register first", why: Refusal::Unauthenticated };
         };
-        if !flow.speaks_for(&aor_of(&msg.from().uri)) {
+        if !flow.speaks_for_uri(&msg.from().uri) {
             return Decision::Refuse {
                 code: 403,
                 reason: "Forbidden: From does not match the registered identity",

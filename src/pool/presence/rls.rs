@@ -18,7 +18,7 @@ use super::{event_of, xml};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::pool::{aor_of, now_secs, Pool};
-use crate::sip::{Contact, HeaderName, Message};
+use crate::sip::{HeaderName, Message};
 use crate::store::thread::{Op, Reply};
 use crate::store::ContactRow;
 
@@ -182,20 +182,7 @@ impl Pool {
         rows: Vec<ContactRow>,
         granted: u32,
     ) {
-        let Some(target) = msg.contacts().find_map(|c| match c {
-            Ok(Contact::Addr(na)) => Some(String::from_utf8_lossy(na.uri_raw).to_string()),
-            _ => None,
-        }) else {
-            self.reply(origin, msg, 400, "Bad Request: SUBSCRIBE without Contact", &[]);
-            return;
-        };
-        let route_set: Vec<String> =
-            msg.values(HeaderName::RecordRoute).map(|v| String::from_utf8_lossy(v).to_string()).collect();
-        if route_set.first().and_then(|r| self.edge_for(r)).is_none() {
-            bump(&self.pstats.subscribe_refused);
-            self.reply(origin, msg, 403, "Forbidden: no route back to the watcher", &[]);
-            return;
-        }
+        let Some((target, route_set)) = self.watcher_dialog(origin, msg) else { return };
         let list_key = list_uri.trim_start_matches("sip:").to_string();
         match self.presence.borrow().subs.admit(owner, &list_key) {
             Ok(()) => {}

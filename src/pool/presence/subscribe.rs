@@ -19,6 +19,26 @@ use crate::pool::{aor_of, now_secs, Pool};
 use crate::sip::{Contact, HeaderName, Message};
 
 impl Pool {
+    /// The watcher's end of a new subscription dialog: its Contact (the target of our NOTIFYs) and the
+    /// Record-Route set, which must lead back through one of our edges. None once answered (400 / 403).
+    pub(crate) fn watcher_dialog(self: &Rc<Self>, origin: ConnId, msg: &Message) -> Option<(String, Vec<String>)> {
+        let Some(target) = msg.contacts().find_map(|c| match c {
+            Ok(Contact::Addr(na)) => Some(String::from_utf8_lossy(na.uri_raw).to_string()),
+            _ => None,
+        }) else {
+            self.reply(origin, msg, 400, "Bad Request: SUBSCRIBE without Contact", &[]);
+            return None;
+        };
+        let route_set: Vec<String> =
+            msg.values(HeaderName::RecordRoute).map(|v| String::from_utf8_lossy(v).to_string()).collect();
+        if route_set.first().and_then(|r| self.edge_for(r)).is_none() {
+            bump(&self.pstats.subscribe_refused);
+            self.reply(origin, msg, 403, "Forbidden: no route back to the watcher", &[]);
+            return None;
+        }
+        Some((target, route_set))
+    }
+
     pub(crate) fn subscribe(self: &Rc<Self>, origin: ConnId, msg: &Message) {
         let Some(package) = event_of(msg).and_then(|(p, _)| Package::parse(&p)) else {
             self.reply(origin, msg, 489, "Bad Event", &[(HeaderName::AllowEvents, super::ALLOW_EVENTS)]);
@@ -70,20 +90,7 @@ impl Pool {
             self.reply(origin, msg, 403, "Forbidden: watcher information is for the presentity only", &[]);
             return;
         }
-        let Some(target) = msg.contacts().find_map(|c| match c {
-            Ok(Contact::Addr(na)) => Some(String::from_utf8_lossy(na.uri_raw).to_string()),
-            _ => None,
-        }) else {
-            self.reply(origin, msg, 400, "Bad Request: SUBSCRIBE without Contact", &[]);
-            return;
-        };
-        let route_set: Vec<String> =
-            msg.values(HeaderName::RecordRoute).map(|v| String::from_utf8_lossy(v).to_string()).collect();
-        if route_set.first().and_then(|r| self.edge_for(r)).is_none() {
-            bump(&self.pstats.subscribe_refused);
-            self.reply(origin, msg, 403, "Forbidden: no route back to the watcher", &[]);
-            return;
-        }
+        let Some((target, route_set)) = self.watcher_dialog(origin, msg) else { return };
         let watch = match package {
             Package::Presence => self.presence.borrow().policy.watch(&presentity, &watcher),
             Package::Winfo => Watch::Allow,
