@@ -10,11 +10,16 @@
 //! What cannot change without a restart (the federation listener's address and CA file, turning federation on
 //! or off) is refused with the key named.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::federation::admits;
+use super::Edge;
 use crate::config::{Config, ConfigError, FederationConfig};
+use crate::net::conn::bump;
+use crate::net::ConnKind;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static TABLE: Mutex<Option<Arc<FederationConfig>>> = Mutex::new(None);
@@ -103,6 +108,41 @@ fn summarize(old: &FederationConfig, new: &FederationConfig) -> String {
         new.clearinghouses.len(),
         new.blocked_domains.len()
     )
+}
+
+impl Edge {
+    /// Once a second, from the sweep: when a reload published a new table, take it, forget connectors to peers it
+    /// no longer routes to, and close the federation connections of peers it no longer admits.
+    pub(super) fn apply_federation_reload(&self) {
+        let generation = generation();
+        if generation == self.fed_generation.get() {
+            return;
+        }
+        self.fed_generation.set(generation);
+        let Some(new) = current() else { return };
+        if self.s.fed.is_none() {
+            return;
+        }
+        *self.fed_table.borrow_mut() = Some(new.clone());
+        bump(&self.estats.federation_reloads);
+        let routed = |name: &str, addr: SocketAddr| {
+            new.partners.iter().any(|p| p.cert_name == name && p.addr == addr)
+                || new.clearinghouses.iter().any(|c| c.name == name && c.addr == addr)
+        };
+        self.partners.borrow_mut().retain(|name, c| routed(name, c.addr));
+        let table = self.table.borrow();
+        let mut cut = 0u64;
+        for c in table.iter() {
+            let federated = c.kind == ConnKind::Partner || (c.kind == ConnKind::PeerOut && !self.is_pool(c));
+            if federated && !admits(&new, &c.peer_names) {
+                tracing::info!(peer = %c.peer, names = ?c.peer_names, "federation peer removed by reload: closing");
+                table.close(c.id);
+                cut += 1;
+            }
+        }
+        self.estats.federation_peers_cut.add(cut);
+        tracing::info!(core = self.id, generation, closed = cut, "federation table applied");
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,91 @@
+//! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+
+use super::super::{token, Edge};
+use super::{host_lower, may_speak, speaks_for};
+use crate::net::conn::bump;
+use crate::net::{Conn, ConnId};
+use crate::sip::{Editor, HeaderName, Message, Method};
+
+/// Methods a federated peer may send us.
+fn allowed(m: Method) -> bool {
+    matches!(m, Method::Message | Method::Subscribe | Method::Notify | Method::Options | Method::Ack)
+}
+
+impl Edge {
+    /// A request from a federated peer: checked, then on to the pool marked as federated.
+    pub(in crate::edge) fn from_partner(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
+        let Some(fed) = self.s.fed.as_ref() else { return };
+        bump(&self.estats.requests_from_partners);
+        let method = msg.method().copied().unwrap_or(Method::Other);
+        if !allowed(method) {
+            bump(&self.estats.federation_refused);
+            self.reply(conn.id, msg, 405, "Method Not Allowed");
+            return;
+        }
+        if method == Method::Ack {
+            return;
+        }
+        if crate::shard::draining() {
+            self.reply(conn.id, msg, 503, "Service Unavailable: shutting down");
+            return;
+        }
+        let Some(table) = self.fed_table.borrow().clone() else { return };
+        let domains = speaks_for(&table, &conn.peer_names);
+        let from = host_lower(&msg.from().uri);
+        if !may_speak(&table, &fed.domain, &domains, &from) {
+            bump(&self.estats.federation_spoofed_from);
+            tracing::warn!(peer = %conn.peer, names = ?conn.peer_names, %from, "federated request From a domain the peer does not speak for");
+            self.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");
+            return;
+        }
+        let Some(ruri) = msg.request_uri_parsed() else {
+            self.reply(conn.id, msg, 416, "Unsupported URI Scheme");
+            return;
+        };
+        if host_lower(&ruri) != fed.domain && !self.is_myself(&ruri) {
+            bump(&self.estats.federation_refused);
+            self.reply(conn.id, msg, 404, "Not Found: domain not served here");
+            return;
+        }
+        if method == Method::Options && ruri.user.is_none() {
+            self.reply(conn.id, msg, 200, "OK");
+            return;
+        }
+        let max_forwards = msg.max_forwards().unwrap_or(70);
+        if max_forwards == 0 {
+            self.reply(conn.id, msg, 483, "Too Many Hops");
+            return;
+        }
+        let salt = msg.top_via().map(|v| token::hash(v.branch().unwrap_or(v.raw))).unwrap_or(0);
+        let mut via = Vec::with_capacity(96);
+        via.extend_from_slice(b"SIP/2.0/TLS ");
+        via.extend_from_slice(self.s.internal_text.as_bytes());
+        via.extend_from_slice(b";branch=");
+        token::write_up_branch(&mut via, conn.id, salt);
+        let received = conn.peer.ip().to_string();
+        let mut ed = Editor::new(msg);
+        ed.remove_headers(HeaderName::Route);
+        ed.remove_headers(HeaderName::ParapetFederated);
+        ed.set_top_via_params(Some(received.as_bytes()), Some(conn.peer.port()));
+        ed.push_via(&via);
+        ed.prepend_header(HeaderName::ParapetFederated, from.as_bytes());
+        ed.set_max_forwards(max_forwards - 1);
+        let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
+        ed.write(&mut out);
+        self.pool.send(self, out.freeze());
+    }
+
+    /// The pool's response to a partner's request, on the partner connection's core: our Via off, then back.
+    pub(in crate::edge) fn response_to_partner(self: &Rc<Self>, back: ConnId, msg: &Message) {
+        bump(&self.estats.responses_routed);
+        let mut ed = Editor::new(msg);
+        ed.pop_via();
+        let mut out = BytesMut::with_capacity(msg.bytes().len());
+        ed.write(&mut out);
+        self.deliver(back, out.freeze());
+    }
+}

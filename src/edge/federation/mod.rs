@@ -1,0 +1,67 @@
+//! Federation at the edge: requests from partner organizations' edges (and clearinghouses) toward our pool, and
+//! our pool's requests for foreign domains toward them, both over mutual TLS.
+//!
+//! Inbound: the federation listener admits only peers whose certificate carries a configured name (RFC 5922:
+//! the subjectAltName DNS names, matched exactly); the connection may speak for the domains the partner table
+//! gives that name. Every request is checked (method, From domain spoken for, Request-URI ours, hop count)
+//! before it reaches the pool, marked with `P-Parapet-Federated: <peer domain>` so that the pool skips digest
+//! authentication (a header the edge removes from anything a user sends). Responses return by our Via.
+//!
+//! Outbound: the pool sends a request for a foreign domain with `Route: <sip:fed@EDGE_INTERNAL;lr>`; the edge
+//! looks the domain up in the routing table (direct partner, clearinghouse, or refuse), hides the internal hops
+//! exactly as toward a user ([`super::downstream`]), and sends it through this core's connector to that peer,
+//! which verifies the peer's certificate name. The response comes back on that connection, under our Via.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::FederationConfig;
+use crate::net::{tls, Connector};
+use crate::sip::Uri;
+
+mod inbound;
+mod outbound;
+mod table;
+
+pub use table::{admits, may_speak, route_for, speaks_for, Target};
+
+/// The user part of the Route with which the pool hands us a request for a foreign domain.
+pub const FED_ROUTE_USER: &[u8] = b"fed";
+
+/// Federation settings shared by every core, read-only.
+pub struct FedSettings {
+    pub cfg: FederationConfig,
+    /// Our SIP domain (lowercase).
+    pub domain: String,
+    pub listen_text: String,
+    pub server_tls: Arc<rustls::ServerConfig>,
+    pub client_tls: Arc<rustls::ClientConfig>,
+}
+
+impl FedSettings {
+    pub fn new(
+        cfg: &FederationConfig,
+        domain: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Self, String> {
+        let server_tls = tls::server_config(cert, key, Some(&cfg.ca)).map_err(|e| format!("[edge.federation] {e}"))?;
+        let client_tls =
+            tls::client_config(&cfg.ca, Some((cert, key))).map_err(|e| format!("[edge.federation] {e}"))?;
+        Ok(FedSettings {
+            cfg: cfg.clone(),
+            domain: domain.to_ascii_lowercase(),
+            listen_text: cfg.listen.to_string(),
+            server_tls,
+            client_tls,
+        })
+    }
+}
+
+fn host_lower(uri: &Uri<'_>) -> String {
+    String::from_utf8_lossy(uri.host).to_ascii_lowercase()
+}
+
+/// Per-core connectors to federation peers, by certificate name.
+pub type PartnerConnectors = std::cell::RefCell<HashMap<String, Rc<Connector>>>;
