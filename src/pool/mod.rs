@@ -91,6 +91,8 @@ crate::counters! {
         federated_requests,
         /// Requests for foreign domains handed to an edge for federation.
         federated_out,
+        /// SUBSCRIBEs of our users for presentities in other organizations, sent on to them.
+        subscriptions_federated_out,
     }
 }
 
@@ -551,8 +553,17 @@ impl Pool {
                 let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
                 self.to_core(target.as_bytes(), Stage::Route, origin, msg);
             }
+            // A partner's user watching one of ours: authorized like any watcher (allow/block lists, defaults).
+            Some(Method::Subscribe) if presence::event_of(&msg).is_some_and(|(p, _)| p == "presence") => {
+                let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+                self.to_core(target.as_bytes(), Stage::Route, origin, msg);
+            }
+            Some(Method::Subscribe) => {
+                bump(&self.pstats.bad_event);
+                self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, b"presence")]);
+            }
             Some(Method::Ack) => {}
-            _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers yet", &[]),
+            _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers", &[]),
         }
     }
 

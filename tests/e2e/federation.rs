@@ -21,9 +21,9 @@ use crate::rawsip::{text, Metrics, Ua};
 use crate::support::Appliance;
 
 /// Port (offset from the port base) of each edge's federation listener.
-const FED_PORT: u16 = 5;
+pub(crate) const FED_PORT: u16 = 5;
 
-fn snippet(peer: &Appliance, peer_domain: &str, me: &Appliance) -> String {
+pub(crate) fn snippet(peer: &Appliance, peer_domain: &str, me: &Appliance) -> String {
     format!(
         "[edge.federation]\nlisten = \"127.0.0.1:{}\"\nca = \"{}\"\nblocked_domains = [\"evil.test\"]\n\n\
          [[edge.federation.partners]]\ndomain = \"{peer_domain}\"\ncert_name = \"edge.{peer_domain}\"\naddr = \"127.0.0.1:{}\"\n",

@@ -11,6 +11,7 @@ mod edge_security;
 mod federation;
 mod federation_kamailio;
 mod federation_ops;
+mod federation_presence;
 mod interop_pjsip;
 mod lifecycle;
 mod malformed;
