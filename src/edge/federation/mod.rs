@@ -11,6 +11,11 @@
 //! looks the domain up in the routing table (direct partner, clearinghouse, or refuse), hides the internal hops
 //! exactly as toward a user ([`super::downstream`]), and sends it through this core's connector to that peer,
 //! which verifies the peer's certificate name. The response comes back on that connection, under our Via.
+//!
+//! Dialogs across organizations (presence): each edge Record-Routes a SUBSCRIBE as it crosses. Outbound, our
+//! Record-Route carries the subscribing user's flow token at our federation address, so the partner's NOTIFYs
+//! come back here and go straight to that flow ([`inbound`]); inbound, it is `<sip:fed@internal>`, so our pool's
+//! NOTIFYs come back to the edge and are routed by their To domain, keeping the partner's part of the route set.
 
 use std::collections::HashMap;
 use std::rc::Rc;
