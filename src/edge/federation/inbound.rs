@@ -1,4 +1,5 @@
-//! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool.
+//! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool (or, at a
+//! clearinghouse, relayed to another member: [`super::hub`]).
 
 use std::rc::Rc;
 
@@ -46,7 +47,12 @@ impl Edge {
             self.reply(conn.id, msg, 416, "Unsupported URI Scheme");
             return;
         };
-        if host_lower(&ruri) != fed.domain && !self.is_myself(&ruri) {
+        let domain = host_lower(&ruri);
+        if domain != fed.domain && !self.is_myself(&ruri) {
+            if table.clearinghouse {
+                self.relay_between_members(conn, msg, &table, &domain);
+                return;
+            }
             bump(&self.estats.federation_refused);
             self.reply(conn.id, msg, 404, "Not Found: domain not served here");
             return;
