@@ -9,7 +9,7 @@
 //! - example.com still reaches partner.test directly (the hub relays nothing for it);
 //! - a member speaking for another member's domain through the hub gets 403 (counted at the hub); a request routed
 //!   back to the member it came from gets 482; a domain no member serves gets 404;
-//! - the hub counted its relays, and its own pool saw none of it.
+//! - the hub counted its relays, and its own pool saw none of it; the hub's own users still reach members.
 
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -128,16 +128,14 @@ fn three_organizations_talk_through_a_clearinghouse() {
     carol.register_ok(&th, "carol");
 
     // Through the hub, both ways, and on to the other member.
-    let carol = im(&mut alice, carol, &ex, "example.com", "carol@third.test", "hello third, via the hub");
-    let mut carol = carol;
-    let alice = im(&mut carol, alice, &th, "third.test", "alice@example.com", "hello example, via the hub");
+    let mut carol = im(&mut alice, carol, &ex, "example.com", "carol@third.test", "hello third, via the hub");
+    let mut alice = im(&mut carol, alice, &th, "third.test", "alice@example.com", "hello example, via the hub");
     let bob = im(&mut carol, bob, &th, "third.test", "bob@partner.test", "hello partner, via the hub");
     let relayed = Metrics::edge(&hub).must(&hub, "parapet_edge_federation_relayed");
     assert_eq!(relayed, 3, "the hub relayed each of the three MESSAGEs once");
     assert!(Metrics::edge(&th).must(&th, "parapet_edge_requests_to_partners") >= 2, "third.test sent via its edge");
 
     // Direct partners stay direct: the hub sees nothing of example.com ↔ partner.test.
-    let mut alice = alice;
     let _bob = im(&mut alice, bob, &ex, "example.com", "bob@partner.test", "hello partner, directly");
     assert_eq!(Metrics::edge(&hub).must(&hub, "parapet_edge_federation_relayed"), relayed, "direct route kept");
 
@@ -180,4 +178,11 @@ fn three_organizations_talk_through_a_clearinghouse() {
     assert_eq!(hub_edge.must(&hub, "parapet_edge_requests_to_partners"), 0, "nothing from the hub's pool");
     // The members' pools did see the federated requests they served.
     assert!(Metrics::pool(&th).must(&th, "parapet_pool_federated_requests") >= 1);
+
+    // The hub's own users are an organization like any other: its pool routes them out, nothing is relayed.
+    let mut hub_alice = Ua::connect_ok(&hub, "alice", None);
+    hub_alice.register_ok(&hub, "alice");
+    let _carol = im(&mut hub_alice, carol, &hub, "hub.test", "carol@third.test", "hello third, from the hub's own");
+    assert_eq!(Metrics::pool(&hub).must(&hub, "parapet_pool_federated_out"), 1, "the hub's user went out its pool");
+    assert_eq!(Metrics::edge(&hub).must(&hub, "parapet_edge_federation_relayed"), relayed, "not a relay");
 }
