@@ -7,6 +7,7 @@
 //! ca = "partners-ca.pem"             # CAs trusted for partners' certificates
 //! blocked_domains = ["evil.test"]
 //! unknown = "refuse"
+//! clearinghouse = false              # true: this edge is a hub relaying between its partners (members)
 //!
 //! [[edge.federation.partners]]
 //! domain = "partner.test"
@@ -21,6 +22,10 @@
 //!
 //! Parsed in the same two steps as the rest of the config ([`super`]): a private raw form, then `build`, whose
 //! errors name the key. A domain both allowed (partner or clearinghouse) and blocked is an error.
+//!
+//! A clearinghouse (hub) is the same edge with `clearinghouse = true`: its partners are its members, each
+//! admitted and checked exactly as a partner, and a member's request for another member's domain is relayed to
+//! that member (see `crate::edge::federation`). A hub without partners has nobody to relay between: an error.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +46,8 @@ pub struct FederationConfig {
     /// Lowercase domains refused both ways.
     pub blocked_domains: Vec<String>,
     pub unknown: UnknownPeers,
+    /// This edge is a clearinghouse: requests from partners (members) for another member's domain are relayed.
+    pub clearinghouse: bool,
 }
 
 /// A directly federated organization.
@@ -79,6 +86,7 @@ pub(super) struct RawFederation {
     clearinghouses: Option<Vec<RawClearinghouse>>,
     blocked_domains: Option<Vec<String>>,
     unknown: Option<String>,
+    clearinghouse: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -173,7 +181,14 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
             return Err(invalid(format!("[{T}] unknown"), format!("{other:?}: only \"refuse\" is supported")))
         }
     };
-    Ok(FederationConfig { listen, ca, partners, clearinghouses, blocked_domains, unknown })
+    let clearinghouse = raw.clearinghouse.unwrap_or(false);
+    if clearinghouse && partners.is_empty() {
+        return Err(invalid(
+            format!("[{T}] clearinghouse"),
+            "true, but no [[edge.federation.partners]]: list the member organizations a hub relays between",
+        ));
+    }
+    Ok(FederationConfig { listen, ca, partners, clearinghouses, blocked_domains, unknown, clearinghouse })
 }
 
 #[cfg(test)]
@@ -221,5 +236,19 @@ mod tests {
             .expect_err("no domains")
             .to_string();
         assert!(e.contains("[edge.federation.clearinghouses.0] domains"), "{e}");
+        let e = parse("clearinghouse = true\n").expect_err("hub without members").to_string();
+        assert!(e.contains("[edge.federation] clearinghouse"), "{e}");
+    }
+
+    #[test]
+    fn clearinghouse_mode() {
+        let f = |c: Config| c.edge.and_then(|e| e.federation).expect("federation");
+        assert!(!f(parse("").expect("parses")).clearinghouse, "off by default");
+        let hub = parse(
+            "clearinghouse = true\n[[edge.federation.partners]]\ndomain = \"partner.test\"\n\
+             cert_name = \"edge.partner.test\"\naddr = \"127.0.0.1:6000\"\n",
+        )
+        .expect("parses");
+        assert!(f(hub).clearinghouse);
     }
 }

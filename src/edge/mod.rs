@@ -82,6 +82,8 @@ crate::counters! {
         federation_in_dialog,
         /// Federated requests refused otherwise (method, domain not ours, no route, blocked).
         federation_refused,
+        /// Requests a clearinghouse relayed from one member organization to another.
+        federation_relayed,
         /// Federation connections closed because a reloaded table no longer admits their peer.
         federation_peers_cut,
         /// Federation tables this core applied after a reload.

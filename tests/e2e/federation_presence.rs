@@ -13,7 +13,7 @@ use crate::support::Appliance;
 
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn registered(app: &Appliance, user: &str) -> Agent {
+pub(crate) fn registered(app: &Appliance, user: &str) -> Agent {
     let u = app.user(user);
     let mut a = Agent::spawn(app, &format!("{user}-{}", app.domain), &u.alias, &u.password);
     let ev = a.register();
@@ -21,7 +21,7 @@ fn registered(app: &Appliance, user: &str) -> Agent {
     a
 }
 
-fn wait_state(agent: &mut Agent, uri: &str, status: &str, activity: &str, note: Option<&str>) -> Json {
+pub(crate) fn wait_state(agent: &mut Agent, uri: &str, status: &str, activity: &str, note: Option<&str>) -> Json {
     let (uri, status, activity, note) =
         (uri.to_string(), status.to_string(), activity.to_string(), note.map(str::to_string));
     let what = format!("buddy_state {uri} {status}/{activity:?}/{note:?}");

@@ -9,6 +9,7 @@ mod support;
 mod challenges;
 mod edge_security;
 mod federation;
+mod federation_hub;
 mod federation_kamailio;
 mod federation_ops;
 mod federation_presence;

@@ -1,4 +1,5 @@
-//! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool.
+//! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool (or, at a
+//! clearinghouse, relayed to another member: [`super::hub`]).
 
 use std::rc::Rc;
 
@@ -58,7 +59,17 @@ impl Edge {
             self.reply(conn.id, msg, 416, "Unsupported URI Scheme");
             return;
         };
-        if host_lower(&ruri) != fed.domain && !self.is_myself(&ruri) {
+        if table.clearinghouse {
+            // Within a dialog the Request-URI is the far end's Contact: the To domain names the member.
+            let to = msg.to();
+            let domain = if to.tag().is_some() { host_lower(&to.uri) } else { host_lower(&ruri) };
+            if domain != fed.domain {
+                self.relay_between_members(conn, msg, &table, &domain);
+                return;
+            }
+        }
+        let domain = host_lower(&ruri);
+        if domain != fed.domain && !self.is_myself(&ruri) {
             bump(&self.estats.federation_refused);
             self.reply(conn.id, msg, 404, "Not Found: domain not served here");
             return;

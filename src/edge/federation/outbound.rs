@@ -71,7 +71,7 @@ impl Edge {
     }
 
     /// This core's connector to a federation peer, made on first use.
-    fn partner_connector(&self, t: &Target, fed: &FedSettings) -> Rc<Connector> {
+    pub(super) fn partner_connector(&self, t: &Target, fed: &FedSettings) -> Rc<Connector> {
         let mut map = self.partners.borrow_mut();
         map.entry(t.name.clone())
             .or_insert_with(|| {

@@ -79,6 +79,7 @@ mod tests {
             ],
             blocked_domains: vec!["evil.test".into()],
             unknown: UnknownPeers::Refuse,
+            clearinghouse: false,
         }
     }
 
