@@ -35,6 +35,10 @@ enum Cmd {
         /// from one address; leave them `on` anywhere else.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         flood_limits: String,
+        /// `on`: a federation listener on port base + 5 with two demo partner organizations (partner.test,
+        /// other.test; their certificates in <data-dir>/pki) that `loadgen federation` plays.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        federation: String,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
@@ -152,7 +156,7 @@ fn contacts(config: &std::path::Path, cmd: ContactsCmd) -> Result<String, String
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits } => {
+        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits, federation } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
             parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
                 data_dir,
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
                 domain,
                 load_users,
                 flood_limits: flood_limits == "on",
+                federation: federation == "on",
             })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),

@@ -42,7 +42,18 @@ latency runs from the scheduled time to the final answer):
              SIP-If-Match); the latency ends at the 200. Every state change makes the server NOTIFY each
              watcher, which answers 200 at once; NOTIFYs received in the measured window are reported as
              notifies and notifies_per_s.
-  federation Not yet available (needs federation).
+  federation Plays partner organizations' edges (issue 6) against the edge's federation listener (--fed-target,
+             mutual TLS: each partner presents its certificate, <--partner-pki>/<domain>.pem and .key, and trusts
+             --ca for the edge's). All --count users register first through --target, as in `im`, and answer 200.
+             Before measuring, each partner checks its connection with an OPTIONS (200 means: certificate trusted,
+             name admitted, domain spoken for). Each operation: a partner sends MESSAGE sip:loadN@DOMAIN From
+             <sip:loadgen@PARTNER> with its own Via and no credentials (its certificate vouches for its domain);
+             the edge hands it to the pool, which delivers it to loadN; latency ends at the 200 back at the partner.
+             --partner picks one demo partner (rate --rate); --partner-rates partner.test=2000,other.test=100 runs
+             several at once, each on its own open-loop schedule and its own connection per core, and reports each
+             apart (a throttled partner gets 503s, counted by code, while the others' latencies show whether they
+             were spared). A partner connection the edge closes is not reopened: what follows on it counts as
+             transport errors. `parapet up` makes the demo partners partner.test and other.test.
 
 OUTPUT: a progress line per second on stderr; a table on stdout at the end; --json, --hdr-log, --plot files.
 Exit code 0 after a completed run (even with SIP errors), 2 with one sentence on bad configuration.";
@@ -73,14 +84,14 @@ impl Scenario {
 
     /// Scenarios whose users must all be registered before measuring.
     pub fn registers_all(self) -> bool {
-        matches!(self, Scenario::Im | Scenario::Mix | Scenario::Presence)
+        matches!(self, Scenario::Im | Scenario::Mix | Scenario::Presence | Scenario::Federation)
     }
 }
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about = ABOUT, after_help = SCENARIOS)]
 pub struct Args {
-    /// register | im | handshake | idle | mix | presence (federation: not yet available)
+    /// register | im | handshake | idle | mix | presence | federation
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Edge TLS address.
@@ -147,6 +158,22 @@ pub struct Args {
     /// presence: watchers per presentity.
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,
+    /// federation: the edge's federation listener (default: the port of --target + 5, as `parapet up` lays out).
+    #[arg(long)]
+    pub fed_target: Option<String>,
+    /// federation: TLS name to verify in the edge's certificate on the federation port (default: edge.DOMAIN).
+    #[arg(long)]
+    pub fed_server_name: Option<String>,
+    /// federation: the partner organization to play (default: partner.test), at --rate.
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// federation: several partners at once, each at its own rate: "partner.test=2000,other.test=100".
+    #[arg(long)]
+    pub partner_rates: Option<String>,
+    /// federation: folder of the partners' certificates and keys, <domain>.pem and <domain>.key (default: the
+    /// folder of --ca, where `parapet up` puts them).
+    #[arg(long)]
+    pub partner_pki: Option<PathBuf>,
     /// Testing only: speak SIP over plain TCP instead of TLS (for fake servers).
     #[arg(long, hide = true)]
     pub plain: bool,
@@ -183,6 +210,76 @@ impl Step {
     }
 }
 
+/// Partners one run plays at most (each has a schedule and a connection per core).
+pub const PARTNERS_MAX: usize = 16;
+
+/// federation: one partner organization loadgen plays.
+#[derive(Clone)]
+pub struct Partner {
+    /// Its SIP domain (lowercase), the From domain of what it sends.
+    pub domain: String,
+    /// Its share of the rate (the shares sum to 1).
+    pub share: f64,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// PEM certificate chain and private key (empty with --plain).
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for Partner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the key.
+        f.debug_struct("Partner")
+            .field("domain", &self.domain)
+            .field("share", &self.share)
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `--partner-rates`: "domain=rate,..." into (lowercase domain, rate), in the order given.
+pub fn parse_partner_rates(s: &str) -> Result<Vec<(String, f64)>, ConfigError> {
+    let err = |why: String| bad(format!("--partner-rates must look like partner.test=2000,other.test=100: {why}."));
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((d, r)) = part.split_once('=') else {
+            return Err(err(format!("{part:?} has no \"=\"")));
+        };
+        let d = d.trim().to_ascii_lowercase();
+        if !valid_domain(&d) {
+            return Err(err(format!("{d:?} is not a domain name")));
+        }
+        let rate: f64 = r.trim().parse().map_err(|_| err(format!("{:?} is not a rate", r.trim())))?;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(err(format!("the rate of {d} must be positive, got {rate}")));
+        }
+        if out.iter().any(|(o, _)| *o == d) {
+            return Err(err(format!("{d} is listed twice")));
+        }
+        out.push((d, rate));
+    }
+    if out.is_empty() {
+        return Err(err("it names no partner".to_string()));
+    }
+    if out.len() > PARTNERS_MAX {
+        return Err(err(format!("at most {PARTNERS_MAX} partners, got {}", out.len())));
+    }
+    Ok(out)
+}
+
+/// A DNS name we can use as a file stem and a From host: labels of letters, digits and hyphens.
+fn valid_domain(d: &str) -> bool {
+    d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
 /// Validated settings of one run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -210,6 +307,10 @@ pub struct Config {
     /// presence: watchers per presentity (as asked; see `presence_plan` for what --count allows).
     pub watchers: usize,
     pub plain: bool,
+    /// federation: the edge's federation listener, the name its certificate must carry, and the partners played.
+    pub fed_target: SocketAddr,
+    pub fed_server_name: String,
+    pub partners: Vec<Partner>,
 }
 
 impl Config {
@@ -294,16 +395,24 @@ fn parse_step(s: &str) -> Result<Step, ConfigError> {
 
 impl Args {
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        if self.scenario == Scenario::Federation {
-            return Err(bad(format!(
-                "The {} scenario is not yet available: the server does not implement it yet.",
-                self.scenario.name()
-            )));
-        }
         let target: SocketAddr = self.target.parse().map_err(|_| {
             bad(format!("--target must be an IP:port address like 127.0.0.1:5061; got {:?}.", self.target))
         })?;
-        let rate = positive(self.rate, "--rate")?;
+        let mut rate = positive(self.rate, "--rate")?;
+        let fed_target = match &self.fed_target {
+            Some(t) => t
+                .parse()
+                .map_err(|_| bad(format!("--fed-target must be an IP:port address like 127.0.0.1:5066; got {t:?}.")))?,
+            None => SocketAddr::new(target.ip(), target.port().saturating_add(FEDERATION_PORT_OFFSET)),
+        };
+        let fed_server_name = self.fed_server_name.clone().unwrap_or_else(|| format!("edge.{}", self.domain));
+        let partners = if self.scenario == Scenario::Federation {
+            let (list, total) = self.partner_list(rate)?;
+            rate = total;
+            list
+        } else {
+            Vec::new()
+        };
         let duration = positive(self.duration, "--duration")?;
         if !(self.warmup.is_finite() && self.warmup >= 0.0) {
             return Err(bad(format!("--warmup must be zero or more seconds, got {}.", self.warmup)));
@@ -367,6 +476,133 @@ impl Args {
             resume: self.resume,
             watchers: self.watchers,
             plain: self.plain,
+            fed_target,
+            fed_server_name,
+            partners,
         })
+    }
+
+    /// federation: the partners to play (certificates read now, so that a missing file is a sentence before any
+    /// connection) and the total rate.
+    fn partner_list(&self, rate: f64) -> Result<(Vec<Partner>, f64), ConfigError> {
+        let rates = match (&self.partner, &self.partner_rates) {
+            (Some(_), Some(_)) => {
+                return Err(bad("Give either --partner (at --rate) or --partner-rates, not both."));
+            }
+            (_, Some(list)) => parse_partner_rates(list)?,
+            (p, None) => {
+                let d = p.as_deref().unwrap_or(DEFAULT_PARTNER).trim().to_ascii_lowercase();
+                if !valid_domain(&d) {
+                    return Err(bad(format!("--partner must be a domain name like partner.test; got {d:?}.")));
+                }
+                vec![(d, rate)]
+            }
+        };
+        if rates.iter().any(|(d, _)| d.eq_ignore_ascii_case(&self.domain)) {
+            return Err(bad(format!("A partner cannot have our own domain {}.", self.domain)));
+        }
+        let total: f64 = rates.iter().map(|(_, r)| r).sum();
+        let dir = match &self.partner_pki {
+            Some(d) => d.clone(),
+            None => self.ca.parent().map(PathBuf::from).unwrap_or_default(),
+        };
+        let mut out = Vec::with_capacity(rates.len());
+        for (domain, r) in rates {
+            let cert_path = dir.join(format!("{domain}.pem"));
+            let key_path = dir.join(format!("{domain}.key"));
+            let (cert_pem, key_pem) = if self.plain {
+                (Vec::new(), Vec::new())
+            } else {
+                let read = |p: &PathBuf, what: &str| {
+                    std::fs::read(p).map_err(|e| {
+                        bad(format!(
+                            "Cannot read the {what} of partner {domain}, {}: {e} (`parapet up` makes partner.test and \
+                             other.test; see --partner-pki).",
+                            p.display()
+                        ))
+                    })
+                };
+                (read(&cert_path, "certificate")?, read(&key_path, "key")?)
+            };
+            out.push(Partner { domain, share: r / total, cert_path, key_path, cert_pem, key_pem });
+        }
+        Ok((out, total))
+    }
+}
+
+/// Where `parapet up` puts its federation listener, from its users' port.
+const FEDERATION_PORT_OFFSET: u16 = parapet::mgmt::up::FEDERATION_PORT_OFFSET;
+/// The demo partner `--partner` defaults to (one `parapet up` makes).
+const DEFAULT_PARTNER: &str = parapet::mgmt::up::DEMO_PARTNERS[0].0;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partner_rates_parse_in_order_and_refuse_what_is_not_a_rate() {
+        let r = parse_partner_rates("Partner.test=2000, other.test = 100.5").unwrap();
+        assert_eq!(r, vec![("partner.test".to_string(), 2000.0), ("other.test".to_string(), 100.5)]);
+        for (bad_list, why) in [
+            ("", "names no partner"),
+            ("partner.test", "has no \"=\""),
+            ("partner.test=fast", "is not a rate"),
+            ("partner.test=0", "must be positive"),
+            ("partner.test=-5", "must be positive"),
+            ("partner.test=inf", "must be positive"),
+            ("partner.test=1,PARTNER.test=2", "listed twice"),
+            ("../etc=1", "not a domain name"),
+            ("a b=1", "not a domain name"),
+        ] {
+            let e = parse_partner_rates(bad_list).unwrap_err().0;
+            assert!(e.contains(why) && e.starts_with("--partner-rates") && e.ends_with('.'), "{bad_list:?}: {e}");
+        }
+        let many: Vec<String> = (0..=PARTNERS_MAX).map(|i| format!("p{i}.test=1")).collect();
+        assert!(parse_partner_rates(&many.join(",")).unwrap_err().0.contains("at most"));
+    }
+
+    fn users() -> PathBuf {
+        let p = std::env::temp_dir().join(format!("loadgen-cli-users-{}.toml", std::process::id()));
+        std::fs::write(
+            &p,
+            "[[user]]\nalias = \"load1\"\npassword = \"a\"\n[[user]]\nalias = \"load2\"\npassword = \"b\"\n",
+        )
+        .unwrap();
+        p
+    }
+
+    fn federation(extra: &[&str]) -> Result<Config, ConfigError> {
+        let u = users();
+        let mut argv = vec!["loadgen", "federation", "--plain", "--target", "127.0.0.1:15061", "--cores", "0"];
+        argv.extend_from_slice(&["--users", u.to_str().unwrap()]);
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap().into_config()
+    }
+
+    #[test]
+    fn federation_partners_share_the_rate_and_default_to_up_s_layout() {
+        let c = federation(&["--partner-rates", "partner.test=300,other.test=100"]).unwrap();
+        assert_eq!(c.rate, 400.0);
+        let p: Vec<(&str, f64)> = c.partners.iter().map(|p| (p.domain.as_str(), p.share)).collect();
+        assert_eq!(p, [("partner.test", 0.75), ("other.test", 0.25)]);
+        assert_eq!(c.fed_target, "127.0.0.1:15066".parse().unwrap(), "up's port base + 5");
+        assert_eq!(c.fed_server_name, "edge.example.com");
+        assert_eq!(c.partners[0].cert_path, PathBuf::from("data/pki/partner.test.pem"), "next to --ca");
+
+        let c = federation(&["--rate", "50", "--fed-target", "127.0.0.2:7000", "--partner-pki", "/p"]).unwrap();
+        assert_eq!((c.rate, c.partners.len(), c.partners[0].domain.as_str()), (50.0, 1, "partner.test"));
+        assert_eq!(c.partners[0].key_path, PathBuf::from("/p/partner.test.key"));
+        assert_eq!(c.fed_target, "127.0.0.2:7000".parse().unwrap());
+        assert!(federation(&["--partner", "a.test", "--partner-rates", "b.test=1"])
+            .unwrap_err()
+            .0
+            .contains("not both"));
+        assert!(federation(&["--partner", "example.com"]).unwrap_err().0.contains("our own domain"));
+        assert!(federation(&["--fed-target", "nowhere"]).unwrap_err().0.contains("--fed-target"));
+        // Other scenarios play no partner.
+        let u = users();
+        let argv = ["loadgen", "im", "--plain", "--cores", "0", "--users", u.to_str().unwrap()];
+        assert!(Args::try_parse_from(argv).unwrap().into_config().unwrap().partners.is_empty());
     }
 }

@@ -3,6 +3,9 @@
 //! whether or not earlier ones were answered; latency runs from that due time), the in-flight cap (beyond
 //! it an operation is recorded as dropped, never skipped silently), the step protocol of --find-max (cores
 //! meet between steps; the last to arrive merges and decides) and the live progress line.
+//!
+//! A run has one schedule, or (federation) one per partner, each at its share of the rate with its own
+//! in-flight cap and tally, so that one partner's backlog neither delays nor drops another's operations.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -15,7 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::cli::{bad, Config, ConfigError, Scenario};
 use crate::conn::sleep_until;
 use crate::scenario::{self, Ctx};
-use crate::stats::{self, Outcome, Recorder, StepResult, Tally};
+use crate::stats::{self, Outcome, Part, Recorder, StepResult, Tally};
 
 /// Delay between the meeting of the cores and the first due time, so every core starts on time.
 const START_DELAY: Duration = Duration::from_millis(50);
@@ -41,11 +44,18 @@ struct Plan {
     stop: bool,
 }
 
+/// What one core brings to a meeting: its step total, its per-stream totals, and the step's duration.
+struct Contribution {
+    tally: Tally,
+    parts: Vec<Tally>,
+    duration_s: f64,
+}
+
 #[derive(Default)]
 struct Meeting {
     generation: u64,
     arrived: usize,
-    contributions: Vec<(Tally, f64)>,
+    contributions: Vec<Contribution>,
     plan: Option<(u64, Arc<Plan>)>,
     /// Rate of the step being run.
     rate: f64,
@@ -75,7 +85,7 @@ impl Shared {
     }
 
     /// Waits for all cores at `generation`; the last to arrive merges `contribution`s and plans what follows.
-    async fn meet(&self, generation: u64, contribution: Option<(Tally, f64)>) -> Result<Arc<Plan>, ()> {
+    async fn meet(&self, generation: u64, contribution: Option<Contribution>) -> Result<Arc<Plan>, ()> {
         {
             let mut m = lock(&self.meeting);
             if let Some(c) = contribution {
@@ -104,7 +114,7 @@ impl Shared {
     }
 
     /// Plans the next step; `m.rate` is the rate of the step that just ended (if any).
-    fn plan(&self, m: &mut Meeting, contributions: Vec<(Tally, f64)>) -> Plan {
+    fn plan(&self, m: &mut Meeting, contributions: Vec<Contribution>) -> Plan {
         let start = Instant::now() + START_DELAY;
         if contributions.is_empty() {
             m.rate = self.cfg.rate;
@@ -112,12 +122,21 @@ impl Shared {
         }
         let mut tally = Tally::default();
         let mut duration_s: f64 = 0.0;
-        for (t, d) in &contributions {
-            tally.add(t);
-            duration_s = duration_s.max(*d);
+        let mut parts: Vec<Part> = self
+            .cfg
+            .partners
+            .iter()
+            .map(|p| Part { name: p.domain.clone(), target_rate: m.rate * p.share, tally: Tally::default() })
+            .collect();
+        for c in &contributions {
+            tally.add(&c.tally);
+            duration_s = duration_s.max(c.duration_s);
+            for (part, t) in parts.iter_mut().zip(&c.parts) {
+                part.tally.add(t);
+            }
         }
         let mut steps = lock(&self.steps);
-        let mut r = StepResult { target_rate: m.rate, duration_s, tally, held: true };
+        let mut r = StepResult { target_rate: m.rate, duration_s, tally, held: true, parts };
         if self.cfg.find_max.is_some() {
             r.held = r.meets_slo(self.cfg.slo_p99_ms);
         }
@@ -132,22 +151,37 @@ impl Shared {
 struct Core {
     ctx: Ctx,
     rec: RefCell<Recorder>,
-    in_flight: Cell<usize>,
+    /// Per stream (see `shares`): operations sent and not yet finished, and (federation) the step's tally.
+    in_flight: Vec<Cell<usize>>,
+    parts: RefCell<Vec<Tally>>,
     clock0: Cell<Option<Instant>>,
     published: Cell<usize>,
     /// idle: the connections opened and held.
     idle_conns: RefCell<Vec<Rc<crate::conn::SipConn>>>,
 }
 
+/// The streams of a run, as shares of the rate: one per federation partner, else one.
+fn shares(cfg: &Config) -> Vec<f64> {
+    if cfg.partners.is_empty() {
+        vec![1.0]
+    } else {
+        cfg.partners.iter().map(|p| p.share).collect()
+    }
+}
+
 impl Core {
-    fn record(&self, outcome: Outcome, due: Instant) {
+    fn record(&self, outcome: Outcome, due: Instant, stream: usize) {
         let Some(c0) = self.clock0.get() else { return };
         let now = Instant::now();
         if due < c0 {
             return; // warm-up
         }
         let at = now.saturating_duration_since(c0).as_secs() as usize;
-        self.rec.borrow_mut().record(outcome, now.saturating_duration_since(due), at);
+        let latency = now.saturating_duration_since(due);
+        self.rec.borrow_mut().record(outcome, latency, at);
+        if let Some(t) = self.parts.borrow_mut().get_mut(stream) {
+            t.record(outcome, latency);
+        }
     }
 
     /// Adds finished seconds (all when `all`) to the shared per-second tallies.
@@ -267,10 +301,12 @@ async fn core_main(shared: Arc<Shared>, k: usize) -> Option<(u64, Option<u64>)> 
             return None;
         }
     }
+    let streams = shares(&cfg).len();
     let core = Rc::new(Core {
         ctx,
         rec: RefCell::new(Recorder::default()),
-        in_flight: Cell::new(0),
+        in_flight: (0..streams).map(|_| Cell::new(0)).collect(),
+        parts: RefCell::new(Vec::new()),
         clock0: Cell::new(None),
         published: Cell::new(0),
         idle_conns: RefCell::new(Vec::new()),
@@ -296,6 +332,7 @@ async fn core_main(shared: Arc<Shared>, k: usize) -> Option<(u64, Option<u64>)> 
         }
         first = false;
         core.rec.borrow_mut().total = Tally::default();
+        *core.parts.borrow_mut() = cfg.partners.iter().map(|_| Tally::default()).collect();
         let elapsed = if cfg.scenario == Scenario::Idle {
             sleep_until(plan.start).await;
             let t0 = Instant::now();
@@ -310,28 +347,26 @@ async fn core_main(shared: Arc<Shared>, k: usize) -> Option<(u64, Option<u64>)> 
         };
         core.publish(&shared, true);
         let tally = core.rec.borrow().total.clone();
+        let parts = core.parts.borrow().clone();
         generation += 1;
-        plan = shared.meet(generation, Some((tally, elapsed))).await.ok()?;
+        plan = shared.meet(generation, Some(Contribution { tally, parts, duration_s: elapsed })).await.ok()?;
         if plan.stop {
             break;
         }
     }
     drop(publisher);
-    for c in core.ctx.conns.iter().chain(core.idle_conns.borrow().iter()) {
+    for c in core.ctx.conns.iter().chain(core.ctx.partners.iter()).chain(core.idle_conns.borrow().iter()) {
         c.close();
     }
     Some((core.ctx.resumed.get(), held))
 }
 
 /// The open loop of one step: this core's share of `plan.rate` from `plan.start` until the measured window
-/// [measure_from, measure_from + duration) ends, then waits for what is in flight (bounded by the timeout).
+/// [measure_from, measure_from + duration) ends, one loop per stream, then waits for what is in flight (bounded by
+/// the timeout).
 async fn schedule(core: &Rc<Core>, plan: &Plan, measure_from: Instant) {
     let cfg = &core.ctx.cfg;
-    let n = cfg.cores.len();
-    let interval = Duration::from_secs_f64(n as f64 / plan.rate);
-    let offset = interval.mul_f64(core.ctx.core_index as f64 / n as f64);
     let end = measure_from + cfg.duration;
-    let cap = (cfg.in_flight_max() / n).max(1);
     // presence: NOTIFYs received by this core's watchers during [measure_from, end).
     let notify_counter = (cfg.scenario == Scenario::Presence).then(|| {
         let c = Rc::clone(core);
@@ -343,6 +378,31 @@ async fn schedule(core: &Rc<Core>, plan: &Plan, measure_from: Instant) {
             sum().saturating_sub(first)
         })
     });
+    let loops: Vec<_> = shares(cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(k, share)| stream_loop(core, plan, end, k, plan.rate * share))
+        .collect();
+    scenario::join_all(loops).await;
+    let drain_until = Instant::now() + cfg.timeout + Duration::from_secs(1);
+    while core.in_flight.iter().any(|n| n.get() > 0) && Instant::now() < drain_until {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    if let Some(t) = notify_counter {
+        let n = t.await;
+        core.rec.borrow_mut().total.notifies = n;
+    }
+}
+
+/// Stream `k` of this core at `rate` (all cores together) until `end`: each operation is spawned at its due time
+/// unless the stream's in-flight cap is reached, which records it as dropped.
+async fn stream_loop(core: &Rc<Core>, plan: &Plan, end: Instant, k: usize, rate: f64) {
+    let cfg = &core.ctx.cfg;
+    let n = cfg.cores.len();
+    let interval = Duration::from_secs_f64(n as f64 / rate);
+    let offset = interval.mul_f64(core.ctx.core_index as f64 / n as f64);
+    let cap = (cfg.in_flight_max() / n).max(1);
+    let Some(in_flight) = core.in_flight.get(k) else { return };
     let mut i: u64 = 0;
     loop {
         let due = plan.start + offset + interval.mul_f64(i as f64);
@@ -354,32 +414,26 @@ async fn schedule(core: &Rc<Core>, plan: &Plan, measure_from: Instant) {
         } else if i.is_multiple_of(64) {
             glommio::yield_if_needed().await;
         }
-        if core.in_flight.get() >= cap {
-            core.record(Outcome::Dropped, due);
+        if in_flight.get() >= cap {
+            core.record(Outcome::Dropped, due, k);
         } else {
-            core.in_flight.set(core.in_flight.get() + 1);
+            in_flight.set(in_flight.get() + 1);
             let c = Rc::clone(core);
             glommio::spawn_local(async move {
-                let o = op(&c, i, due).await;
-                c.record(o, due);
-                c.in_flight.set(c.in_flight.get().saturating_sub(1));
+                let o = op(&c, i, due, k).await;
+                c.record(o, due, k);
+                if let Some(f) = c.in_flight.get(k) {
+                    f.set(f.get().saturating_sub(1));
+                }
             })
             .detach();
         }
         i += 1;
     }
-    let drain_until = Instant::now() + cfg.timeout + Duration::from_secs(1);
-    while core.in_flight.get() > 0 && Instant::now() < drain_until {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-    if let Some(t) = notify_counter {
-        let n = t.await;
-        core.rec.borrow_mut().total.notifies = n;
-    }
 }
 
-/// Operation `i` of this core, due at `due`.
-async fn op(core: &Core, i: u64, due: Instant) -> Outcome {
+/// Operation `i` of this core's stream `stream`, due at `due`.
+async fn op(core: &Core, i: u64, due: Instant, stream: usize) -> Outcome {
     let ctx = &core.ctx;
     let deadline = due + ctx.cfg.timeout;
     let conns = &ctx.conns;
@@ -410,7 +464,11 @@ async fn op(core: &Core, i: u64, due: Instant) -> Outcome {
                 None => Outcome::Transport,
             }
         }
-        Scenario::Idle | Scenario::Federation => Outcome::Transport,
+        Scenario::Federation => match pick(i) {
+            Some(to) => scenario::federation_op(ctx, stream, to, deadline).await,
+            None => Outcome::Transport,
+        },
+        Scenario::Idle => Outcome::Transport,
     }
 }
 
@@ -430,14 +488,14 @@ async fn idle(core: &Rc<Core>, shared: &Shared) -> Option<()> {
         for (u, t, r) in scenario::join_all(futs).await {
             match r {
                 Ok(c) => {
-                    core.record(Outcome::Ok, t);
+                    core.record(Outcome::Ok, t, 0);
                     conns.push(c);
                 }
                 Err(e) if u == 0 => {
                     shared.abort(e);
                     return None;
                 }
-                Err(_) => core.record(Outcome::Transport, t),
+                Err(_) => core.record(Outcome::Transport, t, 0),
             }
         }
     }

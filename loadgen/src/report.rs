@@ -11,7 +11,7 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 
 use crate::cli::Config;
 use crate::engine::RunResult;
-use crate::stats::{Latency, StepResult, Tally};
+use crate::stats::{Latency, Part, StepResult, Tally};
 
 /// The step the summary reports: with --find-max the highest that held (else the first), otherwise the run.
 pub fn headline(r: &RunResult) -> Option<&StepResult> {
@@ -67,6 +67,9 @@ pub fn table(cfg: &Config, r: &RunResult) -> String {
     if let Some(n) = r.connections_held {
         row(&mut s, "connections held", format!("{n} of {}", cfg.count));
     }
+    if !h.parts.is_empty() {
+        parts_table(&mut s, h);
+    }
     if cfg.find_max.is_some() {
         let _ =
             writeln!(s, "find-max steps (SLO: p99 <= {} ms, no error/timeout/drop, >= 90% of rate)", cfg.slo_p99_ms);
@@ -97,6 +100,34 @@ pub fn table(cfg: &Config, r: &RunResult) -> String {
         }
     }
     s
+}
+
+/// federation: one row per partner (its own schedule, errors and latencies).
+fn parts_table(s: &mut String, h: &StepResult) {
+    let _ = writeln!(s, "per partner (each on its own schedule; errors by code)");
+    let _ = writeln!(
+        s,
+        "  {:<16} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}  errors",
+        "partner", "target/s", "got/s", "ok", "timeouts", "dropped", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for p in &h.parts {
+        let l = p.tally.latency();
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>9.1} {:>9.1} {:>8} {:>8} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3}  {}",
+            p.name,
+            p.target_rate,
+            p.achieved_rate(h.duration_s),
+            p.tally.ok,
+            p.tally.timeouts,
+            p.tally.dropped,
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max,
+            errors_text(&p.tally)
+        );
+    }
 }
 
 /// presence: NOTIFYs received by the watchers per second of measurement.
@@ -149,21 +180,38 @@ fn latency_json(l: &Latency) -> String {
     )
 }
 
-/// The fields shared by the summary and each step.
-fn step_fields(st: &StepResult) -> String {
-    let errors: Vec<String> = st.tally.errors.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect();
+/// The fields shared by the summary, each step and each partner.
+fn tally_fields(target_rate: f64, achieved_rate: f64, duration_s: f64, t: &Tally) -> String {
+    let errors: Vec<String> = t.errors.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect();
     format!(
         "\"target_rate\":{},\"achieved_rate\":{},\"duration_s\":{},\"ok\":{},\"errors\":{{{}}},\"timeouts\":{},\
          \"dropped\":{},\"latency_ms\":{}",
-        num(st.target_rate),
-        num(st.achieved_rate()),
-        num(st.duration_s),
-        st.tally.ok,
+        num(target_rate),
+        num(achieved_rate),
+        num(duration_s),
+        t.ok,
         errors.join(","),
-        st.tally.timeouts,
-        st.tally.dropped,
-        latency_json(&st.tally.latency())
+        t.timeouts,
+        t.dropped,
+        latency_json(&t.latency())
     )
+}
+
+/// A step's fields, and (federation) `"partners":[{"partner":..., fields}]`.
+fn step_fields(st: &StepResult) -> String {
+    let mut s = tally_fields(st.target_rate, st.achieved_rate(), st.duration_s, &st.tally);
+    if !st.parts.is_empty() {
+        let part = |p: &Part| {
+            format!(
+                "{{\"partner\":{},{}}}",
+                json_str(&p.name),
+                tally_fields(p.target_rate, p.achieved_rate(st.duration_s), st.duration_s, &p.tally)
+            )
+        };
+        let parts: Vec<String> = st.parts.iter().map(part).collect();
+        let _ = write!(s, ",\"partners\":[{}]", parts.join(","));
+    }
+    s
 }
 
 pub fn json(cfg: &Config, r: &RunResult) -> String {

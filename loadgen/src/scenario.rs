@@ -1,7 +1,8 @@
 //! What one operation of each scenario does on the wire, and the setup a scenario needs before it is measured
 //! (connections opened, users registered). Each operation ends in an `Outcome`; scheduling, timing and
 //! recording belong to `engine`. Digest is handled exactly as a client does: send, on 401/407 compute
-//! credentials from the challenge and send again; a kept nonce is reused with an incrementing nc.
+//! credentials from the challenge and send again; a kept nonce is reused with an incrementing nc. A played
+//! federation partner sends no credentials: its certificate vouches for its domain.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -12,16 +13,20 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use parapet::sip::Message;
 
-use crate::cli::{bad, Config, ConfigError, Scenario};
+use crate::cli::{bad, Config, ConfigError, Partner, Scenario};
 use crate::conn::{with_deadline, ReqError, SipConn};
 use crate::sipc::{self, AuthState, Party};
 use crate::stats::Outcome;
-use crate::transport::{ConnectError, Connector};
+use crate::transport::{self, ConnectError, Connector, Stream};
 
 /// Connection setups in flight per core during the setup phase.
 pub const SETUP_IN_FLIGHT_MAX: usize = 64;
 /// Digest retries per transaction (a stale nonce, then a fresh challenge).
 const AUTH_RETRIES_MAX: u32 = 2;
+/// federation: the body of a partner's MESSAGE.
+const PARTNER_BODY: &[u8] = b"loadgen federation";
+/// Bytes read while waiting for the answer to a partner's OPTIONS before giving up on the peer.
+const PROBE_BYTES_MAX: usize = 64 << 10;
 
 /// One core's share of a run: its connections and the means to open new ones.
 pub struct Ctx {
@@ -34,13 +39,20 @@ pub struct Ctx {
     pub resumed: Cell<u64>,
     /// presence: how many of `conns` (the first ones) are presentities.
     pub presentities: usize,
+    /// federation: per partner (as in `cfg.partners`), a connector and this core's connection as its edge.
+    pub partner_connectors: Vec<Connector>,
+    pub partners: Vec<Rc<SipConn>>,
 }
 
 impl Ctx {
     pub fn new(cfg: Arc<Config>, core_index: usize) -> Result<Ctx, ConfigError> {
+        let partner_connectors =
+            cfg.partners.iter().map(|p| Connector::partner(&cfg, p)).collect::<Result<Vec<_>, _>>()?;
         Ok(Ctx {
             full: Connector::new(&cfg, false)?,
             resumable: Connector::new(&cfg, true)?,
+            partner_connectors,
+            partners: Vec::new(),
             cfg,
             core_index,
             conns: Vec::new(),
@@ -235,6 +247,149 @@ pub async fn setup_presence(ctx: &Ctx) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// federation: partner `k` (this core's connection as its edge) sends a MESSAGE to `to`'s user.
+pub async fn federation_op(ctx: &Ctx, k: usize, to: &SipConn, deadline: Instant) -> Outcome {
+    let (Some(p), Some(c), Some(user)) = (ctx.cfg.partners.get(k), ctx.partners.get(k), ctx.cfg.users.get(to.user))
+    else {
+        return Outcome::Transport;
+    };
+    let id = ctx.id();
+    let party = Party { user: sipc::PARTNER_SENDER, domain: &p.domain, local: &c.local, transport: ctx.transport() };
+    let mut out = BytesMut::with_capacity(768);
+    sipc::partner_message(&mut out, &party, &user.alias, &ctx.cfg.domain, id, PARTNER_BODY);
+    outcome(c.request(sipc::branch_text(id).as_bytes(), &out, deadline).await)
+}
+
+/// Why a partner's first request got no answer.
+enum ProbeError {
+    Io(std::io::Error),
+    Closed,
+    Timeout,
+    /// Bytes that do not frame as SIP, or too many of them without an answer.
+    Garbled,
+}
+
+/// Writes `request` on a fresh stream and reads until the final response (before the stream becomes a `SipConn`,
+/// so that a TLS alert, the edge's refusal of our certificate, can be told apart from a plain close).
+async fn first_answer(s: &mut Stream, request: &[u8], deadline: Instant) -> Result<Message, ProbeError> {
+    use parapet::sip::{Frame, Framer, Limits};
+    let work = async {
+        s.write_all(request).await.map_err(ProbeError::Io)?;
+        s.flush().await.map_err(ProbeError::Io)?;
+        let limits = Limits::DEFAULT;
+        let mut framer = Framer::new();
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            loop {
+                match framer.frame(&buf, &limits) {
+                    Ok(Frame::Message { len }) => {
+                        let bytes = buf.split_to(len).freeze();
+                        let m = Message::parse(bytes, &limits).map_err(|_| ProbeError::Garbled)?;
+                        if m.status().is_some_and(|c| c >= 200) {
+                            return Ok(m);
+                        }
+                    }
+                    Ok(Frame::Ping { consumed } | Frame::Pong { consumed }) => {
+                        let _ = buf.split_to(consumed);
+                    }
+                    Ok(Frame::Incomplete) => break,
+                    Err(_) => return Err(ProbeError::Garbled),
+                }
+            }
+            if buf.len() > PROBE_BYTES_MAX {
+                return Err(ProbeError::Garbled);
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) => return Err(ProbeError::Closed),
+                Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+                Err(e) => return Err(ProbeError::Io(e)),
+            }
+        }
+    };
+    with_deadline(work, deadline).await.unwrap_or(Err(ProbeError::Timeout))
+}
+
+/// federation: this core's connection as each partner's edge, checked with an OPTIONS that the edge answers
+/// itself: 200 means our certificate is trusted, its name admitted and the partner's domain spoken for. Anything
+/// else is a configuration error, in one sentence.
+pub async fn setup_partners(ctx: &mut Ctx) -> Result<(), ConfigError> {
+    let cfg = Arc::clone(&ctx.cfg);
+    for (k, p) in cfg.partners.iter().enumerate() {
+        let Some(connector) = ctx.partner_connectors.get(k) else { break };
+        let mut stream = connector.connect(None, cfg.timeout).await.map_err(|e| e.partner_sentence(&cfg, p))?;
+        let local = local_addr(&stream);
+        let id = ctx.id();
+        let party = Party { user: sipc::PARTNER_SENDER, domain: &p.domain, local: &local, transport: ctx.transport() };
+        let mut out = BytesMut::with_capacity(512);
+        sipc::partner_options(&mut out, &party, &cfg.domain, id);
+        match first_answer(&mut stream, &out, Instant::now() + cfg.timeout).await {
+            Ok(m) if m.status() == Some(200) => {}
+            Ok(m) => return Err(partner_answered(&cfg, p, &m)),
+            Err(ProbeError::Io(e)) => {
+                let why = transport::inner_text(&e);
+                return Err(if why.contains("alert") {
+                    transport::partner_refused(&cfg, p, &why)
+                } else {
+                    bad(format!("The connection of partner {} to {} failed: {why}.", p.domain, cfg.fed_target))
+                });
+            }
+            Err(ProbeError::Closed) => {
+                return Err(bad(format!(
+                    "The edge's federation listener {} closed the connection of partner {} without answering \
+                     (it admits a peer only when a name in its certificate {} is the cert_name of one of its \
+                     [[edge.federation.partners]]).",
+                    cfg.fed_target,
+                    p.domain,
+                    p.cert_path.display()
+                )))
+            }
+            Err(ProbeError::Timeout) => {
+                return Err(bad(format!(
+                    "The edge's federation listener {} did not answer partner {}'s OPTIONS within --timeout-ms {}.",
+                    cfg.fed_target,
+                    p.domain,
+                    cfg.timeout.as_millis()
+                )))
+            }
+            Err(ProbeError::Garbled) => {
+                return Err(bad(format!(
+                    "The peer at {} answered partner {}'s OPTIONS with something that is not SIP.",
+                    cfg.fed_target, p.domain
+                )))
+            }
+        }
+        ctx.partners.push(SipConn::start(stream, k, local));
+    }
+    Ok(())
+}
+
+/// The sentence for a partner's OPTIONS answered with an error.
+fn partner_answered(cfg: &Config, p: &Partner, m: &Message) -> ConfigError {
+    let code = m.status().unwrap_or(0);
+    let reason = String::from_utf8_lossy(m.reason().unwrap_or(b"")).trim().to_string();
+    if code == 403 {
+        bad(format!(
+            "The edge refused partner {}'s OPTIONS with 403 ({reason}): its partner table does not let the \
+             certificate {} speak for {} (check the partner's domain and cert_name in [[edge.federation.partners]]).",
+            p.domain,
+            p.cert_path.display(),
+            p.domain
+        ))
+    } else {
+        bad(format!("The edge answered {code} {reason} to partner {}'s OPTIONS on {}.", p.domain, cfg.fed_target))
+    }
+}
+
+fn local_addr(stream: &Stream) -> String {
+    match stream {
+        Stream::Tls(s) => s.get_ref().0.local_addr(),
+        Stream::Plain(s) => s.local_addr(),
+    }
+    .map(|a| a.to_string())
+    .unwrap_or_else(|_| "127.0.0.1:5060".to_string())
+}
+
 /// handshake: a new connection through the TLS handshake, then closed. With `resume`, one CRLF keep-alive
 /// round trip makes the server's session ticket arrive before the close.
 pub async fn handshake_op(ctx: &Ctx, source_index: usize, resume: bool, measured: bool, deadline: Instant) -> Outcome {
@@ -269,12 +424,7 @@ pub async fn handshake_op(ctx: &Ctx, source_index: usize, resume: bool, measured
 pub async fn setup_user(ctx: &Ctx, user: usize, register: bool) -> Result<Rc<SipConn>, ConfigError> {
     let cfg = &ctx.cfg;
     let stream = ctx.full.connect(cfg.source_ip(user), cfg.timeout).await.map_err(|e| e.sentence(cfg))?;
-    let local = match &stream {
-        crate::transport::Stream::Tls(s) => s.get_ref().0.local_addr(),
-        crate::transport::Stream::Plain(s) => s.local_addr(),
-    }
-    .map(|a| a.to_string())
-    .unwrap_or_else(|_| "127.0.0.1:5060".to_string());
+    let local = local_addr(&stream);
     let c = SipConn::start(stream, user, local);
     if register {
         let deadline = Instant::now() + cfg.timeout;
@@ -339,6 +489,9 @@ pub async fn setup(ctx: &mut Ctx, scenario: Scenario) -> Result<(), ConfigError>
         let (p, _) = ctx.cfg.presence_plan();
         ctx.presentities = ctx.conns.iter().take_while(|c| c.user < p).count();
         setup_presence(ctx).await?;
+    }
+    if scenario == Scenario::Federation {
+        setup_partners(ctx).await?;
     }
     Ok(())
 }

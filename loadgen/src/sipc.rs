@@ -222,6 +222,46 @@ pub fn publish(
     sip::write_request(out, "PUBLISH", ruri.as_bytes(), &h, Some((b"application/pidf+xml", body)));
 }
 
+/// The user part of what a played partner sends From.
+pub const PARTNER_SENDER: &str = "loadgen";
+
+/// A MESSAGE a partner organization's edge relays to `to_user`@`to_domain`: From `p`'s own domain, its own Via
+/// (sent-by = its end of the connection), no credentials (its certificate vouches for its domain).
+pub fn partner_message(out: &mut BytesMut, p: &Party<'_>, to_user: &str, to_domain: &str, branch: u64, body: &[u8]) {
+    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x}", p.transport, p.local);
+    let from = format!("<sip:{}@{}>;tag=f{branch:x}", p.user, p.domain);
+    let ruri = message_uri(to_user, to_domain);
+    let to = format!("<{ruri}>");
+    let call_id = format!("f{branch:x}@{}", p.domain);
+    let h: [(HeaderName, &[u8]); 6] = [
+        (HeaderName::Via, via.as_bytes()),
+        (HeaderName::MaxForwards, b"70"),
+        (HeaderName::From, from.as_bytes()),
+        (HeaderName::To, to.as_bytes()),
+        (HeaderName::CallId, call_id.as_bytes()),
+        (HeaderName::CSeq, b"1 MESSAGE"),
+    ];
+    sip::write_request(out, "MESSAGE", ruri.as_bytes(), &h, Some((b"text/plain", body)));
+}
+
+/// The OPTIONS with which a partner checks its connection to `to_domain`'s edge (answered by the edge itself).
+pub fn partner_options(out: &mut BytesMut, p: &Party<'_>, to_domain: &str, branch: u64) {
+    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x}", p.transport, p.local);
+    let from = format!("<sip:{}@{}>;tag=o{branch:x}", p.user, p.domain);
+    let ruri = register_uri(to_domain);
+    let to = format!("<{ruri}>");
+    let call_id = format!("o{branch:x}@{}", p.domain);
+    let h: [(HeaderName, &[u8]); 6] = [
+        (HeaderName::Via, via.as_bytes()),
+        (HeaderName::MaxForwards, b"70"),
+        (HeaderName::From, from.as_bytes()),
+        (HeaderName::To, to.as_bytes()),
+        (HeaderName::CallId, call_id.as_bytes()),
+        (HeaderName::CSeq, b"1 OPTIONS"),
+    ];
+    sip::write_request(out, "OPTIONS", ruri.as_bytes(), &h, None);
+}
+
 pub fn message_uri(to_user: &str, domain: &str) -> String {
     format!("sip:{to_user}@{domain}")
 }
@@ -286,6 +326,40 @@ mod tests {
         assert_eq!(c.nc, Some(&b"00000001"[..]));
         let v2 = a.credentials("load1", "REGISTER", "sip:example.com", 8);
         assert_eq!(sip::parse_credentials(&v2).unwrap().nc, Some(&b"00000002"[..]));
+    }
+
+    #[test]
+    fn a_partner_message_speaks_for_its_own_domain_without_credentials() {
+        let p = Party { user: PARTNER_SENDER, domain: "partner.test", local: "127.0.0.1:4000", transport: "TLS" };
+        let mut out = BytesMut::new();
+        partner_message(&mut out, &p, "load7", "example.com", 0x1f, b"hi");
+        let m = Message::parse(out.freeze(), &Limits::DEFAULT).unwrap();
+        assert_eq!(m.method_bytes(), Some(&b"MESSAGE"[..]));
+        assert_eq!(m.request_uri_parsed().map(|u| (u.user, u.host)), Some((Some(&b"load7"[..]), &b"example.com"[..])));
+        assert_eq!(m.from().uri.host, b"partner.test");
+        assert_eq!(m.from().uri.user, Some(&b"loadgen"[..]));
+        assert_eq!(m.to().uri.host, b"example.com");
+        let via = m.top_via().unwrap();
+        assert_eq!(via.branch(), Some(&b"z9hG4bK1f"[..]));
+        assert_eq!((via.transport, via.host, via.port), (&b"TLS"[..], &b"127.0.0.1"[..], Some(4000)));
+        assert_eq!(m.header(HeaderName::MaxForwards), Some(&b"70"[..]));
+        assert_eq!(m.header(HeaderName::CSeq), Some(&b"1 MESSAGE"[..]));
+        assert_eq!(m.header(HeaderName::ContentType), Some(&b"text/plain"[..]));
+        assert_eq!(m.body(), b"hi");
+        assert!(m.header(HeaderName::Authorization).is_none() && m.header(HeaderName::ProxyAuthorization).is_none());
+        // Unique per operation: the branch and the Call-ID come from the operation's id.
+        let mut other = BytesMut::new();
+        partner_message(&mut other, &p, "load7", "example.com", 0x20, b"hi");
+        let o = Message::parse(other.freeze(), &Limits::DEFAULT).unwrap();
+        assert_ne!(o.header(HeaderName::CallId), m.header(HeaderName::CallId));
+        assert_ne!(branch_of(&o), branch_of(&m));
+
+        let mut out = BytesMut::new();
+        partner_options(&mut out, &p, "example.com", 0x21);
+        let m = Message::parse(out.freeze(), &Limits::DEFAULT).unwrap();
+        assert_eq!(m.method_bytes(), Some(&b"OPTIONS"[..]));
+        assert_eq!(m.request_uri_parsed().map(|u| u.user), Some(None), "no user: the edge itself answers");
+        assert_eq!(m.from().uri.host, b"partner.test");
     }
 
     #[test]

@@ -180,6 +180,26 @@ pub struct StepResult {
     pub tally: Tally,
     /// SLO verdict (find-max only; always true otherwise).
     pub held: bool,
+    /// federation: each partner's own schedule (their tallies add up to `tally`); empty for other scenarios.
+    pub parts: Vec<Part>,
+}
+
+/// One independent schedule within a step (federation: one partner), merged across cores.
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub name: String,
+    pub target_rate: f64,
+    pub tally: Tally,
+}
+
+impl Part {
+    pub fn achieved_rate(&self, duration_s: f64) -> f64 {
+        if duration_s > 0.0 {
+            self.tally.completed() as f64 / duration_s
+        } else {
+            0.0
+        }
+    }
 }
 
 impl StepResult {

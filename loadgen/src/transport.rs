@@ -1,7 +1,7 @@
 //! Opening connections to the target: TCP (optionally bound to a source address, so that connection counts
 //! are not capped by one address's ephemeral ports), then TLS (rustls, aws-lc-rs) or, for tests against fake
-//! servers, plain TCP. Owns the client TLS configurations and the wording of connection failures; knows
-//! nothing of SIP.
+//! servers, plain TCP. Owns the client TLS configurations (a played partner's edge presents its certificate) and
+//! the wording of connection failures; knows nothing of SIP.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -17,7 +17,7 @@ use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 
-use crate::cli::{bad, Config, ConfigError};
+use crate::cli::{bad, Config, ConfigError, Partner};
 
 /// A connection to the target, TLS or plain.
 pub enum Stream {
@@ -105,6 +105,55 @@ impl ConnectError {
     }
 }
 
+impl ConnectError {
+    /// federation: the sentence for partner `p`'s connection to the edge's federation listener.
+    pub fn partner_sentence(&self, cfg: &Config, p: &Partner) -> ConfigError {
+        let t = cfg.fed_target;
+        match self {
+            ConnectError::Tcp(e) if e.kind() == io::ErrorKind::ConnectionRefused => bad(format!(
+                "Cannot reach the edge's federation listener {t}: connection refused (does the edge have an \
+                 [edge.federation] listen there? `parapet up` puts it at its port base + 5; see --fed-target)."
+            )),
+            ConnectError::Tcp(e) => bad(format!("Cannot connect to the edge's federation listener {t}: {e}.")),
+            ConnectError::Tls(e) => {
+                let inner = inner_text(e);
+                if inner.contains("alert") {
+                    partner_refused(cfg, p, &inner)
+                } else if inner.contains("certificate") || inner.contains("Certificate") {
+                    bad(format!(
+                        "The edge's federation listener {t} presented a certificate that CA {} does not validate \
+                         for {:?} ({inner}).",
+                        cfg.ca_path.display(),
+                        cfg.fed_server_name
+                    ))
+                } else {
+                    bad(format!("The TLS handshake of partner {} with {t} failed: {inner}.", p.domain))
+                }
+            }
+            ConnectError::Timeout => bad(format!(
+                "The edge's federation listener {t} did not complete a connection within --timeout-ms {}.",
+                cfg.timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// What an I/O error from rustls says (the TLS error inside, else the error itself).
+pub fn inner_text(e: &io::Error) -> String {
+    e.get_ref().map(|i| i.to_string()).unwrap_or_else(|| e.to_string())
+}
+
+/// The edge refused partner `p`'s certificate (a TLS alert: in TLS 1.3 it arrives on the first read).
+pub fn partner_refused(cfg: &Config, p: &Partner, why: &str) -> ConfigError {
+    bad(format!(
+        "The edge's federation listener {} refused the certificate of partner {}, {} ({why}): its [edge.federation] \
+         ca must hold the CA that issued it.",
+        cfg.fed_target,
+        p.domain,
+        p.cert_path.display()
+    ))
+}
+
 /// Opens connections for one core. Cheap to clone (shared TLS configuration).
 #[derive(Clone)]
 pub struct Connector {
@@ -112,7 +161,7 @@ pub struct Connector {
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
-fn tls_config(cfg: &Config, resume: bool) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+fn tls_config(cfg: &Config, resume: bool, client: Option<&Partner>) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     let mut reader = io::BufReader::new(cfg.ca_pem.as_slice());
     let mut n = 0;
@@ -129,7 +178,36 @@ fn tls_config(cfg: &Config, resume: bool) -> Result<Arc<rustls::ClientConfig>, C
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad(format!("The TLS provider refused the default protocol versions: {e}.")))?;
-    let mut c = builder.with_root_certificates(roots).with_no_client_auth();
+    let builder = builder.with_root_certificates(roots);
+    let mut c = match client {
+        None => builder.with_no_client_auth(),
+        Some(p) => {
+            let chain: Vec<_> = rustls_pemfile_certs(&mut io::BufReader::new(p.cert_pem.as_slice()));
+            if chain.is_empty() {
+                return Err(bad(format!(
+                    "The certificate file of partner {}, {}, holds no PEM certificate.",
+                    p.domain,
+                    p.cert_path.display()
+                )));
+            }
+            use rustls::pki_types::pem::PemObject;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&p.key_pem).map_err(|e| {
+                bad(format!(
+                    "The key file of partner {}, {}, holds no usable key: {e}.",
+                    p.domain,
+                    p.key_path.display()
+                ))
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                bad(format!(
+                    "The certificate {} and key {} of partner {} do not go together: {e}.",
+                    p.cert_path.display(),
+                    p.key_path.display(),
+                    p.domain
+                ))
+            })?
+        }
+    };
     if !resume {
         c.resumption = rustls::client::Resumption::disabled();
     }
@@ -154,9 +232,22 @@ impl Connector {
             let name = ServerName::try_from(cfg.server_name.clone()).map_err(|_| {
                 bad(format!("--server-name {:?} is not a valid DNS name or IP address.", cfg.server_name))
             })?;
-            Some((TlsConnector::from(tls_config(cfg, resume)?), name))
+            Some((TlsConnector::from(tls_config(cfg, resume, None)?), name))
         };
         Ok(Connector { target: cfg.target, tls })
+    }
+
+    /// federation: to the edge's federation listener as partner `p`'s edge (presenting its certificate).
+    pub fn partner(cfg: &Config, p: &Partner) -> Result<Connector, ConfigError> {
+        let tls = if cfg.plain {
+            None
+        } else {
+            let name = ServerName::try_from(cfg.fed_server_name.clone()).map_err(|_| {
+                bad(format!("--fed-server-name {:?} is not a valid DNS name or IP address.", cfg.fed_server_name))
+            })?;
+            Some((TlsConnector::from(tls_config(cfg, false, Some(p))?), name))
+        };
+        Ok(Connector { target: cfg.fed_target, tls })
     }
 
     /// TCP connect (+ TLS handshake), bounded by `timeout`.

@@ -1,6 +1,7 @@
 //! loadgen's own correctness at its boundary: runs against fake SIP servers on 127.0.0.1 (plain TCP, the
 //! transport the hidden --plain flag selects): open-loop scheduling against a slow and a stalled server,
-//! error accounting by status code and timeout, and the one-sentence configuration errors.
+//! error accounting by status code and timeout (per partner in federation), and the one-sentence configuration
+//! errors. Then the federation scenario against the real `parapet up` (over mutual TLS).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
@@ -26,6 +27,8 @@ enum Policy {
     StallAfterFirst,
     /// First request 200; then by (n - 1) % 4: 200, 480, 503, no answer.
     Mixed,
+    /// 503 to every MESSAGE From this domain (a throttled partner), 200 to everything else.
+    ThrottleFrom(&'static str),
 }
 
 struct Fake {
@@ -80,6 +83,11 @@ fn fake_server(policy: Policy) -> Fake {
                             (Policy::Serial { .. }, _) => {
                                 work_tx.send((req, s.try_clone().unwrap())).unwrap();
                                 continue;
+                            }
+                            (Policy::ThrottleFrom(d), _) => {
+                                let throttled =
+                                    req.method_bytes() == Some(b"MESSAGE") && req.from().uri.host == d.as_bytes();
+                                Some(if throttled { 503 } else { 200 })
                             }
                             (_, 0) => Some(200),
                             (Policy::StallAfterFirst, _) => None,
@@ -186,6 +194,44 @@ fn errors_are_counted_by_code_and_timeouts_apart() {
 }
 
 #[test]
+fn federation_counts_each_partner_apart() {
+    // partner.test is throttled (503 to each MESSAGE), other.test is not: each partner's row says so.
+    let fake = fake_server(Policy::ThrottleFrom("partner.test"));
+    let cfg = config(
+        "federation",
+        &fake.addr,
+        &[
+            "--fed-target",
+            &fake.addr,
+            "--count",
+            "4",
+            "--duration",
+            "1",
+            "--partner-rates",
+            "partner.test=60,other.test=20",
+        ],
+    );
+    let r = run(cfg.clone());
+    let step = &r.steps[0];
+    assert_eq!(step.target_rate, 80.0);
+    let [a, b] = &step.parts[..] else { panic!("two partners: {:?}", step.parts) };
+    assert_eq!(
+        (a.name.as_str(), a.target_rate, b.name.as_str(), b.target_rate),
+        ("partner.test", 60.0, "other.test", 20.0)
+    );
+    assert_eq!((a.tally.ok, a.tally.errors.get("503"), a.tally.sent), (0, Some(&60), 60), "{:?}", a.tally);
+    assert_eq!((b.tally.ok, b.tally.errors.len(), b.tally.sent), (20, 0, 20), "{:?}", b.tally);
+    assert_eq!((step.tally.ok, step.tally.errors.get("503")), (20, Some(&60)), "the parts add up to the step");
+    // 4 registrations, an OPTIONS per partner, then the MESSAGEs.
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 4 + 2 + 80);
+    let json = loadgen::report::json(&cfg, &r);
+    assert!(json.contains("\"partners\":[{\"partner\":\"partner.test\",\"target_rate\":60,"), "{json}");
+    assert!(json.contains("\"errors\":{\"503\":60}"), "{json}");
+    let table = loadgen::report::table(&cfg, &r);
+    assert!(table.contains("per partner") && table.contains("503: 60"), "{table}");
+}
+
+#[test]
 fn unreachable_target_is_one_sentence() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cfg = config("register", &format!("127.0.0.1:{port}"), &["--count", "2", "--duration", "1"]);
@@ -199,8 +245,201 @@ fn bad_values_are_one_sentence() {
     let u = users.to_str().unwrap();
     let e = |argv: &[&str]| Args::try_parse_from(argv).unwrap().into_config().unwrap_err().0;
     assert!(e(&["loadgen", "im", "--plain", "--users", u, "--count", "10"]).contains("needs 10 users"));
-    assert!(e(&["loadgen", "federation", "--plain"]).contains("not yet available"));
+    assert!(e(&["loadgen", "federation", "--plain", "--users", u, "--partner-rates", "x"]).contains("--partner-rates"));
+    assert!(e(&["loadgen", "federation", "--users", u, "--partner-pki", "/nonexistent"])
+        .contains("Cannot read the certificate of partner partner.test"));
     assert!(e(&["loadgen", "register", "--plain", "--users", u, "--rate", "0"]).contains("--rate"));
     assert!(e(&["loadgen", "handshake", "--ca", "/nonexistent/ca.pem"]).contains("Cannot read the CA file"));
     assert!(e(&["loadgen", "handshake", "--plain", "--cores", "999"]).contains("--cores"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Against the real appliance
+
+/// The `parapet` binary of this build profile, built first (a no-op when fresh) so that the test never runs a
+/// stale one; PARAPET_BIN overrides.
+fn parapet_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PARAPET_BIN") {
+        return PathBuf::from(p);
+    }
+    // <target>/<profile>/deps/loadgen-<hash>
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "-p", "parapet", "--bin", "parapet"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    assert!(out.status.success(), "cannot build parapet: {}", String::from_utf8_lossy(&out.stderr));
+    profile_dir.join("parapet")
+}
+
+/// A running `parapet up` (its whole process group is killed on drop; the data folder is removed after a pass).
+struct Up {
+    child: std::process::Child,
+    dir: PathBuf,
+    port_base: u16,
+    ready: String,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Up {
+    /// `parapet up` with `args` on a free block of ports, waiting (at most 60 s) for its PARAPET_READY line.
+    fn start(name: &str, args: &[&str]) -> Up {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let bin = parapet_bin();
+        let dir = bin.parent().unwrap().join("loadgen-e2e").join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port_base = free_port_block();
+        let mut child = std::process::Command::new(&bin)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--port-base", &port_base.to_string()])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        for (r, tx) in [(Box::new(out) as Box<dyn Read + Send>, Some(tx)), (Box::new(err), None)] {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(line.clone());
+                    }
+                    let mut l = log.lock().unwrap();
+                    if l.len() < 2000 {
+                        l.push(line);
+                    }
+                }
+            });
+        }
+        let mut up = Up { child, dir, port_base, ready: String::new(), log };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while up.ready.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("PARAPET_READY ") => up.ready = line,
+                Ok(_) => {}
+                Err(_) => up.fail("`parapet up` printed no PARAPET_READY line within 60 s"),
+            }
+        }
+        up
+    }
+
+    fn data(&self, file: &str) -> String {
+        self.dir.join("data").join(file).to_str().unwrap().to_string()
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        let log = self.log.lock().unwrap();
+        let tail = log.iter().rev().take(40).rev().cloned().collect::<Vec<_>>().join("\n");
+        panic!("{msg}\n--- parapet up (ready: {:?}) log tail ---\n{tail}", self.ready)
+    }
+
+    /// The sum of a counter over every label set on the edge's /metrics.
+    fn edge_metric(&self, name: &str) -> u64 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port_base + 3)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this test created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above; whatever is left of the group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A block of 10 loopback ports (parapet up uses base .. base + 7) that were free a moment ago.
+fn free_port_block() -> u16 {
+    let seed = std::process::id() as u32
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    for k in 0..2000u32 {
+        // Below the ephemeral range, away from the e2e tests' usual spread.
+        let base = 12_000 + ((seed / 7 + k * 10) % 20_000 / 10 * 10) as u16;
+        if (base..base + 10).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free block of 10 loopback ports");
+}
+
+#[test]
+fn federation_against_parapet_up_gets_200s_per_partner() {
+    let up = Up::start("federation", &["--cores", "1", "--load-users", "20"]);
+    let fed_port = up.port_base + 5;
+    assert!(up.ready.contains(&format!("federation=127.0.0.1:{fed_port}")), "{}", up.ready);
+    let (ca, users) = (up.data("pki/ca.pem"), up.data("users.toml"));
+    let target = format!("127.0.0.1:{}", up.port_base);
+    let base = ["loadgen", "federation", "--target", &target, "--ca", &ca, "--users", &users, "--cores", "0"];
+    let config = |extra: &[&str]| {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap().into_config().unwrap_or_else(|e| up.fail(&e.0))
+    };
+    let before = up.edge_metric("parapet_edge_requests_from_partners");
+
+    // Two demo partners at once, over mutual TLS to the federation port that `up` opened by itself.
+    let cfg = config(&[
+        "--count",
+        "10",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--partner-rates",
+        "partner.test=40,other.test=10",
+    ]);
+    assert_eq!(cfg.fed_target.port(), fed_port);
+    let r = engine::run(cfg).unwrap_or_else(|e| up.fail(&e.0));
+    let step = &r.steps[0];
+    assert_eq!(step.parts.len(), 2);
+    for (p, want) in step.parts.iter().zip([80, 20]) {
+        let t = &p.tally;
+        let seen = format!("ok {}, errors {:?}, timeouts {}, dropped {}", t.ok, t.errors, t.timeouts, t.dropped);
+        assert!(t.ok.abs_diff(want) <= 1, "{}: ~{want} MESSAGEs should get 200: {seen}", p.name);
+        assert!(t.errors.is_empty() && t.timeouts == 0 && t.dropped == 0, "{}: {seen}", p.name);
+    }
+    // They came through the federation listener (the warm-up's too), not the users' port.
+    let through = up.edge_metric("parapet_edge_requests_from_partners") - before;
+    assert!(through >= step.tally.ok + 2, "edge counted {through} requests from partners for {} ok", step.tally.ok);
+
+    // A certificate the partners' CA did not issue (our own edge's): refused by the edge, in one sentence.
+    let rogue = up.dir.join("rogue");
+    std::fs::create_dir_all(&rogue).unwrap();
+    std::fs::copy(up.data("pki/edge.pem"), rogue.join("partner.test.pem")).unwrap();
+    std::fs::copy(up.data("pki/edge.key"), rogue.join("partner.test.key")).unwrap();
+    let cfg = config(&["--count", "2", "--duration", "1", "--partner-pki", rogue.to_str().unwrap()]);
+    let e = engine::run(cfg).map(|_| ()).unwrap_err().0;
+    assert!(e.contains("refused the certificate of partner partner.test") && !e.contains('\n'), "{e}");
 }

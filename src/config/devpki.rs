@@ -1,6 +1,7 @@
-//! Development PKI: a private CA plus edge and pool leaf certificates, made once and reused.
+//! Development PKI: a private CA plus edge and pool leaf certificates, made once and reused; and, apart, a
+//! second CA standing for other organizations, with demo partner edges' certificates (`ensure_partners`).
 //!
-//! Lets parapet run TLS and the internal mutual TLS out of the box. Existing files are never
+//! Lets parapet run TLS, the internal mutual TLS and federation out of the box. Existing files are never
 //! replaced while they are still usable, so a CA a user has already imported into a softphone
 //! stays valid across restarts. A leaf is re-issued only when it no longer fits: it lacks a
 //! requested name, or it was not issued by the CA now on disk (someone replaced the CA).
@@ -41,6 +42,9 @@ pub struct DevPki {
 /// Subject of the CA. Must never change: leaves issued later carry it as their issuer name and
 /// would stop chaining to an already distributed `ca.pem`.
 const CA_COMMON_NAME: &str = "parapet development CA";
+/// The demo partners' CA (`partners-ca.pem`): other organizations, so not our CA. Must never change either.
+const PARTNERS_CA_COMMON_NAME: &str = "parapet demo partners CA";
+const PARTNERS_CA_STEM: &str = "partners-ca";
 const CA_ORGANIZATION: &str = "parapet";
 const LEAF_DAYS: u64 = 825;
 const CA_DAYS: u64 = 3650;
@@ -52,7 +56,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// Files that exist and fit are kept. Keys are written 0600.
 pub fn ensure(dir: &Path, edge_names: &[String], pool_names: &[String]) -> io::Result<DevPki> {
     let _lock = DirLock::acquire(dir)?;
-    let (issuer, ca_key_id, ca_new) = ensure_ca(dir)?;
+    let (issuer, ca_key_id, ca_new) = ensure_ca(dir, "ca", CA_COMMON_NAME)?;
     let (edge_cert, edge_key) = ensure_leaf(dir, "edge", &with_loopback(edge_names), &issuer, &ca_key_id, ca_new)?;
     let (pool_cert, pool_key) = ensure_leaf(dir, "pool", &with_loopback(pool_names), &issuer, &ca_key_id, ca_new)?;
     Ok(DevPki { ca_cert: dir.join("ca.pem"), edge_cert, edge_key, pool_cert, pool_key })
@@ -62,15 +66,38 @@ pub fn ensure(dir: &Path, edge_names: &[String], pool_names: &[String]) -> io::R
 /// CA if missing). Names that parse as IP addresses become IP SANs. An existing pair is kept
 /// when it already carries all `names` and comes from this CA. Returns (cert, key) paths.
 pub fn issue_leaf(dir: &Path, file_stem: &str, names: &[String]) -> io::Result<(PathBuf, PathBuf)> {
-    if file_stem.is_empty() || file_stem.contains(['/', '\\']) || file_stem == "ca" {
+    if file_stem.is_empty() || file_stem.contains(['/', '\\']) || file_stem == "ca" || file_stem == PARTNERS_CA_STEM {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("devpki: file stem {file_stem:?} must be a plain file name other than \"ca\""),
+            format!("devpki: file stem {file_stem:?} must be a plain file name other than a CA's"),
         ));
     }
     let _lock = DirLock::acquire(dir)?;
-    let (issuer, ca_key_id, ca_new) = ensure_ca(dir)?;
+    let (issuer, ca_key_id, ca_new) = ensure_ca(dir, "ca", CA_COMMON_NAME)?;
     ensure_leaf(dir, file_stem, names, &issuer, &ca_key_id, ca_new)
+}
+
+/// Demo partner organizations' edges: `partners-ca.pem`/`.key` (a CA of its own, so that trusting it for
+/// federation trusts none of our users' or internal certificates) and, for each (domain, names), the pair
+/// `<domain>.pem`/`<domain>.key` with DNS SANs `names` only. Kept when present and fitting, as in `ensure`.
+/// Returns the CA's path and each partner's (cert, key), in order.
+pub fn ensure_partners(
+    dir: &Path,
+    partners: &[(String, Vec<String>)],
+) -> io::Result<(PathBuf, Vec<(PathBuf, PathBuf)>)> {
+    let _lock = DirLock::acquire(dir)?;
+    let (issuer, ca_key_id, ca_new) = ensure_ca(dir, PARTNERS_CA_STEM, PARTNERS_CA_COMMON_NAME)?;
+    let mut pairs = Vec::with_capacity(partners.len());
+    for (domain, names) in partners {
+        if domain.is_empty() || domain.contains(['/', '\\']) || domain == "ca" || domain == PARTNERS_CA_STEM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("devpki: partner {domain:?} cannot name a certificate file"),
+            ));
+        }
+        pairs.push(ensure_leaf(dir, domain, names, &issuer, &ca_key_id, ca_new)?);
+    }
+    Ok((dir.join(format!("{PARTNERS_CA_STEM}.pem")), pairs))
 }
 
 fn with_loopback(names: &[String]) -> Vec<String> {
@@ -91,10 +118,10 @@ fn io_ctx(path: &Path, what: &str) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{prefix}: {e}"))
 }
 
-fn ca_params() -> CertificateParams {
+fn ca_params(common_name: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, CA_ORGANIZATION);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -120,12 +147,12 @@ fn random_serial() -> io::Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&b))
 }
 
-/// Returns the issuer, the CA key identifier (what leaves carry as authority key id) and whether
-/// the CA was created just now.
-fn ensure_ca(dir: &Path) -> io::Result<(Issuer<'static, KeyPair>, Vec<u8>, bool)> {
-    let cert_path = dir.join("ca.pem");
-    let key_path = dir.join("ca.key");
-    let params = ca_params();
+/// The CA `<stem>.pem`/`<stem>.key` named `common_name`. Returns the issuer, the CA key identifier (what
+/// leaves carry as authority key id) and whether the CA was created just now.
+fn ensure_ca(dir: &Path, stem: &str, common_name: &str) -> io::Result<(Issuer<'static, KeyPair>, Vec<u8>, bool)> {
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    let params = ca_params(common_name);
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
             let key_pem = fs::read_to_string(&key_path).map_err(io_ctx(&key_path, "read"))?;
@@ -133,7 +160,7 @@ fn ensure_ca(dir: &Path) -> io::Result<(Issuer<'static, KeyPair>, Vec<u8>, bool)
             let der = read_cert(&cert_path)?;
             // Without an X.509 parser: the certificate must contain this key's public key and
             // our CA name, otherwise leaves issued now would not chain to it.
-            if !contains(der.as_ref(), key.public_key_raw()) || !contains(der.as_ref(), CA_COMMON_NAME.as_bytes()) {
+            if !contains(der.as_ref(), key.public_key_raw()) || !contains(der.as_ref(), common_name.as_bytes()) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
@@ -416,6 +443,34 @@ mod tests {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .expect("client config takes the pool cert");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn partners_have_a_ca_of_their_own() {
+        let d = tmpdir("partners");
+        let pki = ensure(&d, &names(&["localhost", "edge.example.com"]), &names(&["pool.example.com"])).expect("ours");
+        let want = vec![
+            ("partner.test".to_string(), names(&["edge.partner.test", "partner.test"])),
+            ("other.test".to_string(), names(&["edge.other.test", "other.test"])),
+        ];
+        let (ca, pairs) = ensure_partners(&d, &want).expect("partners");
+        assert_eq!(ca, d.join("partners-ca.pem"));
+        assert_eq!(pairs[0], (d.join("partner.test.pem"), d.join("partner.test.key")));
+        verify_leaf(&ca, &pairs[0].0, "edge.partner.test").expect("partner verifies");
+        verify_leaf(&ca, &pairs[1].0, "other.test").expect("other verifies");
+        assert!(verify_leaf(&ca, &pairs[0].0, "edge.other.test").is_err());
+        // Trusting the partners' CA trusts none of ours, and the other way round.
+        assert!(verify_leaf(&ca, &pki.edge_cert, "edge.example.com").is_err());
+        assert!(verify_leaf(&pki.ca_cert, &pairs[0].0, "edge.partner.test").is_err());
+        assert_eq!(fs::metadata(&pairs[0].1).expect("key").permissions().mode() & 0o777, 0o600);
+        // Made once: a second call keeps every file, and our own CA is untouched.
+        let before = fs::read(&pairs[0].0).expect("cert");
+        let ours = fs::read(&pki.ca_cert).expect("ca");
+        let (_, again) = ensure_partners(&d, &want).expect("again");
+        assert_eq!(before, fs::read(&again[0].0).expect("cert"));
+        assert_eq!(ours, fs::read(&pki.ca_cert).expect("ca"));
+        assert!(issue_leaf(&d, "partners-ca", &names(&["x.test"])).is_err(), "a leaf never overwrites a CA");
         let _ = fs::remove_dir_all(&d);
     }
 

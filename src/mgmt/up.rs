@@ -1,6 +1,10 @@
 //! `parapet up`: everything a first run needs, with zero setup. Makes (once) a development PKI and demo users
 //! under the data folder, writes one config per role, starts the edge and the pool as two processes that talk
 //! over mutual TLS exactly as two hosts would, waits until both accept connections, and says where to connect.
+//!
+//! Ports, from `--port-base` B: B users (TLS), B+1 pool, B+2 edge internal, B+3 and B+4 management (edge, pool),
+//! B+5 federation (mutual TLS, with two demo partner organizations whose edges `loadgen federation` plays), and B+6,
+//! B+7 where those demo partners' edges would listen (nothing does: requests toward them fail, by design).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -21,7 +25,20 @@ pub struct UpOptions {
     pub load_users: usize,
     /// false: per-address flood limits lifted (a benchmark from one address), said loudly in the output.
     pub flood_limits: bool,
+    /// true: an `[edge.federation]` listener with the demo partners (`DEMO_PARTNERS`).
+    pub federation: bool,
 }
+
+/// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
+/// (`pki/partners-ca.pem`); certificate and key for each are `pki/<domain>.pem` and `.key`.
+pub const DEMO_PARTNERS: [(&str, &str); 2] = [("partner.test", "edge.partner.test"), ("other.test", "edge.other.test")];
+/// Offsets from the port base: the federation listener, then one (unused) port per demo partner's edge.
+pub const FEDERATION_PORT_OFFSET: u16 = 5;
+const PARTNER_PORT_OFFSET: u16 = 6;
+/// The highest offset `up` uses.
+const PORT_OFFSET_MAX: u16 = PARTNER_PORT_OFFSET + DEMO_PARTNERS.len() as u16 - 1;
+// The end-to-end tests give each appliance a block of 10 ports.
+const _: () = assert!(PORT_OFFSET_MAX < 10);
 
 /// Flood limits a benchmark cannot reach from one address (message size, in-flight and queue limits stay).
 const NO_FLOOD_LIMITS: &str = "\n[edge.flood]\nconnections_per_ip_max = 4000000000\n\
@@ -51,16 +68,42 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         std::slice::from_ref(&pool_name),
     )
     .map_err(|e| ctx("cannot make the development PKI in", &dir.join("pki"), e))?;
+    // A partner cannot have our own domain (`up --domain partner.test` makes the partner's appliance).
+    let partners: Vec<(&str, &str)> = if o.federation {
+        DEMO_PARTNERS.iter().copied().filter(|(p, _)| !p.eq_ignore_ascii_case(d)).collect()
+    } else {
+        Vec::new()
+    };
+    let partners_ca = if partners.is_empty() {
+        None
+    } else {
+        let want: Vec<(String, Vec<String>)> =
+            partners.iter().map(|(p, name)| (p.to_string(), vec![name.to_string(), p.to_string()])).collect();
+        let (ca, _) = devpki::ensure_partners(&dir.join("pki"), &want)
+            .map_err(|e| ctx("cannot make the demo partners' certificates in", &dir.join("pki"), e))?;
+        Some(ca)
+    };
     let users_file = dir.join("users.toml");
     let users = Directory::write_demo_with_load(&users_file, o.load_users)
         .map_err(|e| ctx("cannot write demo users", &users_file, e))?;
 
+    if o.port_base.checked_add(PORT_OFFSET_MAX).is_none() {
+        return Err(format!(
+            "up: --port-base {} leaves no room for the {} ports up uses",
+            o.port_base,
+            PORT_OFFSET_MAX + 1
+        ));
+    }
     let (user_port, pool_port, internal_port) = (o.port_base, o.port_base + 1, o.port_base + 2);
-    for (what, port) in
-        [("remote users' TLS port", user_port), ("pool port", pool_port), ("edge internal port", internal_port)]
-    {
+    let fed_port = o.port_base + FEDERATION_PORT_OFFSET;
+    let mut listeners =
+        vec![("remote users' TLS port", user_port), ("pool port", pool_port), ("edge internal port", internal_port)];
+    if partners_ca.is_some() {
+        listeners.push(("federation port", fed_port));
+    }
+    for &(what, port) in &listeners {
         crate::net::listener::ensure_port_free(addr(port), what)
-            .map_err(|e| format!("up: {e} (choose another --port-base)"))?;
+            .map_err(|e| format!("up: {e} (choose another --port-base, or --federation off)"))?;
     }
     let edge_toml = format!(
         "# Written by `parapet up` at every start; copy it elsewhere to customise.\n\
@@ -83,7 +126,10 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         pool = addr(pool_port),
         internal = addr(internal_port),
     );
-    let edge_toml = if o.flood_limits { edge_toml } else { format!("{edge_toml}{NO_FLOOD_LIMITS}") };
+    let mut edge_toml = if o.flood_limits { edge_toml } else { format!("{edge_toml}{NO_FLOOD_LIMITS}") };
+    if partners_ca.is_some() {
+        edge_toml.push_str(&federation_toml(fed_port, o.port_base + PARTNER_PORT_OFFSET, &partners));
+    }
     let edge_cfg = dir.join("edge.toml");
     let pool_cfg = dir.join("pool.toml");
     std::fs::write(&edge_cfg, edge_toml).map_err(|e| ctx("cannot write", &edge_cfg, e))?;
@@ -91,15 +137,17 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
 
     let set = super::run::signals();
     let mut children = vec![("pool", spawn_role(&pool_cfg)?), ("edge", spawn_role(&edge_cfg)?)];
-    if let Err(e) = wait_ready(&mut children, &[addr(user_port), addr(pool_port), addr(internal_port)]) {
+    let ready: Vec<SocketAddr> = listeners.iter().map(|&(_, p)| addr(p)).collect();
+    if let Err(e) = wait_ready(&mut children, &ready) {
         stop(&mut children);
         return Err(e);
     }
 
     let mut out = std::io::stdout().lock();
+    let fed_field = if partners_ca.is_some() { format!(" federation={}", addr(fed_port)) } else { String::new() };
     let _ = writeln!(
         out,
-        "PARAPET_READY edge={} domain={d} ca={} users={}",
+        "PARAPET_READY edge={} domain={d} ca={} users={}{fed_field}",
         addr(user_port),
         pki.ca_cert.display(),
         users_file.display()
@@ -131,6 +179,21 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         addr(o.port_base + 3),
         addr(o.port_base + 4)
     );
+    if let Some(ca) = &partners_ca {
+        let names: Vec<&str> = partners.iter().map(|(p, _)| *p).collect();
+        let _ = writeln!(
+            out,
+            "  federation     {} (mutual TLS; partners' certificates must chain to {})",
+            addr(fed_port),
+            ca.display()
+        );
+        let _ = writeln!(
+            out,
+            "    demo partners {}: certificate and key in {}/<domain>.pem and .key (`loadgen federation` plays them)",
+            names.join(", "),
+            dir.join("pki").display()
+        );
+    }
     let _ = writeln!(out, "  configs        {} and {}", edge_cfg.display(), pool_cfg.display());
     if !o.flood_limits {
         let _ = writeln!(
@@ -153,6 +216,24 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         stop(&mut children);
         return Ok(());
     }
+}
+
+/// The `[edge.federation]` tables: our listener, trusting the demo partners' CA, and each partner, whose `addr`
+/// (`partner_port`, `partner_port + 1`, ...) is a loopback port where nothing listens.
+fn federation_toml(listen: u16, partner_port: u16, partners: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "\n# Demo federation: partner organizations whose edges `loadgen federation` plays with pki/<domain>.pem.\n\
+         # Nothing listens at their addr: requests toward them fail. Replace with real partners (README).\n\
+         [edge.federation]\nlisten = \"{}\"\nca = \"pki/partners-ca.pem\"\n",
+        addr(listen)
+    );
+    for (k, (domain, cert_name)) in partners.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[edge.federation.partners]]\ndomain = \"{domain}\"\ncert_name = \"{cert_name}\"\naddr = \"{}\"\n",
+            addr(partner_port + k as u16)
+        ));
+    }
+    s
 }
 
 fn spawn_role(config: &Path) -> Result<Child, String> {
@@ -209,5 +290,22 @@ fn stop(children: &mut [(&'static str, Child)]) {
         }
         let _ = c.kill();
         let _ = c.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_federation_section_is_a_valid_partner_table() {
+        let text = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(5066, 5067, &DEMO_PARTNERS));
+        let c = crate::config::Config::from_toml_str(&text, Path::new("/data")).expect("parses");
+        let f = c.edge.and_then(|e| e.federation).expect("federation");
+        assert_eq!(f.listen, addr(5066));
+        assert_eq!(f.ca, PathBuf::from("/data/pki/partners-ca.pem"));
+        let p: Vec<(&str, &str, u16)> =
+            f.partners.iter().map(|p| (p.domain.as_str(), p.cert_name.as_str(), p.addr.port())).collect();
+        assert_eq!(p, [("partner.test", "edge.partner.test", 5067), ("other.test", "edge.other.test", 5068)]);
     }
 }

@@ -381,6 +381,10 @@ impl Appliance {
         let pool_cfg = app.data_dir.join("pool.toml");
         let mut text =
             fs::read_to_string(&edge_cfg).unwrap_or_else(|e| app.fail(&format!("read {}: {e}", edge_cfg.display())));
+        if snippet.contains("[edge.federation]") {
+            // The test brings its own partner table: it replaces the demo one `up` wrote (a table twice is invalid).
+            text = without_federation(&text);
+        }
         text.push_str("\n# Added by the e2e test\n");
         text.push_str(snippet);
         text.push('\n');
@@ -494,6 +498,24 @@ impl Appliance {
         }
         st
     }
+}
+
+/// `toml` without its `[edge.federation]` table and sub-tables (`[[edge.federation.partners]]`, ...).
+pub fn without_federation(toml: &str) -> String {
+    let mut out = String::with_capacity(toml.len());
+    let mut skip = false;
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let name = t.trim_matches(|c| c == '[' || c == ']').trim();
+            skip = name == "edge.federation" || name.starts_with("edge.federation.");
+        }
+        if !skip {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 impl Drop for Appliance {
