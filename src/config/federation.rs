@@ -1,23 +1,46 @@
 //! `[edge.federation]`: the edge's federation listener and its partner table (direct partners, clearinghouses,
-//! blocked domains, the policy for unknown peers).
+//! blocked domains, the policy for unknown peers), with each peer's limits.
 //!
 //! ```toml
 //! [edge.federation]
-//! listen = "127.0.0.1:5065"          # mutual TLS, its own port
+//! # listen = "127.0.0.1:5065"        # a port of its own (mutual TLS); omitted: partners use the user port
 //! ca = "partners-ca.pem"             # CAs trusted for partners' certificates
 //! blocked_domains = ["evil.test"]
-//! unknown = "refuse"
+//! unknown = "refuse"                 # or "limited": a peer whose certificate chains to `ca` but is on no list
+//! unknown_rate = 5                   # requests/s of each unknown peer (burst: unknown_burst, default 2x)
+//! unknown_connections_max = 2
+//! message_bytes_max = 65535          # for server connections; users have [limits] message_bytes_max
 //!
 //! [[edge.federation.partners]]
 //! domain = "partner.test"
 //! cert_name = "edge.partner.test"    # the name its certificate must carry (RFC 5922)
-//! addr = "127.0.0.1:5165"            # its federation listener
+//! addr = "127.0.0.1:5165"            # its federation listener (or its shared user port)
+//! rate = 500                         # requests/s (token bucket), default 500
+//! burst = 1000                       # default 2x rate
+//! connections_max = 16               # default 16
 //!
 //! [[edge.federation.clearinghouses]]
 //! name = "hub.example.net"
 //! addr = "127.0.0.1:5265"
 //! domains = ["*"]                    # or the domains it may speak for
+//! # rate, burst, connections_max as for partners
 //! ```
+//!
+//! Without `listen`, one port serves both roles (as LCS did on its external edge): the user listener asks for a
+//! client certificate without requiring one; a peer presenting one that the table admits is a partner, one
+//! presenting none is a remote user who must register.
+//!
+//! Limits. Each listed peer (one partner or clearinghouse entry, by certificate name) has one token bucket and
+//! one connection count for the whole edge, whichever core its connections land on; each unknown peer (admitted
+//! with `unknown = "limited"`) has its own, at the much lower unknown rate. The default partner rate, 500/s with
+//! a burst of 1000, is far above what one organization's IM and presence toward us needs in steady state (tens
+//! of requests/s for thousands of users) and absorbs the re-subscriptions after a partner restarts, while one
+//! partner alone stays a small share of what an edge core forwards. 16 connections cover a partner edge of 16
+//! cores (one connector per core). Over its rate a peer gets 503 with Retry-After; over its connection cap its
+//! new connections are closed after the handshake.
+//!
+//! `message_bytes_max` (default 65,535, or `[limits] message_bytes_max` when lower) may not exceed `[limits]
+//! message_bytes_max`: the pool parses a forwarded request under its own `[limits]` (plus room for our hops).
 //!
 //! Parsed in the same two steps as the rest of the config ([`super`]): a private raw form, then `build`, whose
 //! errors name the key. A domain both allowed (partner or clearinghouse) and blocked is an error.
@@ -41,6 +64,25 @@ pub struct FederationConfig {
     /// Lowercase domains refused both ways.
     pub blocked_domains: Vec<String>,
     pub unknown: UnknownPeers,
+    /// Limits of each peer admitted as unknown (`unknown = "limited"`).
+    pub unknown_limits: PeerLimits,
+}
+
+/// What one federation peer (a partner, a clearinghouse, each unknown peer) may use of the edge, all cores
+/// together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Requests per second, sustained (token bucket refill).
+    pub rate: u32,
+    /// Requests at once after a quiet period (bucket size).
+    pub burst: u32,
+}
+
+impl PeerLimits {
+    /// A listed peer's defaults (see the module comment for why these values).
+    pub const LISTED: PeerLimits = PeerLimits { rate: 500, burst: 1000 };
+    /// An unknown peer's defaults: enough to exchange a few messages, far too little to load us.
+    pub const UNKNOWN: PeerLimits = PeerLimits { rate: 5, burst: 10 };
 }
 
 /// A directly federated organization.
@@ -52,6 +94,7 @@ pub struct Partner {
     pub cert_name: String,
     /// Its edge's federation listener.
     pub addr: SocketAddr,
+    pub limits: PeerLimits,
 }
 
 /// A hub relaying for several organizations.
@@ -62,6 +105,7 @@ pub struct Clearinghouse {
     pub addr: SocketAddr,
     /// Domains it may speak for (lowercase); `*` is any domain not otherwise configured.
     pub domains: Vec<String>,
+    pub limits: PeerLimits,
 }
 
 /// What to do with a peer (or a destination domain) on no list.
@@ -79,6 +123,8 @@ pub(super) struct RawFederation {
     clearinghouses: Option<Vec<RawClearinghouse>>,
     blocked_domains: Option<Vec<String>>,
     unknown: Option<String>,
+    unknown_rate: Option<u32>,
+    unknown_burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +133,8 @@ struct RawPartner {
     domain: Option<String>,
     cert_name: Option<String>,
     addr: Option<String>,
+    rate: Option<u32>,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +143,8 @@ struct RawClearinghouse {
     name: Option<String>,
     addr: Option<String>,
     domains: Option<Vec<String>>,
+    rate: Option<u32>,
+    burst: Option<u32>,
 }
 
 const T: &str = "edge.federation";
@@ -104,6 +154,30 @@ fn required(key: String, v: Option<String>) -> Result<String, ConfigError> {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(invalid(key, "missing")),
     }
+}
+
+/// Most requests/s (and burst) a limit may name: beyond it the limit means nothing.
+const RATE_MAX: u32 = 1_000_000;
+
+/// `rate` and `burst` of `[table]` (`prefix` names the keys, e.g. "unknown_"), the rate's default from `d`.
+fn peer_limits(
+    table: &str,
+    prefix: &str,
+    rate: Option<u32>,
+    burst: Option<u32>,
+    d: PeerLimits,
+) -> Result<PeerLimits, ConfigError> {
+    let bounded = |key: &str, v: u32| {
+        if (1..=RATE_MAX).contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(format!("[{table}] {prefix}{key}"), format!("{v} is not between 1 and {RATE_MAX}")))
+        }
+    };
+    let rate = bounded("rate", rate.unwrap_or(d.rate))?;
+    // Without an explicit burst, twice the rate: a peer may send two seconds' worth at once after a pause.
+    let burst = bounded("burst", burst.unwrap_or(rate.saturating_mul(2).min(RATE_MAX)))?;
+    Ok(PeerLimits { rate, burst })
 }
 
 pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Result<FederationConfig, ConfigError> {
@@ -132,7 +206,8 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
             "addr",
             p.addr.as_deref().ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?,
         )?;
-        partners.push(Partner { domain, cert_name, addr });
+        let limits = peer_limits(&table, "", p.rate, p.burst, PeerLimits::LISTED)?;
+        partners.push(Partner { domain, cert_name, addr, limits });
     }
     let mut clearinghouses = Vec::new();
     for (i, c) in raw.clearinghouses.unwrap_or_default().into_iter().enumerate() {
@@ -154,7 +229,8 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
                 validate_name(&format!("[{table}] domains.{j}"), d)?;
             }
         }
-        clearinghouses.push(Clearinghouse { name, addr, domains });
+        let limits = peer_limits(&table, "", c.rate, c.burst, PeerLimits::LISTED)?;
+        clearinghouses.push(Clearinghouse { name, addr, domains, limits });
     }
     let mut blocked_domains = Vec::new();
     for (i, d) in raw.blocked_domains.unwrap_or_default().iter().enumerate() {
@@ -173,7 +249,8 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
             return Err(invalid(format!("[{T}] unknown"), format!("{other:?}: only \"refuse\" is supported")))
         }
     };
-    Ok(FederationConfig { listen, ca, partners, clearinghouses, blocked_domains, unknown })
+    let unknown_limits = peer_limits(T, "unknown_", raw.unknown_rate, raw.unknown_burst, PeerLimits::UNKNOWN)?;
+    Ok(FederationConfig { listen, ca, partners, clearinghouses, blocked_domains, unknown, unknown_limits })
 }
 
 #[cfg(test)]
@@ -201,6 +278,49 @@ mod tests {
         assert_eq!(f.partners[0].domain, "partner.test");
         assert_eq!(f.clearinghouses[0].domains, vec!["*".to_string()]);
         assert_eq!(f.blocked_domains, vec!["evil.test".to_string()]);
+    }
+
+    #[test]
+    fn peer_limits_default_and_override() {
+        let c = parse(
+            "unknown_rate = 3\n\
+             [[edge.federation.partners]]\ndomain = \"a.test\"\ncert_name = \"edge.a.test\"\naddr = \"127.0.0.1:6000\"\n\
+             [[edge.federation.partners]]\ndomain = \"b.test\"\ncert_name = \"edge.b.test\"\naddr = \"127.0.0.1:6000\"\n\
+             rate = 5\n\
+             [[edge.federation.clearinghouses]]\nname = \"hub.test\"\naddr = \"127.0.0.1:6001\"\ndomains = [\"*\"]\n\
+             rate = 50\nburst = 60\n",
+        )
+        .expect("parses");
+        let f = c.edge.and_then(|e| e.federation).expect("federation");
+        assert_eq!(f.partners[0].limits, PeerLimits::LISTED);
+        assert_eq!(f.partners[1].limits, PeerLimits { rate: 5, burst: 10 }, "burst defaults to twice the rate");
+        assert_eq!(f.clearinghouses[0].limits, PeerLimits { rate: 50, burst: 60 });
+        assert_eq!(f.unknown_limits, PeerLimits { rate: 3, burst: 6 });
+        let d = parse("").expect("defaults").edge.and_then(|e| e.federation).expect("federation");
+        assert_eq!(d.unknown_limits, PeerLimits::UNKNOWN);
+    }
+
+    #[test]
+    fn peer_limit_errors_name_the_key() {
+        let partner =
+            "[[edge.federation.partners]]\ndomain = \"a.test\"\ncert_name = \"edge.a.test\"\naddr = \"127.0.0.1:1\"\n";
+        for (extra, key) in [
+            (format!("{partner}rate = 0\n"), "[edge.federation.partners.0] rate"),
+            (format!("{partner}burst = 0\n"), "[edge.federation.partners.0] burst"),
+            (format!("{partner}rate = 2000000\n"), "[edge.federation.partners.0] rate"),
+            ("unknown_rate = 0\n".to_string(), "[edge.federation] unknown_rate"),
+            ("unknown_burst = 0\n".to_string(), "[edge.federation] unknown_burst"),
+            (
+                "[[edge.federation.clearinghouses]]\nname = \"h.test\"\naddr = \"127.0.0.1:1\"\ndomains = [\"*\"]\nburst = 0\n"
+                    .to_string(),
+                "[edge.federation.clearinghouses.0] burst",
+            ),
+        ] {
+            let e = parse(&extra).expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = parse(&format!("{partner}rate = -1\n")).expect_err("negative").to_string();
+        assert!(e.contains("rate"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod devpki;
 pub mod federation;
 mod validate;
 
-pub use federation::{Clearinghouse, FederationConfig, Partner, UnknownPeers};
+pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
 
 use std::fmt;
 use std::net::SocketAddr;

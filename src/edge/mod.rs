@@ -83,6 +83,8 @@ crate::counters! {
         federation_peers_cut,
         /// Federation tables this core applied after a reload.
         federation_reloads,
+        /// Federated requests refused over their peer's message rate (503 with Retry-After).
+        federation_rate_limited,
     }
 }
 
@@ -236,6 +238,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         partners: RefCell::default(),
         fed_table: RefCell::new(s.fed.as_ref().map(|f| Arc::new(f.cfg.clone()))),
         fed_generation: std::cell::Cell::new(reload::generation()),
+        fed_limits: RefCell::new(reload::current_limits()),
     });
     for (_, rx) in receivers.streams() {
         let edge = edge.clone();
@@ -336,6 +339,8 @@ pub struct Edge {
     fed_table: RefCell<Option<Arc<crate::config::FederationConfig>>>,
     /// The reload generation `fed_table` comes from.
     fed_generation: std::cell::Cell<u64>,
+    /// The per-peer limits of federation, shared by every core (replaced with `fed_table`).
+    fed_limits: RefCell<Option<Arc<federation::Limiter>>>,
 }
 
 impl Handler for Edge {

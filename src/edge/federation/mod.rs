@@ -21,9 +21,11 @@ use crate::net::{tls, Connector};
 use crate::sip::Uri;
 
 mod inbound;
+mod limits;
 mod outbound;
 mod table;
 
+pub use limits::Limiter;
 pub use table::{admits, may_speak, route_for, speaks_for, Target};
 
 /// The user part of the Route with which the pool hands us a request for a foreign domain.

@@ -60,7 +60,7 @@ pub fn route_for(cfg: &FederationConfig, domain: &str) -> Option<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Clearinghouse, Partner, UnknownPeers};
+    use crate::config::{Clearinghouse, Partner, PeerLimits, UnknownPeers};
     use std::net::SocketAddr;
 
     fn cfg() -> FederationConfig {
@@ -72,13 +72,25 @@ mod tests {
                 domain: "partner.test".into(),
                 cert_name: "edge.partner.test".into(),
                 addr: a(1),
+                limits: PeerLimits::LISTED,
             }],
             clearinghouses: vec![
-                Clearinghouse { name: "hub.test".into(), addr: a(2), domains: vec!["third.test".into()] },
-                Clearinghouse { name: "any.test".into(), addr: a(3), domains: vec!["*".into()] },
+                Clearinghouse {
+                    name: "hub.test".into(),
+                    addr: a(2),
+                    domains: vec!["third.test".into()],
+                    limits: PeerLimits::LISTED,
+                },
+                Clearinghouse {
+                    name: "any.test".into(),
+                    addr: a(3),
+                    domains: vec!["*".into()],
+                    limits: PeerLimits::LISTED,
+                },
             ],
             blocked_domains: vec!["evil.test".into()],
             unknown: UnknownPeers::Refuse,
+            unknown_limits: PeerLimits::UNKNOWN,
         }
     }
 
