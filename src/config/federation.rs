@@ -76,13 +76,15 @@ pub struct PeerLimits {
     pub rate: u32,
     /// Requests at once after a quiet period (bucket size).
     pub burst: u32,
+    /// Connections from the peer at once (its connections to us; ours to it are not counted).
+    pub connections_max: u32,
 }
 
 impl PeerLimits {
     /// A listed peer's defaults (see the module comment for why these values).
-    pub const LISTED: PeerLimits = PeerLimits { rate: 500, burst: 1000 };
+    pub const LISTED: PeerLimits = PeerLimits { rate: 500, burst: 1000, connections_max: 16 };
     /// An unknown peer's defaults: enough to exchange a few messages, far too little to load us.
-    pub const UNKNOWN: PeerLimits = PeerLimits { rate: 5, burst: 10 };
+    pub const UNKNOWN: PeerLimits = PeerLimits { rate: 5, burst: 10, connections_max: 2 };
 }
 
 /// A directly federated organization.
@@ -125,6 +127,7 @@ pub(super) struct RawFederation {
     unknown: Option<String>,
     unknown_rate: Option<u32>,
     unknown_burst: Option<u32>,
+    unknown_connections_max: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +138,7 @@ struct RawPartner {
     addr: Option<String>,
     rate: Option<u32>,
     burst: Option<u32>,
+    connections_max: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -145,6 +149,7 @@ struct RawClearinghouse {
     domains: Option<Vec<String>>,
     rate: Option<u32>,
     burst: Option<u32>,
+    connections_max: Option<u32>,
 }
 
 const T: &str = "edge.federation";
@@ -156,28 +161,30 @@ fn required(key: String, v: Option<String>) -> Result<String, ConfigError> {
     }
 }
 
-/// Most requests/s (and burst) a limit may name: beyond it the limit means nothing.
-const RATE_MAX: u32 = 1_000_000;
+/// Most requests/s (and burst, and connections) a limit may name: beyond it the limit means nothing.
+const LIMIT_MAX: u32 = 1_000_000;
 
-/// `rate` and `burst` of `[table]` (`prefix` names the keys, e.g. "unknown_"), the rate's default from `d`.
+/// `rate`, `burst` and `connections_max` of `[table]` (`prefix` names the keys, e.g. "unknown_"), as given
+/// (`rate`, `burst`, `connections_max`), defaults from `d`.
 fn peer_limits(
     table: &str,
     prefix: &str,
-    rate: Option<u32>,
-    burst: Option<u32>,
+    given: (Option<u32>, Option<u32>, Option<u32>),
     d: PeerLimits,
 ) -> Result<PeerLimits, ConfigError> {
     let bounded = |key: &str, v: u32| {
-        if (1..=RATE_MAX).contains(&v) {
+        if (1..=LIMIT_MAX).contains(&v) {
             Ok(v)
         } else {
-            Err(invalid(format!("[{table}] {prefix}{key}"), format!("{v} is not between 1 and {RATE_MAX}")))
+            Err(invalid(format!("[{table}] {prefix}{key}"), format!("{v} is not between 1 and {LIMIT_MAX}")))
         }
     };
+    let (rate, burst, connections_max) = given;
     let rate = bounded("rate", rate.unwrap_or(d.rate))?;
     // Without an explicit burst, twice the rate: a peer may send two seconds' worth at once after a pause.
-    let burst = bounded("burst", burst.unwrap_or(rate.saturating_mul(2).min(RATE_MAX)))?;
-    Ok(PeerLimits { rate, burst })
+    let burst = bounded("burst", burst.unwrap_or(rate.saturating_mul(2).min(LIMIT_MAX)))?;
+    let connections_max = bounded("connections_max", connections_max.unwrap_or(d.connections_max))?;
+    Ok(PeerLimits { rate, burst, connections_max })
 }
 
 pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Result<FederationConfig, ConfigError> {
@@ -206,7 +213,7 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
             "addr",
             p.addr.as_deref().ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?,
         )?;
-        let limits = peer_limits(&table, "", p.rate, p.burst, PeerLimits::LISTED)?;
+        let limits = peer_limits(&table, "", (p.rate, p.burst, p.connections_max), PeerLimits::LISTED)?;
         partners.push(Partner { domain, cert_name, addr, limits });
     }
     let mut clearinghouses = Vec::new();
@@ -229,7 +236,7 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
                 validate_name(&format!("[{table}] domains.{j}"), d)?;
             }
         }
-        let limits = peer_limits(&table, "", c.rate, c.burst, PeerLimits::LISTED)?;
+        let limits = peer_limits(&table, "", (c.rate, c.burst, c.connections_max), PeerLimits::LISTED)?;
         clearinghouses.push(Clearinghouse { name, addr, domains, limits });
     }
     let mut blocked_domains = Vec::new();
@@ -249,7 +256,8 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
             return Err(invalid(format!("[{T}] unknown"), format!("{other:?}: only \"refuse\" is supported")))
         }
     };
-    let unknown_limits = peer_limits(T, "unknown_", raw.unknown_rate, raw.unknown_burst, PeerLimits::UNKNOWN)?;
+    let given = (raw.unknown_rate, raw.unknown_burst, raw.unknown_connections_max);
+    let unknown_limits = peer_limits(T, "unknown_", given, PeerLimits::UNKNOWN)?;
     Ok(FederationConfig { listen, ca, partners, clearinghouses, blocked_domains, unknown, unknown_limits })
 }
 
@@ -288,14 +296,15 @@ mod tests {
              [[edge.federation.partners]]\ndomain = \"b.test\"\ncert_name = \"edge.b.test\"\naddr = \"127.0.0.1:6000\"\n\
              rate = 5\n\
              [[edge.federation.clearinghouses]]\nname = \"hub.test\"\naddr = \"127.0.0.1:6001\"\ndomains = [\"*\"]\n\
-             rate = 50\nburst = 60\n",
+             rate = 50\nburst = 60\nconnections_max = 4\n",
         )
         .expect("parses");
         let f = c.edge.and_then(|e| e.federation).expect("federation");
         assert_eq!(f.partners[0].limits, PeerLimits::LISTED);
-        assert_eq!(f.partners[1].limits, PeerLimits { rate: 5, burst: 10 }, "burst defaults to twice the rate");
-        assert_eq!(f.clearinghouses[0].limits, PeerLimits { rate: 50, burst: 60 });
-        assert_eq!(f.unknown_limits, PeerLimits { rate: 3, burst: 6 });
+        let b = PeerLimits { rate: 5, burst: 10, connections_max: 16 };
+        assert_eq!(f.partners[1].limits, b, "burst defaults to twice the rate");
+        assert_eq!(f.clearinghouses[0].limits, PeerLimits { rate: 50, burst: 60, connections_max: 4 });
+        assert_eq!(f.unknown_limits, PeerLimits { rate: 3, burst: 6, connections_max: 2 });
         let d = parse("").expect("defaults").edge.and_then(|e| e.federation).expect("federation");
         assert_eq!(d.unknown_limits, PeerLimits::UNKNOWN);
     }
@@ -310,6 +319,8 @@ mod tests {
             (format!("{partner}rate = 2000000\n"), "[edge.federation.partners.0] rate"),
             ("unknown_rate = 0\n".to_string(), "[edge.federation] unknown_rate"),
             ("unknown_burst = 0\n".to_string(), "[edge.federation] unknown_burst"),
+            (format!("{partner}connections_max = 0\n"), "[edge.federation.partners.0] connections_max"),
+            ("unknown_connections_max = 0\n".to_string(), "[edge.federation] unknown_connections_max"),
             (
                 "[[edge.federation.clearinghouses]]\nname = \"h.test\"\naddr = \"127.0.0.1:1\"\ndomains = [\"*\"]\nburst = 0\n"
                     .to_string(),

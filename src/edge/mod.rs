@@ -33,6 +33,7 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::config::Config;
 use crate::net::conn::bump;
+use crate::net::conn::Permit;
 use crate::net::listener::{ensure_port_free, listen, ListenSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
@@ -85,6 +86,9 @@ crate::counters! {
         federation_reloads,
         /// Federated requests refused over their peer's message rate (503 with Retry-After).
         federation_rate_limited,
+        /// Federation connections refused after the handshake: certificate not admitted by the table, or the
+        /// peer at its connection cap.
+        federation_connections_refused,
     }
 }
 
@@ -396,14 +400,12 @@ impl Handler for Edge {
         }
     }
 
-    fn admit_peer(&self, kind: ConnKind, names: &[String]) -> bool {
+    fn admit_peer(&self, kind: ConnKind, names: &[String]) -> Option<(ConnKind, Permit)> {
         if kind != ConnKind::Partner {
-            return true;
+            return Some((kind, None));
         }
-        match self.fed_table.borrow().as_ref() {
-            Some(t) => federation::admits(t, names),
-            None => false,
-        }
+        let slot = self.admit_federation_peer(kind, names)?;
+        Some((kind, Some(Box::new(slot))))
     }
 
     fn release(&self, peer: SocketAddr, kind: ConnKind) {

@@ -328,6 +328,10 @@ pub fn peer_limits(user: &Limits) -> Limits {
     }
 }
 
+/// What a handler holds for an admitted connection while it lives (dropped when the connection ends): e.g. its
+/// place in a per-peer connection count.
+pub type Permit = Option<Box<dyn std::any::Any>>;
+
 /// What the role running on a core does with what connections receive.
 pub trait Handler: 'static {
     fn table(&self) -> &RefCell<ConnTable>;
@@ -342,10 +346,10 @@ pub trait Handler: 'static {
     fn admit(&self, _peer: SocketAddr, _kind: ConnKind) -> bool {
         true
     }
-    /// A mutual-TLS peer after its handshake (and the listener's own name check), by its certificate names:
-    /// false closes it.
-    fn admit_peer(&self, _kind: ConnKind, _names: &[String]) -> bool {
-        true
+    /// A TLS peer after its handshake (and the listener's own name check), by its certificate names: the kind
+    /// the connection takes and what to hold while it lives, or None to close it (the handler logs why).
+    fn admit_peer(&self, kind: ConnKind, _names: &[String]) -> Option<(ConnKind, Permit)> {
+        Some((kind, None))
     }
     /// An admitted connection has ended, whether or not its handshake completed.
     fn release(&self, _peer: SocketAddr, _kind: ConnKind) {}

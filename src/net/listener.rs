@@ -163,13 +163,15 @@ async fn handshake_and_drive<H: Handler>(
             return;
         }
     }
-    if !handler.admit_peer(spec.kind, &names) {
+    let Some((kind, permit)) = handler.admit_peer(spec.kind, &names) else {
         bump(&handler.stats().peers_refused);
-        tracing::warn!(%peer, ?names, "peer certificate names not admitted by the current table: closing");
+        tracing::debug!(%peer, ?names, "peer refused by the handler: closing");
         return;
-    }
-    let (conn, rx) = handler.table().borrow_mut().insert(spec.kind, peer, names);
+    };
+    let (conn, rx) = handler.table().borrow_mut().insert(kind, peer, names);
     drive(tls, conn, rx, handler).await;
+    // Held until here: what the handler counted for this connection is given back now that it has ended.
+    drop(permit);
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Per-peer limits of federation: a message rate (token bucket) for each federation peer, shared by every core.
+//! Per-peer limits of federation, shared by every core: a message rate (token bucket) and a connection cap for
+//! each federation peer.
 //!
 //! A peer's connections land on any core (SO_REUSEPORT), and a partner edge opens one per core of its own, so a
 //! per-core bucket would give a peer `cores` times its rate. Instead the [`Limiter`] (built with the table, an
@@ -8,13 +9,17 @@
 //!
 //! The bucket is GCRA (the virtual-scheduling form of a token bucket): one `AtomicU64` holds the theoretical
 //! arrival time on a monotonic clock, moved by compare-and-swap, so taking a token is lock-free and
-//! allocation-free. A reload builds a new limiter but keeps the states of peers still listed (by name) and the
-//! unknown slots, with their new limits: a reload neither refills nor empties a bucket.
+//! allocation-free. The connection count is an atomic taken at admission (after the handshake) and given back
+//! by the [`ConnSlot`] the listener holds while the connection lives, so it is returned to the very state it was
+//! taken from, whatever reloads happened in between.
+//!
+//! A reload builds a new limiter but keeps the states of peers still listed (by name) and the unknown slots,
+//! with their new limits: a reload neither refills nor empties a bucket, nor forgets a connection.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -23,7 +28,7 @@ use bytes::BytesMut;
 use super::super::Edge;
 use crate::config::{FederationConfig, PeerLimits};
 use crate::net::conn::bump;
-use crate::net::Conn;
+use crate::net::{Conn, ConnKind};
 use crate::sip::{self, HeaderName, Message};
 
 /// Slots for unknown peers' states (each 64 bytes).
@@ -53,8 +58,42 @@ pub struct PeerState {
     tolerance_ns: AtomicU64,
     /// Requests refused over the rate, since start.
     refused: AtomicU64,
-    /// When a refusal was last logged (ms, [`now_ns`] / 1e6); 0: never.
-    logged_ms: AtomicU64,
+    /// Refusals over the rate, logged at most every [`LOG_INTERVAL_MS`].
+    refused_log: LogThrottle,
+    /// Connections from the peer now (0 <= connections <= connections_max, except after a reload lowered it).
+    connections: AtomicU32,
+    connections_max: AtomicU32,
+    /// Connections refused at the cap, logged at most every [`LOG_INTERVAL_MS`].
+    capped_log: LogThrottle,
+}
+
+/// Lets one log line through per [`LOG_INTERVAL_MS`], whichever core asks.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    /// When a line was last let through (ms, [`now_ns`] / 1e6); 0: never.
+    last_ms: AtomicU64,
+}
+
+impl LogThrottle {
+    pub const fn new() -> LogThrottle {
+        LogThrottle { last_ms: AtomicU64::new(0) }
+    }
+
+    pub fn ready(&self, now_ns: u64) -> bool {
+        let now_ms = (now_ns / 1_000_000).max(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        (last == 0 || now_ms.saturating_sub(last) >= LOG_INTERVAL_MS)
+            && self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
+/// A connection counted against its peer's cap; dropping it gives the place back.
+pub struct ConnSlot(Arc<PeerState>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PeerState {
@@ -68,6 +107,20 @@ impl PeerState {
         let interval = 1_000_000_000 / u64::from(limits.rate.max(1));
         self.interval_ns.store(interval.max(1), Ordering::Relaxed);
         self.tolerance_ns.store(interval * u64::from(limits.burst.max(1) - 1), Ordering::Relaxed);
+        self.connections_max.store(limits.connections_max, Ordering::Relaxed);
+    }
+
+    /// Counts one more connection of this peer unless it is at its cap.
+    pub fn connect(self: &Arc<Self>) -> Option<ConnSlot> {
+        let max = self.connections_max.load(Ordering::Relaxed);
+        self.connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| ConnSlot(self.clone()))
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Takes one token at `now_ns`; Err carries how long until one is there (ns).
@@ -96,10 +149,7 @@ impl PeerState {
     /// Counts a refusal; true when this one should be logged (at most once per [`LOG_INTERVAL_MS`], any core).
     fn refused_and_log(&self, now_ns: u64) -> bool {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        let now_ms = (now_ns / 1_000_000).max(1);
-        let last = self.logged_ms.load(Ordering::Relaxed);
-        (last == 0 || now_ms.saturating_sub(last) >= LOG_INTERVAL_MS)
-            && self.logged_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        self.refused_log.ready(now_ns)
     }
 
     pub fn refused(&self) -> u64 {
@@ -187,7 +237,45 @@ fn decimal(v: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// Refusals of certificates the table does not admit, logged at most every [`LOG_INTERVAL_MS`] (such a peer
+/// has no state of its own to throttle by).
+static NOT_ADMITTED_LOG: LogThrottle = LogThrottle::new();
+
 impl Edge {
+    /// A peer after its handshake, on a federation connection of `kind`, by its certificate names: admitted by
+    /// the table in force on this core and under its connection cap, it gets the slot the listener holds while
+    /// the connection lives; otherwise it is refused (counted, logged at most every 10 s).
+    pub(in crate::edge) fn admit_federation_peer(&self, kind: ConnKind, names: &[String]) -> Option<ConnSlot> {
+        let admitted = self.fed_table.borrow().as_ref().is_some_and(|t| super::admits(t, names));
+        let limits = self.fed_limits.borrow();
+        let state = match (admitted, limits.as_ref()) {
+            (true, Some(l)) => l.state(names),
+            _ => {
+                bump(&self.estats.federation_connections_refused);
+                if NOT_ADMITTED_LOG.ready(now_ns()) {
+                    tracing::warn!(
+                        ?kind,
+                        ?names,
+                        "peer certificate not admitted by the federation table: closing (logged at most every 10 s)"
+                    );
+                }
+                return None;
+            }
+        };
+        let slot = state.connect();
+        if slot.is_none() {
+            bump(&self.estats.federation_connections_refused);
+            if state.capped_log.ready(now_ns()) {
+                tracing::warn!(
+                    ?names,
+                    connections = state.connections(),
+                    "federation peer at its connection cap: closing its new connection (logged at most every 10 s)"
+                );
+            }
+        }
+        slot
+    }
+
     /// A federated peer's request over its rate: answered 503 with Retry-After (RFC 3261 §21.5.4), counted, and
     /// logged at most once per peer per [`LOG_INTERVAL_MS`]. True when refused (it must not go on).
     pub(in crate::edge) fn partner_over_rate(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) -> bool {
@@ -226,7 +314,7 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn state(rate: u32, burst: u32) -> PeerState {
-        PeerState::new(PeerLimits { rate, burst })
+        PeerState::new(PeerLimits { rate, burst, connections_max: 2 })
     }
 
     #[test]
@@ -291,7 +379,7 @@ mod tests {
 
     fn cfg(partner_rate: u32) -> FederationConfig {
         let a = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        let limits = |rate| PeerLimits { rate, burst: rate };
+        let limits = |rate| PeerLimits { rate, burst: rate, connections_max: 2 };
         FederationConfig {
             listen: a,
             ca: "ca.pem".into(),
@@ -337,6 +425,46 @@ mod tests {
         gone.partners.clear();
         let l3 = Limiter::build(&gone, Some(&l2));
         assert!(!Arc::ptr_eq(l2.state(&partner), l3.state(&partner)));
+    }
+
+    #[test]
+    fn connection_cap_counted_across_threads_and_released_on_drop() {
+        let s = Arc::new(PeerState::new(PeerLimits { rate: 1, burst: 1, connections_max: 16 }));
+        // Eight threads each try to open 4 connections: 16 in all succeed, however they interleave.
+        let slots: Vec<ConnSlot> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let s = s.clone();
+                    sc.spawn(move || (0..4).filter_map(|_| s.connect()).collect::<Vec<_>>())
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("thread")).collect()
+        });
+        assert_eq!(slots.len(), 16);
+        assert_eq!(s.connections(), 16);
+        assert!(s.connect().is_none(), "at the cap");
+        drop(slots);
+        assert_eq!(s.connections(), 0, "every slot given back");
+        // A reload lowering the cap below the connections open refuses new ones until enough have closed.
+        let held: Vec<ConnSlot> = (0..3).filter_map(|_| s.connect()).collect();
+        s.set_limits(PeerLimits { rate: 1, burst: 1, connections_max: 2 });
+        assert!(s.connect().is_none());
+        drop(held);
+        assert!(s.connect().is_some());
+    }
+
+    #[test]
+    fn slots_return_to_the_state_they_came_from_across_reloads() {
+        let l = Limiter::build(&cfg(2), None);
+        let partner = vec!["edge.partner.test".to_string()];
+        let first = l.state(&partner).connect().expect("first");
+        let _second = l.state(&partner).connect().expect("second");
+        assert!(l.state(&partner).connect().is_none(), "cap 2");
+        // Still listed after a reload: the same count, so the cap holds across it.
+        let l2 = Limiter::build(&cfg(3), Some(&l));
+        assert!(l2.state(&partner).connect().is_none());
+        drop(first);
+        assert!(l2.state(&partner).connect().is_some());
     }
 
     #[test]
