@@ -66,6 +66,8 @@ pub struct FederationConfig {
     pub unknown: UnknownPeers,
     /// Limits of each peer admitted as unknown (`unknown = "limited"`).
     pub unknown_limits: PeerLimits,
+    /// Largest message on a federation (server) connection; at most `[limits] message_bytes_max`.
+    pub message_bytes_max: usize,
 }
 
 /// What one federation peer (a partner, a clearinghouse, each unknown peer) may use of the edge, all cores
@@ -128,6 +130,7 @@ pub(super) struct RawFederation {
     unknown_rate: Option<u32>,
     unknown_burst: Option<u32>,
     unknown_connections_max: Option<u32>,
+    message_bytes_max: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -187,7 +190,18 @@ fn peer_limits(
     Ok(PeerLimits { rate, burst, connections_max })
 }
 
-pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Result<FederationConfig, ConfigError> {
+/// The default `message_bytes_max` for server connections (when `[limits]` allows as much).
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 65_535;
+/// Below this a server connection could not carry an ordinary request with a few hops' headers.
+const MESSAGE_BYTES_MIN: usize = 1024;
+
+/// `user_message_bytes_max` is `[limits] message_bytes_max`, the bound of the federation one.
+pub(super) fn build(
+    raw: RawFederation,
+    base_dir: &Path,
+    own_domain: &str,
+    user_message_bytes_max: usize,
+) -> Result<FederationConfig, ConfigError> {
     let listen =
         parse_addr(T, "listen", raw.listen.as_deref().ok_or_else(|| invalid(format!("[{T}] listen"), "missing"))?)?;
     let ca = resolve(base_dir, raw.ca);
@@ -258,7 +272,28 @@ pub(super) fn build(raw: RawFederation, base_dir: &Path, own_domain: &str) -> Re
     };
     let given = (raw.unknown_rate, raw.unknown_burst, raw.unknown_connections_max);
     let unknown_limits = peer_limits(T, "unknown_", given, PeerLimits::UNKNOWN)?;
-    Ok(FederationConfig { listen, ca, partners, clearinghouses, blocked_domains, unknown, unknown_limits })
+    let message_bytes_max = raw.message_bytes_max.unwrap_or(MESSAGE_BYTES_MAX_DEFAULT.min(user_message_bytes_max));
+    if message_bytes_max < MESSAGE_BYTES_MIN || message_bytes_max > user_message_bytes_max {
+        // The pool parses what we forward under its own [limits] (plus room for our hops): a larger federation
+        // limit would have it refuse, or drop our connection to it.
+        return Err(invalid(
+            format!("[{T}] message_bytes_max"),
+            format!(
+                "{message_bytes_max} is not between {MESSAGE_BYTES_MIN} and [limits] message_bytes_max \
+                 ({user_message_bytes_max}), which the pool applies to what we forward"
+            ),
+        ));
+    }
+    Ok(FederationConfig {
+        listen,
+        ca,
+        partners,
+        clearinghouses,
+        blocked_domains,
+        unknown,
+        unknown_limits,
+        message_bytes_max,
+    })
 }
 
 #[cfg(test)]
@@ -332,6 +367,22 @@ mod tests {
         }
         let e = parse(&format!("{partner}rate = -1\n")).expect_err("negative").to_string();
         assert!(e.contains("rate"), "{e}");
+    }
+
+    #[test]
+    fn message_size_for_server_connections() {
+        let f = |c: Config| c.edge.and_then(|e| e.federation).expect("federation");
+        assert_eq!(f(parse("").expect("default")).message_bytes_max, MESSAGE_BYTES_MAX_DEFAULT);
+        assert_eq!(f(parse("message_bytes_max = 4096\n").expect("set")).message_bytes_max, 4096);
+        // Users limited lower: the default follows them down.
+        let s = "domain = \"example.com\"\n[limits]\nmessage_bytes_max = 8192\n[edge]\n[edge.federation]\n\
+                 listen = \"127.0.0.1:5065\"\nca = \"p.pem\"\n";
+        let c = Config::from_toml_str(s, Path::new("/etc/parapet")).expect("parses");
+        assert_eq!(f(c).message_bytes_max, 8192);
+        for bad in ["message_bytes_max = 100\n", "message_bytes_max = 70000\n"] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("[edge.federation] message_bytes_max"), "{e}");
+        }
     }
 
     #[test]

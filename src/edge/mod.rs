@@ -361,6 +361,19 @@ impl Handler for Edge {
         &self.s.limits
     }
 
+    /// Federation connections (a partner's to us, ours to a partner) are server connections: their size limit is
+    /// `[edge.federation] message_bytes_max` of the table in force when they start, not the users' one.
+    fn limits_for(&self, conn: &Conn) -> Limits {
+        let federated = conn.kind == ConnKind::Partner || (conn.kind == ConnKind::PeerOut && !self.is_pool(conn));
+        match (federated, self.fed_table.borrow().as_ref()) {
+            (true, Some(t)) => Limits { message_bytes_max: t.message_bytes_max, ..self.s.limits },
+            _ => match conn.kind {
+                ConnKind::User | ConnKind::Partner => self.s.limits,
+                ConnKind::PeerIn | ConnKind::PeerOut => self.s.peer_limits,
+            },
+        }
+    }
+
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
         if !msg.is_request() {
             // Up-branches carry no MAC: only the pool, which got them from us, may hand them back.

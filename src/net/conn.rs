@@ -338,6 +338,14 @@ pub trait Handler: 'static {
     fn stats(&self) -> &NetStats;
     fn times(&self) -> &NetTimes;
     fn limits(&self) -> &Limits;
+    /// The limits a connection's messages are parsed under, chosen when its driver starts: by default the role's
+    /// own for users and partners, and a little more for trusted peers ([`peer_limits`]).
+    fn limits_for(&self, conn: &Conn) -> Limits {
+        match conn.kind {
+            ConnKind::User | ConnKind::Partner => *self.limits(),
+            ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(self.limits()),
+        }
+    }
     /// A complete message that parsed.
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
     /// The connection is gone (after removal from the table).
@@ -366,10 +374,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let limits = match conn.kind {
-        ConnKind::User | ConnKind::Partner => *handler.limits(),
-        ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(handler.limits()),
-    };
+    let limits = handler.limits_for(&conn);
     // Both buffers hold memory only while there is something in them: an idle connection owns neither.
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();

@@ -398,6 +398,7 @@ mod tests {
             blocked_domains: vec![],
             unknown: UnknownPeers::Refuse,
             unknown_limits: limits(1),
+            message_bytes_max: 65_535,
         }
     }
 

@@ -91,6 +91,7 @@ mod tests {
             blocked_domains: vec!["evil.test".into()],
             unknown: UnknownPeers::Refuse,
             unknown_limits: PeerLimits::UNKNOWN,
+            message_bytes_max: 65_535,
         }
     }
 
