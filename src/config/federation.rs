@@ -112,10 +112,15 @@ pub struct Clearinghouse {
     pub limits: PeerLimits,
 }
 
-/// What to do with a peer (or a destination domain) on no list.
+/// What to do with a peer on no list (requests *to* a domain on no list are refused either way, unless a
+/// clearinghouse serves it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownPeers {
+    /// Closed after the handshake.
     Refuse,
+    /// Admitted when its certificate chains to `ca` and names a domain (see [`crate::edge::federation`]): it
+    /// speaks for the domains its certificate names, at `unknown_rate` and `unknown_connections_max`.
+    Limited,
 }
 
 #[derive(Deserialize, Default)]
@@ -266,8 +271,9 @@ pub(super) fn build(
     }
     let unknown = match raw.unknown.as_deref().map(str::trim) {
         None | Some("refuse") => UnknownPeers::Refuse,
+        Some("limited") => UnknownPeers::Limited,
         Some(other) => {
-            return Err(invalid(format!("[{T}] unknown"), format!("{other:?}: only \"refuse\" is supported")))
+            return Err(invalid(format!("[{T}] unknown"), format!("{other:?}: expected \"refuse\" or \"limited\"")))
         }
     };
     let given = (raw.unknown_rate, raw.unknown_burst, raw.unknown_connections_max);
@@ -321,6 +327,9 @@ mod tests {
         assert_eq!(f.partners[0].domain, "partner.test");
         assert_eq!(f.clearinghouses[0].domains, vec!["*".to_string()]);
         assert_eq!(f.blocked_domains, vec!["evil.test".to_string()]);
+        assert_eq!(f.unknown, UnknownPeers::Refuse);
+        let l = parse("unknown = \"limited\"\n").expect("limited").edge.and_then(|e| e.federation).expect("fed");
+        assert_eq!(l.unknown, UnknownPeers::Limited);
     }
 
     #[test]

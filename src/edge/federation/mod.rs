@@ -3,9 +3,12 @@
 //!
 //! Inbound: the federation listener admits only peers whose certificate carries a configured name (RFC 5922:
 //! the subjectAltName DNS names, matched exactly); the connection may speak for the domains the partner table
-//! gives that name. Every request is checked (method, From domain spoken for, Request-URI ours, hop count)
-//! before it reaches the pool, marked with `P-Parapet-Federated: <peer domain>` so that the pool skips digest
-//! authentication (a header the edge removes from anything a user sends). Responses return by our Via.
+//! gives that name. With `unknown = "limited"` it also admits a peer on no list, for the domains its certificate
+//! names ([`table`]). Each peer's connections count against its cap and its requests against its rate, all
+//! cores together ([`limits`]). Every request is checked (rate, method, From domain spoken for, Request-URI
+//! ours, hop count) before it reaches the pool, marked with `P-Parapet-Federated: <peer domain>` so that the pool
+//! skips digest authentication (a header the edge removes from anything a user sends). Responses return by our
+//! Via.
 //!
 //! Outbound: the pool sends a request for a foreign domain with `Route: <sip:fed@EDGE_INTERNAL;lr>`; the edge
 //! looks the domain up in the routing table (direct partner, clearinghouse, or refuse), hides the internal hops
