@@ -100,11 +100,11 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<
     Ok(Arc::new(cfg))
 }
 
-/// DNS names of the end-entity certificate (subjectAltName), lowercased.
+/// The names the end-entity certificate speaks for, lowercased: its SIP domain identities (RFC 5922 §7.1,
+/// see [`super::identity`]), compared by [`super::identity::matches`].
 pub fn peer_dns_names(chain: Option<&[CertificateDer<'_>]>) -> Vec<String> {
-    let Some(ee) = chain.and_then(|c| c.first()) else { return Vec::new() };
-    match webpki::EndEntityCert::try_from(ee) {
-        Ok(cert) => cert.valid_dns_names().map(|n| n.to_ascii_lowercase()).collect(),
-        Err(_) => Vec::new(),
+    match chain.and_then(|c| c.first()) {
+        Some(ee) => super::identity::of_certificate(ee),
+        None => Vec::new(),
     }
 }

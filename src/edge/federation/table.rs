@@ -11,10 +11,11 @@
 use std::net::SocketAddr;
 
 use crate::config::{FederationConfig, UnknownPeers};
+use crate::net::identity;
 
 /// Whether a peer with these certificate names is listed (a partner or clearinghouse of `cfg`).
 fn listed(cfg: &FederationConfig, names: &[String]) -> bool {
-    let has = |n: &str| names.iter().any(|m| m.eq_ignore_ascii_case(n));
+    let has = |n: &str| identity::matches(names, n);
     cfg.partners.iter().any(|p| has(&p.cert_name)) || cfg.clearinghouses.iter().any(|c| has(&c.name))
 }
 
@@ -53,7 +54,7 @@ pub struct Target {
 
 /// Domains (lowercase; `*` = any not otherwise configured) a peer with these certificate names may speak for.
 pub fn speaks_for(cfg: &FederationConfig, names: &[String]) -> Vec<String> {
-    let has = |n: &str| names.iter().any(|m| m.eq_ignore_ascii_case(n));
+    let has = |n: &str| identity::matches(names, n);
     let mut v: Vec<String> = cfg.partners.iter().filter(|p| has(&p.cert_name)).map(|p| p.domain.clone()).collect();
     for c in cfg.clearinghouses.iter().filter(|c| has(&c.name)) {
         v.extend(c.domains.iter().cloned());
@@ -158,6 +159,9 @@ mod tests {
         assert!(admits(&c, &names(&["HUB.test"])), "names compare case-insensitively");
         assert!(!admits(&c, &names(&["stranger.test", "edge.stranger.test"])));
         assert!(speaks_for(&c, &names(&["stranger.test"])).is_empty());
+        // RFC 5922 §7.2: a wildcard certificate name is no match for a configured name, nor a suffix.
+        assert!(!admits(&c, &names(&["*.partner.test"])));
+        assert!(!admits(&c, &names(&["partner.edge.partner.test", "test"])));
     }
 
     #[test]
