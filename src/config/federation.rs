@@ -55,8 +55,8 @@ use super::{invalid, parse_addr, resolve, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FederationConfig {
-    /// The federation listener (mutual TLS).
-    pub listen: SocketAddr,
+    /// The federation listener (mutual TLS); None: partners connect to the user port (`[edge] listen`).
+    pub listen: Option<SocketAddr>,
     /// PEM CA(s) trusted for partners' and clearinghouses' certificates.
     pub ca: PathBuf,
     pub partners: Vec<Partner>,
@@ -207,8 +207,7 @@ pub(super) fn build(
     own_domain: &str,
     user_message_bytes_max: usize,
 ) -> Result<FederationConfig, ConfigError> {
-    let listen =
-        parse_addr(T, "listen", raw.listen.as_deref().ok_or_else(|| invalid(format!("[{T}] listen"), "missing"))?)?;
+    let listen = raw.listen.as_deref().map(|s| parse_addr(T, "listen", s)).transpose()?;
     let ca = resolve(base_dir, raw.ca);
     if ca.as_os_str().is_empty() {
         return Err(invalid(format!("[{T}] ca"), "missing (name the PEM file of the CAs trusted for partners)"));
@@ -323,6 +322,7 @@ mod tests {
         )
         .expect("parses");
         let f = c.edge.and_then(|e| e.federation).expect("federation");
+        assert_eq!(f.listen, Some("127.0.0.1:5065".parse().expect("addr")));
         assert_eq!(f.ca, PathBuf::from("/etc/parapet/p.pem"));
         assert_eq!(f.partners[0].domain, "partner.test");
         assert_eq!(f.clearinghouses[0].domains, vec!["*".to_string()]);
@@ -376,6 +376,16 @@ mod tests {
         }
         let e = parse(&format!("{partner}rate = -1\n")).expect_err("negative").to_string();
         assert!(e.contains("rate"), "{e}");
+    }
+
+    #[test]
+    fn without_listen_partners_share_the_user_port() {
+        let s = "domain = \"example.com\"\n[edge]\n[edge.federation]\nca = \"p.pem\"\n";
+        let c = Config::from_toml_str(s, Path::new("/etc/parapet")).expect("parses");
+        assert_eq!(c.edge.and_then(|e| e.federation).expect("federation").listen, None);
+        let bad = s.replace("ca = ", "listen = \"nowhere\"\nca = ");
+        let e = Config::from_toml_str(&bad, Path::new("/etc/parapet")).err().map(|e| e.to_string());
+        assert!(e.as_ref().is_some_and(|e| e.contains("[edge.federation] listen")), "{e:?}");
     }
 
     #[test]

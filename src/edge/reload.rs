@@ -90,7 +90,8 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
         detail: "not configured at start (turning federation on needs a restart)".into(),
     })?;
     if new.listen != old.listen {
-        let detail = format!("changed from {} to {} (needs a restart)", old.listen, new.listen);
+        let show = |l: Option<SocketAddr>| l.map_or_else(|| "the user port (omitted)".to_string(), |a| a.to_string());
+        let detail = format!("changed from {} to {} (needs a restart)", show(old.listen), show(new.listen));
         return Err(ReloadError::Key { key: "[edge.federation] listen", detail });
     }
     if new.ca != old.ca {
@@ -98,7 +99,7 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
         return Err(ReloadError::Key { key: "[edge.federation] ca", detail });
     }
     // The certificates and the CA must still load, exactly as at start.
-    super::federation::FedSettings::new(new, &cfg.domain, &edge.cert, &edge.key)
+    super::federation::FedSettings::new(new, &cfg.domain, edge.listen, &edge.cert, &edge.key)
         .map_err(|detail| ReloadError::Key { key: "[edge.federation]", detail })?;
     let summary = summarize(old, new);
     let limits = Arc::new(Limiter::build(new, Some(old_limits)));

@@ -161,7 +161,7 @@ pub fn probe(config_path: &Path, domain: &str) -> Result<Report, String> {
     let suite = s.conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
     lines.push(format!("tls: {version} {suite}"));
     let started = Instant::now();
-    let options = options_request(&cfg.domain, &domain, &fed.listen.to_string());
+    let options = options_request(&cfg.domain, &domain, &fed.listen.unwrap_or(edge.listen).to_string());
     let status = round_trip(&mut s, &options).map_err(|e| {
         print_lines(&lines);
         format!("OPTIONS to {domain} through {} got no answer: {e}.", target.name)

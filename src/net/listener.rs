@@ -72,6 +72,8 @@ fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
 pub struct ListenSpec {
     pub addr: SocketAddr,
     pub tls: Arc<ServerConfig>,
+    /// What its connections are, unless the handler decides otherwise after the handshake
+    /// ([`Handler::admit_peer`]).
     pub kind: ConnKind,
     pub handshake_timeout: Duration,
     /// For mutual TLS: the certificate names admitted (one of them must be in the peer's SAN DNS names).
@@ -155,7 +157,9 @@ async fn handshake_and_drive<H: Handler>(
             return;
         }
     };
-    let names = peer_dns_names(tls.get_ref().1.peer_certificates());
+    let chain = tls.get_ref().1.peer_certificates();
+    let certified = chain.is_some_and(|c| !c.is_empty());
+    let names = peer_dns_names(chain);
     if let Some(admit) = &spec.admit_names {
         if !names.iter().any(|n| admit.iter().any(|a| a.eq_ignore_ascii_case(n))) {
             bump(&handler.stats().peers_refused);
@@ -163,7 +167,7 @@ async fn handshake_and_drive<H: Handler>(
             return;
         }
     }
-    let Some((kind, permit)) = handler.admit_peer(spec.kind, &names) else {
+    let Some((kind, permit)) = handler.admit_peer(spec.kind, &names, certified) else {
         bump(&handler.stats().peers_refused);
         tracing::debug!(%peer, ?names, "peer refused by the handler: closing");
         return;

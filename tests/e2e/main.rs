@@ -10,6 +10,7 @@ mod challenges;
 mod edge_security;
 mod federation;
 mod federation_kamailio;
+mod federation_limits;
 mod federation_ops;
 mod interop_pjsip;
 mod lifecycle;

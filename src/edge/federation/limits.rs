@@ -381,7 +381,7 @@ mod tests {
         let a = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         let limits = |rate| PeerLimits { rate, burst: rate, connections_max: 2 };
         FederationConfig {
-            listen: a,
+            listen: Some(a),
             ca: "ca.pem".into(),
             partners: vec![Partner {
                 domain: "partner.test".into(),

@@ -39,15 +39,18 @@ pub struct FedSettings {
     pub cfg: FederationConfig,
     /// Our SIP domain (lowercase).
     pub domain: String,
+    /// Where partners reach us (the federation listener, or the user port it shares), for our Vias toward them.
     pub listen_text: String,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub client_tls: Arc<rustls::ClientConfig>,
 }
 
 impl FedSettings {
+    /// `user_listen` is `[edge] listen`, which partners share when the federation has no listener of its own.
     pub fn new(
         cfg: &FederationConfig,
         domain: &str,
+        user_listen: std::net::SocketAddr,
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Result<Self, String> {
@@ -57,7 +60,7 @@ impl FedSettings {
         Ok(FedSettings {
             cfg: cfg.clone(),
             domain: domain.to_ascii_lowercase(),
-            listen_text: cfg.listen.to_string(),
+            listen_text: cfg.listen.unwrap_or(user_listen).to_string(),
             server_tls,
             client_tls,
         })

@@ -103,7 +103,7 @@ mod tests {
     fn cfg() -> FederationConfig {
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         FederationConfig {
-            listen: a(5065),
+            listen: Some(a(5065)),
             ca: "ca.pem".into(),
             partners: vec![Partner {
                 domain: "partner.test".into(),
