@@ -8,10 +8,11 @@
 //! names the new table no longer admits (counted in `federation_peers_cut`). Other connections stay up.
 //!
 //! The per-peer limits ([`Limiter`]) are published with the table: one `Arc` for every core, built from the
-//! previous one so that peers still listed keep their buckets, with their new limits.
+//! previous one so that peers still listed keep their buckets and connection counts, with their new limits. A new
+//! `message_bytes_max` applies to federation connections made after the reload.
 //!
-//! What cannot change without a restart (the federation listener's address and CA file, turning federation on
-//! or off) is refused with the key named.
+//! What cannot change without a restart (the federation listener's address or its absence, the CA file, turning
+//! federation on or off) is refused with the key named.
 
 use std::net::SocketAddr;
 use std::path::Path;

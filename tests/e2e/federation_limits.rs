@@ -28,6 +28,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::malformed::uniq;
+use crate::pjsua::Agent;
 use crate::rawsip::{text, Metrics, Ua};
 use crate::support::{parapet_bin, Appliance};
 
@@ -315,4 +316,31 @@ fn partners_are_policed_per_identity_on_the_shared_user_port() {
         .unwrap_or_else(|e| b.fail(&format!("cannot run the probe: {e}")));
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && all.contains("trusted: yes") && all.contains("SIP/2.0 200"), "probe:\n{all}");
+}
+
+/// pjsip sends no client certificate: on a user port shared with partners (which asks for one without
+/// requiring it) it registers and exchanges a MESSAGE exactly as on a plain user port.
+#[test]
+fn pjsip_users_are_unaffected_by_a_shared_port() {
+    let app = Appliance::start_with_edge_extra("fedlim-pjsip", "[edge.federation]\nca = \"pki/ca.pem\"\n");
+    let (alice_u, bob_u) = (app.user("alice"), app.user("bob"));
+    let mut alice = Agent::spawn(&app, "alice", &alice_u.alias, &alice_u.password);
+    let mut bob = Agent::spawn(&app, "bob", &bob_u.alias, &bob_u.password);
+    for (agent, who) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        let ev = agent.register();
+        agent.check(ev.int("code") == Some(200), || format!("{who} REGISTER on the shared port: {ev}"));
+    }
+    let st = alice.message(&format!("sip:bob@{}", app.domain), "over the shared port");
+    alice.check(st.int("code") == Some(200), || format!("alice -> bob MESSAGE: {st}"));
+    let m = bob.received();
+    bob.check(m.str("text") == Some("over the shared port"), || format!("bob received: {m}"));
+    assert_eq!(Metrics::edge(&app).must(&app, "parapet_edge_federation_connections_refused"), 0);
+    // The port does ask for certificates: one that chains to the federation CA but is on no list is refused.
+    let port: u16 = app.edge.rsplit(':').next().and_then(|p| p.parse().ok()).expect("user port");
+    let pki = app.data_dir.join("pki");
+    let mut peer = Peer::connect(mtls_config(&app.ca, &pki.join("edge.pem"), &pki.join("edge.key")), port);
+    if let Ok(code) = peer.ask(&message("x@partner.test", "bob@example.com", 5)) {
+        app.fail(&format!("an unlisted certificate on the shared port: expected it closed, got {code}"));
+    }
+    assert_eq!(wait_metric(&app, "parapet_edge_federation_connections_refused", 1), 1);
 }
