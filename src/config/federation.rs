@@ -10,6 +10,7 @@
 //! unknown_rate = 5                   # requests/s of each unknown peer (burst: unknown_burst, default 2x)
 //! unknown_connections_max = 2
 //! message_bytes_max = 65535          # for server connections; users have [limits] message_bytes_max
+//! clearinghouse = false              # true: this edge is a hub relaying between its partners (members)
 //!
 //! [[edge.federation.partners]]
 //! domain = "partner.test"
@@ -44,6 +45,10 @@
 //!
 //! Parsed in the same two steps as the rest of the config ([`super`]): a private raw form, then `build`, whose
 //! errors name the key. A domain both allowed (partner or clearinghouse) and blocked is an error.
+//!
+//! A clearinghouse (hub) is the same edge with `clearinghouse = true`: its partners are its members, each
+//! admitted and checked exactly as a partner, and a member's request for another member's domain is relayed to
+//! that member (see `crate::edge::federation`). A hub without partners has nobody to relay between: an error.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +73,8 @@ pub struct FederationConfig {
     pub unknown_limits: PeerLimits,
     /// Largest message on a federation (server) connection; at most `[limits] message_bytes_max`.
     pub message_bytes_max: usize,
+    /// This edge is a clearinghouse: requests from partners (members) for another member's domain are relayed.
+    pub clearinghouse: bool,
 }
 
 /// What one federation peer (a partner, a clearinghouse, each unknown peer) may use of the edge, all cores
@@ -136,6 +143,7 @@ pub(super) struct RawFederation {
     unknown_burst: Option<u32>,
     unknown_connections_max: Option<u32>,
     message_bytes_max: Option<usize>,
+    clearinghouse: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +297,13 @@ pub(super) fn build(
             ),
         ));
     }
+    let clearinghouse = raw.clearinghouse.unwrap_or(false);
+    if clearinghouse && partners.is_empty() {
+        return Err(invalid(
+            format!("[{T}] clearinghouse"),
+            "true, but no [[edge.federation.partners]]: list the member organizations a hub relays between",
+        ));
+    }
     Ok(FederationConfig {
         listen,
         ca,
@@ -298,6 +313,7 @@ pub(super) fn build(
         unknown,
         unknown_limits,
         message_bytes_max,
+        clearinghouse,
     })
 }
 
@@ -422,5 +438,19 @@ mod tests {
             .expect_err("no domains")
             .to_string();
         assert!(e.contains("[edge.federation.clearinghouses.0] domains"), "{e}");
+        let e = parse("clearinghouse = true\n").expect_err("hub without members").to_string();
+        assert!(e.contains("[edge.federation] clearinghouse"), "{e}");
+    }
+
+    #[test]
+    fn clearinghouse_mode() {
+        let f = |c: Config| c.edge.and_then(|e| e.federation).expect("federation");
+        assert!(!f(parse("").expect("parses")).clearinghouse, "off by default");
+        let hub = parse(
+            "clearinghouse = true\n[[edge.federation.partners]]\ndomain = \"partner.test\"\n\
+             cert_name = \"edge.partner.test\"\naddr = \"127.0.0.1:6000\"\n",
+        )
+        .expect("parses");
+        assert!(f(hub).clearinghouse);
     }
 }

@@ -79,6 +79,11 @@ impl Edge {
             self.reply(from, &msg, 404, "Not Found: no valid flow token");
             return;
         };
+        self.to_flow(from, flow, msg);
+    }
+
+    /// A request for the user on `flow` (from the pool, or in a federated dialog from a partner on `from`).
+    pub(super) fn to_flow(self: &Rc<Self>, from: ConnId, flow: ConnId, msg: Message) {
         if usize::from(flow.core) != self.id {
             let bytes = msg.bytes().clone();
             if !self.to_core(usize::from(flow.core), EdgeMsg::ToUser { from, flow, bytes }) {
@@ -97,7 +102,7 @@ impl Edge {
             self.reply(from, &msg, 430, "Flow Failed");
             return;
         }
-        let Some((id, out)) = self.hide_internal_hops(from, &msg, &self.s.listen_text) else { return };
+        let Some((id, out)) = self.hide_internal_hops(from, &msg, &self.s.listen_text, &[]) else { return };
         if self.table.borrow().send(flow, &out).is_err() {
             self.down.borrow_mut().map.remove(&id);
             bump(&self.estats.flows_failed);
@@ -108,12 +113,14 @@ impl Edge {
     /// A request leaving the edge (toward a user or a partner) with its internal hops hidden: its Vias wait in a
     /// transaction on this core, named by the MAC'd branch of the single Via it carries out (at `via_host`), and
     /// Route, Record-Route, Path, Proxy-Authorization and our internal marks are gone. None when it was answered
-    /// here instead (483, or 503 when the transaction table is full).
+    /// here instead (483, or 503 when the transaction table is full). `add` are lines put back after the removal
+    /// (a federated dialog's Routes beyond us, our public Record-Route).
     pub(super) fn hide_internal_hops(
         self: &Rc<Self>,
         from: ConnId,
         msg: &Message,
         via_host: &str,
+        add: &[(HeaderName, &[u8])],
     ) -> Option<(u64, Bytes)> {
         let max_forwards = msg.max_forwards().unwrap_or(70);
         if max_forwards == 0 {
@@ -147,6 +154,9 @@ impl Edge {
             HeaderName::ParapetFederated,
         ] {
             ed.remove_headers(name);
+        }
+        for (name, value) in add {
+            ed.append_header(*name, value);
         }
         ed.push_via(&via);
         ed.set_max_forwards(max_forwards - 1);

@@ -78,8 +78,13 @@ crate::counters! {
         requests_to_partners,
         /// Federated requests whose From domain the peer may not speak for (403).
         federation_spoofed_from,
+        /// In-dialog requests from federated peers delivered straight to a user's flow (NOTIFY for a subscription
+        /// a user of ours made through us).
+        federation_in_dialog,
         /// Federated requests refused otherwise (method, domain not ours, no route, blocked).
         federation_refused,
+        /// Requests a clearinghouse relayed from one member organization to another.
+        federation_relayed,
         /// Federation connections closed because a reloaded table no longer admits their peer.
         federation_peers_cut,
         /// Federation tables this core applied after a reload.

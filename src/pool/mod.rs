@@ -91,6 +91,8 @@ crate::counters! {
         federated_requests,
         /// Requests for foreign domains handed to an edge for federation.
         federated_out,
+        /// SUBSCRIBEs of our users for presentities in other organizations, sent on to them.
+        subscriptions_federated_out,
     }
 }
 
@@ -245,6 +247,7 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
             u32::from_le_bytes([s.nonce_secret[0], s.nonce_secret[1], s.nonce_secret[2], s.nonce_secret[3]]),
         )),
         edges,
+        unsaved: RefCell::default(),
         s: s.clone(),
     });
     for (_, rx) in receivers.streams() {
@@ -300,6 +303,16 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         })
         .detach();
     }
+    {
+        let pool = pool.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(persist::WRITE_BEHIND).await;
+                pool.write_out_soft_state();
+            }
+        })
+        .detach();
+    }
     let spec = ListenSpec {
         addr: s.listen,
         tls: s.server_tls.clone(),
@@ -321,6 +334,8 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
     drop(listener);
     let done = shard::wait_until(Duration::from_secs(5), || pool.txns.borrow().is_empty()).await;
     tracing::info!(core = id, finished = done, "pool draining: closing connections");
+    pool.write_out_soft_state();
+    pool.flush_dirty_subscriptions();
     pool.table.borrow().close_all();
     shard::wait_until(Duration::from_secs(2), || pool.table.borrow().is_empty()).await;
 }
@@ -336,6 +351,8 @@ pub struct Pool {
     registrar: RefCell<Registrar>,
     nonces: RefCell<NonceKeeper>,
     txns: RefCell<proxy::Transactions>,
+    /// Soft state changed since the last write-out ([`persist`]).
+    unsaved: RefCell<persist::Unsaved>,
     presence: RefCell<presence::Presence>,
     edges: HashMap<SocketAddr, Rc<Connector>>,
     s: Arc<PoolSettings>,
@@ -551,8 +568,17 @@ impl Pool {
                 let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
                 self.to_core(target.as_bytes(), Stage::Route, origin, msg);
             }
+            // A partner's user watching one of ours: authorized like any watcher (allow/block lists, defaults).
+            Some(Method::Subscribe) if presence::event_of(&msg).is_some_and(|(p, _)| p == "presence") => {
+                let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+                self.to_core(target.as_bytes(), Stage::Route, origin, msg);
+            }
+            Some(Method::Subscribe) => {
+                bump(&self.pstats.bad_event);
+                self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, b"presence")]);
+            }
             Some(Method::Ack) => {}
-            _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers yet", &[]),
+            _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers", &[]),
         }
     }
 

@@ -10,8 +10,13 @@
 //! each answer wait for an fsync would cost a disk round trip per request on the hottest path for no gain a
 //! client could see. Allow/block entries and contact lists, which are not soft, are written synchronously.
 //!
-//! Encoding: TOML of the small structs below (the store treats values as opaque bytes).
+//! Registrations and publications are marked on the pool core and written out every [`WRITE_BEHIND`] (the last
+//! state of each AOR), so a burst of REGISTERs costs one wake-up of the store thread, not one per request.
+//!
+//! Encoding: JSON of the small structs below (the store treats values as opaque bytes); rows written as TOML by
+//! earlier versions are still read.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -93,11 +98,27 @@ pub fn owner_of(row: &StateRow) -> &str {
 }
 
 fn encode<T: Serialize>(v: &T) -> Option<Vec<u8>> {
-    toml::to_string(v).ok().map(String::into_bytes)
+    serde_json::to_vec(v).ok()
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
-    toml::from_str(std::str::from_utf8(v).ok()?).ok()
+    serde_json::from_slice(v).ok().or_else(|| toml::from_str(std::str::from_utf8(v).ok()?).ok())
+}
+
+/// How often a pool core writes out the registrations and publications that changed.
+pub const WRITE_BEHIND: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// AORs whose registrations or publications changed since the last write-out (one core's).
+#[derive(Default)]
+pub struct Unsaved {
+    regs: HashSet<String>,
+    pubs: HashSet<String>,
+}
+
+fn mark(set: &mut HashSet<String>, aor: &str) {
+    if !set.contains(aor) {
+        set.insert(aor.to_owned());
+    }
 }
 
 /// The soft state saved by the previous run, split by owning core (read here, before any executor runs).
@@ -126,8 +147,35 @@ impl Pool {
         }
     }
 
-    /// After a REGISTER: the AOR's bindings as they are now.
+    /// After a REGISTER (or a flow's bindings went): written out with the next batch.
     pub(crate) fn persist_bindings(&self, aor: &str) {
+        mark(&mut self.unsaved.borrow_mut().regs, aor);
+    }
+
+    /// After a PUBLISH: written out with the next batch.
+    pub(crate) fn persist_publications(&self, aor: &str) {
+        mark(&mut self.unsaved.borrow_mut().pubs, aor);
+    }
+
+    /// Every [`WRITE_BEHIND`], and at shutdown: the marked AORs' state as it is now, to the store.
+    pub(crate) fn write_out_soft_state(&self) {
+        let (regs, pubs) = {
+            let mut u = self.unsaved.borrow_mut();
+            if u.regs.is_empty() && u.pubs.is_empty() {
+                return;
+            }
+            (std::mem::take(&mut u.regs), std::mem::take(&mut u.pubs))
+        };
+        for aor in &regs {
+            self.save_bindings(aor);
+        }
+        for aor in &pubs {
+            self.save_publications(aor);
+        }
+    }
+
+    /// The AOR's bindings as they are now.
+    fn save_bindings(&self, aor: &str) {
         let bindings = self.registrar.borrow_mut().lookup(aor, now_secs());
         let Some(expires_at) = bindings.iter().map(|b| b.expires_at).max() else {
             self.write_state(StateWrite::Delete { kind: "reg".into(), key: aor.into() });
@@ -154,8 +202,8 @@ impl Pool {
         }
     }
 
-    /// After a PUBLISH: the presentity's publications as they are now.
-    pub(crate) fn persist_publications(&self, aor: &str) {
+    /// The presentity's publications as they are now.
+    fn save_publications(&self, aor: &str) {
         let p = self.presence.borrow();
         let list = p.pubs.of(aor);
         let Some(expires_at) = list.iter().map(|p| p.expires_at).max() else {
@@ -365,5 +413,17 @@ mod tests {
             owner_of(&StateRow { kind: "sub".into(), key: "bob@x call id".into(), value: vec![], expires_at: 0 }),
             "bob@x"
         );
+    }
+
+    #[test]
+    fn rows_written_as_toml_by_earlier_versions_still_read() {
+        let old = "[[p]]\netag = \"e1\"\nbody = \"<x/>\"\ncontent_type = \"application/pidf+xml\"\nexpires_at = 9\nchanged = 3\n";
+        let saved: SavedPublications = decode(old.as_bytes()).expect("TOML row");
+        assert_eq!(saved.p[0].etag, "e1");
+        let new = encode(&saved).expect("encodes");
+        assert!(new.starts_with(b"{"), "written as JSON");
+        let again: SavedPublications = decode(&new).expect("JSON row");
+        assert_eq!((again.p[0].expires_at, again.p[0].changed), (9, 3));
+        assert!(decode::<SavedPublications>(b"\xff not a row").is_none());
     }
 }

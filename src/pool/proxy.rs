@@ -162,7 +162,7 @@ impl Pool {
 
     /// A request of ours for a foreign domain: to the first edge, whose federation routes it (never relayed for a
     /// federated peer).
-    fn route_foreign(self: &Rc<Self>, origin: ConnId, msg: Message) {
+    pub(crate) fn route_foreign(self: &Rc<Self>, origin: ConnId, msg: Message) {
         let edge = self.s.edges.first().and_then(|p| self.edges.get(&p.addr).map(|c| (p.addr, c.clone())));
         let Some((addr, connector)) = edge.filter(|_| msg.header(HeaderName::ParapetFederated).is_none()) else {
             self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);

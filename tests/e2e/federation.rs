@@ -21,9 +21,9 @@ use crate::rawsip::{text, Metrics, Ua};
 use crate::support::Appliance;
 
 /// Port (offset from the port base) of each edge's federation listener.
-const FED_PORT: u16 = 5;
+pub(crate) const FED_PORT: u16 = 5;
 
-fn snippet(peer: &Appliance, peer_domain: &str, me: &Appliance) -> String {
+pub(crate) fn snippet(peer: &Appliance, peer_domain: &str, me: &Appliance) -> String {
     format!(
         "[edge.federation]\nlisten = \"127.0.0.1:{}\"\nca = \"{}\"\nblocked_domains = [\"evil.test\"]\n\n\
          [[edge.federation.partners]]\ndomain = \"{peer_domain}\"\ncert_name = \"edge.{peer_domain}\"\naddr = \"127.0.0.1:{}\"\n",
@@ -34,7 +34,7 @@ fn snippet(peer: &Appliance, peer_domain: &str, me: &Appliance) -> String {
 }
 
 /// A client config presenting `cert`/`key` and trusting `ca` (as a partner's edge would).
-fn mtls_config(ca: &Path, cert: &Path, key: &Path) -> Arc<ClientConfig> {
+pub(crate) fn mtls_config(ca: &Path, cert: &Path, key: &Path) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).expect("read CA") {
         roots.add(c.expect("CA parses")).expect("CA added");
@@ -54,7 +54,7 @@ fn mtls_config(ca: &Path, cert: &Path, key: &Path) -> Arc<ClientConfig> {
 
 /// Sends `request` over a fresh mutual-TLS connection to `port` and returns what comes back until a complete
 /// response head (or the connection ends: Err with what was read).
-fn exchange(cfg: Arc<ClientConfig>, server_name: &str, port: u16, request: &str) -> Result<String, String> {
+pub(crate) fn exchange(cfg: Arc<ClientConfig>, server_name: &str, port: u16, request: &str) -> Result<String, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
@@ -82,7 +82,7 @@ fn exchange(cfg: Arc<ClientConfig>, server_name: &str, port: u16, request: &str)
     Err(format!("no answer; read {:?}", String::from_utf8_lossy(&got)))
 }
 
-fn message_from(from: &str, to: &str) -> String {
+pub(crate) fn message_from(from: &str, to: &str) -> String {
     let u = uniq();
     format!(
         "MESSAGE sip:{to} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKf{u}\r\nMax-Forwards: 70\r\n\

@@ -1,4 +1,5 @@
-//! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool.
+//! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool (or, at a
+//! clearinghouse, relayed to another member: [`super::hub`]).
 
 use std::rc::Rc;
 
@@ -8,7 +9,7 @@ use super::super::{token, Edge};
 use super::{host_lower, may_speak, speaks_for};
 use crate::net::conn::bump;
 use crate::net::{Conn, ConnId};
-use crate::sip::{Editor, HeaderName, Message, Method};
+use crate::sip::{Editor, HeaderName, Message, Method, NameAddr};
 
 /// Methods a federated peer may send us.
 fn allowed(m: Method) -> bool {
@@ -46,11 +47,33 @@ impl Edge {
             self.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");
             return;
         }
+        if let Some(flow) = self.flow_in_route(msg) {
+            // An in-dialog request for a dialog a user of ours opened through us (our Record-Route carried the
+            // user's flow token): straight to that flow, provided it is addressed to one of ours.
+            if host_lower(&msg.to().uri) != fed.domain || method != Method::Notify {
+                bump(&self.estats.federation_refused);
+                self.reply(conn.id, msg, 403, "Forbidden: not a request within a dialog of ours");
+                return;
+            }
+            bump(&self.estats.federation_in_dialog);
+            self.to_flow(conn.id, flow, msg.clone());
+            return;
+        }
         let Some(ruri) = msg.request_uri_parsed() else {
             self.reply(conn.id, msg, 416, "Unsupported URI Scheme");
             return;
         };
-        if host_lower(&ruri) != fed.domain && !self.is_myself(&ruri) {
+        if table.clearinghouse {
+            // Within a dialog the Request-URI is the far end's Contact: the To domain names the member.
+            let to = msg.to();
+            let domain = if to.tag().is_some() { host_lower(&to.uri) } else { host_lower(&ruri) };
+            if domain != fed.domain {
+                self.relay_between_members(conn, msg, &table, &domain);
+                return;
+            }
+        }
+        let domain = host_lower(&ruri);
+        if domain != fed.domain && !self.is_myself(&ruri) {
             bump(&self.estats.federation_refused);
             self.reply(conn.id, msg, 404, "Not Found: domain not served here");
             return;
@@ -71,7 +94,14 @@ impl Edge {
         via.extend_from_slice(b";branch=");
         token::write_up_branch(&mut via, conn.id, salt);
         let received = conn.peer.ip().to_string();
+        // A dialog the partner opens with one of ours (SUBSCRIBE): the pool's in-dialog requests (NOTIFY) must
+        // come back through us, to be routed to the partner by the To domain.
+        let record_route = (method == Method::Subscribe && msg.to().tag().is_none())
+            .then(|| format!("<sip:fed@{};transport=tls;lr>", self.s.internal_text));
         let mut ed = Editor::new(msg);
+        if let Some(rr) = &record_route {
+            ed.prepend_header(HeaderName::RecordRoute, rr.as_bytes());
+        }
         ed.remove_headers(HeaderName::Route);
         ed.remove_headers(HeaderName::ParapetFederated);
         ed.set_top_via_params(Some(received.as_bytes()), Some(conn.peer.port()));
@@ -83,11 +113,29 @@ impl Edge {
         self.pool.send(self, out.freeze());
     }
 
-    /// The pool's response to a partner's request, on the partner connection's core: our Via off, then back.
+    /// The flow named by the top Route, when it is one of our MAC'd flow tokens.
+    fn flow_in_route(&self, msg: &Message) -> Option<ConnId> {
+        let route = msg.values(HeaderName::Route).next()?;
+        let na = NameAddr::parse(route).ok()?;
+        token::parse_flow(&self.s.key, na.uri.user?)
+    }
+
+    /// The pool's response to a partner's request, on the partner connection's core: our Via off, our internal
+    /// Record-Route (a dialog the partner opened) shown at our federation address instead, then back.
     pub(in crate::edge) fn response_to_partner(self: &Rc<Self>, back: ConnId, msg: &Message) {
         bump(&self.estats.responses_routed);
+        let internal_rr = format!("<sip:fed@{};transport=tls;lr>", self.s.internal_text);
+        let public_rr = self.s.fed.as_ref().map(|f| format!("<sip:fed@{};transport=tls;lr>", f.listen_text));
+        let rrs: Vec<&[u8]> = msg.values(HeaderName::RecordRoute).collect();
         let mut ed = Editor::new(msg);
         ed.pop_via();
+        if let Some(public_rr) = public_rr.as_ref().filter(|_| !rrs.is_empty()) {
+            ed.remove_headers(HeaderName::RecordRoute);
+            for rr in &rrs {
+                let ours = rr.eq_ignore_ascii_case(internal_rr.as_bytes());
+                ed.append_header(HeaderName::RecordRoute, if ours { public_rr.as_bytes() } else { rr });
+            }
+        }
         let mut out = BytesMut::with_capacity(msg.bytes().len());
         ed.write(&mut out);
         self.deliver(back, out.freeze());

@@ -399,6 +399,7 @@ mod tests {
             unknown: UnknownPeers::Refuse,
             unknown_limits: limits(1),
             message_bytes_max: 65_535,
+            clearinghouse: false,
         }
     }
 

@@ -14,6 +14,16 @@
 //! looks the domain up in the routing table (direct partner, clearinghouse, or refuse), hides the internal hops
 //! exactly as toward a user ([`super::downstream`]), and sends it through this core's connector to that peer,
 //! which verifies the peer's certificate name. The response comes back on that connection, under our Via.
+//!
+//! Dialogs across organizations (presence): each edge Record-Routes a SUBSCRIBE as it crosses. Outbound, our
+//! Record-Route carries the subscribing user's flow token at our federation address, so the partner's NOTIFYs
+//! come back here and go straight to that flow ([`inbound`]); inbound, it is `<sip:fed@internal>`, so our pool's
+//! NOTIFYs come back to the edge and are routed by their To domain, keeping the partner's part of the route set.
+//!
+//! Clearinghouse (`[edge.federation] clearinghouse = true`): the same edge as a hub between organizations. Its
+//! partners are its members, checked on the way in exactly as above; a member's request for another member's
+//! domain (not ours) is relayed edge to edge to the connection the routing table picks, never to the member it
+//! came from (482), with the member's Vias hidden as on the way out ([`hub`]). Our pool never sees it.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -23,6 +33,7 @@ use crate::config::FederationConfig;
 use crate::net::{tls, Connector};
 use crate::sip::Uri;
 
+mod hub;
 mod inbound;
 mod limits;
 mod outbound;

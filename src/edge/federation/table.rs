@@ -129,6 +129,7 @@ mod tests {
             unknown: UnknownPeers::Refuse,
             unknown_limits: PeerLimits::UNKNOWN,
             message_bytes_max: 65_535,
+            clearinghouse: false,
         }
     }
 

@@ -40,6 +40,14 @@ impl Pool {
     }
 
     pub(crate) fn subscribe(self: &Rc<Self>, origin: ConnId, msg: &Message) {
+        // A presentity in another organization: its own server answers, through our edge's federation (the
+        // dialog's route set leads through the edges, not through us). Its Request-URI is the presentity's AOR,
+        // or within the dialog its server's Contact, which names that AOR too.
+        if msg.request_uri_parsed().is_some_and(|u| !self.is_local_host(&u)) {
+            bump(&self.pstats.subscriptions_federated_out);
+            self.route_foreign(origin, msg.clone());
+            return;
+        }
         let Some(package) = event_of(msg).and_then(|(p, _)| Package::parse(&p)) else {
             self.reply(origin, msg, 489, "Bad Event", &[(HeaderName::AllowEvents, super::ALLOW_EVENTS)]);
             return;
