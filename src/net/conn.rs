@@ -1,4 +1,4 @@
-//! Connections of one core: the table that names them, and the driver task that frames, parses and writes.
+//! Connections of one core: the table that names them (the task that runs each one is in [`super::driver`]).
 //!
 //! Every connection (remote user, internal peer, outbound connector) is a slot in its core's [`ConnTable`];
 //! others refer to it by [`ConnId`] (core, slot, generation), so a stale id never reaches a reused slot.
@@ -10,16 +10,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
 
 use super::queue::{OutQueue, QueueError};
-use crate::sip::{self, Frame, FrameError, Limits, Message};
-
-/// Bytes read from a socket at once.
-const READ_CHUNK: usize = 8 * 1024;
-/// Most bytes the driver writes in one batch before flushing.
-const WRITE_BATCH_MAX: usize = 64 * 1024;
+use crate::sip::{Limits, Message};
 
 /// A connection, anywhere in the process: which core owns it, its slot there, and that slot's generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,7 +101,7 @@ pub struct NetTimes {
 }
 
 impl NetStats {
-    fn count_message(&self, msg: &Message) {
+    pub(super) fn count_message(&self, msg: &Message) {
         use crate::sip::Method;
         let c = match (msg.method(), msg.status()) {
             (Some(Method::Register), _) => &self.requests_register,
@@ -143,9 +137,9 @@ pub struct Conn {
     /// Milliseconds since the table's epoch at the last byte received (idle sweeps read it).
     last_rx_ms: Cell<u64>,
     /// Set when the connection must close although its queue is full (the Close item would not fit).
-    kill: Cell<bool>,
+    pub(super) kill: Cell<bool>,
     /// Milliseconds since the table's epoch when the unfinished message in the read buffer began (0: none).
-    partial_since_ms: Cell<u64>,
+    pub(super) partial_since_ms: Cell<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -310,7 +304,7 @@ impl ConnTable {
         self.slots.iter().flatten()
     }
 
-    fn touch(&self, conn: &Conn) {
+    pub(super) fn touch(&self, conn: &Conn) {
         conn.last_rx_ms.set(self.now_ms());
     }
 }
@@ -362,186 +356,4 @@ pub trait Handler: 'static {
     }
     /// An admitted connection has ended, whether or not its handshake completed.
     fn release(&self, _peer: SocketAddr, _kind: ConnKind) {}
-}
-
-enum Event {
-    Read(std::io::Result<usize>),
-    Out(Option<Out>),
-}
-
-/// Runs a connection until it closes: reads, frames, parses and dispatches; writes what is queued for it.
-pub async fn drive<S, H>(mut stream: S, conn: Rc<Conn>, rx: Rc<OutQueue>, handler: Rc<H>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    H: Handler,
-{
-    let limits = handler.limits_for(&conn);
-    // Both buffers hold memory only while there is something in them: an idle connection owns neither.
-    let mut rbuf = BytesMut::new();
-    let mut wbuf = BytesMut::new();
-    let mut closing = false;
-    while !closing && !conn.kill.get() {
-        let ev = {
-            let read = async { Event::Read(read_some(&mut stream, &mut rbuf).await) };
-            let out = async { Event::Out(rx.recv().await) };
-            futures_lite::future::or(out, read).await
-        };
-        match ev {
-            Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
-            Event::Read(Ok(n)) => {
-                let stats = handler.stats();
-                stats.bytes_in.add(n as u64);
-                let now_ms = {
-                    let table = handler.table().borrow();
-                    table.touch(&conn);
-                    table.now_ms()
-                };
-                // Not holding the table here: handlers may need it mutably.
-                closing = process_input(&mut rbuf, &mut wbuf, &conn, &handler, &limits);
-                // Bytes left over are the start of a message: its clock runs until it is complete.
-                match (rbuf.is_empty(), conn.partial_since_ms.get()) {
-                    (true, _) => {
-                        conn.partial_since_ms.set(0);
-                        rbuf = BytesMut::new();
-                    }
-                    (false, 0) => conn.partial_since_ms.set(now_ms.max(1)),
-                    _ => {}
-                }
-            }
-            Event::Out(None) | Event::Out(Some(Out::Close)) => closing = true,
-            Event::Out(Some(Out::Bytes(b))) => wbuf.extend_from_slice(&b),
-        }
-        // Batch whatever else is already queued into the same write.
-        while wbuf.len() < WRITE_BATCH_MAX {
-            match rx.try_recv() {
-                Some(Out::Bytes(b)) => wbuf.extend_from_slice(&b),
-                Some(Out::Close) => {
-                    closing = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        if !wbuf.is_empty() {
-            let written = {
-                let mut write = std::pin::pin!(async {
-                    stream.write_all(&wbuf).await?;
-                    stream.flush().await
-                });
-                // Most writes finish at once; only a stalled one (the peer stopped reading) races the watchdog,
-                // so the common case sets no timer.
-                match futures_lite::future::poll_once(&mut write).await {
-                    Some(r) => r.is_ok(),
-                    None => futures_lite::future::or(async { write.await.is_ok() }, stalled(&conn)).await,
-                }
-            };
-            if conn.kill.get() {
-                bump(&handler.stats().slow_readers_closed);
-                tracing::info!(peer = %conn.peer, "write queue overflowed (peer not reading): closed");
-                break;
-            }
-            if !written {
-                break;
-            }
-            let stats = handler.stats();
-            stats.bytes_out.add(wbuf.len() as u64);
-            wbuf = BytesMut::new();
-        }
-    }
-    rx.close();
-    let _ = stream.close().await;
-    handler.table().borrow_mut().remove(conn.id);
-    bump(&handler.stats().closed);
-    handler.on_closed(&conn);
-}
-
-thread_local! {
-    /// Where every connection of this core reads into, one poll at a time; what arrived is then appended to the
-    /// connection's own buffer. A pending read holds no buffer of its own.
-    static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
-}
-
-/// Reads what is available into `rbuf` (appending); Ok(0) at end of stream.
-async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        READ_SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
-                std::task::Poll::Ready(Ok(n)) => {
-                    rbuf.extend_from_slice(scratch.get(..n).unwrap_or(&[]));
-                    std::task::Poll::Ready(Ok(n))
-                }
-                other => other,
-            }
-        })
-    })
-    .await
-}
-
-/// A write that has not finished this long means the peer is not reading.
-const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Completes (as a failed write) once the connection's queue has overflowed or the write has stalled too long.
-async fn stalled(conn: &Conn) -> bool {
-    let start = Instant::now();
-    while !conn.kill.get() && start.elapsed() < WRITE_STALL_MAX {
-        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    false
-}
-
-/// Frames and dispatches every complete message in `rbuf`. Returns true when the connection must close.
-fn process_input<H: Handler>(
-    rbuf: &mut BytesMut,
-    wbuf: &mut BytesMut,
-    conn: &Rc<Conn>,
-    h: &Rc<H>,
-    limits: &Limits,
-) -> bool {
-    let stats = h.stats();
-    loop {
-        match sip::frame(rbuf, limits) {
-            Ok(Frame::Incomplete) => return false,
-            Ok(Frame::Ping { consumed }) => {
-                bump(&stats.pings);
-                let _ = rbuf.split_to(consumed.min(rbuf.len()));
-                // RFC 5626 §3.5.1: a double-CRLF ping gets a single-CRLF pong.
-                wbuf.extend_from_slice(b"\r\n");
-            }
-            Ok(Frame::Pong { consumed }) => {
-                let _ = rbuf.split_to(consumed.min(rbuf.len()));
-            }
-            Ok(Frame::Message { len }) => {
-                let raw = rbuf.split_to(len.min(rbuf.len())).freeze();
-                bump(&stats.messages_in);
-                match Message::parse(raw.clone(), limits) {
-                    Ok(msg) => {
-                        stats.count_message(&msg);
-                        let start = Instant::now();
-                        h.on_message(conn, msg);
-                        h.times().handle.record_us(start.elapsed().as_micros() as u64);
-                    }
-                    Err(e) => {
-                        bump(&stats.parse_errors);
-                        tracing::info!(peer = %conn.peer, error = %e, "malformed SIP message");
-                        if !raw.starts_with(b"SIP/") {
-                            let _ = sip::write_error_response_raw(wbuf, &raw, e.status(), e.reason());
-                        }
-                    }
-                }
-            }
-            Err(FrameError::TooLarge { header_len, content_length }) => {
-                bump(&stats.too_large);
-                tracing::info!(peer = %conn.peer, content_length, "message over the size limit: 513, closing");
-                let head = rbuf.get(..header_len).unwrap_or(&rbuf[..]);
-                let _ = sip::write_error_response_raw(wbuf, head, 513, "Message Too Large");
-                return true;
-            }
-            Err(e) => {
-                bump(&stats.framing_errors);
-                tracing::info!(peer = %conn.peer, error = ?e, "framing lost: closing");
-                return true;
-            }
-        }
-    }
 }

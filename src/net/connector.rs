@@ -14,7 +14,8 @@ use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use super::conn::{drive, ConnId, ConnKind, Handler, SendError};
+use super::conn::{ConnId, ConnKind, Handler, SendError};
+use super::driver::drive;
 use super::identity;
 use super::tls::peer_dns_names;
 

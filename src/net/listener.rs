@@ -11,7 +11,8 @@ use futures_rustls::TlsAcceptor;
 use glommio::net::TcpListener;
 use rustls::ServerConfig;
 
-use super::conn::{bump, drive, ConnKind, Handler};
+use super::conn::{bump, ConnKind, Handler};
+use super::driver::drive;
 use super::tls::peer_dns_names;
 
 /// glommio binds with SO_REUSEPORT so every core can accept on the same port; the flip side is that a second
@@ -114,8 +115,8 @@ async fn accept_loop<H: Handler>(listener: TcpListener, spec: ListenSpec, handle
             continue;
         }
         let _ = stream.set_nodelay(true);
-        // A peer that stops reading must not pin its driver in a write forever (the queue then overflows).
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        // No socket write timeout: a peer that stops reading is caught by the driver's stall watchdog (one
+        // mechanism, counted and logged), and the handshake has its own deadline.
         let Ok(peer) = stream.peer_addr() else { continue };
         if !handler.admit(peer, spec.kind) {
             bump(&handler.stats().connections_refused);

@@ -7,6 +7,7 @@ mod pjsua;
 mod support;
 
 mod challenges;
+mod edge_abuse;
 mod edge_security;
 mod federation;
 mod federation_hub;
