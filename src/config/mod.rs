@@ -14,7 +14,7 @@ pub mod devpki;
 pub mod federation;
 mod validate;
 
-pub use federation::{Clearinghouse, FederationConfig, Partner, UnknownPeers};
+pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -602,7 +602,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
             c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);
             if let Some(f) = e.federation {
-                c.federation = Some(federation::build(f, base_dir, &domain)?);
+                c.federation = Some(federation::build(f, base_dir, &domain, limits.message_bytes_max)?);
             }
             if let Some(f) = e.flood {
                 let d = c.flood;

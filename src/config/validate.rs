@@ -50,11 +50,11 @@ impl Config {
             if e.listen == e.internal_listen {
                 return Err(invalid("[edge] internal_listen", format!("same address as listen ({})", e.listen)));
             }
-            if let Some(f) = &e.federation {
-                if f.listen == e.listen || f.listen == e.internal_listen {
+            if let Some(l) = e.federation.as_ref().and_then(|f| f.listen) {
+                if l == e.listen || l == e.internal_listen {
                     return Err(invalid(
                         "[edge.federation] listen",
-                        format!("{} is already another edge listener", f.listen),
+                        format!("{l} is already another edge listener (omit listen to share the user port)"),
                     ));
                 }
             }

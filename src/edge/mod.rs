@@ -33,6 +33,7 @@ use glommio::channels::channel_mesh::Senders;
 
 use crate::config::Config;
 use crate::net::conn::bump;
+use crate::net::conn::Permit;
 use crate::net::listener::{ensure_port_free, listen, ListenSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
@@ -88,6 +89,11 @@ crate::counters! {
         federation_peers_cut,
         /// Federation tables this core applied after a reload.
         federation_reloads,
+        /// Federated requests refused over their peer's message rate (503 with Retry-After).
+        federation_rate_limited,
+        /// Federation connections refused after the handshake: certificate not admitted by the table, or the
+        /// peer at its connection cap.
+        federation_connections_refused,
     }
 }
 
@@ -141,7 +147,13 @@ pub struct EdgeSettings {
 impl EdgeSettings {
     pub fn from_config(cfg: &Config) -> Result<EdgeSettings, String> {
         let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
-        let user_tls = tls::server_config(&e.cert, &e.key, None).map_err(|e| e.to_string())?;
+        // Partners without a federation listener of their own share the user port: it asks for a client
+        // certificate (from the federation CA) without requiring one.
+        let user_tls = match e.federation.as_ref().filter(|f| f.listen.is_none()) {
+            Some(f) => tls::server_config_optional_client(&e.cert, &e.key, &f.ca)
+                .map_err(|e| format!("[edge.federation] {e}"))?,
+            None => tls::server_config(&e.cert, &e.key, None).map_err(|e| e.to_string())?,
+        };
         let internal_tls = tls::server_config(&e.cert, &e.key, Some(&e.ca)).map_err(|e| e.to_string())?;
         let pool_tls = tls::client_config(&e.ca, Some((&e.cert, &e.key))).map_err(|e| e.to_string())?;
         let mut myself = vec!["localhost".to_string(), e.listen.ip().to_string(), cfg.domain.to_ascii_lowercase()];
@@ -171,7 +183,7 @@ impl EdgeSettings {
             drain_timeout: Duration::from_secs(5),
             flood: e.flood,
             fed: match &e.federation {
-                Some(f) => Some(federation::FedSettings::new(f, &cfg.domain, &e.cert, &e.key)?),
+                Some(f) => Some(federation::FedSettings::new(f, &cfg.domain, e.listen, &e.cert, &e.key)?),
                 None => None,
             },
         })
@@ -192,8 +204,8 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
     ensure_port_free(e.listen, "[edge] listen").map_err(|e| e.to_string())?;
     ensure_port_free(e.internal_listen, "[edge] internal_listen").map_err(|e| e.to_string())?;
-    if let Some(f) = &e.federation {
-        ensure_port_free(f.listen, "[edge.federation] listen").map_err(|e| e.to_string())?;
+    if let Some(l) = e.federation.as_ref().and_then(|f| f.listen) {
+        ensure_port_free(l, "[edge.federation] listen").map_err(|e| e.to_string())?;
     }
     let settings = Arc::new(EdgeSettings::from_config(cfg)?);
     if let Some(f) = &e.federation {
@@ -241,6 +253,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         partners: RefCell::default(),
         fed_table: RefCell::new(s.fed.as_ref().map(|f| Arc::new(f.cfg.clone()))),
         fed_generation: std::cell::Cell::new(reload::generation()),
+        fed_limits: RefCell::new(reload::current_limits()),
     });
     for (_, rx) in receivers.streams() {
         let edge = edge.clone();
@@ -282,14 +295,17 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         connections_max: s.connections_max,
     };
     tracing::info!(core = id, listen = %s.listen, internal = %s.internal, "edge core ready");
-    let fed = s.fed.as_ref().map(|f| ListenSpec {
-        addr: f.cfg.listen,
-        tls: f.server_tls.clone(),
-        kind: ConnKind::Partner,
-        handshake_timeout: s.handshake_timeout,
-        // Admitted by the table in force on this core ([`Handler::admit_peer`]), which a reload may change.
-        admit_names: None,
-        connections_max: s.connections_max,
+    // Without a listener of its own, partners come in on the user port (see [`Handler::admit_peer`]).
+    let fed = s.fed.as_ref().and_then(|f| {
+        f.cfg.listen.map(|addr| ListenSpec {
+            addr,
+            tls: f.server_tls.clone(),
+            kind: ConnKind::Partner,
+            handshake_timeout: s.handshake_timeout,
+            // Admitted by the table in force on this core ([`Handler::admit_peer`]), which a reload may change.
+            admit_names: None,
+            connections_max: s.connections_max,
+        })
     });
     let mut listeners = Vec::with_capacity(3);
     for spec in [Some(users), Some(internal), fed].into_iter().flatten() {
@@ -341,6 +357,8 @@ pub struct Edge {
     fed_table: RefCell<Option<Arc<crate::config::FederationConfig>>>,
     /// The reload generation `fed_table` comes from.
     fed_generation: std::cell::Cell<u64>,
+    /// The per-peer limits of federation, shared by every core (replaced with `fed_table`).
+    fed_limits: RefCell<Option<Arc<federation::Limiter>>>,
 }
 
 impl Handler for Edge {
@@ -355,6 +373,19 @@ impl Handler for Edge {
     }
     fn limits(&self) -> &Limits {
         &self.s.limits
+    }
+
+    /// Federation connections (a partner's to us, ours to a partner) are server connections: their size limit is
+    /// `[edge.federation] message_bytes_max` of the table in force when they start, not the users' one.
+    fn limits_for(&self, conn: &Conn) -> Limits {
+        let federated = conn.kind == ConnKind::Partner || (conn.kind == ConnKind::PeerOut && !self.is_pool(conn));
+        match (federated, self.fed_table.borrow().as_ref()) {
+            (true, Some(t)) => Limits { message_bytes_max: t.message_bytes_max, ..self.s.limits },
+            _ => match conn.kind {
+                ConnKind::User | ConnKind::Partner => self.s.limits,
+                ConnKind::PeerIn | ConnKind::PeerOut => self.s.peer_limits,
+            },
+        }
     }
 
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
@@ -396,14 +427,17 @@ impl Handler for Edge {
         }
     }
 
-    fn admit_peer(&self, kind: ConnKind, names: &[String]) -> bool {
-        if kind != ConnKind::Partner {
-            return true;
+    /// On the federation listener, a partner admitted by the table and under its connection cap. On the user
+    /// port, a client without a certificate is a user (who must register); one with a certificate (which the
+    /// handshake verified against the federation CA, the only one the user port asks for when partners share
+    /// it) is a partner, admitted exactly as on the federation listener, or refused.
+    fn admit_peer(&self, kind: ConnKind, names: &[String], certified: bool) -> Option<(ConnKind, Permit)> {
+        let federated = kind == ConnKind::Partner || (kind == ConnKind::User && certified);
+        if !federated {
+            return Some((kind, None));
         }
-        match self.fed_table.borrow().as_ref() {
-            Some(t) => federation::admits(t, names),
-            None => false,
-        }
+        let slot = self.admit_federation_peer(kind, names)?;
+        Some((ConnKind::Partner, Some(Box::new(slot))))
     }
 
     fn release(&self, peer: SocketAddr, kind: ConnKind) {

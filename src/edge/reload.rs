@@ -7,22 +7,26 @@
 //! copy, drop connectors to peers no longer routed to, and close the federation connections whose certificate
 //! names the new table no longer admits (counted in `federation_peers_cut`). Other connections stay up.
 //!
-//! What cannot change without a restart (the federation listener's address and CA file, turning federation on
-//! or off) is refused with the key named.
+//! The per-peer limits ([`Limiter`]) are published with the table: one `Arc` for every core, built from the
+//! previous one so that peers still listed keep their buckets and connection counts, with their new limits. A new
+//! `message_bytes_max` applies to federation connections made after the reload.
+//!
+//! What cannot change without a restart (the federation listener's address or its absence, the CA file, turning
+//! federation on or off) is refused with the key named.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::federation::admits;
+use super::federation::{admits, Limiter};
 use super::Edge;
 use crate::config::{Config, ConfigError, FederationConfig};
 use crate::net::conn::bump;
 use crate::net::ConnKind;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static TABLE: Mutex<Option<Arc<FederationConfig>>> = Mutex::new(None);
+static TABLE: Mutex<Option<(Arc<FederationConfig>, Arc<Limiter>)>> = Mutex::new(None);
 
 /// Why a reload was refused; the table in force stays.
 #[derive(Debug)]
@@ -46,7 +50,7 @@ impl std::error::Error for ReloadError {}
 /// The table the edge starts with (before the cores start).
 pub fn install(initial: &FederationConfig) {
     let mut t = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    *t = Some(Arc::new(initial.clone()));
+    *t = Some((Arc::new(initial.clone()), Arc::new(Limiter::build(initial, None))));
 }
 
 /// Moves on each successful reload.
@@ -56,6 +60,16 @@ pub fn generation() -> u64 {
 
 /// The table last published.
 pub fn current() -> Option<Arc<FederationConfig>> {
+    TABLE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(t, _)| t.clone())
+}
+
+/// The per-peer limits last published (with [`current`]).
+pub fn current_limits() -> Option<Arc<Limiter>> {
+    TABLE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, l)| l.clone())
+}
+
+/// Both, as published together.
+fn current_both() -> Option<(Arc<FederationConfig>, Arc<Limiter>)> {
     TABLE.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
@@ -72,12 +86,13 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
         detail: "missing (turning federation off needs a restart)".into(),
     })?;
     let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    let old = table.as_ref().ok_or(ReloadError::Key {
+    let (old, old_limits) = table.as_ref().ok_or(ReloadError::Key {
         key: "[edge.federation]",
         detail: "not configured at start (turning federation on needs a restart)".into(),
     })?;
     if new.listen != old.listen {
-        let detail = format!("changed from {} to {} (needs a restart)", old.listen, new.listen);
+        let show = |l: Option<SocketAddr>| l.map_or_else(|| "the user port (omitted)".to_string(), |a| a.to_string());
+        let detail = format!("changed from {} to {} (needs a restart)", show(old.listen), show(new.listen));
         return Err(ReloadError::Key { key: "[edge.federation] listen", detail });
     }
     if new.ca != old.ca {
@@ -85,10 +100,11 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
         return Err(ReloadError::Key { key: "[edge.federation] ca", detail });
     }
     // The certificates and the CA must still load, exactly as at start.
-    super::federation::FedSettings::new(new, &cfg.domain, &edge.cert, &edge.key)
+    super::federation::FedSettings::new(new, &cfg.domain, edge.listen, &edge.cert, &edge.key)
         .map_err(|detail| ReloadError::Key { key: "[edge.federation]", detail })?;
     let summary = summarize(old, new);
-    *table = Some(Arc::new(new.clone()));
+    let limits = Arc::new(Limiter::build(new, Some(old_limits)));
+    *table = Some((Arc::new(new.clone()), limits));
     GENERATION.fetch_add(1, Ordering::AcqRel);
     Ok(summary)
 }
@@ -119,11 +135,12 @@ impl Edge {
             return;
         }
         self.fed_generation.set(generation);
-        let Some(new) = current() else { return };
+        let Some((new, limits)) = current_both() else { return };
         if self.s.fed.is_none() {
             return;
         }
         *self.fed_table.borrow_mut() = Some(new.clone());
+        *self.fed_limits.borrow_mut() = Some(limits);
         bump(&self.estats.federation_reloads);
         let routed = |name: &str, addr: SocketAddr| {
             new.partners.iter().any(|p| p.cert_name == name && p.addr == addr)

@@ -50,7 +50,14 @@ impl ServerCertVerifier for Recording {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let names = tls::peer_dns_names(Some(std::slice::from_ref(end_entity)));
         let verdict = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        let summary = verdict.as_ref().map(|_| ()).map_err(describe);
+        let mut summary = verdict.as_ref().map(|_| ()).map_err(describe);
+        // WebPKI accepts a wildcard for the name; our edge does not (RFC 5922 §7.2), so neither does the probe.
+        if let (Ok(()), ServerName::DnsName(want)) = (&summary, server_name) {
+            if !crate::net::identity::matches(&names, want.as_ref()) {
+                summary =
+                    Err(format!("it covers {} only by a wildcard, which RFC 5922 does not accept", want.as_ref()));
+            }
+        }
         if let Ok(mut s) = self.seen.lock() {
             *s = Some((names, summary));
         }
@@ -154,7 +161,7 @@ pub fn probe(config_path: &Path, domain: &str) -> Result<Report, String> {
     let suite = s.conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
     lines.push(format!("tls: {version} {suite}"));
     let started = Instant::now();
-    let options = options_request(&cfg.domain, &domain, &fed.listen.to_string());
+    let options = options_request(&cfg.domain, &domain, &fed.listen.unwrap_or(edge.listen).to_string());
     let status = round_trip(&mut s, &options).map_err(|e| {
         print_lines(&lines);
         format!("OPTIONS to {domain} through {} got no answer: {e}.", target.name)

@@ -322,12 +322,24 @@ pub fn peer_limits(user: &Limits) -> Limits {
     }
 }
 
+/// What a handler holds for an admitted connection while it lives (dropped when the connection ends): e.g. its
+/// place in a per-peer connection count.
+pub type Permit = Option<Box<dyn std::any::Any>>;
+
 /// What the role running on a core does with what connections receive.
 pub trait Handler: 'static {
     fn table(&self) -> &RefCell<ConnTable>;
     fn stats(&self) -> &NetStats;
     fn times(&self) -> &NetTimes;
     fn limits(&self) -> &Limits;
+    /// The limits a connection's messages are parsed under, chosen when its driver starts: by default the role's
+    /// own for users and partners, and a little more for trusted peers ([`peer_limits`]).
+    fn limits_for(&self, conn: &Conn) -> Limits {
+        match conn.kind {
+            ConnKind::User | ConnKind::Partner => *self.limits(),
+            ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(self.limits()),
+        }
+    }
     /// A complete message that parsed.
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
     /// The connection is gone (after removal from the table).
@@ -336,10 +348,11 @@ pub trait Handler: 'static {
     fn admit(&self, _peer: SocketAddr, _kind: ConnKind) -> bool {
         true
     }
-    /// A mutual-TLS peer after its handshake (and the listener's own name check), by its certificate names:
-    /// false closes it.
-    fn admit_peer(&self, _kind: ConnKind, _names: &[String]) -> bool {
-        true
+    /// A TLS peer after its handshake (and the listener's own name check), by its certificate names (`certified`:
+    /// it presented a certificate, which the handshake verified): the kind the connection takes (a listener may
+    /// serve more than one) and what to hold while it lives, or None to close it (the handler logs why).
+    fn admit_peer(&self, kind: ConnKind, _names: &[String], _certified: bool) -> Option<(ConnKind, Permit)> {
+        Some((kind, None))
     }
     /// An admitted connection has ended, whether or not its handshake completed.
     fn release(&self, _peer: SocketAddr, _kind: ConnKind) {}

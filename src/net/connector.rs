@@ -16,6 +16,7 @@ use rustls::ClientConfig;
 
 use super::conn::{ConnId, ConnKind, Handler, SendError};
 use super::driver::drive;
+use super::identity;
 use super::tls::peer_dns_names;
 
 /// Messages held while a connection is being made.
@@ -38,11 +39,19 @@ pub struct Connector {
     tls: Arc<ClientConfig>,
     timeout: Duration,
     state: RefCell<State>,
+    /// The peer's certificate must carry `name` itself, not only a wildcard covering it (RFC 5922 §7.2, for
+    /// federation; rustls alone accepts wildcards as web PKI does).
+    exact_name: bool,
 }
 
 impl Connector {
     pub fn new(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
-        Connector { addr, name: name.to_string(), tls, timeout, state: RefCell::new(State::Down) }
+        Connector { addr, name: name.to_string(), tls, timeout, state: RefCell::new(State::Down), exact_name: false }
+    }
+
+    /// A connector to a SIP federation peer: its certificate must name it exactly (RFC 5922 §7.3).
+    pub fn federated(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
+        Connector { exact_name: true, ..Connector::new(addr, name, tls, timeout) }
     }
 
     pub fn send<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, bytes: Bytes) {
@@ -82,14 +91,23 @@ impl Connector {
             glommio::timer::sleep(self.timeout).await;
             Err("timed out".to_string())
         })
-        .await;
+        .await
+        .and_then(|tls| {
+            let names = peer_dns_names(tls.get_ref().1.peer_certificates());
+            if self.exact_name && !identity::matches(&names, &self.name) {
+                return Err(format!(
+                    "its certificate names {names:?}, not {} itself (RFC 5922: no wildcard matches)",
+                    self.name
+                ));
+            }
+            Ok((tls, names))
+        });
         let queued = match std::mem::replace(&mut *self.state.borrow_mut(), State::Down) {
             State::Connecting(q) => q,
             _ => Vec::new(),
         };
         match result {
-            Ok(tls) => {
-                let names = peer_dns_names(tls.get_ref().1.peer_certificates());
+            Ok((tls, names)) => {
                 let (conn, rx) = h.table().borrow_mut().insert(ConnKind::PeerOut, self.addr, names);
                 *self.state.borrow_mut() = State::Up(conn.id);
                 tracing::info!(peer = %self.addr, name = %self.name, "connected");

@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::conn::{bump, peer_limits, Conn, ConnKind, Handler, Out};
+use super::conn::{bump, Conn, Handler, Out};
 use super::queue::OutQueue;
 use crate::sip::{self, Frame, FrameError, Limits, Message};
 
@@ -31,10 +31,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let limits = match conn.kind {
-        ConnKind::User | ConnKind::Partner => *handler.limits(),
-        ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(handler.limits()),
-    };
+    let limits = handler.limits_for(&conn);
     // Both buffers hold memory only while there is something in them: an idle connection owns neither.
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();

@@ -73,6 +73,8 @@ fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
 pub struct ListenSpec {
     pub addr: SocketAddr,
     pub tls: Arc<ServerConfig>,
+    /// What its connections are, unless the handler decides otherwise after the handshake
+    /// ([`Handler::admit_peer`]).
     pub kind: ConnKind,
     pub handshake_timeout: Duration,
     /// For mutual TLS: the certificate names admitted (one of them must be in the peer's SAN DNS names).
@@ -156,7 +158,9 @@ async fn handshake_and_drive<H: Handler>(
             return;
         }
     };
-    let names = peer_dns_names(tls.get_ref().1.peer_certificates());
+    let chain = tls.get_ref().1.peer_certificates();
+    let certified = chain.is_some_and(|c| !c.is_empty());
+    let names = peer_dns_names(chain);
     if let Some(admit) = &spec.admit_names {
         if !names.iter().any(|n| admit.iter().any(|a| a.eq_ignore_ascii_case(n))) {
             bump(&handler.stats().peers_refused);
@@ -164,13 +168,15 @@ async fn handshake_and_drive<H: Handler>(
             return;
         }
     }
-    if !handler.admit_peer(spec.kind, &names) {
+    let Some((kind, permit)) = handler.admit_peer(spec.kind, &names, certified) else {
         bump(&handler.stats().peers_refused);
-        tracing::warn!(%peer, ?names, "peer certificate names not admitted by the current table: closing");
+        tracing::debug!(%peer, ?names, "peer refused by the handler: closing");
         return;
-    }
-    let (conn, rx) = handler.table().borrow_mut().insert(spec.kind, peer, names);
+    };
+    let (conn, rx) = handler.table().borrow_mut().insert(kind, peer, names);
     drive(tls, conn, rx, handler).await;
+    // Held until here: what the handler counted for this connection is given back now that it has ended.
+    drop(permit);
 }
 
 #[cfg(test)]

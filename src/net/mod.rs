@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod connector;
 pub mod driver;
+pub mod identity;
 pub mod listener;
 pub mod queue;
 pub mod tls;

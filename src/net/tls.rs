@@ -68,12 +68,28 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 /// A server config. With `client_ca`, every client must present a certificate chaining to it (mutual TLS);
 /// which names are acceptable is checked after the handshake by the listener.
 pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(cert, key, client_ca, true)
+}
+
+/// A server config that asks for a client certificate chaining to `client_ca` without requiring one: a client
+/// that presents none (a remote user) is accepted, one that presents another CA's is refused at the handshake.
+pub fn server_config_optional_client(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(cert, key, Some(client_ca), false)
+}
+
+fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    required: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
     let builder = match client_ca {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder(roots(ca)?)
-                .build()
-                .map_err(|e| TlsError::Config { what: "client verifier", detail: e.to_string() })?;
+            let verifier = WebPkiClientVerifier::builder(roots(ca)?);
+            let verifier = if required { verifier } else { verifier.allow_unauthenticated() };
+            let verifier =
+                verifier.build().map_err(|e| TlsError::Config { what: "client verifier", detail: e.to_string() })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -100,11 +116,11 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<
     Ok(Arc::new(cfg))
 }
 
-/// DNS names of the end-entity certificate (subjectAltName), lowercased.
+/// The names the end-entity certificate speaks for, lowercased: its SIP domain identities (RFC 5922 §7.1,
+/// see [`super::identity`]), compared by [`super::identity::matches`].
 pub fn peer_dns_names(chain: Option<&[CertificateDer<'_>]>) -> Vec<String> {
-    let Some(ee) = chain.and_then(|c| c.first()) else { return Vec::new() };
-    match webpki::EndEntityCert::try_from(ee) {
-        Ok(cert) => cert.valid_dns_names().map(|n| n.to_ascii_lowercase()).collect(),
-        Err(_) => Vec::new(),
+    match chain.and_then(|c| c.first()) {
+        Some(ee) => super::identity::of_certificate(ee),
+        None => Vec::new(),
     }
 }

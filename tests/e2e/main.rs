@@ -12,6 +12,7 @@ mod edge_security;
 mod federation;
 mod federation_hub;
 mod federation_kamailio;
+mod federation_limits;
 mod federation_ops;
 mod federation_presence;
 mod interop_pjsip;

@@ -100,23 +100,31 @@ impl Edge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Clearinghouse, Partner, UnknownPeers};
+    use crate::config::{Clearinghouse, Partner, PeerLimits, UnknownPeers};
     use std::net::SocketAddr;
 
     fn hub() -> FederationConfig {
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let member = |d: &str, p: u16| Partner { domain: d.into(), cert_name: format!("edge.{d}"), addr: a(p) };
+        let member = |d: &str, p: u16| Partner {
+            domain: d.into(),
+            cert_name: format!("edge.{d}"),
+            addr: a(p),
+            limits: PeerLimits::LISTED,
+        };
         FederationConfig {
-            listen: a(5065),
+            listen: Some(a(5065)),
             ca: "ca.pem".into(),
             partners: vec![member("example.com", 1), member("partner.test", 2), member("third.test", 3)],
             clearinghouses: vec![Clearinghouse {
                 name: "other-hub.test".into(),
                 addr: a(4),
                 domains: vec!["far.test".into()],
+                limits: PeerLimits::LISTED,
             }],
             blocked_domains: vec!["evil.test".into()],
             unknown: UnknownPeers::Refuse,
+            unknown_limits: PeerLimits::UNKNOWN,
+            message_bytes_max: 65_535,
             clearinghouse: true,
         }
     }

@@ -22,6 +22,10 @@ impl Edge {
         let Some(fed) = self.s.fed.as_ref() else { return };
         bump(&self.estats.requests_from_partners);
         let method = msg.method().copied().unwrap_or(Method::Other);
+        // Before any other check: every request a peer sends counts against its rate (an ACK has no answer).
+        if method != Method::Ack && self.partner_over_rate(conn, msg) {
+            return;
+        }
         if !allowed(method) {
             bump(&self.estats.federation_refused);
             self.reply(conn.id, msg, 405, "Method Not Allowed");

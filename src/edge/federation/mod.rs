@@ -3,9 +3,12 @@
 //!
 //! Inbound: the federation listener admits only peers whose certificate carries a configured name (RFC 5922:
 //! the subjectAltName DNS names, matched exactly); the connection may speak for the domains the partner table
-//! gives that name. Every request is checked (method, From domain spoken for, Request-URI ours, hop count)
-//! before it reaches the pool, marked with `P-Parapet-Federated: <peer domain>` so that the pool skips digest
-//! authentication (a header the edge removes from anything a user sends). Responses return by our Via.
+//! gives that name. With `unknown = "limited"` it also admits a peer on no list, for the domains its certificate
+//! names ([`table`]). Each peer's connections count against its cap and its requests against its rate, all
+//! cores together ([`limits`]). Every request is checked (rate, method, From domain spoken for, Request-URI
+//! ours, hop count) before it reaches the pool, marked with `P-Parapet-Federated: <peer domain>` so that the pool
+//! skips digest authentication (a header the edge removes from anything a user sends). Responses return by our
+//! Via.
 //!
 //! Outbound: the pool sends a request for a foreign domain with `Route: <sip:fed@EDGE_INTERNAL;lr>`; the edge
 //! looks the domain up in the routing table (direct partner, clearinghouse, or refuse), hides the internal hops
@@ -32,9 +35,11 @@ use crate::sip::Uri;
 
 mod hub;
 mod inbound;
+mod limits;
 mod outbound;
 mod table;
 
+pub use limits::Limiter;
 pub use table::{admits, may_speak, route_for, speaks_for, Target};
 
 /// The user part of the Route with which the pool hands us a request for a foreign domain.
@@ -45,15 +50,18 @@ pub struct FedSettings {
     pub cfg: FederationConfig,
     /// Our SIP domain (lowercase).
     pub domain: String,
+    /// Where partners reach us (the federation listener, or the user port it shares), for our Vias toward them.
     pub listen_text: String,
     pub server_tls: Arc<rustls::ServerConfig>,
     pub client_tls: Arc<rustls::ClientConfig>,
 }
 
 impl FedSettings {
+    /// `user_listen` is `[edge] listen`, which partners share when the federation has no listener of its own.
     pub fn new(
         cfg: &FederationConfig,
         domain: &str,
+        user_listen: std::net::SocketAddr,
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Result<Self, String> {
@@ -63,7 +71,7 @@ impl FedSettings {
         Ok(FedSettings {
             cfg: cfg.clone(),
             domain: domain.to_ascii_lowercase(),
-            listen_text: cfg.listen.to_string(),
+            listen_text: cfg.listen.unwrap_or(user_listen).to_string(),
             server_tls,
             client_tls,
         })

@@ -75,7 +75,7 @@ impl Edge {
         let mut map = self.partners.borrow_mut();
         map.entry(t.name.clone())
             .or_insert_with(|| {
-                Rc::new(Connector::new(t.addr, &t.name, fed.client_tls.clone(), self.s.handshake_timeout))
+                Rc::new(Connector::federated(t.addr, &t.name, fed.client_tls.clone(), self.s.handshake_timeout))
             })
             .clone()
     }

@@ -1,14 +1,48 @@
 //! The partner table as data: who a peer is (its certificate names), what it may speak for, and where a
 //! request for a foreign domain goes. Pure functions of the table, so that every rule is unit-tested.
+//!
+//! Unknown peers (`unknown = "limited"`): a peer on no list whose certificate chains to the federation CA speaks
+//! for exactly the domains its certificate names (RFC 5922: a SIP domain's certificate carries the domain
+//! itself), except domains the table gives to a partner or a clearinghouse (those speak for themselves), our
+//! own, and names that are no domain of an organization (a single label like `localhost`, a wildcard, which
+//! RFC 5922 §7.2 lets match nothing but itself). A peer naming a blocked domain is refused outright, as is one
+//! left with no domain to speak for.
 
 use std::net::SocketAddr;
 
-use crate::config::FederationConfig;
+use crate::config::{FederationConfig, UnknownPeers};
+use crate::net::identity;
 
-/// Whether a peer with these certificate names is a partner or clearinghouse of `cfg`.
-pub fn admits(cfg: &FederationConfig, names: &[String]) -> bool {
-    let has = |n: &str| names.iter().any(|m| m.eq_ignore_ascii_case(n));
+/// Whether a peer with these certificate names is listed (a partner or clearinghouse of `cfg`).
+fn listed(cfg: &FederationConfig, names: &[String]) -> bool {
+    let has = |n: &str| identity::matches(names, n);
     cfg.partners.iter().any(|p| has(&p.cert_name)) || cfg.clearinghouses.iter().any(|c| has(&c.name))
+}
+
+/// Whether a peer with these certificate names may connect: listed, or admitted as unknown.
+pub fn admits(cfg: &FederationConfig, names: &[String]) -> bool {
+    listed(cfg, names) || (cfg.unknown == UnknownPeers::Limited && !unknown_domains(cfg, names).is_empty())
+}
+
+/// The domains an unknown peer with these certificate names speaks for; empty when it names a blocked domain.
+fn unknown_domains(cfg: &FederationConfig, names: &[String]) -> Vec<String> {
+    if names.iter().any(|n| cfg.blocked_domains.iter().any(|b| b.eq_ignore_ascii_case(n))) {
+        return Vec::new();
+    }
+    let taken = |n: &str| {
+        cfg.partners.iter().any(|p| p.domain.eq_ignore_ascii_case(n))
+            || cfg.clearinghouses.iter().any(|c| c.domains.iter().any(|d| d.eq_ignore_ascii_case(n)))
+    };
+    names.iter().filter(|n| organization_domain(n) && !taken(n)).map(|n| n.to_ascii_lowercase()).collect()
+}
+
+/// A name that can be an organization's SIP domain: two labels or more, letters, digits and hyphens only.
+fn organization_domain(name: &str) -> bool {
+    name.len() <= 253
+        && name.contains('.')
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 /// Where a request for a foreign domain goes: the peer's certificate name and address.
@@ -20,10 +54,13 @@ pub struct Target {
 
 /// Domains (lowercase; `*` = any not otherwise configured) a peer with these certificate names may speak for.
 pub fn speaks_for(cfg: &FederationConfig, names: &[String]) -> Vec<String> {
-    let has = |n: &str| names.iter().any(|m| m.eq_ignore_ascii_case(n));
+    let has = |n: &str| identity::matches(names, n);
     let mut v: Vec<String> = cfg.partners.iter().filter(|p| has(&p.cert_name)).map(|p| p.domain.clone()).collect();
     for c in cfg.clearinghouses.iter().filter(|c| has(&c.name)) {
         v.extend(c.domains.iter().cloned());
+    }
+    if v.is_empty() && cfg.unknown == UnknownPeers::Limited {
+        return unknown_domains(cfg, names);
     }
     v
 }
@@ -60,25 +97,38 @@ pub fn route_for(cfg: &FederationConfig, domain: &str) -> Option<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Clearinghouse, Partner, UnknownPeers};
+    use crate::config::{Clearinghouse, Partner, PeerLimits, UnknownPeers};
     use std::net::SocketAddr;
 
     fn cfg() -> FederationConfig {
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         FederationConfig {
-            listen: a(5065),
+            listen: Some(a(5065)),
             ca: "ca.pem".into(),
             partners: vec![Partner {
                 domain: "partner.test".into(),
                 cert_name: "edge.partner.test".into(),
                 addr: a(1),
+                limits: PeerLimits::LISTED,
             }],
             clearinghouses: vec![
-                Clearinghouse { name: "hub.test".into(), addr: a(2), domains: vec!["third.test".into()] },
-                Clearinghouse { name: "any.test".into(), addr: a(3), domains: vec!["*".into()] },
+                Clearinghouse {
+                    name: "hub.test".into(),
+                    addr: a(2),
+                    domains: vec!["third.test".into()],
+                    limits: PeerLimits::LISTED,
+                },
+                Clearinghouse {
+                    name: "any.test".into(),
+                    addr: a(3),
+                    domains: vec!["*".into()],
+                    limits: PeerLimits::LISTED,
+                },
             ],
             blocked_domains: vec!["evil.test".into()],
             unknown: UnknownPeers::Refuse,
+            unknown_limits: PeerLimits::UNKNOWN,
+            message_bytes_max: 65_535,
             clearinghouse: false,
         }
     }
@@ -97,6 +147,51 @@ mod tests {
         assert!(may_speak(&c, own, &any, "fourth.test"));
         assert!(!may_speak(&c, own, &any, "partner.test"), "a direct partner speaks for itself");
         assert!(!may_speak(&c, own, &any, "evil.test"));
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn unknown_peers_refused_by_default() {
+        let c = cfg();
+        assert!(admits(&c, &names(&["edge.partner.test"])));
+        assert!(admits(&c, &names(&["HUB.test"])), "names compare case-insensitively");
+        assert!(!admits(&c, &names(&["stranger.test", "edge.stranger.test"])));
+        assert!(speaks_for(&c, &names(&["stranger.test"])).is_empty());
+        // RFC 5922 §7.2: a wildcard certificate name is no match for a configured name, nor a suffix.
+        assert!(!admits(&c, &names(&["*.partner.test"])));
+        assert!(!admits(&c, &names(&["partner.edge.partner.test", "test"])));
+    }
+
+    #[test]
+    fn limited_unknown_peers_speak_for_the_domains_their_certificate_names() {
+        let mut c = cfg();
+        c.unknown = UnknownPeers::Limited;
+        let own = "example.com";
+        let stranger = names(&["localhost", "stranger.test", "edge.stranger.test", "*.stranger.test"]);
+        assert!(admits(&c, &stranger));
+        let domains = speaks_for(&c, &stranger);
+        assert_eq!(domains, names(&["stranger.test", "edge.stranger.test"]), "no single label, no wildcard");
+        assert!(may_speak(&c, own, &domains, "stranger.test"));
+        assert!(!may_speak(&c, own, &domains, "sub.stranger.test"), "no suffix match");
+        assert!(!may_speak(&c, own, &domains, "partner.test"));
+        // Domains the table gives to a partner or a clearinghouse are not an unknown peer's to speak for.
+        let squatter = names(&["partner.test", "third.test", "squat.test"]);
+        assert_eq!(speaks_for(&c, &squatter), names(&["squat.test"]));
+        assert!(!admits(&c, &names(&["partner.test"])), "nothing left to speak for");
+        // Our own domain is never a peer's.
+        assert!(!may_speak(&c, own, &speaks_for(&c, &names(&["example.com", "x.test"])), "example.com"));
+        // Blocked domains are still refused: the whole peer.
+        assert!(!admits(&c, &names(&["evil.test", "nice.test"])));
+        assert!(!admits(&c, &names(&["localhost", "*.wild.test"])), "no domain at all");
+        // A listed peer keeps its listing (no extra domains from its certificate).
+        assert_eq!(speaks_for(&c, &names(&["edge.partner.test", "other.test"])), names(&["partner.test"]));
+        // Outbound, unknown domains stay unrouted (unless a clearinghouse serves them).
+        let mut direct_only = c.clone();
+        direct_only.clearinghouses.clear();
+        assert_eq!(route_for(&direct_only, "stranger.test"), None);
     }
 
     #[test]
