@@ -2,9 +2,10 @@
 //! under the data folder, writes one config per role, starts the edge and the pool as two processes that talk
 //! over mutual TLS exactly as two hosts would, waits until both accept connections, and says where to connect.
 //!
-//! Ports, from `--port-base` B: B users (TLS), B+1 pool, B+2 edge internal, B+3 and B+4 management (edge, pool),
-//! B+5 federation (mutual TLS, with two demo partner organizations whose edges `loadgen federation` plays), and B+6,
-//! B+7 where those demo partners' edges would listen (nothing does: requests toward them fail, by design).
+//! Ports, from `--port-base` B: B users and federation partners (TLS; a partner presents a certificate from the
+//! demo partners' CA, as two demo partner organizations whose edges `loadgen federation` plays do), B+1 pool, B+2
+//! edge internal, B+3 and B+4 management (edge, pool), and B+6, B+7 where those demo partners' edges would listen
+//! (nothing does: requests toward them fail, by design).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -32,8 +33,9 @@ pub struct UpOptions {
 /// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
 /// (`pki/partners-ca.pem`); certificate and key for each are `pki/<domain>.pem` and `.key`.
 pub const DEMO_PARTNERS: [(&str, &str); 2] = [("partner.test", "edge.partner.test"), ("other.test", "edge.other.test")];
-/// Offsets from the port base: the federation listener, then one (unused) port per demo partner's edge.
-pub const FEDERATION_PORT_OFFSET: u16 = 5;
+/// Offsets from the port base: where partners connect (0: the users' port, shared, the default of
+/// `[edge.federation]` without `listen`), then one (unused) port per demo partner's edge.
+pub const FEDERATION_PORT_OFFSET: u16 = 0;
 const PARTNER_PORT_OFFSET: u16 = 6;
 /// The highest offset `up` uses.
 const PORT_OFFSET_MAX: u16 = PARTNER_PORT_OFFSET + DEMO_PARTNERS.len() as u16 - 1;
@@ -98,7 +100,7 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     let fed_port = o.port_base + FEDERATION_PORT_OFFSET;
     let mut listeners =
         vec![("remote users' TLS port", user_port), ("pool port", pool_port), ("edge internal port", internal_port)];
-    if partners_ca.is_some() {
+    if partners_ca.is_some() && fed_port != user_port {
         listeners.push(("federation port", fed_port));
     }
     for &(what, port) in &listeners {
@@ -128,7 +130,8 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     );
     let mut edge_toml = if o.flood_limits { edge_toml } else { format!("{edge_toml}{NO_FLOOD_LIMITS}") };
     if partners_ca.is_some() {
-        edge_toml.push_str(&federation_toml(fed_port, o.port_base + PARTNER_PORT_OFFSET, &partners));
+        let listen = (fed_port != user_port).then_some(fed_port);
+        edge_toml.push_str(&federation_toml(listen, o.port_base + PARTNER_PORT_OFFSET, &partners));
     }
     let edge_cfg = dir.join("edge.toml");
     let pool_cfg = dir.join("pool.toml");
@@ -183,7 +186,7 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         let names: Vec<&str> = partners.iter().map(|(p, _)| *p).collect();
         let _ = writeln!(
             out,
-            "  federation     {} (mutual TLS; partners' certificates must chain to {})",
+            "  federation     {} (shared with users; a partner presents a certificate chaining to {})",
             addr(fed_port),
             ca.display()
         );
@@ -218,14 +221,17 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     }
 }
 
-/// The `[edge.federation]` tables: our listener, trusting the demo partners' CA, and each partner, whose `addr`
-/// (`partner_port`, `partner_port + 1`, ...) is a loopback port where nothing listens.
-fn federation_toml(listen: u16, partner_port: u16, partners: &[(&str, &str)]) -> String {
+/// The `[edge.federation]` tables: partners on our users' port (or on `listen`), trusting the demo partners' CA,
+/// and each partner, whose `addr` (`partner_port`, `partner_port + 1`, ...) is a loopback port where nothing listens.
+fn federation_toml(listen: Option<u16>, partner_port: u16, partners: &[(&str, &str)]) -> String {
+    let listen = match listen {
+        Some(port) => format!("listen = \"{}\"\n", addr(port)),
+        None => "# No `listen`: partners connect to [edge] listen, like users (they present a certificate).\n".into(),
+    };
     let mut s = format!(
         "\n# Demo federation: partner organizations whose edges `loadgen federation` plays with pki/<domain>.pem.\n\
          # Nothing listens at their addr: requests toward them fail. Replace with real partners (README).\n\
-         [edge.federation]\nlisten = \"{}\"\nca = \"pki/partners-ca.pem\"\n",
-        addr(listen)
+         [edge.federation]\n{listen}ca = \"pki/partners-ca.pem\"\n"
     );
     for (k, (domain, cert_name)) in partners.iter().enumerate() {
         s.push_str(&format!(
@@ -299,10 +305,10 @@ mod tests {
 
     #[test]
     fn demo_federation_section_is_a_valid_partner_table() {
-        let text = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(5066, 5067, &DEMO_PARTNERS));
+        let text = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(None, 5067, &DEMO_PARTNERS));
         let c = crate::config::Config::from_toml_str(&text, Path::new("/data")).expect("parses");
         let f = c.edge.and_then(|e| e.federation).expect("federation");
-        assert_eq!(f.listen, addr(5066));
+        assert_eq!(f.listen, None, "partners share the users' port");
         assert_eq!(f.ca, PathBuf::from("/data/pki/partners-ca.pem"));
         let p: Vec<(&str, &str, u16)> =
             f.partners.iter().map(|p| (p.domain.as_str(), p.cert_name.as_str(), p.addr.port())).collect();
