@@ -37,7 +37,9 @@
 //! a burst of 1000, is far above what one organization's IM and presence toward us needs in steady state (tens
 //! of requests/s for thousands of users) and absorbs the re-subscriptions after a partner restarts, while one
 //! partner alone stays a small share of what an edge core forwards. 16 connections cover a partner edge of 16
-//! cores (one connector per core). Over its rate a peer gets 503 with Retry-After; over its connection cap its
+//! cores (one connector per core). Over its rate a peer gets 503 with Retry-After and its connection is not read
+//! until its next token is due (at least 50 ms): a flood waits in TCP instead of costing a refusal per request, so
+//! other partners keep their latency. Over its connection cap its
 //! new connections are closed after the handshake.
 //!
 //! `message_bytes_max` (default 65,535, or `[limits] message_bytes_max` when lower) may not exceed `[limits]

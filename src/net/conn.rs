@@ -140,6 +140,28 @@ pub struct Conn {
     pub(super) kill: Cell<bool>,
     /// Milliseconds since the table's epoch when the unfinished message in the read buffer began (0: none).
     pub(super) partial_since_ms: Cell<u64>,
+    /// Until when the driver reads (and handles) nothing more from the peer: backpressure on a peer over its
+    /// rate, whose further requests then wait in TCP instead of costing us a refusal each.
+    read_paused_until: Cell<Option<Instant>>,
+}
+
+impl Conn {
+    /// Stop reading (and handling what is already read) for `d`: what the peer sends meanwhile waits in TCP.
+    pub fn pause_reading(&self, d: std::time::Duration) {
+        self.read_paused_until.set(Some(Instant::now() + d));
+    }
+
+    /// When a pause is in force, its end.
+    pub(super) fn read_paused(&self) -> Option<Instant> {
+        match self.read_paused_until.get() {
+            Some(t) if t > Instant::now() => Some(t),
+            Some(_) => {
+                self.read_paused_until.set(None);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -216,6 +238,7 @@ impl ConnTable {
             last_rx_ms: Cell::new(self.now_ms()),
             kill: Cell::new(false),
             partial_since_ms: Cell::new(0),
+            read_paused_until: Cell::new(None),
         });
         if let Some(s) = self.slots.get_mut(i) {
             *s = Some(conn.clone());

@@ -23,6 +23,8 @@ const WRITE_BATCH_MAX: usize = 64 * 1024;
 enum Event {
     Read(std::io::Result<usize>),
     Out(Option<Out>),
+    /// A pause in reading is over.
+    Resume,
 }
 
 /// Runs a connection until it closes: reads, frames, parses and dispatches; writes what is queued for it.
@@ -38,11 +40,34 @@ where
     let mut closing = false;
     while !closing && !conn.kill.get() {
         let ev = {
-            let read = async { Event::Read(read_some(&mut stream, &mut rbuf).await) };
             let out = async { Event::Out(rx.recv().await) };
-            futures_lite::future::or(out, read).await
+            match conn.read_paused() {
+                // Writes go on while reading is paused.
+                Some(until) => {
+                    let resume = async {
+                        glommio::timer::sleep(until.saturating_duration_since(Instant::now())).await;
+                        Event::Resume
+                    };
+                    futures_lite::future::or(out, resume).await
+                }
+                None => {
+                    let read = async { Event::Read(read_some(&mut stream, &mut rbuf).await) };
+                    futures_lite::future::or(out, read).await
+                }
+            }
         };
         match ev {
+            Event::Resume => {
+                // What was read before the pause and not handled yet.
+                closing = process_input(&mut rbuf, &mut wbuf, &conn, &handler, &limits);
+                // Messages held back by a pause are not a slow sender's: the unfinished-message clock restarts.
+                if rbuf.is_empty() {
+                    conn.partial_since_ms.set(0);
+                    rbuf = BytesMut::new();
+                } else {
+                    conn.partial_since_ms.set(handler.table().borrow().now_ms().max(1));
+                }
+            }
             Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
             Event::Read(Ok(n)) => {
                 let stats = handler.stats();
@@ -156,6 +181,10 @@ fn process_input<H: Handler>(
 ) -> bool {
     let stats = h.stats();
     loop {
+        if conn.read_paused().is_some() {
+            // The handler paused this peer: the rest waits in the buffer (and behind it, in TCP).
+            return false;
+        }
         match sip::frame(rbuf, limits) {
             Ok(Frame::Incomplete) => return false,
             Ok(Frame::Ping { consumed }) => {

@@ -35,6 +35,11 @@ use crate::sip::{self, HeaderName, Message};
 const UNKNOWN_SLOTS: usize = 1024;
 /// At most one log line per peer per this many milliseconds about its refusals.
 const LOG_INTERVAL_MS: u64 = 10_000;
+/// A peer over its rate is not read for the time until its next token, but at least this long (so that a flood
+/// costs one refusal per pause, not one per token) ...
+const PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+/// ... and at most this long (a slow rate's interval is long; its connection must not look dead).
+const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// Retry-After is never more than this (seconds): a peer retrying later than that needs no hint from us.
 const RETRY_AFTER_MAX_S: u64 = 3600;
 
@@ -302,6 +307,9 @@ impl Edge {
             None,
         );
         self.deliver(conn.id, out.freeze());
+        // A peer that keeps sending while told to wait is read no faster than its rate: its next requests wait in
+        // TCP, not in a refusal each (what lets one partner's flood leave the core to the others).
+        conn.pause_reading(std::time::Duration::from_nanos(wait_ns).clamp(PAUSE_MIN, PAUSE_MAX));
         true
     }
 }
