@@ -34,7 +34,7 @@ use glommio::channels::channel_mesh::Senders;
 use crate::config::Config;
 use crate::net::conn::bump;
 use crate::net::conn::Permit;
-use crate::net::listener::{ensure_port_free, listen, ListenSpec};
+use crate::net::listener::{ensure_port_free, listen, tls_slot, ListenSpec, TlsSlot};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
 use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
@@ -147,11 +147,14 @@ pub struct EdgeSettings {
 impl EdgeSettings {
     pub fn from_config(cfg: &Config) -> Result<EdgeSettings, String> {
         let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
+        let fed = match &e.federation {
+            Some(f) => Some(federation::FedSettings::new(f, &cfg.domain, e.listen, &e.cert, &e.key)?),
+            None => None,
+        };
         // Partners without a federation listener of their own share the user port: it asks for a client
         // certificate (from the federation CA) without requiring one.
-        let user_tls = match e.federation.as_ref().filter(|f| f.listen.is_none()) {
-            Some(f) => tls::server_config_optional_client(&e.cert, &e.key, &f.ca)
-                .map_err(|e| format!("[edge.federation] {e}"))?,
+        let user_tls = match fed.as_ref().and_then(|f| f.tls.shared_user.clone()) {
+            Some(shared) => shared,
             None => tls::server_config(&e.cert, &e.key, None).map_err(|e| e.to_string())?,
         };
         let internal_tls = tls::server_config(&e.cert, &e.key, Some(&e.ca)).map_err(|e| e.to_string())?;
@@ -182,10 +185,7 @@ impl EdgeSettings {
             key: TokenKey::random()?,
             drain_timeout: Duration::from_secs(5),
             flood: e.flood,
-            fed: match &e.federation {
-                Some(f) => Some(federation::FedSettings::new(f, &cfg.domain, e.listen, &e.cert, &e.key)?),
-                None => None,
-            },
+            fed,
         })
     }
 }
@@ -254,6 +254,9 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         fed_table: RefCell::new(s.fed.as_ref().map(|f| Arc::new(f.cfg.clone()))),
         fed_generation: std::cell::Cell::new(reload::generation()),
         fed_limits: RefCell::new(reload::current_limits()),
+        fed_tls: RefCell::new(s.fed.as_ref().map(|f| f.tls.clone())),
+        user_tls_slot: tls_slot(s.user_tls.clone()),
+        fed_tls_slot: s.fed.as_ref().filter(|f| f.cfg.listen.is_some()).map(|f| tls_slot(f.tls.server.clone())),
     });
     for (_, rx) in receivers.streams() {
         let edge = edge.clone();
@@ -280,7 +283,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     }
     let users = ListenSpec {
         addr: s.listen,
-        tls: s.user_tls.clone(),
+        tls: edge.user_tls_slot.clone(),
         kind: ConnKind::User,
         handshake_timeout: s.handshake_timeout,
         admit_names: None,
@@ -288,7 +291,7 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     };
     let internal = ListenSpec {
         addr: s.internal,
-        tls: s.internal_tls.clone(),
+        tls: tls_slot(s.internal_tls.clone()),
         kind: ConnKind::PeerIn,
         handshake_timeout: s.handshake_timeout,
         admit_names: Some(s.pool_names.clone()),
@@ -297,9 +300,9 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     tracing::info!(core = id, listen = %s.listen, internal = %s.internal, "edge core ready");
     // Without a listener of its own, partners come in on the user port (see [`Handler::admit_peer`]).
     let fed = s.fed.as_ref().and_then(|f| {
-        f.cfg.listen.map(|addr| ListenSpec {
+        f.cfg.listen.zip(edge.fed_tls_slot.clone()).map(|(addr, tls)| ListenSpec {
             addr,
-            tls: f.server_tls.clone(),
+            tls,
             kind: ConnKind::Partner,
             handshake_timeout: s.handshake_timeout,
             // Admitted by the table in force on this core ([`Handler::admit_peer`]), which a reload may change.
@@ -359,6 +362,11 @@ pub struct Edge {
     fed_generation: std::cell::Cell<u64>,
     /// The per-peer limits of federation, shared by every core (replaced with `fed_table`).
     fed_limits: RefCell<Option<Arc<federation::Limiter>>>,
+    /// The TLS configurations in force for federation on this core (swapped by a reload), and the slots of the
+    /// listeners that use them.
+    fed_tls: RefCell<Option<federation::FedTls>>,
+    user_tls_slot: TlsSlot,
+    fed_tls_slot: Option<TlsSlot>,
 }
 
 impl Handler for Edge {

@@ -11,6 +11,10 @@
 //! previous one so that peers still listed keep their buckets and connection counts, with their new limits. A new
 //! `message_bytes_max` applies to federation connections made after the reload.
 //!
+//! Certificates are read again too: our edge certificate and key and the partners' CA file (same paths), so a
+//! renewed certificate or a bundle with a new partner's CA applies to every handshake from then on (on the user
+//! port too when partners share it); established connections keep the session they have.
+//!
 //! What cannot change without a restart (the federation listener's address or its absence, the CA file, turning
 //! federation on or off) is refused with the key named.
 
@@ -19,7 +23,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::federation::{admits, Limiter};
+use super::federation::{admits, FedTls, Limiter};
 use super::Edge;
 use crate::config::{Config, ConfigError, FederationConfig};
 use crate::net::conn::bump;
@@ -27,6 +31,8 @@ use crate::net::ConnKind;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static TABLE: Mutex<Option<(Arc<FederationConfig>, Arc<Limiter>)>> = Mutex::new(None);
+/// The TLS configurations built by the last reload (None: those of the start are in force).
+static TLS: Mutex<Option<FedTls>> = Mutex::new(None);
 
 /// Why a reload was refused; the table in force stays.
 #[derive(Debug)]
@@ -99,12 +105,14 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
         let detail = format!("changed from {} to {} (needs a restart)", old.ca.display(), new.ca.display());
         return Err(ReloadError::Key { key: "[edge.federation] ca", detail });
     }
-    // The certificates and the CA must still load, exactly as at start.
-    super::federation::FedSettings::new(new, &cfg.domain, edge.listen, &edge.cert, &edge.key)
+    // The certificates and the CA are read again (a renewed certificate, a new partner's CA in the bundle) and
+    // must load, exactly as at start; what they build is published with the table.
+    let fed = super::federation::FedSettings::new(new, &cfg.domain, edge.listen, &edge.cert, &edge.key)
         .map_err(|detail| ReloadError::Key { key: "[edge.federation]", detail })?;
     let summary = summarize(old, new);
     let limits = Arc::new(Limiter::build(new, Some(old_limits)));
     *table = Some((Arc::new(new.clone()), limits));
+    *TLS.lock().unwrap_or_else(|p| p.into_inner()) = Some(fed.tls);
     GENERATION.fetch_add(1, Ordering::AcqRel);
     Ok(summary)
 }
@@ -141,6 +149,19 @@ impl Edge {
         }
         *self.fed_table.borrow_mut() = Some(new.clone());
         *self.fed_limits.borrow_mut() = Some(limits);
+        if let Some(tls) = TLS.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            // New handshakes (accepted or made) use the reloaded certificates and trust; established ones stay.
+            if let Some(shared) = &tls.shared_user {
+                *self.user_tls_slot.borrow_mut() = shared.clone();
+            }
+            if let Some(slot) = &self.fed_tls_slot {
+                *slot.borrow_mut() = tls.server.clone();
+            }
+            for c in self.partners.borrow().values() {
+                c.set_tls(tls.client.clone());
+            }
+            *self.fed_tls.borrow_mut() = Some(tls);
+        }
         bump(&self.estats.federation_reloads);
         let routed = |name: &str, addr: SocketAddr| {
             new.partners.iter().any(|p| p.cert_name == name && p.addr == addr)

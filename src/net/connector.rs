@@ -36,7 +36,8 @@ enum State {
 pub struct Connector {
     pub addr: SocketAddr,
     pub name: String,
-    tls: Arc<ClientConfig>,
+    /// Replaced by a hot reload ([`Connector::set_tls`]): the next connection uses the new one.
+    tls: RefCell<Arc<ClientConfig>>,
     timeout: Duration,
     state: RefCell<State>,
     /// The peer's certificate must carry `name` itself, not only a wildcard covering it (RFC 5922 §7.2, for
@@ -46,7 +47,19 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
-        Connector { addr, name: name.to_string(), tls, timeout, state: RefCell::new(State::Down), exact_name: false }
+        Connector {
+            addr,
+            name: name.to_string(),
+            tls: RefCell::new(tls),
+            timeout,
+            state: RefCell::new(State::Down),
+            exact_name: false,
+        }
+    }
+
+    /// New certificates or trust (hot reload), for the connections made from now on; the current one stays.
+    pub fn set_tls(&self, tls: Arc<ClientConfig>) {
+        *self.tls.borrow_mut() = tls;
     }
 
     /// A connector to a SIP federation peer: its certificate must name it exactly (RFC 5922 §7.3).
@@ -132,6 +145,7 @@ impl Connector {
         let _ = tcp.set_nodelay(true);
         let name =
             ServerName::try_from(self.name.clone()).map_err(|e| format!("bad server name {}: {e}", self.name))?;
-        TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| e.to_string())
+        let tls = self.tls.borrow().clone();
+        TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())
     }
 }

@@ -70,9 +70,18 @@ fn hex_ip_matches(hex: &str, ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// A listener's TLS configuration, which a hot reload may replace: each accept takes the one in force, and
+/// established connections keep theirs.
+pub type TlsSlot = Rc<std::cell::RefCell<Arc<ServerConfig>>>;
+
+/// A slot holding `cfg` (for listeners whose configuration never changes).
+pub fn tls_slot(cfg: Arc<ServerConfig>) -> TlsSlot {
+    Rc::new(std::cell::RefCell::new(cfg))
+}
+
 pub struct ListenSpec {
     pub addr: SocketAddr,
-    pub tls: Arc<ServerConfig>,
+    pub tls: TlsSlot,
     /// What its connections are, unless the handler decides otherwise after the handshake
     /// ([`Handler::admit_peer`]).
     pub kind: ConnKind,
@@ -98,7 +107,6 @@ pub fn listen<H: Handler>(spec: ListenSpec, handler: Rc<H>) -> io::Result<glommi
 
 async fn accept_loop<H: Handler>(listener: TcpListener, spec: ListenSpec, handler: Rc<H>) {
     let spec = Rc::new(spec);
-    let acceptor = TlsAcceptor::from(spec.tls.clone());
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -124,7 +132,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, spec: ListenSpec, handle
         }
         let handler = handler.clone();
         let spec = spec.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(spec.tls.borrow().clone());
         glommio::spawn_local(async move {
             handshake_and_drive(stream, peer, &spec, acceptor, handler.clone()).await;
             handler.release(peer, spec.kind);

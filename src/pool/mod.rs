@@ -315,7 +315,7 @@ async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
     }
     let spec = ListenSpec {
         addr: s.listen,
-        tls: s.server_tls.clone(),
+        tls: crate::net::listener::tls_slot(s.server_tls.clone()),
         kind: ConnKind::PeerIn,
         handshake_timeout: s.handshake_timeout,
         admit_names: Some(s.edges.iter().map(|e| e.name.clone()).collect()),

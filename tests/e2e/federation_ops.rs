@@ -273,6 +273,35 @@ fn sighup_reload_cuts_a_removed_partner_and_keeps_the_others() {
     let answer = post_reload(a.port_base + 3).unwrap_or_else(|e| a.fail(&format!("POST /reload: {e}")));
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("federation table reloaded"), "{answer}");
     assert!(wait_metric(&a, "parapet_edge_federation_reloads", before + 1) > before, "POST /reload applied");
+
+    // A new partner with a CA of its own: refused at the handshake until a reload brings its CA into the bundle
+    // (same file, new contents) and its entry into the table; then admitted, while C's connection carries on.
+    let dir_d = a.scratch.join("fourth-pki");
+    std::fs::create_dir_all(&dir_d).expect("fourth dir");
+    let (cert_d, key_d) = parapet::config::devpki::issue_leaf(&dir_d, "edge", &["edge.fourth.test".to_string()])
+        .expect("fourth.test's certificate");
+    let as_d = mtls_config(&a.ca, &cert_d, &key_d);
+    let options_d = request("OPTIONS", "probe@fourth.test", "example.com");
+    if let Ok(r) = Peer::connect(as_d.clone(), "edge.example.com", fed_a).and_then(|mut p| p.ask(&options_d)) {
+        a.fail(&format!("fourth.test before its CA is trusted: expected a refused handshake, got\n{r}"));
+    }
+    let bundle = std::fs::read_to_string(&cas).expect("bundle")
+        + &std::fs::read_to_string(dir_d.join("ca.pem")).expect("D's CA");
+    std::fs::write(&cas, bundle).expect("write CA bundle");
+    let block_d = "[[edge.federation.partners]]\ndomain = \"fourth.test\"\ncert_name = \"edge.fourth.test\"\n\
+                   addr = \"127.0.0.1:9\"\n";
+    std::fs::write(&edge_cfg, good.replace(&block_b, "") + "\n" + block_d).expect("write edge.toml");
+    let before = Metrics::edge(&a).must(&a, "parapet_edge_federation_reloads");
+    sighup(&a);
+    assert!(wait_metric(&a, "parapet_edge_federation_reloads", before + 1) > before, "reload with the new CA applied");
+    match Peer::connect(as_d, "edge.example.com", fed_a).and_then(|mut p| p.ask(&options_d)) {
+        Ok(r) if r.starts_with("SIP/2.0 200") => {}
+        other => a.fail(&format!("fourth.test after the reload of CA and table: expected 200, got {other:?}")),
+    }
+    match raw_c.ask(&request("OPTIONS", "probe@third.test", "example.com")) {
+        Ok(r) if r.starts_with("SIP/2.0 200") => {}
+        other => a.fail(&format!("C's connection established before both reloads: {other:?}")),
+    }
 }
 
 fn post_reload(port: u16) -> Result<String, String> {

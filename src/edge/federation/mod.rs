@@ -52,8 +52,20 @@ pub struct FedSettings {
     pub domain: String,
     /// Where partners reach us (the federation listener, or the user port it shares), for our Vias toward them.
     pub listen_text: String,
-    pub server_tls: Arc<rustls::ServerConfig>,
-    pub client_tls: Arc<rustls::ClientConfig>,
+    pub tls: FedTls,
+}
+
+/// The TLS configurations federation uses, built from our certificate and the partners' CA; a reload builds them
+/// again from the files (a renewed certificate, a CA bundle with a new partner's CA) and every core swaps them in
+/// for the connections it makes or accepts from then on.
+#[derive(Clone)]
+pub struct FedTls {
+    /// The federation listener's (mutual TLS).
+    pub server: Arc<rustls::ServerConfig>,
+    /// Toward partners (our certificate as client certificate; their CA trusted).
+    pub client: Arc<rustls::ClientConfig>,
+    /// When partners share the user port: that port's (a client certificate asked for, not required).
+    pub shared_user: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl FedSettings {
@@ -65,15 +77,18 @@ impl FedSettings {
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Result<Self, String> {
-        let server_tls = tls::server_config(cert, key, Some(&cfg.ca)).map_err(|e| format!("[edge.federation] {e}"))?;
-        let client_tls =
-            tls::client_config(&cfg.ca, Some((cert, key))).map_err(|e| format!("[edge.federation] {e}"))?;
+        let at = |e: crate::net::tls::TlsError| format!("[edge.federation] {e}");
+        let server = tls::server_config(cert, key, Some(&cfg.ca)).map_err(at)?;
+        let client = tls::client_config(&cfg.ca, Some((cert, key))).map_err(at)?;
+        let shared_user = match cfg.listen {
+            None => Some(tls::server_config_optional_client(cert, key, &cfg.ca).map_err(at)?),
+            Some(_) => None,
+        };
         Ok(FedSettings {
             cfg: cfg.clone(),
             domain: domain.to_ascii_lowercase(),
             listen_text: cfg.listen.unwrap_or(user_listen).to_string(),
-            server_tls,
-            client_tls,
+            tls: FedTls { server, client, shared_user },
         })
     }
 }

@@ -75,7 +75,8 @@ impl Edge {
         let mut map = self.partners.borrow_mut();
         map.entry(t.name.clone())
             .or_insert_with(|| {
-                Rc::new(Connector::federated(t.addr, &t.name, fed.client_tls.clone(), self.s.handshake_timeout))
+                let tls = self.fed_tls.borrow().as_ref().map_or_else(|| fed.tls.client.clone(), |t| t.client.clone());
+                Rc::new(Connector::federated(t.addr, &t.name, tls, self.s.handshake_timeout))
             })
             .clone()
     }
