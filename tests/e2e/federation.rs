@@ -91,20 +91,20 @@ pub(crate) fn message_from(from: &str, to: &str) -> String {
     )
 }
 
-/// `sender` sends a MESSAGE to `to` while `receiver` (on the other appliance) answers it 200 on its own thread.
-fn im(sender: &mut Ua, receiver: Ua, sender_app: &Appliance, to: &str, body: &str) -> Ua {
-    let want = body.to_string();
+/// `sender` sends a MESSAGE to `to` while `receiver` (on another appliance) answers it 200 on its own thread; it must
+/// arrive with the body and the sender's own From domain. The federation tests' common IM step.
+pub(crate) fn im(sender: &mut Ua, receiver: Ua, sender_app: &Appliance, to: &str, body: &str) -> Ua {
+    let (want, want_from) = (body.to_string(), sender_app.domain.clone());
     let answering = thread::spawn(move || {
         let mut receiver = receiver;
-        let got = receiver.next_request(Duration::from_secs(15));
-        let result = match got {
+        let result = match receiver.next_request(Duration::from_secs(15)) {
             Ok(req) => {
-                let ok = req.body() == want.as_bytes();
                 receiver.answer_with(&req, 200, "OK", |s| s);
-                if ok {
+                let from = String::from_utf8_lossy(req.from().uri.host).to_ascii_lowercase();
+                if req.body() == want.as_bytes() && from == want_from {
                     Ok(())
                 } else {
-                    Err(format!("unexpected request:\n{}", text(&req)))
+                    Err(format!("unexpected request (want From domain {want_from}):\n{}", text(&req)))
                 }
             }
             Err(e) => Err(format!("no request arrived: {e:?}")),

@@ -13,12 +13,12 @@
 
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Duration;
 
-use crate::federation::{exchange, message_from, mtls_config};
-use crate::federation_presence::{registered, wait_state};
+use crate::federation::{exchange, im, message_from, mtls_config};
+use crate::federation_presence::registered;
 use crate::pjsua::quote;
-use crate::rawsip::{text, Metrics, Ua};
+use crate::presence_pjsip::wait_state;
+use crate::rawsip::{Metrics, Ua};
 use crate::support::Appliance;
 
 /// Port (offset from the port base) of each edge's federation listener.
@@ -59,40 +59,6 @@ fn via_hub(hub: &Appliance) -> String {
     )
 }
 
-/// `sender` sends a MESSAGE to `to` while `receiver` (another organization) answers 200 on its own thread; the
-/// request must arrive with the body and with the sender's From domain.
-fn im(sender: &mut Ua, receiver: Ua, sender_app: &Appliance, from_domain: &str, to: &str, body: &str) -> Ua {
-    let (want, want_from) = (body.to_string(), from_domain.to_string());
-    let answering = thread::spawn(move || {
-        let mut receiver = receiver;
-        let result = match receiver.next_request(Duration::from_secs(15)) {
-            Ok(req) => {
-                receiver.answer_with(&req, 200, "OK", |s| s);
-                let from = String::from_utf8_lossy(req.from().uri.host).to_ascii_lowercase();
-                if req.body() == want.as_bytes() && from == want_from {
-                    Ok(())
-                } else {
-                    Err(format!("unexpected request (want From domain {want_from}):\n{}", text(&req)))
-                }
-            }
-            Err(e) => Err(format!("no request arrived: {e:?}")),
-        };
-        (receiver, result)
-    });
-    let uri = format!("sip:{to}");
-    let r = sender.transaction("MESSAGE", &uri, &uri, &[], body.as_bytes());
-    let (receiver, delivered) = answering.join().expect("receiver thread");
-    if let Err(e) = delivered {
-        sender_app.fail(&format!("MESSAGE to {to}: {e}"));
-    }
-    match r {
-        Ok((_, resp)) if resp.status() == Some(200) => {}
-        Ok((_, resp)) => sender_app.fail(&format!("MESSAGE to {to}: expected 200, got\n{}", text(&resp))),
-        Err(e) => sender_app.fail(&e),
-    }
-    receiver
-}
-
 #[test]
 fn three_organizations_talk_through_a_clearinghouse() {
     // `parapet up` once per organization (data dir, its own CA, users), in parallel: this is most of the time.
@@ -130,15 +96,15 @@ fn three_organizations_talk_through_a_clearinghouse() {
     carol.register_ok(&th, "carol");
 
     // Through the hub, both ways, and on to the other member.
-    let mut carol = im(&mut alice, carol, &ex, "example.com", "carol@third.test", "hello third, via the hub");
-    let mut alice = im(&mut carol, alice, &th, "third.test", "alice@example.com", "hello example, via the hub");
-    let bob = im(&mut carol, bob, &th, "third.test", "bob@partner.test", "hello partner, via the hub");
+    let mut carol = im(&mut alice, carol, &ex, "carol@third.test", "hello third, via the hub");
+    let mut alice = im(&mut carol, alice, &th, "alice@example.com", "hello example, via the hub");
+    let bob = im(&mut carol, bob, &th, "bob@partner.test", "hello partner, via the hub");
     let relayed = Metrics::edge(&hub).must(&hub, "parapet_edge_federation_relayed");
     assert_eq!(relayed, 3, "the hub relayed each of the three MESSAGEs once");
     assert!(Metrics::edge(&th).must(&th, "parapet_edge_requests_to_partners") >= 2, "third.test sent via its edge");
 
     // Direct partners stay direct: the hub sees nothing of example.com ↔ partner.test.
-    let _bob = im(&mut alice, bob, &ex, "example.com", "bob@partner.test", "hello partner, directly");
+    let _bob = im(&mut alice, bob, &ex, "bob@partner.test", "hello partner, directly");
     assert_eq!(Metrics::edge(&hub).must(&hub, "parapet_edge_federation_relayed"), relayed, "direct route kept");
 
     // third.test's own edge certificate, talking to the hub directly.
@@ -184,7 +150,7 @@ fn three_organizations_talk_through_a_clearinghouse() {
     // The hub's own users are an organization like any other: its pool routes them out, nothing is relayed.
     let mut hub_alice = Ua::connect_ok(&hub, "alice", None);
     hub_alice.register_ok(&hub, "alice");
-    let _carol = im(&mut hub_alice, carol, &hub, "hub.test", "carol@third.test", "hello third, from the hub's own");
+    let _carol = im(&mut hub_alice, carol, &hub, "carol@third.test", "hello third, from the hub's own");
     assert_eq!(Metrics::pool(&hub).must(&hub, "parapet_pool_federated_out"), 1, "the hub's user went out its pool");
     assert_eq!(Metrics::edge(&hub).must(&hub, "parapet_edge_federation_relayed"), relayed, "not a relay");
 

@@ -16,7 +16,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::thread;
@@ -24,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parapet::sip::{self, Frame, Limits, Message};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::federation::{im, mtls_config};
 use crate::malformed::uniq;
 use crate::pjsua::Agent;
 use crate::rawsip::{text, Metrics, Ua};
@@ -37,24 +36,6 @@ use crate::support::{parapet_bin, Appliance};
 const FED_PORT: u16 = 5;
 /// The size of the over-size message: above the partners' 4096, far below the users' 65,535.
 const BIG: usize = 6000;
-
-fn mtls_config(ca: &Path, cert: &Path, key: &Path) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).expect("read CA") {
-        roots.add(c.expect("CA parses")).expect("CA added");
-    }
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(cert).expect("read cert").map(|c| c.expect("cert parses")).collect();
-    let key = PrivateKeyDer::from_pem_file(key).expect("read key");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .expect("client cert");
-    Arc::new(cfg)
-}
 
 /// A raw mutual-TLS peer on A's user port, reading SIP messages with the parapet codec.
 struct Peer {
@@ -132,38 +113,6 @@ fn message(from: &str, to: &str, body_len: usize) -> String {
          Content-Type: text/plain\r\nContent-Length: {body_len}\r\n\r\n{}",
         "x".repeat(body_len)
     )
-}
-
-/// `sender` sends a MESSAGE to `to` while `receiver` (on the other appliance) answers it 200 on its own thread.
-fn im(sender: &mut Ua, receiver: Ua, sender_app: &Appliance, to: &str, body: &str) -> Ua {
-    let want = body.to_string();
-    let answering = thread::spawn(move || {
-        let mut receiver = receiver;
-        let result = match receiver.next_request(Duration::from_secs(15)) {
-            Ok(req) => {
-                receiver.answer_with(&req, 200, "OK", |s| s);
-                if req.body() == want.as_bytes() {
-                    Ok(())
-                } else {
-                    Err(format!("unexpected request:\n{}", text(&req)))
-                }
-            }
-            Err(e) => Err(format!("no request arrived: {e:?}")),
-        };
-        (receiver, result)
-    });
-    let uri = format!("sip:{to}");
-    let r = sender.transaction("MESSAGE", &uri, &uri, &[], body.as_bytes());
-    let (receiver, delivered) = answering.join().expect("receiver thread");
-    if let Err(e) = delivered {
-        sender_app.fail(&format!("MESSAGE to {to}: {e}"));
-    }
-    match r {
-        Ok((_, resp)) if resp.status() == Some(200) => {}
-        Ok((_, resp)) => sender_app.fail(&format!("MESSAGE to {to}: expected 200, got\n{}", text(&resp))),
-        Err(e) => sender_app.fail(&e),
-    }
-    receiver
 }
 
 fn wait_metric(app: &Appliance, name: &str, at_least: u64) -> u64 {

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::federation::{im, mtls_config};
 use crate::malformed::uniq;
-use crate::rawsip::{text, Metrics, Ua};
+use crate::rawsip::{Metrics, Ua};
 use crate::support::{parapet_bin, Appliance};
 
 const FED_PORT: u16 = 5;
@@ -32,24 +32,6 @@ fn partner_block(peer: &Appliance) -> String {
 
 fn fed_head(me: &Appliance, ca: &Path) -> String {
     format!("[edge.federation]\nlisten = \"127.0.0.1:{}\"\nca = \"{}\"\n\n", me.port_base + FED_PORT, ca.display())
-}
-
-fn mtls_config(ca: &Path, cert: &Path, key: &Path) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).expect("read CA") {
-        roots.add(c.expect("CA parses")).expect("CA added");
-    }
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(cert).expect("read cert").map(|c| c.expect("cert parses")).collect();
-    let key = PrivateKeyDer::from_pem_file(key).expect("read key");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .expect("client cert");
-    Arc::new(cfg)
 }
 
 /// A raw mutual-TLS connection to a federation listener, kept open across requests.
@@ -102,38 +84,6 @@ fn request(method: &str, from: &str, to: &str) -> String {
          Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-}
-
-/// `sender` sends a MESSAGE to `to` while `receiver` answers it 200 on its own thread.
-fn im(sender: &mut Ua, receiver: Ua, sender_app: &Appliance, to: &str, body: &str) -> Ua {
-    let want = body.to_string();
-    let answering = thread::spawn(move || {
-        let mut receiver = receiver;
-        let result = match receiver.next_request(Duration::from_secs(15)) {
-            Ok(req) if req.body() == want.as_bytes() => {
-                receiver.answer_with(&req, 200, "OK", |s| s);
-                Ok(())
-            }
-            Ok(req) => {
-                receiver.answer_with(&req, 200, "OK", |s| s);
-                Err(format!("unexpected request:\n{}", text(&req)))
-            }
-            Err(e) => Err(format!("no request arrived: {e:?}")),
-        };
-        (receiver, result)
-    });
-    let uri = format!("sip:{to}");
-    let r = sender.transaction("MESSAGE", &uri, &uri, &[], body.as_bytes());
-    let (receiver, delivered) = answering.join().expect("receiver thread");
-    if let Err(e) = delivered {
-        sender_app.fail(&format!("MESSAGE to {to}: {e}"));
-    }
-    match r {
-        Ok((_, resp)) if resp.status() == Some(200) => {}
-        Ok((_, resp)) => sender_app.fail(&format!("MESSAGE to {to}: expected 200, got\n{}", text(&resp))),
-        Err(e) => sender_app.fail(&e),
-    }
-    receiver
 }
 
 fn probe(app: &Appliance, config: &Path, domain: &str) -> (bool, String) {

@@ -7,10 +7,12 @@
 use std::time::{Duration, Instant};
 
 use crate::federation::{snippet, FED_PORT};
-use crate::pjsua::{quote, Agent, Json};
+use crate::pjsua::{quote, Agent};
+use crate::presence_pjsip::wait_state;
 use crate::rawsip::Metrics;
 use crate::support::Appliance;
 
+/// How long a counter may take to show what a NOTIFY did.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn registered(app: &Appliance, user: &str) -> Agent {
@@ -19,20 +21,6 @@ pub(crate) fn registered(app: &Appliance, user: &str) -> Agent {
     let ev = a.register();
     a.check(ev.int("code") == Some(200), || format!("{user}@{} REGISTER: {ev}", app.domain));
     a
-}
-
-pub(crate) fn wait_state(agent: &mut Agent, uri: &str, status: &str, activity: &str, note: Option<&str>) -> Json {
-    let (uri, status, activity, note) =
-        (uri.to_string(), status.to_string(), activity.to_string(), note.map(str::to_string));
-    let what = format!("buddy_state {uri} {status}/{activity:?}/{note:?}");
-    agent.wait_for(&what, NOTIFY_TIMEOUT, move |e| {
-        e.event() == "buddy_state"
-            && e.str("uri").is_some_and(|u| u.contains(&uri))
-            && e.str("sub_state") == Some("ACTIVE")
-            && e.str("status") == Some(status.as_str())
-            && e.str("activity") == Some(activity.as_str())
-            && note.as_ref().is_none_or(|n| e.str("note") == Some(n.as_str()))
-    })
 }
 
 fn wait_metric(app: &Appliance, pool: bool, name: &str, at_least: u64) -> u64 {

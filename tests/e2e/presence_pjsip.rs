@@ -34,7 +34,7 @@ fn unsubscribe(agent: &mut Agent, uri: &str) {
 }
 
 /// Waits for a `buddy_state` of `uri` with this status, activity and note (None: any note).
-fn wait_state(agent: &mut Agent, uri: &str, status: &str, activity: &str, note: Option<&str>) -> Json {
+pub(crate) fn wait_state(agent: &mut Agent, uri: &str, status: &str, activity: &str, note: Option<&str>) -> Json {
     let (uri, status, activity, note) =
         (uri.to_string(), status.to_string(), activity.to_string(), note.map(str::to_string));
     let what = format!("buddy_state {uri} {status}/{activity:?}/{note:?}");
