@@ -228,38 +228,39 @@ pub const PARTNER_SENDER: &str = "loadgen";
 /// A MESSAGE a partner organization's edge relays to `to_user`@`to_domain`: From `p`'s own domain, its own Via
 /// (sent-by = its end of the connection), no credentials (its certificate vouches for its domain).
 pub fn partner_message(out: &mut BytesMut, p: &Party<'_>, to_user: &str, to_domain: &str, branch: u64, body: &[u8]) {
-    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x}", p.transport, p.local);
-    let from = format!("<sip:{}@{}>;tag=f{branch:x}", p.user, p.domain);
     let ruri = message_uri(to_user, to_domain);
-    let to = format!("<{ruri}>");
-    let call_id = format!("f{branch:x}@{}", p.domain);
-    let h: [(HeaderName, &[u8]); 6] = [
-        (HeaderName::Via, via.as_bytes()),
-        (HeaderName::MaxForwards, b"70"),
-        (HeaderName::From, from.as_bytes()),
-        (HeaderName::To, to.as_bytes()),
-        (HeaderName::CallId, call_id.as_bytes()),
-        (HeaderName::CSeq, b"1 MESSAGE"),
-    ];
-    sip::write_request(out, "MESSAGE", ruri.as_bytes(), &h, Some((b"text/plain", body)));
+    partner_request(out, p, "MESSAGE", &ruri, 'f', branch, Some((b"text/plain", body)));
 }
 
 /// The OPTIONS with which a partner checks its connection to `to_domain`'s edge (answered by the edge itself).
 pub fn partner_options(out: &mut BytesMut, p: &Party<'_>, to_domain: &str, branch: u64) {
+    partner_request(out, p, "OPTIONS", &register_uri(to_domain), 'o', branch, None);
+}
+
+/// An out-of-dialog request from a played partner edge; `mark` keeps its tags and Call-IDs apart by kind.
+fn partner_request(
+    out: &mut BytesMut,
+    p: &Party<'_>,
+    method: &str,
+    ruri: &str,
+    mark: char,
+    branch: u64,
+    body: Option<(&[u8], &[u8])>,
+) {
     let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x}", p.transport, p.local);
-    let from = format!("<sip:{}@{}>;tag=o{branch:x}", p.user, p.domain);
-    let ruri = register_uri(to_domain);
+    let from = format!("<sip:{}@{}>;tag={mark}{branch:x}", p.user, p.domain);
     let to = format!("<{ruri}>");
-    let call_id = format!("o{branch:x}@{}", p.domain);
+    let call_id = format!("{mark}{branch:x}@{}", p.domain);
+    let cseq = format!("1 {method}");
     let h: [(HeaderName, &[u8]); 6] = [
         (HeaderName::Via, via.as_bytes()),
         (HeaderName::MaxForwards, b"70"),
         (HeaderName::From, from.as_bytes()),
         (HeaderName::To, to.as_bytes()),
         (HeaderName::CallId, call_id.as_bytes()),
-        (HeaderName::CSeq, b"1 OPTIONS"),
+        (HeaderName::CSeq, cseq.as_bytes()),
     ];
-    sip::write_request(out, "OPTIONS", ruri.as_bytes(), &h, None);
+    sip::write_request(out, method, ruri.as_bytes(), &h, body);
 }
 
 pub fn message_uri(to_user: &str, domain: &str) -> String {
