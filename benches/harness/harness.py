@@ -407,6 +407,10 @@ def plan(args):
              systems=["parapet", "kamailio"]),
         dict(name="mix", lg="mix", extra=[], count=500 if q else 1000, rate=500 if q else 1000, duration=d,
              systems=["parapet", "kamailio"]),
+        # Two partner edges (up's demo partners, mutual TLS on the shared port) sending MESSAGEs to registered users,
+        # each below its default limit of 500/s. parapet only: the incumbent has no federation of this kind.
+        dict(name="federation", lg="federation", extra=["--partner-rates", "partner.test=450,other.test=450"],
+             count=200 if q else 1000, rate=900, duration=d, systems=["parapet"]),
     ]
     if args.scenarios:
         want = set(args.scenarios.split(","))
@@ -811,7 +815,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs at fixed rates (< ~5 min); default: find-max + longer runs")
     ap.add_argument("--systems", default="parapet,kamailio,haproxy", help="comma list (default: all installed)")
-    ap.add_argument("--scenarios", default="", help="comma list of idle,register,im,handshake,handshake-resumed,mix")
+    ap.add_argument("--scenarios", default="", help="comma list of idle,register,im,handshake,handshake-resumed,mix,federation")
     ap.add_argument("--server-cpu", default=os.environ.get("HARNESS_SERVER_CPU", "0"))
     ap.add_argument("--load-cpu", default=os.environ.get("HARNESS_LOAD_CPU", "1"))
     ap.add_argument("--warmup", type=int, default=2)

@@ -5,7 +5,7 @@
 #
 # Builds the release binaries (parapet, loadgen), then runs benches/harness/harness.py, which starts
 # `parapet up --data-dir target/harness/data --port-base 27061 --load-users 2000 --cores 1` pinned to CPU 0,
-# runs every loadgen scenario (idle, register, im, handshake, handshake --resume, mix) pinned to CPU 1, measures
+# runs every loadgen scenario (idle, register, im, handshake, handshake --resume, mix, and federation for parapet) pinned to CPU 1, measures
 # the server's CPU time per completed operation and its memory per idle connection, repeats the same scenarios
 # against Kamailio (port 27161) and the handshake against HAProxy (port 27261) when they are installed, and writes
 # target/harness/results.md and target/harness/results.json.
@@ -13,7 +13,7 @@
 #   --quick            fixed rates, 5 s per scenario: about 3-5 minutes in all
 #   (default)          find-max per scenario, then 15 s at half the max rate held: about 15-20 minutes
 #   --systems LIST     parapet,kamailio,haproxy (default: all; missing peers are skipped with an install hint)
-#   --scenarios LIST   idle,register,im,handshake,handshake-resumed,mix
+#   --scenarios LIST   idle,register,im,handshake,handshake-resumed,mix,federation
 #   --no-build         use the binaries already in target/release
 #   --smoke-kamailio PYTHON   check the generated Kamailio config with pjsua2 (PYTHON must have pjsua2-python)
 #
