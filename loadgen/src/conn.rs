@@ -75,12 +75,23 @@ pub struct SipConn {
     pending: RefCell<HashMap<Vec<u8>, Rc<Slot>>>,
 }
 
+/// A number of this loadgen process, the same for all its connections (start time and pid).
+fn run_mark() -> u32 {
+    static MARK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MARK.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        nanos ^ std::process::id().rotate_left(16)
+    })
+}
+
 impl SipConn {
     /// Takes over `stream`: spawns its reader and writer on the current executor.
     pub fn start(stream: Stream, user: usize, local: String) -> Rc<SipConn> {
         let c = Rc::new(SipConn {
             user,
-            reg_call_id: format!("reg-{user}-{local}"),
+            // The run's mark: a later run reusing this local port must not look like the same registration with
+            // its CSeq gone backwards (the registrar rightly answers 400 to that, RFC 3261 §10.3 step 7).
+            reg_call_id: format!("reg-{user}-{local}-{:08x}", run_mark()),
             local,
             reg_cseq: Cell::new(0),
             reg_auth: RefCell::new(None),
