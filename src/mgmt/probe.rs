@@ -132,7 +132,8 @@ pub fn probe(config_path: &Path, domain: &str) -> Result<Report, String> {
         .map_err(|e| format!("Cannot connect to {} ({}): {e}.", target.addr, target.name))?;
     tcp.set_read_timeout(Some(STEP_TIMEOUT)).map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(STEP_TIMEOUT)).map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(target.name.clone()).map_err(|e| format!("cert_name {:?}: {e}", target.name))?;
+    let name =
+        ServerName::try_from(target.name.to_string()).map_err(|e| format!("cert_name {:?}: {e}", target.name))?;
     let conn = ClientConnection::new(Arc::new(client), name).map_err(|e| e.to_string())?;
     let mut s = StreamOwned::new(conn, tcp);
     let handshake = (|| {

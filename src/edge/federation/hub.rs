@@ -46,12 +46,12 @@ impl Refusal {
 }
 
 /// Where a hub relays a request for `domain` that came from a peer with certificate names `from_names`.
-fn relay_target(cfg: &FederationConfig, from_names: &[String], domain: &str) -> Result<Target, Refusal> {
+fn relay_target<'a>(cfg: &'a FederationConfig, from_names: &[String], domain: &str) -> Result<Target<'a>, Refusal> {
     if cfg.blocked_domains.iter().any(|b| b == domain) {
         return Err(Refusal::Blocked);
     }
     let target = route_for(cfg, domain).ok_or(Refusal::NoRoute)?;
-    if from_names.iter().any(|n| n.eq_ignore_ascii_case(&target.name)) {
+    if from_names.iter().any(|n| n.eq_ignore_ascii_case(target.name)) {
         return Err(Refusal::Loop);
     }
     Ok(target)
@@ -133,9 +133,9 @@ mod tests {
     fn relays_to_the_member_serving_the_domain() {
         let c = hub();
         let from = ["edge.example.com".to_string()];
-        assert_eq!(relay_target(&c, &from, "third.test").map(|t| t.name), Ok("edge.third.test".into()));
+        assert_eq!(relay_target(&c, &from, "third.test").map(|t| t.name), Ok("edge.third.test"));
         assert_eq!(relay_target(&c, &from, "partner.test").map(|t| t.addr.port()), Ok(2));
-        assert_eq!(relay_target(&c, &from, "far.test").map(|t| t.name), Ok("other-hub.test".into()));
+        assert_eq!(relay_target(&c, &from, "far.test").map(|t| t.name), Ok("other-hub.test"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 
 use super::super::{token, Edge};
-use super::{host_lower, may_speak, speaks_for};
+use super::{host_lower, may_send_from};
 use crate::net::conn::bump;
 use crate::net::{Conn, ConnId};
 use crate::sip::{Editor, HeaderName, Message, Method, NameAddr};
@@ -39,9 +39,10 @@ impl Edge {
             return;
         }
         let Some(table) = self.fed_table.borrow().clone() else { return };
-        let domains = speaks_for(&table, &conn.peer_names);
-        let from = host_lower(&msg.from().uri);
-        if !may_speak(&table, &fed.domain, &domains, &from) {
+        let (mut from_buf, mut to_buf, mut ruri_buf) = ([0u8; 256], [0u8; 256], [0u8; 256]);
+        let from = host_lower(&msg.from().uri, &mut from_buf);
+        let to_domain = host_lower(&msg.to().uri, &mut to_buf);
+        if !may_send_from(&table, &fed.domain, &conn.peer_names, from) {
             bump(&self.estats.federation_spoofed_from);
             tracing::warn!(peer = %conn.peer, names = ?conn.peer_names, %from, "federated request From a domain the peer does not speak for");
             self.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");
@@ -50,7 +51,7 @@ impl Edge {
         if let Some(flow) = self.flow_in_route(msg) {
             // An in-dialog request for a dialog a user of ours opened through us (our Record-Route carried the
             // user's flow token): straight to that flow, provided it is addressed to one of ours.
-            if host_lower(&msg.to().uri) != fed.domain || method != Method::Notify {
+            if to_domain != fed.domain || method != Method::Notify {
                 bump(&self.estats.federation_refused);
                 self.reply(conn.id, msg, 403, "Forbidden: not a request within a dialog of ours");
                 return;
@@ -65,14 +66,13 @@ impl Edge {
         };
         if table.clearinghouse {
             // Within a dialog the Request-URI is the far end's Contact: the To domain names the member.
-            let to = msg.to();
-            let domain = if to.tag().is_some() { host_lower(&to.uri) } else { host_lower(&ruri) };
+            let domain = if msg.to().tag().is_some() { to_domain } else { host_lower(&ruri, &mut ruri_buf) };
             if domain != fed.domain {
-                self.relay_between_members(conn, msg, &table, &domain);
+                self.relay_between_members(conn, msg, &table, domain);
                 return;
             }
         }
-        let domain = host_lower(&ruri);
+        let domain = host_lower(&ruri, &mut ruri_buf);
         if domain != fed.domain && !self.is_myself(&ruri) {
             bump(&self.estats.federation_refused);
             self.reply(conn.id, msg, 404, "Not Found: domain not served here");

@@ -40,7 +40,7 @@ mod outbound;
 mod table;
 
 pub use limits::Limiter;
-pub use table::{admits, may_speak, route_for, speaks_for, Target};
+pub use table::{admits, may_send_from, may_speak, route_for, speaks_for, Target};
 
 /// The user part of the Route with which the pool hands us a request for a foreign domain.
 pub const FED_ROUTE_USER: &[u8] = b"fed";
@@ -93,8 +93,14 @@ impl FedSettings {
     }
 }
 
-fn host_lower(uri: &Uri<'_>) -> String {
-    String::from_utf8_lossy(uri.host).to_ascii_lowercase()
+/// A URI's host in lowercase, written into `buf` (no allocation on the per-request path); empty when it is longer
+/// than a DNS name may be or not text, which then matches no domain.
+fn host_lower<'b>(uri: &Uri<'_>, buf: &'b mut [u8; 256]) -> &'b str {
+    let Some(dst) = buf.get_mut(..uri.host.len()) else { return "" };
+    for (d, s) in dst.iter_mut().zip(uri.host) {
+        *d = s.to_ascii_lowercase();
+    }
+    std::str::from_utf8(dst).unwrap_or("")
 }
 
 /// Per-core connectors to federation peers, by certificate name.

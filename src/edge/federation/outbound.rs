@@ -21,22 +21,25 @@ impl Edge {
             return;
         };
         bump(&self.estats.requests_to_partners);
-        if host_lower(&msg.from().uri) != fed.domain {
+        let mut buf = [0u8; 256];
+        if host_lower(&msg.from().uri, &mut buf) != fed.domain {
             bump(&self.estats.federation_refused);
             self.reply(from, &msg, 403, "Forbidden: From must be our domain");
             return;
         }
         let in_dialog = msg.to().tag().is_some();
+        let to = msg.to();
+        let ruri = msg.request_uri_parsed();
         let domain =
-            if in_dialog { Some(host_lower(&msg.to().uri)) } else { msg.request_uri_parsed().map(|u| host_lower(&u)) };
+            if in_dialog { Some(host_lower(&to.uri, &mut buf)) } else { ruri.map(|u| host_lower(&u, &mut buf)) };
         let Some(domain) = domain else {
             self.reply(from, &msg, 416, "Unsupported URI Scheme");
             return;
         };
         let Some(table) = self.fed_table.borrow().clone() else { return };
-        let Some(target) = route_for(&table, &domain) else {
+        let Some(target) = route_for(&table, domain) else {
             bump(&self.estats.federation_refused);
-            let blocked = table.blocked_domains.contains(&domain);
+            let blocked = table.blocked_domains.iter().any(|b| b == domain);
             let (code, reason) =
                 if blocked { (403, "Forbidden: domain blocked") } else { (404, "Not Found: no federation route") };
             self.reply(from, &msg, code, reason);
@@ -71,13 +74,13 @@ impl Edge {
     }
 
     /// This core's connector to a federation peer, made on first use.
-    pub(super) fn partner_connector(&self, t: &Target, fed: &FedSettings) -> Rc<Connector> {
-        let mut map = self.partners.borrow_mut();
-        map.entry(t.name.clone())
-            .or_insert_with(|| {
-                let tls = self.fed_tls.borrow().as_ref().map_or_else(|| fed.tls.client.clone(), |t| t.client.clone());
-                Rc::new(Connector::federated(t.addr, &t.name, tls, self.s.handshake_timeout))
-            })
-            .clone()
+    pub(super) fn partner_connector(&self, t: &Target<'_>, fed: &FedSettings) -> Rc<Connector> {
+        if let Some(c) = self.partners.borrow().get(t.name) {
+            return c.clone();
+        }
+        let tls = self.fed_tls.borrow().as_ref().map_or_else(|| fed.tls.client.clone(), |t| t.client.clone());
+        let c = Rc::new(Connector::federated(t.addr, t.name, tls, self.s.handshake_timeout));
+        self.partners.borrow_mut().insert(t.name.to_string(), c.clone());
+        c
     }
 }

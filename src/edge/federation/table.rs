@@ -45,10 +45,11 @@ fn organization_domain(name: &str) -> bool {
             .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
-/// Where a request for a foreign domain goes: the peer's certificate name and address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub name: String,
+/// Where a request for a foreign domain goes: the peer's certificate name and address (borrowed from the table:
+/// routing allocates nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub name: &'a str,
     pub addr: SocketAddr,
 }
 
@@ -65,6 +66,31 @@ pub fn speaks_for(cfg: &FederationConfig, names: &[String]) -> Vec<String> {
     v
 }
 
+/// Whether a peer with these certificate names may send a request From `from` (a lowercase domain): the rules of
+/// [`speaks_for`] and [`may_speak`] together, without collecting anything (every federated request asks).
+pub fn may_send_from(cfg: &FederationConfig, own: &str, names: &[String], from: &str) -> bool {
+    if from == own || cfg.blocked_domains.iter().any(|b| b == from) {
+        return false;
+    }
+    let has = |n: &str| identity::matches(names, n);
+    let direct = |d: &str| cfg.partners.iter().any(|p| p.domain == d);
+    let mut listed = false;
+    for p in cfg.partners.iter().filter(|p| has(&p.cert_name)) {
+        listed = true;
+        if p.domain == from {
+            return true;
+        }
+    }
+    for c in cfg.clearinghouses.iter().filter(|c| has(&c.name)) {
+        listed = true;
+        // A clearinghouse for "any" domain does not speak for a domain we federate with directly.
+        if c.domains.iter().any(|d| d == from || (d == "*" && !direct(from))) {
+            return true;
+        }
+    }
+    !listed && cfg.unknown == UnknownPeers::Limited && unknown_domains(cfg, names).iter().any(|d| d == from)
+}
+
 /// Whether a peer speaking for `domains` may send a request From `from` (a lowercase domain).
 pub fn may_speak(cfg: &FederationConfig, own: &str, domains: &[String], from: &str) -> bool {
     if from == own || cfg.blocked_domains.iter().any(|b| b == from) {
@@ -78,18 +104,18 @@ pub fn may_speak(cfg: &FederationConfig, own: &str, domains: &[String], from: &s
 }
 
 /// The routing table: a direct partner, else a clearinghouse listing the domain, else one for any domain.
-pub fn route_for(cfg: &FederationConfig, domain: &str) -> Option<Target> {
+pub fn route_for<'a>(cfg: &'a FederationConfig, domain: &str) -> Option<Target<'a>> {
     if cfg.blocked_domains.iter().any(|b| b == domain) {
         return None;
     }
     if let Some(p) = cfg.partners.iter().find(|p| p.domain == domain) {
-        return Some(Target { name: p.cert_name.clone(), addr: p.addr });
+        return Some(Target { name: &p.cert_name, addr: p.addr });
     }
     let hub = |any: bool| {
         cfg.clearinghouses
             .iter()
             .find(|c| c.domains.iter().any(|d| if any { d == "*" } else { d == domain }))
-            .map(|c| Target { name: c.name.clone(), addr: c.addr })
+            .map(|c| Target { name: &c.name, addr: c.addr })
     };
     hub(false).or_else(|| hub(true))
 }
@@ -154,6 +180,35 @@ mod tests {
     }
 
     #[test]
+    fn may_send_from_agrees_with_speaks_for_and_may_speak() {
+        let mut limited = cfg();
+        limited.unknown = UnknownPeers::Limited;
+        let peers: [&[&str]; 6] = [
+            &["edge.partner.test"],
+            &["EDGE.partner.test", "partner.test"],
+            &["hub.test"],
+            &["any.test"],
+            &["stranger.test", "edge.stranger.test"],
+            &["evil.test"],
+        ];
+        let froms = ["partner.test", "third.test", "fourth.test", "stranger.test", "evil.test", "example.com", ""];
+        for c in [cfg(), limited] {
+            for p in peers {
+                let n = names(p);
+                for from in froms {
+                    let expected = may_speak(&c, "example.com", &speaks_for(&c, &n), from);
+                    assert_eq!(
+                        may_send_from(&c, "example.com", &n, from),
+                        expected,
+                        "{p:?} From {from:?} ({:?})",
+                        c.unknown
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn unknown_peers_refused_by_default() {
         let c = cfg();
         assert!(admits(&c, &names(&["edge.partner.test"])));
@@ -197,9 +252,9 @@ mod tests {
     #[test]
     fn routing_table() {
         let c = cfg();
-        assert_eq!(route_for(&c, "partner.test").map(|t| t.name), Some("edge.partner.test".into()));
-        assert_eq!(route_for(&c, "third.test").map(|t| t.name), Some("hub.test".into()));
-        assert_eq!(route_for(&c, "other.test").map(|t| t.name), Some("any.test".into()));
+        assert_eq!(route_for(&c, "partner.test").map(|t| t.name), Some("edge.partner.test"));
+        assert_eq!(route_for(&c, "third.test").map(|t| t.name), Some("hub.test"));
+        assert_eq!(route_for(&c, "other.test").map(|t| t.name), Some("any.test"));
         assert_eq!(route_for(&c, "evil.test"), None);
         let mut direct_only = cfg();
         direct_only.clearinghouses.clear();
