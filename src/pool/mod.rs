@@ -93,6 +93,12 @@ crate::counters! {
         federated_out,
         /// SUBSCRIBEs of our users for presentities in other organizations, sent on to them.
         subscriptions_federated_out,
+        /// Back-end SUBSCRIBEs (a contact list's contact in another organization), initial and refreshes.
+        backend_subscribes,
+        /// NOTIFYs received for them.
+        backend_notifies,
+        /// Back-end subscriptions refused by the partner, or over this core's bound (the contact shows closed).
+        backend_refused,
     }
 }
 
@@ -540,6 +546,8 @@ impl Pool {
             }
             Stage::Route => match msg.method() {
                 Some(Method::Publish) => self.publish(origin, &msg),
+                // Only federated NOTIFYs get here (users' NOTIFYs are not served).
+                Some(Method::Notify) => self.backend_notify(origin, &msg),
                 Some(Method::Subscribe) => self.subscribe(origin, &msg),
                 Some(Method::Message) if self.im_refused(&msg) => {
                     // The same answer an offline recipient gives: the sender cannot tell it is blocked.
@@ -576,6 +584,11 @@ impl Pool {
             Some(Method::Subscribe) => {
                 bump(&self.pstats.bad_event);
                 self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, b"presence")]);
+            }
+            // A partner's NOTIFY for a contact-list subscription of ours: to the list's core (its URI is our Contact).
+            Some(Method::Notify) => {
+                let list = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+                self.to_core(list.as_bytes(), Stage::Route, origin, msg);
             }
             Some(Method::Ack) => {}
             _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers", &[]),

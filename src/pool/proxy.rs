@@ -199,6 +199,17 @@ impl Pool {
     /// A response to one of our branches (from an edge, or made up for an undeliverable branch).
     pub(crate) fn on_response(self: &Rc<Self>, msg: Message) {
         let Some(status) = msg.status() else { return };
+        if msg
+            .top_via()
+            .and_then(|v| v.branch())
+            .is_some_and(|b| b.starts_with(super::presence::backend::BRANCH_PREFIX))
+        {
+            // To one of our own back-end SUBSCRIBEs, sent by the list's core: answered there.
+            if status >= 200 {
+                self.backend_response(&msg);
+            }
+            return;
+        }
         let Some((core, id)) = msg.top_via().and_then(|v| v.branch()).and_then(parse_branch) else {
             bump(&self.pstats.responses_unmatched);
             return;

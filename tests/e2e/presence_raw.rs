@@ -157,7 +157,7 @@ fn presence_bad_input_gets_standard_answers_and_counters() {
 }
 
 /// A 200 answering a request read from the raw connection (Via, From, To, Call-ID, CSeq copied).
-fn ok_to(req: &Response) -> String {
+pub(crate) fn ok_to(req: &Response) -> String {
     let mut out = String::from("SIP/2.0 200 OK\r\n");
     for l in req.head.split("\r\n").skip(1) {
         let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -171,7 +171,7 @@ fn ok_to(req: &Response) -> String {
 }
 
 /// Reads messages until a NOTIFY arrives (answering it), returns it; responses met on the way go to `seen`.
-fn next_notify(raw: &mut Raw, seen: &mut Vec<Response>, what: &str) -> Response {
+pub(crate) fn next_notify(raw: &mut Raw, seen: &mut Vec<Response>, what: &str) -> Response {
     for _ in 0..8 {
         let m = raw.expect_response(what);
         if m.status_line().starts_with("NOTIFY ") {
@@ -238,7 +238,7 @@ fn presence_winfo_tells_the_presentity_who_watches() {
 }
 
 /// `parapet contacts` against the appliance's pool config.
-fn contacts(app: &Appliance, args: &[&str]) {
+pub(crate) fn contacts(app: &Appliance, args: &[&str]) {
     let mut cmd = std::process::Command::new(crate::support::parapet_bin());
     cmd.arg("contacts").arg("--config").arg(app.data_dir.join("pool.toml")).args(args);
     if let Err(e) = crate::support::run_bounded(&mut cmd, Duration::from_secs(20)) {

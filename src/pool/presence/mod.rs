@@ -12,6 +12,7 @@
 //! 4662) and `remote` (watching presentities of other cores through the mesh).
 
 pub mod authz;
+pub mod backend;
 pub mod notify;
 pub mod pidf;
 pub mod policy;
@@ -56,6 +57,8 @@ pub struct Presence {
     pub(crate) dirty: HashSet<u32>,
     /// Resource-list subscriptions of other cores (or this one) watching presentities of this core.
     pub(crate) remote: HashMap<String, Vec<remote::RemoteWatch>>,
+    /// This core's list subscriptions' SUBSCRIBEs to contacts in other organizations.
+    pub(crate) backends: backend::Backends,
 }
 
 impl Presence {
@@ -73,6 +76,7 @@ impl Presence {
             registered: HashMap::new(),
             dirty: HashSet::new(),
             remote: HashMap::new(),
+            backends: backend::Backends::default(),
         }
     }
 }

@@ -273,6 +273,7 @@ impl Pool {
     pub(crate) fn presence_sweep(self: &Rc<Self>) {
         let now = now_secs();
         self.expire_remote(now);
+        self.expire_backends(now);
         let changed = self.presence.borrow_mut().pubs.expire(now);
         for aor in changed {
             self.presence_changed(&aor);

@@ -56,12 +56,21 @@ impl Pool {
     }
 
     pub(crate) fn remote_watch(self: &Rc<Self>, presentity: String, watcher: String, list: u32, expires_at: u64) {
+        if !self.is_local_aor(&presentity) {
+            // Another organization's contact: its own server answers, to a SUBSCRIBE of ours (`backend.rs`).
+            self.backend_watch(presentity, watcher, list, expires_at);
+            return;
+        }
         let core = shard_for(presentity.as_bytes(), self.count);
         let msg = Msg::Watch { presentity, watcher, core: self.id, list, expires_at: expires_at + SLACK_S };
         self.to_core_presence(core, msg);
     }
 
     pub(crate) fn remote_unwatch(self: &Rc<Self>, presentity: String, list: u32) {
+        if !self.is_local_aor(&presentity) {
+            self.backend_unwatch(&presentity, list);
+            return;
+        }
         let core = shard_for(presentity.as_bytes(), self.count);
         self.to_core_presence(core, Msg::Unwatch { presentity, core: self.id, list });
     }
@@ -93,7 +102,13 @@ impl Pool {
         }
     }
 
-    /// `presentity`'s document as `watcher` may see it; unknown or foreign presentities read as closed.
+    /// Whether an AOR key (`bob@example.com`) is of a domain this pool serves.
+    fn is_local_aor(&self, aor: &str) -> bool {
+        let domain = aor.rsplit_once('@').map_or("", |(_, d)| d);
+        self.s.local_hosts.iter().any(|h| h.eq_ignore_ascii_case(domain))
+    }
+
+    /// `presentity`'s document as `watcher` may see it; unknown presentities read as closed.
     fn state_for(self: &Rc<Self>, presentity: &str, watcher: &str) -> Option<(String, Bytes)> {
         let entity = format!("sip:{presentity}");
         let (alias, domain) = presentity.split_once('@').unwrap_or((presentity, ""));

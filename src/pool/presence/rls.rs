@@ -5,7 +5,8 @@
 //!
 //! The list subscription lives on the core owning the list URI; it watches each contact through the mesh
 //! (`remote.rs`): the contact's core authorizes the list owner as it would any watcher and sends the contact's
-//! document (or a closed one, for a blocked owner) now and at every change. NOTIFYs are coalesced: changes that
+//! document (or a closed one, for a blocked owner) now and at every change. A contact in another organization is
+//! watched by a SUBSCRIBE of our own through the federation (`backend.rs`). NOTIFYs are coalesced: changes that
 //! arrive within [`COALESCE`] go out in one.
 
 use std::rc::Rc;

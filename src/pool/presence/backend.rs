@@ -1,0 +1,235 @@
+//! Back-end subscriptions (RFC 4662 §1: the list server subscribes to each resource it cannot serve itself): a
+//! contact list's contact in another organization is watched by a SUBSCRIBE of our own, on the list owner's
+//! behalf, sent through the edge's federation like any request for a foreign domain.
+//!
+//! It lives on the core of the list subscription that needs it, one per (list subscription, contact). Its
+//! Contact is the list's URI (`sip:<owner>+contacts@<domain>`), so the partner's NOTIFYs reach that same core
+//! (the edge hands them over as federated requests); each NOTIFY's document becomes the contact's state in the
+//! list, exactly as a local contact's state arrives from its core ([`super::remote`]). The partner's server
+//! authorizes the list owner as the watcher. A refresh of the list refreshes it (in its dialog once the first
+//! NOTIFY told us the partner's tag and Contact); the list ending, or the contact leaving it, unsubscribes.
+//! Refusals and failures leave the contact closed. Not persisted: after a restart the list is subscribed again
+//! (the client's refresh gets 481), and with it its contacts.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{pidf, PIDF};
+use crate::net::conn::bump;
+use crate::net::ConnId;
+use crate::pool::{now_secs, Pool};
+use crate::sip::{self, HeaderName, Message};
+
+/// Branches of our back-end SUBSCRIBEs (the responses come back to the pool like any other).
+pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKb";
+/// Back-end subscriptions one core keeps at most (a list holds at most `rls::RESOURCES_MAX` contacts).
+const MAX: usize = 10_000;
+
+struct Backend {
+    list: u32,
+    /// The contact's AOR key (`bob@partner.test`).
+    presentity: String,
+    /// The list owner's AOR key: our From, the watcher the partner authorizes.
+    owner: String,
+    /// Our Contact: the list's URI, whose core is this one.
+    contact: String,
+    local_tag: String,
+    /// From the first NOTIFY: the partner's tag and Contact, for requests within the dialog.
+    remote_tag: Option<String>,
+    remote_target: Option<String>,
+    cseq: u32,
+    expires_at: u64,
+}
+
+/// This core's back-end subscriptions, by Call-ID.
+#[derive(Default)]
+pub struct Backends {
+    by_call: HashMap<String, Backend>,
+    next: u64,
+}
+
+impl Backends {
+    fn find(&self, list: u32, presentity: &str) -> Option<String> {
+        self.by_call.iter().find(|(_, b)| b.list == list && b.presentity == presentity).map(|(k, _)| k.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_call.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_call.is_empty()
+    }
+}
+
+fn closed(presentity: &str) -> Option<(String, Bytes)> {
+    Some((PIDF.to_string(), Bytes::from(pidf::closed(&format!("sip:{presentity}")))))
+}
+
+impl Pool {
+    /// A list subscription `list` (refreshed or new) watches `presentity` of another organization until
+    /// `expires_at`: subscribe, or refresh the subscription already made.
+    pub(crate) fn backend_watch(self: &Rc<Self>, presentity: String, owner: String, list: u32, expires_at: u64) {
+        let Some(contact) = self.presence.borrow().subs.get(list).map(|s| format!("<{};transport=tls>", s.entity))
+        else {
+            return;
+        };
+        let call_id = {
+            let mut p = self.presence.borrow_mut();
+            let existing = p.backends.find(list, &presentity);
+            match existing {
+                Some(c) => {
+                    if let Some(b) = p.backends.by_call.get_mut(&c) {
+                        b.expires_at = expires_at;
+                    }
+                    c
+                }
+                None => {
+                    if p.backends.by_call.len() >= MAX {
+                        drop(p);
+                        bump(&self.pstats.backend_refused);
+                        self.list_state(list, &presentity, closed(&presentity));
+                        return;
+                    }
+                    p.backends.next += 1;
+                    let call_id = format!("bes-{:x}-{:x}-{:x}@{}", self.id, p.backends.next, now_secs(), self.s.listen);
+                    let local_tag = format!("b{:x}{:x}", self.id, p.backends.next);
+                    let b = Backend {
+                        list,
+                        presentity: presentity.clone(),
+                        owner,
+                        contact,
+                        local_tag,
+                        remote_tag: None,
+                        remote_target: None,
+                        cseq: 0,
+                        expires_at,
+                    };
+                    p.backends.by_call.insert(call_id.clone(), b);
+                    call_id
+                }
+            }
+        };
+        self.backend_subscribe(&call_id);
+    }
+
+    /// The list no longer watches `presentity` (it ended, or the contact left it): unsubscribe.
+    pub(crate) fn backend_unwatch(self: &Rc<Self>, presentity: &str, list: u32) {
+        let found = self.presence.borrow().backends.find(list, presentity);
+        let Some(call_id) = found else { return };
+        if let Some(b) = self.presence.borrow_mut().backends.by_call.get_mut(&call_id) {
+            b.expires_at = 0;
+        }
+        self.backend_subscribe(&call_id);
+        self.presence.borrow_mut().backends.by_call.remove(&call_id);
+    }
+
+    /// Sends the back-end SUBSCRIBE `call_id` as it stands (Expires: 0 once it is ending).
+    fn backend_subscribe(self: &Rc<Self>, call_id: &str) {
+        let Some((addr, connector)) =
+            self.s.edges.first().and_then(|p| self.edges.get(&p.addr).map(|c| (p.addr, c.clone())))
+        else {
+            return;
+        };
+        let out = {
+            let mut p = self.presence.borrow_mut();
+            let Some(b) = p.backends.by_call.get_mut(call_id) else { return };
+            b.cseq += 1;
+            let expires = b.expires_at.saturating_sub(now_secs()).to_string();
+            let aor_uri = format!("sip:{}", b.presentity);
+            // Within the dialog once the partner's first NOTIFY told us its tag and Contact; until then a new one.
+            let ruri = b.remote_target.clone().unwrap_or_else(|| aor_uri.clone());
+            let to = match &b.remote_tag {
+                Some(t) => format!("<{aor_uri}>;tag={t}"),
+                None => format!("<{aor_uri}>"),
+            };
+            let from = format!("<sip:{}>;tag={}", b.owner, b.local_tag);
+            let prefix = std::str::from_utf8(BRANCH_PREFIX).unwrap_or_default();
+            let via = format!("SIP/2.0/TLS {};branch={prefix}{:x}x{:x}", self.s.listen, b.cseq, now_secs());
+            let route = format!("<sip:fed@{addr};lr>");
+            let cseq = format!("{} SUBSCRIBE", b.cseq);
+            let headers: [(HeaderName, &[u8]); 11] = [
+                (HeaderName::Via, via.as_bytes()),
+                (HeaderName::Route, route.as_bytes()),
+                (HeaderName::MaxForwards, b"70"),
+                (HeaderName::From, from.as_bytes()),
+                (HeaderName::To, to.as_bytes()),
+                (HeaderName::CallId, call_id.as_bytes()),
+                (HeaderName::CSeq, cseq.as_bytes()),
+                (HeaderName::Contact, b.contact.as_bytes()),
+                (HeaderName::Event, b"presence"),
+                (HeaderName::Accept, PIDF.as_bytes()),
+                (HeaderName::Expires, expires.as_bytes()),
+            ];
+            let mut out = BytesMut::with_capacity(768);
+            sip::write_request(&mut out, "SUBSCRIBE", ruri.as_bytes(), &headers, None);
+            out.freeze()
+        };
+        bump(&self.pstats.backend_subscribes);
+        connector.send(self, out);
+    }
+
+    /// A NOTIFY from a partner (handed over by the edge as federated) for one of our back-end subscriptions.
+    pub(crate) fn backend_notify(self: &Rc<Self>, origin: ConnId, msg: &Message) {
+        let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
+        let found = {
+            let mut p = self.presence.borrow_mut();
+            match p.backends.by_call.get_mut(&call_id) {
+                Some(b) => {
+                    if b.remote_tag.is_none() {
+                        b.remote_tag = msg.from().tag().map(|t| String::from_utf8_lossy(t).to_string());
+                    }
+                    if let Some(Ok(sip::Contact::Addr(na))) = msg.contacts().next() {
+                        b.remote_target = Some(String::from_utf8_lossy(na.uri_raw).to_string());
+                    }
+                    Some((b.list, b.presentity.clone()))
+                }
+                None => None,
+            }
+        };
+        let Some((list, presentity)) = found else {
+            self.reply(origin, msg, 481, "Subscription Does Not Exist", &[]);
+            return;
+        };
+        bump(&self.pstats.backend_notifies);
+        let terminated = msg
+            .header(HeaderName::SubscriptionState)
+            .is_some_and(|v| v.trim_ascii().get(..10).is_some_and(|s| s.eq_ignore_ascii_case(b"terminated")));
+        let is_pidf = msg.header(HeaderName::ContentType).is_some_and(|ct| {
+            ct.split(|b| *b == b';').next().is_some_and(|m| m.trim_ascii().eq_ignore_ascii_case(PIDF.as_bytes()))
+        });
+        let state = if terminated {
+            self.presence.borrow_mut().backends.by_call.remove(&call_id);
+            closed(&presentity)
+        } else if is_pidf && !msg.body().is_empty() {
+            Some((PIDF.to_string(), Bytes::copy_from_slice(msg.body())))
+        } else {
+            // Pending at the partner (no document yet).
+            None
+        };
+        self.reply(origin, msg, 200, "OK", &[]);
+        self.list_state(list, &presentity, state);
+    }
+
+    /// The final answer to one of our back-end SUBSCRIBEs: a refusal leaves the contact closed.
+    pub(crate) fn backend_response(self: &Rc<Self>, msg: &Message) {
+        let status = msg.status().unwrap_or(0);
+        if status < 300 {
+            return;
+        }
+        let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
+        let gone = self.presence.borrow_mut().backends.by_call.remove(&call_id);
+        if let Some(b) = gone {
+            bump(&self.pstats.backend_refused);
+            tracing::info!(presentity = %b.presentity, status, "back-end subscription refused: contact shown closed");
+            self.list_state(b.list, &b.presentity, closed(&b.presentity));
+        }
+    }
+
+    /// Sweep: back-end subscriptions whose list stopped refreshing.
+    pub(crate) fn expire_backends(&self, now: u64) {
+        self.presence.borrow_mut().backends.by_call.retain(|_, b| b.expires_at > now);
+    }
+}
