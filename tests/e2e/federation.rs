@@ -163,6 +163,18 @@ fn two_organizations_federate_over_mutual_tls() {
         other => a.fail(&format!("From our own domain via a partner: expected 403, got {other:?}")),
     }
     assert!(Metrics::edge(&a).must(&a, "parapet_edge_federation_spoofed_from") >= 2);
+    // A NOTIFY for a dialog of ours that does not exist (a contact list's subscriptions are ours to name): 481.
+    let u = uniq();
+    let forged = format!(
+        "NOTIFY sip:alice+contacts@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKn{u}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@partner.test>;tag=n{u}\r\nTo: <sip:alice@example.com>;tag=guess\r\n\
+         Call-ID: forged-{u}\r\nCSeq: 1 NOTIFY\r\nEvent: presence\r\nSubscription-State: active\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    match exchange(partner.clone(), "edge.example.com", fed_a, &forged) {
+        Ok(r) if r.starts_with("SIP/2.0 481") => {}
+        other => a.fail(&format!("NOTIFY for no subscription of ours: expected 481, got {other:?}")),
+    }
     // Not our domain: the partner cannot use us as a relay.
     let relay = exchange(partner, "edge.example.com", fed_a, &message_from("bob@partner.test", "carol@elsewhere.test"));
     match relay {

@@ -174,9 +174,14 @@ impl Pool {
     /// A NOTIFY from a partner (handed over by the edge as federated) for one of our back-end subscriptions.
     pub(crate) fn backend_notify(self: &Rc<Self>, origin: ConnId, msg: &Message) {
         let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
+        // Only the contact itself speaks in its dialog: the edge vouched for the From domain, and the presentity
+        // and our tag must match too (a Call-ID alone could be guessed by another partner).
+        let from = crate::pool::aor_of(&msg.from().uri);
+        let to_tag = msg.to().tag().map(|t| String::from_utf8_lossy(t).to_string());
         let found = {
             let mut p = self.presence.borrow_mut();
-            match p.backends.by_call.get_mut(&call_id) {
+            let b = p.backends.by_call.get_mut(&call_id);
+            match b.filter(|b| b.presentity == from && to_tag.as_deref() == Some(b.local_tag.as_str())) {
                 Some(b) => {
                     if b.remote_tag.is_none() {
                         b.remote_tag = msg.from().tag().map(|t| String::from_utf8_lossy(t).to_string());
