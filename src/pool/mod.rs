@@ -99,6 +99,8 @@ crate::counters! {
         backend_notifies,
         /// Back-end subscriptions refused by the partner, or over this core's bound (the contact shows closed).
         backend_refused,
+        /// Back-end subscriptions held right now (a gauge).
+        backend_subscriptions_now,
     }
 }
 
@@ -612,6 +614,7 @@ impl Pool {
         self.flush_dirty_subscriptions();
         self.pstats.bindings_now.set(self.registrar.borrow().binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.borrow().len() as u64);
+        self.pstats.backend_subscriptions_now.set(self.presence.borrow().backends.len() as u64);
     }
 
     pub(crate) fn is_local_host(&self, uri: &Uri<'_>) -> bool {

@@ -85,6 +85,7 @@ fn pjsip_presence_between_two_organizations_both_ways() {
     bob.send(r#"{"cmd":"publish","status":"busy","note":"Seen through the list"}"#);
     wait_list(&a, &mut raw, &mut seen, &["Seen through the list"]);
     assert!(Metrics::pool(&a).must(&a, "parapet_pool_backend_notifies") >= 2, "the partner's NOTIFYs reached the list");
+    assert!(wait_metric(&a, true, "parapet_pool_backend_subscriptions_now", 1) >= 1, "one back-end subscription held");
 
     // bob leaves the list: example.com's pool ends its subscription at partner.test (in the dialog, Expires: 0).
     let before = Metrics::pool(&b).get("parapet_pool_unsubscribes").unwrap_or(0);
