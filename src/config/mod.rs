@@ -196,13 +196,19 @@ pub struct RegistrarConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
-    /// Digest algorithms offered, in preference order ("SHA-256", "MD5").
+    /// Digest algorithms offered, one challenge each, in this order (default [`DEFAULT_AUTH_ALGORITHMS`]).
     pub algorithms: Vec<String>,
     pub nonce_ttl_s: u64,
 }
 
 /// Digest algorithms the pool implements; `validate` rejects anything else.
 pub const AUTH_ALGORITHMS: &[&str] = &["SHA-256", "MD5"];
+
+/// The default offer: MD5 only. baresip 1.0 (libre) gives up on a 401 that carries any challenge it cannot
+/// answer — a SHA-256 one next to MD5 included — and MD5 is what every client knows (RFC 3261's baseline; over
+/// TLS here). `[pool.auth] algorithms = ["SHA-256", "MD5"]` offers SHA-256 too (RFC 8760; pjsip and linphone
+/// answer it), at the cost of baresip 1.0.
+pub const DEFAULT_AUTH_ALGORITHMS: &[&str] = &["MD5"];
 
 pub const DEFAULT_DOMAIN: &str = "example.com";
 pub const DEFAULT_EDGE_LISTEN: &str = "127.0.0.1:5061";
@@ -291,7 +297,7 @@ impl Default for RegistrarConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { algorithms: AUTH_ALGORITHMS.iter().map(|s| s.to_string()).collect(), nonce_ttl_s: 300 }
+        AuthConfig { algorithms: DEFAULT_AUTH_ALGORITHMS.iter().map(|s| s.to_string()).collect(), nonce_ttl_s: 300 }
     }
 }
 

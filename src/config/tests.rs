@@ -51,7 +51,7 @@ fn role_defaults() {
         p.registrar,
         RegistrarConfig { min_expires_s: 60, max_expires_s: 7200, default_expires_s: 3600, bindings_per_aor_max: 10 }
     );
-    assert_eq!(p.auth.algorithms, vec!["SHA-256".to_string(), "MD5".to_string()]);
+    assert_eq!(p.auth.algorithms, vec!["MD5".to_string()], "MD5 only by default: baresip 1.0");
     assert_eq!(p.auth.nonce_ttl_s, 300);
     assert_eq!(p.transaction_timeout_ms, 32_000);
     assert_eq!(p.directory, Path::new("/etc/parapet/users.toml"));

@@ -81,6 +81,8 @@ crate::counters! {
         /// In-dialog requests from federated peers delivered straight to a user's flow (NOTIFY for a subscription
         /// a user of ours made through us).
         federation_in_dialog,
+        /// Connections on the user port that presented a certificate not from the partners' CA: taken as users.
+        user_certificates_ignored,
         /// Federated requests refused otherwise (method, domain not ours, no route, blocked).
         federation_refused,
         /// Requests a clearinghouse relayed from one member organization to another.
@@ -439,8 +441,21 @@ impl Handler for Edge {
     /// port, a client without a certificate is a user (who must register); one with a certificate (which the
     /// handshake verified against the federation CA, the only one the user port asks for when partners share
     /// it) is a partner, admitted exactly as on the federation listener, or refused.
-    fn admit_peer(&self, kind: ConnKind, names: &[String], certified: bool) -> Option<(ConnKind, Permit)> {
-        let federated = kind == ConnKind::Partner || (kind == ConnKind::User && certified);
+    fn admit_peer(
+        &self,
+        kind: ConnKind,
+        names: &[String],
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+    ) -> Option<(ConnKind, Permit)> {
+        // On the user port shared with partners, a certificate makes a partner only if it chains to the partners'
+        // CA; any other (a client's own, as baresip must present one) leaves the connection a user's.
+        let partner_cert = kind == ConnKind::User
+            && !chain.is_empty()
+            && self.fed_tls.borrow().as_ref().is_some_and(|t| tls::chains_to(t.partner_verifier.as_ref(), chain));
+        if kind == ConnKind::User && !chain.is_empty() && !partner_cert {
+            bump(&self.estats.user_certificates_ignored);
+        }
+        let federated = kind == ConnKind::Partner || partner_cert;
         if !federated {
             return Some((kind, None));
         }

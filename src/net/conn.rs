@@ -371,10 +371,16 @@ pub trait Handler: 'static {
     fn admit(&self, _peer: SocketAddr, _kind: ConnKind) -> bool {
         true
     }
-    /// A TLS peer after its handshake (and the listener's own name check), by its certificate names (`certified`:
-    /// it presented a certificate, which the handshake verified): the kind the connection takes (a listener may
-    /// serve more than one) and what to hold while it lives, or None to close it (the handler logs why).
-    fn admit_peer(&self, kind: ConnKind, _names: &[String], _certified: bool) -> Option<(ConnKind, Permit)> {
+    /// A TLS peer after its handshake (and the listener's own name check), by its certificate names and chain
+    /// (empty when it presented none; verified by the handshake unless the listener takes any certificate, see
+    /// [`super::tls::server_config_optional_client`]): the kind the connection takes (a listener may serve more
+    /// than one) and what to hold while it lives, or None to close it (the handler logs why).
+    fn admit_peer(
+        &self,
+        kind: ConnKind,
+        _names: &[String],
+        _chain: &[rustls::pki_types::CertificateDer<'_>],
+    ) -> Option<(ConnKind, Permit)> {
         Some((kind, None))
     }
     /// An admitted connection has ended, whether or not its handshake completed.

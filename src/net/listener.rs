@@ -167,7 +167,6 @@ async fn handshake_and_drive<H: Handler>(
         }
     };
     let chain = tls.get_ref().1.peer_certificates();
-    let certified = chain.is_some_and(|c| !c.is_empty());
     let names = peer_dns_names(chain);
     if let Some(admit) = &spec.admit_names {
         if !names.iter().any(|n| admit.iter().any(|a| a.eq_ignore_ascii_case(n))) {
@@ -176,11 +175,13 @@ async fn handshake_and_drive<H: Handler>(
             return;
         }
     }
-    let Some((kind, permit)) = handler.admit_peer(spec.kind, &names, certified) else {
+    let Some((kind, permit)) = handler.admit_peer(spec.kind, &names, chain.unwrap_or(&[])) else {
         bump(&handler.stats().peers_refused);
         tracing::debug!(%peer, ?names, "peer refused by the handler: closing");
         return;
     };
+    // A user's own certificate (on a port shared with partners) says nothing we use.
+    let names = if kind == ConnKind::User { Vec::new() } else { names };
     let (conn, rx) = handler.table().borrow_mut().insert(kind, peer, names);
     drive(tls, conn, rx, handler).await;
     // Held until here: what the handler counted for this connection is given back now that it has ended.

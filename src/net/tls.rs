@@ -4,10 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 
 /// Sessions kept for resumption by a server (per process; tickets need no state).
 const SESSION_CACHE_MAX: usize = 16_384;
@@ -68,32 +70,92 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 /// A server config. With `client_ca`, every client must present a certificate chaining to it (mutual TLS);
 /// which names are acceptable is checked after the handshake by the listener.
 pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_with(cert, key, client_ca, true)
+    server_config_with(cert, key, client_ca)
 }
 
-/// A server config that asks for a client certificate chaining to `client_ca` without requiring one: a client
-/// that presents none (a remote user) is accepted, one that presents another CA's is refused at the handshake.
+/// A server config for a port users and partners share: it asks for a client certificate (naming `client_ca`
+/// as acceptable issuers) and takes whatever comes, none included. Users' clients may present a certificate of
+/// their own (baresip cannot speak TLS without one): refusing the handshake would lock them out. Whether a
+/// certificate chains to the partners' CA is decided after the handshake ([`chains_to`]); the possession proof
+/// (the CertificateVerify signature) is still checked here.
 pub fn server_config_optional_client(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_with(cert, key, Some(client_ca), false)
+    let verifier = Arc::new(AnyClientCert(partner_verifier(client_ca)?));
+    let builder = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_client_cert_verifier(verifier);
+    finish_server_config(builder, cert, key)
 }
 
-fn server_config_with(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-    required: bool,
-) -> Result<Arc<ServerConfig>, TlsError> {
+/// The verifier of partners' certificates: their chain must lead to `ca`.
+pub fn partner_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder(roots(ca)?)
+        .build()
+        .map_err(|e| TlsError::Config { what: "client verifier", detail: e.to_string() })
+}
+
+/// Whether a peer's certificate chain (end entity first) leads to a root of `verifier`.
+pub fn chains_to(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'_>]) -> bool {
+    let Some((ee, intermediates)) = chain.split_first() else { return false };
+    verifier.verify_client_cert(ee, intermediates, UnixTime::now()).is_ok()
+}
+
+/// Takes any client certificate at the handshake (see [`server_config_optional_client`]), with the inner
+/// verifier's issuer hints and signature checks.
+#[derive(Debug)]
+struct AnyClientCert(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn server_config_with(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
     let builder = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12]);
     let builder = match client_ca {
-        Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder(roots(ca)?);
-            let verifier = if required { verifier } else { verifier.allow_unauthenticated() };
-            let verifier =
-                verifier.build().map_err(|e| TlsError::Config { what: "client verifier", detail: e.to_string() })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(ca) => builder.with_client_cert_verifier(partner_verifier(ca)?),
         None => builder.with_no_client_auth(),
     };
+    finish_server_config(builder, cert, key)
+}
+
+fn finish_server_config(
+    builder: rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut cfg = builder
         .with_single_cert(load_certs(cert)?, load_key(key)?)
         .map_err(|e| TlsError::Config { what: "server certificate/key", detail: format!("{}: {e}", cert.display()) })?;

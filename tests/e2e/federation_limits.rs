@@ -177,6 +177,25 @@ fn partners_are_policed_per_identity_on_the_shared_user_port() {
     if let Ok(code) = blocked.ask(&message("mallory@evil.test", "nobody@example.com", 5)) {
         a.fail(&format!("a blocked domain's certificate on the shared port: expected a closed connection, got {code}"));
     }
+    // A certificate from a CA the federation does not trust, naming the partner (a user's client presenting its
+    // own, as baresip must): the connection stays a user's, so its MESSAGE is refused as unregistered (403),
+    // never taken for the partner's.
+    let own_dir = a.scratch.join("own-client-cert");
+    std::fs::create_dir_all(&own_dir).expect("own cert dir");
+    let own = parapet::config::devpki::issue_leaf(&own_dir, "client", &["edge.partner.test".to_string()])
+        .expect("a certificate from a CA of its own");
+    let ignored_before = Metrics::edge(&a).must(&a, "parapet_edge_user_certificates_ignored");
+    let mut own_cert = Peer::connect(mtls_config(&a.ca, &own.0, &own.1), port_a);
+    match own_cert.ask(&message("bob@partner.test", "alice@example.com", 5)) {
+        Ok(403) => {}
+        other => {
+            a.fail(&format!("a client's own certificate on the shared port: expected 403 (a user), got {other:?}"))
+        }
+    }
+    assert!(
+        Metrics::edge(&a).must(&a, "parapet_edge_user_certificates_ignored") > ignored_before,
+        "the ignored certificate is counted"
+    );
     // An unknown peer (unknown = "limited") speaks for its own domain, and no other.
     let mut unknown = Peer::connect(mtls_config(&a.ca, &stranger.0, &stranger.1), port_a);
     match unknown.ask(&message("someone@stranger.test", "nobody@example.com", 5)) {

@@ -64,8 +64,10 @@ pub struct FedTls {
     pub server: Arc<rustls::ServerConfig>,
     /// Toward partners (our certificate as client certificate; their CA trusted).
     pub client: Arc<rustls::ClientConfig>,
-    /// When partners share the user port: that port's (a client certificate asked for, not required).
+    /// When partners share the user port: that port's (a client certificate asked for, any taken).
     pub shared_user: Option<Arc<rustls::ServerConfig>>,
+    /// Whether a certificate presented on the shared port chains to the partners' CA (checked after the handshake).
+    pub partner_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 impl FedSettings {
@@ -80,6 +82,7 @@ impl FedSettings {
         let at = |e: crate::net::tls::TlsError| format!("[edge.federation] {e}");
         let server = tls::server_config(cert, key, Some(&cfg.ca)).map_err(at)?;
         let client = tls::client_config(&cfg.ca, Some((cert, key))).map_err(at)?;
+        let partner_verifier = tls::partner_verifier(&cfg.ca).map_err(at)?;
         let shared_user = match cfg.listen {
             None => Some(tls::server_config_optional_client(cert, key, &cfg.ca).map_err(at)?),
             Some(_) => None,
@@ -88,7 +91,7 @@ impl FedSettings {
             cfg: cfg.clone(),
             domain: domain.to_ascii_lowercase(),
             listen_text: cfg.listen.unwrap_or(user_listen).to_string(),
-            tls: FedTls { server, client, shared_user },
+            tls: FedTls { server, client, shared_user, partner_verifier },
         })
     }
 }
