@@ -42,7 +42,7 @@ latency runs from the scheduled time to the final answer):
              SIP-If-Match); the latency ends at the 200. Every state change makes the server NOTIFY each
              watcher, which answers 200 at once; NOTIFYs received in the measured window are reported as
              notifies and notifies_per_s.
-  federation Plays partner organizations' edges (issue 6) against the edge's port for partners (--fed-target,
+  federation Plays partner organizations' edges (issue 6) against the edge's federation port (--fed-target,
              mutual TLS: each partner presents its certificate, <--partner-pki>/<domain>.pem and .key, and trusts
              --ca for the edge's). All --count users register first through --target, as in `im`, and answer 200.
              Before measuring, each partner checks its connection with an OPTIONS (200 means: certificate trusted,
@@ -158,7 +158,7 @@ pub struct Args {
     /// presence: watchers per presentity.
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,
-    /// federation: where the edge takes partners (default: --target itself, which `parapet up` shares with them).
+    /// federation: where the edge takes partners (default: the --target port + 5, as `parapet up` lays it out).
     #[arg(long)]
     pub fed_target: Option<String>,
     /// federation: TLS name to verify in the edge's certificate on the federation port (default: edge.DOMAIN).
@@ -396,13 +396,13 @@ fn parse_step(s: &str) -> Result<Step, ConfigError> {
 impl Args {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let target: SocketAddr = self.target.parse().map_err(|_| {
-            bad(format!("--target must be an IP:port address like 127.0.0.1:5061; got {:?}.", self.target))
+            bad(format!("--target must be an IP:port address like 127.0.0.1:5066; got {:?}.", self.target))
         })?;
         let mut rate = positive(self.rate, "--rate")?;
         let fed_target = match &self.fed_target {
             Some(t) => t
                 .parse()
-                .map_err(|_| bad(format!("--fed-target must be an IP:port address like 127.0.0.1:5061; got {t:?}.")))?,
+                .map_err(|_| bad(format!("--fed-target must be an IP:port address like 127.0.0.1:5066; got {t:?}.")))?,
             None => SocketAddr::new(target.ip(), target.port().saturating_add(FEDERATION_PORT_OFFSET)),
         };
         let fed_server_name = self.fed_server_name.clone().unwrap_or_else(|| format!("edge.{}", self.domain));
@@ -530,7 +530,7 @@ impl Args {
     }
 }
 
-/// Where `parapet up` has partners connect, from its users' port (0: the same port).
+/// Where `parapet up` has partners connect, from its users' port.
 const FEDERATION_PORT_OFFSET: u16 = parapet::mgmt::up::FEDERATION_PORT_OFFSET;
 /// The demo partner `--partner` defaults to (one `parapet up` makes).
 const DEFAULT_PARTNER: &str = parapet::mgmt::up::DEMO_PARTNERS[0].0;
@@ -586,7 +586,7 @@ mod tests {
         assert_eq!(c.rate, 400.0);
         let p: Vec<(&str, f64)> = c.partners.iter().map(|p| (p.domain.as_str(), p.share)).collect();
         assert_eq!(p, [("partner.test", 0.75), ("other.test", 0.25)]);
-        assert_eq!(c.fed_target, "127.0.0.1:15061".parse().unwrap(), "up's users' port, shared with partners");
+        assert_eq!(c.fed_target, "127.0.0.1:15066".parse().unwrap(), "up's federation port");
         assert_eq!(c.fed_server_name, "edge.example.com");
         assert_eq!(c.partners[0].cert_path, PathBuf::from("data/pki/partner.test.pem"), "next to --ca");
 

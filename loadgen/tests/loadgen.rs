@@ -397,7 +397,7 @@ fn free_port_block() -> u16 {
 #[test]
 fn federation_against_parapet_up_gets_200s_per_partner() {
     let up = Up::start("federation", &["--cores", "1", "--load-users", "20"]);
-    let fed_port = up.port_base; // shared with users
+    let fed_port = up.port_base + parapet::mgmt::up::FEDERATION_PORT_OFFSET;
     assert!(up.ready.contains(&format!("federation=127.0.0.1:{fed_port}")), "{}", up.ready);
     let (ca, users) = (up.data("pki/ca.pem"), up.data("users.toml"));
     let target = format!("127.0.0.1:{}", up.port_base);

@@ -2,10 +2,10 @@
 //! under the data folder, writes one config per role, starts the edge and the pool as two processes that talk
 //! over mutual TLS exactly as two hosts would, waits until both accept connections, and says where to connect.
 //!
-//! Ports, from `--port-base` B: B users and federation partners (TLS; a partner presents a certificate from the
-//! demo partners' CA, as two demo partner organizations whose edges `loadgen federation` plays do), B+1 pool, B+2
-//! edge internal, B+3 and B+4 management (edge, pool), and B+6, B+7 where those demo partners' edges would listen
-//! (nothing does: requests toward them fail, by design).
+//! Ports, from `--port-base` B: B users (TLS), B+1 pool, B+2 edge internal, B+3 and B+4 management (edge, pool),
+//! B+5 federation (mutual TLS; two demo partner organizations whose edges `loadgen federation` plays present
+//! certificates from a CA of their own), and B+6, B+7 where those demo partners' edges would listen (nothing
+//! does: requests toward them fail, by design).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -33,9 +33,11 @@ pub struct UpOptions {
 /// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
 /// (`pki/partners-ca.pem`); certificate and key for each are `pki/<domain>.pem` and `.key`.
 pub const DEMO_PARTNERS: [(&str, &str); 2] = [("partner.test", "edge.partner.test"), ("other.test", "edge.other.test")];
-/// Offsets from the port base: where partners connect (0: the users' port, shared, the default of
-/// `[edge.federation]` without `listen`), then one (unused) port per demo partner's edge.
-pub const FEDERATION_PORT_OFFSET: u16 = 0;
+/// Offsets from the port base: where partners connect, then one (unused) port per demo partner's edge. A port
+/// of its own rather than the users' one (which `[edge.federation]` without `listen` would share): on a shared
+/// port the TLS handshake asks every client for a certificate, and linphone's console client then stops to
+/// prompt for one — not what a first run should show. 0 here would make `up` share the users' port.
+pub const FEDERATION_PORT_OFFSET: u16 = 5;
 const PARTNER_PORT_OFFSET: u16 = 6;
 /// The highest offset `up` uses.
 const PORT_OFFSET_MAX: u16 = PARTNER_PORT_OFFSET + DEMO_PARTNERS.len() as u16 - 1;
@@ -186,7 +188,7 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         let names: Vec<&str> = partners.iter().map(|(p, _)| *p).collect();
         let _ = writeln!(
             out,
-            "  federation     {} (shared with users; a partner presents a certificate chaining to {})",
+            "  federation     {} (mutual TLS; partners' certificates must chain to {})",
             addr(fed_port),
             ca.display()
         );
@@ -305,10 +307,13 @@ mod tests {
 
     #[test]
     fn demo_federation_section_is_a_valid_partner_table() {
-        let text = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(None, 5067, &DEMO_PARTNERS));
+        let text = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(Some(5066), 5067, &DEMO_PARTNERS));
         let c = crate::config::Config::from_toml_str(&text, Path::new("/data")).expect("parses");
         let f = c.edge.and_then(|e| e.federation).expect("federation");
-        assert_eq!(f.listen, None, "partners share the users' port");
+        assert_eq!(f.listen, Some(addr(5066)), "a federation port of its own");
+        let shared = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(None, 5067, &DEMO_PARTNERS));
+        let c = crate::config::Config::from_toml_str(&shared, Path::new("/data")).expect("parses");
+        assert_eq!(c.edge.and_then(|e| e.federation).and_then(|f| f.listen), None, "or the users' port, shared");
         assert_eq!(f.ca, PathBuf::from("/data/pki/partners-ca.pem"));
         let p: Vec<(&str, &str, u16)> =
             f.partners.iter().map(|p| (p.domain.as_str(), p.cert_name.as_str(), p.addr.port())).collect();
