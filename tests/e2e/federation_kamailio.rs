@@ -29,7 +29,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::malformed::uniq;
 use crate::rawsip::{text, Metrics, Ua};
-use crate::support::{free_port_base, run_bounded, terminate_group, wait_timeout, Appliance, Tail};
+use crate::support::{
+    free_port_base, run_bounded, stops_with_the_test, terminate_group, wait_timeout, Appliance, Tail,
+};
 
 /// Port (offset from the appliance's port base) of parapet's federation listener.
 const FED_PORT: u16 = 5;
@@ -251,13 +253,7 @@ fn start_kamailio(app: &Appliance, bin: &Path, cfg: &Path, cfg_text: String, por
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe; Kamailio stops if the test thread that started it dies.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
+    stops_with_the_test(&mut cmd);
     let mut child = cmd.spawn().unwrap_or_else(|e| app.fail(&format!("cannot start {}: {e}", bin.display())));
     let log = Tail::default();
     log.collect(child.stderr.take().expect("piped"), Some(dir.join("kamailio.stderr")), None);

@@ -15,31 +15,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::pjsua::Agent;
-use crate::support::{run_bounded, signal_group, Appliance, User};
+use crate::interop_pjsip::{messages_with_bob, registered_bob};
+use crate::support::{apt_installed, stops_with_the_test, terminate_group, Appliance, User};
 
-const APT_TIMEOUT: Duration = Duration::from_secs(600);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn baresip_bin() -> Option<PathBuf> {
-    ["/usr/bin/baresip", "/usr/local/bin/baresip"].iter().map(PathBuf::from).find(|p| p.exists())
-}
-
-fn ensure_baresip() -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(bin) = baresip_bin() {
-        return bin;
-    }
-    let apt = |args: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        run_bounded(&mut cmd, APT_TIMEOUT).unwrap_or_else(|e| panic!("installing baresip failed:\n{e}"))
-    };
-    apt(&["update"]);
-    apt(&["install", "-y", "baresip-core"]);
-    baresip_bin().unwrap_or_else(|| panic!("apt-get installed baresip-core, but no baresip binary was found"))
-}
 
 /// A running baresip (its own process group, stopped on drop) and its control connection.
 struct Baresip {
@@ -52,7 +31,7 @@ struct Baresip {
 impl Baresip {
     /// baresip as `user`, with `contact` as its one (current) contact, controlled on `ctrl_port`.
     fn start(app: &Appliance, user: &User, contact: &str, ctrl_port: u16) -> Baresip {
-        let bin = ensure_baresip();
+        let bin = apt_installed("/usr/bin/baresip", &["baresip-core"]);
         let dir = app.scratch.join(format!("baresip-{}", user.alias));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| app.fail(&format!("baresip dir: {e}")));
         // Its own client certificate (baresip needs one for TLS), from a CA of its own: one PEM, cert and key.
@@ -88,13 +67,7 @@ impl Baresip {
         let mut cmd = Command::new(&bin);
         // -s: SIP trace into the log, for a failing test's reader.
         cmd.arg("-f").arg(&dir).arg("-s").stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-        // SAFETY: prctl is async-signal-safe; baresip stops if the test thread that started it dies.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        stops_with_the_test(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| app.fail(&format!("cannot start {}: {e}", bin.display())));
         let deadline = Instant::now() + Duration::from_secs(10);
         let ctrl = loop {
@@ -162,57 +135,39 @@ impl Baresip {
         }
     }
 
-    /// Whether its SIP trace shows `needle`.
-    fn log_contains(&self, needle: &str) -> bool {
-        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(needle))
+    /// Waits (5 s at most) until its SIP trace shows `needle`.
+    fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(needle)) {
+            if Instant::now() >= deadline {
+                self.fail(&format!("{needle:?} does not show in its SIP trace"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
 impl Drop for Baresip {
     fn drop(&mut self) {
-        signal_group(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        signal_group(self.child.id(), libc::SIGKILL);
-        let _ = self.child.wait();
+        terminate_group(&mut self.child, Duration::from_secs(3));
     }
 }
 
 #[test]
 fn baresip_registers_and_exchanges_messages_with_pjsip() {
     let app = Appliance::start("baresip-interop");
-    let (alice_u, bob_u) = (app.user("alice"), app.user("bob"));
-    let mut bob = Agent::spawn(&app, "bob", &bob_u.alias, &bob_u.password);
-    let ev = bob.register();
-    bob.check(ev.int("code") == Some(200), || format!("bob REGISTER: {ev}"));
-
-    let bob_aor = format!("sip:bob@{}", app.domain);
-    let mut alice = Baresip::start(&app, &alice_u, &bob_aor, app.port_base + 8);
-    alice.wait_registered();
-
-    // baresip -> pjsip (its current contact is bob).
-    let text = "hello bob, from baresip";
-    alice.command("message", text);
-    let m = bob.received();
-    bob.check(m.str("text") == Some(text), || format!("bob received a different text: {m}"));
-    bob.check(m.str("from").is_some_and(|f| f.contains(&format!("sip:alice@{}", app.domain))), || {
-        format!("bob's message does not come from alice: {m}")
-    });
-
-    // pjsip -> baresip: the final response bob sees is baresip's own 200.
-    let reply = "hello baresip, from pjsip";
-    let st = bob.message(&format!("sip:alice@{}", app.domain), reply);
-    bob.check(st.int("code") == Some(200), || format!("bob -> baresip MESSAGE: {st}"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !alice.log_contains(reply) {
-        if Instant::now() >= deadline {
-            alice.fail("bob's MESSAGE does not show in baresip's SIP trace");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut bob = registered_bob(&app);
+    let alice = Baresip::start(&app, &app.user("alice"), &format!("sip:bob@{}", app.domain), app.port_base + 8);
+    let alice = std::cell::RefCell::new(alice);
+    alice.borrow_mut().wait_registered();
+    // Its current contact is bob; what it receives shows in its SIP trace.
+    messages_with_bob(
+        &app,
+        &mut bob,
+        "baresip",
+        |text| {
+            alice.borrow_mut().command("message", text);
+        },
+        |reply| alice.borrow().wait_log(reply),
+    );
 }

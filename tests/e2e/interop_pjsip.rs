@@ -111,3 +111,35 @@ fn pjsip_wrong_password_is_refused() {
     let m = alice.received();
     alice.check(m.str("text") == Some("still there?"), || format!("alice received a different text: {m}"));
 }
+
+/// bob as a pjsip agent, registered: the peer other clients' interop tests exchange messages with.
+pub(crate) fn registered_bob(app: &Appliance) -> Agent {
+    let bob_u = app.user("bob");
+    let mut bob = Agent::spawn(app, "bob", &bob_u.alias, &bob_u.password);
+    let ev = bob.register();
+    bob.check(ev.int("code") == Some(200), || format!("bob REGISTER: {ev}"));
+    bob
+}
+
+/// What every other client (as alice) goes through with pjsip's bob: `say(text)` makes it send `text` to bob, who
+/// must receive it From alice; bob's answer must get the client's own 200, and `heard(text)` then checks the
+/// client's side saw it.
+pub(crate) fn messages_with_bob(
+    app: &Appliance,
+    bob: &mut Agent,
+    client: &str,
+    say: impl FnOnce(&str),
+    heard: impl FnOnce(&str),
+) {
+    let text = format!("hello bob, from {client}");
+    say(&text);
+    let m = bob.received();
+    bob.check(m.str("text") == Some(text.as_str()), || format!("bob received a different text: {m}"));
+    bob.check(m.str("from").is_some_and(|f| f.contains(&format!("sip:alice@{}", app.domain))), || {
+        format!("bob's message does not come from alice: {m}")
+    });
+    let reply = format!("hello {client}, from pjsip");
+    let st = bob.message(&format!("sip:alice@{}", app.domain), &reply);
+    bob.check(st.int("code") == Some(200), || format!("bob -> {client} MESSAGE: {st}"));
+    heard(&reply);
+}

@@ -125,6 +125,43 @@ pub fn signal_group(pid: u32, sig: i32) {
     }
 }
 
+/// `path` when it exists, else after `apt-get install -y <packages>` (once at a time across tests); an install that
+/// fails, or does not bring `path`, fails the test.
+pub fn apt_installed(path: &str, packages: &[&str]) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let bin = PathBuf::from(path);
+    if bin.exists() {
+        return bin;
+    }
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run_bounded(&mut cmd, Duration::from_secs(900))
+            .unwrap_or_else(|e| panic!("installing {packages:?} failed:\n{e}"))
+    };
+    apt(&["update"]);
+    let mut args = vec!["install", "-y"];
+    args.extend_from_slice(packages);
+    apt(&args);
+    if !bin.exists() {
+        panic!("apt-get installed {packages:?}, but {path} is missing");
+    }
+    bin
+}
+
+/// The process `cmd` starts gets SIGTERM when the thread of the test that started it dies (a failed test leaves
+/// no client or server behind).
+pub fn stops_with_the_test(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, the only thing done between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
 /// Wait for a child with a deadline; None if it is still running afterwards.
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
@@ -402,13 +439,7 @@ impl Appliance {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0);
-            // SAFETY: prctl is async-signal-safe; the role stops if the test (thread) that started it dies.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
+            stops_with_the_test(&mut cmd);
             let mut child = cmd.spawn().unwrap_or_else(|e| app.fail(&format!("cannot start the {role}: {e}")));
             app.stderr.collect(
                 child.stderr.take().expect("piped"),
