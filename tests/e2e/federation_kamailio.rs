@@ -30,13 +30,12 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use crate::malformed::uniq;
 use crate::rawsip::{text, Metrics, Ua};
 use crate::support::{
-    free_port_base, run_bounded, stops_with_the_test, terminate_group, wait_timeout, Appliance, Tail,
+    apt_install, free_port_base, run_bounded, stops_with_the_test, terminate_group, wait_timeout, Appliance, Tail,
 };
 
 /// Port (offset from the appliance's port base) of parapet's federation listener.
 const FED_PORT: u16 = 5;
 const WAIT: Duration = Duration::from_secs(15);
-const APT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where Debian (and a source build) put Kamailio's modules.
 const MODULE_DIRS: &[&str] = &[
@@ -65,13 +64,7 @@ fn ensure_kamailio() -> (PathBuf, PathBuf) {
     if let (Some(bin), Some(dir)) = (kamailio_bin(), module_dir()) {
         return (bin, dir);
     }
-    let apt = |args: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        run_bounded(&mut cmd, APT_TIMEOUT).unwrap_or_else(|e| panic!("installing Kamailio failed:\n{e}"))
-    };
-    apt(&["update"]);
-    apt(&["install", "-y", "kamailio", "kamailio-tls-modules"]);
+    apt_install(&["kamailio", "kamailio-tls-modules"]);
     match (kamailio_bin(), module_dir()) {
         (Some(bin), Some(dir)) => (bin, dir),
         other => {

@@ -125,18 +125,16 @@ pub fn signal_group(pid: u32, sig: i32) {
     }
 }
 
-/// `path` when it exists, else after `apt-get install -y <packages>` (once at a time across tests); an install that
-/// fails, or does not bring `path`, fails the test.
-pub fn apt_installed(path: &str, packages: &[&str]) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let bin = PathBuf::from(path);
-    if bin.exists() {
-        return bin;
-    }
+/// One apt-get at a time across the tests (apt's own lock would make a second one fail at once).
+static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `apt-get update` then `apt-get install -y <packages>`; a failure fails the test with apt's output.
+pub fn apt_install(packages: &[&str]) {
+    let _g = APT.lock().unwrap_or_else(|p| p.into_inner());
     let apt = |args: &[&str]| {
         let mut cmd = Command::new("apt-get");
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        // Another apt (outside the tests) may hold the lock for a while: wait for it rather than fail.
+        cmd.args(["-o", "DPkg::Lock::Timeout=600"]).args(args).env("DEBIAN_FRONTEND", "noninteractive");
         run_bounded(&mut cmd, Duration::from_secs(900))
             .unwrap_or_else(|e| panic!("installing {packages:?} failed:\n{e}"))
     };
@@ -144,6 +142,16 @@ pub fn apt_installed(path: &str, packages: &[&str]) -> PathBuf {
     let mut args = vec!["install", "-y"];
     args.extend_from_slice(packages);
     apt(&args);
+}
+
+/// `path` when it exists, else after [`apt_install`]ing `packages` (a test failure when that does not bring it).
+pub fn apt_installed(path: &str, packages: &[&str]) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let bin = PathBuf::from(path);
+    if !bin.exists() {
+        apt_install(packages);
+    }
     if !bin.exists() {
         panic!("apt-get installed {packages:?}, but {path} is missing");
     }
