@@ -19,15 +19,28 @@ use super::tls::peer_dns_names;
 /// process on that port would silently take half the connections. We refuse to start when anything already
 /// listens there. A trial bind cannot tell: it also fails on the TIME_WAIT sockets our own previous run left
 /// (they inherit SO_REUSEPORT), which must not stop a restart. So we read the kernel's socket tables.
+///
+/// A process that has just exited can hold its listening sockets a little longer: io_uring releases the files
+/// it registered after the process is gone, from a kernel worker. So a port still taken is looked at again for
+/// up to [`RELEASE_WAIT`] before we give up (a restart right after a stop must not fail).
 pub fn ensure_port_free(addr: SocketAddr, what: &str) -> io::Result<()> {
-    if listening_on(addr)? {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("{what} {addr} is already in use by another process (refusing to share it through SO_REUSEPORT)"),
-        ));
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    while listening_on(addr)? {
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{what} {addr} is already in use by another process (refusing to share it through SO_REUSEPORT)"
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
+
+/// How long a port held by a process that is going away may take to be released.
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
 
 /// Whether a socket in LISTEN state holds `addr`'s port on its address or on the wildcard address.
 fn listening_on(addr: SocketAddr) -> io::Result<bool> {
@@ -199,5 +212,13 @@ mod tests {
         assert!(ensure_port_free(addr, "test").is_err());
         drop(l);
         assert!(ensure_port_free(addr, "test").is_ok());
+        // Released while we look (a process going away): not an error.
+        let l = std::net::TcpListener::bind(addr).expect("bind again");
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(l);
+        });
+        assert!(ensure_port_free(addr, "test").is_ok());
+        let _ = t.join();
     }
 }
