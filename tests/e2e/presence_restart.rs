@@ -34,7 +34,8 @@ impl Role {
         let stderr = Tail::default();
         stderr.collect(child.stderr.take().expect("piped"), Some(app.scratch.join(log)), None);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Its own "core ready" too: right after a stop, the old process's socket may still accept for a moment.
+        while TcpStream::connect(("127.0.0.1", port)).is_err() || !stderr.last(200).contains("core ready") {
             if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
                 app.fail(&format!("{} not listening on {port}:\n{}", config.display(), stderr.last(40)));
             }
@@ -79,6 +80,7 @@ fn pool_restart_restores_registrations_presence_and_subscriptions() {
     if app.sigterm_and_wait(Duration::from_secs(15)).is_none() {
         app.fail("parapet up did not stop");
     }
+    app.wait_ports_released();
     let (pool_cfg, edge_cfg) = (app.data_dir.join("pool.toml"), app.data_dir.join("edge.toml"));
     let (user_port, pool_port) = (app.port_base, app.port_base + 1);
     let mut pool = Role::start(&app, &pool_cfg, pool_port, "pool-1.stderr");

@@ -422,6 +422,9 @@ impl Appliance {
     /// The second half: append `snippet` to edge.toml, start both roles, wait for their ports and `extra_ports`.
     pub fn run_roles(&mut self, snippet: &str, extra_ports: &[u16]) {
         let app = self;
+        // `up` has just stopped: its sockets may outlive it for a moment (io_uring lets go of them after the exit),
+        // and a port that still accepts would pass for the new role's.
+        app.wait_ports_released();
         let edge_cfg = app.data_dir.join("edge.toml");
         let pool_cfg = app.data_dir.join("pool.toml");
         let mut text =
@@ -481,6 +484,16 @@ impl Appliance {
                 app.fail(&format!("roles not accepting on ports {ports:?} after {READY_TIMEOUT:?}"));
             }
             thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until nothing listens on this appliance's ports any more (3 s at most each, then fails).
+    pub fn wait_ports_released(&self) {
+        for p in self.port_base..self.port_base + 8 {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], p));
+            if let Err(e) = parapet::net::listener::ensure_port_free(addr, "appliance port") {
+                self.fail(&format!("after the stop: {e}"));
+            }
         }
     }
 
