@@ -56,7 +56,9 @@ impl Pool {
         let nc = c.nc.and_then(digest::parse_nc);
         let now = now_secs();
         // peek before verify, check after: a forged request must not advance the nonce's count.
-        match self.nonces.borrow().peek(c.nonce, nc, now) {
+        // The verdict first, then the answer: a challenge issues a nonce, which needs the table again.
+        let peeked = self.nonces.borrow().peek(c.nonce, nc, now);
+        match peeked {
             NonceCheck::Fresh => {}
             NonceCheck::Invalid => {
                 self.challenge(origin, msg, &claimed, false);
@@ -72,7 +74,8 @@ impl Pool {
             tracing::info!(user = %user.alias, "digest response does not match: refused");
             return self.refuse(origin, msg, AUTH_FAILED_REASON);
         }
-        match self.nonces.borrow_mut().check(c.nonce, nc, now) {
+        let checked = self.nonces.borrow_mut().check(c.nonce, nc, now);
+        match checked {
             NonceCheck::Fresh => Some(user.clone()),
             _ => {
                 self.challenge(origin, msg, &claimed, true);

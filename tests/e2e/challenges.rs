@@ -94,6 +94,25 @@ fn register_without_credentials_gets_401_digest_challenge() {
         app.fail(&format!("REGISTER without credentials: expected 401, got {:?}\n{}", r.status_line(), r.head));
     }
     check_challenges(&app, &r, "WWW-Authenticate", "401 to REGISTER");
+
+    // Credentials over a nonce the pool never issued: a fresh challenge (the pool once panicked answering it),
+    // and the pool still registers alice afterwards.
+    let chal = headers(&r, "WWW-Authenticate").first().map(|c| c.to_string()).unwrap_or_default();
+    let nonce = digest_params(&chal).and_then(|p| p.into_iter().find(|(k, _)| k == "nonce").map(|(_, v)| v));
+    let forged_chal = chal.replace(nonce.as_deref().unwrap_or("-"), "AAAAAGsFMvLpgQpqAAAJMhCAforgedforged00");
+    let alice = app.user("alice");
+    let Some(auth) = authorization(&forged_chal, &alice.alias, &alice.password, "REGISTER", &format!("sip:{d}")) else {
+        app.fail(&format!("cannot answer {forged_chal:?}"));
+    };
+    let forged = request(&raw, "REGISTER", &format!("sip:{d}"), &format!("sip:alice@{d}"), "")
+        .replace("CSeq: 1 REGISTER", &format!("CSeq: 2 REGISTER\r\nAuthorization: {auth}"));
+    raw.send_ok(forged.as_bytes(), "REGISTER over a forged nonce");
+    let r = raw.expect_response("REGISTER over a forged nonce");
+    if r.code() != Some(401) {
+        app.fail(&format!("REGISTER over a forged nonce: expected 401, got {:?}\n{}", r.status_line(), r.head));
+    }
+    let mut again = Raw::connect(&app);
+    raw_register(&app, &mut again, &alice.alias, &alice.password);
 }
 
 fn hex(b: &[u8]) -> String {
