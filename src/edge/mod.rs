@@ -150,7 +150,9 @@ impl EdgeSettings {
     pub fn from_config(cfg: &Config) -> Result<EdgeSettings, String> {
         let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
         let fed = match &e.federation {
-            Some(f) => Some(federation::FedSettings::new(f, &cfg.domain, e.listen, &e.cert, &e.key)?),
+            Some(f) => {
+                Some(federation::FedSettings::new(f, &cfg.domain, e.listen, e.internal_listen, &e.cert, &e.key)?)
+            }
             None => None,
         };
         // Partners without a federation listener of their own share the user port: it asks for a client

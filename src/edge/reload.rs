@@ -107,8 +107,9 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
     }
     // The certificates and the CA are read again (a renewed certificate, a new partner's CA in the bundle) and
     // must load, exactly as at start; what they build is published with the table.
-    let fed = super::federation::FedSettings::new(new, &cfg.domain, edge.listen, &edge.cert, &edge.key)
-        .map_err(|detail| ReloadError::Key { key: "[edge.federation]", detail })?;
+    let fed =
+        super::federation::FedSettings::new(new, &cfg.domain, edge.listen, edge.internal_listen, &edge.cert, &edge.key)
+            .map_err(|detail| ReloadError::Key { key: "[edge.federation]", detail })?;
     let summary = summarize(old, new);
     let limits = Arc::new(Limiter::build(new, Some(old_limits)));
     *table = Some((Arc::new(new.clone()), limits));

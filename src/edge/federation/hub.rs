@@ -20,7 +20,7 @@ use crate::net::Conn;
 use crate::sip::{HeaderName, Message, Method, NameAddr};
 
 /// The user part of the Record-Route a hub puts on the dialogs it relays.
-const HUB_ROUTE_USER: &str = "hub";
+pub(super) const HUB_ROUTE_USER: &str = "hub";
 
 fn is_hub_route(r: &[u8]) -> bool {
     NameAddr::parse(r).is_ok_and(|na| na.uri.user == Some(HUB_ROUTE_USER.as_bytes()))
@@ -80,7 +80,6 @@ impl Edge {
         };
         // Dialogs through the hub (presence): the route set beyond us stays, we drop our own entry, and a SUBSCRIBE
         // that opens a dialog gets our Record-Route on top of the members', so in-dialog requests cross the hub too.
-        let own_route = format!("<sip:{}@{};transport=tls;lr>", HUB_ROUTE_USER, fed.listen_text);
         let mut add: Vec<(HeaderName, &[u8])> = Vec::new();
         let mut routes = msg.values(HeaderName::Route).peekable();
         if routes.peek().is_some_and(|r| is_hub_route(r)) {
@@ -88,7 +87,7 @@ impl Edge {
         }
         add.extend(routes.map(|r| (HeaderName::Route, r)));
         if msg.method() == Some(&Method::Subscribe) && msg.to().tag().is_none() {
-            add.push((HeaderName::RecordRoute, own_route.as_bytes()));
+            add.push((HeaderName::RecordRoute, fed.hub_rr.as_bytes()));
         }
         add.extend(msg.values(HeaderName::RecordRoute).map(|r| (HeaderName::RecordRoute, r)));
         let Some((_, out)) = self.hide_internal_hops(conn.id, msg, &fed.listen_text, &add) else { return };

@@ -96,8 +96,7 @@ impl Edge {
         let received = conn.peer.ip().to_string();
         // A dialog the partner opens with one of ours (SUBSCRIBE): the pool's in-dialog requests (NOTIFY) must
         // come back through us, to be routed to the partner by the To domain.
-        let record_route = (method == Method::Subscribe && msg.to().tag().is_none())
-            .then(|| format!("<sip:fed@{};transport=tls;lr>", self.s.internal_text));
+        let record_route = (method == Method::Subscribe && msg.to().tag().is_none()).then_some(&fed.internal_rr);
         let mut ed = Editor::new(msg);
         if let Some(rr) = &record_route {
             ed.prepend_header(HeaderName::RecordRoute, rr.as_bytes());
@@ -124,16 +123,13 @@ impl Edge {
     /// Record-Route (a dialog the partner opened) shown at our federation address instead, then back.
     pub(in crate::edge) fn response_to_partner(self: &Rc<Self>, back: ConnId, msg: &Message) {
         bump(&self.estats.responses_routed);
-        let internal_rr = format!("<sip:fed@{};transport=tls;lr>", self.s.internal_text);
-        let public_rr = self.s.fed.as_ref().map(|f| format!("<sip:fed@{};transport=tls;lr>", f.listen_text));
-        let rrs: Vec<&[u8]> = msg.values(HeaderName::RecordRoute).collect();
         let mut ed = Editor::new(msg);
         ed.pop_via();
-        if let Some(public_rr) = public_rr.as_ref().filter(|_| !rrs.is_empty()) {
+        if let Some(fed) = self.s.fed.as_ref().filter(|_| msg.header(HeaderName::RecordRoute).is_some()) {
             ed.remove_headers(HeaderName::RecordRoute);
-            for rr in &rrs {
-                let ours = rr.eq_ignore_ascii_case(internal_rr.as_bytes());
-                ed.append_header(HeaderName::RecordRoute, if ours { public_rr.as_bytes() } else { rr });
+            for rr in msg.values(HeaderName::RecordRoute) {
+                let ours = rr.eq_ignore_ascii_case(fed.internal_rr.as_bytes());
+                ed.append_header(HeaderName::RecordRoute, if ours { fed.public_rr.as_bytes() } else { rr });
             }
         }
         let mut out = BytesMut::with_capacity(msg.bytes().len());

@@ -52,6 +52,12 @@ pub struct FedSettings {
     pub domain: String,
     /// Where partners reach us (the federation listener, or the user port it shares), for our Vias toward them.
     pub listen_text: String,
+    /// Our Record-Route on dialogs a partner opens, as the pool sees it (`<sip:fed@internal;...>`), and as the
+    /// partner sees it (at `listen_text`); and a hub's own on the dialogs it relays. Written once, compared and
+    /// copied per request.
+    pub internal_rr: String,
+    pub public_rr: String,
+    pub hub_rr: String,
     pub tls: FedTls,
 }
 
@@ -71,11 +77,13 @@ pub struct FedTls {
 }
 
 impl FedSettings {
-    /// `user_listen` is `[edge] listen`, which partners share when the federation has no listener of its own.
+    /// `user_listen` is `[edge] listen`, which partners share when the federation has no listener of its own;
+    /// `internal` is `[edge] internal_listen`, where the pool reaches us.
     pub fn new(
         cfg: &FederationConfig,
         domain: &str,
         user_listen: std::net::SocketAddr,
+        internal: std::net::SocketAddr,
         cert: &std::path::Path,
         key: &std::path::Path,
     ) -> Result<Self, String> {
@@ -87,10 +95,17 @@ impl FedSettings {
             None => Some(tls::server_config_optional_client(cert, key, &cfg.ca).map_err(at)?),
             Some(_) => None,
         };
+        let listen_text = cfg.listen.unwrap_or(user_listen).to_string();
         Ok(FedSettings {
             cfg: cfg.clone(),
             domain: domain.to_ascii_lowercase(),
-            listen_text: cfg.listen.unwrap_or(user_listen).to_string(),
+            internal_rr: format!(
+                "<sip:{}@{internal};transport=tls;lr>",
+                std::str::from_utf8(FED_ROUTE_USER).unwrap_or("fed")
+            ),
+            public_rr: format!("<sip:fed@{listen_text};transport=tls;lr>"),
+            hub_rr: format!("<sip:{}@{listen_text};transport=tls;lr>", hub::HUB_ROUTE_USER),
+            listen_text,
             tls: FedTls { server, client, shared_user, partner_verifier },
         })
     }

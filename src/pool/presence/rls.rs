@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::subscriptions::{Package, SubError, SubState, Subscription};
+use super::subscriptions::{Package, SubState, Subscription};
 use super::{event_of, xml};
 use crate::net::conn::bump;
 use crate::net::ConnId;
@@ -185,24 +185,8 @@ impl Pool {
     ) {
         let Some((target, route_set)) = self.watcher_dialog(origin, msg) else { return };
         let list_key = list_uri.trim_start_matches("sip:").to_string();
-        match self.presence.borrow().subs.admit(owner, &list_key) {
-            Ok(()) => {}
-            Err(SubError::WatcherCap) => {
-                bump(&self.pstats.subscriptions_over_cap);
-                self.reply(origin, msg, 403, "Forbidden: too many subscriptions", &[]);
-                return;
-            }
-            Err(_) => {
-                bump(&self.pstats.subscribe_refused);
-                self.reply(
-                    origin,
-                    msg,
-                    503,
-                    "Service Unavailable: too many subscriptions",
-                    &[(HeaderName::RetryAfter, b"60")],
-                );
-                return;
-            }
+        if !self.admit_subscription(origin, msg, owner, &list_key) {
+            return;
         }
         let resources = resources_of(rows);
         let expires_at = now_secs() + u64::from(granted);

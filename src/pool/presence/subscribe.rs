@@ -125,26 +125,8 @@ impl Pool {
             state,
             list: None,
         };
-        let admitted = self.presence.borrow().subs.admit(&watcher, &presentity);
-        match admitted {
-            Ok(()) => {}
-            Err(SubError::WatcherCap) => {
-                bump(&self.pstats.subscriptions_over_cap);
-                tracing::info!(%watcher, "too many subscriptions for one watcher: refused");
-                self.reply(origin, msg, 403, "Forbidden: too many subscriptions", &[]);
-                return;
-            }
-            Err(_) => {
-                bump(&self.pstats.subscribe_refused);
-                self.reply(
-                    origin,
-                    msg,
-                    503,
-                    "Service Unavailable: too many subscriptions",
-                    &[(HeaderName::RetryAfter, b"60")],
-                );
-                return;
-            }
+        if !self.admit_subscription(origin, msg, &watcher, &presentity) {
+            return;
         }
         let registered = self.registrar.borrow().is_registered(&presentity, now_secs());
         let id = {
@@ -164,6 +146,27 @@ impl Pool {
             self.send_notify(id, None);
             if package == Package::Presence {
                 self.watchers_changed(&presentity);
+            }
+        }
+    }
+
+    /// Room for one more subscription of `watcher` to `key` (the per-watcher cap, the table's bound); false once
+    /// answered 403 or 503.
+    pub(crate) fn admit_subscription(self: &Rc<Self>, origin: ConnId, msg: &Message, watcher: &str, key: &str) -> bool {
+        let admitted = self.presence.borrow().subs.admit(watcher, key);
+        match admitted {
+            Ok(()) => true,
+            Err(SubError::WatcherCap) => {
+                bump(&self.pstats.subscriptions_over_cap);
+                tracing::info!(%watcher, "too many subscriptions for one watcher: refused");
+                self.reply(origin, msg, 403, "Forbidden: too many subscriptions", &[]);
+                false
+            }
+            Err(_) => {
+                bump(&self.pstats.subscribe_refused);
+                let retry: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"60")];
+                self.reply(origin, msg, 503, "Service Unavailable: too many subscriptions", retry);
+                false
             }
         }
     }
