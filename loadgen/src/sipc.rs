@@ -92,49 +92,70 @@ pub struct Party<'a> {
     pub transport: &'a str,
 }
 
+/// What identifies one of our requests, beyond the sender.
+struct Lines<'a> {
+    method: &'a str,
+    ruri: &'a str,
+    from: &'a str,
+    to: &'a str,
+    call_id: &'a str,
+    cseq: u32,
+}
+
+/// A request from `p`: its Via (with `rport` for a user agent; a partner edge does without), Max-Forwards,
+/// From, To, Call-ID and CSeq, then `extra`.
+fn write_req(
+    out: &mut BytesMut,
+    p: &Party<'_>,
+    branch: u64,
+    rport: bool,
+    l: &Lines<'_>,
+    extra: &[(HeaderName, &[u8])],
+    body: Option<(&[u8], &[u8])>,
+) {
+    let rport = if rport { ";rport" } else { "" };
+    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x}{rport}", p.transport, p.local);
+    let cseq = format!("{} {}", l.cseq, l.method);
+    let mut h: Vec<(HeaderName, &[u8])> = Vec::with_capacity(6 + extra.len());
+    h.extend([
+        (HeaderName::Via, via.as_bytes()),
+        (HeaderName::MaxForwards, &b"70"[..]),
+        (HeaderName::From, l.from.as_bytes()),
+        (HeaderName::To, l.to.as_bytes()),
+        (HeaderName::CallId, l.call_id.as_bytes()),
+        (HeaderName::CSeq, cseq.as_bytes()),
+    ]);
+    h.extend_from_slice(extra);
+    sip::write_request(out, l.method, l.ruri.as_bytes(), &h, body);
+}
+
+/// Our Contact: the user at our end of the connection.
+fn contact_of(p: &Party<'_>) -> String {
+    format!("<sip:{}@{};transport={}>", p.user, p.local, p.transport.to_ascii_lowercase())
+}
+
 /// A REGISTER for `p` (Expires 3600), with `auth` as the Authorization value when given.
 pub fn register(out: &mut BytesMut, p: &Party<'_>, branch: u64, call_id: &str, cseq: u32, auth: Option<&[u8]>) {
-    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
     let aor = format!("<sip:{}@{}>", p.user, p.domain);
     let from = format!("{aor};tag=r{branch:x}");
-    let contact = format!("<sip:{}@{};transport={}>", p.user, p.local, p.transport.to_ascii_lowercase());
-    let cseq = format!("{cseq} REGISTER");
-    let mut h: Vec<(HeaderName, &[u8])> = vec![
-        (HeaderName::Via, via.as_bytes()),
-        (HeaderName::MaxForwards, b"70"),
-        (HeaderName::From, from.as_bytes()),
-        (HeaderName::To, aor.as_bytes()),
-        (HeaderName::CallId, call_id.as_bytes()),
-        (HeaderName::CSeq, cseq.as_bytes()),
-        (HeaderName::Contact, contact.as_bytes()),
-        (HeaderName::Expires, b"3600"),
-    ];
-    if let Some(a) = auth {
-        h.push((HeaderName::Authorization, a));
-    }
+    let contact = contact_of(p);
     let ruri = format!("sip:{}", p.domain);
-    sip::write_request(out, "REGISTER", ruri.as_bytes(), &h, None);
+    let mut extra: Vec<(HeaderName, &[u8])> =
+        vec![(HeaderName::Contact, contact.as_bytes()), (HeaderName::Expires, b"3600")];
+    extra.extend(auth.map(|a| (HeaderName::Authorization, a)));
+    let l = Lines { method: "REGISTER", ruri: &ruri, from: &from, to: &aor, call_id, cseq };
+    write_req(out, p, branch, true, &l, &extra, None);
 }
 
 /// A MESSAGE from `p` to `to_user`, with `auth` as the Proxy-Authorization value when given.
 pub fn message(out: &mut BytesMut, p: &Party<'_>, to_user: &str, branch: u64, auth: Option<&[u8]>, body: &[u8]) {
-    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
     let from = format!("<sip:{}@{}>;tag=m{branch:x}", p.user, p.domain);
     let ruri = message_uri(to_user, p.domain);
     let to = format!("<{ruri}>");
     let call_id = format!("m{branch:x}@{}", p.local);
-    let mut h: Vec<(HeaderName, &[u8])> = vec![
-        (HeaderName::Via, via.as_bytes()),
-        (HeaderName::MaxForwards, b"70"),
-        (HeaderName::From, from.as_bytes()),
-        (HeaderName::To, to.as_bytes()),
-        (HeaderName::CallId, call_id.as_bytes()),
-        (HeaderName::CSeq, b"1 MESSAGE"),
-    ];
-    if let Some(a) = auth {
-        h.push((HeaderName::ProxyAuthorization, a));
-    }
-    sip::write_request(out, "MESSAGE", ruri.as_bytes(), &h, Some((b"text/plain", body)));
+    let extra: Vec<(HeaderName, &[u8])> = auth.map(|a| (HeaderName::ProxyAuthorization, a)).into_iter().collect();
+    let l = Lines { method: "MESSAGE", ruri: &ruri, from: &from, to: &to, call_id: &call_id, cseq: 1 };
+    write_req(out, p, branch, true, &l, &extra, Some((b"text/plain", body)));
 }
 
 /// A presence SUBSCRIBE from `p` to `to_user` (a new dialog: no To tag), with `auth` as Proxy-Authorization.
@@ -149,28 +170,19 @@ pub fn subscribe(
     cseq: u32,
     auth: Option<&[u8]>,
 ) {
-    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
     let from = format!("<sip:{}@{}>;tag={from_tag}", p.user, p.domain);
     let ruri = message_uri(to_user, p.domain);
     let to = format!("<{ruri}>");
-    let contact = format!("<sip:{}@{};transport={}>", p.user, p.local, p.transport.to_ascii_lowercase());
-    let cseq = format!("{cseq} SUBSCRIBE");
-    let mut h: Vec<(HeaderName, &[u8])> = vec![
-        (HeaderName::Via, via.as_bytes()),
-        (HeaderName::MaxForwards, b"70"),
-        (HeaderName::From, from.as_bytes()),
-        (HeaderName::To, to.as_bytes()),
-        (HeaderName::CallId, call_id.as_bytes()),
-        (HeaderName::CSeq, cseq.as_bytes()),
+    let contact = contact_of(p);
+    let mut extra: Vec<(HeaderName, &[u8])> = vec![
         (HeaderName::Contact, contact.as_bytes()),
         (HeaderName::Event, b"presence"),
         (HeaderName::Accept, b"application/pidf+xml"),
         (HeaderName::Expires, b"3600"),
     ];
-    if let Some(a) = auth {
-        h.push((HeaderName::ProxyAuthorization, a));
-    }
-    sip::write_request(out, "SUBSCRIBE", ruri.as_bytes(), &h, None);
+    extra.extend(auth.map(|a| (HeaderName::ProxyAuthorization, a)));
+    let l = Lines { method: "SUBSCRIBE", ruri: &ruri, from: &from, to: &to, call_id, cseq };
+    write_req(out, p, branch, true, &l, &extra, None);
 }
 
 /// The PIDF document a presentity publishes: open, and busy (with a note) when `busy`.
@@ -198,28 +210,15 @@ pub fn publish(
     auth: Option<&[u8]>,
     body: &[u8],
 ) {
-    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x};rport", p.transport, p.local);
     let ruri = message_uri(p.user, p.domain);
     let from = format!("<{ruri}>;tag=p{branch:x}");
     let to = format!("<{ruri}>");
     let call_id = format!("p{branch:x}@{}", p.local);
-    let mut h: Vec<(HeaderName, &[u8])> = vec![
-        (HeaderName::Via, via.as_bytes()),
-        (HeaderName::MaxForwards, b"70"),
-        (HeaderName::From, from.as_bytes()),
-        (HeaderName::To, to.as_bytes()),
-        (HeaderName::CallId, call_id.as_bytes()),
-        (HeaderName::CSeq, b"1 PUBLISH"),
-        (HeaderName::Event, b"presence"),
-        (HeaderName::Expires, b"3600"),
-    ];
-    if let Some(t) = if_match {
-        h.push((HeaderName::SipIfMatch, t.as_bytes()));
-    }
-    if let Some(a) = auth {
-        h.push((HeaderName::ProxyAuthorization, a));
-    }
-    sip::write_request(out, "PUBLISH", ruri.as_bytes(), &h, Some((b"application/pidf+xml", body)));
+    let mut extra: Vec<(HeaderName, &[u8])> = vec![(HeaderName::Event, b"presence"), (HeaderName::Expires, b"3600")];
+    extra.extend(if_match.map(|t| (HeaderName::SipIfMatch, t.as_bytes())));
+    extra.extend(auth.map(|a| (HeaderName::ProxyAuthorization, a)));
+    let l = Lines { method: "PUBLISH", ruri: &ruri, from: &from, to: &to, call_id: &call_id, cseq: 1 };
+    write_req(out, p, branch, true, &l, &extra, Some((b"application/pidf+xml", body)));
 }
 
 /// The user part of what a played partner sends From.
@@ -247,20 +246,11 @@ fn partner_request(
     branch: u64,
     body: Option<(&[u8], &[u8])>,
 ) {
-    let via = format!("SIP/2.0/{} {};branch=z9hG4bK{branch:x}", p.transport, p.local);
     let from = format!("<sip:{}@{}>;tag={mark}{branch:x}", p.user, p.domain);
     let to = format!("<{ruri}>");
     let call_id = format!("{mark}{branch:x}@{}", p.domain);
-    let cseq = format!("1 {method}");
-    let h: [(HeaderName, &[u8]); 6] = [
-        (HeaderName::Via, via.as_bytes()),
-        (HeaderName::MaxForwards, b"70"),
-        (HeaderName::From, from.as_bytes()),
-        (HeaderName::To, to.as_bytes()),
-        (HeaderName::CallId, call_id.as_bytes()),
-        (HeaderName::CSeq, cseq.as_bytes()),
-    ];
-    sip::write_request(out, method, ruri.as_bytes(), &h, body);
+    let l = Lines { method, ruri, from: &from, to: &to, call_id: &call_id, cseq: 1 };
+    write_req(out, p, branch, false, &l, &[], body);
 }
 
 pub fn message_uri(to_user: &str, domain: &str) -> String {
