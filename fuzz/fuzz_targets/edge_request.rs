@@ -35,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
         let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
         let mut scratch = Vec::new();
         let mut out = BytesMut::new();
-        policy::rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out);
+        if policy::rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out).is_err() {
+            panic!("at most nine edits refused: the cap is {}", parapet::sip::EDIT_OPS_MAX);
+        }
         let big = parapet::net::conn::peer_limits(&limits);
         if let Err(e) = Message::parse(out.freeze(), &big) {
             panic!("request for the pool does not parse: {e:?}");

@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     ed.prepend_header(HeaderName::Path, b"<sip:f@192.0.2.9;lr>");
     ed.set_max_forwards(69);
     let mut out = BytesMut::new();
-    ed.write(&mut out);
+    if ed.write(&mut out).is_err() {
+        panic!("five edits refused: the cap is {}", parapet::sip::EDIT_OPS_MAX);
+    }
     let big = parapet::net::conn::peer_limits(&limits);
     if let Err(e) = Message::parse(out.freeze(), &big) {
         panic!("edited message no longer parses: {e:?}");

@@ -155,13 +155,19 @@ impl Edge {
         ] {
             ed.remove_headers(name);
         }
-        for (name, value) in add {
+        // One line per header name, whatever the number of values: a peer's route set cannot multiply our edits.
+        let joined = join_by_name(add);
+        for (name, value) in &joined {
             ed.append_header(*name, value);
         }
         ed.push_via(&via);
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len());
-        ed.write(&mut out);
+        if ed.write(&mut out).is_err() {
+            self.down.borrow_mut().map.remove(&id);
+            self.reply(from, msg, 500, "Server Internal Error: too many edits");
+            return None;
+        }
         Some((id, out.freeze()))
     }
 
@@ -195,9 +201,27 @@ impl Edge {
         ed.pop_via();
         ed.push_via(&vias);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + vias.len());
-        ed.write(&mut out);
-        self.deliver(back, out.freeze());
+        // Two edits: cannot overflow.
+        if ed.write(&mut out).is_ok() {
+            self.deliver(back, out.freeze());
+        }
     }
+}
+
+/// `lines` with the values of each header name joined into one line (order kept within a name), so that the edits
+/// they cost do not grow with what a peer sent.
+pub(super) fn join_by_name(lines: &[(HeaderName, &[u8])]) -> Vec<(HeaderName, Vec<u8>)> {
+    let mut joined: Vec<(HeaderName, Vec<u8>)> = Vec::new();
+    for (name, value) in lines {
+        match joined.iter_mut().find(|(n, _)| n == name) {
+            Some((_, line)) => {
+                line.extend_from_slice(b", ");
+                line.extend_from_slice(value);
+            }
+            None => joined.push((*name, value.to_vec())),
+        }
+    }
+    joined
 }
 
 impl DownTxn {
@@ -209,6 +233,19 @@ impl DownTxn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_of_one_name_share_a_line() {
+        let lines: &[(HeaderName, &[u8])] = &[
+            (HeaderName::Route, b"<sip:a;lr>"),
+            (HeaderName::RecordRoute, b"<sip:x;lr>"),
+            (HeaderName::Route, b"<sip:b;lr>"),
+        ];
+        let joined = join_by_name(lines);
+        assert_eq!(joined.len(), 2);
+        assert_eq!(joined[0], (HeaderName::Route, b"<sip:a;lr>, <sip:b;lr>".to_vec()));
+        assert_eq!(joined[1], (HeaderName::RecordRoute, b"<sip:x;lr>".to_vec()));
+    }
 
     #[test]
     fn bounded_and_expiring() {

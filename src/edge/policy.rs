@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use super::flows::Flow;
 use super::token::{self, TokenKey};
 use crate::net::ConnId;
-use crate::sip::{Editor, HeaderName, Message, Method, NameAddr, Uri};
+use crate::sip::{Editor, HeaderName, Message, Method, NameAddr, TooManyEdits, Uri};
 
 /// Why a request was refused at the edge (each has its counter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +104,7 @@ pub fn rewrite_for_pool(
     is_myself: &dyn Fn(&Uri<'_>) -> bool,
     scratch: &mut Vec<u8>,
     out: &mut BytesMut,
-) {
+) -> Result<(), TooManyEdits> {
     let method = msg.method().copied().unwrap_or(Method::Other);
     let salt = msg.top_via().map(|v| token::hash(v.branch().unwrap_or(v.raw))).unwrap_or(0);
     let own_routes = msg
@@ -143,7 +143,7 @@ pub fn rewrite_for_pool(
     }
     ed.set_max_forwards(msg.max_forwards().unwrap_or(70).saturating_sub(1));
     out.reserve(msg.bytes().len() + 256);
-    ed.write(out);
+    ed.write(out)
 }
 
 #[cfg(test)]
@@ -171,7 +171,7 @@ mod tests {
                 Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
             let is_myself = |u: &Uri<'_>| u.host_eq(b"127.0.0.1");
             let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
-            rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out);
+            rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out).expect("fixed edits fit");
             let peer = crate::net::conn::peer_limits(&limits);
             assert!(Message::parse(out.freeze(), &peer).is_ok());
         }
@@ -189,7 +189,7 @@ mod tests {
         let conn = ConnId { core: 0, gen: 1, slot: 7 };
         let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
         let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
-        rewrite_for_pool(&msg, &hop, &|_: &Uri<'_>| false, &mut scratch, &mut out);
+        rewrite_for_pool(&msg, &hop, &|_: &Uri<'_>| false, &mut scratch, &mut out).expect("fixed edits fit");
         let fwd = Message::parse(out.freeze(), &crate::net::conn::peer_limits(&limits)).expect("parses");
         assert!(fwd.header(HeaderName::ParapetFederated).is_none());
     }

@@ -94,7 +94,16 @@ impl Edge {
             let mut scratch = self.scratch.borrow_mut();
             let hop = policy::Hop { internal: &self.s.internal_text, key: &self.s.key, conn: conn.id, peer: conn.peer };
             let is_myself = |u: &sip::Uri<'_>| self.is_myself(u);
-            policy::rewrite_for_pool(msg, &hop, &is_myself, &mut scratch, &mut out);
+            // Nine edits at most (four of our own Routes popped): cannot overflow.
+            let rewritten = policy::rewrite_for_pool(msg, &hop, &is_myself, &mut scratch, &mut out);
+            drop(scratch);
+            if rewritten.is_err() {
+                if let Some(f) = self.flows.borrow_mut().get_mut_registered(conn.id) {
+                    f.in_flight = f.in_flight.saturating_sub(1);
+                }
+                self.reply(conn.id, msg, 500, "Server Internal Error: too many edits");
+                return;
+            }
         }
         self.pool.send(self, out.freeze());
     }
@@ -142,8 +151,10 @@ impl Edge {
             ed.append_header(HeaderName::RecordRoute, rr);
         }
         let mut out = BytesMut::with_capacity(msg.bytes().len());
-        ed.write(&mut out);
-        self.deliver(back, out.freeze());
+        // At most three edits: cannot overflow.
+        if ed.write(&mut out).is_ok() {
+            self.deliver(back, out.freeze());
+        }
     }
 
     /// The registrar refused this flow's credentials: count it against the address (lockout, fail2ban-like).

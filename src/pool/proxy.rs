@@ -124,7 +124,10 @@ impl Pool {
             ed.push_via(&via);
             ed.set_max_forwards(max_forwards);
             let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
-            ed.write(&mut out);
+            // Six edits: cannot overflow.
+            if ed.write(&mut out).is_err() {
+                continue;
+            }
             connector.send(self, out.freeze());
             sent += 1;
         }
@@ -183,8 +186,10 @@ impl Pool {
         ed.push_via(&via);
         ed.set_max_forwards(msg.max_forwards().unwrap_or(70).saturating_sub(1));
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
-        ed.write(&mut out);
-        connector.send(self, out.freeze());
+        // Five edits: cannot overflow.
+        if ed.write(&mut out).is_ok() {
+            connector.send(self, out.freeze());
+        }
     }
 
     /// The connector for the edge a Path entry names (only configured edges: a forged Path reaches nobody).
@@ -250,8 +255,9 @@ impl Pool {
         let mut ed = Editor::new(&resp);
         ed.pop_via();
         let mut out = BytesMut::with_capacity(resp.bytes().len());
-        ed.write(&mut out);
-        self.deliver(origin, out.freeze());
+        if ed.write(&mut out).is_ok() {
+            self.deliver(origin, out.freeze());
+        }
     }
 
     /// Every branch failed: pass on the best answer; a dead flow or an unreachable edge reads as "offline".

@@ -8,8 +8,20 @@ use super::msg::Message;
 use super::write::{put_header, put_uint};
 use bytes::{BufMut, BytesMut};
 
-/// Edits one message may carry; more is a programmer error (asserted).
+/// Edits one message may carry. Callers keep their edits bounded (values of one header go into one line), but the
+/// count may still depend on what a peer sent: beyond it, `write` refuses ([`TooManyEdits`]) instead of panicking.
 pub const EDIT_OPS_MAX: usize = 16;
+
+/// More than [`EDIT_OPS_MAX`] edits were asked of one message: nothing was written. The caller answers the
+/// request with an error (the peer's message needed more rewriting than any legitimate one does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooManyEdits;
+
+impl core::fmt::Display for TooManyEdits {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "more than {EDIT_OPS_MAX} edits on one message")
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Op<'a> {
@@ -30,6 +42,8 @@ pub struct Editor<'a> {
     ops: [Op<'a>; EDIT_OPS_MAX],
     /// 0 <= len <= EDIT_OPS_MAX
     len: usize,
+    /// An edit did not fit: `write` refuses.
+    overflowed: bool,
 }
 
 /// (first value, the values after the first comma), both trimmed.
@@ -42,14 +56,16 @@ fn split_first_value(v: &[u8]) -> (&[u8], &[u8]) {
 
 impl<'a> Editor<'a> {
     pub fn new(msg: &'a Message) -> Editor<'a> {
-        Editor { msg, ops: [Op::None; EDIT_OPS_MAX], len: 0 }
+        Editor { msg, ops: [Op::None; EDIT_OPS_MAX], len: 0, overflowed: false }
     }
 
     fn push(&mut self, op: Op<'a>) {
-        assert!(self.len < EDIT_OPS_MAX, "Editor: more than {EDIT_OPS_MAX} edits on one message");
-        if let Some(slot) = self.ops.get_mut(self.len) {
-            *slot = op;
-            self.len += 1;
+        match self.ops.get_mut(self.len) {
+            Some(slot) => {
+                *slot = op;
+                self.len += 1;
+            }
+            None => self.overflowed = true,
         }
     }
 
@@ -106,8 +122,13 @@ impl<'a> Editor<'a> {
         name != HeaderName::Other && self.ops().iter().any(|op| matches!(op, Op::Remove(n) if *n == name))
     }
 
-    /// Whole message; Content-Length untouched (the body is never edited).
-    pub fn write(&self, out: &mut BytesMut) {
+    /// Whole message; Content-Length untouched (the body is never edited). Writes nothing when more edits were
+    /// asked than fit.
+    #[must_use = "a message with too many edits is not written: answer it with an error"]
+    pub fn write(&self, out: &mut BytesMut) -> Result<(), TooManyEdits> {
+        if self.overflowed {
+            return Err(TooManyEdits);
+        }
         let m = self.msg;
         out.reserve(m.bytes().len() + 256);
         let ops = self.ops();
@@ -211,6 +232,7 @@ impl<'a> Editor<'a> {
             out.put_slice(b"\r\n");
         }
         out.put_slice(m.tail());
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ pub use addr::{Contact, NameAddr};
 pub use auth::{
     parse_challenge, parse_credentials, unquote, write_challenge, write_credentials, DigestChallenge, DigestCredentials,
 };
-pub use edit::{Editor, EDIT_OPS_MAX};
+pub use edit::{Editor, TooManyEdits, EDIT_OPS_MAX};
 pub use error::ParseError;
 pub use frame::{frame, Frame, FrameError, Framer};
 pub use header::{HeaderName, TABLE as HEADER_TABLE};

@@ -11,6 +11,9 @@ use crate::net::conn::bump;
 use crate::net::{Conn, ConnId};
 use crate::sip::{Editor, HeaderName, Message, Method, NameAddr};
 
+/// Route values a federated request may carry.
+pub(in crate::edge) const ROUTE_SET_MAX: usize = 8;
+
 /// Methods a federated peer may send us.
 fn allowed(m: Method) -> bool {
     matches!(m, Method::Message | Method::Subscribe | Method::Notify | Method::Options | Method::Ack)
@@ -32,6 +35,13 @@ impl Edge {
             return;
         }
         if method == Method::Ack {
+            return;
+        }
+        if msg.values(HeaderName::Route).nth(ROUTE_SET_MAX).is_some() {
+            // Dialogs across organizations carry a few entries (our edge, theirs, a clearinghouse).
+            bump(&self.estats.federation_refused);
+            tracing::info!(peer = %conn.peer, "federated request with a route set over {ROUTE_SET_MAX}: refused");
+            self.reply(conn.id, msg, 483, "Too Many Hops: route set too long");
             return;
         }
         if crate::shard::draining() {
@@ -108,8 +118,10 @@ impl Edge {
         ed.prepend_header(HeaderName::ParapetFederated, from.as_bytes());
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
-        ed.write(&mut out);
-        self.pool.send(self, out.freeze());
+        // At most seven edits: cannot overflow.
+        if ed.write(&mut out).is_ok() {
+            self.pool.send(self, out.freeze());
+        }
     }
 
     /// The flow named by the top Route, when it is one of our MAC'd flow tokens.
@@ -125,15 +137,22 @@ impl Edge {
         bump(&self.estats.responses_routed);
         let mut ed = Editor::new(msg);
         ed.pop_via();
+        // The route set goes back as one line, however many entries the dialog's peers put in it.
+        let mut rrs = Vec::new();
         if let Some(fed) = self.s.fed.as_ref().filter(|_| msg.header(HeaderName::RecordRoute).is_some()) {
             ed.remove_headers(HeaderName::RecordRoute);
             for rr in msg.values(HeaderName::RecordRoute) {
                 let ours = rr.eq_ignore_ascii_case(fed.internal_rr.as_bytes());
-                ed.append_header(HeaderName::RecordRoute, if ours { fed.public_rr.as_bytes() } else { rr });
+                if !rrs.is_empty() {
+                    rrs.extend_from_slice(b", ");
+                }
+                rrs.extend_from_slice(if ours { fed.public_rr.as_bytes() } else { rr });
             }
+            ed.append_header(HeaderName::RecordRoute, &rrs);
         }
         let mut out = BytesMut::with_capacity(msg.bytes().len());
-        ed.write(&mut out);
-        self.deliver(back, out.freeze());
+        if ed.write(&mut out).is_ok() {
+            self.deliver(back, out.freeze());
+        }
     }
 }

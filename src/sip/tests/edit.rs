@@ -6,7 +6,7 @@ fn edited(m: &Message, f: impl FnOnce(&mut Editor<'_>)) -> Message {
     let mut e = Editor::new(m);
     f(&mut e);
     let mut out = BytesMut::new();
-    e.write(&mut out);
+    e.write(&mut out).unwrap();
     Message::parse(out.freeze(), &Limits::default()).unwrap()
 }
 
@@ -23,8 +23,23 @@ Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
 fn untouched_is_identical() {
     let m = parse(ROUTED).unwrap();
     let mut out = BytesMut::new();
-    Editor::new(&m).write(&mut out);
+    Editor::new(&m).write(&mut out).unwrap();
     assert_eq!(&out[..], ROUTED);
+}
+
+#[test]
+fn too_many_edits_is_an_error_not_a_panic() {
+    let m = parse(ROUTED).unwrap();
+    let mut e = Editor::new(&m);
+    for _ in 0..EDIT_OPS_MAX {
+        e.append_header(HeaderName::Route, b"<sip:x;lr>");
+    }
+    let mut out = BytesMut::new();
+    assert!(e.write(&mut out).is_ok(), "the cap itself fits");
+    e.append_header(HeaderName::Route, b"<sip:one-too-many;lr>");
+    out.clear();
+    assert_eq!(e.write(&mut out), Err(TooManyEdits));
+    assert!(out.is_empty(), "nothing written");
 }
 
 #[test]

@@ -189,7 +189,7 @@ fn every_prefix_and_byte_flip_is_safe() {
                 e.pop_via();
                 e.pop_route();
                 e.set_top_via_params(Some(b"1.2.3.4"), Some(5));
-                e.write(&mut out);
+                let _ = e.write(&mut out);
             }
             let _ = write_error_response_raw(&mut bytes::BytesMut::new(), &m, 400, "Bad");
             m[i] = old;
