@@ -130,6 +130,12 @@ where
         }
     }
     rx.close();
+    if conn.internal {
+        // Not an event of normal operation except at shutdown: the link is remade on next use, but whatever
+        // was queued on it is gone.
+        bump(&handler.stats().internal_links_closed);
+        tracing::warn!(peer = %conn.peer, kind = ?conn.kind, names = ?conn.peer_names, "internal link closed");
+    }
     let _ = stream.close().await;
     handler.table().borrow_mut().remove(conn.id);
     bump(&handler.stats().closed);

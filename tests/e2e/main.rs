@@ -15,6 +15,7 @@ mod federation_kamailio;
 mod federation_limits;
 mod federation_ops;
 mod federation_presence;
+mod internal_links;
 mod interop_baresip;
 mod interop_linphone;
 mod interop_pjsip;
