@@ -429,6 +429,12 @@ pub trait Handler: 'static {
             ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(self.limits()),
         }
     }
+    /// How long a connection may take to finish a message once its first byte has arrived (slowloris): its driver
+    /// closes it when that has passed, on a timer of its own armed only while a message is unfinished (counted in
+    /// `slow_senders_closed`). None: no deadline.
+    fn message_deadline(&self, _conn: &Conn) -> Option<std::time::Duration> {
+        None
+    }
     /// A complete message that parsed.
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
     /// The connection is gone (after removal from the table).
