@@ -106,7 +106,7 @@ impl Connector {
         if let Some(id) = up {
             if !self.pending.borrow().is_empty() {
                 // Behind what already waits for room: order kept.
-                self.hold(h, bytes);
+                self.hold(h, bytes, true);
                 return;
             }
             let sent = h.table().borrow().send(id, &bytes);
@@ -117,23 +117,26 @@ impl Connector {
                     return;
                 }
                 Err(SendError::Busy) => {
-                    bump(&h.stats().connector_backlogged);
-                    self.hold(h, bytes);
+                    self.hold(h, bytes, true);
                     self.start_flush(h, id);
                     return;
                 }
                 Err(SendError::Gone) => *self.state.borrow_mut() = State::Down,
             }
         }
-        self.hold(h, bytes);
+        self.hold(h, bytes, false);
         self.ensure_connecting(h);
     }
 
-    /// Keeps a message for later, or hands it back when the pending list is full.
-    fn hold<H: Undeliverable>(&self, h: &Rc<H>, bytes: Bytes) {
+    /// Keeps a message for later (`backlog`: because the link's queue is full, counted), or hands it back when
+    /// the pending list is full.
+    fn hold<H: Undeliverable>(&self, h: &Rc<H>, bytes: Bytes, backlog: bool) {
         let mut pending = self.pending.borrow_mut();
         if pending.len() < PENDING_MAX {
             pending.push_back(bytes);
+            if backlog {
+                bump(&h.stats().connector_backlogged);
+            }
             return;
         }
         drop(pending);
@@ -263,5 +266,129 @@ impl Connector {
             ServerName::try_from(self.name.clone()).map_err(|e| format!("bad server name {}: {e}", self.name))?;
         let tls = self.tls.borrow().clone();
         TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::conn::{Conn, ConnTable, NetStats, NetTimes, INTERNAL_QUEUE_MAX};
+    use crate::sip::{Limits, Message};
+
+    /// A role that only records what is handed back.
+    struct Role {
+        table: RefCell<ConnTable>,
+        stats: Arc<NetStats>,
+        times: NetTimes,
+        limits: Limits,
+        handed_back: RefCell<Vec<Bytes>>,
+    }
+
+    impl Handler for Role {
+        fn table(&self) -> &RefCell<ConnTable> {
+            &self.table
+        }
+        fn stats(&self) -> &NetStats {
+            &self.stats
+        }
+        fn times(&self) -> &NetTimes {
+            &self.times
+        }
+        fn limits(&self) -> &Limits {
+            &self.limits
+        }
+        fn on_message(self: &Rc<Self>, _conn: &Rc<Conn>, _msg: Message) {}
+    }
+
+    impl Undeliverable for Role {
+        fn undeliverable(self: &Rc<Self>, bytes: Bytes, _code: u16, _reason: &'static str) {
+            self.handed_back.borrow_mut().push(bytes);
+        }
+    }
+
+    fn msg(i: usize) -> Bytes {
+        Bytes::from(format!("m{i}"))
+    }
+
+    /// Lets the connector's tasks run.
+    async fn settle(until: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if until() {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[test]
+    fn a_full_internal_link_holds_messages_in_order_writes_them_as_room_appears_and_never_closes() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(512 * 1024)
+            .make()
+            .expect("executor");
+        ex.run(async {
+            let stats = Arc::new(NetStats::default());
+            let role = Rc::new(Role {
+                table: RefCell::new(ConnTable::new(0, 256, stats.clone())),
+                stats: stats.clone(),
+                times: NetTimes::default(),
+                limits: Limits::DEFAULT,
+                handed_back: RefCell::new(Vec::new()),
+            });
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let tls = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            // Nothing listens on port 1: once the link is gone, reconnecting fails at once.
+            let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+            let c = Rc::new(Connector::new(addr, "pool.example.com", Arc::new(tls), Duration::from_secs(2)));
+            let (conn, rx) = role.table.borrow_mut().insert_link(ConnKind::PeerOut, addr, Vec::new(), true);
+            *c.state.borrow_mut() = State::Up(conn.id);
+
+            // A burst past the link's bound: the rest waits in the connector, nothing is lost or closed.
+            for i in 0..INTERNAL_QUEUE_MAX + 10 {
+                c.send(&role, msg(i));
+            }
+            assert_eq!(rx.len(), INTERNAL_QUEUE_MAX);
+            assert_eq!(c.pending.borrow().len(), 10);
+            assert!(!conn.kill.get(), "an internal link is not closed for a burst");
+            assert_eq!(stats.connector_backlogged.get(), 10);
+            assert_eq!(stats.internal_queue_full.get(), 1);
+            assert!(role.handed_back.borrow().is_empty());
+
+            // The driver drains the queue to half: the held messages follow, in order.
+            let mut got = Vec::new();
+            for _ in 0..INTERNAL_QUEUE_MAX / 2 {
+                if let Some(crate::net::conn::Out::Bytes(b)) = rx.try_recv() {
+                    got.push(b);
+                }
+            }
+            settle(|| c.pending.borrow().is_empty()).await;
+            assert!(c.pending.borrow().is_empty(), "held messages written once there is room");
+            while let Some(item) = rx.try_recv() {
+                if let crate::net::conn::Out::Bytes(b) = item {
+                    got.push(b);
+                }
+            }
+            let expected: Vec<Bytes> = (0..INTERNAL_QUEUE_MAX + 10).map(msg).collect();
+            assert!(got == expected, "every message once, in the order sent");
+
+            // Link full and pending list full: the next one is handed back (counted), not dropped silently.
+            for i in 0..INTERNAL_QUEUE_MAX + PENDING_MAX + 1 {
+                c.send(&role, msg(i));
+            }
+            assert_eq!(c.pending.borrow().len(), PENDING_MAX);
+            assert_eq!(role.handed_back.borrow().len(), 1);
+            assert_eq!(stats.connector_backlog_full.get(), 1);
+
+            // The link goes (its driver ended): what was held goes to the next connection, here unreachable, so
+            // it is handed back.
+            rx.close();
+            settle(|| role.handed_back.borrow().len() == 1 + PENDING_MAX).await;
+            assert_eq!(role.handed_back.borrow().len(), 1 + PENDING_MAX);
+            assert!(c.pending.borrow().is_empty());
+        });
     }
 }
