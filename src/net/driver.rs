@@ -102,7 +102,6 @@ where
             }
             Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
             Event::Read(Ok(n)) => {
-                let arrived = Instant::now();
                 let stats = handler.stats();
                 stats.bytes_in.add(n as u64);
                 let now_ms = {
@@ -124,7 +123,8 @@ where
                     }
                     (false, since) if since == 0 || consumed => {
                         conn.partial_since_ms.set(now_ms.max(1));
-                        partial_due = message_deadline.map(|d| arrived + d);
+                        // The clock read only when a message is left unfinished (rare), not on every read.
+                        partial_due = message_deadline.map(|d| Instant::now() + d);
                     }
                     _ => {}
                 }

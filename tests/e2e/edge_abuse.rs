@@ -409,8 +409,11 @@ fn unfinished_message_closes_after_the_deadline() {
     let req = ua.build("OPTIONS", &format!("sip:{d}"), "x", &format!("sip:{d}"), "loris", 1, &[], b"");
     let bytes = req.as_bytes();
     let t = Instant::now();
-    // One byte a second: never idle, never finished.
-    let mut i = 0;
+    // Half a request, then one byte a second: never idle, never finished.
+    let mut i = bytes.len() / 2;
+    if ua.send(&bytes[..i]).is_err() {
+        app.fail("could not send the first half of the request");
+    }
     let outcome = loop {
         if i < bytes.len() - 4 {
             if ua.send(&bytes[i..i + 1]).is_err() {
