@@ -107,6 +107,7 @@ impl Connector {
             if !self.pending.borrow().is_empty() {
                 // Behind what already waits for room: order kept.
                 self.hold(h, bytes, true);
+                self.start_flush(h);
                 return;
             }
             let sent = h.table().borrow().send(id, &bytes);
@@ -118,7 +119,7 @@ impl Connector {
                 }
                 Err(SendError::Busy) => {
                     self.hold(h, bytes, true);
-                    self.start_flush(h, id);
+                    self.start_flush(h);
                     return;
                 }
                 Err(SendError::Gone) => *self.state.borrow_mut() = State::Down,
@@ -189,33 +190,39 @@ impl Connector {
         }
     }
 
-    /// A task that writes the pending list into link `id` as its driver makes room; if the link goes, the pending
-    /// messages go to the next connection.
-    fn start_flush<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, id: ConnId) {
+    /// A task that writes the pending list into the link as its driver makes room. It follows the link in force:
+    /// if the link goes, the pending messages wait for the next connection (whose making flushes them, and whose
+    /// queue this task then serves if it is full too); it ends when nothing is pending or no link is up.
+    fn start_flush<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>) {
         if self.flushing.replace(true) {
             return;
         }
         let me = self.clone();
         let h = h.clone();
         glommio::spawn_local(async move {
-            let gone = loop {
+            loop {
+                let up = match &*me.state.borrow() {
+                    State::Up(id) => Some(*id),
+                    _ => None,
+                };
+                // Down or connecting: `connect` flushes once the new link is up.
+                let Some(id) = up else { break };
                 let conn = h.table().borrow().get(id).cloned();
-                let Some(conn) = conn else { break true };
-                conn.writable().await;
+                if let Some(conn) = conn {
+                    conn.writable().await;
+                }
                 match me.flush(&h, id) {
-                    Flush::Done => break false,
-                    Flush::Full => continue,
-                    Flush::Gone => break true,
+                    Flush::Done => break,
+                    Flush::Full => {}
+                    Flush::Gone => {
+                        if matches!(*me.state.borrow(), State::Up(up) if up == id) {
+                            *me.state.borrow_mut() = State::Down;
+                        }
+                        me.ensure_connecting(&h);
+                    }
                 }
-            };
-            me.flushing.set(false);
-            if gone && !me.pending.borrow().is_empty() {
-                let same = matches!(*me.state.borrow(), State::Up(up) if up == id);
-                if same {
-                    *me.state.borrow_mut() = State::Down;
-                }
-                me.ensure_connecting(&h);
             }
+            me.flushing.set(false);
         })
         .detach();
     }
@@ -243,7 +250,7 @@ impl Connector {
                 tracing::info!(peer = %self.addr, name = %self.name, "connected");
                 // What waited while connecting: into the new link, as much as fits; the rest as room appears.
                 if let Flush::Full = self.flush(&h, conn.id) {
-                    self.start_flush(&h, conn.id);
+                    self.start_flush(&h);
                 }
                 drive(tls, conn, rx, h).await;
             }
