@@ -341,7 +341,8 @@ const NOTICE_BRANCH_PREFIX: &[u8] = b"z9hG4bKx";
 /// The internal event by which the edge tells the pool a registered flow closed.
 pub const FLOW_CLOSED_EVENT: &str = "x-parapet-flow-closed";
 
-/// A message must be complete this long after its first byte arrived (slowloris).
+/// A message must be complete this long after its first byte arrived (slowloris): the driver's timer closes it
+/// then; the once-a-second sweep only backs it up.
 const MESSAGE_DEADLINE_MS: u64 = 10_000;
 
 pub struct Edge {
@@ -398,6 +399,10 @@ impl Handler for Edge {
                 ConnKind::PeerIn | ConnKind::PeerOut => self.s.peer_limits,
             },
         }
+    }
+
+    fn message_deadline(&self, _conn: &Conn) -> Option<Duration> {
+        Some(Duration::from_millis(MESSAGE_DEADLINE_MS))
     }
 
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {

@@ -4,6 +4,12 @@
 //! others refer to it by [`ConnId`] (core, slot, generation), so a stale id never reaches a reused slot.
 //! The driver is the only code that touches the socket. Others hand it bytes through its bounded queue; a
 //! client that does not read fills that queue and is closed (bounded memory per connection).
+//!
+//! Internal links (a trusted peer's connection to us, [`ConnKind::PeerIn`], and our connectors to the pool or to
+//! edges) are not clients: a burst on them (hundreds of users leaving at once, each flow's end a notice to the
+//! pool) is not a slow reader. Their queue has a much larger bound ([`INTERNAL_QUEUE_MAX`]), and when even that is
+//! full the sender is told ([`SendError::Busy`]: nothing queued, the link stays up), counted and logged; a
+//! connector then holds what it could not queue and writes it as room appears (see [`super::connector`]).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -46,6 +52,11 @@ pub enum ConnKind {
     Partner,
 }
 
+/// Messages an internal link's write queue holds (a user's holds the role's `queue_max`, e.g. 256). Items, not
+/// bytes, like the users' bound: at a notice's ~600 bytes a full queue is ~10 MB; a peer that stops reading
+/// altogether is still closed by the driver's write-stall watchdog.
+pub const INTERNAL_QUEUE_MAX: usize = 16_384;
+
 pub enum Out {
     Bytes(Bytes),
     Close,
@@ -68,6 +79,14 @@ crate::counters! {
         framing_errors,
         pings,
         slow_readers_closed,
+        /// Sends refused because an internal link's queue was full (back-pressure: nothing queued, link kept).
+        internal_queue_full,
+        /// Internal links (to or from trusted peers) that ended, for whatever reason (logged with it).
+        internal_links_closed,
+        /// Messages a connector held because its link's queue was full, written once room appeared.
+        connector_backlogged,
+        /// Messages a connector could not hold (its pending list full) and handed back as undeliverable.
+        connector_backlog_full,
         idle_closed,
         /// Connections closed for not finishing a message in time (slowloris).
         slow_senders_closed,
@@ -133,6 +152,11 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Names from the peer's certificate (mutual TLS only).
     pub peer_names: Vec<String>,
+    /// A link to or from a trusted internal peer: a full queue pushes back ([`SendError::Busy`]) instead of
+    /// closing it (see the module doc).
+    pub internal: bool,
+    /// The link's queue is full and that was logged: logged again only after it took a message again.
+    backpressured: Cell<bool>,
     tx: Rc<OutQueue>,
     /// Milliseconds since the table's epoch at the last byte received (idle sweeps read it).
     last_rx_ms: Cell<u64>,
@@ -149,6 +173,11 @@ impl Conn {
     /// Stop reading (and handling what is already read) for `d`: what the peer sends meanwhile waits in TCP.
     pub fn pause_reading(&self, d: std::time::Duration) {
         self.read_paused_until.set(Some(Instant::now() + d));
+    }
+
+    /// Completes once this connection's queue has room again (drained to half), or it has closed.
+    pub(super) async fn writable(&self) {
+        self.tx.writable().await
     }
 
     /// When a pause is in force, its end.
@@ -170,6 +199,9 @@ pub enum SendError {
     Gone,
     /// Its write queue is full: it has been told to close.
     Full,
+    /// An internal link's write queue is full: nothing was queued and the link stays up; send again later
+    /// (counted in `internal_queue_full`).
+    Busy,
 }
 
 /// The connections owned by one core.
@@ -214,9 +246,23 @@ impl ConnTable {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Registers a new connection; the receiver goes to its driver.
+    /// Registers a new connection; the receiver goes to its driver. A trusted peer's connection to us
+    /// ([`ConnKind::PeerIn`]: the pool's to an edge's internal listener, an edge's to the pool) is an internal link.
     pub fn insert(&mut self, kind: ConnKind, peer: SocketAddr, peer_names: Vec<String>) -> (Rc<Conn>, Rc<OutQueue>) {
-        let tx = Rc::new(OutQueue::new(self.queue_max));
+        self.insert_link(kind, peer, peer_names, kind == ConnKind::PeerIn)
+    }
+
+    /// [`ConnTable::insert`], saying whether the connection is an internal link (a connector knows: its peer is
+    /// our pool or edge, or a federation partner).
+    pub fn insert_link(
+        &mut self,
+        kind: ConnKind,
+        peer: SocketAddr,
+        peer_names: Vec<String>,
+        internal: bool,
+    ) -> (Rc<Conn>, Rc<OutQueue>) {
+        let bound = if internal { INTERNAL_QUEUE_MAX.max(self.queue_max) } else { self.queue_max };
+        let tx = Rc::new(OutQueue::new(bound));
         let rx = tx.clone();
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -234,6 +280,8 @@ impl ConnTable {
             kind,
             peer,
             peer_names,
+            internal,
+            backpressured: Cell::new(false),
             tx,
             last_rx_ms: Cell::new(self.now_ms()),
             kill: Cell::new(false),
@@ -275,8 +323,26 @@ impl ConnTable {
     pub fn send(&self, id: ConnId, bytes: &Bytes) -> Result<(), SendError> {
         let conn = self.get(id).ok_or(SendError::Gone)?;
         match conn.tx.try_send(Out::Bytes(bytes.clone())) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if conn.backpressured.get() {
+                    conn.backpressured.set(false);
+                    tracing::info!(peer = %conn.peer, "internal link takes messages again");
+                }
+                Ok(())
+            }
             Err(QueueError::Closed) => Err(SendError::Gone),
+            Err(QueueError::Full) if conn.internal => {
+                // A trusted peer behind a burst: push back on the sender, keep the link.
+                bump(&self.stats.internal_queue_full);
+                if !conn.backpressured.replace(true) {
+                    tracing::warn!(
+                        peer = %conn.peer,
+                        queued = conn.tx.len(),
+                        "internal link's write queue full: senders pushed back (link kept)"
+                    );
+                }
+                Err(SendError::Busy)
+            }
             Err(QueueError::Full) => {
                 // The peer stopped reading: holding more for it would be unbounded memory.
                 conn.kill.set(true);
@@ -363,6 +429,12 @@ pub trait Handler: 'static {
             ConnKind::PeerIn | ConnKind::PeerOut => peer_limits(self.limits()),
         }
     }
+    /// How long a connection may take to finish a message once its first byte has arrived (slowloris): its driver
+    /// closes it when that has passed, on a timer of its own armed only while a message is unfinished (counted in
+    /// `slow_senders_closed`). None: no deadline.
+    fn message_deadline(&self, _conn: &Conn) -> Option<std::time::Duration> {
+        None
+    }
     /// A complete message that parsed.
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message);
     /// The connection is gone (after removal from the table).
@@ -385,4 +457,43 @@ pub trait Handler: 'static {
     }
     /// An admitted connection has ended, whether or not its handshake completed.
     fn release(&self, _peer: SocketAddr, _kind: ConnKind) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 5060))
+    }
+
+    #[test]
+    fn a_full_user_queue_closes_a_full_internal_queue_pushes_back() {
+        let stats = std::sync::Arc::new(NetStats::default());
+        let mut t = ConnTable::new(0, 2, stats.clone());
+        let b = Bytes::from_static(b"x");
+        let (user, _urx) = t.insert(ConnKind::User, addr(), Vec::new());
+        assert!(!user.internal);
+        assert_eq!(t.send(user.id, &b), Ok(()));
+        assert_eq!(t.send(user.id, &b), Ok(()));
+        assert_eq!(t.send(user.id, &b), Err(SendError::Full));
+        assert!(user.kill.get(), "a user that does not read is closed");
+
+        let (peer, rx) = t.insert(ConnKind::PeerIn, addr(), vec!["pool.example.com".into()]);
+        assert!(peer.internal, "a trusted peer's connection to us is an internal link");
+        for _ in 0..INTERNAL_QUEUE_MAX {
+            assert_eq!(t.send(peer.id, &b), Ok(()));
+        }
+        assert_eq!(t.send(peer.id, &b), Err(SendError::Busy));
+        assert_eq!(t.send(peer.id, &b), Err(SendError::Busy));
+        assert!(!peer.kill.get(), "an internal link is pushed back on, not closed");
+        assert_eq!(stats.internal_queue_full.get(), 2);
+        assert!(rx.try_recv().is_some());
+        assert_eq!(t.send(peer.id, &b), Ok(()), "room again: taken");
+
+        let (out, _orx) = t.insert_link(ConnKind::PeerOut, addr(), Vec::new(), false);
+        assert!(!out.internal, "a federation partner's link keeps the users' rule");
+        let (out, _orx) = t.insert_link(ConnKind::PeerOut, addr(), Vec::new(), true);
+        assert!(out.internal);
+    }
 }

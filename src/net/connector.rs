@@ -1,8 +1,15 @@
 //! Connectors: this core's mutual-TLS connection to one trusted peer (edge -> pool, pool -> edge), made on first
-//! use, remade after it drops. Messages sent while it connects wait in a bounded queue; when the peer cannot be
-//! reached they are handed back to the role as undeliverable, so requests get a 503 instead of vanishing.
+//! use, remade after it drops. Messages sent while it connects wait in a bounded pending list; when the peer cannot
+//! be reached they are handed back to the role as undeliverable, so requests get a 503 instead of vanishing.
+//!
+//! A link to our pool or to our edges is internal: when its write queue is full (a burst, e.g. hundreds of users
+//! leaving at once, each a flow-closed notice), what is sent waits in the same pending list, oldest first, and a
+//! task moves it into the queue as the driver drains it. Nothing is lost and the link is not closed; only when the
+//! pending list is full too is a message handed back (counted in `connector_backlog_full`, logged). A connector to
+//! a federation partner keeps the users' rule (a full queue closes the link).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -14,12 +21,12 @@ use glommio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
-use super::conn::{ConnId, ConnKind, Handler, SendError};
+use super::conn::{bump, ConnId, ConnKind, Handler, SendError};
 use super::driver::drive;
 use super::identity;
 use super::tls::peer_dns_names;
 
-/// Messages held while a connection is being made.
+/// Messages held while a connection is being made, or while an internal link's queue is full.
 const PENDING_MAX: usize = 4096;
 
 /// A role that can take back what could not be delivered.
@@ -29,8 +36,19 @@ pub trait Undeliverable: Handler {
 
 enum State {
     Down,
-    Connecting(Vec<Bytes>),
+    /// A connection is being made; what is sent meanwhile waits in `pending`.
+    Connecting,
     Up(ConnId),
+}
+
+/// What moving the pending list into the link's queue came to.
+enum Flush {
+    /// Everything is in the queue.
+    Done,
+    /// The queue is full again: wait for room.
+    Full,
+    /// The link is gone (what is left stays pending for the next one).
+    Gone,
 }
 
 pub struct Connector {
@@ -40,9 +58,18 @@ pub struct Connector {
     tls: RefCell<Arc<ClientConfig>>,
     timeout: Duration,
     state: RefCell<State>,
+    /// Sent but not yet in the link's queue, oldest first: while connecting, and while an internal link's queue
+    /// is full. At most [`PENDING_MAX`].
+    pending: RefCell<VecDeque<Bytes>>,
+    /// A task is moving `pending` into the link's queue as room appears.
+    flushing: Cell<bool>,
+    /// The pending list overflowed and that was logged (logged again once it has drained).
+    overflowing: Cell<bool>,
     /// The peer's certificate must carry `name` itself, not only a wildcard covering it (RFC 5922 §7.2, for
     /// federation; rustls alone accepts wildcards as web PKI does).
     exact_name: bool,
+    /// A link to our own pool or edge (back-pressure), not to a federation partner (closed when it stops reading).
+    internal: bool,
 }
 
 impl Connector {
@@ -53,7 +80,11 @@ impl Connector {
             tls: RefCell::new(tls),
             timeout,
             state: RefCell::new(State::Down),
+            pending: RefCell::new(VecDeque::new()),
+            flushing: Cell::new(false),
+            overflowing: Cell::new(false),
             exact_name: false,
+            internal: true,
         }
     }
 
@@ -64,7 +95,7 @@ impl Connector {
 
     /// A connector to a SIP federation peer: its certificate must name it exactly (RFC 5922 §7.3).
     pub fn federated(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
-        Connector { exact_name: true, ..Connector::new(addr, name, tls, timeout) }
+        Connector { exact_name: true, internal: false, ..Connector::new(addr, name, tls, timeout) }
     }
 
     pub fn send<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, bytes: Bytes) {
@@ -73,30 +104,127 @@ impl Connector {
             _ => None,
         };
         if let Some(id) = up {
-            match h.table().borrow().send(id, &bytes) {
+            if !self.pending.borrow().is_empty() {
+                // Behind what already waits for room: order kept.
+                self.hold(h, bytes, true);
+                self.start_flush(h);
+                return;
+            }
+            let sent = h.table().borrow().send(id, &bytes);
+            match sent {
                 Ok(()) => return,
                 Err(SendError::Full) => {
                     h.undeliverable(bytes, 503, "Service Unavailable");
                     return;
                 }
+                Err(SendError::Busy) => {
+                    self.hold(h, bytes, true);
+                    self.start_flush(h);
+                    return;
+                }
                 Err(SendError::Gone) => *self.state.borrow_mut() = State::Down,
             }
         }
-        let mut st = self.state.borrow_mut();
-        match &mut *st {
-            State::Connecting(q) if q.len() < PENDING_MAX => q.push(bytes),
-            State::Connecting(_) => {
-                drop(st);
-                h.undeliverable(bytes, 503, "Service Unavailable");
+        self.hold(h, bytes, false);
+        self.ensure_connecting(h);
+    }
+
+    /// Keeps a message for later (`backlog`: because the link's queue is full, counted), or hands it back when
+    /// the pending list is full.
+    fn hold<H: Undeliverable>(&self, h: &Rc<H>, bytes: Bytes, backlog: bool) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.len() < PENDING_MAX {
+            pending.push_back(bytes);
+            if backlog {
+                bump(&h.stats().connector_backlogged);
             }
-            State::Down | State::Up(_) => {
-                *st = State::Connecting(vec![bytes]);
-                drop(st);
-                let me = self.clone();
-                let h = h.clone();
-                glommio::spawn_local(async move { me.connect(h).await }).detach();
+            return;
+        }
+        drop(pending);
+        bump(&h.stats().connector_backlog_full);
+        if !self.overflowing.replace(true) {
+            tracing::warn!(
+                peer = %self.addr,
+                name = %self.name,
+                held = PENDING_MAX,
+                "connector's pending list full: messages handed back as undeliverable"
+            );
+        }
+        h.undeliverable(bytes, 503, "Service Unavailable");
+    }
+
+    /// Starts making a connection unless one is up or being made.
+    fn ensure_connecting<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>) {
+        let mut st = self.state.borrow_mut();
+        if matches!(*st, State::Connecting | State::Up(_)) {
+            return;
+        }
+        *st = State::Connecting;
+        drop(st);
+        let me = self.clone();
+        let h = h.clone();
+        glommio::spawn_local(async move { me.connect(h).await }).detach();
+    }
+
+    /// Moves pending messages into the link's queue while it has room.
+    fn flush<H: Undeliverable>(&self, h: &Rc<H>, id: ConnId) -> Flush {
+        loop {
+            let Some(b) = self.pending.borrow_mut().pop_front() else {
+                self.overflowing.set(false);
+                return Flush::Done;
+            };
+            let sent = h.table().borrow().send(id, &b);
+            match sent {
+                Ok(()) => {}
+                Err(SendError::Busy) => {
+                    self.pending.borrow_mut().push_front(b);
+                    return Flush::Full;
+                }
+                // A partner's link that stopped reading has been told to close: the rest goes back.
+                Err(SendError::Full) => h.undeliverable(b, 503, "Service Unavailable"),
+                Err(SendError::Gone) => {
+                    self.pending.borrow_mut().push_front(b);
+                    return Flush::Gone;
+                }
             }
         }
+    }
+
+    /// A task that writes the pending list into the link as its driver makes room. It follows the link in force:
+    /// if the link goes, the pending messages wait for the next connection (whose making flushes them, and whose
+    /// queue this task then serves if it is full too); it ends when nothing is pending or no link is up.
+    fn start_flush<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>) {
+        if self.flushing.replace(true) {
+            return;
+        }
+        let me = self.clone();
+        let h = h.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let up = match &*me.state.borrow() {
+                    State::Up(id) => Some(*id),
+                    _ => None,
+                };
+                // Down or connecting: `connect` flushes once the new link is up.
+                let Some(id) = up else { break };
+                let conn = h.table().borrow().get(id).cloned();
+                if let Some(conn) = conn {
+                    conn.writable().await;
+                }
+                match me.flush(&h, id) {
+                    Flush::Done => break,
+                    Flush::Full => {}
+                    Flush::Gone => {
+                        if matches!(*me.state.borrow(), State::Up(up) if up == id) {
+                            *me.state.borrow_mut() = State::Down;
+                        }
+                        me.ensure_connecting(&h);
+                    }
+                }
+            }
+            me.flushing.set(false);
+        })
+        .detach();
     }
 
     async fn connect<H: Undeliverable>(self: Rc<Self>, h: Rc<H>) {
@@ -115,24 +243,22 @@ impl Connector {
             }
             Ok((tls, names))
         });
-        let queued = match std::mem::replace(&mut *self.state.borrow_mut(), State::Down) {
-            State::Connecting(q) => q,
-            _ => Vec::new(),
-        };
         match result {
             Ok((tls, names)) => {
-                let (conn, rx) = h.table().borrow_mut().insert(ConnKind::PeerOut, self.addr, names);
+                let (conn, rx) = h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr, names, self.internal);
                 *self.state.borrow_mut() = State::Up(conn.id);
                 tracing::info!(peer = %self.addr, name = %self.name, "connected");
-                for b in queued {
-                    if h.table().borrow().send(conn.id, &b).is_err() {
-                        h.undeliverable(b, 503, "Service Unavailable");
-                    }
+                // What waited while connecting: into the new link, as much as fits; the rest as room appears.
+                if let Flush::Full = self.flush(&h, conn.id) {
+                    self.start_flush(&h);
                 }
                 drive(tls, conn, rx, h).await;
             }
             Err(e) => {
                 tracing::warn!(peer = %self.addr, name = %self.name, error = %e, "cannot reach peer");
+                *self.state.borrow_mut() = State::Down;
+                let queued = std::mem::take(&mut *self.pending.borrow_mut());
+                self.overflowing.set(false);
                 for b in queued {
                     h.undeliverable(b, 503, "Service Unavailable");
                 }
@@ -147,5 +273,129 @@ impl Connector {
             ServerName::try_from(self.name.clone()).map_err(|e| format!("bad server name {}: {e}", self.name))?;
         let tls = self.tls.borrow().clone();
         TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::conn::{Conn, ConnTable, NetStats, NetTimes, INTERNAL_QUEUE_MAX};
+    use crate::sip::{Limits, Message};
+
+    /// A role that only records what is handed back.
+    struct Role {
+        table: RefCell<ConnTable>,
+        stats: Arc<NetStats>,
+        times: NetTimes,
+        limits: Limits,
+        handed_back: RefCell<Vec<Bytes>>,
+    }
+
+    impl Handler for Role {
+        fn table(&self) -> &RefCell<ConnTable> {
+            &self.table
+        }
+        fn stats(&self) -> &NetStats {
+            &self.stats
+        }
+        fn times(&self) -> &NetTimes {
+            &self.times
+        }
+        fn limits(&self) -> &Limits {
+            &self.limits
+        }
+        fn on_message(self: &Rc<Self>, _conn: &Rc<Conn>, _msg: Message) {}
+    }
+
+    impl Undeliverable for Role {
+        fn undeliverable(self: &Rc<Self>, bytes: Bytes, _code: u16, _reason: &'static str) {
+            self.handed_back.borrow_mut().push(bytes);
+        }
+    }
+
+    fn msg(i: usize) -> Bytes {
+        Bytes::from(format!("m{i}"))
+    }
+
+    /// Lets the connector's tasks run.
+    async fn settle(until: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if until() {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[test]
+    fn a_full_internal_link_holds_messages_in_order_writes_them_as_room_appears_and_never_closes() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(512 * 1024)
+            .make()
+            .expect("executor");
+        ex.run(async {
+            let stats = Arc::new(NetStats::default());
+            let role = Rc::new(Role {
+                table: RefCell::new(ConnTable::new(0, 256, stats.clone())),
+                stats: stats.clone(),
+                times: NetTimes::default(),
+                limits: Limits::DEFAULT,
+                handed_back: RefCell::new(Vec::new()),
+            });
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let tls = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            // Nothing listens on port 1: once the link is gone, reconnecting fails at once.
+            let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+            let c = Rc::new(Connector::new(addr, "pool.example.com", Arc::new(tls), Duration::from_secs(2)));
+            let (conn, rx) = role.table.borrow_mut().insert_link(ConnKind::PeerOut, addr, Vec::new(), true);
+            *c.state.borrow_mut() = State::Up(conn.id);
+
+            // A burst past the link's bound: the rest waits in the connector, nothing is lost or closed.
+            for i in 0..INTERNAL_QUEUE_MAX + 10 {
+                c.send(&role, msg(i));
+            }
+            assert_eq!(rx.len(), INTERNAL_QUEUE_MAX);
+            assert_eq!(c.pending.borrow().len(), 10);
+            assert!(!conn.kill.get(), "an internal link is not closed for a burst");
+            assert_eq!(stats.connector_backlogged.get(), 10);
+            assert_eq!(stats.internal_queue_full.get(), 1);
+            assert!(role.handed_back.borrow().is_empty());
+
+            // The driver drains the queue to half: the held messages follow, in order.
+            let mut got = Vec::new();
+            for _ in 0..INTERNAL_QUEUE_MAX / 2 {
+                if let Some(crate::net::conn::Out::Bytes(b)) = rx.try_recv() {
+                    got.push(b);
+                }
+            }
+            settle(|| c.pending.borrow().is_empty()).await;
+            assert!(c.pending.borrow().is_empty(), "held messages written once there is room");
+            while let Some(item) = rx.try_recv() {
+                if let crate::net::conn::Out::Bytes(b) = item {
+                    got.push(b);
+                }
+            }
+            let expected: Vec<Bytes> = (0..INTERNAL_QUEUE_MAX + 10).map(msg).collect();
+            assert!(got == expected, "every message once, in the order sent");
+
+            // Link full and pending list full: the next one is handed back (counted), not dropped silently.
+            for i in 0..INTERNAL_QUEUE_MAX + PENDING_MAX + 1 {
+                c.send(&role, msg(i));
+            }
+            assert_eq!(c.pending.borrow().len(), PENDING_MAX);
+            assert_eq!(role.handed_back.borrow().len(), 1);
+            assert_eq!(stats.connector_backlog_full.get(), 1);
+
+            // The link goes (its driver ended): what was held goes to the next connection, here unreachable, so
+            // it is handed back.
+            rx.close();
+            settle(|| role.handed_back.borrow().len() == 1 + PENDING_MAX).await;
+            assert_eq!(role.handed_back.borrow().len(), 1 + PENDING_MAX);
+            assert!(c.pending.borrow().is_empty());
+        });
     }
 }

@@ -4,6 +4,11 @@
 //! One loop waits for whichever comes first, bytes from the peer or bytes queued for it; what is queued is
 //! batched into one write. Dropping the read future when a write wins costs nothing: glommio keeps the socket's
 //! readiness poll in the stream, not in the future.
+//!
+//! While an unfinished message sits in the read buffer, a third branch joins the race: the message deadline
+//! ([`Handler::message_deadline`]), measured from the read that brought its first byte, so a slow sender is
+//! closed when it is due, not at the next sweep. With no partial message buffered (the common case) no timer is
+//! armed.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -25,6 +30,8 @@ enum Event {
     Out(Option<Out>),
     /// A pause in reading is over.
     Resume,
+    /// The unfinished message in the read buffer is past its deadline.
+    Deadline,
 }
 
 /// Runs a connection until it closes: reads, frames, parses and dispatches; writes what is queued for it.
@@ -34,6 +41,9 @@ where
     H: Handler,
 {
     let limits = handler.limits_for(&conn);
+    let message_deadline = handler.message_deadline(&conn);
+    // When the unfinished message in the read buffer must be complete (None: nothing unfinished, or no deadline).
+    let mut partial_due: Option<Instant> = None;
     // Both buffers hold memory only while there is something in them: an idle connection owns neither.
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
@@ -52,7 +62,16 @@ where
                 }
                 None => {
                     let read = async { Event::Read(read_some(&mut stream, &mut rbuf).await) };
-                    futures_lite::future::or(out, read).await
+                    match partial_due {
+                        None => futures_lite::future::or(out, read).await,
+                        Some(due) => {
+                            let deadline = async {
+                                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                                Event::Deadline
+                            };
+                            futures_lite::future::or(out, futures_lite::future::or(read, deadline)).await
+                        }
+                    }
                 }
             }
         };
@@ -63,10 +82,23 @@ where
                 // Messages held back by a pause are not a slow sender's: the unfinished-message clock restarts.
                 if rbuf.is_empty() {
                     conn.partial_since_ms.set(0);
+                    partial_due = None;
                     rbuf = BytesMut::new();
                 } else {
                     conn.partial_since_ms.set(handler.table().borrow().now_ms().max(1));
+                    partial_due = message_deadline.map(|d| Instant::now() + d);
                 }
+            }
+            Event::Deadline => {
+                // Ours to count, not the sweep's as well.
+                conn.partial_since_ms.set(0);
+                bump(&handler.stats().slow_senders_closed);
+                tracing::info!(
+                    peer = %conn.peer,
+                    buffered = rbuf.len(),
+                    "message not finished in time (slow sender): closed"
+                );
+                break;
             }
             Event::Read(Ok(0)) | Event::Read(Err(_)) => break,
             Event::Read(Ok(n)) => {
@@ -77,15 +109,23 @@ where
                     table.touch(&conn);
                     table.now_ms()
                 };
+                let before = rbuf.len().saturating_sub(n);
                 // Not holding the table here: handlers may need it mutably.
                 closing = process_input(&mut rbuf, &mut wbuf, &conn, &handler, &limits);
-                // Bytes left over are the start of a message: its clock runs until it is complete.
+                // Bytes left over are the start of a message: its clock runs from the read that brought its first
+                // byte until it is complete. When this read finished the one before, the leftover is a new one.
+                let consumed = rbuf.len() < before + n;
                 match (rbuf.is_empty(), conn.partial_since_ms.get()) {
                     (true, _) => {
                         conn.partial_since_ms.set(0);
+                        partial_due = None;
                         rbuf = BytesMut::new();
                     }
-                    (false, 0) => conn.partial_since_ms.set(now_ms.max(1)),
+                    (false, since) if since == 0 || consumed => {
+                        conn.partial_since_ms.set(now_ms.max(1));
+                        // The clock read only when a message is left unfinished (rare), not on every read.
+                        partial_due = message_deadline.map(|d| Instant::now() + d);
+                    }
                     _ => {}
                 }
             }
@@ -130,6 +170,12 @@ where
         }
     }
     rx.close();
+    if conn.internal {
+        // Not an event of normal operation except at shutdown: the link is remade on next use, but whatever
+        // was queued on it is gone.
+        bump(&handler.stats().internal_links_closed);
+        tracing::warn!(peer = %conn.peer, kind = ?conn.kind, names = ?conn.peer_names, "internal link closed");
+    }
     let _ = stream.close().await;
     handler.table().borrow_mut().remove(conn.id);
     bump(&handler.stats().closed);
