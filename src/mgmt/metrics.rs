@@ -1,4 +1,5 @@
-//! Counters and the management HTTP listener (`/metrics` in Prometheus text format, `/health`).
+//! Counters and the management HTTP listener (`/metrics` in Prometheus text format, `/health`: 200 "ok" only while
+//! every core of the process runs).
 //!
 //! Each core owns its counters and is their only writer, so an increment is a relaxed load and store (no
 //! read-modify-write, no lock, no shared cache line between cores). The management thread only reads them.
@@ -244,8 +245,14 @@ fn handle(mut stream: std::net::TcpStream) {
         b"/reload" if post => reload(),
         b"/reload" => ("405 Method Not Allowed", "text/plain", "use POST /reload\n".to_string()),
         b"/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
-        b"/health" => ("200 OK", "text/plain", "ok\n".to_string()),
+        // 503 when a core of this process stopped or stopped beating: an orchestrator's probe must see it.
+        b"/health" => match crate::shard::watch::health() {
+            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
         b"/bans" => ("200 OK", "text/plain", render_bans()),
+        #[cfg(debug_assertions)]
+        p if post && p.starts_with(b"/debug/panic?core=") => debug_panic(p),
         _ => ("404 Not Found", "text/plain", "try /metrics, /health, /bans or POST /reload\n".to_string()),
     };
     let _ = write!(
@@ -253,6 +260,19 @@ fn handle(mut stream: std::net::TcpStream) {
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// Debug builds only: `POST /debug/panic?core=N` kills core N (see [`crate::shard::watch::request_panic`]).
+#[cfg(debug_assertions)]
+fn debug_panic(path: &[u8]) -> (&'static str, &'static str, String) {
+    let core = path.strip_prefix(b"/debug/panic?core=").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    match core {
+        Some(id) => {
+            crate::shard::watch::request_panic(id);
+            ("200 OK", "text/plain", format!("core {id} will panic within a second (debug build)\n"))
+        }
+        None => ("400 Bad Request", "text/plain", "use POST /debug/panic?core=N\n".to_string()),
+    }
 }
 
 #[cfg(test)]

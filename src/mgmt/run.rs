@@ -28,6 +28,20 @@ pub fn wait_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// Waits for one of the blocked signals for at most `timeout` (None: no limit); its number, or None when the
+/// time is up.
+pub fn wait_signal_timeout(set: &libc::sigset_t, timeout: Option<std::time::Duration>) -> Option<i32> {
+    let Some(t) = timeout else { return Some(wait_signal(set)) };
+    let ts = libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` is a valid initialised set, `ts` a valid timespec; no siginfo wanted (null is allowed).
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    // -1: EAGAIN (time is up) or EINTR (another signal handler ran): either way, nothing for the caller.
+    (sig > 0).then_some(sig)
+}
+
 pub fn signals() -> libc::sigset_t {
     block_signals()
 }
@@ -52,6 +66,8 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
     cfg.validate().map_err(|e| e.to_string())?;
     init_logging(&cfg.log);
+    // Before any thread starts: a panic anywhere ends the process (a supervisor restarts it), see shard::watch.
+    crate::shard::watch::exit_on_panic();
     crate::net::tls::install_provider();
     let set = block_signals();
     let share: usize = std::env::var("PARAPET_MEMLOCK_SHARE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);

@@ -1,6 +1,7 @@
 //! `parapet up`: everything a first run needs, with zero setup. Makes (once) a development PKI and demo users
 //! under the data folder, writes one config per role, starts the edge and the pool as two processes that talk
-//! over mutual TLS exactly as two hosts would, waits until both accept connections, and says where to connect.
+//! over mutual TLS exactly as two hosts would, waits until both accept connections, and says where to connect;
+//! then keeps them running: a role process that dies is restarted ([`super::supervise`]).
 //!
 //! Ports, from `--port-base` B: B users (TLS), B+1 pool, B+2 edge internal, B+3 and B+4 management (edge, pool),
 //! B+5 federation (mutual TLS; two demo partner organizations whose edges `loadgen federation` plays present
@@ -8,12 +9,11 @@
 //! does: requests toward them fail, by design).
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::supervise::{self, Role};
 use crate::config::devpki;
 use crate::store::directory::Directory;
 
@@ -51,8 +51,6 @@ const NO_FLOOD_LIMITS: &str = "\n[edge.flood]\nconnections_per_ip_max = 40000000
     messages_per_user_burst = 1000000000.0\n";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longer than a role's own drain deadline, so children exit by themselves.
-const STOP_GRACE: Duration = Duration::from_secs(12);
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -141,10 +139,17 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     std::fs::write(&pool_cfg, pool_toml).map_err(|e| ctx("cannot write", &pool_cfg, e))?;
 
     let set = super::run::signals();
-    let mut children = vec![("pool", spawn_role(&pool_cfg)?), ("edge", spawn_role(&edge_cfg)?)];
+    let mut roles = vec![Role::start("pool", &pool_cfg)?];
+    match Role::start("edge", &edge_cfg) {
+        Ok(edge) => roles.push(edge),
+        Err(e) => {
+            supervise::stop(&mut roles);
+            return Err(e);
+        }
+    }
     let ready: Vec<SocketAddr> = listeners.iter().map(|&(_, p)| addr(p)).collect();
-    if let Err(e) = wait_ready(&mut children, &ready) {
-        stop(&mut children);
+    if let Err(e) = supervise::wait_ready(&mut roles, &ready, READY_TIMEOUT) {
+        supervise::stop(&mut roles);
         return Err(e);
     }
 
@@ -209,18 +214,8 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
     let _ = writeln!(out, "Stop with Ctrl-C.");
     drop(out);
 
-    loop {
-        let sig = super::run::wait_signal(&set);
-        if sig == libc::SIGCHLD {
-            if let Some(name) = exited(&mut children) {
-                stop(&mut children);
-                return Err(format!("up: the {name} process stopped unexpectedly (see its log above)"));
-            }
-            continue;
-        }
-        stop(&mut children);
-        return Ok(());
-    }
+    // From here on a role that dies is restarted (supervise); Ctrl-C or SIGTERM stops both.
+    supervise::supervise(&mut roles, &set)
 }
 
 /// The `[edge.federation]` tables: partners on our users' port (or on `listen`), trusting the demo partners' CA,
@@ -242,63 +237,6 @@ fn federation_toml(listen: Option<u16>, partner_port: u16, partners: &[(&str, &s
         ));
     }
     s
-}
-
-fn spawn_role(config: &Path) -> Result<Child, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("up: cannot find my own binary: {e}"))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("run").arg("-c").arg(config).env("PARAPET_MEMLOCK_SHARE", "2").stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe; it makes the child stop when `up` dies, even by SIGKILL.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|e| format!("up: cannot start {}: {e}", config.display()))
-}
-
-fn exited(children: &mut [(&'static str, Child)]) -> Option<&'static str> {
-    for (name, c) in children.iter_mut() {
-        if matches!(c.try_wait(), Ok(Some(_))) {
-            return Some(name);
-        }
-    }
-    None
-}
-
-fn wait_ready(children: &mut [(&'static str, Child)], addrs: &[SocketAddr]) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        if let Some(name) = exited(children) {
-            return Err(format!("up: the {name} process failed to start (see its log above)"));
-        }
-        if addrs.iter().all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok()) {
-            return Ok(());
-        }
-        if start.elapsed() > READY_TIMEOUT {
-            return Err(format!("up: edge and pool not accepting on {addrs:?} after {READY_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stop(children: &mut [(&'static str, Child)]) {
-    for (_, c) in children.iter() {
-        // SAFETY: sending a signal to our own child by pid.
-        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    for (_, c) in children.iter_mut() {
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 }
 
 #[cfg(test)]

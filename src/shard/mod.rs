@@ -5,6 +5,9 @@
 //! Does not own: what runs on a core (edge, pool) — they receive a [`Shard`] and build their per-core state.
 //!
 //! Architecture invariant: cores share no mutable state; the mesh is the only channel between them.
+//! Architecture invariant: no process goes on with a dead core ([`watch`]).
+
+pub mod watch;
 
 use std::future::Future;
 use std::io;
@@ -111,9 +114,10 @@ fn has_cap_ipc_lock() -> bool {
 }
 
 /// Starts one executor per entry of `cores`, pinned to that CPU, all joined in one mesh, and runs `body` on each.
-/// Returns the join handles; `body` returning ends that executor.
+/// Returns the join handles; `body` returning ends that executor, which ends the process unless a drain was
+/// requested, and a panic on a core ends the process ([`watch`]).
 pub fn start<M, F, Fut>(
-    name: &str,
+    name: &'static str,
     cores: &[usize],
     mesh_capacity: usize,
     io_memory: usize,
@@ -124,6 +128,8 @@ where
     F: Fn(Shard<M>) -> Fut + Send + Clone + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    watch::exit_on_panic();
+    watch::expect_cores(cores.len());
     let mesh = MeshBuilder::<M, _>::full(cores.len(), mesh_capacity);
     let mut handles = Vec::with_capacity(cores.len());
     for &cpu in cores {
@@ -137,12 +143,16 @@ where
                 let (senders, receivers) = match mesh.join().await {
                     Ok(v) => v,
                     Err(e) => {
-                        tracing::error!("core {cpu}: could not join the mesh: {e}");
+                        tracing::error!("{name} on CPU {cpu}: could not join the mesh: {e}");
+                        watch::stopped(name, None);
                         return;
                     }
                 };
                 let id = senders.peer_id();
+                let alive = watch::core_started(name, id);
                 body(Shard { id, count, senders, receivers }).await;
+                drop(alive);
+                watch::stopped(name, Some(id));
             })
             .map_err(|e| io::Error::other(format!("starting executor on CPU {cpu}: {e}")))?;
         handles.push(h);

@@ -7,6 +7,7 @@ mod pjsua;
 mod support;
 
 mod challenges;
+mod core_death;
 mod edge_abuse;
 mod edge_security;
 mod federation;

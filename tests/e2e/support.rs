@@ -537,6 +537,17 @@ impl Appliance {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
+    /// `parapet up`'s exit status, if it has exited.
+    pub fn up_exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for a role started by [`Appliance::run_roles`] to exit; its status.
+    pub fn wait_role_exit(&mut self, role: &str, timeout: Duration) -> Option<ExitStatus> {
+        let (_, child) = self.roles.iter_mut().find(|(r, _)| *r == role)?;
+        wait_timeout(child, timeout)
+    }
+
     /// SIGTERM the appliance itself (not the group) and wait; returns its exit status.
     pub fn sigterm_and_wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
