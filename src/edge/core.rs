@@ -403,3 +403,6 @@ pub(super) fn is_myself(s: &EdgeSettings, uri: &Uri<'_>) -> bool {
     };
     named && port_ok && !uri.host.is_empty()
 }
+
+#[cfg(test)]
+mod tests;

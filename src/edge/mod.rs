@@ -21,6 +21,7 @@ pub mod guard;
 pub mod policy;
 pub mod reload;
 mod shell;
+pub mod testkit;
 pub mod token;
 pub mod upstream;
 
