@@ -92,6 +92,19 @@ impl Outbox {
         if req.method() == Some(&Method::Ack) {
             return;
         }
+        self.respond(conn, req, code, reason, extra);
+    }
+
+    /// A response of our own to `req`, whatever its method: the gate's refusals answer even an ACK, as they always
+    /// have (kept as it is by the move to a state machine).
+    pub(super) fn respond(
+        &mut self,
+        conn: ConnId,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        extra: &[(HeaderName, &[u8])],
+    ) {
         let mut out = BytesMut::with_capacity(512);
         sip::write_response(&mut out, req, code, reason, Some(b"edge"), extra, None);
         self.send(conn, out.freeze());

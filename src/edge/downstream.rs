@@ -65,6 +65,8 @@ impl DownTxns {
     }
 }
 
+// The names say which way a message goes (from a user, to a flow), not a conversion of the core.
+#[allow(clippy::wrong_self_convention)]
 impl EdgeCore {
     /// A request from the pool: the first Route carries the flow token we put in Path.
     pub(super) fn to_user(&mut self, from: ConnId, msg: Message, now: Instant) {

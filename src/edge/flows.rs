@@ -79,6 +79,10 @@ impl Flows {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    /// The connections that have a flow.
+    pub fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.map.keys().copied()
+    }
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

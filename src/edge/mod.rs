@@ -2,10 +2,12 @@
 //! forwards them to the pool over mutual TLS, and brings requests from the pool back to the right user's own
 //! connection, hiding every internal address on the way out.
 //!
-//! Owns, per core: the remote-user flows (this core's [`ConnTable`] plus [`flows::Flows`]), the connector to the
-//! pool, the internal listener on which the pool reaches users, and the transactions toward users whose internal
-//! Vias it keeps ([`downstream`]). Requests toward the pool need no state: the return path travels in our Via
-//! branch and in the flow token of the Path we add to REGISTERs ([`token`]).
+//! Per core, a state machine without I/O ([`core::EdgeCore`]: the remote-user flows ([`flows::Flows`]), the
+//! transactions toward users whose internal Vias it keeps ([`downstream`]), the flood guard, the federation table)
+//! and a shell around it (`shell`: the connection table, the connector to the pool, the internal listener on which
+//! the pool reaches users, the mesh) that feeds it inputs and performs the actions it returns. Requests toward the
+//! pool need no state: the return path travels in our Via branch and in the flow token of the Path we add to
+//! REGISTERs ([`token`]).
 //!
 //! Data path: user --TLS--> edge core (accepting) --mTLS--> pool; pool --mTLS--> edge internal listener (any core)
 //! --mesh--> core owning the user's flow --TLS--> user. Responses retrace Via.

@@ -184,12 +184,16 @@ impl Shell {
     }
 
     fn perform(self: &Rc<Self>, a: Action) {
-        let Err(a) = self.perform_plain(a) else { return };
         match a {
+            Action::Send { conn, bytes } => self.deliver(conn, bytes),
             Action::ToFlow { flow, bytes, txn, from, req } => {
-                if self.table.borrow().send(flow, &bytes).is_err() {
+                let queued = self.table.borrow().send(flow, &bytes).is_ok();
+                if !queued {
                     self.step(|core, _| core.flow_write_failed(txn, from, &req));
                 }
+            }
+            Action::Mesh { core, msg } => {
+                self.to_core(core, msg);
             }
             Action::MeshToFlow { core, from, flow, req } => {
                 let bytes = req.bytes().clone();
@@ -199,23 +203,7 @@ impl Shell {
             }
             Action::ToPool(bytes) => self.pool.send(self, bytes),
             Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, addr).send(self, bytes),
-            _ => {}
-        }
-    }
-
-    /// The actions that need neither a connector nor a step of their own; the others are handed back.
-    fn perform_plain(&self, a: Action) -> Result<(), Action> {
-        match a {
-            Action::Send { conn, bytes } => self.deliver(conn, bytes),
-            Action::Mesh { core, msg } => {
-                self.to_core(core, msg);
-            }
-            Action::CloseAddress(ip) => {
-                let table = self.table.borrow();
-                for c in table.iter().filter(|c| c.kind == ConnKind::User && c.peer.ip() == ip) {
-                    table.close(c.id);
-                }
-            }
+            Action::CloseAddress(ip) => self.close_address(ip),
             Action::PauseReading { conn, duration } => {
                 if let Some(c) = self.table.borrow().get(conn) {
                     c.pause_reading(duration);
@@ -224,9 +212,14 @@ impl Shell {
             Action::RecordBan { ip, reason, duration } => {
                 crate::mgmt::metrics::record_ban("edge", ip, reason, duration)
             }
-            other => return Err(other),
         }
-        Ok(())
+    }
+
+    fn close_address(&self, ip: std::net::IpAddr) {
+        let table = self.table.borrow();
+        for c in table.iter().filter(|c| c.kind == ConnKind::User && c.peer.ip() == ip) {
+            table.close(c.id);
+        }
     }
 
     /// Hands a message to another core; false when the mesh is full (counted).
@@ -346,10 +339,17 @@ impl Handler for Shell {
             core.take_actions(&mut actions);
             admitted
         };
-        // A ban's actions (close, record, tell the other cores): none needs a step of its own.
+        // A ban's actions (close, record, tell the other cores): none needs a connector or a step of its own.
         for a in actions.drain(..) {
-            if self.perform_plain(a).is_err() {
-                tracing::error!("an admission asked for more than a ban's actions: dropped");
+            match a {
+                Action::Mesh { core, msg } => {
+                    self.to_core(core, msg);
+                }
+                Action::CloseAddress(ip) => self.close_address(ip),
+                Action::RecordBan { ip, reason, duration } => {
+                    crate::mgmt::metrics::record_ban("edge", ip, reason, duration)
+                }
+                _ => tracing::error!("an admission asked for more than a ban's actions: dropped"),
             }
         }
         self.spare.set(actions);

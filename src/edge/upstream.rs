@@ -16,6 +16,8 @@ use crate::net::ConnId;
 use crate::pool::aor_of;
 use crate::sip::{self, Editor, HeaderName, Message, Method};
 
+// The names say which way a message goes (from a user, to a flow), not a conversion of the core.
+#[allow(clippy::wrong_self_convention)]
 impl EdgeCore {
     /// A remote user's request: checked, then on to the pool with our Via (and for REGISTER a Path naming this flow).
     pub(super) fn from_user(&mut self, conn: &ConnInfo<'_>, msg: &Message, now: Instant) {
@@ -32,7 +34,7 @@ impl EdgeCore {
             guard::Verdict::Refuse => {
                 bump(&self.estats.rate_limited);
                 let extra: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"10")];
-                self.out.reply_with(conn.id, msg, 503, "Service Unavailable: rate limit", extra);
+                self.out.respond(conn.id, msg, 503, "Service Unavailable: rate limit", extra);
                 return;
             }
             guard::Verdict::Ban(reason) => {
@@ -56,7 +58,7 @@ impl EdgeCore {
             Decision::Forward => {}
             Decision::KeepAlive => {
                 let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY, PUBLISH";
-                self.out.reply_with(conn.id, msg, 200, "OK", &[(HeaderName::Allow, allow)]);
+                self.out.respond(conn.id, msg, 200, "OK", &[(HeaderName::Allow, allow)]);
                 return;
             }
             Decision::Refuse { code, reason, why } => {
@@ -72,7 +74,7 @@ impl EdgeCore {
                 tracing::info!(peer = %conn.peer, ?why, "request refused at the edge");
                 let retry: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"5")];
                 let extra = if code == 503 { retry } else { &[] };
-                self.out.reply_with(conn.id, msg, code, reason, extra);
+                self.out.respond(conn.id, msg, code, reason, extra);
                 return;
             }
         }

@@ -70,7 +70,7 @@ impl EdgeCore {
     ) {
         let s = Arc::clone(&self.s);
         let Some(fed) = s.fed.as_ref() else { return };
-        let target = match relay_target(table, &conn.names, domain) {
+        let target = match relay_target(table, conn.names, domain) {
             Ok(t) => t,
             Err(why) => {
                 bump(&self.estats.federation_refused);

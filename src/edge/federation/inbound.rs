@@ -18,6 +18,8 @@ fn allowed(m: Method) -> bool {
     matches!(m, Method::Message | Method::Subscribe | Method::Notify | Method::Options | Method::Ack)
 }
 
+// The names say which way a message goes (from a user, to a flow), not a conversion of the core.
+#[allow(clippy::wrong_self_convention)]
 impl EdgeCore {
     /// A request from a federated peer: checked, then on to the pool marked as federated.
     pub(in crate::edge) fn from_partner(&mut self, conn: &ConnInfo<'_>, msg: &Message, now: Instant) {
@@ -45,7 +47,7 @@ impl EdgeCore {
         let (mut from_buf, mut to_buf, mut ruri_buf) = ([0u8; 256], [0u8; 256], [0u8; 256]);
         let from = host_lower(&msg.from().uri, &mut from_buf);
         let to_domain = host_lower(&msg.to().uri, &mut to_buf);
-        if !may_send_from(&table, &fed.domain, &conn.names, from) {
+        if !may_send_from(&table, &fed.domain, conn.names, from) {
             bump(&self.estats.federation_spoofed_from);
             tracing::warn!(peer = %conn.peer, names = ?conn.names, %from, "federated request From a domain the peer does not speak for");
             self.out.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");

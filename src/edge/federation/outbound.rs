@@ -15,6 +15,8 @@ use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{HeaderName, Message, Method, NameAddr};
 
+// The names say which way a message goes (from a user, to a flow), not a conversion of the core.
+#[allow(clippy::wrong_self_convention)]
 impl EdgeCore {
     /// A request from the pool (received on `from`) for a foreign domain: route it to the right peer.
     pub(in crate::edge) fn to_partner(&mut self, from: ConnId, msg: Message, now: Instant) {
