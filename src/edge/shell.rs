@@ -8,7 +8,6 @@
 //! mesh toward a flow's core full) is handed back as one more step.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -37,7 +36,7 @@ pub(super) struct Shell {
     pool: Rc<Connector>,
     s: Arc<EdgeSettings>,
     /// Connectors to federation peers, by certificate name (made on first use).
-    partners: RefCell<HashMap<String, Rc<Connector>>>,
+    partners: super::federation::PartnerConnectors,
     /// The reload generation this core's federation table comes from.
     fed_generation: Cell<u64>,
     /// The TLS configurations in force for federation on this core (swapped by a reload), and the slots of the
