@@ -6,8 +6,9 @@
 //! flow).
 //!
 //! Invariants, after every step: no panic; every flow belongs to a user connection opened and not closed; the
-//! transactions toward users stay within their cap; an input request gets at most one outcome (one final response
-//! back to its sender, or one forwarding), and a response is routed at most once.
+//! transactions toward users stay within their cap, and a flow's requests in flight within theirs; an input request
+//! gets at most one outcome (one final response back to its sender, or one forwarding), and a response is routed at
+//! most once. At the end, once every connection has closed, no flow is left.
 #![no_main]
 
 use std::collections::HashSet;
@@ -173,7 +174,12 @@ impl World {
     fn from_pool(&mut self, msg: Message) {
         let request = msg.is_request();
         let names = self.pool_names.clone();
-        let info = ConnInfo { id: POOL, kind: ConnKind::PeerOut, peer: "127.0.0.1:5062".parse().expect("addr"), names: &names };
+        let info = ConnInfo {
+            id: POOL,
+            kind: ConnKind::PeerOut,
+            peer: "127.0.0.1:5062".parse().expect("addr"),
+            names: &names,
+        };
         self.core.on_message(&info, msg, self.now);
         self.settle(Some((POOL, request)));
     }
@@ -243,16 +249,17 @@ impl World {
                         }
                     }
                     Action::CloseAddress(ip) => self.banned.push(ip),
-                    Action::Mesh { .. }
-                    | Action::PauseReading { .. }
-                    | Action::RecordBan { .. } => {}
+                    Action::Mesh { .. } | Action::PauseReading { .. } | Action::RecordBan { .. } => {}
                 }
             }
         }
         assert!(outcomes <= 1, "{outcomes} outcomes for one input");
-        let open: HashSet<ConnId> = self.conns.iter().filter(|c| c.open && c.kind == ConnKind::User).map(|c| c.id).collect();
+        let open: HashSet<ConnId> =
+            self.conns.iter().filter(|c| c.open && c.kind == ConnKind::User).map(|c| c.id).collect();
+        let in_flight_max = settings().flow_in_flight_max;
         for id in self.core.flows().ids() {
             assert!(open.contains(&id), "a flow without an open user connection: {id:?}");
+            assert!(self.core.flows().get(id).is_some_and(|f| f.in_flight <= in_flight_max));
         }
         assert!(self.core.flows().len() <= open.len());
         assert!(self.core.downstream_len() <= DOWNSTREAM_MAX);
