@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let mut flows = Flows::default();
     let registered = mode & 1 == 1;
     if registered {
+        flows.open(conn, [192, 0, 2, 7].into());
         flows.registered(conn, "alice@example.com".into(), true);
     }
     let is_myself = |u: &Uri<'_>| u.host_eq(b"127.0.0.1") || u.host_eq(b"example.com");

@@ -5,12 +5,13 @@
 //! the user's response arrives. The branch carries a MAC, so a user cannot make us route a response elsewhere.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{token, Edge, EdgeMsg};
+use super::core::{Action, EdgeCore};
+use super::{token, EdgeMsg};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{Editor, HeaderName, Message, NameAddr};
@@ -64,50 +65,54 @@ impl DownTxns {
     }
 }
 
-impl Edge {
+// The names say which way a message goes (from a user, to a flow), not a conversion of the core.
+#[allow(clippy::wrong_self_convention)]
+impl EdgeCore {
     /// A request from the pool: the first Route carries the flow token we put in Path.
-    pub(super) fn to_user(self: &Rc<Self>, from: ConnId, msg: Message) {
+    pub(super) fn to_user(&mut self, from: ConnId, msg: Message, now: Instant) {
         bump(&self.estats.requests_to_users);
         let route = msg.values(HeaderName::Route).next().and_then(|r| NameAddr::parse(r).ok());
         if route.as_ref().and_then(|na| na.uri.user) == Some(super::federation::FED_ROUTE_USER) {
-            self.to_partner(from, msg);
+            self.to_partner(from, msg, now);
             return;
         }
         let flow = route.and_then(|na| na.uri.user.and_then(|u| token::parse_flow(&self.s.key, u)));
         let Some(flow) = flow else {
             bump(&self.estats.tokens_refused);
-            self.reply(from, &msg, 404, "Not Found: no valid flow token");
+            self.out.reply(from, &msg, 404, "Not Found: no valid flow token");
             return;
         };
-        self.to_flow(from, flow, msg);
+        self.to_flow(from, flow, msg, now);
     }
 
     /// A request for the user on `flow` (from the pool, or in a federated dialog from a partner on `from`).
-    pub(super) fn to_flow(self: &Rc<Self>, from: ConnId, flow: ConnId, msg: Message) {
+    pub(super) fn to_flow(&mut self, from: ConnId, flow: ConnId, msg: Message, now: Instant) {
         if usize::from(flow.core) != self.id {
-            let bytes = msg.bytes().clone();
-            if !self.to_core(usize::from(flow.core), EdgeMsg::ToUser { from, flow, bytes }) {
-                self.reply(from, &msg, 503, "Service Unavailable");
-            }
+            self.out.push(Action::MeshToFlow { core: usize::from(flow.core), from, flow, req: msg });
             return;
         }
-        self.to_local_user(from, flow, msg);
+        self.to_local_user(from, flow, msg, now);
     }
 
     /// On the flow's core: hide the internal hops, remember them, write to the user.
-    pub(super) fn to_local_user(self: &Rc<Self>, from: ConnId, flow: ConnId, msg: Message) {
-        if self.table.borrow().get(flow).is_none() {
+    pub(super) fn to_local_user(&mut self, from: ConnId, flow: ConnId, msg: Message, now: Instant) {
+        // A flow token names a connection that sent us a request; its flow lives exactly as long as it does.
+        if self.flows.get(flow).is_none() {
             bump(&self.estats.flows_failed);
             // RFC 5626 §5.3: the flow this request was bound to is gone.
-            self.reply(from, &msg, 430, "Flow Failed");
+            self.out.reply(from, &msg, 430, "Flow Failed");
             return;
         }
-        let Some((id, out)) = self.hide_internal_hops(from, &msg, &self.s.listen_text, &[]) else { return };
-        if self.table.borrow().send(flow, &out).is_err() {
-            self.down.borrow_mut().map.remove(&id);
-            bump(&self.estats.flows_failed);
-            self.reply(from, &msg, 430, "Flow Failed");
-        }
+        let s = Arc::clone(&self.s);
+        let Some((txn, bytes)) = self.hide_internal_hops(from, &msg, &s.listen_text, &[], now) else { return };
+        self.out.push(Action::ToFlow { flow, bytes, txn, from, req: msg });
+    }
+
+    /// The shell could not queue [`Action::ToFlow`]: the transaction goes, and the pool learns the flow failed.
+    pub fn flow_write_failed(&mut self, txn: u64, from: ConnId, req: &Message) {
+        self.down.map.remove(&txn);
+        bump(&self.estats.flows_failed);
+        self.out.reply(from, req, 430, "Flow Failed");
     }
 
     /// A request leaving the edge (toward a user or a partner) with its internal hops hidden: its Vias wait in a
@@ -116,15 +121,16 @@ impl Edge {
     /// here instead (483, or 503 when the transaction table is full). `add` are lines put back after the removal
     /// (a federated dialog's Routes beyond us, our public Record-Route).
     pub(super) fn hide_internal_hops(
-        self: &Rc<Self>,
+        &mut self,
         from: ConnId,
         msg: &Message,
         via_host: &str,
         add: &[(HeaderName, &[u8])],
+        now: Instant,
     ) -> Option<(u64, Bytes)> {
         let max_forwards = msg.max_forwards().unwrap_or(70);
         if max_forwards == 0 {
-            self.reply(from, msg, 483, "Too Many Hops");
+            self.out.reply(from, msg, 483, "Too Many Hops");
             return None;
         }
         let mut vias = BytesMut::with_capacity(256);
@@ -134,9 +140,9 @@ impl Edge {
             }
             vias.extend_from_slice(v);
         }
-        let txn = DownTxn { back: from, vias: vias.freeze(), deadline: Instant::now() + self.s.downstream_timeout };
-        let Some(id) = self.down.borrow_mut().insert(txn) else {
-            self.reply(from, msg, 503, "Service Unavailable: too many transactions in progress");
+        let txn = DownTxn { back: from, vias: vias.freeze(), deadline: now + self.s.downstream_timeout };
+        let Some(id) = self.down.insert(txn) else {
+            self.out.reply(from, msg, 503, "Service Unavailable: too many transactions in progress");
             return None;
         };
         let mut via = Vec::with_capacity(96);
@@ -164,15 +170,15 @@ impl Edge {
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len());
         if ed.write(&mut out).is_err() {
-            self.down.borrow_mut().map.remove(&id);
-            self.reply(from, msg, 500, "Server Internal Error: too many edits");
+            self.down.map.remove(&id);
+            self.out.reply(from, msg, 500, "Server Internal Error: too many edits");
             return None;
         }
         Some((id, out.freeze()))
     }
 
     /// A user's response to a request we sent it: restore the internal Vias and return it to the pool.
-    pub(super) fn response_from_user(self: &Rc<Self>, msg: Message) {
+    pub(super) fn response_from_user(&mut self, msg: Message) {
         let branch = msg.top_via().and_then(|v| v.branch()).unwrap_or(b"");
         let Some(id) = token::parse_down_branch(&self.s.key, branch) else {
             bump(&self.estats.tokens_refused);
@@ -181,20 +187,15 @@ impl Edge {
         let core = (id >> 48) as usize;
         if core != self.id {
             let bytes = msg.bytes().clone();
-            self.to_core(core, EdgeMsg::Response { bytes });
+            self.out.push(Action::Mesh { core, msg: EdgeMsg::Response { bytes } });
             return;
         }
         let final_response = msg.status().unwrap_or(0) >= 200;
-        let (back, vias) = {
-            let mut down = self.down.borrow_mut();
-            let found = if final_response { down.map.remove(&id) } else { down.map.get(&id).map(|t| t.clone_ref()) };
-            match found {
-                Some(t) => (t.back, t.vias),
-                None => {
-                    bump(&self.estats.responses_unroutable);
-                    return;
-                }
-            }
+        let found =
+            if final_response { self.down.map.remove(&id) } else { self.down.map.get(&id).map(|t| t.clone_ref()) };
+        let Some(DownTxn { back, vias, .. }) = found else {
+            bump(&self.estats.responses_unroutable);
+            return;
         };
         bump(&self.estats.responses_routed);
         let mut ed = Editor::new(&msg);
@@ -203,7 +204,7 @@ impl Edge {
         let mut out = BytesMut::with_capacity(msg.bytes().len() + vias.len());
         // Two edits: cannot overflow.
         if ed.write(&mut out).is_ok() {
-            self.deliver(back, out.freeze());
+            self.out.send(back, out.freeze());
         }
     }
 }

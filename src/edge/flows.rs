@@ -1,15 +1,21 @@
 //! What the edge knows about each remote user's flow on this core: which AORs it has registered (and so may
-//! speak for), and how many of its requests are in flight. Removed when the connection closes.
+//! speak for), and how many of its requests are in flight.
+//!
+//! A flow entry exists only while its connection does: made by the first request the connection sends on
+//! ([`Flows::open`]), removed when it closes ([`Flows::remove`]). Nothing else creates one: a response arriving
+//! after the connection closed (a late REGISTER 2xx among them) finds no entry and adds nothing.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use crate::net::ConnId;
 
 /// Most AORs one connection may register (a client registers one or a few identities).
 const AORS_PER_FLOW_MAX: usize = 8;
 
-#[derive(Default)]
 pub struct Flow {
+    /// The address of the user's connection (for the lockout after failed credentials).
+    pub ip: IpAddr,
     aors: Vec<String>,
     pub in_flight: u32,
     /// This user's message budget, once registered (see `guard::Guard::admit_user_message`).
@@ -50,12 +56,17 @@ impl Flows {
     pub fn get_mut_registered(&mut self, id: ConnId) -> Option<&mut Flow> {
         self.map.get_mut(&id).filter(|f| f.is_authenticated())
     }
-    pub fn get_mut(&mut self, id: ConnId) -> &mut Flow {
-        self.map.entry(id).or_default()
+    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Flow> {
+        self.map.get_mut(&id)
     }
-    /// The registrar accepted a REGISTER for `aor` on this flow (`bound`: it still has bindings).
+    /// The flow of a live connection from `ip`, made on its first request.
+    pub fn open(&mut self, id: ConnId, ip: IpAddr) -> &mut Flow {
+        self.map.entry(id).or_insert_with(|| Flow { ip, aors: Vec::new(), in_flight: 0, bucket: None })
+    }
+    /// The registrar accepted a REGISTER for `aor` on this flow (`bound`: it still has bindings). Nothing when the
+    /// flow is gone (its connection closed before the response came).
     pub fn registered(&mut self, id: ConnId, aor: String, bound: bool) {
-        let f = self.map.entry(id).or_default();
+        let Some(f) = self.map.get_mut(&id) else { return };
         f.aors.retain(|a| *a != aor);
         if bound && f.aors.len() < AORS_PER_FLOW_MAX {
             f.aors.push(aor);
@@ -67,6 +78,10 @@ impl Flows {
     }
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+    /// The connections that have a flow.
+    pub fn ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.map.keys().copied()
     }
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
@@ -88,6 +103,7 @@ mod tests {
     fn speaks_for_uri_agrees_with_the_aor_key() {
         let mut flows = Flows::default();
         let id = ConnId { core: 0, gen: 0, slot: 0 };
+        flows.open(id, [192, 0, 2, 1].into());
         flows.registered(id, crate::pool::aor_of(&Uri::parse(b"sip:alice@Example.COM").expect("uri")), true);
         flows.registered(id, crate::pool::aor_of(&Uri::parse(b"sip:b%6Fb@example.com").expect("uri")), true);
         let f = flows.get(id).expect("flow");
@@ -104,5 +120,21 @@ mod tests {
             assert_eq!(f.speaks_for_uri(&u), expect, "{uri}");
             assert_eq!(f.speaks_for_uri(&u), f.speaks_for(&crate::pool::aor_of(&u)), "{uri}");
         }
+    }
+
+    #[test]
+    fn a_closed_flow_is_not_brought_back_by_a_late_response() {
+        let mut flows = Flows::default();
+        let id = ConnId { core: 0, gen: 3, slot: 9 };
+        flows.registered(id, "alice@example.com".into(), true);
+        assert!(flows.is_empty(), "no flow without a request from its connection");
+        flows.open(id, [192, 0, 2, 1].into()).in_flight += 1;
+        flows.registered(id, "alice@example.com".into(), true);
+        assert_eq!(flows.remove(id), vec!["alice@example.com".to_string()]);
+        // The connection closed; a late REGISTER 2xx and the response bookkeeping find nothing.
+        flows.registered(id, "bob@example.com".into(), true);
+        assert!(flows.get_mut(id).is_none());
+        assert!(flows.is_empty());
+        assert!(flows.remove(id).is_empty());
     }
 }

@@ -210,6 +210,7 @@ mod tests {
         let ctx = Ctx { flow: flows.get(conn), draining: false, in_flight_max: 4, is_myself: &is_myself };
         assert_eq!(decide(&req("REGISTER"), &ctx), Decision::Forward);
         assert!(matches!(decide(&req("MESSAGE"), &ctx), Decision::Refuse { why: Refusal::Unauthenticated, .. }));
+        flows.open(conn, [192, 0, 2, 7].into());
         flows.registered(conn, "carol@example.com".into(), true);
         let ctx = Ctx { flow: flows.get(conn), draining: false, in_flight_max: 4, is_myself: &is_myself };
         assert!(matches!(decide(&req("MESSAGE"), &ctx), Decision::Refuse { why: Refusal::SpoofedFrom, .. }));

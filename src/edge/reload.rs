@@ -23,11 +23,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::federation::{admits, FedTls, Limiter};
-use super::Edge;
+use super::core::EdgeCore;
+use super::federation::{FedTls, Limiter};
 use crate::config::{Config, ConfigError, FederationConfig};
 use crate::net::conn::bump;
-use crate::net::ConnKind;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static TABLE: Mutex<Option<(Arc<FederationConfig>, Arc<Limiter>)>> = Mutex::new(None);
@@ -135,52 +134,38 @@ fn summarize(old: &FederationConfig, new: &FederationConfig) -> String {
     )
 }
 
-impl Edge {
-    /// Once a second, from the sweep: when a reload published a new table, take it, forget connectors to peers it
-    /// no longer routes to, and close the federation connections of peers it no longer admits.
-    pub(super) fn apply_federation_reload(&self) {
-        let generation = generation();
-        if generation == self.fed_generation.get() {
-            return;
-        }
-        self.fed_generation.set(generation);
-        let Some((new, limits)) = current_both() else { return };
+/// A table published by a reload, for the cores to apply.
+pub struct Published {
+    pub generation: u64,
+    pub table: Arc<FederationConfig>,
+    pub limits: Arc<Limiter>,
+    /// The TLS configurations rebuilt from the files (None: those of the start stay in force).
+    pub tls: Option<FedTls>,
+}
+
+/// What a reload published after `applied`, if anything moved since.
+pub fn published_since(applied: u64) -> Option<Published> {
+    let generation = generation();
+    if generation == applied {
+        return None;
+    }
+    let (table, limits) = current_both()?;
+    let tls = TLS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Some(Published { generation, table, limits, tls })
+}
+
+impl EdgeCore {
+    /// A reload's table and per-peer limits, from then on (the shell swaps the TLS configurations, forgets the
+    /// connectors and closes the connections the table no longer admits). False when federation is not configured
+    /// here (nothing to apply).
+    pub fn apply_federation_table(&mut self, table: Arc<FederationConfig>, limits: Arc<Limiter>) -> bool {
         if self.s.fed.is_none() {
-            return;
+            return false;
         }
-        *self.fed_table.borrow_mut() = Some(new.clone());
-        *self.fed_limits.borrow_mut() = Some(limits);
-        if let Some(tls) = TLS.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            // New handshakes (accepted or made) use the reloaded certificates and trust; established ones stay.
-            if let Some(shared) = &tls.shared_user {
-                *self.user_tls_slot.borrow_mut() = shared.clone();
-            }
-            if let Some(slot) = &self.fed_tls_slot {
-                *slot.borrow_mut() = tls.server.clone();
-            }
-            for c in self.partners.borrow().values() {
-                c.set_tls(tls.client.clone());
-            }
-            *self.fed_tls.borrow_mut() = Some(tls);
-        }
+        self.fed_table = Some(table);
+        self.fed_limits = Some(limits);
         bump(&self.estats.federation_reloads);
-        let routed = |name: &str, addr: SocketAddr| {
-            new.partners.iter().any(|p| p.cert_name == name && p.addr == addr)
-                || new.clearinghouses.iter().any(|c| c.name == name && c.addr == addr)
-        };
-        self.partners.borrow_mut().retain(|name, c| routed(name, c.addr));
-        let table = self.table.borrow();
-        let mut cut = 0u64;
-        for c in table.iter() {
-            let federated = c.kind == ConnKind::Partner || (c.kind == ConnKind::PeerOut && !self.is_pool(c));
-            if federated && !admits(&new, &c.peer_names) {
-                tracing::info!(peer = %c.peer, names = ?c.peer_names, "federation peer removed by reload: closing");
-                table.close(c.id);
-                cut += 1;
-            }
-        }
-        self.estats.federation_peers_cut.add(cut);
-        tracing::info!(core = self.id, generation, closed = cut, "federation table applied");
+        true
     }
 }
 

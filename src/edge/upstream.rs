@@ -4,56 +4,52 @@
 //! pass; after it, a request must come From an identity the flow registered. Everything refused here never
 //! reaches the pool.
 
-use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::core::{is_myself, Action, ConnInfo, EdgeCore};
 use super::policy::{self, Decision, Refusal};
-use super::{guard, token, Edge};
+use super::{guard, token};
 use crate::net::conn::bump;
-use crate::net::{Conn, ConnId};
+use crate::net::ConnId;
 use crate::pool::aor_of;
 use crate::sip::{self, Editor, HeaderName, Message, Method};
 
-impl Edge {
+// The names say which way a message goes (from a user, to a flow), not a conversion of the core.
+#[allow(clippy::wrong_self_convention)]
+impl EdgeCore {
     /// A remote user's request: checked, then on to the pool with our Via (and for REGISTER a Path naming this flow).
-    pub(super) fn from_user(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
+    pub(super) fn from_user(&mut self, conn: &ConnInfo<'_>, msg: &Message, now: Instant) {
         bump(&self.estats.requests_from_users);
-        let now = std::time::Instant::now();
-        let verdict = {
-            let mut flows = self.flows.borrow_mut();
-            let mut guard = self.guard.borrow_mut();
-            match flows.get_mut_registered(conn.id) {
-                Some(flow) => {
-                    let bucket = flow.bucket.get_or_insert_with(|| guard.user_bucket(now));
-                    guard.admit_user_message(conn.peer.ip(), bucket, now)
-                }
-                None => guard.admit_message(conn.peer.ip(), now),
+        let verdict = match self.flows.get_mut_registered(conn.id) {
+            Some(flow) => {
+                let bucket = flow.bucket.get_or_insert_with(|| self.guard.user_bucket(now));
+                self.guard.admit_user_message(conn.peer.ip(), bucket, now)
             }
+            None => self.guard.admit_message(conn.peer.ip(), now),
         };
         match verdict {
             guard::Verdict::Allow => {}
             guard::Verdict::Refuse => {
                 bump(&self.estats.rate_limited);
                 let extra: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"10")];
-                let mut out = BytesMut::with_capacity(512);
-                sip::write_response(&mut out, msg, 503, "Service Unavailable: rate limit", Some(b"edge"), extra, None);
-                self.deliver(conn.id, out.freeze());
+                self.out.respond(conn.id, msg, 503, "Service Unavailable: rate limit", extra);
                 return;
             }
             guard::Verdict::Ban(reason) => {
                 bump(&self.estats.rate_limited);
-                self.ban(conn.peer.ip(), reason);
+                self.ban(conn.peer.ip(), reason, now);
                 return;
             }
         }
         let decision = {
-            let flows = self.flows.borrow();
-            let is_myself = |u: &sip::Uri<'_>| self.is_myself(u);
+            let s = &*self.s;
+            let is_myself = |u: &sip::Uri<'_>| is_myself(s, u);
             let ctx = policy::Ctx {
-                flow: flows.get(conn.id),
-                draining: crate::shard::draining(),
-                in_flight_max: self.s.flow_in_flight_max,
+                flow: self.flows.get(conn.id),
+                draining: self.draining,
+                in_flight_max: s.flow_in_flight_max,
                 is_myself: &is_myself,
             };
             policy::decide(msg, &ctx)
@@ -62,9 +58,7 @@ impl Edge {
             Decision::Forward => {}
             Decision::KeepAlive => {
                 let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY, PUBLISH";
-                let mut out = BytesMut::with_capacity(512);
-                sip::write_response(&mut out, msg, 200, "OK", Some(b"edge"), &[(HeaderName::Allow, allow)], None);
-                self.deliver(conn.id, out.freeze());
+                self.out.respond(conn.id, msg, 200, "OK", &[(HeaderName::Allow, allow)]);
                 return;
             }
             Decision::Refuse { code, reason, why } => {
@@ -80,58 +74,57 @@ impl Edge {
                 tracing::info!(peer = %conn.peer, ?why, "request refused at the edge");
                 let retry: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"5")];
                 let extra = if code == 503 { retry } else { &[] };
-                let mut out = BytesMut::with_capacity(512);
-                sip::write_response(&mut out, msg, code, reason, Some(b"edge"), extra, None);
-                self.deliver(conn.id, out.freeze());
+                self.out.respond(conn.id, msg, code, reason, extra);
                 return;
             }
         }
+        // The flow exists from its connection's first request on, until the connection closes.
+        let flow = self.flows.open(conn.id, conn.peer.ip());
         if msg.method() != Some(&Method::Ack) {
-            self.flows.borrow_mut().get_mut(conn.id).in_flight += 1;
+            flow.in_flight += 1;
         }
         let mut out = BytesMut::new();
         {
-            let mut scratch = self.scratch.borrow_mut();
-            let hop = policy::Hop { internal: &self.s.internal_text, key: &self.s.key, conn: conn.id, peer: conn.peer };
-            let is_myself = |u: &sip::Uri<'_>| self.is_myself(u);
+            let s = &*self.s;
+            let hop = policy::Hop { internal: &s.internal_text, key: &s.key, conn: conn.id, peer: conn.peer };
+            let is_myself = |u: &sip::Uri<'_>| is_myself(s, u);
             // Nine edits at most (four of our own Routes popped): cannot overflow.
-            let rewritten = policy::rewrite_for_pool(msg, &hop, &is_myself, &mut scratch, &mut out);
-            drop(scratch);
-            if rewritten.is_err() {
-                if let Some(f) = self.flows.borrow_mut().get_mut_registered(conn.id) {
+            if policy::rewrite_for_pool(msg, &hop, &is_myself, &mut self.scratch, &mut out).is_err() {
+                if let Some(f) = self.flows.get_mut_registered(conn.id) {
                     f.in_flight = f.in_flight.saturating_sub(1);
                 }
-                self.reply(conn.id, msg, 500, "Server Internal Error: too many edits");
+                self.out.reply(conn.id, msg, 500, "Server Internal Error: too many edits");
                 return;
             }
         }
-        self.pool.send(self, out.freeze());
+        self.out.push(Action::ToPool(out.freeze()));
     }
 
     /// The pool's response to a user's request; `back` is the user's connection, from our Via branch.
-    pub(super) fn response_to_user(self: &Rc<Self>, back: ConnId, msg: Message) {
+    pub(super) fn response_to_user(&mut self, back: ConnId, msg: Message, now: Instant) {
         if usize::from(back.core) != self.id {
             // The flow's bookkeeping lives on its own core.
             let bytes = msg.bytes().clone();
-            self.to_core(usize::from(back.core), super::EdgeMsg::Response { bytes });
+            self.out.push(Action::Mesh { core: usize::from(back.core), msg: super::EdgeMsg::Response { bytes } });
             return;
         }
-        if self.table.borrow().get(back).is_some_and(|c| c.kind == crate::net::ConnKind::Partner) {
+        if self.partner_conns.contains(&back) {
             self.response_to_partner(back, &msg);
             return;
         }
         let status = msg.status().unwrap_or(0);
         // Only failed credentials count toward the lockout (not, say, a registrar limit or a policy refusal).
         if status == 403 && msg.reason() == Some(crate::pool::auth::AUTH_FAILED_REASON.as_bytes()) {
-            self.auth_failed(back);
+            self.auth_failed(back, now);
         }
         if status >= 200 {
-            let mut flows = self.flows.borrow_mut();
-            let flow = flows.get_mut(back);
-            flow.in_flight = flow.in_flight.saturating_sub(1);
-            if (200..300).contains(&status) && msg.cseq().method == Method::Register {
-                let bound = msg.values(HeaderName::Contact).next().is_some();
-                flows.registered(back, aor_of(&msg.to().uri), bound);
+            // No flow (its connection closed meanwhile): nothing to count, and nothing is made for it.
+            if let Some(flow) = self.flows.get_mut(back) {
+                flow.in_flight = flow.in_flight.saturating_sub(1);
+                if (200..300).contains(&status) && msg.cseq().method == Method::Register {
+                    let bound = msg.values(HeaderName::Contact).next().is_some();
+                    self.flows.registered(back, aor_of(&msg.to().uri), bound);
+                }
             }
         }
         bump(&self.estats.responses_routed);
@@ -153,17 +146,17 @@ impl Edge {
         let mut out = BytesMut::with_capacity(msg.bytes().len());
         // At most three edits: cannot overflow.
         if ed.write(&mut out).is_ok() {
-            self.deliver(back, out.freeze());
+            self.out.send(back, out.freeze());
         }
     }
 
     /// The registrar refused this flow's credentials: count it against the address (lockout, fail2ban-like).
-    fn auth_failed(self: &Rc<Self>, flow: ConnId) {
-        let Some(ip) = self.table.borrow().get(flow).map(|c| c.peer.ip()) else { return };
+    fn auth_failed(&mut self, flow: ConnId, now: Instant) {
+        let Some(ip) = self.flows.get(flow).map(|f| f.ip) else { return };
         bump(&self.estats.auth_failures);
-        let verdict = self.guard.borrow_mut().auth_failed(ip, std::time::Instant::now());
+        let verdict = self.guard.auth_failed(ip, now);
         if let guard::Verdict::Ban(reason) = verdict {
-            self.ban(ip, reason);
+            self.ban(ip, reason, now);
         }
     }
 }

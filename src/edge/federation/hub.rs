@@ -10,13 +10,13 @@
 //! ones, and the in-dialog requests that come back with it are relayed by their To domain, dropping our entry and
 //! keeping the rest of the route set, so presence works across the hub as between direct partners.
 
-use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
-use super::super::Edge;
+use super::super::core::{Action, ConnInfo, EdgeCore};
 use super::{route_for, Target};
 use crate::config::FederationConfig;
 use crate::net::conn::bump;
-use crate::net::Conn;
 use crate::sip::{HeaderName, Message, Method, NameAddr};
 
 /// The user part of the Record-Route a hub puts on the dialogs it relays.
@@ -57,24 +57,26 @@ fn relay_target<'a>(cfg: &'a FederationConfig, from_names: &[String], domain: &s
     Ok(target)
 }
 
-impl Edge {
+impl EdgeCore {
     /// A member's request (already checked: peer and From domain) for `domain`, which is not ours: relay it to the
     /// member (or clearinghouse) serving that domain.
     pub(in crate::edge) fn relay_between_members(
-        self: &Rc<Self>,
-        conn: &Rc<Conn>,
+        &mut self,
+        conn: &ConnInfo<'_>,
         msg: &Message,
         table: &FederationConfig,
         domain: &str,
+        now: Instant,
     ) {
-        let Some(fed) = self.s.fed.as_ref() else { return };
-        let target = match relay_target(table, &conn.peer_names, domain) {
+        let s = Arc::clone(&self.s);
+        let Some(fed) = s.fed.as_ref() else { return };
+        let target = match relay_target(table, conn.names, domain) {
             Ok(t) => t,
             Err(why) => {
                 bump(&self.estats.federation_refused);
-                tracing::info!(peer = %conn.peer, names = ?conn.peer_names, %domain, ?why, "clearinghouse: not relayed");
+                tracing::info!(peer = %conn.peer, names = ?conn.names, %domain, ?why, "clearinghouse: not relayed");
                 let (code, reason) = why.status();
-                self.reply(conn.id, msg, code, reason);
+                self.out.reply(conn.id, msg, code, reason);
                 return;
             }
         };
@@ -90,9 +92,9 @@ impl Edge {
             add.push((HeaderName::RecordRoute, fed.hub_rr.as_bytes()));
         }
         add.extend(msg.values(HeaderName::RecordRoute).map(|r| (HeaderName::RecordRoute, r)));
-        let Some((_, out)) = self.hide_internal_hops(conn.id, msg, &fed.listen_text, &add) else { return };
+        let Some((_, bytes)) = self.hide_internal_hops(conn.id, msg, &fed.listen_text, &add, now) else { return };
         bump(&self.estats.federation_relayed);
-        self.partner_connector(&target, fed).send(self, out);
+        self.out.push(Action::ToPartner { name: target.name.to_string(), addr: target.addr, bytes });
     }
 }
 

@@ -1,14 +1,16 @@
 //! Requests from federation peers (partners' edges, clearinghouses): checked, then handed to the pool (or, at a
 //! clearinghouse, relayed to another member: [`super::hub`]).
 
-use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::super::{token, Edge};
+use super::super::core::{Action, ConnInfo, EdgeCore};
+use super::super::token;
 use super::{host_lower, may_send_from};
 use crate::net::conn::bump;
-use crate::net::{Conn, ConnId};
+use crate::net::ConnId;
 use crate::sip::{Editor, HeaderName, Message, Method, NameAddr};
 
 /// Route values a federated request may carry.
@@ -19,19 +21,22 @@ fn allowed(m: Method) -> bool {
     matches!(m, Method::Message | Method::Subscribe | Method::Notify | Method::Options | Method::Ack)
 }
 
-impl Edge {
+// The names say which way a message goes (from a user, to a flow), not a conversion of the core.
+#[allow(clippy::wrong_self_convention)]
+impl EdgeCore {
     /// A request from a federated peer: checked, then on to the pool marked as federated.
-    pub(in crate::edge) fn from_partner(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) {
-        let Some(fed) = self.s.fed.as_ref() else { return };
+    pub(in crate::edge) fn from_partner(&mut self, conn: &ConnInfo<'_>, msg: &Message, now: Instant) {
+        let s = Arc::clone(&self.s);
+        let Some(fed) = s.fed.as_ref() else { return };
         bump(&self.estats.requests_from_partners);
         let method = msg.method().copied().unwrap_or(Method::Other);
         // Before any other check: every request a peer sends counts against its rate (an ACK has no answer).
-        if method != Method::Ack && self.partner_over_rate(conn, msg) {
+        if method != Method::Ack && self.partner_over_rate(conn, msg, now) {
             return;
         }
         if !allowed(method) {
             bump(&self.estats.federation_refused);
-            self.reply(conn.id, msg, 405, "Method Not Allowed");
+            self.out.reply(conn.id, msg, 405, "Method Not Allowed");
             return;
         }
         if method == Method::Ack {
@@ -41,21 +46,21 @@ impl Edge {
             // Dialogs across organizations carry a few entries (our edge, theirs, a clearinghouse).
             bump(&self.estats.federation_refused);
             tracing::info!(peer = %conn.peer, "federated request with a route set over {ROUTE_SET_MAX}: refused");
-            self.reply(conn.id, msg, 483, "Too Many Hops: route set too long");
+            self.out.reply(conn.id, msg, 483, "Too Many Hops: route set too long");
             return;
         }
-        if crate::shard::draining() {
-            self.reply(conn.id, msg, 503, "Service Unavailable: shutting down");
+        if self.draining {
+            self.out.reply(conn.id, msg, 503, "Service Unavailable: shutting down");
             return;
         }
-        let Some(table) = self.fed_table.borrow().clone() else { return };
+        let Some(table) = self.fed_table.clone() else { return };
         let (mut from_buf, mut to_buf, mut ruri_buf) = ([0u8; 256], [0u8; 256], [0u8; 256]);
         let from = host_lower(&msg.from().uri, &mut from_buf);
         let to_domain = host_lower(&msg.to().uri, &mut to_buf);
-        if !may_send_from(&table, &fed.domain, &conn.peer_names, from) {
+        if !may_send_from(&table, &fed.domain, conn.names, from) {
             bump(&self.estats.federation_spoofed_from);
-            tracing::warn!(peer = %conn.peer, names = ?conn.peer_names, %from, "federated request From a domain the peer does not speak for");
-            self.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");
+            tracing::warn!(peer = %conn.peer, names = ?conn.names, %from, "federated request From a domain the peer does not speak for");
+            self.out.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");
             return;
         }
         if let Some(flow) = self.flow_in_route(msg) {
@@ -63,38 +68,38 @@ impl Edge {
             // user's flow token): straight to that flow, provided it is addressed to one of ours.
             if to_domain != fed.domain || method != Method::Notify {
                 bump(&self.estats.federation_refused);
-                self.reply(conn.id, msg, 403, "Forbidden: not a request within a dialog of ours");
+                self.out.reply(conn.id, msg, 403, "Forbidden: not a request within a dialog of ours");
                 return;
             }
             bump(&self.estats.federation_in_dialog);
-            self.to_flow(conn.id, flow, msg.clone());
+            self.to_flow(conn.id, flow, msg.clone(), now);
             return;
         }
         let Some(ruri) = msg.request_uri_parsed() else {
-            self.reply(conn.id, msg, 416, "Unsupported URI Scheme");
+            self.out.reply(conn.id, msg, 416, "Unsupported URI Scheme");
             return;
         };
         if table.clearinghouse {
             // Within a dialog the Request-URI is the far end's Contact: the To domain names the member.
             let domain = if msg.to().tag().is_some() { to_domain } else { host_lower(&ruri, &mut ruri_buf) };
             if domain != fed.domain {
-                self.relay_between_members(conn, msg, &table, domain);
+                self.relay_between_members(conn, msg, &table, domain, now);
                 return;
             }
         }
         let domain = host_lower(&ruri, &mut ruri_buf);
         if domain != fed.domain && !self.is_myself(&ruri) {
             bump(&self.estats.federation_refused);
-            self.reply(conn.id, msg, 404, "Not Found: domain not served here");
+            self.out.reply(conn.id, msg, 404, "Not Found: domain not served here");
             return;
         }
         if method == Method::Options && ruri.user.is_none() {
-            self.reply(conn.id, msg, 200, "OK");
+            self.out.reply(conn.id, msg, 200, "OK");
             return;
         }
         let max_forwards = msg.max_forwards().unwrap_or(70);
         if max_forwards == 0 {
-            self.reply(conn.id, msg, 483, "Too Many Hops");
+            self.out.reply(conn.id, msg, 483, "Too Many Hops");
             return;
         }
         let salt = msg.top_via().map(|v| token::hash(v.branch().unwrap_or(v.raw))).unwrap_or(0);
@@ -120,7 +125,7 @@ impl Edge {
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
         // At most seven edits: cannot overflow.
         if ed.write(&mut out).is_ok() {
-            self.pool.send(self, out.freeze());
+            self.out.push(Action::ToPool(out.freeze()));
         }
     }
 
@@ -133,7 +138,7 @@ impl Edge {
 
     /// The pool's response to a partner's request, on the partner connection's core: our Via off, our internal
     /// Record-Route (a dialog the partner opened) shown at our federation address instead, then back.
-    pub(in crate::edge) fn response_to_partner(self: &Rc<Self>, back: ConnId, msg: &Message) {
+    pub(in crate::edge) fn response_to_partner(&mut self, back: ConnId, msg: &Message) {
         bump(&self.estats.responses_routed);
         let mut ed = Editor::new(msg);
         ed.pop_via();
@@ -152,7 +157,7 @@ impl Edge {
         }
         let mut out = BytesMut::with_capacity(msg.bytes().len());
         if ed.write(&mut out).is_ok() {
-            self.deliver(back, out.freeze());
+            self.out.send(back, out.freeze());
         }
     }
 }

@@ -18,18 +18,15 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use bytes::BytesMut;
-
-use super::super::Edge;
+use super::super::core::{Action, ConnInfo, EdgeCore};
 use crate::config::{FederationConfig, PeerLimits};
 use crate::net::conn::bump;
-use crate::net::{Conn, ConnKind};
-use crate::sip::{self, HeaderName, Message};
+use crate::net::ConnKind;
+use crate::sip::{HeaderName, Message};
 
 /// Slots for unknown peers' states (each 64 bytes).
 const UNKNOWN_SLOTS: usize = 1024;
@@ -43,10 +40,12 @@ const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// Retry-After is never more than this (seconds): a peer retrying later than that needs no hint from us.
 const RETRY_AFTER_MAX_S: u64 = 3600;
 
-/// Nanoseconds on the monotonic clock shared by every core (since the first call).
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// `at` in nanoseconds on the monotonic clock every core shares (since its first reading; 0 before it): how time
+/// given to the logic as an `Instant` reads against the buckets of every core.
+pub fn ns_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_nanos() as u64
 }
 
 /// One peer's live state, touched by every core its connections land on. Aligned to a cache line so that two
@@ -246,18 +245,18 @@ fn decimal(v: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// has no state of its own to throttle by).
 static NOT_ADMITTED_LOG: LogThrottle = LogThrottle::new();
 
-impl Edge {
+impl EdgeCore {
     /// A peer after its handshake, on a federation connection of `kind`, by its certificate names: admitted by
     /// the table in force on this core and under its connection cap, it gets the slot the listener holds while
     /// the connection lives; otherwise it is refused (counted, logged at most every 10 s).
-    pub(in crate::edge) fn admit_federation_peer(&self, kind: ConnKind, names: &[String]) -> Option<ConnSlot> {
-        let admitted = self.fed_table.borrow().as_ref().is_some_and(|t| super::admits(t, names));
-        let limits = self.fed_limits.borrow();
-        let state = match (admitted, limits.as_ref()) {
+    pub fn admit_federation_peer(&self, kind: ConnKind, names: &[String], now: Instant) -> Option<ConnSlot> {
+        let now_ns = ns_at(now);
+        let admitted = self.fed_table.as_ref().is_some_and(|t| super::admits(t, names));
+        let state = match (admitted, self.fed_limits.as_ref()) {
             (true, Some(l)) => l.state(names),
             _ => {
                 bump(&self.estats.federation_connections_refused);
-                if NOT_ADMITTED_LOG.ready(now_ns()) {
+                if NOT_ADMITTED_LOG.ready(now_ns) {
                     tracing::warn!(
                         ?kind,
                         ?names,
@@ -270,7 +269,7 @@ impl Edge {
         let slot = state.connect();
         if slot.is_none() {
             bump(&self.estats.federation_connections_refused);
-            if state.capped_log.ready(now_ns()) {
+            if state.capped_log.ready(now_ns) {
                 tracing::warn!(
                     ?names,
                     connections = state.connections(),
@@ -283,33 +282,24 @@ impl Edge {
 
     /// A federated peer's request over its rate: answered 503 with Retry-After (RFC 3261 §21.5.4), counted, and
     /// logged at most once per peer per [`LOG_INTERVAL_MS`]. True when refused (it must not go on).
-    pub(in crate::edge) fn partner_over_rate(self: &Rc<Self>, conn: &Rc<Conn>, msg: &Message) -> bool {
-        let limits = self.fed_limits.borrow();
-        let Some(limiter) = limits.as_ref() else { return false };
-        let state = limiter.state(&conn.peer_names);
-        let now = now_ns();
+    pub(in crate::edge) fn partner_over_rate(&mut self, conn: &ConnInfo<'_>, msg: &Message, now: Instant) -> bool {
+        let Some(limiter) = self.fed_limits.as_ref() else { return false };
+        let state = limiter.state(conn.names);
+        let now = ns_at(now);
         let Err(wait_ns) = state.take(now) else { return false };
         bump(&self.estats.federation_rate_limited);
         if state.refused_and_log(now) {
-            tracing::warn!(peer = %conn.peer, names = ?conn.peer_names, refused_total = state.refused(),
+            tracing::warn!(peer = %conn.peer, names = ?conn.names, refused_total = state.refused(),
                 "federation peer over its message rate: answering 503 (logged at most every 10 s)");
         }
         let mut digits = [0u8; 20];
         let retry = decimal(retry_after_s(wait_ns), &mut digits);
-        let mut out = BytesMut::with_capacity(512);
-        sip::write_response(
-            &mut out,
-            msg,
-            503,
-            "Service Unavailable: federation rate limit",
-            Some(b"edge"),
-            &[(HeaderName::RetryAfter, retry)],
-            None,
-        );
-        self.deliver(conn.id, out.freeze());
+        let extra: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, retry)];
+        self.out.reply_with(conn.id, msg, 503, "Service Unavailable: federation rate limit", extra);
         // A peer that keeps sending while told to wait is read no faster than its rate: its next requests wait in
         // TCP, not in a refusal each (what lets one partner's flood leave the core to the others).
-        conn.pause_reading(std::time::Duration::from_nanos(wait_ns).clamp(PAUSE_MIN, PAUSE_MAX));
+        let duration = std::time::Duration::from_nanos(wait_ns).clamp(PAUSE_MIN, PAUSE_MAX);
+        self.out.push(Action::PauseReading { conn: conn.id, duration });
         true
     }
 }

@@ -1,0 +1,205 @@
+//! [`EdgeCore`] driven with values: inputs in, actions out, no sockets.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::sip::{HeaderName, Limits, Message};
+
+fn settings() -> Arc<EdgeSettings> {
+    static S: OnceLock<Arc<EdgeSettings>> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("parapet-edge-core-test-{}", std::process::id()));
+        Arc::new(crate::edge::testkit::settings(&dir).expect("settings"))
+    })
+    .clone()
+}
+
+fn core() -> EdgeCore {
+    EdgeCore::new(settings(), 0, 2, Arc::new(EdgeStats::default()))
+}
+
+const USER: ConnId = ConnId { core: 0, gen: 1, slot: 1 };
+const POOL: ConnId = ConnId { core: 0, gen: 1, slot: 2 };
+
+fn user() -> ConnInfo<'static> {
+    ConnInfo { id: USER, kind: ConnKind::User, peer: "192.0.2.10:40000".parse().expect("addr"), names: &[] }
+}
+
+fn pool_names() -> &'static [String] {
+    static N: OnceLock<Vec<String>> = OnceLock::new();
+    N.get_or_init(|| vec!["pool.example.com".to_string()])
+}
+
+fn pool() -> ConnInfo<'static> {
+    ConnInfo { id: POOL, kind: ConnKind::PeerOut, peer: "127.0.0.1:5062".parse().expect("addr"), names: pool_names() }
+}
+
+fn parse(b: impl Into<Bytes>) -> Message {
+    Message::parse(b.into(), &crate::net::conn::peer_limits(&Limits::default())).expect("parses")
+}
+
+fn request(method: &str, from: &str) -> Message {
+    parse(format!(
+        "{method} sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.10:40000;branch=z9hG4bKu1\r\nMax-Forwards: 70\r\n\
+         From: <sip:{from}@example.com>;tag=1\r\nTo: <sip:{from}@example.com>\r\nCall-ID: c1\r\nCSeq: 1 {method}\r\n\
+         Contact: <sip:{from}@192.0.2.10:40000;transport=tls>\r\nContent-Length: 0\r\n\r\n"
+    ))
+}
+
+fn actions(core: &mut EdgeCore) -> Vec<Action> {
+    let mut v = Vec::new();
+    core.take_actions(&mut v);
+    v
+}
+
+/// The one request the core sent to the pool in `actions`.
+fn to_pool(actions: &[Action]) -> Message {
+    let sent: Vec<&Bytes> =
+        actions.iter().filter_map(|a| if let Action::ToPool(b) = a { Some(b) } else { None }).collect();
+    assert_eq!(sent.len(), 1, "one request to the pool");
+    parse(sent[0].clone())
+}
+
+/// The pool's answer to `fwd` (its Vias copied, ours on top).
+fn pool_response(fwd: &Message, code: u16, extra: &[(HeaderName, &[u8])]) -> Message {
+    let mut out = BytesMut::new();
+    crate::sip::write_response(&mut out, fwd, code, "OK", Some(b"t1"), extra, None);
+    parse(out.freeze())
+}
+
+fn sent_to(actions: &[Action], conn: ConnId) -> Vec<Message> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn: c, bytes } if *c == conn => Some(parse(bytes.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A REGISTER from `user()` through to the pool and its 200 back: the flow is registered for alice.
+fn register(core: &mut EdgeCore, now: Instant) -> Message {
+    core.on_message(&user(), request("REGISTER", "alice"), now);
+    let fwd = to_pool(&actions(core));
+    let ok = pool_response(&fwd, 200, &[(HeaderName::Contact, b"<sip:alice@192.0.2.10:40000;transport=tls>")]);
+    core.on_message(&pool(), ok, now);
+    fwd
+}
+
+#[test]
+fn a_register_goes_to_the_pool_with_our_via_and_a_path() {
+    let mut c = core();
+    c.on_message(&user(), request("REGISTER", "alice"), Instant::now());
+    let fwd = to_pool(&actions(&mut c));
+    let via = fwd.top_via().expect("via");
+    assert!(via.raw.starts_with(format!("SIP/2.0/TLS {}", settings().internal_text).as_bytes()));
+    assert_eq!(token::parse_up_branch(via.branch().expect("branch")), Some(USER));
+    let path = fwd.header(HeaderName::Path).expect("path");
+    let na = crate::sip::NameAddr::parse(path).expect("name-addr");
+    assert_eq!(token::parse_flow(&settings().key, na.uri.user.expect("user")), Some(USER));
+    assert_eq!(c.flows().len(), 1, "the flow exists from its first request on");
+}
+
+#[test]
+fn the_pools_response_is_written_to_the_user_without_our_via() {
+    let mut c = core();
+    let now = Instant::now();
+    c.on_message(&user(), request("REGISTER", "alice"), now);
+    let fwd = to_pool(&actions(&mut c));
+    let ok = pool_response(&fwd, 200, &[(HeaderName::Contact, b"<sip:alice@192.0.2.10:40000;transport=tls>")]);
+    c.on_message(&pool(), ok, now);
+    let out = sent_to(&actions(&mut c), USER);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status(), Some(200));
+    assert_eq!(out[0].values(HeaderName::Via).count(), 1, "only the user's own Via");
+    assert!(out[0].top_via().expect("via").raw.starts_with(b"SIP/2.0/TLS 192.0.2.10:40000"));
+    assert!(c.flows().get(USER).is_some_and(|f| f.is_authenticated() && f.in_flight == 0));
+}
+
+#[test]
+fn an_unregistered_message_is_refused_403() {
+    let mut c = core();
+    c.on_message(&user(), request("MESSAGE", "alice"), Instant::now());
+    let a = actions(&mut c);
+    assert!(!a.iter().any(|a| matches!(a, Action::ToPool(_))), "nothing reaches the pool");
+    let out = sent_to(&a, USER);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status(), Some(403));
+    assert!(c.flows().is_empty(), "a refused request makes no flow");
+}
+
+#[test]
+fn closing_a_registered_flow_tells_the_pool() {
+    let mut c = core();
+    register(&mut c, Instant::now());
+    let _ = actions(&mut c);
+    c.on_closed(&user());
+    let notice = to_pool(&actions(&mut c));
+    assert_eq!(notice.method(), Some(&crate::sip::Method::Notify));
+    assert_eq!(notice.header(HeaderName::Event), Some(crate::edge::FLOW_CLOSED_EVENT.as_bytes()));
+    assert_eq!(notice.request_uri(), Some(&b"sip:alice@example.com"[..]));
+    assert!(c.flows().is_empty());
+}
+
+#[test]
+fn a_late_response_after_the_close_makes_no_flow() {
+    let mut c = core();
+    let now = Instant::now();
+    register(&mut c, now);
+    // A second REGISTER (bob) in flight when the connection closes.
+    c.on_message(&user(), request("REGISTER", "bob"), now);
+    let fwd = to_pool(&actions(&mut c));
+    c.on_closed(&user());
+    let _ = actions(&mut c);
+    assert!(c.flows().is_empty());
+    // Its 2xx arrives late: nothing is recreated, and no AOR is added to a flow that is gone.
+    let ok = pool_response(&fwd, 200, &[(HeaderName::Contact, b"<sip:bob@192.0.2.10:40000;transport=tls>")]);
+    c.on_message(&pool(), ok, now);
+    let _ = actions(&mut c);
+    assert!(c.flows().is_empty(), "a late REGISTER 2xx recreated the flow");
+    // A late 403 (failed credentials) neither.
+    let refused = pool_response(&fwd, 403, &[]);
+    c.on_message(&pool(), refused, now);
+    assert!(c.flows().is_empty());
+    // And a second close of the same id tells the pool nothing.
+    c.on_closed(&user());
+    assert!(!actions(&mut c).iter().any(|a| matches!(a, Action::ToPool(_))));
+}
+
+#[test]
+fn a_request_for_a_closed_flow_gets_430() {
+    let mut c = core();
+    let now = Instant::now();
+    let fwd = register(&mut c, now);
+    let _ = actions(&mut c);
+    let path = fwd.header(HeaderName::Path).expect("path").to_vec();
+    let msg = |cseq: u32| {
+        let mut t = format!(
+            "MESSAGE sip:alice@192.0.2.10:40000 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5062;branch=z9hG4bKp{cseq}\r\n\
+             Route: "
+        )
+        .into_bytes();
+        t.extend_from_slice(&path);
+        t.extend_from_slice(
+            format!(
+                "\r\nMax-Forwards: 69\r\nFrom: <sip:bob@example.com>;tag=2\r\nTo: <sip:alice@example.com>\r\n\
+                 Call-ID: m{cseq}\r\nCSeq: {cseq} MESSAGE\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        parse(t)
+    };
+    c.on_message(&pool(), msg(1), now);
+    let a = actions(&mut c);
+    assert!(a.iter().any(|a| matches!(a, Action::ToFlow { flow, .. } if *flow == USER)));
+    assert_eq!(c.downstream_len(), 1);
+    c.on_closed(&user());
+    let _ = actions(&mut c);
+    c.on_message(&pool(), msg(2), now);
+    let out = sent_to(&actions(&mut c), POOL);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status(), Some(430));
+}
