@@ -90,9 +90,36 @@ pub struct CoreSettings {
     /// Hosts that mean "this domain" in a Request-URI.
     pub local_hosts: Vec<String>,
     pub presence: presence::PresenceSettings,
+    /// Outstanding nonces per core (oldest evicted first).
+    pub nonces_max: usize,
+    /// Forked transactions per core (more get 503).
+    pub transactions_max: usize,
 }
 
-/// Bounds of the core's tables (fixed; the fuzz target checks them).
+impl CoreSettings {
+    /// Settings with the configuration's defaults, for a domain and its users (tests, fuzzing, tools).
+    pub fn with_defaults(domain: &str, listen: SocketAddr, edges: Vec<SocketAddr>, users: Users) -> CoreSettings {
+        CoreSettings {
+            domain: domain.to_ascii_lowercase(),
+            realm: domain.to_ascii_lowercase(),
+            listen,
+            limits: crate::net::conn::peer_limits(&Limits::default()),
+            edges,
+            users,
+            registrar: RegistrarLimits::default(),
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            nonce_ttl_s: 300,
+            nonce_secret: [7; 32],
+            transaction_timeout: Duration::from_secs(32),
+            local_hosts: vec![domain.to_ascii_lowercase()],
+            presence: presence::PresenceSettings::default(),
+            nonces_max: NONCES_MAX,
+            transactions_max: TRANSACTIONS_MAX,
+        }
+    }
+}
+
+/// Default bounds of the core's tables.
 pub const NONCES_MAX: usize = 65_536;
 pub const TRANSACTIONS_MAX: usize = 65_536;
 
@@ -133,8 +160,8 @@ impl PoolCore {
             count,
             pstats,
             registrar: Registrar::new(s.registrar),
-            nonces: NonceKeeper::new(s.nonce_secret, id as u16, s.nonce_ttl_s, NONCES_MAX),
-            txns: proxy::Transactions::new(TRANSACTIONS_MAX),
+            nonces: NonceKeeper::new(s.nonce_secret, id as u16, s.nonce_ttl_s, s.nonces_max),
+            txns: proxy::Transactions::new(s.transactions_max),
             presence: presence::Presence::new(&s.presence, id, count, salt),
             unsaved: super::persist::Unsaved::default(),
             now,
@@ -488,3 +515,6 @@ impl PoolCore {
         self.s.local_hosts.iter().any(|h| uri.host_eq(h.as_bytes()))
     }
 }
+
+#[cfg(test)]
+mod tests;

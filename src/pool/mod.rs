@@ -180,6 +180,8 @@ impl PoolSettings {
             transaction_timeout: Duration::from_millis(p.transaction_timeout_ms),
             local_hosts: vec![cfg.domain.to_ascii_lowercase()],
             presence,
+            nonces_max: core::NONCES_MAX,
+            transactions_max: core::TRANSACTIONS_MAX,
         };
         Ok(PoolSettings {
             core: Arc::new(core),
