@@ -7,6 +7,9 @@
 //! the *target* (lookup, fork) -> responses come back to that core's connectors -> (mesh) receiving core.
 //!
 //! Architecture invariant: user state is touched only on the core that owns the user's AOR.
+//!
+//! Structure: [`core::PoolCore`] is the logic and state of one core, without I/O (inputs in, [`Action`]s out);
+//! [`shell`] runs it on a glommio executor and performs its actions.
 
 pub mod auth;
 pub mod core;
