@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 secs=${1:-1800}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
-targets=(parse_edit edge_request edge_core)
+targets=(parse_edit edge_request edge_core pool_core)
 cargo fuzz build --sanitizer none "${targets[@]/#/}" >/dev/null 2>&1 || cargo fuzz build --sanitizer none
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"

@@ -1,13 +1,11 @@
 //! Digest authentication of requests (RFC 3261 §22, RFC 7616, RFC 8760): REGISTER is challenged with 401, every
 //! other request with 407. Runs on the core owning the authenticating user, where its nonces live.
 
-use std::rc::Rc;
-
 use bytes::BytesMut;
 
 use super::digest::{self, Algorithm, NonceCheck};
 use super::users::UserRec;
-use super::{aor_of, now_secs, Pool};
+use super::{aor_of, PoolCore};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{self, DigestChallenge, HeaderName, Message, Method};
@@ -17,9 +15,9 @@ use crate::sip::{self, DigestChallenge, HeaderName, Message, Method};
 /// toward an address's lockout.
 pub const AUTH_FAILED_REASON: &str = "Forbidden: wrong credentials";
 
-impl Pool {
+impl PoolCore {
     /// The authenticated user, or None once the request has been answered (challenge or refusal).
-    pub(crate) fn authenticate(self: &Rc<Self>, origin: ConnId, msg: &Message) -> Option<UserRec> {
+    pub(crate) fn authenticate(&mut self, origin: ConnId, msg: &Message) -> Option<UserRec> {
         let register = msg.method() == Some(&Method::Register);
         let (header, claimed) = if register {
             (HeaderName::Authorization, aor_of(&msg.to().uri))
@@ -54,10 +52,10 @@ impl Pool {
             return None;
         };
         let nc = c.nc.and_then(digest::parse_nc);
-        let now = now_secs();
+        let now = self.now.secs;
         // peek before verify, check after: a forged request must not advance the nonce's count.
         // The verdict first, then the answer: a challenge issues a nonce, which needs the table again.
-        let peeked = self.nonces.borrow().peek(c.nonce, nc, now);
+        let peeked = self.nonces.peek(c.nonce, nc, now);
         match peeked {
             NonceCheck::Fresh => {}
             NonceCheck::Invalid => {
@@ -74,7 +72,7 @@ impl Pool {
             tracing::info!(user = %user.alias, "digest response does not match: refused");
             return self.refuse(origin, msg, AUTH_FAILED_REASON);
         }
-        let checked = self.nonces.borrow_mut().check(c.nonce, nc, now);
+        let checked = self.nonces.check(c.nonce, nc, now);
         match checked {
             NonceCheck::Fresh => Some(user.clone()),
             _ => {
@@ -84,18 +82,18 @@ impl Pool {
         }
     }
 
-    fn refuse(self: &Rc<Self>, origin: ConnId, msg: &Message, reason: &str) -> Option<UserRec> {
+    fn refuse(&mut self, origin: ConnId, msg: &Message, reason: &str) -> Option<UserRec> {
         bump(&self.pstats.auth_failures);
         self.reply(origin, msg, 403, reason, &[]);
         None
     }
 
     /// One challenge per algorithm this user can answer, in configured order (RFC 8760 §2.4: preferred first).
-    fn challenge(self: &Rc<Self>, origin: ConnId, msg: &Message, claimed: &str, stale: bool) {
+    fn challenge(&mut self, origin: ConnId, msg: &Message, claimed: &str, stale: bool) {
         bump(&self.pstats.challenges);
         let register = msg.method() == Some(&Method::Register);
         let user = claimed.split('@').next().map(str::as_bytes).and_then(|a| self.s.users.get(a));
-        let nonce = self.nonces.borrow_mut().issue(now_secs());
+        let nonce = self.nonces.issue(self.now.secs);
         let mut values: Vec<BytesMut> = Vec::with_capacity(self.s.algorithms.len());
         for alg in &self.s.algorithms {
             if user.is_some_and(|u| u.ha1(*alg).is_none()) {

@@ -17,7 +17,6 @@
 //! earlier versions are still read.
 
 use std::collections::HashSet;
-use std::rc::Rc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -26,8 +25,7 @@ use super::presence::pidf;
 use super::presence::publications::Publication;
 use super::presence::subscriptions::{Package, SubState, Subscription};
 use super::registrar::Binding;
-use super::{now_secs, Pool};
-use crate::net::conn::bump;
+use super::{Action, PoolCore};
 use crate::shard::shard_for;
 use crate::store::{StateRow, StateWrite};
 
@@ -127,7 +125,8 @@ pub fn saved_state(
     cores: usize,
 ) -> Result<Vec<std::sync::Mutex<Vec<crate::store::StateRow>>>, String> {
     use crate::store::thread::{Op, Reply};
-    let Reply::States(rows) = store.call_blocking(Op::States { now: now_secs() }).map_err(|e| e.to_string())? else {
+    let Reply::States(rows) = store.call_blocking(Op::States { now: super::now_secs() }).map_err(|e| e.to_string())?
+    else {
         return Err("store: unexpected answer to a state load".into());
     };
     let mut shares: Vec<Vec<crate::store::StateRow>> = (0..cores.max(1)).map(|_| Vec::new()).collect();
@@ -140,32 +139,28 @@ pub fn saved_state(
     Ok(shares.into_iter().map(std::sync::Mutex::new).collect())
 }
 
-impl Pool {
-    fn write_state(&self, w: StateWrite) {
-        if !self.s.store.write_state(w) {
-            bump(&self.pstats.store_queue_full);
-        }
+impl PoolCore {
+    fn write_state(&mut self, w: StateWrite) {
+        self.push(Action::StoreWrite(w));
     }
 
     /// After a REGISTER (or a flow's bindings went): written out with the next batch.
-    pub(crate) fn persist_bindings(&self, aor: &str) {
-        mark(&mut self.unsaved.borrow_mut().regs, aor);
+    pub(crate) fn persist_bindings(&mut self, aor: &str) {
+        mark(&mut self.unsaved.regs, aor);
     }
 
     /// After a PUBLISH: written out with the next batch.
-    pub(crate) fn persist_publications(&self, aor: &str) {
-        mark(&mut self.unsaved.borrow_mut().pubs, aor);
+    pub(crate) fn persist_publications(&mut self, aor: &str) {
+        mark(&mut self.unsaved.pubs, aor);
     }
 
     /// Every [`WRITE_BEHIND`], and at shutdown: the marked AORs' state as it is now, to the store.
-    pub(crate) fn write_out_soft_state(&self) {
-        let (regs, pubs) = {
-            let mut u = self.unsaved.borrow_mut();
-            if u.regs.is_empty() && u.pubs.is_empty() {
-                return;
-            }
-            (std::mem::take(&mut u.regs), std::mem::take(&mut u.pubs))
-        };
+    pub(crate) fn write_out_soft_state(&mut self) {
+        let u = &mut self.unsaved;
+        if u.regs.is_empty() && u.pubs.is_empty() {
+            return;
+        }
+        let (regs, pubs) = (std::mem::take(&mut u.regs), std::mem::take(&mut u.pubs));
         for aor in &regs {
             self.save_bindings(aor);
         }
@@ -175,8 +170,8 @@ impl Pool {
     }
 
     /// The AOR's bindings as they are now.
-    fn save_bindings(&self, aor: &str) {
-        let bindings = self.registrar.borrow_mut().lookup(aor, now_secs());
+    fn save_bindings(&mut self, aor: &str) {
+        let bindings = self.registrar.lookup(aor, self.now.secs);
         let Some(expires_at) = bindings.iter().map(|b| b.expires_at).max() else {
             self.write_state(StateWrite::Delete { kind: "reg".into(), key: aor.into() });
             return;
@@ -203,9 +198,8 @@ impl Pool {
     }
 
     /// The presentity's publications as they are now.
-    fn save_publications(&self, aor: &str) {
-        let p = self.presence.borrow();
-        let list = p.pubs.of(aor);
+    fn save_publications(&mut self, aor: &str) {
+        let list = self.presence.pubs.of(aor);
         let Some(expires_at) = list.iter().map(|p| p.expires_at).max() else {
             self.write_state(StateWrite::Delete { kind: "pub".into(), key: aor.into() });
             return;
@@ -228,8 +222,8 @@ impl Pool {
     }
 
     /// After a subscription was created or refreshed, or sent [`CSEQ_SAVE_EVERY`] NOTIFYs.
-    pub(crate) fn persist_subscription(&self, id: u32) {
-        let mut p = self.presence.borrow_mut();
+    pub(crate) fn persist_subscription(&mut self, id: u32) {
+        let p = &mut self.presence;
         // Contact-list subscriptions are not kept: after a restart the client's refresh gets 481 and it
         // subscribes again (the list itself is in the store).
         let Some(s) = p.subs.get_mut(id).filter(|s| s.list.is_none()) else { return };
@@ -253,19 +247,18 @@ impl Pool {
             pending: s.state == SubState::Pending,
         };
         let (key, expires_at) = (sub_key(s), s.expires_at);
-        drop(p);
         if let Some(value) = encode(&saved) {
             self.write_state(StateWrite::Put(StateRow { kind: "sub".into(), key, value, expires_at }));
         }
     }
 
-    pub(crate) fn forget_subscription(&self, s: &Subscription) {
+    pub(crate) fn forget_subscription(&mut self, s: &Subscription) {
         self.write_state(StateWrite::Delete { kind: "sub".into(), key: sub_key(s) });
     }
 
     /// Sweep: subscriptions whose NOTIFY CSeq moved since they were last saved.
-    pub(crate) fn flush_dirty_subscriptions(&self) {
-        let dirty: Vec<u32> = self.presence.borrow_mut().dirty.drain().collect();
+    pub(crate) fn flush_dirty_subscriptions(&mut self) {
+        let dirty: Vec<u32> = self.presence.dirty.drain().collect();
         for id in dirty {
             self.persist_subscription(id);
         }
@@ -273,8 +266,8 @@ impl Pool {
 
     /// At core start: puts back this core's share of the saved soft state; returns the restored subscriptions
     /// (the caller tells their watchers the current state once the edges are reachable).
-    pub(crate) fn restore(self: &Rc<Self>, rows: Vec<StateRow>) -> Vec<u32> {
-        let now = now_secs();
+    pub(crate) fn restore(&mut self, rows: Vec<StateRow>) -> Vec<u32> {
+        let now = self.now.secs;
         let (mut regs, mut pubs, mut subs) = (0usize, 0usize, Vec::new());
         for row in rows {
             if shard_for(owner_of(&row).as_bytes(), self.count) != self.id {
@@ -300,7 +293,7 @@ impl Pool {
                             expires_at: b.expires_at,
                         })
                         .collect();
-                    if self.registrar.borrow_mut().restore(&row.key, bindings, now) {
+                    if self.registrar.restore(&row.key, bindings, now) {
                         regs += 1;
                     }
                 }
@@ -321,7 +314,7 @@ impl Pool {
                             })
                         })
                         .collect();
-                    self.presence.borrow_mut().pubs.restore(&row.key, list, now);
+                    self.presence.pubs.restore(&row.key, list, now);
                     pubs += 1;
                 }
                 "sub" => {
@@ -351,10 +344,10 @@ impl Pool {
                         state: if s.pending { SubState::Pending } else { SubState::Active },
                         list: None,
                     };
-                    let mut p = self.presence.borrow_mut();
+                    let registered = self.registrar.is_registered(&sub.presentity, now);
+                    let p = &mut self.presence;
                     if p.subs.admit(&sub.watcher, &sub.presentity).is_ok() {
                         let presentity = sub.presentity.clone();
-                        let registered = self.registrar.borrow().is_registered(&presentity, now);
                         p.registered.entry(presentity).or_insert(registered);
                         subs.push(p.subs.insert(sub));
                     }

@@ -3,12 +3,11 @@
 //! every branch has failed (or the transaction times out) the best failure does.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{aor_of, now_secs, Pool};
+use super::{aor_of, Action, PoolCore};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{Editor, HeaderName, Message, NameAddr, Uri};
@@ -80,9 +79,9 @@ fn rank(code: u16) -> u16 {
     }
 }
 
-impl Pool {
+impl PoolCore {
     /// On the core owning the target: look up its bindings and fork.
-    pub(crate) fn route(self: &Rc<Self>, origin: ConnId, msg: Message) {
+    pub(crate) fn route(&mut self, origin: ConnId, msg: Message) {
         let Some(ruri) = msg.request_uri().and_then(|r| Uri::parse(r).ok()) else {
             self.reply(origin, &msg, 416, "Unsupported URI Scheme", &[]);
             return;
@@ -96,7 +95,7 @@ impl Pool {
             self.reply(origin, &msg, 404, "Not Found", &[]);
             return;
         }
-        let bindings = self.registrar.borrow_mut().lookup(&aor_of(&ruri), now_secs());
+        let bindings = self.registrar.lookup(&aor_of(&ruri), self.now.secs);
         if bindings.is_empty() {
             bump(&self.pstats.messages_offline);
             self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
@@ -106,7 +105,7 @@ impl Pool {
         let max_forwards = msg.max_forwards().unwrap_or(70).saturating_sub(1);
         let mut sent = 0;
         for (fork, b) in bindings.iter().enumerate() {
-            let Some(connector) = b.path.first().and_then(|p| self.edge_for(p)) else {
+            let Some(edge) = b.path.first().and_then(|p| self.edge_for(p)) else {
                 tracing::debug!(contact = %b.contact, "binding without a known edge in its Path: skipped");
                 continue;
             };
@@ -128,34 +127,32 @@ impl Pool {
             if ed.write(&mut out).is_err() {
                 continue;
             }
-            connector.send(self, out.freeze());
+            self.push(Action::ToEdge { addr: edge, bytes: out.freeze() });
             sent += 1;
         }
-        let mut txns = self.txns.borrow_mut();
         if sent == 0 {
-            txns.map.remove(&id);
-            drop(txns);
+            self.txns.map.remove(&id);
             self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
             return;
         }
         bump(&self.pstats.messages_forked);
-        if let Some(t) = txns.map.get_mut(&id) {
+        if let Some(t) = self.txns.map.get_mut(&id) {
             t.outstanding += sent;
         }
     }
 
     /// A transaction for a request we send on, with `outstanding` branches so far; None (after a 503) when the
     /// table is full.
-    fn open_transaction(self: &Rc<Self>, origin: ConnId, msg: &Message, outstanding: usize) -> Option<u32> {
+    fn open_transaction(&mut self, origin: ConnId, msg: &Message, outstanding: usize) -> Option<u32> {
         let txn = Txn {
             origin,
             request: msg.bytes().clone(),
             outstanding,
             done: false,
             best: None,
-            deadline: Instant::now() + self.s.transaction_timeout,
+            deadline: self.now.mono + self.s.transaction_timeout,
         };
-        let id = self.txns.borrow_mut().insert(txn);
+        let id = self.txns.insert(txn);
         if id.is_none() {
             let retry: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"5")];
             self.reply(origin, msg, 503, "Service Unavailable: too many transactions", retry);
@@ -165,9 +162,9 @@ impl Pool {
 
     /// A request of ours for a foreign domain: to the first edge, whose federation routes it (never relayed for a
     /// federated peer).
-    pub(crate) fn route_foreign(self: &Rc<Self>, origin: ConnId, msg: Message) {
-        let edge = self.s.edges.first().and_then(|p| self.edges.get(&p.addr).map(|c| (p.addr, c.clone())));
-        let Some((addr, connector)) = edge.filter(|_| msg.header(HeaderName::ParapetFederated).is_none()) else {
+    pub(crate) fn route_foreign(&mut self, origin: ConnId, msg: Message) {
+        let edge = self.s.edges.first().copied();
+        let Some(addr) = edge.filter(|_| msg.header(HeaderName::ParapetFederated).is_none()) else {
             self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);
             return;
         };
@@ -188,21 +185,21 @@ impl Pool {
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
         // Five edits: cannot overflow.
         if ed.write(&mut out).is_ok() {
-            connector.send(self, out.freeze());
+            self.push(Action::ToEdge { addr, bytes: out.freeze() });
         }
     }
 
-    /// The connector for the edge a Path entry names (only configured edges: a forged Path reaches nobody).
-    pub(crate) fn edge_for(&self, path: &str) -> Option<Rc<crate::net::Connector>> {
+    /// The edge a Path entry names (only configured edges: a forged Path reaches nobody).
+    pub(crate) fn edge_for(&self, path: &str) -> Option<std::net::SocketAddr> {
         let na = NameAddr::parse(path.as_bytes()).ok()?;
         let host = std::str::from_utf8(na.uri.host).ok()?.trim_start_matches('[').trim_end_matches(']');
         let ip: std::net::IpAddr = host.parse().ok()?;
         let addr = std::net::SocketAddr::new(ip, na.uri.port.unwrap_or(5061));
-        self.edges.get(&addr).cloned()
+        self.s.edges.contains(&addr).then_some(addr)
     }
 
     /// A response to one of our branches (from an edge, or made up for an undeliverable branch).
-    pub(crate) fn on_response(self: &Rc<Self>, msg: Message) {
+    pub(crate) fn on_response(&mut self, msg: Message) {
         let Some(status) = msg.status() else { return };
         if msg
             .top_via()
@@ -222,8 +219,7 @@ impl Pool {
         if core != self.id || status < 200 {
             return;
         }
-        let mut txns = self.txns.borrow_mut();
-        let Some(t) = txns.map.get_mut(&id) else {
+        let Some(t) = self.txns.map.get_mut(&id) else {
             bump(&self.pstats.responses_unmatched);
             return;
         };
@@ -237,8 +233,7 @@ impl Pool {
             t.best = Some((status, msg.bytes().clone()));
         }
         t.outstanding = t.outstanding.saturating_sub(1);
-        let finished = if t.outstanding == 0 { txns.map.remove(&id) } else { None };
-        drop(txns);
+        let finished = if t.outstanding == 0 { self.txns.map.remove(&id) } else { None };
         if let Some((origin, bytes)) = forward {
             bump(&self.pstats.messages_delivered);
             self.forward_response(origin, bytes);
@@ -250,7 +245,7 @@ impl Pool {
         }
     }
 
-    fn forward_response(self: &Rc<Self>, origin: ConnId, bytes: Bytes) {
+    fn forward_response(&mut self, origin: ConnId, bytes: Bytes) {
         let Ok(resp) = Message::parse(bytes, &self.s.limits) else { return };
         let mut ed = Editor::new(&resp);
         ed.pop_via();
@@ -261,7 +256,7 @@ impl Pool {
     }
 
     /// Every branch failed: pass on the best answer; a dead flow or an unreachable edge reads as "offline".
-    fn answer_failed(self: &Rc<Self>, t: Txn) {
+    fn answer_failed(&mut self, t: Txn) {
         match t.best {
             Some((code, bytes)) if !matches!(code, 408 | 430 | 503) => self.forward_response(t.origin, bytes),
             Some(_) => self.answer_from_request(&t, 480, "Temporarily Unavailable"),
@@ -269,18 +264,17 @@ impl Pool {
         }
     }
 
-    fn answer_from_request(self: &Rc<Self>, t: &Txn, code: u16, reason: &str) {
+    fn answer_from_request(&mut self, t: &Txn, code: u16, reason: &str) {
         if let Ok(req) = Message::parse(t.request.clone(), &self.s.limits) {
             self.reply(t.origin, &req, code, reason, &[]);
         }
     }
 
-    pub(crate) fn expire_transactions(self: &Rc<Self>) {
-        let now = Instant::now();
-        let expired: Vec<u32> =
-            self.txns.borrow().map.iter().filter(|(_, t)| t.deadline <= now).map(|(k, _)| *k).collect();
+    pub(crate) fn expire_transactions(&mut self) {
+        let now = self.now.mono;
+        let expired: Vec<u32> = self.txns.map.iter().filter(|(_, t)| t.deadline <= now).map(|(k, _)| *k).collect();
         for id in expired {
-            let t = self.txns.borrow_mut().map.remove(&id);
+            let t = self.txns.map.remove(&id);
             if let Some(t) = t {
                 bump(&self.pstats.transactions_timed_out);
                 if !t.done {

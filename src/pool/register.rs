@@ -1,17 +1,15 @@
 //! REGISTER after authentication (RFC 3261 §10.3): parse the Contacts and Path, apply them to this core's
 //! binding table, answer with every current binding of the AOR.
 
-use std::rc::Rc;
-
 use super::registrar::{ContactReq, RegError, RegisterReq};
 use super::users::UserRec;
-use super::{now_secs, Pool};
+use super::PoolCore;
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{Contact, HeaderName, Message};
 
-impl Pool {
-    pub(crate) fn register(self: &Rc<Self>, origin: ConnId, msg: &Message, user: &UserRec) {
+impl PoolCore {
+    pub(crate) fn register(&mut self, origin: ConnId, msg: &Message, user: &UserRec) {
         let mut contacts = Vec::new();
         let mut star = false;
         for c in msg.contacts() {
@@ -43,8 +41,8 @@ impl Pool {
             // The edge's flow, named by the Path it added: when it reports the flow closed, these bindings go.
             flow: path.first().map(|p| super::flow_key(p)),
         };
-        let now = now_secs();
-        let result = self.registrar.borrow_mut().register(&req, now);
+        let now = self.now.secs;
+        let result = self.registrar.register(&req, now);
         match result {
             Ok(bindings) => {
                 bump(&self.pstats.registrations);

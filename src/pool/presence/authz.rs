@@ -3,20 +3,17 @@
 //! of the users it owns, and every watcher of an owner whose entries changed gets a NOTIFY with what it may see
 //! now (a newly blocked watcher: the closed document; a pending one that was allowed: the real state).
 
-use std::rc::Rc;
-
 use super::policy::{rules_from_rows, Watch};
 use super::subscriptions::SubState;
-use crate::pool::Pool;
+use crate::pool::PoolCore;
 use crate::shard::shard_for;
 use crate::store::PolicyRow;
 
-impl Pool {
-    pub(crate) fn policies_replaced(self: &Rc<Self>, rows: &[PolicyRow]) {
+impl PoolCore {
+    pub(crate) fn policies_replaced(&mut self, rows: &[PolicyRow]) {
         let rules = rules_from_rows(rows);
         let (id, count) = (self.id, self.count);
-        let changed =
-            self.presence.borrow_mut().policy.replace(&rules, |owner| shard_for(owner.as_bytes(), count) == id);
+        let changed = self.presence.policy.replace(&rules, |owner| shard_for(owner.as_bytes(), count) == id);
         if changed.is_empty() {
             return;
         }
@@ -27,9 +24,9 @@ impl Pool {
     }
 
     /// Re-decides every subscription to `presentity` and tells each watcher what it may see now.
-    fn reauthorize(self: &Rc<Self>, presentity: &str) {
+    fn reauthorize(&mut self, presentity: &str) {
         {
-            let mut p = self.presence.borrow_mut();
+            let p = &mut self.presence;
             for id in p.subs.watchers_of(presentity) {
                 let watcher = match p.subs.get(id) {
                     Some(s) => s.watcher.clone(),

@@ -12,14 +12,13 @@
 //! (the client's refresh gets 481), and with it its contacts.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 
 use super::{pidf, PIDF};
 use crate::net::conn::bump;
 use crate::net::ConnId;
-use crate::pool::{now_secs, Pool};
+use crate::pool::{Action, PoolCore};
 use crate::sip::{self, HeaderName, Message};
 
 /// Branches of our back-end SUBSCRIBEs (the responses come back to the pool like any other).
@@ -68,16 +67,16 @@ fn closed(presentity: &str) -> Option<(String, Bytes)> {
     Some((PIDF.to_string(), Bytes::from(pidf::closed(&format!("sip:{presentity}")))))
 }
 
-impl Pool {
+impl PoolCore {
     /// A list subscription `list` (refreshed or new) watches `presentity` of another organization until
     /// `expires_at`: subscribe, or refresh the subscription already made.
-    pub(crate) fn backend_watch(self: &Rc<Self>, presentity: String, owner: String, list: u32, expires_at: u64) {
-        let Some(contact) = self.presence.borrow().subs.get(list).map(|s| format!("<{};transport=tls>", s.entity))
-        else {
+    pub(crate) fn backend_watch(&mut self, presentity: String, owner: String, list: u32, expires_at: u64) {
+        let Some(contact) = self.presence.subs.get(list).map(|s| format!("<{};transport=tls>", s.entity)) else {
             return;
         };
+        let (core, now, listen) = (self.id, self.now.secs, self.s.listen);
         let call_id = {
-            let mut p = self.presence.borrow_mut();
+            let p = &mut self.presence;
             let existing = p.backends.find(list, &presentity);
             match existing {
                 Some(c) => {
@@ -88,14 +87,13 @@ impl Pool {
                 }
                 None => {
                     if p.backends.by_call.len() >= MAX {
-                        drop(p);
                         bump(&self.pstats.backend_refused);
                         self.list_state(list, &presentity, closed(&presentity));
                         return;
                     }
                     p.backends.next += 1;
-                    let call_id = format!("bes-{:x}-{:x}-{:x}@{}", self.id, p.backends.next, now_secs(), self.s.listen);
-                    let local_tag = format!("b{:x}{:x}", self.id, p.backends.next);
+                    let call_id = format!("bes-{:x}-{:x}-{:x}@{}", core, p.backends.next, now, listen);
+                    let local_tag = format!("b{:x}{:x}", core, p.backends.next);
                     let b = Backend {
                         list,
                         presentity: presentity.clone(),
@@ -116,28 +114,26 @@ impl Pool {
     }
 
     /// The list no longer watches `presentity` (it ended, or the contact left it): unsubscribe.
-    pub(crate) fn backend_unwatch(self: &Rc<Self>, presentity: &str, list: u32) {
-        let found = self.presence.borrow().backends.find(list, presentity);
+    pub(crate) fn backend_unwatch(&mut self, presentity: &str, list: u32) {
+        let found = self.presence.backends.find(list, presentity);
         let Some(call_id) = found else { return };
-        if let Some(b) = self.presence.borrow_mut().backends.by_call.get_mut(&call_id) {
+        if let Some(b) = self.presence.backends.by_call.get_mut(&call_id) {
             b.expires_at = 0;
         }
         self.backend_subscribe(&call_id);
-        self.presence.borrow_mut().backends.by_call.remove(&call_id);
+        self.presence.backends.by_call.remove(&call_id);
     }
 
     /// Sends the back-end SUBSCRIBE `call_id` as it stands (Expires: 0 once it is ending).
-    fn backend_subscribe(self: &Rc<Self>, call_id: &str) {
-        let Some((addr, connector)) =
-            self.s.edges.first().and_then(|p| self.edges.get(&p.addr).map(|c| (p.addr, c.clone())))
-        else {
+    fn backend_subscribe(&mut self, call_id: &str) {
+        let Some(addr) = self.s.edges.first().copied() else {
             return;
         };
+        let (now, listen) = (self.now.secs, self.s.listen);
         let out = {
-            let mut p = self.presence.borrow_mut();
-            let Some(b) = p.backends.by_call.get_mut(call_id) else { return };
+            let Some(b) = self.presence.backends.by_call.get_mut(call_id) else { return };
             b.cseq += 1;
-            let expires = b.expires_at.saturating_sub(now_secs()).to_string();
+            let expires = b.expires_at.saturating_sub(now).to_string();
             let aor_uri = format!("sip:{}", b.presentity);
             // Within the dialog once the partner's first NOTIFY told us its tag and Contact; until then a new one.
             let ruri = b.remote_target.clone().unwrap_or_else(|| aor_uri.clone());
@@ -147,7 +143,7 @@ impl Pool {
             };
             let from = format!("<sip:{}>;tag={}", b.owner, b.local_tag);
             let prefix = std::str::from_utf8(BRANCH_PREFIX).unwrap_or_default();
-            let via = format!("SIP/2.0/TLS {};branch={prefix}{:x}x{:x}", self.s.listen, b.cseq, now_secs());
+            let via = format!("SIP/2.0/TLS {};branch={prefix}{:x}x{:x}", listen, b.cseq, now);
             let route = format!("<sip:fed@{addr};lr>");
             let cseq = format!("{} SUBSCRIBE", b.cseq);
             let headers: [(HeaderName, &[u8]); 11] = [
@@ -168,19 +164,18 @@ impl Pool {
             out.freeze()
         };
         bump(&self.pstats.backend_subscribes);
-        connector.send(self, out);
+        self.push(Action::ToEdge { addr, bytes: out });
     }
 
     /// A NOTIFY from a partner (handed over by the edge as federated) for one of our back-end subscriptions.
-    pub(crate) fn backend_notify(self: &Rc<Self>, origin: ConnId, msg: &Message) {
+    pub(crate) fn backend_notify(&mut self, origin: ConnId, msg: &Message) {
         let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
         // Only the contact itself speaks in its dialog: the edge vouched for the From domain, and the presentity
         // and our tag must match too (a Call-ID alone could be guessed by another partner).
         let from = crate::pool::aor_of(&msg.from().uri);
         let to_tag = msg.to().tag().map(|t| String::from_utf8_lossy(t).to_string());
         let found = {
-            let mut p = self.presence.borrow_mut();
-            let b = p.backends.by_call.get_mut(&call_id);
+            let b = self.presence.backends.by_call.get_mut(&call_id);
             match b.filter(|b| b.presentity == from && to_tag.as_deref() == Some(b.local_tag.as_str())) {
                 Some(b) => {
                     if b.remote_tag.is_none() {
@@ -206,7 +201,7 @@ impl Pool {
             ct.split(|b| *b == b';').next().is_some_and(|m| m.trim_ascii().eq_ignore_ascii_case(PIDF.as_bytes()))
         });
         let state = if terminated {
-            self.presence.borrow_mut().backends.by_call.remove(&call_id);
+            self.presence.backends.by_call.remove(&call_id);
             closed(&presentity)
         } else if is_pidf && !msg.body().is_empty() {
             Some((PIDF.to_string(), Bytes::copy_from_slice(msg.body())))
@@ -219,13 +214,13 @@ impl Pool {
     }
 
     /// The final answer to one of our back-end SUBSCRIBEs: a refusal leaves the contact closed.
-    pub(crate) fn backend_response(self: &Rc<Self>, msg: &Message) {
+    pub(crate) fn backend_response(&mut self, msg: &Message) {
         let status = msg.status().unwrap_or(0);
         if status < 300 {
             return;
         }
         let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
-        let gone = self.presence.borrow_mut().backends.by_call.remove(&call_id);
+        let gone = self.presence.backends.by_call.remove(&call_id);
         if let Some(b) = gone {
             bump(&self.pstats.backend_refused);
             tracing::info!(presentity = %b.presentity, status, "back-end subscription refused: contact shown closed");
@@ -234,7 +229,7 @@ impl Pool {
     }
 
     /// Sweep: back-end subscriptions whose list stopped refreshing.
-    pub(crate) fn expire_backends(&self, now: u64) {
-        self.presence.borrow_mut().backends.by_call.retain(|_, b| b.expires_at > now);
+    pub(crate) fn expire_backends(&mut self, now: u64) {
+        self.presence.backends.by_call.retain(|_, b| b.expires_at > now);
     }
 }

@@ -7,8 +7,6 @@
 //! binding; closed when it has none or published nothing (or unpublished: clients then show offline). A
 //! blocked watcher always gets the closed document; a pending one no body.
 
-use std::rc::Rc;
-
 use bytes::{Bytes, BytesMut};
 
 use super::pidf;
@@ -16,7 +14,7 @@ use super::policy::Watch;
 use super::subscriptions::{Package, SubState};
 use super::{winfo, PIDF};
 use crate::net::conn::bump;
-use crate::pool::{now_secs, Pool};
+use crate::pool::{Action, PoolCore};
 use crate::sip::{self, HeaderName, Message};
 
 const BRANCH_PREFIX: &[u8] = b"z9hG4bKn";
@@ -59,23 +57,23 @@ pub fn is_notify_branch(b: &[u8]) -> bool {
     b.starts_with(BRANCH_PREFIX)
 }
 
-impl Pool {
+impl PoolCore {
     /// The document watchers allowed to see `presentity` get now.
     pub(crate) fn presence_document(&self, presentity: &str, entity: &str) -> (String, Bytes) {
-        let registered = self.registrar.borrow().is_registered(presentity, now_secs());
+        let registered = self.registrar.is_registered(presentity, self.now.secs);
         if !registered {
             return (PIDF.to_string(), Bytes::from(pidf::closed(entity)));
         }
-        match self.presence.borrow().pubs.document(presentity, entity) {
+        match self.presence.pubs.document(presentity, entity) {
             Some(d) => d,
             None => (PIDF.to_string(), Bytes::from(pidf::closed(entity))),
         }
     }
 
     /// The composed state of `presentity` changed: tell every watcher (one document, built once).
-    pub(crate) fn presence_changed(self: &Rc<Self>, presentity: &str) {
+    pub(crate) fn presence_changed(&mut self, presentity: &str) {
         self.remote_changed(presentity);
-        let ids = self.presence.borrow().subs.watchers_of(presentity);
+        let ids = self.presence.subs.watchers_of(presentity);
         if ids.is_empty() {
             return;
         }
@@ -88,10 +86,8 @@ impl Pool {
     }
 
     /// One NOTIFY in one subscription, with the current state; `fin` ends the subscription.
-    pub(crate) fn send_notify(self: &Rc<Self>, id: u32, fin: Option<Final>) {
-        let Some((presentity, package)) =
-            self.presence.borrow().subs.get(id).map(|s| (s.presentity.clone(), s.package))
-        else {
+    pub(crate) fn send_notify(&mut self, id: u32, fin: Option<Final>) {
+        let Some((presentity, package)) = self.presence.subs.get(id).map(|s| (s.presentity.clone(), s.package)) else {
             return;
         };
         if package == Package::Winfo {
@@ -105,13 +101,14 @@ impl Pool {
     }
 
     /// Builds and sends the NOTIFY; `docs` = (allowed watchers' document, closed document) for presence.
-    fn notify_with(self: &Rc<Self>, id: u32, fin: Option<Final>, docs: Option<(&(String, Bytes), &Bytes)>) {
-        let now = now_secs();
-        let mut p = self.presence.borrow_mut();
-        let Some(cseq) = p.subs.next_cseq(id) else { return };
+    fn notify_with(&mut self, id: u32, fin: Option<Final>, docs: Option<(&(String, Bytes), &Bytes)>) {
+        let now = self.now.secs;
+        let Some(cseq) = self.presence.subs.next_cseq(id) else { return };
+        let p = &mut self.presence;
         if p.subs.get(id).is_some_and(|s| cseq.wrapping_sub(s.saved_cseq) >= crate::pool::persist::CSEQ_SAVE_EVERY) {
             p.dirty.insert(id);
         }
+        let p = &self.presence;
         let Some(s) = p.subs.get(id) else { return };
         let package = s.package;
         let watch = match (package, s.state) {
@@ -158,8 +155,7 @@ impl Pool {
             (_, Watch::Allow, Some(((ct, doc), _))) => Some((ct.as_bytes(), &doc[..])),
             (_, Watch::Block, Some((_, closed))) => Some((PIDF.as_bytes(), &closed[..])),
         };
-        let Some(connector) = s.route_set.first().and_then(|r| self.edge_for(r)) else {
-            drop(p);
+        let Some(edge) = s.route_set.first().and_then(|r| self.edge_for(r)) else {
             self.drop_subscription(id);
             return;
         };
@@ -190,7 +186,7 @@ impl Pool {
         ];
         let mut out = BytesMut::with_capacity(512 + body.map_or(0, |(_, b)| b.len()));
         sip::write_request(&mut out, "NOTIFY", s.remote_target.as_bytes(), &headers, body);
-        if let Some(s) = p.subs.get_mut(id) {
+        if let Some(s) = self.presence.subs.get_mut(id) {
             if package == Package::Winfo {
                 s.winfo_version = s.winfo_version.wrapping_add(1);
             }
@@ -198,21 +194,17 @@ impl Pool {
                 l.version = l.version.wrapping_add(1);
             }
         }
-        drop(p);
         bump(&self.pstats.notifies_sent);
-        connector.send(self, out.freeze());
+        self.push(Action::ToEdge { addr: edge, bytes: out.freeze() });
         if fin.is_some() {
             self.drop_subscription(id);
         }
     }
 
     /// Removes a subscription; the presentity's watcher-information subscribers hear about a presence one.
-    pub(crate) fn drop_subscription(self: &Rc<Self>, id: u32) {
-        let gone = {
-            let mut p = self.presence.borrow_mut();
-            p.dirty.remove(&id);
-            p.subs.remove(id)
-        };
+    pub(crate) fn drop_subscription(&mut self, id: u32) {
+        self.presence.dirty.remove(&id);
+        let gone = self.presence.subs.remove(id);
         let Some(s) = gone else { return };
         self.forget_subscription(&s);
         if let Some(list) = &s.list {
@@ -227,8 +219,8 @@ impl Pool {
     }
 
     /// The watcher list of `presentity` changed: tell its watcher-information subscribers.
-    pub(crate) fn watchers_changed(self: &Rc<Self>, presentity: &str) {
-        let ids = self.presence.borrow().subs.of_package(presentity, Package::Winfo);
+    pub(crate) fn watchers_changed(&mut self, presentity: &str) {
+        let ids = self.presence.subs.of_package(presentity, Package::Winfo);
         for id in ids {
             self.notify_with(id, None, None);
         }
@@ -236,7 +228,7 @@ impl Pool {
 
     /// A response to one of our NOTIFYs. A failure ends the subscription (RFC 6665 §4.2.2); the watcher will
     /// subscribe again if it still cares.
-    pub(crate) fn notify_response(self: &Rc<Self>, msg: &Message) {
+    pub(crate) fn notify_response(&mut self, msg: &Message) {
         let Some(status) = msg.status() else { return };
         if status < 200 {
             return;
@@ -254,10 +246,10 @@ impl Pool {
     }
 
     /// After a REGISTER or an expiry: a presentity that went from no binding to some (or back) changes state.
-    pub(crate) fn presence_registration(self: &Rc<Self>, presentity: &str) {
-        let now_registered = self.registrar.borrow().is_registered(presentity, now_secs());
+    pub(crate) fn presence_registration(&mut self, presentity: &str) {
+        let now_registered = self.registrar.is_registered(presentity, self.now.secs);
         let changed = {
-            let mut p = self.presence.borrow_mut();
+            let p = &mut self.presence;
             if p.subs.watchers_of(presentity).is_empty() && !p.remote.contains_key(presentity) {
                 p.registered.remove(presentity);
                 return;
@@ -270,21 +262,21 @@ impl Pool {
     }
 
     /// Periodic: expired publications and subscriptions, registrations that lapsed.
-    pub(crate) fn presence_sweep(self: &Rc<Self>) {
-        let now = now_secs();
+    pub(crate) fn presence_sweep(&mut self) {
+        let now = self.now.secs;
         self.expire_remote(now);
         self.expire_backends(now);
-        let changed = self.presence.borrow_mut().pubs.expire(now);
+        let changed = self.presence.pubs.expire(now);
         for aor in changed {
             self.presence_changed(&aor);
         }
-        let due = self.presence.borrow().subs.due(now);
+        let due = self.presence.subs.due(now);
         for id in due {
             bump(&self.pstats.subscriptions_expired);
             self.send_notify(id, Some(Final::Timeout));
         }
         let watched: Vec<String> = {
-            let p = self.presence.borrow();
+            let p = &self.presence;
             let mut v: Vec<String> = p.registered.keys().cloned().collect();
             v.retain(|a| !p.subs.watchers_of(a).is_empty() || p.remote.contains_key(a));
             v
@@ -292,7 +284,7 @@ impl Pool {
         for aor in watched {
             self.presence_registration(&aor);
         }
-        let p = self.presence.borrow();
+        let p = &self.presence;
         self.pstats.publications_now.set(p.pubs.len() as u64);
         self.pstats.subscriptions_now.set(p.subs.len() as u64);
     }

@@ -2,8 +2,6 @@
 //! state (Request-URI = the authenticated From), the PIDF body is checked and stored as received, and a change
 //! of the composed state is notified to every watcher.
 
-use std::rc::Rc;
-
 use bytes::Bytes;
 
 use super::pidf;
@@ -11,11 +9,11 @@ use super::publications::PubError;
 use super::PIDF;
 use crate::net::conn::bump;
 use crate::net::ConnId;
-use crate::pool::{aor_of, now_secs, Pool};
+use crate::pool::{aor_of, PoolCore};
 use crate::sip::{HeaderName, Message};
 
-impl Pool {
-    pub(crate) fn publish(self: &Rc<Self>, origin: ConnId, msg: &Message) {
+impl PoolCore {
+    pub(crate) fn publish(&mut self, origin: ConnId, msg: &Message) {
         if super::event_of(msg).is_none_or(|(p, _)| p != "presence") {
             bump(&self.pstats.bad_event);
             self.reply(origin, msg, 489, "Bad Event", &[(HeaderName::AllowEvents, b"presence")]);
@@ -53,8 +51,7 @@ impl Pool {
             }
         };
         let if_match = msg.header(HeaderName::SipIfMatch).map(|v| String::from_utf8_lossy(v).trim().to_string());
-        let result =
-            self.presence.borrow_mut().pubs.publish(&aor, if_match.as_deref(), msg.expires(), parsed, now_secs());
+        let result = self.presence.pubs.publish(&aor, if_match.as_deref(), msg.expires(), parsed, self.now.secs);
         match result {
             Ok(ok) => {
                 bump(&self.pstats.publications);

@@ -4,14 +4,11 @@
 //! with the list subscription (refreshes renew them) and are removed when it ends. A full mesh channel drops the
 //! message (counted in `mesh_full`): the next change or refresh carries the state again.
 
-use std::rc::Rc;
-
 use bytes::Bytes;
 
 use super::pidf;
 use super::policy::Watch;
-use crate::net::conn::bump;
-use crate::pool::{now_secs, Pool, PoolMsg};
+use crate::pool::{Action, PoolCore, PoolMsg};
 use crate::shard::shard_for;
 
 pub enum Msg {
@@ -46,16 +43,16 @@ pub struct RemoteWatch {
 /// Remote watches outlive their list subscription's expiry by this much (a refresh in flight renews them).
 const SLACK_S: u64 = 30;
 
-impl Pool {
-    fn to_core_presence(self: &Rc<Self>, core: usize, msg: Msg) {
+impl PoolCore {
+    fn send_presence_to(&mut self, core: usize, msg: Msg) {
         if core == self.id {
             self.on_presence_msg(msg);
-        } else if self.mesh.try_send_to(core, PoolMsg::Presence(msg)).is_err() {
-            bump(&self.pstats.mesh_full);
+        } else {
+            self.push(Action::Mesh { core, msg: PoolMsg::Presence(msg) });
         }
     }
 
-    pub(crate) fn remote_watch(self: &Rc<Self>, presentity: String, watcher: String, list: u32, expires_at: u64) {
+    pub(crate) fn remote_watch(&mut self, presentity: String, watcher: String, list: u32, expires_at: u64) {
         if !self.is_local_aor(&presentity) {
             // Another organization's contact: its own server answers, to a SUBSCRIBE of ours (`backend.rs`).
             self.backend_watch(presentity, watcher, list, expires_at);
@@ -63,34 +60,34 @@ impl Pool {
         }
         let core = shard_for(presentity.as_bytes(), self.count);
         let msg = Msg::Watch { presentity, watcher, core: self.id, list, expires_at: expires_at + SLACK_S };
-        self.to_core_presence(core, msg);
+        self.send_presence_to(core, msg);
     }
 
-    pub(crate) fn remote_unwatch(self: &Rc<Self>, presentity: String, list: u32) {
+    pub(crate) fn remote_unwatch(&mut self, presentity: String, list: u32) {
         if !self.is_local_aor(&presentity) {
             self.backend_unwatch(&presentity, list);
             return;
         }
         let core = shard_for(presentity.as_bytes(), self.count);
-        self.to_core_presence(core, Msg::Unwatch { presentity, core: self.id, list });
+        self.send_presence_to(core, Msg::Unwatch { presentity, core: self.id, list });
     }
 
-    pub(crate) fn on_presence_msg(self: &Rc<Self>, msg: Msg) {
+    pub(crate) fn on_presence_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Watch { presentity, watcher, core, list, expires_at } => {
                 let state = self.state_for(&presentity, &watcher);
                 {
-                    let mut p = self.presence.borrow_mut();
-                    let registered = self.registrar.borrow().is_registered(&presentity, now_secs());
+                    let registered = self.registrar.is_registered(&presentity, self.now.secs);
+                    let p = &mut self.presence;
                     p.registered.entry(presentity.clone()).or_insert(registered);
                     let watches = p.remote.entry(presentity.clone()).or_default();
                     watches.retain(|w| !(w.core == core && w.list == list));
                     watches.push(RemoteWatch { core, list, watcher, expires_at });
                 }
-                self.to_core_presence(core, Msg::State { list, presentity, state });
+                self.send_presence_to(core, Msg::State { list, presentity, state });
             }
             Msg::Unwatch { presentity, core, list } => {
-                let mut p = self.presence.borrow_mut();
+                let p = &mut self.presence;
                 if let Some(watches) = p.remote.get_mut(&presentity) {
                     watches.retain(|w| !(w.core == core && w.list == list));
                     if watches.is_empty() {
@@ -109,7 +106,7 @@ impl Pool {
     }
 
     /// `presentity`'s document as `watcher` may see it; unknown presentities read as closed.
-    fn state_for(self: &Rc<Self>, presentity: &str, watcher: &str) -> Option<(String, Bytes)> {
+    fn state_for(&self, presentity: &str, watcher: &str) -> Option<(String, Bytes)> {
         let entity = format!("sip:{presentity}");
         let (alias, domain) = presentity.split_once('@').unwrap_or((presentity, ""));
         let known = self.s.local_hosts.iter().any(|h| h == domain) && self.s.users.get(alias.as_bytes()).is_some();
@@ -117,7 +114,7 @@ impl Pool {
         if !known {
             return closed();
         }
-        match self.presence.borrow().policy.watch(presentity, watcher) {
+        match self.presence.policy.watch(presentity, watcher) {
             Watch::Allow => {}
             Watch::Block => return closed(),
             Watch::Pending => return None,
@@ -126,18 +123,17 @@ impl Pool {
     }
 
     /// The presentity changed: every remote watcher gets its view of the new state.
-    pub(crate) fn remote_changed(self: &Rc<Self>, presentity: &str) {
-        let watches = self.presence.borrow().remote.get(presentity).cloned().unwrap_or_default();
+    pub(crate) fn remote_changed(&mut self, presentity: &str) {
+        let watches = self.presence.remote.get(presentity).cloned().unwrap_or_default();
         for w in watches {
             let state = self.state_for(presentity, &w.watcher);
-            self.to_core_presence(w.core, Msg::State { list: w.list, presentity: presentity.to_string(), state });
+            self.send_presence_to(w.core, Msg::State { list: w.list, presentity: presentity.to_string(), state });
         }
     }
 
     /// Sweep: remote watches whose list subscription stopped refreshing.
-    pub(crate) fn expire_remote(&self, now: u64) {
-        let mut p = self.presence.borrow_mut();
-        p.remote.retain(|_, watches| {
+    pub(crate) fn expire_remote(&mut self, now: u64) {
+        self.presence.remote.retain(|_, watches| {
             watches.retain(|w| w.expires_at > now);
             !watches.is_empty()
         });

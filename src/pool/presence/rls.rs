@@ -9,7 +9,6 @@
 //! watched by a SUBSCRIBE of our own through the federation (`backend.rs`). NOTIFYs are coalesced: changes that
 //! arrive within [`COALESCE`] go out in one.
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +17,9 @@ use super::subscriptions::{Package, SubState, Subscription};
 use super::{event_of, xml};
 use crate::net::conn::bump;
 use crate::net::ConnId;
-use crate::pool::{aor_of, now_secs, Pool};
+use crate::pool::{aor_of, Action, PoolCore, Resume, Timer};
 use crate::sip::{HeaderName, Message};
-use crate::store::thread::{Op, Reply};
+use crate::store::thread::Op;
 use crate::store::ContactRow;
 
 pub const RLMI: &str = "application/rlmi+xml";
@@ -126,10 +125,10 @@ fn short_hash(s: &str) -> String {
     format!("{h:08x}")
 }
 
-impl Pool {
+impl PoolCore {
     /// A new SUBSCRIBE to `sip:<owner>+contacts@domain`: only the owner may; the list comes from the store
     /// (read on the store thread while this core goes on), then 200, a first NOTIFY, and a watch per contact.
-    pub(crate) fn subscribe_list(self: &Rc<Self>, origin: ConnId, msg: &Message, owner_alias: &str, granted: u32) {
+    pub(crate) fn subscribe_list(&mut self, origin: ConnId, msg: &Message, owner_alias: &str, granted: u32) {
         if !has_eventlist(msg, HeaderName::Supported) && !has_eventlist(msg, HeaderName::Require) {
             self.reply(origin, msg, 421, "Extension Required", &[(HeaderName::Require, b"eventlist")]);
             return;
@@ -157,25 +156,13 @@ impl Pool {
             return;
         }
         let list_uri = msg.request_uri_parsed().map(|u| format!("sip:{}", aor_of(&u))).unwrap_or_default();
-        let pool = self.clone();
-        let msg = msg.clone();
-        glommio::spawn_local(async move {
-            match pool.s.store.call(Op::Contacts { owner: owner.clone() }).await {
-                Ok(Reply::Contacts(rows)) => pool.list_loaded(origin, &msg, &owner, &list_uri, rows, granted),
-                Ok(_) | Err(_) => pool.reply(
-                    origin,
-                    &msg,
-                    503,
-                    "Service Unavailable: contact list unavailable",
-                    &[(HeaderName::RetryAfter, b"5")],
-                ),
-            }
-        })
-        .detach();
+        // The list is read on the store thread while this core goes on; the reply resumes here.
+        let then = Resume::ListLoad { origin, request: msg.bytes().clone(), owner: owner.clone(), list_uri, granted };
+        self.push(Action::StoreCall { op: Op::Contacts { owner }, then });
     }
 
-    fn list_loaded(
-        self: &Rc<Self>,
+    pub(crate) fn list_loaded(
+        &mut self,
         origin: ConnId,
         msg: &Message,
         owner: &str,
@@ -189,7 +176,7 @@ impl Pool {
             return;
         }
         let resources = resources_of(rows);
-        let expires_at = now_secs() + u64::from(granted);
+        let expires_at = self.now.secs + u64::from(granted);
         let sub = Subscription {
             id: 0,
             package: Package::Presence,
@@ -216,7 +203,7 @@ impl Pool {
                 flush_scheduled: false,
             })),
         };
-        let id = self.presence.borrow_mut().subs.insert(sub);
+        let id = self.presence.subs.insert(sub);
         bump(&self.pstats.subscriptions);
         bump(&self.pstats.list_subscriptions);
         let expires = granted.to_string();
@@ -239,9 +226,9 @@ impl Pool {
     }
 
     /// Asks every contact's core for its state, now and at each change (also after a refresh: new expiry).
-    pub(crate) fn watch_list(self: &Rc<Self>, id: u32) {
+    pub(crate) fn watch_list(&mut self, id: u32) {
         let watches: Vec<(String, String, u64)> = {
-            let p = self.presence.borrow();
+            let p = &self.presence;
             let Some(s) = p.subs.get(id) else { return };
             let Some(list) = &s.list else { return };
             list.resources.iter().map(|r| (r.aor.clone(), s.watcher.clone(), s.expires_at)).collect()
@@ -253,26 +240,16 @@ impl Pool {
 
     /// Contact lists changed in the store: every live list subscription of this core reads its list again,
     /// watches the new contacts, drops the removed ones, and tells its subscriber.
-    pub(crate) fn reload_lists(self: &Rc<Self>) {
-        let lists: Vec<(u32, String)> = {
-            let p = self.presence.borrow();
-            p.subs.lists().map(|s| (s.id, s.watcher.clone())).collect()
-        };
+    pub(crate) fn reload_lists(&mut self) {
+        let lists: Vec<(u32, String)> = self.presence.subs.lists().map(|s| (s.id, s.watcher.clone())).collect();
         for (id, owner) in lists {
-            let pool = self.clone();
-            glommio::spawn_local(async move {
-                if let Ok(Reply::Contacts(rows)) = pool.s.store.call(Op::Contacts { owner }).await {
-                    pool.list_reloaded(id, rows);
-                }
-            })
-            .detach();
+            self.push(Action::StoreCall { op: Op::Contacts { owner }, then: Resume::ListReload { id } });
         }
     }
 
-    fn list_reloaded(self: &Rc<Self>, id: u32, rows: Vec<ContactRow>) {
+    pub(crate) fn list_reloaded(&mut self, id: u32, rows: Vec<ContactRow>) {
         let (added, removed, expires_at, watcher) = {
-            let mut p = self.presence.borrow_mut();
-            let Some(s) = p.subs.get_mut(id) else { return };
+            let Some(s) = self.presence.subs.get_mut(id) else { return };
             let (expires_at, watcher) = (s.expires_at, s.watcher.clone());
             let Some(list) = s.list.as_mut() else { return };
             let fresh = resources_of(rows);
@@ -303,31 +280,26 @@ impl Pool {
     }
 
     /// A contact's state for a list subscription of this core: store it and schedule a coalesced NOTIFY.
-    pub(crate) fn list_state(self: &Rc<Self>, id: u32, presentity: &str, state: Option<(String, Bytes)>) {
-        let schedule = {
-            let mut p = self.presence.borrow_mut();
-            let Some(list) = p.subs.get_mut(id).and_then(|s| s.list.as_mut()) else { return };
-            for r in list.resources.iter_mut().filter(|r| r.aor == presentity) {
-                r.state = state.clone();
-            }
-            !std::mem::replace(&mut list.flush_scheduled, true)
-        };
-        if schedule {
-            let pool = self.clone();
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(COALESCE).await;
-                let due = {
-                    let mut p = pool.presence.borrow_mut();
-                    p.subs
-                        .get_mut(id)
-                        .and_then(|s| s.list.as_mut())
-                        .map(|l| std::mem::replace(&mut l.flush_scheduled, false))
-                };
-                if due == Some(true) {
-                    pool.send_notify(id, None);
-                }
-            })
-            .detach();
+    pub(crate) fn list_state(&mut self, id: u32, presentity: &str, state: Option<(String, Bytes)>) {
+        let Some(list) = self.presence.subs.get_mut(id).and_then(|s| s.list.as_mut()) else { return };
+        for r in list.resources.iter_mut().filter(|r| r.aor == presentity) {
+            r.state = state.clone();
+        }
+        if !std::mem::replace(&mut list.flush_scheduled, true) {
+            self.push(Action::Timer { after: COALESCE, timer: Timer::ListFlush(id) });
+        }
+    }
+
+    /// The coalescing window of list subscription `id` is over: one NOTIFY for the changes it gathered.
+    pub(crate) fn list_flush_due(&mut self, id: u32) {
+        let due = self
+            .presence
+            .subs
+            .get_mut(id)
+            .and_then(|s| s.list.as_mut())
+            .map(|l| std::mem::replace(&mut l.flush_scheduled, false));
+        if due == Some(true) {
+            self.send_notify(id, None);
         }
     }
 }

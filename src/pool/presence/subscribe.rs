@@ -7,21 +7,19 @@
 //! closed document in an otherwise identical `active` subscription (they cannot tell), pending ones a `pending`
 //! subscription without state until the presentity decides.
 
-use std::rc::Rc;
-
 use super::notify::Final;
 use super::policy::Watch;
 use super::subscriptions::{Package, SubError, SubState, Subscription};
 use super::{accepts, event_of, winfo, PIDF};
 use crate::net::conn::bump;
 use crate::net::ConnId;
-use crate::pool::{aor_of, now_secs, Pool};
+use crate::pool::{aor_of, PoolCore};
 use crate::sip::{Contact, HeaderName, Message};
 
-impl Pool {
+impl PoolCore {
     /// The watcher's end of a new subscription dialog: its Contact (the target of our NOTIFYs) and the
     /// Record-Route set, which must lead back through one of our edges. None once answered (400 / 403).
-    pub(crate) fn watcher_dialog(self: &Rc<Self>, origin: ConnId, msg: &Message) -> Option<(String, Vec<String>)> {
+    pub(crate) fn watcher_dialog(&mut self, origin: ConnId, msg: &Message) -> Option<(String, Vec<String>)> {
         let Some(target) = msg.contacts().find_map(|c| match c {
             Ok(Contact::Addr(na)) => Some(String::from_utf8_lossy(na.uri_raw).to_string()),
             _ => None,
@@ -39,7 +37,7 @@ impl Pool {
         Some((target, route_set))
     }
 
-    pub(crate) fn subscribe(self: &Rc<Self>, origin: ConnId, msg: &Message) {
+    pub(crate) fn subscribe(&mut self, origin: ConnId, msg: &Message) {
         // A presentity in another organization: its own server answers, through our edge's federation (the
         // dialog's route set leads through the edges, not through us). Its Request-URI is the presentity's AOR,
         // or within the dialog its server's Contact, which names that AOR too.
@@ -61,7 +59,7 @@ impl Pool {
             return;
         }
         let requested = msg.expires();
-        let granted = match self.presence.borrow().subs.grant(requested) {
+        let granted = match self.presence.subs.grant(requested) {
             Ok(g) => g,
             Err(SubError::IntervalTooBrief { min }) => {
                 let min = min.to_string();
@@ -100,7 +98,7 @@ impl Pool {
         }
         let Some((target, route_set)) = self.watcher_dialog(origin, msg) else { return };
         let watch = match package {
-            Package::Presence => self.presence.borrow().policy.watch(&presentity, &watcher),
+            Package::Presence => self.presence.policy.watch(&presentity, &watcher),
             Package::Winfo => Watch::Allow,
         };
         let state = if watch == Watch::Pending { SubState::Pending } else { SubState::Active };
@@ -118,7 +116,7 @@ impl Pool {
             remote_target: target,
             route_set,
             event_id: event_of(msg).and_then(|(_, id)| id),
-            expires_at: now_secs() + u64::from(granted),
+            expires_at: self.now.secs + u64::from(granted),
             local_cseq: 0,
             saved_cseq: 0,
             remote_cseq: msg.cseq().seq,
@@ -128,9 +126,9 @@ impl Pool {
         if !self.admit_subscription(origin, msg, &watcher, &presentity) {
             return;
         }
-        let registered = self.registrar.borrow().is_registered(&presentity, now_secs());
+        let registered = self.registrar.is_registered(&presentity, self.now.secs);
         let id = {
-            let mut p = self.presence.borrow_mut();
+            let p = &mut self.presence;
             p.registered.entry(presentity.clone()).or_insert(registered);
             p.subs.insert(sub)
         };
@@ -152,8 +150,8 @@ impl Pool {
 
     /// Room for one more subscription of `watcher` to `key` (the per-watcher cap, the table's bound); false once
     /// answered 403 or 503.
-    pub(crate) fn admit_subscription(self: &Rc<Self>, origin: ConnId, msg: &Message, watcher: &str, key: &str) -> bool {
-        let admitted = self.presence.borrow().subs.admit(watcher, key);
+    pub(crate) fn admit_subscription(&mut self, origin: ConnId, msg: &Message, watcher: &str, key: &str) -> bool {
+        let admitted = self.presence.subs.admit(watcher, key);
         match admitted {
             Ok(()) => true,
             Err(SubError::WatcherCap) => {
@@ -172,17 +170,16 @@ impl Pool {
     }
 
     /// A refresh or unsubscribe within an existing dialog.
-    fn resubscribe(self: &Rc<Self>, origin: ConnId, msg: &Message, call_id: &str, remote_tag: &str, granted: u32) {
-        let found = self.presence.borrow().subs.find(call_id, remote_tag);
+    fn resubscribe(&mut self, origin: ConnId, msg: &Message, call_id: &str, remote_tag: &str, granted: u32) {
+        let found = self.presence.subs.find(call_id, remote_tag);
         let Some(id) = found else {
             self.reply(origin, msg, 481, "Subscription Does Not Exist", &[]);
             return;
         };
+        let now = self.now.secs;
         let presentity = {
-            let mut p = self.presence.borrow_mut();
-            let Some(s) = p.subs.get_mut(id) else { return };
+            let Some(s) = self.presence.subs.get_mut(id) else { return };
             if msg.cseq().seq <= s.remote_cseq && s.remote_cseq != 0 {
-                drop(p);
                 self.reply(
                     origin,
                     msg,
@@ -193,7 +190,7 @@ impl Pool {
                 return;
             }
             s.remote_cseq = msg.cseq().seq;
-            s.expires_at = now_secs() + u64::from(granted);
+            s.expires_at = now + u64::from(granted);
             // A refresh may bring a new remote target (RFC 6665 §4.1.2.1, RFC 3261 §12.2.2).
             if let Some(Ok(Contact::Addr(na))) = msg.contacts().next() {
                 s.remote_target = String::from_utf8_lossy(na.uri_raw).to_string();
@@ -211,7 +208,7 @@ impl Pool {
         }
     }
 
-    fn answer_subscribe(self: &Rc<Self>, origin: ConnId, msg: &Message, presentity: &str, granted: u32) {
+    fn answer_subscribe(&mut self, origin: ConnId, msg: &Message, presentity: &str, granted: u32) {
         let expires = granted.to_string();
         let contact = self.presence_contact(presentity);
         let mut extra: Vec<(HeaderName, &[u8])> =

@@ -1,0 +1,520 @@
+//! The pool core as a state machine without I/O: every piece of one core's state as plain fields, one entry point
+//! per input (a message from an edge connection, a mesh message, the sweep, a store reply, a timer, a request the
+//! connector could not deliver), `now` given by the caller, and what to do about it pushed as [`Action`]s that the
+//! shell ([`super::shell`]) performs once the step is over. Nothing here touches a socket, the connection table,
+//! the mesh, the store or glommio, so a unit test or a fuzz target drives it with values.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::digest::{Algorithm, NonceKeeper};
+use super::registrar::{Registrar, RegistrarLimits};
+use super::users::Users;
+use super::{aor_of, flow_key, is_flow_closed_notice, presence, proxy, to_tag, PoolMsg, PoolStats, Stage, ALLOW};
+use crate::net::conn::bump;
+use crate::net::ConnId;
+use crate::shard::shard_for;
+use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
+use crate::store::thread::{Op, Reply};
+use crate::store::{StateRow, StateWrite, StoreError};
+
+/// The time a step runs at: wall-clock seconds (expiries, which the store keeps across restarts) and the
+/// monotonic clock (transaction deadlines).
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub secs: u64,
+    pub mono: Instant,
+}
+
+impl Now {
+    /// The clocks as they are (the shell's; tests and fuzzers make their own).
+    pub fn current() -> Now {
+        Now { secs: super::now_secs(), mono: Instant::now() }
+    }
+}
+
+/// What the core asks the shell to do, in order.
+pub enum Action {
+    /// Bytes to a connection of any core: written here, or handed over the mesh to the core that owns it.
+    Send { conn: ConnId, bytes: Bytes },
+    /// A message to another core. A full channel: a request comes back as [`PoolCore::on_mesh_full`], anything
+    /// else is dropped and counted.
+    Mesh { core: usize, msg: PoolMsg },
+    /// A request through this core's connector to the edge at `addr` (configured edges only); what cannot be
+    /// delivered comes back as [`PoolCore::on_undeliverable`].
+    ToEdge { addr: SocketAddr, bytes: Bytes },
+    /// Soft state to the store, queued without waiting (write-behind); a full queue drops it (counted).
+    StoreWrite(StateWrite),
+    /// A store operation whose reply comes back as [`PoolCore::on_store_reply`] with `then`.
+    StoreCall { op: Op, then: Resume },
+    /// Comes back as [`PoolCore::on_timer`] after `after`.
+    Timer { after: Duration, timer: Timer },
+}
+
+/// What a store reply resumes.
+#[derive(Debug, Clone)]
+pub enum Resume {
+    /// A new contact-list subscription waiting for its list (the SUBSCRIBE as received, and what was decided).
+    ListLoad { origin: ConnId, request: Bytes, owner: String, list_uri: String, granted: u32 },
+    /// A live list subscription reading its list again after a change in the store.
+    ListReload { id: u32 },
+}
+
+/// Timers the core arms.
+#[derive(Debug, Clone)]
+pub enum Timer {
+    /// The coalescing window of list subscription `id` is over: its NOTIFY goes out.
+    ListFlush(u32),
+    /// Restored subscriptions hear the current state once the edges are reachable.
+    Restored(Vec<u32>),
+}
+
+/// Settings the core's logic reads (no sockets, no TLS, no store: see [`super::PoolSettings`] for those).
+pub struct CoreSettings {
+    pub domain: String,
+    pub realm: String,
+    /// Our address, as our Vias name it.
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    /// The configured edges' internal listeners, in configured order (the first routes foreign domains).
+    pub edges: Vec<SocketAddr>,
+    pub users: Users,
+    pub registrar: RegistrarLimits,
+    pub algorithms: Vec<Algorithm>,
+    pub nonce_ttl_s: u64,
+    pub nonce_secret: [u8; 32],
+    pub transaction_timeout: Duration,
+    /// Hosts that mean "this domain" in a Request-URI.
+    pub local_hosts: Vec<String>,
+    pub presence: presence::PresenceSettings,
+    /// Outstanding nonces per core (oldest evicted first).
+    pub nonces_max: usize,
+    /// Forked transactions per core (more get 503).
+    pub transactions_max: usize,
+}
+
+impl CoreSettings {
+    /// Settings with the configuration's defaults, for a domain and its users (tests, fuzzing, tools).
+    pub fn with_defaults(domain: &str, listen: SocketAddr, edges: Vec<SocketAddr>, users: Users) -> CoreSettings {
+        CoreSettings {
+            domain: domain.to_ascii_lowercase(),
+            realm: domain.to_ascii_lowercase(),
+            listen,
+            limits: crate::net::conn::peer_limits(&Limits::default()),
+            edges,
+            users,
+            registrar: RegistrarLimits::default(),
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            nonce_ttl_s: 300,
+            nonce_secret: [7; 32],
+            transaction_timeout: Duration::from_secs(32),
+            local_hosts: vec![domain.to_ascii_lowercase()],
+            presence: presence::PresenceSettings::default(),
+            nonces_max: NONCES_MAX,
+            transactions_max: TRANSACTIONS_MAX,
+        }
+    }
+}
+
+/// Default bounds of the core's tables.
+pub const NONCES_MAX: usize = 65_536;
+pub const TRANSACTIONS_MAX: usize = 65_536;
+
+/// The sizes of the core's tables right now.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub aors: usize,
+    pub bindings: usize,
+    pub transactions: usize,
+    pub nonces: usize,
+    pub subscriptions: usize,
+    pub publications: usize,
+    pub backends: usize,
+}
+
+/// One pool core's logic and state.
+pub struct PoolCore {
+    pub(crate) id: usize,
+    pub(crate) count: usize,
+    pub pstats: Arc<PoolStats>,
+    pub(crate) s: Arc<CoreSettings>,
+    pub(crate) registrar: Registrar,
+    pub(crate) nonces: NonceKeeper,
+    pub(crate) txns: proxy::Transactions,
+    /// Soft state changed since the last write-out ([`super::persist`]).
+    pub(crate) unsaved: super::persist::Unsaved,
+    pub(crate) presence: presence::Presence,
+    /// The time of the step being run.
+    pub(crate) now: Now,
+    actions: Vec<Action>,
+}
+
+impl PoolCore {
+    pub fn new(s: Arc<CoreSettings>, id: usize, count: usize, pstats: Arc<PoolStats>, now: Now) -> PoolCore {
+        let salt = u32::from_le_bytes([s.nonce_secret[0], s.nonce_secret[1], s.nonce_secret[2], s.nonce_secret[3]]);
+        PoolCore {
+            id,
+            count,
+            pstats,
+            registrar: Registrar::new(s.registrar),
+            nonces: NonceKeeper::new(s.nonce_secret, id as u16, s.nonce_ttl_s, s.nonces_max),
+            txns: proxy::Transactions::new(s.transactions_max),
+            presence: presence::Presence::new(&s.presence, id, count, salt),
+            unsaved: super::persist::Unsaved::default(),
+            now,
+            actions: Vec::new(),
+            s,
+        }
+    }
+
+    /// Moves the actions of the steps so far into `out` (both buffers keep their capacity).
+    pub fn take_actions(&mut self, out: &mut Vec<Action>) {
+        out.append(&mut self.actions);
+    }
+
+    pub(crate) fn push(&mut self, a: Action) {
+        self.actions.push(a);
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            aors: self.registrar.aor_count(),
+            bindings: self.registrar.binding_count(),
+            transactions: self.txns.len(),
+            nonces: self.nonces.len(),
+            subscriptions: self.presence.subs.len(),
+            publications: self.presence.pubs.len(),
+            backends: self.presence.backends.len(),
+        }
+    }
+
+    pub fn settings(&self) -> &CoreSettings {
+        &self.s
+    }
+
+    /// Forked transactions still open (the shell waits for none at shutdown).
+    pub fn transactions_in_flight(&self) -> usize {
+        self.txns.len()
+    }
+
+    // ---- inputs ----
+
+    /// A message from one of this core's edge connections.
+    pub fn on_message(&mut self, origin: ConnId, msg: Message, now: Now) {
+        self.now = now;
+        if msg.is_request() {
+            self.on_request(origin, msg);
+        } else {
+            self.on_any_response(msg);
+        }
+    }
+
+    /// A message from another core.
+    pub fn on_mesh(&mut self, msg: PoolMsg, now: Now) {
+        self.now = now;
+        match msg {
+            // Writes are the shell's (it owns the connections); one reaching the core is sent on as it is.
+            PoolMsg::Write { conn, bytes } => self.push(Action::Send { conn, bytes }),
+            PoolMsg::Request { stage, origin, bytes } => match Message::parse(bytes, &self.s.limits) {
+                Ok(m) => self.at_stage(stage, origin, m),
+                Err(e) => tracing::error!(error = %e, "a message that parsed once failed on another core"),
+            },
+            PoolMsg::Presence(m) => self.on_presence_msg(m),
+        }
+    }
+
+    /// A request this core handed to another could not go: the mesh channel was full. Overload: 503.
+    pub fn on_mesh_full(&mut self, origin: ConnId, bytes: Bytes, now: Now) {
+        self.now = now;
+        bump(&self.pstats.mesh_full);
+        if let Ok(msg) = Message::parse(bytes, &self.s.limits) {
+            self.reply(origin, &msg, 503, "Service Unavailable", &[]);
+        }
+    }
+
+    /// A forked request that could not reach its edge: answered here, as that branch's response.
+    pub fn on_undeliverable(&mut self, bytes: Bytes, code: u16, reason: &'static str, now: Now) {
+        self.now = now;
+        let Ok(req) = Message::parse(bytes, &self.s.limits) else { return };
+        let mut out = BytesMut::with_capacity(512);
+        sip::write_response(&mut out, &req, code, reason, Some(b"pool"), &[], None);
+        if let Ok(resp) = Message::parse(out.freeze(), &self.s.limits) {
+            self.on_any_response(resp);
+        }
+    }
+
+    /// The store answered an operation of ours.
+    pub fn on_store_reply(&mut self, then: Resume, reply: Result<Reply, StoreError>, now: Now) {
+        self.now = now;
+        match then {
+            Resume::ListLoad { origin, request, owner, list_uri, granted } => {
+                let Ok(msg) = Message::parse(request, &self.s.limits) else { return };
+                match reply {
+                    Ok(Reply::Contacts(rows)) => self.list_loaded(origin, &msg, &owner, &list_uri, rows, granted),
+                    Ok(_) | Err(_) => self.reply(
+                        origin,
+                        &msg,
+                        503,
+                        "Service Unavailable: contact list unavailable",
+                        &[(HeaderName::RetryAfter, b"5")],
+                    ),
+                }
+            }
+            Resume::ListReload { id } => {
+                if let Ok(Reply::Contacts(rows)) = reply {
+                    self.list_reloaded(id, rows);
+                }
+            }
+        }
+    }
+
+    pub fn on_timer(&mut self, timer: Timer, now: Now) {
+        self.now = now;
+        match timer {
+            Timer::ListFlush(id) => self.list_flush_due(id),
+            Timer::Restored(subs) => {
+                for id in subs {
+                    self.send_notify(id, None);
+                }
+            }
+        }
+    }
+
+    /// The periodic sweep (every 500 ms): expiries, timed-out transactions, gauges.
+    pub fn on_tick(&mut self, now: Now) {
+        self.now = now;
+        self.registrar.expire(now.secs);
+        self.expire_transactions();
+        self.presence_sweep();
+        self.flush_dirty_subscriptions();
+        self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
+        self.pstats.transactions_now.set(self.txns.len() as u64);
+        self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);
+    }
+
+    /// Every [`super::persist::WRITE_BEHIND`]: the soft state that changed, to the store.
+    pub fn on_write_behind(&mut self, now: Now) {
+        self.now = now;
+        self.write_out_soft_state();
+    }
+
+    /// Shutdown: everything not yet saved, to the store.
+    pub fn on_drain(&mut self, now: Now) {
+        self.now = now;
+        self.write_out_soft_state();
+        self.flush_dirty_subscriptions();
+    }
+
+    /// Allow/block entries changed in the store (the full list).
+    pub fn on_policies(&mut self, rows: &[crate::store::PolicyRow], now: Now) {
+        self.now = now;
+        self.policies_replaced(rows);
+    }
+
+    /// Contact lists changed in the store.
+    pub fn on_contacts_changed(&mut self, now: Now) {
+        self.now = now;
+        self.reload_lists();
+    }
+
+    /// At start: this core's share of the soft state saved by the previous run.
+    pub fn on_restore(&mut self, rows: Vec<StateRow>, now: Now) {
+        self.now = now;
+        let restored = self.restore(rows);
+        if !restored.is_empty() {
+            // Watchers hear the current state again once the edges are reachable (connectors queue meanwhile).
+            self.push(Action::Timer { after: Duration::from_millis(500), timer: Timer::Restored(restored) });
+        }
+    }
+
+    // ---- the logic ----
+
+    /// Responses to our NOTIFYs and to forked requests are told apart by their branch.
+    fn on_any_response(&mut self, msg: Message) {
+        if msg.top_via().and_then(|v| v.branch()).is_some_and(presence::notify::is_notify_branch) {
+            self.notify_response(&msg);
+        } else {
+            self.on_response(msg);
+        }
+    }
+
+    /// Sends bytes to a connection of any core.
+    pub(crate) fn deliver(&mut self, conn: ConnId, bytes: Bytes) {
+        self.push(Action::Send { conn, bytes });
+    }
+
+    /// Hands a request to the core that owns `key`, or handles it here.
+    fn hand_to_core(&mut self, key: &[u8], stage: Stage, origin: ConnId, msg: Message) {
+        let core = shard_for(key, self.count);
+        if core == self.id {
+            self.at_stage(stage, origin, msg);
+            return;
+        }
+        let bytes = msg.bytes().clone();
+        self.push(Action::Mesh { core, msg: PoolMsg::Request { stage, origin, bytes } });
+    }
+
+    pub(crate) fn reply(
+        &mut self,
+        origin: ConnId,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        extra: &[(HeaderName, &[u8])],
+    ) {
+        if req.method() == Some(&Method::Ack) {
+            return;
+        }
+        let mut out = BytesMut::with_capacity(512);
+        let tag = to_tag(req);
+        sip::write_response(&mut out, req, code, reason, Some(tag.as_bytes()), extra, None);
+        self.deliver(origin, out.freeze());
+    }
+
+    fn on_request(&mut self, origin: ConnId, msg: Message) {
+        let Some(method) = msg.method().cloned() else { return };
+        if msg.header(HeaderName::ParapetFederated).is_some() && method != Method::Options {
+            self.federated_request(origin, msg);
+            return;
+        }
+        if method == Method::Notify && is_flow_closed_notice(&msg) {
+            let key = msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
+            self.hand_to_core(key.as_bytes(), Stage::FlowClosed, origin, msg);
+            return;
+        }
+        match method {
+            Method::Register => {
+                let key = aor_of(&msg.to().uri);
+                self.hand_to_core(key.as_bytes(), Stage::Auth, origin, msg);
+            }
+            Method::Message => {
+                let key = aor_of(&msg.from().uri);
+                self.hand_to_core(key.as_bytes(), Stage::Auth, origin, msg);
+            }
+            Method::Options => {
+                self.reply(
+                    origin,
+                    &msg,
+                    200,
+                    "OK",
+                    &[
+                        (HeaderName::Allow, ALLOW),
+                        (HeaderName::AllowEvents, presence::ALLOW_EVENTS),
+                        (HeaderName::Accept, b"text/plain, application/pidf+xml"),
+                    ],
+                );
+            }
+            Method::Ack => {}
+            Method::Subscribe | Method::Publish => {
+                // The package is checked before authentication: 489 says nothing about any user.
+                if presence::event_of(&msg).is_some_and(|(p, _)| presence::subscriptions::Package::parse(&p).is_some())
+                {
+                    let key = aor_of(&msg.from().uri);
+                    self.hand_to_core(key.as_bytes(), Stage::Auth, origin, msg);
+                } else {
+                    bump(&self.pstats.bad_event);
+                    self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, presence::ALLOW_EVENTS)])
+                }
+            }
+            _ => self.reply(origin, &msg, 501, "Not Implemented", &[(HeaderName::Allow, ALLOW)]),
+        }
+    }
+
+    fn at_stage(&mut self, stage: Stage, origin: ConnId, msg: Message) {
+        match stage {
+            Stage::Auth => {
+                let Some(user) = self.authenticate(origin, &msg) else { return };
+                match msg.method() {
+                    Some(Method::Register) => {
+                        self.register(origin, &msg, &user);
+                        self.persist_bindings(&user.aor);
+                        self.presence_registration(&user.aor);
+                    }
+                    _ => {
+                        let target =
+                            msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
+                        self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);
+                    }
+                }
+            }
+            Stage::FlowClosed => {
+                let aor = msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
+                let flow = msg.header(HeaderName::ParapetFlow).map(flow_key);
+                let removed = flow.map_or(0, |f| self.registrar.remove_flow(f));
+                if removed > 0 {
+                    self.pstats.bindings_of_closed_flows.add(removed as u64);
+                    self.persist_bindings(&aor);
+                    self.presence_registration(&aor);
+                }
+                self.reply(origin, &msg, 200, "OK", &[]);
+            }
+            Stage::Route => match msg.method() {
+                Some(Method::Publish) => self.publish(origin, &msg),
+                // Only federated NOTIFYs get here (users' NOTIFYs are not served).
+                Some(Method::Notify) => self.backend_notify(origin, &msg),
+                Some(Method::Subscribe) => self.subscribe(origin, &msg),
+                Some(Method::Message) if self.im_refused(&msg) => {
+                    // The same answer an offline recipient gives: the sender cannot tell it is blocked.
+                    bump(&self.pstats.messages_refused_policy);
+                    self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
+                }
+                _ => self.route(origin, msg),
+            },
+        }
+    }
+
+    /// A request an edge received from a federated peer (which vouched for its From domain): no digest
+    /// authentication, since the user is not ours; only MESSAGE, only From a foreign domain, only to ours.
+    fn federated_request(&mut self, origin: ConnId, msg: Message) {
+        bump(&self.pstats.federated_requests);
+        if self.is_local_host(&msg.from().uri) {
+            self.reply(origin, &msg, 403, "Forbidden: a federated request From our own domain", &[]);
+            return;
+        }
+        if !msg.request_uri_parsed().is_some_and(|u| self.is_local_host(&u)) {
+            self.reply(origin, &msg, 404, "Not Found: domain not served here", &[]);
+            return;
+        }
+        match msg.method() {
+            Some(Method::Message) => {
+                let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+                self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);
+            }
+            // A partner's user watching one of ours: authorized like any watcher (allow/block lists, defaults).
+            Some(Method::Subscribe) if presence::event_of(&msg).is_some_and(|(p, _)| p == "presence") => {
+                let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+                self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);
+            }
+            Some(Method::Subscribe) => {
+                bump(&self.pstats.bad_event);
+                self.reply(origin, &msg, 489, "Bad Event", &[(HeaderName::AllowEvents, b"presence")]);
+            }
+            // A partner's NOTIFY for a contact-list subscription of ours: to the list's core (its URI is our Contact).
+            Some(Method::Notify) => {
+                let list = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+                self.hand_to_core(list.as_bytes(), Stage::Route, origin, msg);
+            }
+            Some(Method::Ack) => {}
+            _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers", &[]),
+        }
+    }
+
+    /// A MESSAGE whose (existing, local) recipient does not accept IM from the sender.
+    fn im_refused(&self, msg: &Message) -> bool {
+        let Some(ruri) = msg.request_uri_parsed() else { return false };
+        if !self.is_local_host(&ruri) || self.s.users.get(&ruri.user_unescaped()).is_none() {
+            return false;
+        }
+        !self.presence.policy.may_message(&aor_of(&ruri), &aor_of(&msg.from().uri))
+    }
+
+    pub(crate) fn is_local_host(&self, uri: &Uri<'_>) -> bool {
+        self.s.local_hosts.iter().any(|h| uri.host_eq(h.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

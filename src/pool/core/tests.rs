@@ -1,0 +1,327 @@
+//! The pool core driven with values: messages in, actions out, a clock that moves only when told.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::pool::digest;
+use crate::store::directory::{Directory, User};
+use crate::store::ContactRow;
+
+const DOMAIN: &str = "example.com";
+const EDGE: &str = "127.0.0.1:5063";
+/// The Path the edge adds to a REGISTER, and names again in its flow-closed notice.
+const PATH: &str = "<sip:f1234@127.0.0.1:5063;transport=tls;lr>";
+
+fn users() -> Users {
+    let user = |alias: &str| User {
+        alias: alias.into(),
+        display_name: alias.into(),
+        first: String::new(),
+        last: String::new(),
+        account: String::new(),
+        password: Some(format!("{alias}-pw")),
+        ha1_md5: None,
+        ha1_sha256: None,
+    };
+    Users::from_directory(&Directory { users: vec![user("alice"), user("bob")] }, DOMAIN, DOMAIN)
+}
+
+struct Rig {
+    core: PoolCore,
+    now: Now,
+    n: u32,
+}
+
+fn conn() -> ConnId {
+    ConnId { core: 0, gen: 1, slot: 3 }
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let edge: SocketAddr = EDGE.parse().unwrap();
+        let mut s = CoreSettings::with_defaults(DOMAIN, "127.0.0.1:5062".parse().unwrap(), vec![edge], users());
+        s.algorithms = vec![Algorithm::Md5];
+        let now = Now { secs: 1_700_000_000, mono: Instant::now() };
+        Rig { core: PoolCore::new(Arc::new(s), 0, 1, Arc::new(PoolStats::default()), now), now, n: 0 }
+    }
+
+    fn step(&mut self, f: impl FnOnce(&mut PoolCore, Now)) -> Vec<Action> {
+        f(&mut self.core, self.now);
+        let mut out = Vec::new();
+        self.core.take_actions(&mut out);
+        out
+    }
+
+    fn input(&mut self, raw: &str) -> Vec<Action> {
+        let msg = Message::parse(Bytes::from(raw.to_string()), &self.core.settings().limits).expect("test message");
+        self.step(|c, now| c.on_message(conn(), msg, now))
+    }
+
+    /// A request from `user`, first without credentials, then answering the challenge it got.
+    fn authed(&mut self, user: &str, make: impl Fn(u32, &str) -> String) -> Vec<Action> {
+        self.n += 1;
+        let first = self.input(&make(self.n, ""));
+        let resp = only_response(&first);
+        let (header, auth) = match resp.status() {
+            Some(401) => (HeaderName::WwwAuthenticate, "Authorization"),
+            Some(407) => (HeaderName::ProxyAuthenticate, "Proxy-Authorization"),
+            s => panic!("expected a challenge, got {s:?}"),
+        };
+        let ch = sip::parse_challenge(resp.header(header).unwrap()).unwrap();
+        let nonce = String::from_utf8_lossy(ch.nonce).to_string();
+        let method = make(0, "").split(' ').next().unwrap().to_string();
+        let uri = format!("sip:{DOMAIN}");
+        let ha1 = digest::ha1(Algorithm::Md5, user.as_bytes(), DOMAIN.as_bytes(), format!("{user}-pw").as_bytes());
+        let response = digest::response(
+            Algorithm::Md5,
+            ha1.as_bytes(),
+            method.as_bytes(),
+            uri.as_bytes(),
+            nonce.as_bytes(),
+            Some(b"00000001"),
+            Some(b"cn"),
+            Some(b"auth"),
+        );
+        let creds = format!(
+            "{auth}: Digest username=\"{user}\", realm=\"{DOMAIN}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"cn\"\r\n"
+        );
+        self.n += 1;
+        self.input(&make(self.n, &creds))
+    }
+
+    fn register(&mut self, user: &str) -> Vec<Action> {
+        self.authed(user, |n, creds| {
+            format!(
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKr{n}\r\n\
+                 From: <sip:{user}@{DOMAIN}>;tag=r{n}\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: reg-{user}\r\n\
+                 CSeq: {n} REGISTER\r\nContact: <sip:{user}@192.0.2.1:5000;transport=tls>\r\nPath: {PATH}\r\n\
+                 {creds}Expires: 600\r\nContent-Length: 0\r\n\r\n"
+            )
+        })
+    }
+}
+
+fn sent(actions: &[Action]) -> Vec<Message> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { bytes, .. } => Some(Message::parse(bytes.clone(), &Limits::default()).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn only_response(actions: &[Action]) -> Message {
+    let r = sent(actions);
+    assert_eq!(r.len(), 1, "one response");
+    r.into_iter().next().unwrap()
+}
+
+fn to_edge(actions: &[Action]) -> Vec<(SocketAddr, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ToEdge { addr, bytes } => Some((*addr, Message::parse(bytes.clone(), &Limits::default()).unwrap())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn register_without_credentials_is_challenged() {
+    let mut rig = Rig::new();
+    let out = rig.input(&format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bK1\r\n\
+         From: <sip:alice@{DOMAIN}>;tag=1\r\nTo: <sip:alice@{DOMAIN}>\r\nCall-ID: c1\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:alice@192.0.2.1:5000>\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let resp = only_response(&out);
+    assert_eq!(resp.status(), Some(401));
+    let ch = sip::parse_challenge(resp.header(HeaderName::WwwAuthenticate).expect("a challenge")).unwrap();
+    assert_eq!(ch.realm, DOMAIN.as_bytes());
+    assert!(matches!(out[0], Action::Send { conn: c, .. } if c == conn()), "to the connection it came from");
+    assert_eq!(rig.core.sizes().bindings, 0);
+    assert_eq!(rig.core.sizes().nonces, 1);
+}
+
+#[test]
+fn register_with_valid_digest_binds() {
+    let mut rig = Rig::new();
+    let out = rig.register("alice");
+    let resp = only_response(&out);
+    assert_eq!(resp.status(), Some(200));
+    let contact = String::from_utf8_lossy(resp.header(HeaderName::Contact).unwrap()).to_string();
+    assert!(contact.contains("sip:alice@192.0.2.1:5000") && contact.contains("expires=600"), "{contact}");
+    assert_eq!((rig.core.sizes().aors, rig.core.sizes().bindings), (1, 1));
+    // The binding is written behind: nothing until the write-behind input, then one row.
+    let writes = rig.step(|c, now| c.on_write_behind(now));
+    assert!(matches!(&writes[..], [Action::StoreWrite(StateWrite::Put(r))] if r.key == "alice@example.com"));
+}
+
+#[test]
+fn message_to_a_binding_goes_to_its_edge_with_route() {
+    let mut rig = Rig::new();
+    assert_eq!(only_response(&rig.register("bob")).status(), Some(200));
+    let out = rig.authed("alice", |n, creds| {
+        format!(
+            "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKm{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: m-{n}\r\n\
+             CSeq: 1 MESSAGE\r\n{creds}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        )
+    });
+    assert!(sent(&out).is_empty(), "no answer before the edge's");
+    let fwd = to_edge(&out);
+    assert_eq!(fwd.len(), 1);
+    let (addr, req) = &fwd[0];
+    assert_eq!(*addr, EDGE.parse::<SocketAddr>().unwrap());
+    assert_eq!(req.header(HeaderName::Route), Some(PATH.as_bytes()));
+    assert_eq!(req.request_uri(), Some(&b"sip:bob@192.0.2.1:5000;transport=tls"[..]));
+    assert!(req.header(HeaderName::ProxyAuthorization).is_none());
+    assert_eq!(rig.core.sizes().transactions, 1);
+    // Bob's 200 comes back through the edge: it goes to alice's connection, our Via removed.
+    let mut ok = BytesMut::new();
+    sip::write_response(&mut ok, req, 200, "OK", Some(b"b"), &[], None);
+    let out = rig.step(|c, now| c.on_message(conn(), Message::parse(ok.freeze(), &Limits::default()).unwrap(), now));
+    let resp = only_response(&out);
+    assert_eq!(resp.status(), Some(200));
+    assert!(resp.top_via().and_then(|v| v.branch()).is_some_and(|b| b.starts_with(b"z9hG4bKm")));
+    assert_eq!(rig.core.sizes().transactions, 0);
+}
+
+#[test]
+fn a_dead_edge_reads_as_offline() {
+    let mut rig = Rig::new();
+    rig.register("bob");
+    let out = rig.authed("alice", |n, creds| {
+        format!(
+            "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKm{n}\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: m-{n}\r\n\
+             CSeq: 1 MESSAGE\r\n{creds}Content-Length: 0\r\n\r\n"
+        )
+    });
+    let Action::ToEdge { bytes, .. } = out.into_iter().find(|a| matches!(a, Action::ToEdge { .. })).unwrap() else {
+        unreachable!()
+    };
+    let out = rig.step(|c, now| c.on_undeliverable(bytes, 503, "Service Unavailable", now));
+    assert_eq!(only_response(&out).status(), Some(480));
+    assert_eq!(rig.core.sizes().transactions, 0);
+}
+
+#[test]
+fn flow_closed_notice_removes_the_bindings() {
+    let mut rig = Rig::new();
+    rig.register("alice");
+    assert_eq!(rig.core.sizes().bindings, 1);
+    let out = rig.input(&format!(
+        "NOTIFY sip:alice@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKx1\r\nMax-Forwards: 1\r\n\
+         From: <sip:edge@127.0.0.1:5063>;tag=flow\r\nTo: <sip:alice@{DOMAIN}>\r\nCall-ID: flow-1\r\n\
+         CSeq: 1 NOTIFY\r\nEvent: x-parapet-flow-closed\r\nSubscription-State: terminated\r\n\
+         P-Parapet-Flow: {PATH}\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(only_response(&out).status(), Some(200));
+    assert_eq!(rig.core.sizes().bindings, 0);
+    let writes = rig.step(|c, now| c.on_write_behind(now));
+    assert!(matches!(&writes[..], [Action::StoreWrite(StateWrite::Delete { key, .. })] if key == "alice@example.com"));
+}
+
+#[test]
+fn a_store_reply_completes_a_list_subscription() {
+    let mut rig = Rig::new();
+    rig.register("alice");
+    let out = rig.authed("alice", |n, creds| {
+        format!(
+            "SUBSCRIBE sip:alice+contacts@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKs{n}\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=s{n}\r\nTo: <sip:alice+contacts@{DOMAIN}>\r\nCall-ID: list-1\r\n\
+             CSeq: {n} SUBSCRIBE\r\nContact: <sip:alice@192.0.2.1:5000;transport=tls>\r\n\
+             Record-Route: <sip:127.0.0.1:5063;transport=tls;lr>\r\nEvent: presence\r\nSupported: eventlist\r\n\
+             Accept: application/pidf+xml, application/rlmi+xml, multipart/related\r\n{creds}Expires: 600\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    });
+    assert!(sent(&out).is_empty(), "answered once the list is read");
+    let Some(Action::StoreCall { op: Op::Contacts { owner }, then }) =
+        out.into_iter().find(|a| matches!(a, Action::StoreCall { .. }))
+    else {
+        panic!("the list is read from the store")
+    };
+    assert_eq!(owner, "alice@example.com");
+    assert_eq!(rig.core.sizes().subscriptions, 0);
+    let rows = vec![ContactRow {
+        owner: owner.clone(),
+        uri: format!("sip:bob@{DOMAIN}"),
+        display_name: "Bob".into(),
+        group: String::new(),
+    }];
+    let out = rig.step(|c, now| c.on_store_reply(then, Ok(Reply::Contacts(rows)), now));
+    let resp = only_response(&out);
+    assert_eq!(resp.status(), Some(200));
+    assert_eq!(resp.header(HeaderName::Require), Some(&b"eventlist"[..]));
+    assert_eq!(rig.core.sizes().subscriptions, 1);
+    let notifies = to_edge(&out);
+    assert_eq!(notifies.len(), 1, "the first NOTIFY");
+    assert!(notifies[0].1.content_type().is_some_and(|c| c.starts_with(b"multipart/related")));
+    // Bob's state arrives from his core (this one): a coalesced NOTIFY, after the timer.
+    let timer = out.into_iter().find_map(|a| match a {
+        Action::Timer { timer, after } => Some((timer, after)),
+        _ => None,
+    });
+    let Some((timer @ Timer::ListFlush(_), after)) = timer else { panic!("a coalescing timer") };
+    assert_eq!(after, Duration::from_millis(50));
+    let out = rig.step(|c, now| c.on_timer(timer, now));
+    assert_eq!(to_edge(&out).len(), 1, "one NOTIFY for the gathered changes");
+}
+
+#[test]
+fn a_failed_store_call_answers_503() {
+    let mut rig = Rig::new();
+    let then = Resume::ListLoad {
+        origin: conn(),
+        request: Bytes::from(format!(
+            "SUBSCRIBE sip:alice+contacts@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKs\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=s\r\nTo: <sip:alice+contacts@{DOMAIN}>\r\nCall-ID: l\r\n\
+             CSeq: 1 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n"
+        )),
+        owner: "alice@example.com".into(),
+        list_uri: "sip:alice+contacts@example.com".into(),
+        granted: 600,
+    };
+    let out = rig.step(|c, now| c.on_store_reply(then, Err(StoreError("busy".into())), now));
+    assert_eq!(only_response(&out).status(), Some(503));
+}
+
+#[test]
+fn a_full_mesh_answers_503() {
+    let mut rig = Rig::new();
+    let bytes = Bytes::from(format!(
+        "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKq\r\n\
+         From: <sip:alice@{DOMAIN}>;tag=q\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: q\r\nCSeq: 1 MESSAGE\r\n\
+         Content-Length: 0\r\n\r\n"
+    ));
+    let out = rig.step(|c, now| c.on_mesh_full(conn(), bytes, now));
+    assert_eq!(only_response(&out).status(), Some(503));
+}
+
+#[test]
+fn transactions_time_out_on_the_given_clock() {
+    let mut rig = Rig::new();
+    rig.register("bob");
+    rig.authed("alice", |n, creds| {
+        format!(
+            "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKm{n}\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <sip:bob@{DOMAIN}>\r\nCall-ID: m-{n}\r\n\
+             CSeq: 1 MESSAGE\r\n{creds}Content-Length: 0\r\n\r\n"
+        )
+    });
+    assert!(sent(&rig.step(|c, now| c.on_tick(now))).is_empty(), "not yet");
+    rig.now.mono += Duration::from_secs(33);
+    let out = rig.step(|c, now| c.on_tick(now));
+    assert_eq!(only_response(&out).status(), Some(408));
+    assert_eq!(rig.core.sizes().transactions, 0);
+}
