@@ -194,6 +194,9 @@ impl Edge {
         let mut ed = Editor::new(&msg);
         ed.pop_via();
         ed.push_via(&vias);
+        // Only the pool may mark a response for the edge: a user's or partner's mark would come back to us as
+        // the pool's.
+        crate::proto::strip_pool_marks(&msg, &mut ed);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + vias.len());
         ed.write(&mut out);
         self.deliver(back, out.freeze());

@@ -25,7 +25,7 @@ impl Flow {
     pub fn speaks_for_uri(&self, uri: &crate::sip::Uri<'_>) -> bool {
         let user = uri.user.unwrap_or(b"");
         if user.is_empty() || user.contains(&b'%') || std::str::from_utf8(user).is_err() {
-            return self.speaks_for(&crate::pool::aor_of(uri));
+            return self.speaks_for(&crate::proto::aor_of(uri));
         }
         self.aors.iter().any(|a| {
             a.split_once('@').is_some_and(|(u, h)| u.as_bytes() == user && h.as_bytes().eq_ignore_ascii_case(uri.host))
@@ -88,8 +88,8 @@ mod tests {
     fn speaks_for_uri_agrees_with_the_aor_key() {
         let mut flows = Flows::default();
         let id = ConnId { core: 0, gen: 0, slot: 0 };
-        flows.registered(id, crate::pool::aor_of(&Uri::parse(b"sip:alice@Example.COM").expect("uri")), true);
-        flows.registered(id, crate::pool::aor_of(&Uri::parse(b"sip:b%6Fb@example.com").expect("uri")), true);
+        flows.registered(id, crate::proto::aor_of(&Uri::parse(b"sip:alice@Example.COM").expect("uri")), true);
+        flows.registered(id, crate::proto::aor_of(&Uri::parse(b"sip:b%6Fb@example.com").expect("uri")), true);
         let f = flows.get(id).expect("flow");
         for (uri, expect) in [
             ("sip:alice@example.com", true),
@@ -102,7 +102,7 @@ mod tests {
         ] {
             let u = Uri::parse(uri.as_bytes()).expect("uri");
             assert_eq!(f.speaks_for_uri(&u), expect, "{uri}");
-            assert_eq!(f.speaks_for_uri(&u), f.speaks_for(&crate::pool::aor_of(&u)), "{uri}");
+            assert_eq!(f.speaks_for_uri(&u), f.speaks_for(&crate::proto::aor_of(&u)), "{uri}");
         }
     }
 }

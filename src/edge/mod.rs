@@ -171,8 +171,8 @@ impl EdgeSettings {
             listen_text: e.listen.to_string(),
             internal_text: e.internal_listen.to_string(),
             myself,
-            limits: sip_limits(cfg),
-            peer_limits: crate::net::conn::peer_limits(&sip_limits(cfg)),
+            limits: crate::proto::sip_limits(cfg),
+            peer_limits: crate::proto::peer_limits(cfg),
             user_tls,
             internal_tls,
             pool_tls,
@@ -191,15 +191,6 @@ impl EdgeSettings {
             flood: e.flood,
             fed,
         })
-    }
-}
-
-pub fn sip_limits(cfg: &Config) -> Limits {
-    Limits {
-        message_bytes_max: cfg.limits.message_bytes_max,
-        header_bytes_max: cfg.limits.header_bytes_max,
-        header_count_max: cfg.limits.header_count_max,
-        line_bytes_max: cfg.limits.line_bytes_max,
     }
 }
 
@@ -337,9 +328,6 @@ async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
 
 /// Branches of the edge's own notices to the pool.
 const NOTICE_BRANCH_PREFIX: &[u8] = b"z9hG4bKx";
-
-/// The internal event by which the edge tells the pool a registered flow closed.
-pub const FLOW_CLOSED_EVENT: &str = "x-parapet-flow-closed";
 
 /// A message must be complete this long after its first byte arrived (slowloris).
 const MESSAGE_DEADLINE_MS: u64 = 10_000;
@@ -631,7 +619,7 @@ impl Edge {
                     (HeaderName::To, to.as_bytes()),
                     (HeaderName::CallId, call_id.as_bytes()),
                     (HeaderName::CSeq, b"1 NOTIFY"),
-                    (HeaderName::Event, FLOW_CLOSED_EVENT.as_bytes()),
+                    (HeaderName::Event, crate::proto::FLOW_CLOSED_EVENT.as_bytes()),
                     (HeaderName::SubscriptionState, b"terminated"),
                     (HeaderName::ParapetFlow, &path),
                 ],

@@ -55,7 +55,7 @@ pub fn decide(msg: &Message, ctx: &Ctx<'_>) -> Decision {
         return Decision::KeepAlive;
     }
     // Internal events (edge to pool) must never come from outside.
-    if msg.header(HeaderName::Event).is_some_and(|e| e.len() >= 10 && e[..10].eq_ignore_ascii_case(b"x-parapet-")) {
+    if msg.header(HeaderName::Event).is_some_and(crate::proto::is_internal_event) {
         return Decision::Refuse { code: 489, reason: "Bad Event", why: Refusal::InternalEvent };
     }
     if ctx.draining && method != Method::Ack {

@@ -12,7 +12,7 @@ use super::policy::{self, Decision, Refusal};
 use super::{guard, token, Edge};
 use crate::net::conn::bump;
 use crate::net::{Conn, ConnId};
-use crate::pool::aor_of;
+use crate::proto::{aor_of, Failure};
 use crate::sip::{self, Editor, HeaderName, Message, Method};
 
 impl Edge {
@@ -113,7 +113,7 @@ impl Edge {
         }
         let status = msg.status().unwrap_or(0);
         // Only failed credentials count toward the lockout (not, say, a registrar limit or a policy refusal).
-        if status == 403 && msg.reason() == Some(crate::pool::auth::AUTH_FAILED_REASON.as_bytes()) {
+        if Failure::of(&msg) == Some(Failure::Credentials) {
             self.auth_failed(back);
         }
         if status >= 200 {
@@ -137,6 +137,7 @@ impl Edge {
         };
         let mut ed = Editor::new(&msg);
         ed.pop_via();
+        crate::proto::strip_pool_marks(&msg, &mut ed);
         if let Some(rr) = &public_rr {
             ed.remove_headers(HeaderName::RecordRoute);
             ed.append_header(HeaderName::RecordRoute, rr);

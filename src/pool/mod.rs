@@ -28,9 +28,11 @@ use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
 
 use crate::config::Config;
+// The edge–pool contract's AOR key, under the name the pool's modules use.
 use crate::net::conn::bump;
 use crate::net::listener::{ensure_port_free, listen, ListenSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
+pub use crate::proto::aor_of;
 use crate::shard::{self, shard_for, Shard};
 use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
 use digest::{Algorithm, NonceKeeper};
@@ -178,7 +180,7 @@ impl PoolSettings {
             realm,
             listen: p.listen,
             // The pool only talks to trusted peers, whose messages carry the headers the edge added.
-            limits: crate::net::conn::peer_limits(&crate::edge::sip_limits(cfg)),
+            limits: crate::proto::peer_limits(cfg),
             server_tls: tls::server_config(&p.cert, &p.key, Some(&p.ca)).map_err(|e| e.to_string())?,
             client_tls: tls::client_config(&p.ca, Some((&p.cert, &p.key))).map_err(|e| e.to_string())?,
             edges: p.edges.clone(),
@@ -475,7 +477,7 @@ impl Pool {
             self.federated_request(origin, msg);
             return;
         }
-        if method == Method::Notify && is_flow_closed_notice(&msg) {
+        if method == Method::Notify && crate::proto::is_flow_closed_notice(&msg) {
             let key = msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
             self.to_core(key.as_bytes(), Stage::FlowClosed, origin, msg);
             return;
@@ -625,11 +627,6 @@ impl Pool {
 /// Methods the pool serves.
 const ALLOW: &[u8] = b"REGISTER, MESSAGE, SUBSCRIBE, PUBLISH, OPTIONS";
 
-/// Whether a request is an edge's notice that a flow closed (users cannot send it: the edge refuses the event).
-fn is_flow_closed_notice(msg: &Message) -> bool {
-    msg.header(HeaderName::Event).is_some_and(|e| e.eq_ignore_ascii_case(crate::edge::FLOW_CLOSED_EVENT.as_bytes()))
-}
-
 /// The registrar's name for an edge flow: a hash of the Path URI the edge wrote (the same bytes in the REGISTER
 /// and in the edge's flow-closed notice).
 pub fn flow_key(path: &[u8]) -> u64 {
@@ -639,11 +636,6 @@ pub fn flow_key(path: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-/// The AOR key of a URI (user@host, host lowercased).
-pub fn aor_of(uri: &Uri<'_>) -> String {
-    registrar::aor_key(&uri.user_unescaped(), uri.host)
 }
 
 /// A To tag for responses we generate: stable for a request, so a retransmission gets the same one.

@@ -47,6 +47,8 @@ pub enum HeaderName {
     ParapetFederated,
     /// Ours: the Path URI of a flow the edge reports closed (`Event: x-parapet-flow-closed`, edge to pool only).
     ParapetFlow,
+    /// Ours: on a response of the pool, why it refused the request (`proto::Failure`, pool to edge only).
+    ParapetFailure,
     Other,
 }
 
@@ -94,6 +96,7 @@ pub const TABLE: &[(HeaderName, &str, Option<u8>, &str)] = &[
     (HeaderName::RetryAfter, "Retry-After", None, "RFC 3261"),
     (HeaderName::ParapetFederated, "P-Parapet-Federated", None, "parapet"),
     (HeaderName::ParapetFlow, "P-Parapet-Flow", None, "parapet"),
+    (HeaderName::ParapetFailure, "P-Parapet-Failure", None, "parapet"),
 ];
 
 // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.
