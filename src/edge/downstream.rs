@@ -155,6 +155,8 @@ impl Edge {
         ] {
             ed.remove_headers(name);
         }
+        // The pool's marks and the edge's own (P-Parapet-Bind rides on to the recipient) are ours alone.
+        crate::proto::strip_internal(msg, &mut ed);
         for (name, value) in add {
             ed.append_header(*name, value);
         }
@@ -195,8 +197,8 @@ impl Edge {
         ed.pop_via();
         ed.push_via(&vias);
         // Only the pool may mark a response for the edge: a user's or partner's mark would come back to us as
-        // the pool's.
-        crate::proto::strip_pool_marks(&msg, &mut ed);
+        // the pool's. (Internal headers of any kind stay inside.)
+        crate::proto::strip_internal(&msg, &mut ed);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + vias.len());
         ed.write(&mut out);
         self.deliver(back, out.freeze());

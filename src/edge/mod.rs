@@ -52,8 +52,12 @@ crate::counters! {
         mesh_full,
         /// Requests refused because the flow has not registered yet (only REGISTER may pass).
         unauthenticated_refused,
-        /// Requests whose From is not an identity this flow registered.
+        /// Requests whose From is not an identity this flow registered or proved, nor one it could prove.
         spoofed_from_refused,
+        /// Requests of a registered flow From another of our users, sent to the pool to be proven (digest).
+        identities_to_prove,
+        /// Identities a flow proved on a request (the pool authenticated them) and may speak for since.
+        identities_proven,
         /// Flow tokens or branches whose MAC did not verify.
         tokens_refused,
         /// Requests refused because the flow already has too many in flight.

@@ -1,8 +1,9 @@
 //! Requests from remote users toward the pool, and the pool's responses back to them.
 //!
 //! The gate: until the pool has accepted a REGISTER on a flow, only REGISTER (and OPTIONS to the edge itself)
-//! pass; after it, a request must come From an identity the flow registered. Everything refused here never
-//! reaches the pool.
+//! pass; after it, a request must come From an identity the flow registered or proved, or else goes to the pool
+//! marked for its From to be proven (`proto`: identity per request). Everything refused here never reaches the
+//! pool.
 
 use std::rc::Rc;
 
@@ -12,7 +13,7 @@ use super::policy::{self, Decision, Refusal};
 use super::{guard, token, Edge};
 use crate::net::conn::bump;
 use crate::net::{Conn, ConnId};
-use crate::proto::{aor_of, Failure};
+use crate::proto::{self, aor_of, Failure};
 use crate::sip::{self, Editor, HeaderName, Message, Method};
 
 impl Edge {
@@ -60,6 +61,7 @@ impl Edge {
         };
         match decision {
             Decision::Forward => {}
+            Decision::Prove => bump(&self.estats.identities_to_prove),
             Decision::KeepAlive => {
                 let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY, PUBLISH";
                 let mut out = BytesMut::with_capacity(512);
@@ -92,7 +94,13 @@ impl Edge {
         let mut out = BytesMut::new();
         {
             let mut scratch = self.scratch.borrow_mut();
-            let hop = policy::Hop { internal: &self.s.internal_text, key: &self.s.key, conn: conn.id, peer: conn.peer };
+            let hop = policy::Hop {
+                internal: &self.s.internal_text,
+                key: &self.s.key,
+                conn: conn.id,
+                peer: conn.peer,
+                prove: decision == Decision::Prove,
+            };
             let is_myself = |u: &sip::Uri<'_>| self.is_myself(u);
             policy::rewrite_for_pool(msg, &hop, &is_myself, &mut scratch, &mut out);
         }
@@ -109,6 +117,14 @@ impl Edge {
         }
         if self.table.borrow().get(back).is_some_and(|c| c.kind == crate::net::ConnKind::Partner) {
             self.response_to_partner(back, &msg);
+            return;
+        }
+        if let Some(aor) = proto::identity_proven(&msg) {
+            // The pool authenticated a request of this flow From another identity: the flow speaks for it now.
+            // The notice is for us alone (a 100 goes no further than one hop).
+            if self.flows.borrow_mut().proven(back, aor) {
+                bump(&self.estats.identities_proven);
+            }
             return;
         }
         let status = msg.status().unwrap_or(0);
@@ -137,7 +153,7 @@ impl Edge {
         };
         let mut ed = Editor::new(&msg);
         ed.pop_via();
-        crate::proto::strip_pool_marks(&msg, &mut ed);
+        crate::proto::strip_internal(&msg, &mut ed);
         if let Some(rr) = &public_rr {
             ed.remove_headers(HeaderName::RecordRoute);
             ed.append_header(HeaderName::RecordRoute, rr);

@@ -531,6 +531,11 @@ impl Pool {
                         self.presence_registration(&user.aor);
                     }
                     _ => {
+                        if crate::proto::wants_identity_notice(&msg) {
+                            // The edge asked: its flow proved this From, and may speak for it from now on.
+                            let (code, reason) = crate::proto::IDENTITY_NOTICE;
+                            self.reply(origin, &msg, code, reason, &[crate::proto::identity_header(&user.aor)]);
+                        }
                         let target =
                             msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
                         self.to_core(target.as_bytes(), Stage::Route, origin, msg);

@@ -15,6 +15,17 @@
 //! | `P-Parapet-Federated` | the edge | a request from a federation peer that may speak for its From domain; the value is that domain | the pool. The edge removes it from every request of a user and replaces it on a partner's. |
 //! | `P-Parapet-Flow` | the edge | its flow-closed notice ([`FLOW_CLOSED_EVENT`]): the Path URI it wrote in that flow's REGISTERs | the pool, only on that notice (users cannot send the event: [`is_internal_event`]) |
 //! | `P-Parapet-Failure` | the pool | a final response refusing a request: [`Failure`] | the edge, only on a response from a pool connection. It removes the header from every response of a user or partner before it goes on to the pool, and from every response it sends on to a user. |
+//! | `P-Parapet-Bind` | the edge | a request from a registered flow whose From the flow has not proven yet ([`BIND_MARK`]) | the pool, which authenticates the request as any other and, when the digest succeeds, sends the identity notice. The edge removes it from every request of a user and sets its own. |
+//! | `P-Parapet-Identity` | the pool | its identity notice ([`identity_proven`]): a `100 Trying` naming the AOR it just authenticated as the From of a marked request | the edge, only from a pool connection, which then lets the flow speak for that AOR; the notice is hop-by-hop and never forwarded, and the header is removed like `P-Parapet-Failure`. |
+//!
+//! # Identity per request
+//!
+//! A client with several accounts on one server shares one connection between them: an account's requests
+//! may leave on a flow another account registered. Until a flow has registered, only REGISTER passes the edge.
+//! Afterwards a request From an identity the flow has not proven goes on marked `P-Parapet-Bind`; the pool
+//! digest-authenticates it as every request (407 first), and only a successful authentication brings the
+//! notice that lets the edge add the identity to the flow (bounded by the flow's identity cap). A failed one is
+//! a `Failure::Credentials` like any other, counted toward the address's lockout.
 
 use crate::config::Config;
 use crate::sip::{Editor, HeaderName, Limits, Message, Uri};
@@ -148,18 +159,55 @@ impl Failure {
     }
 }
 
-/// Headers only the pool may put on a response, for the edge alone: the edge removes them from what users and
-/// partners answer before it reaches the pool, and from everything it sends on to a user.
-pub const POOL_RESPONSE_HEADERS: &[HeaderName] = &[HeaderName::ParapetFailure];
+/// Every internal header (the table above). The edge removes them from what users and partners send or answer
+/// before it reaches the pool (setting its own where it speaks), and from everything it sends on to a user.
+pub const INTERNAL_HEADERS: &[HeaderName] = &[
+    HeaderName::ParapetFederated,
+    HeaderName::ParapetFlow,
+    HeaderName::ParapetFailure,
+    HeaderName::ParapetBind,
+    HeaderName::ParapetIdentity,
+];
 
-/// Removes the pool's marks ([`POOL_RESPONSE_HEADERS`]) from a response being forwarded. An edit only for a mark
-/// present, so that the common response costs none of the editor's bounded edits.
-pub fn strip_pool_marks(msg: &Message, ed: &mut Editor<'_>) {
-    for name in POOL_RESPONSE_HEADERS {
+/// Removes the internal headers ([`INTERNAL_HEADERS`]) from a message being forwarded. An edit only for a header
+/// present, so that the common message costs none of the editor's bounded edits.
+pub fn strip_internal(msg: &Message, ed: &mut Editor<'_>) {
+    for name in INTERNAL_HEADERS {
         if msg.header(*name).is_some() {
             ed.remove_headers(*name);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Identity per request
+
+/// The edge's mark on a request whose From its flow has not proven: "tell me if you authenticate it".
+pub const BIND_MARK: (HeaderName, &[u8]) = (HeaderName::ParapetBind, b"from");
+
+/// Whether a request from the edge asks for the identity notice.
+pub fn wants_identity_notice(msg: &Message) -> bool {
+    msg.header(HeaderName::ParapetBind).is_some()
+}
+
+/// Status and reason of the pool's identity notice: a provisional response, hop-by-hop (RFC 3261 §16.7: a
+/// proxy never forwards a 100), sent back along the request's Vias before the request goes on.
+pub const IDENTITY_NOTICE: (u16, &str) = (100, "Trying");
+
+/// The header line of the identity notice, naming the AOR the pool authenticated.
+pub fn identity_header(aor: &str) -> (HeaderName, &[u8]) {
+    (HeaderName::ParapetIdentity, aor.as_bytes())
+}
+
+/// On the edge, for a response from a pool connection: the AOR the pool proved, when this is its identity
+/// notice. The pool proves only a request's From, so the notice must name the From's AOR, or it is not one.
+pub fn identity_proven(msg: &Message) -> Option<String> {
+    if msg.status() != Some(IDENTITY_NOTICE.0) {
+        return None;
+    }
+    let named = msg.header(HeaderName::ParapetIdentity)?.trim_ascii();
+    let from = aor_of(&msg.from().uri);
+    (named == from.as_bytes()).then_some(from)
 }
 
 #[cfg(test)]
@@ -210,11 +258,31 @@ mod tests {
         assert_eq!(Failure::of(&marked), Some(Failure::Credentials));
         // Forwarded on, the mark is gone and the rest is untouched.
         let mut ed = Editor::new(&marked);
-        strip_pool_marks(&marked, &mut ed);
+        strip_internal(&marked, &mut ed);
         let mut out = bytes::BytesMut::new();
         ed.write(&mut out);
         let fwd = Message::parse(out.freeze(), &Limits::default()).expect("parses");
         assert_eq!(Failure::of(&fwd), None);
         assert_eq!(fwd.bytes(), resp("").bytes());
+    }
+
+    #[test]
+    fn the_identity_notice_names_the_from_of_a_100() {
+        let resp = |status: &str, identity: &str| {
+            let text = format!(
+                "SIP/2.0 {status}\r\nVia: SIP/2.0/TLS 192.0.2.5;branch=z9hG4bK1\r\n\
+                 From: <sip:b%6Fb@Example.com>;tag=1\r\nTo: <sip:carol@example.com>\r\nCall-ID: c1\r\n\
+                 CSeq: 2 MESSAGE\r\n{identity}Content-Length: 0\r\n\r\n"
+            );
+            Message::parse(bytes::Bytes::from(text), &Limits::default()).expect("parses")
+        };
+        let (code, reason) = IDENTITY_NOTICE;
+        let (name, value) = identity_header("bob@example.com");
+        let line = format!("{}: {}\r\n", name.as_str(), String::from_utf8_lossy(value));
+        assert_eq!(identity_proven(&resp(&format!("{code} {reason}"), &line)).as_deref(), Some("bob@example.com"));
+        // Not a 100, no header, or another AOR than the From's: not a notice.
+        assert_eq!(identity_proven(&resp("200 OK", &line)), None);
+        assert_eq!(identity_proven(&resp("100 Trying", "")), None);
+        assert_eq!(identity_proven(&resp("100 Trying", "P-Parapet-Identity: carol@example.com\r\n")), None);
     }
 }
