@@ -155,8 +155,11 @@ impl Edge {
         ] {
             ed.remove_headers(name);
         }
-        // The pool's marks and the edge's own (P-Parapet-Bind rides on to the recipient) are ours alone.
-        crate::proto::strip_internal(msg, &mut ed);
+        // Our own mark on a user's request (P-Parapet-Bind) rides on through the pool: it stays inside. (Users'
+        // internal headers were removed on the way in; one edit at most here, the editor's edits are bounded.)
+        if msg.header(HeaderName::ParapetBind).is_some() {
+            ed.remove_headers(HeaderName::ParapetBind);
+        }
         for (name, value) in add {
             ed.append_header(*name, value);
         }

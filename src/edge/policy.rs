@@ -153,11 +153,9 @@ pub fn rewrite_for_pool(
     for _ in 0..own_routes.min(4) {
         ed.pop_route();
     }
-    // Only the edge may say a request comes from a federated peer, or ask for an identity to be proven.
-    ed.remove_headers(HeaderName::ParapetFederated);
-    if msg.header(HeaderName::ParapetBind).is_some() {
-        ed.remove_headers(HeaderName::ParapetBind);
-    }
+    // Only the edge may say a request comes from a federated peer, or ask for an identity to be proven: no
+    // internal header of a user's goes on.
+    crate::proto::strip_internal(msg, &mut ed);
     if hop.prove {
         let (name, value) = crate::proto::BIND_MARK;
         ed.prepend_header(name, value);
@@ -318,7 +316,13 @@ mod tests {
             rewrite_for_pool(msg, &hop, &|_: &Uri<'_>| false, &mut scratch, &mut out);
             Message::parse(out.freeze(), &crate::net::conn::peer_limits(&Limits::default())).expect("parses")
         };
-        let forged = request("MESSAGE", "sip:bob@example.com", "P-Parapet-Bind: from\r\nP-Parapet-Bind: x\r\n");
+        let forged = request(
+            "MESSAGE",
+            "sip:bob@example.com",
+            "P-Parapet-Bind: from\r\nP-Parapet-Bind: x\r\nP-Parapet-Identity: bob@example.com\r\n\
+             P-Parapet-Failure: credentials\r\nP-Parapet-Flow: <sip:f1@127.0.0.1:5063;lr>\r\n\
+             P-Parapet-Federated: partner.test\r\n",
+        );
         let plain = request("MESSAGE", "sip:bob@example.com", "");
         assert!(!crate::proto::wants_identity_notice(&forwarded(&forged, false)));
         assert!(!crate::proto::wants_identity_notice(&forwarded(&plain, false)));
@@ -326,6 +330,9 @@ mod tests {
             let fwd = forwarded(msg, true);
             assert!(crate::proto::wants_identity_notice(&fwd));
             assert_eq!(fwd.header_lines(HeaderName::ParapetBind).count(), 1);
+            for name in crate::proto::INTERNAL_HEADERS.iter().filter(|n| **n != HeaderName::ParapetBind) {
+                assert!(fwd.header(*name).is_none(), "{name:?} went on to the pool");
+            }
         }
     }
 }

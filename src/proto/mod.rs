@@ -15,7 +15,7 @@
 //! | `P-Parapet-Federated` | the edge | a request from a federation peer that may speak for its From domain; the value is that domain | the pool. The edge removes it from every request of a user and replaces it on a partner's. |
 //! | `P-Parapet-Flow` | the edge | its flow-closed notice ([`FLOW_CLOSED_EVENT`]): the Path URI it wrote in that flow's REGISTERs | the pool, only on that notice (users cannot send the event: [`is_internal_event`]) |
 //! | `P-Parapet-Failure` | the pool | a final response refusing a request: [`Failure`] | the edge, only on a response from a pool connection. It removes the header from every response of a user or partner before it goes on to the pool, and from every response it sends on to a user. |
-//! | `P-Parapet-Bind` | the edge | a request from a registered flow whose From the flow has not proven yet ([`BIND_MARK`]) | the pool, which authenticates the request as any other and, when the digest succeeds, sends the identity notice. The edge removes it from every request of a user and sets its own. |
+//! | `P-Parapet-Bind` | the edge | a request from a registered flow whose From the flow has not proven yet ([`BIND_MARK`]) | the pool, which authenticates the request as any other and, when the digest succeeds, sends the identity notice. The edge removes it from every request of a user and sets its own, and removes it again from the request when the pool forwards it toward a user. |
 //! | `P-Parapet-Identity` | the pool | its identity notice ([`identity_proven`]): a `100 Trying` naming the AOR it just authenticated as the From of a marked request | the edge, only from a pool connection, which then lets the flow speak for that AOR; the notice is hop-by-hop and never forwarded, and the header is removed like `P-Parapet-Failure`. |
 //!
 //! # Identity per request
@@ -159,8 +159,10 @@ impl Failure {
     }
 }
 
-/// Every internal header (the table above). The edge removes them from what users and partners send or answer
-/// before it reaches the pool (setting its own where it speaks), and from everything it sends on to a user.
+/// Every internal header (the table above). The edge removes them from users' requests and from users' and
+/// partners' responses before they reach the pool (setting its own marks where it speaks), and from every
+/// response it sends on to a user; from a request toward a user it removes its own `P-Parapet-Bind`, which the
+/// pool forwards with the request.
 pub const INTERNAL_HEADERS: &[HeaderName] = &[
     HeaderName::ParapetFederated,
     HeaderName::ParapetFlow,
