@@ -7,6 +7,7 @@ pub mod edge;
 pub mod mgmt;
 pub mod net;
 pub mod pool;
+pub mod proto;
 pub mod shard;
 pub mod sip;
 pub mod store;

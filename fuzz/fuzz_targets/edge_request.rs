@@ -1,6 +1,6 @@
 //! The edge's request handling as a pure function: a user's message in, the gate's decision and the request the
 //! pool would get out. Invariants: no panic; what the edge forwards parses; an unregistered flow only ever
-//! forwards REGISTER.
+//! forwards REGISTER; only a registered flow sends a From to be proven, and the pool sees the mark exactly then.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
@@ -28,20 +28,23 @@ fuzz_target!(|data: &[u8]| {
     let is_myself = |u: &Uri<'_>| u.host_eq(b"127.0.0.1") || u.host_eq(b"example.com");
     let ctx = Ctx { flow: flows.get(conn), draining: mode & 2 == 2, in_flight_max: 32, is_myself: &is_myself };
     let decision = policy::decide(&msg, &ctx);
-    if decision == Decision::Forward {
+    if decision == Decision::Forward || decision == Decision::Prove {
         if !registered {
             assert_eq!(msg.method(), Some(&Method::Register), "only REGISTER passes an unregistered flow");
         }
+        let prove = decision == Decision::Prove;
         let key = TokenKey::from_bytes([3; 16]);
-        let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("addr") };
+        let peer = "192.0.2.7:40000".parse().expect("addr");
+        let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer, prove };
         let mut scratch = Vec::new();
         let mut out = BytesMut::new();
         if policy::rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out).is_err() {
-            panic!("at most nine edits refused: the cap is {}", parapet::sip::EDIT_OPS_MAX);
+            panic!("at most fourteen edits refused: the cap is {}", parapet::sip::EDIT_OPS_MAX);
         }
         let big = parapet::net::conn::peer_limits(&limits);
-        if let Err(e) = Message::parse(out.freeze(), &big) {
-            panic!("request for the pool does not parse: {e:?}");
+        match Message::parse(out.freeze(), &big) {
+            Ok(fwd) => assert_eq!(parapet::proto::wants_identity_notice(&fwd), prove, "the mark is the edge's alone"),
+            Err(e) => panic!("request for the pool does not parse: {e:?}"),
         }
     }
 });

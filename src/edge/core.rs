@@ -20,9 +20,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::downstream::DownTxns;
 use super::flows::Flows;
-use super::{federation, guard, token, EdgeMsg, EdgeSettings, EdgeStats, FLOW_CLOSED_EVENT, NOTICE_BRANCH_PREFIX};
+use super::{federation, guard, token, EdgeMsg, EdgeSettings, EdgeStats, NOTICE_BRANCH_PREFIX};
 use crate::net::conn::bump;
 use crate::net::{ConnId, ConnKind};
+use crate::proto::FLOW_CLOSED_EVENT;
 use crate::sip::{self, HeaderName, Limits, Message, Method, Uri};
 
 /// What the logic needs to know about the connection an input came on, as a value (the shell builds it from the

@@ -161,6 +161,11 @@ impl EdgeCore {
         ] {
             ed.remove_headers(name);
         }
+        // Our own mark on a user's request (P-Parapet-Bind) rides on through the pool: it stays inside. (Users'
+        // internal headers were removed on the way in; one edit at most here, the editor's edits are bounded.)
+        if msg.header(HeaderName::ParapetBind).is_some() {
+            ed.remove_headers(HeaderName::ParapetBind);
+        }
         // One line per header name, whatever the number of values: a peer's route set cannot multiply our edits.
         let joined = join_by_name(add);
         for (name, value) in &joined {
@@ -201,6 +206,9 @@ impl EdgeCore {
         let mut ed = Editor::new(&msg);
         ed.pop_via();
         ed.push_via(&vias);
+        // Only the pool may mark a response for the edge: a user's or partner's mark would come back to us as
+        // the pool's. (Internal headers of any kind stay inside.)
+        crate::proto::strip_internal(&msg, &mut ed);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + vias.len());
         // Two edits: cannot overflow.
         if ed.write(&mut out).is_ok() {

@@ -52,8 +52,12 @@ crate::counters! {
         mesh_full,
         /// Requests refused because the flow has not registered yet (only REGISTER may pass).
         unauthenticated_refused,
-        /// Requests whose From is not an identity this flow registered.
+        /// Requests whose From is not an identity this flow registered or proved, nor one it could prove.
         spoofed_from_refused,
+        /// Requests of a registered flow From another of our users, sent to the pool to be proven (digest).
+        identities_to_prove,
+        /// Identities a flow proved on a request (the pool authenticated them) and may speak for since.
+        identities_proven,
         /// Flow tokens or branches whose MAC did not verify.
         tokens_refused,
         /// Requests refused because the flow already has too many in flight.
@@ -172,8 +176,8 @@ impl EdgeSettings {
             listen_text: e.listen.to_string(),
             internal_text: e.internal_listen.to_string(),
             myself,
-            limits: sip_limits(cfg),
-            peer_limits: crate::net::conn::peer_limits(&sip_limits(cfg)),
+            limits: crate::proto::sip_limits(cfg),
+            peer_limits: crate::proto::peer_limits(cfg),
             user_tls,
             internal_tls,
             pool_tls,
@@ -192,15 +196,6 @@ impl EdgeSettings {
             flood: e.flood,
             fed,
         })
-    }
-}
-
-pub fn sip_limits(cfg: &Config) -> Limits {
-    Limits {
-        message_bytes_max: cfg.limits.message_bytes_max,
-        header_bytes_max: cfg.limits.header_bytes_max,
-        header_count_max: cfg.limits.header_count_max,
-        line_bytes_max: cfg.limits.line_bytes_max,
     }
 }
 
@@ -225,9 +220,6 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
 
 /// Branches of the edge's own notices to the pool.
 const NOTICE_BRANCH_PREFIX: &[u8] = b"z9hG4bKx";
-
-/// The internal event by which the edge tells the pool a registered flow closed.
-pub const FLOW_CLOSED_EVENT: &str = "x-parapet-flow-closed";
 
 /// A message must be complete this long after its first byte arrived (slowloris): the driver's timer closes it
 /// then; the once-a-second sweep only backs it up.

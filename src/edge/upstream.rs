@@ -1,8 +1,9 @@
 //! Requests from remote users toward the pool, and the pool's responses back to them.
 //!
 //! The gate: until the pool has accepted a REGISTER on a flow, only REGISTER (and OPTIONS to the edge itself)
-//! pass; after it, a request must come From an identity the flow registered. Everything refused here never
-//! reaches the pool.
+//! pass; after it, a request must come From an identity the flow registered or proved, or else goes to the pool
+//! marked for its From to be proven (`proto`: identity per request). Everything refused here never reaches the
+//! pool.
 
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use super::policy::{self, Decision, Refusal};
 use super::{guard, token};
 use crate::net::conn::bump;
 use crate::net::ConnId;
-use crate::pool::aor_of;
+use crate::proto::{self, aor_of, Failure};
 use crate::sip::{self, Editor, HeaderName, Message, Method};
 
 // The names say which way a message goes (from a user, to a flow), not a conversion of the core.
@@ -56,6 +57,7 @@ impl EdgeCore {
         };
         match decision {
             Decision::Forward => {}
+            Decision::Prove => bump(&self.estats.identities_to_prove),
             Decision::KeepAlive => {
                 let allow: &[u8] = b"REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, NOTIFY, PUBLISH";
                 self.out.respond(conn.id, msg, 200, "OK", &[(HeaderName::Allow, allow)]);
@@ -86,9 +88,15 @@ impl EdgeCore {
         let mut out = BytesMut::new();
         {
             let s = &*self.s;
-            let hop = policy::Hop { internal: &s.internal_text, key: &s.key, conn: conn.id, peer: conn.peer };
+            let hop = policy::Hop {
+                internal: &s.internal_text,
+                key: &s.key,
+                conn: conn.id,
+                peer: conn.peer,
+                prove: decision == Decision::Prove,
+            };
             let is_myself = |u: &sip::Uri<'_>| is_myself(s, u);
-            // Nine edits at most (four of our own Routes popped): cannot overflow.
+            // Fourteen edits at most (four Routes of ours popped, five internal headers removed): cannot overflow.
             if policy::rewrite_for_pool(msg, &hop, &is_myself, &mut self.scratch, &mut out).is_err() {
                 if let Some(f) = self.flows.get_mut_registered(conn.id) {
                     f.in_flight = f.in_flight.saturating_sub(1);
@@ -112,9 +120,17 @@ impl EdgeCore {
             self.response_to_partner(back, &msg);
             return;
         }
+        if let Some(aor) = proto::identity_proven(&msg) {
+            // The pool authenticated a request of this flow From another identity: the flow speaks for it now.
+            // The notice is for us alone (a 100 goes no further than one hop).
+            if self.flows.proven(back, aor) {
+                bump(&self.estats.identities_proven);
+            }
+            return;
+        }
         let status = msg.status().unwrap_or(0);
         // Only failed credentials count toward the lockout (not, say, a registrar limit or a policy refusal).
-        if status == 403 && msg.reason() == Some(crate::pool::auth::AUTH_FAILED_REASON.as_bytes()) {
+        if Failure::of(&msg) == Some(Failure::Credentials) {
             self.auth_failed(back, now);
         }
         if status >= 200 {
@@ -139,6 +155,7 @@ impl EdgeCore {
         };
         let mut ed = Editor::new(&msg);
         ed.pop_via();
+        crate::proto::strip_internal(&msg, &mut ed);
         if let Some(rr) = &public_rr {
             ed.remove_headers(HeaderName::RecordRoute);
             ed.append_header(HeaderName::RecordRoute, rr);

@@ -8,12 +8,8 @@ use super::users::UserRec;
 use super::{aor_of, PoolCore};
 use crate::net::conn::bump;
 use crate::net::ConnId;
+use crate::proto::Failure;
 use crate::sip::{self, DigestChallenge, HeaderName, Message, Method};
-
-/// The reason phrase of a 403 for failed digest authentication, whether the user is unknown or the response wrong
-/// (the same words, so that the answer does not tell which users exist). The edge counts these, and only these,
-/// toward an address's lockout.
-pub const AUTH_FAILED_REASON: &str = "Forbidden: wrong credentials";
 
 impl PoolCore {
     /// The authenticated user, or None once the request has been answered (challenge or refusal).
@@ -34,10 +30,10 @@ impl PoolCore {
             return None;
         };
         let Some(user) = self.s.users.get(c.username) else {
-            return self.refuse(origin, msg, AUTH_FAILED_REASON);
+            return self.refuse(origin, msg, Failure::Credentials);
         };
         if user.aor != claimed {
-            return self.refuse(origin, msg, "Forbidden: credentials are for another identity");
+            return self.refuse(origin, msg, Failure::OtherIdentity);
         }
         let alg = match c.algorithm {
             None => Some(Algorithm::Md5),
@@ -70,7 +66,7 @@ impl PoolCore {
         let method = msg.method_bytes().unwrap_or(b"");
         if !digest::verify(alg, ha1.as_bytes(), method, c.uri, c.nonce, c.nc, c.cnonce, c.qop, c.response) {
             tracing::info!(user = %user.alias, "digest response does not match: refused");
-            return self.refuse(origin, msg, AUTH_FAILED_REASON);
+            return self.refuse(origin, msg, Failure::Credentials);
         }
         let checked = self.nonces.check(c.nonce, nc, now);
         match checked {
@@ -82,9 +78,10 @@ impl PoolCore {
         }
     }
 
-    fn refuse(&mut self, origin: ConnId, msg: &Message, reason: &str) -> Option<UserRec> {
+    /// Refused, the failure typed for the edge (`P-Parapet-Failure`): it counts `Credentials` toward the lockout.
+    fn refuse(&mut self, origin: ConnId, msg: &Message, failure: Failure) -> Option<UserRec> {
         bump(&self.pstats.auth_failures);
-        self.reply(origin, msg, 403, reason, &[]);
+        self.reply(origin, msg, failure.code(), failure.reason(), &[failure.header()]);
         None
     }
 

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use super::digest::{Algorithm, NonceKeeper};
 use super::registrar::{Registrar, RegistrarLimits};
 use super::users::Users;
-use super::{aor_of, flow_key, is_flow_closed_notice, presence, proxy, to_tag, PoolMsg, PoolStats, Stage, ALLOW};
+use super::{aor_of, flow_key, presence, proxy, to_tag, PoolMsg, PoolStats, Stage, ALLOW};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::shard::shard_for;
@@ -380,7 +380,7 @@ impl PoolCore {
             self.federated_request(origin, msg);
             return;
         }
-        if method == Method::Notify && is_flow_closed_notice(&msg) {
+        if method == Method::Notify && crate::proto::is_flow_closed_notice(&msg) {
             let key = msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
             self.hand_to_core(key.as_bytes(), Stage::FlowClosed, origin, msg);
             return;
@@ -434,6 +434,11 @@ impl PoolCore {
                         self.presence_registration(&user.aor);
                     }
                     _ => {
+                        if crate::proto::wants_identity_notice(&msg) {
+                            // The edge asked: its flow proved this From, and may speak for it from now on.
+                            let (code, reason) = crate::proto::IDENTITY_NOTICE;
+                            self.reply(origin, &msg, code, reason, &[crate::proto::identity_header(&user.aor)]);
+                        }
                         let target =
                             msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
                         self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);

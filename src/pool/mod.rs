@@ -31,8 +31,10 @@ use crate::config::Config;
 use crate::net::listener::ensure_port_free;
 use crate::net::{tls, ConnId};
 use crate::shard::{self, Shard};
-use crate::sip::{HeaderName, Message, Uri};
+use crate::sip::Message;
 pub use core::{Action, CoreSettings, Now, PoolCore, Resume, Timer};
+// The edge–pool contract's AOR key, under the name the pool's modules use.
+pub use crate::proto::aor_of;
 use digest::Algorithm;
 use registrar::RegistrarLimits;
 use users::Users;
@@ -167,7 +169,7 @@ impl PoolSettings {
             realm,
             listen: p.listen,
             // The pool only talks to trusted peers, whose messages carry the headers the edge added.
-            limits: crate::net::conn::peer_limits(&crate::edge::sip_limits(cfg)),
+            limits: crate::proto::peer_limits(cfg),
             edges: p.edges.iter().map(|e| e.addr).collect(),
             users,
             registrar: RegistrarLimits {
@@ -217,11 +219,6 @@ pub fn now_secs() -> u64 {
 /// Methods the pool serves.
 pub(crate) const ALLOW: &[u8] = b"REGISTER, MESSAGE, SUBSCRIBE, PUBLISH, OPTIONS";
 
-/// Whether a request is an edge's notice that a flow closed (users cannot send it: the edge refuses the event).
-pub(crate) fn is_flow_closed_notice(msg: &Message) -> bool {
-    msg.header(HeaderName::Event).is_some_and(|e| e.eq_ignore_ascii_case(crate::edge::FLOW_CLOSED_EVENT.as_bytes()))
-}
-
 /// The registrar's name for an edge flow: a hash of the Path URI the edge wrote (the same bytes in the REGISTER
 /// and in the edge's flow-closed notice).
 pub fn flow_key(path: &[u8]) -> u64 {
@@ -231,11 +228,6 @@ pub fn flow_key(path: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-/// The AOR key of a URI (user@host, host lowercased).
-pub fn aor_of(uri: &Uri<'_>) -> String {
-    registrar::aor_key(&uri.user_unescaped(), uri.host)
 }
 
 /// A To tag for responses we generate: stable for a request, so a retransmission gets the same one.

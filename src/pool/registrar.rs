@@ -45,7 +45,7 @@ pub struct ContactReq<'a> {
 }
 
 pub struct RegisterReq<'a> {
-    /// Key from `aor_key`.
+    /// Key from `proto::aor_key`.
     pub aor: &'a str,
     pub contacts: &'a [ContactReq<'a>],
     /// `Contact: *`
@@ -458,34 +458,6 @@ impl Registrar {
     }
 }
 
-/// Normalised AOR key "user@host" (host lowercased, user %-unescaped) from a sip/sips URI's parts.
-/// Without a user part the key is just the host. Malformed %-escapes are kept literally rather than
-/// rejected: the key only has to be stable, and the same bytes always give the same key.
-pub fn aor_key(user: &[u8], host: &[u8]) -> String {
-    fn hex(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
-    }
-    let mut u = Vec::with_capacity(user.len());
-    let mut i = 0;
-    while i < user.len() {
-        if user[i] == b'%' && i + 2 < user.len() {
-            if let (Some(h), Some(l)) = (hex(user[i + 1]), hex(user[i + 2])) {
-                u.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        u.push(user[i]);
-        i += 1;
-    }
-    let host = String::from_utf8_lossy(host).to_ascii_lowercase();
-    if u.is_empty() {
-        host
-    } else {
-        format!("{}@{}", String::from_utf8_lossy(&u), host)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -806,17 +778,5 @@ mod tests {
         assert_eq!(keep_params(b";+sip.instance=\"<urn:a;b>\";expires=1"), ";+sip.instance=\"<urn:a;b>\"");
         assert_eq!(keep_params(b";x=\"unterminated;expires=1"), ";x=\"unterminated;expires=1");
         assert_eq!(keep_params(b";x=\"a\\\"b;c\";y"), ";x=\"a\\\"b;c\";y");
-    }
-
-    #[test]
-    fn aor_keys() {
-        assert_eq!(aor_key(b"alice", b"Example.COM"), "alice@example.com");
-        assert_eq!(aor_key(b"al%69ce", b"example.com"), "alice@example.com");
-        assert_eq!(aor_key(b"Alice", b"example.com"), "Alice@example.com");
-        assert_eq!(aor_key(b"a%2", b"h"), "a%2@h");
-        assert_eq!(aor_key(b"a%", b"h"), "a%@h");
-        assert_eq!(aor_key(b"a%zz", b"h"), "a%zz@h");
-        assert_eq!(aor_key(b"%41%42", b"h"), "AB@h");
-        assert_eq!(aor_key(b"", b"Example.com"), "example.com");
     }
 }

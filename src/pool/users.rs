@@ -8,7 +8,7 @@ use crate::store::directory::Directory;
 
 #[derive(Clone, Debug)]
 pub struct UserRec {
-    /// AOR key, `alias@domain` (see `registrar::aor_key`).
+    /// AOR key, `alias@domain` (see `proto::aor_key`).
     pub aor: String,
     pub alias: String,
     pub display_name: String,
@@ -38,7 +38,7 @@ impl Users {
             let from_pw =
                 |alg| u.password.as_ref().map(|p| digest::ha1(alg, u.alias.as_bytes(), realm.as_bytes(), p.as_bytes()));
             let rec = UserRec {
-                aor: super::registrar::aor_key(alias.as_bytes(), domain.as_bytes()),
+                aor: crate::proto::aor_key(alias.as_bytes(), domain.as_bytes()),
                 alias: alias.clone(),
                 display_name: u.display_name.clone(),
                 ha1_md5: u.ha1_md5.clone().or_else(|| from_pw(Algorithm::Md5)),

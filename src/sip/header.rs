@@ -47,6 +47,13 @@ pub enum HeaderName {
     ParapetFederated,
     /// Ours: the Path URI of a flow the edge reports closed (`Event: x-parapet-flow-closed`, edge to pool only).
     ParapetFlow,
+    /// Ours: on a response of the pool, why it refused the request (`proto::Failure`, pool to edge only).
+    ParapetFailure,
+    /// Ours: on a user's request, the edge asks the pool to prove its From identity for the flow
+    /// (`proto::BIND_MARK`, edge to pool only).
+    ParapetBind,
+    /// Ours: on the pool's notice, the identity it proved for the flow (`proto::identity_proven`, pool to edge only).
+    ParapetIdentity,
     Other,
 }
 
@@ -94,6 +101,9 @@ pub const TABLE: &[(HeaderName, &str, Option<u8>, &str)] = &[
     (HeaderName::RetryAfter, "Retry-After", None, "RFC 3261"),
     (HeaderName::ParapetFederated, "P-Parapet-Federated", None, "parapet"),
     (HeaderName::ParapetFlow, "P-Parapet-Flow", None, "parapet"),
+    (HeaderName::ParapetFailure, "P-Parapet-Failure", None, "parapet"),
+    (HeaderName::ParapetBind, "P-Parapet-Bind", None, "parapet"),
+    (HeaderName::ParapetIdentity, "P-Parapet-Identity", None, "parapet"),
 ];
 
 // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.

@@ -4,6 +4,11 @@
 Usage:
   pjsua_agent.py --user alice --password SECRET --domain example.com \
                  --proxy 127.0.0.1:5061 --ca /path/ca.pem [--auth-user NAME] [--log-level N]
+                 [--also bob:SECRET ...]
+
+--also adds another account (same registrar, outbound proxy and TLS transport) to this process: pjsip then
+shares its TLS connection between the accounts, as softphones with several accounts do. A command acts for
+the first account unless it names another with "as": "bob"; events of every account carry "account": user.
 
 Commands (one JSON object per line on stdin):
   {"cmd": "register"}
@@ -13,6 +18,7 @@ Commands (one JSON object per line on stdin):
   {"cmd": "subscribe", "uri": "sip:bob@example.com"}     (SUBSCRIBE Event: presence)
   {"cmd": "unsubscribe", "uri": "sip:bob@example.com"}   (SUBSCRIBE Expires: 0)
   {"cmd": "quit"}
+  Any command may add "as": "<user>" to act for an account given with --also.
 
 Events (one JSON object per line on stdout):
   {"event": "ready", "aor": ..., "local": ...}
@@ -90,14 +96,15 @@ _ACTIVITY_NAMES = {pj.PJRPID_ACTIVITY_AWAY: "away", pj.PJRPID_ACTIVITY_BUSY: "bu
 
 
 class AgentBuddy(pj.Buddy):
-    def __init__(self):
+    def __init__(self, account):
         pj.Buddy.__init__(self)
+        self.account = account
 
     def _report(self):
         try:
             info = self.getInfo()
             ps = info.presStatus
-            emit("buddy_state", uri=str(info.uri),
+            emit("buddy_state", account=self.account, uri=str(info.uri),
                  status=_STATUS_NAMES.get(ps.status, str(ps.status)),
                  activity=_ACTIVITY_NAMES.get(ps.activity, ""),
                  note=str(ps.note), text=str(ps.statusText),
@@ -114,8 +121,9 @@ class AgentBuddy(pj.Buddy):
 
 
 class AgentAccount(pj.Account):
-    def __init__(self):
+    def __init__(self, user):
         pj.Account.__init__(self)
+        self.user = user
 
     def onRegState(self, prm):
         try:
@@ -126,23 +134,25 @@ class AgentAccount(pj.Account):
         status = int(prm.status)
         code = int(prm.code)
         local = not _rdata_present(prm)
-        emit("reg", code=code, reason=str(prm.reason), expires=expires, status=status, local=local)
+        emit("reg", account=self.user, code=code, reason=str(prm.reason), expires=expires, status=status,
+             local=local)
         if local and code >= 300:
             # No response came from the network (transport failure, timeout): say so explicitly.
-            emit("error", cmd="register", code=code,
+            emit("error", cmd="register", account=self.user, code=code,
                  message="registration failed without a server response: %d %s (pj_status=%d)"
                          % (code, prm.reason, status))
 
     def onInstantMessage(self, prm):
-        emit("message", **{"from": str(prm.fromUri), "text": str(prm.msgBody),
+        emit("message", account=self.user, **{"from": str(prm.fromUri), "text": str(prm.msgBody),
                            "content_type": str(prm.contentType), "to": str(prm.toUri)})
 
     def onInstantMessageStatus(self, prm):
         code = int(prm.code)
         local = not _rdata_present(prm)
-        emit("message_status", to=str(prm.toUri), code=code, reason=str(prm.reason), local=local)
+        emit("message_status", account=self.user, to=str(prm.toUri), code=code, reason=str(prm.reason),
+             local=local)
         if local and code >= 300:
-            emit("error", cmd="message", code=code,
+            emit("error", cmd="message", account=self.user, code=code,
                  message="MESSAGE to %s failed without a server response: %d %s"
                          % (prm.toUri, code, prm.reason))
 
@@ -178,6 +188,8 @@ def main():
     ap.add_argument("--auth-user", default=None, help="digest username (default: --user)")
     ap.add_argument("--log-level", type=int, default=5)
     ap.add_argument("--expires", type=int, default=300)
+    ap.add_argument("--also", action="append", default=[], metavar="USER:PASSWORD",
+                    help="another account in this process, sharing the transport")
     args = ap.parse_args()
 
     if ":" not in args.proxy:
@@ -216,24 +228,40 @@ def main():
         log("setNullDev: %r" % (exc,))
 
     aor = "sip:%s@%s" % (args.user, args.domain)
-    acfg = pj.AccountConfig()
-    acfg.idUri = aor
-    acfg.regConfig.registrarUri = "sip:%s;transport=tls" % args.proxy
-    acfg.regConfig.registerOnAdd = False
-    acfg.regConfig.timeoutSec = args.expires
-    acfg.regConfig.retryIntervalSec = 0  # no automatic retries: the test sees each outcome once
-    acfg.regConfig.firstRetryIntervalSec = 0
-    acfg.regConfig.dropCallsOnFail = False
-    acfg.sipConfig.proxies.append("sip:%s;transport=tls;lr" % args.proxy)
-    acfg.sipConfig.authCreds.append(
-        pj.AuthCredInfo("digest", "*", args.auth_user or args.user, 0, args.password))
-    acfg.natConfig.contactRewriteUse = 0
-    acfg.natConfig.sdpNatRewriteUse = 0
-    acfg.presConfig.publishEnabled = False
 
-    acc = AgentAccount()
-    acc.create(acfg)
-    buddies = {}
+    class Identity(object):
+        """One account and what the commands keep for it."""
+
+    def make_account(user, auth_user, password):
+        ident = Identity()
+        ident.user = user
+        acfg = pj.AccountConfig()
+        acfg.idUri = "sip:%s@%s" % (user, args.domain)
+        acfg.regConfig.registrarUri = "sip:%s;transport=tls" % args.proxy
+        acfg.regConfig.registerOnAdd = False
+        acfg.regConfig.timeoutSec = args.expires
+        acfg.regConfig.retryIntervalSec = 0  # no automatic retries: the test sees each outcome once
+        acfg.regConfig.firstRetryIntervalSec = 0
+        acfg.regConfig.dropCallsOnFail = False
+        acfg.sipConfig.proxies.append("sip:%s;transport=tls;lr" % args.proxy)
+        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", auth_user, 0, password))
+        acfg.natConfig.contactRewriteUse = 0
+        acfg.natConfig.sdpNatRewriteUse = 0
+        acfg.presConfig.publishEnabled = False
+        ident.acfg = acfg
+        ident.acc = AgentAccount(user)
+        ident.acc.create(acfg)
+        ident.buddies = {}
+        ident.publishing = False
+        return ident
+
+    identities = {args.user: make_account(args.user, args.auth_user or args.user, args.password)}
+    for extra in args.also:
+        user, sep, password = extra.partition(":")
+        if not sep or not user:
+            emit("error", cmd="args", message="--also must be USER:PASSWORD")
+            return 2
+        identities[user] = make_account(user, user, password)
 
     def target_uri(to):
         to = str(to)
@@ -243,24 +271,22 @@ def main():
             return "sip:" + to
         return "sip:%s@%s" % (to, args.domain)
 
-    def get_buddy(uri):
-        b = buddies.get(uri)
+    def get_buddy(ident, uri):
+        b = ident.buddies.get(uri)
         if b is None:
             bcfg = pj.BuddyConfig()
             bcfg.uri = uri
             bcfg.subscribe = False
-            b = AgentBuddy()
-            b.create(acc, bcfg)
-            buddies[uri] = b
+            b = AgentBuddy(ident.user)
+            b.create(ident.acc, bcfg)
+            ident.buddies[uri] = b
         return b
 
     q = queue.Queue()
     t = threading.Thread(target=stdin_reader, args=(q,), daemon=True)
     t.start()
 
-    publishing = [False]
-
-    def publish(status, note):
+    def publish(ident, status, note):
         ps = pj.PresenceStatus()
         if status == "offline":
             ps.status = pj.PJSUA_BUDDY_STATUS_OFFLINE
@@ -274,13 +300,13 @@ def main():
                 raise ValueError("status must be online, busy, away or offline")
         ps.note = note
         ps.statusText = note
-        acc.setOnlineStatus(ps)
-        if not publishing[0]:
+        ident.acc.setOnlineStatus(ps)
+        if not ident.publishing:
             # Publication is switched on only now: pjsip publishes at once when it is enabled, and the edge
             # admits nothing but REGISTER before the account registered.
-            acfg.presConfig.publishEnabled = True
-            acc.modify(acfg)
-            publishing[0] = True
+            ident.acfg.presConfig.publishEnabled = True
+            ident.acc.modify(ident.acfg)
+            ident.publishing = True
 
     emit("ready", aor=aor, proxy=args.proxy, pid=os.getpid())
 
@@ -300,6 +326,10 @@ def main():
                 if not isinstance(cmd, dict):
                     raise ValueError("command must be a JSON object")
                 name = cmd.get("cmd")
+                ident = identities.get(str(cmd.get("as", args.user)))
+                if ident is None:
+                    raise ValueError("no account %r in this agent" % (cmd.get("as"),))
+                acc = ident.acc
             except Exception as exc:
                 emit("error", cmd=None, message="bad command line %r: %s" % (line, exc))
                 continue
@@ -313,13 +343,13 @@ def main():
                     prm = pj.SendInstantMessageParam()
                     prm.content = str(cmd.get("text", ""))
                     prm.contentType = str(cmd.get("content_type", "text/plain"))
-                    get_buddy(uri).sendInstantMessage(prm)
+                    get_buddy(ident, uri).sendInstantMessage(prm)
                 elif name == "publish":
-                    publish(str(cmd.get("status", "online")), str(cmd.get("note", "")))
+                    publish(ident, str(cmd.get("status", "online")), str(cmd.get("note", "")))
                 elif name == "subscribe":
-                    get_buddy(target_uri(cmd["uri"])).subscribePresence(True)
+                    get_buddy(ident, target_uri(cmd["uri"])).subscribePresence(True)
                 elif name == "unsubscribe":
-                    get_buddy(target_uri(cmd["uri"])).subscribePresence(False)
+                    get_buddy(ident, target_uri(cmd["uri"])).subscribePresence(False)
                 elif name == "quit":
                     running = False
                     break
@@ -334,12 +364,13 @@ def main():
     deadline = time.time() + 0.3
     while time.time() < deadline:
         ep.libHandleEvents(20)
-    buddies.clear()
-    try:
-        acc.shutdown()
-    except Exception as exc:
-        log("account shutdown: %r" % (exc,))
-    del acc
+    for ident in identities.values():
+        ident.buddies.clear()
+        try:
+            ident.acc.shutdown()
+        except Exception as exc:
+            log("account shutdown: %r" % (exc,))
+        del ident.acc
     emit("bye")
     try:
         ep.libDestroy()

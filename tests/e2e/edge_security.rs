@@ -2,7 +2,8 @@
 //!
 //! - nothing but REGISTER (and OPTIONS to the edge itself) passes an unregistered flow, and the pool's own
 //!   counters prove it saw nothing;
-//! - From spoofing on a registered flow is refused at the edge;
+//! - From spoofing on a registered flow is refused: another domain at the edge, another of our users by the pool's
+//!   digest (identity per request, issue 10), and the flow never gains an identity it could not prove;
 //! - requests toward users carry one Via of ours whose branch is MAC'd: a tampered branch is dropped, the right
 //!   one still routes;
 //! - every byte the edge writes to the raw clients of these tests is scanned for internal addresses and names;
@@ -124,14 +125,16 @@ fn from_spoofing_on_a_registered_flow_is_refused() {
         ("SUBSCRIBE", "carol".into()),
         ("MESSAGE", "nobody".into()),
     ];
-    for (method, from_user) in &spoofs {
+    // Another of our users on alice's flow goes to the pool to be proven (a client may share one connection
+    // between accounts); alice's credentials do not prove carol, bob or nobody.
+    for (method, from_user) in spoofs.iter().chain(spoofs.iter()) {
         let sent = ua.send_request(method, &bob, from_user, &bob, &["Event: presence".into()], b"spoofed");
         let r =
             ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("spoofed {method}: {e:?}")));
-        if r.status() != Some(403) || reason(&r) != "Forbidden: From does not match the registered identity" {
+        if r.status() != Some(403) || reason(&r) != "Forbidden: credentials are for another identity" {
             app.fail(&format!(
-                "{method} From {from_user} on alice's flow: expected `403 Forbidden: From does not match the registered \
-                 identity`, got\n{}",
+                "{method} From {from_user} with alice's credentials on alice's flow: expected `403 Forbidden: \
+                 credentials are for another identity`, got\n{}",
                 text(&r)
             ));
         }
@@ -155,19 +158,170 @@ fn from_spoofing_on_a_registered_flow_is_refused() {
         app.fail(&format!("MESSAGE From sip:alice@evil.example.net on alice's flow: expected 403, got\n{}", text(&r)));
     }
     let e1 = Metrics::edge(&app);
-    let grew = e1.must(&app, "parapet_edge_spoofed_from_refused") - e0.must(&app, "parapet_edge_spoofed_from_refused");
-    if grew != spoofs.len() as u64 + 1 {
-        app.fail(&format!("parapet_edge_spoofed_from_refused grew by {grew}, expected {}", spoofs.len() + 1));
+    let grew = |name: &str| e1.must(&app, name) - e0.must(&app, name);
+    if grew("parapet_edge_spoofed_from_refused") != 1 {
+        app.fail(&format!(
+            "parapet_edge_spoofed_from_refused grew by {}, expected 1",
+            grew("parapet_edge_spoofed_from_refused")
+        ));
     }
-    // None of it reached the pool.
+    // Every attempt was sent to be proven (the second round too: nothing was proven), none was.
+    if grew("parapet_edge_identities_to_prove") != 2 * spoofs.len() as u64
+        || grew("parapet_edge_identities_proven") != 0
+    {
+        app.fail(&format!(
+            "to prove {} (expected {}), proven {} (expected 0)",
+            grew("parapet_edge_identities_to_prove"),
+            2 * spoofs.len(),
+            grew("parapet_edge_identities_proven")
+        ));
+    }
+    // Credentials for another identity are no password guess: no lockout strike.
+    if grew("parapet_edge_auth_failures") != 0 {
+        app.fail(&format!("parapet_edge_auth_failures grew by {}", grew("parapet_edge_auth_failures")));
+    }
     let pin = Metrics::pool(&app).must(&app, "parapet_pool_messages_in") - pool0.must(&app, "parapet_pool_messages_in");
-    if pin != 0 {
-        app.fail(&format!("pool messages_in grew by {pin} during the spoofing attempts, expected 0"));
+    if pin < 2 * spoofs.len() as u64 {
+        app.fail(&format!(
+            "pool messages_in grew by {pin} during the spoofing attempts, expected {}",
+            2 * spoofs.len()
+        ));
     }
     // And the honest identity still works.
     let r = ua.message("carol", "still me").unwrap_or_else(|e| app.fail(&e));
     if r.status() == Some(403) {
         app.fail(&format!("honest MESSAGE after the spoofing attempts refused:\n{}", text(&r)));
+    }
+    assert_no_internal_leaks(&app);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity per request (issue 10)
+
+/// carol's side: the next MESSAGE she gets must come From `from_user` with `body`; she answers 200.
+fn carol_receives(app: &Appliance, carol: &mut Ua, from_user: &str, body: &str) {
+    let req = match carol.inbox.pop_front() {
+        Some(r) => r,
+        None => carol.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("carol got nothing: {e:?}"))),
+    };
+    if req.from().uri.user != Some(from_user.as_bytes()) || req.body() != body.as_bytes() {
+        app.fail(&format!("carol expected {body:?} From {from_user}, got\n{}", text(&req)));
+    }
+    carol.answer_with(&req, 200, "OK", |s| s);
+}
+
+/// alice registers on connection A, bob on connection B. bob's MESSAGE on A (a client sharing one connection
+/// between its accounts) is challenged by the pool (407), refused with a wrong password (403, one lockout strike,
+/// nothing proven), delivered with the right one; from then on A speaks for bob: his requests pass the gate
+/// unmarked. Nothing internal reaches any client.
+#[test]
+fn another_identity_is_proven_by_digest_on_a_shared_connection() {
+    let app = Appliance::start("edge-sec-identity");
+    let d = app.domain.clone();
+    let (alice_u, bob_u) = (app.user("alice"), app.user("bob"));
+    let mut a = Ua::connect_ok(&app, "conn-a", None);
+    a.register_ok(&app, "alice");
+    let mut b = Ua::connect_ok(&app, "conn-b", None);
+    b.register_ok(&app, "bob");
+    let mut carol = Ua::connect_ok(&app, "carol", None);
+    carol.register_ok(&app, "carol");
+    let carol_uri = format!("sip:carol@{d}");
+    thread::sleep(Duration::from_millis(300));
+    let m0 = Metrics::edge(&app);
+
+    // A speaks for bob now: his digest, his From.
+    a.creds = Some((bob_u.alias.clone(), format!("{}-wrong", bob_u.password)));
+    a.nonce = None;
+    let call = format!("bob-on-a-{}", uniq());
+    let sent = a.send_request_in(&call, "MESSAGE", &carol_uri, "bob", &carol_uri, &[], b"bob via A", true);
+    let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob on A: {e:?}")));
+    if r.status() != Some(407) || !a.take_challenge(&r) {
+        app.fail(&format!("bob's MESSAGE on alice's connection: expected a 407 challenge, got\n{}", text(&r)));
+    }
+    // A wrong password: the pool's 403, counted toward the lockout like any failed login; nothing proven.
+    let sent = a.send_request_in(&call, "MESSAGE", &carol_uri, "bob", &carol_uri, &[], b"bob via A", true);
+    let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob on A: {e:?}")));
+    if r.status() != Some(403) || reason(&r) != "Forbidden: wrong credentials" {
+        app.fail(&format!(
+            "bob's MESSAGE with a wrong password: expected `403 Forbidden: wrong credentials`, got\n{}",
+            text(&r)
+        ));
+    }
+    let m1 = Metrics::edge(&app);
+    let grew = |m: &Metrics, name: &str| m.must(&app, name) - m0.must(&app, name);
+    if grew(&m1, "parapet_edge_auth_failures") != 1 || grew(&m1, "parapet_edge_identities_proven") != 0 {
+        app.fail(&format!(
+            "after a wrong password: auth_failures +{} (expected 1), identities_proven +{} (expected 0)",
+            grew(&m1, "parapet_edge_auth_failures"),
+            grew(&m1, "parapet_edge_identities_proven")
+        ));
+    }
+    // The right password: delivered, and A may speak for bob.
+    a.creds = Some((bob_u.alias.clone(), bob_u.password.clone()));
+    let sent = a.send_request_in(&call, "MESSAGE", &carol_uri, "bob", &carol_uri, &[], b"bob via A", true);
+    carol_receives(&app, &mut carol, "bob", "bob via A");
+    let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob on A: {e:?}")));
+    if r.status() != Some(200) {
+        app.fail(&format!("bob's MESSAGE on A with his credentials: expected 200, got\n{}", text(&r)));
+    }
+    let m2 = Metrics::edge(&app);
+    if grew(&m2, "parapet_edge_identities_proven") != 1 || grew(&m2, "parapet_edge_identities_to_prove") != 3 {
+        app.fail(&format!(
+            "identities_proven +{} (expected 1), identities_to_prove +{} (expected 3)",
+            grew(&m2, "parapet_edge_identities_proven"),
+            grew(&m2, "parapet_edge_identities_to_prove")
+        ));
+    }
+
+    // From now on bob's requests on A pass the gate as A's own (unmarked; the pool still checks each digest),
+    // and alice's too; bob on B is untouched.
+    let sent = a.send_request("MESSAGE", &carol_uri, "bob", &carol_uri, &[], b"bob again via A");
+    carol_receives(&app, &mut carol, "bob", "bob again via A");
+    let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob again on A: {e:?}")));
+    if r.status() != Some(200) {
+        app.fail(&format!("bob's second MESSAGE on A: expected 200, got\n{}", text(&r)));
+    }
+    a.creds = Some((alice_u.alias.clone(), alice_u.password.clone()));
+    a.nonce = None;
+    let sent = a.send_request("MESSAGE", &carol_uri, "alice", &carol_uri, &[], b"alice via A");
+    let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("alice on A: {e:?}")));
+    if r.status() != Some(407) || !a.take_challenge(&r) {
+        app.fail(&format!("alice's MESSAGE without credentials: expected 407, got\n{}", text(&r)));
+    }
+    let sent = a.send_request("MESSAGE", &carol_uri, "alice", &carol_uri, &[], b"alice via A");
+    carol_receives(&app, &mut carol, "alice", "alice via A");
+    let r = a.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("alice on A: {e:?}")));
+    if r.status() != Some(200) {
+        app.fail(&format!("alice's MESSAGE on A: expected 200, got\n{}", text(&r)));
+    }
+    let sent = b.send_request("MESSAGE", &carol_uri, "bob", &carol_uri, &[], b"bob via B");
+    let r = b.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob on B: {e:?}")));
+    if r.status() != Some(407) || !b.take_challenge(&r) {
+        app.fail(&format!("bob's MESSAGE on B without credentials: expected 407, got\n{}", text(&r)));
+    }
+    let sent = b.send_request("MESSAGE", &carol_uri, "bob", &carol_uri, &[], b"bob via B");
+    carol_receives(&app, &mut carol, "bob", "bob via B");
+    let r = b.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("bob on B: {e:?}")));
+    if r.status() != Some(200) {
+        app.fail(&format!("bob's MESSAGE on B: expected 200, got\n{}", text(&r)));
+    }
+    let m3 = Metrics::edge(&app);
+    if grew(&m3, "parapet_edge_identities_to_prove") != 3 || grew(&m3, "parapet_edge_spoofed_from_refused") != 0 {
+        app.fail(&format!(
+            "after proof: identities_to_prove +{} (expected still 3), spoofed_from_refused +{} (expected 0)",
+            grew(&m3, "parapet_edge_identities_to_prove"),
+            grew(&m3, "parapet_edge_spoofed_from_refused")
+        ));
+    }
+    // A flow that never registered is refused as before, whatever it can prove.
+    let mut c = Ua::connect_ok(&app, "conn-c", None);
+    let sent = c.send_request("MESSAGE", &carol_uri, "bob", &carol_uri, &[], b"unregistered");
+    let r = c.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("conn C: {e:?}")));
+    if r.status() != Some(403) || reason(&r) != "Forbidden: register first" {
+        app.fail(&format!(
+            "MESSAGE on an unregistered flow: expected `403 Forbidden: register first`, got\n{}",
+            text(&r)
+        ));
     }
     assert_no_internal_leaks(&app);
 }

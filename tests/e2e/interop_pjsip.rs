@@ -143,3 +143,111 @@ pub(crate) fn messages_with_bob(
     bob.check(st.int("code") == Some(200), || format!("bob -> {client} MESSAGE: {st}"));
     heard(&reply);
 }
+
+/// The established TCP connections from process `pid` to `edge` (host:port), by `ss`.
+fn connections_to(pid: u32, edge: &str) -> usize {
+    let out = std::process::Command::new("ss").args(["-Htnp", "state", "established"]).output();
+    let Ok(out) = out else { return 0 };
+    let needle = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&needle) && l.split_whitespace().any(|f| f == edge))
+        .count()
+}
+
+/// Issue 10: one pjsip process with two accounts, alice and bob (one TLS transport, the same registrar and outbound
+/// proxy), which pjsip sends over one shared TLS connection; bob also has a phone of his own (another pjsip
+/// process, its own connection), and carol (pjsip) is who they talk to. alice registers; bob's account publishes,
+/// watches alice and messages carol before it registers in this process (as pjsip does when an account is added:
+/// its PUBLISH does not wait for the REGISTER), so its requests leave on the connection alice registered, while bob
+/// is registered on his phone's. Refused before with `403 From does not match the registered identity`; now the
+/// pool challenges them (407) and the connection may speak for bob once he answered. Then bob's account registers
+/// here too, and both accounts publish, watch each other and exchange messages with carol.
+#[test]
+fn pjsip_two_accounts_share_one_connection() {
+    use crate::pjsua::{quote, Json, SIP_TIMEOUT};
+    use crate::presence_pjsip::wait_state;
+    let app = Appliance::start("pjsip-two-accounts");
+    let (alice_u, bob_u, carol_u) = (app.user("alice"), app.user("bob"), app.user("carol"));
+    let (alice_aor, bob_aor, carol_aor) = (aor(&app, "alice"), aor(&app, "bob"), aor(&app, "carol"));
+    let mut carol = Agent::spawn(&app, "carol", &carol_u.alias, &carol_u.password);
+    let ev = carol.register();
+    expect_code(&carol, &ev, "carol REGISTER", &[200]);
+    let mut phone = Agent::spawn(&app, "bob-phone", &bob_u.alias, &bob_u.password);
+    let ev = phone.register();
+    expect_code(&phone, &ev, "bob's phone REGISTER", &[200]);
+    let also = [(bob_u.alias.as_str(), bob_u.password.as_str())];
+    let mut two = Agent::spawn_accounts(&app, "alice+bob", &alice_u.alias, &alice_u.password, &also);
+
+    // Events of one account of the shared agent.
+    fn of(user: &str, kind: &str) -> impl Fn(&Json) -> bool {
+        let (user, kind) = (user.to_string(), kind.to_string());
+        move |e: &Json| e.event() == kind && e.str("account") == Some(user.as_str())
+    }
+    fn watched(user: &str, uri: &str, activity: &str) -> impl Fn(&Json) -> bool {
+        let (is_event, uri, activity) = (of(user, "buddy_state"), uri.to_string(), activity.to_string());
+        move |e: &Json| {
+            is_event(e)
+                && e.str("uri").is_some_and(|u| u.contains(&uri))
+                && e.str("sub_state") == Some("ACTIVE")
+                && e.str("status") == Some("online")
+                && e.str("activity") == Some(activity.as_str())
+        }
+    }
+    let say = |two: &mut Agent, carol: &mut Agent, user: &str, text: &str| {
+        two.send(&format!(
+            r#"{{"cmd":"message","as":{},"to":{},"text":{}}}"#,
+            quote(user),
+            quote(&carol_aor),
+            quote(text)
+        ));
+        let st = two.wait_for(&format!("{user}'s message_status"), SIP_TIMEOUT, of(user, "message_status"));
+        expect_code(two, &st, &format!("{user} -> carol MESSAGE"), &[200]);
+        let m = carol.received();
+        carol.check(m.str("text") == Some(text), || format!("carol received a different text: {m}"));
+        carol.check(m.str("from").is_some_and(|f| f.contains(&aor(&app, user))), || {
+            format!("carol's message does not come from {user}: {m}")
+        });
+    };
+
+    two.send(r#"{"cmd":"register","as":"alice"}"#);
+    let ev = two.wait_for("alice's reg", SIP_TIMEOUT, of("alice", "reg"));
+    expect_code(&two, &ev, "alice REGISTER", &[200]);
+    for who in [&alice_aor, &bob_aor] {
+        carol.send(&format!(r#"{{"cmd":"subscribe","uri":{}}}"#, quote(who)));
+    }
+    two.send(r#"{"cmd":"publish","as":"alice","status":"busy","note":"alice on the shared line"}"#);
+    wait_state(&mut carol, &alice_aor, "online", "busy", Some("alice on the shared line"));
+
+    // bob's account, not registered in this process: its requests share alice's connection.
+    say(&mut two, &mut carol, "bob", "hello carol, from bob's second account");
+    two.send(&format!(r#"{{"cmd":"subscribe","as":"bob","uri":{}}}"#, quote(&alice_aor)));
+    two.wait_for("bob sees alice busy", SIP_TIMEOUT, watched("bob", &alice_aor, "busy"));
+    let conns = connections_to(two.pid(), &app.edge);
+    eprintln!("the two-account agent holds {conns} TLS connection(s) to the edge");
+    two.check(conns == 1, || format!("pjsip should share one TLS connection between its accounts, holds {conns}"));
+    // bob was proven on that connection by the pool's digest, not let through unchecked.
+    let proven = crate::rawsip::Metrics::edge(&app).must(&app, "parapet_edge_identities_proven");
+    two.check(proven >= 1, || format!("no identity was proven on the shared connection ({proven})"));
+
+    // Now bob's account registers here too; it publishes, alice watches it, both message carol and hear from her.
+    two.send(r#"{"cmd":"register","as":"bob"}"#);
+    let ev = two.wait_for("bob's reg", SIP_TIMEOUT, of("bob", "reg"));
+    expect_code(&two, &ev, "bob REGISTER", &[200]);
+    two.send(&format!(r#"{{"cmd":"subscribe","as":"alice","uri":{}}}"#, quote(&bob_aor)));
+    two.send(r#"{"cmd":"publish","as":"bob","status":"away","note":"bob on the shared line"}"#);
+    wait_state(&mut carol, &bob_aor, "online", "away", Some("bob on the shared line"));
+    two.wait_for("alice sees bob away", SIP_TIMEOUT, watched("alice", &bob_aor, "away"));
+    for user in ["alice", "bob"] {
+        say(&mut two, &mut carol, user, &format!("hello carol, from {user} on the shared line"));
+        let reply = format!("hello {user}, from carol");
+        let st = carol.message(&aor(&app, user), &reply);
+        expect_code(&carol, &st, &format!("carol -> {user} MESSAGE"), &[200]);
+        let m = two.wait_for(&format!("{user}'s message"), SIP_TIMEOUT, of(user, "message"));
+        two.check(m.str("text") == Some(reply.as_str()), || format!("{user} received a different text: {m}"));
+    }
+    let errors = two.pending("error");
+    two.check(errors.is_empty(), || format!("the two-account agent reported errors: {errors:?}"));
+    let conns = connections_to(two.pid(), &app.edge);
+    two.check(conns == 1, || format!("the accounts stopped sharing one connection: {conns}"));
+}

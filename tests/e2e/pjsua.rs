@@ -293,12 +293,30 @@ pub struct Agent {
 impl Agent {
     /// Start an agent for `user` against `app`'s TLS listener and wait for its `ready` event.
     pub fn spawn(app: &Appliance, label: &str, user: &str, password: &str) -> Agent {
+        Agent::spawn_accounts(app, label, user, password, &[])
+    }
+
+    /// An agent with more accounts in the same process (`also`: user, password), sharing its TLS transport as a
+    /// softphone with several accounts does. Commands act for `user` unless they say `"as": "<user>"`; events
+    /// carry `"account"`.
+    pub fn spawn_accounts(app: &Appliance, label: &str, user: &str, password: &str, also: &[(&str, &str)]) -> Agent {
         let py = support::python();
         let log_path = app.data_dir.parent().unwrap_or(&app.data_dir).join(format!("agent-{label}.log"));
-        let mut child = Command::new(&py)
-            .arg("-u")
-            .arg(support::agent_script())
-            .args(["--user", user, "--password", password, "--domain", &app.domain, "--proxy", &app.edge])
+        let mut cmd = Command::new(&py);
+        cmd.arg("-u").arg(support::agent_script()).args([
+            "--user",
+            user,
+            "--password",
+            password,
+            "--domain",
+            &app.domain,
+            "--proxy",
+            &app.edge,
+        ]);
+        for (u, p) in also {
+            cmd.arg("--also").arg(format!("{u}:{p}"));
+        }
+        let mut child = cmd
             .arg("--ca")
             .arg(&app.ca)
             .stdin(Stdio::piped())
@@ -340,6 +358,11 @@ impl Agent {
             self.stderr.last(80),
             self.app_stderr.last(60)
         )
+    }
+
+    /// The agent's process id (0 once it has ended).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn send(&mut self, cmd: &str) {

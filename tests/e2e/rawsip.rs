@@ -42,13 +42,14 @@ pub(crate) fn new_wire(app: &Appliance, label: &str) -> WireLog {
 }
 
 /// Strings that name an internal hop: the pool's and the edge's internal listeners, the pool's host name, and
-/// the prefix of the edge's branches toward the pool.
+/// the prefix of the edge's branches toward the pool; and the edge–pool protocol's own headers.
 pub(crate) fn internal_markers(app: &Appliance) -> Vec<String> {
     vec![
         format!("127.0.0.1:{}", app.port_base + 1),
         format!("127.0.0.1:{}", app.port_base + 2),
         format!("pool.{}", app.domain),
         "z9hG4bKu".to_string(),
+        "P-Parapet-".to_string(),
     ]
 }
 

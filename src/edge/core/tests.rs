@@ -139,7 +139,7 @@ fn closing_a_registered_flow_tells_the_pool() {
     c.on_closed(&user());
     let notice = to_pool(&actions(&mut c));
     assert_eq!(notice.method(), Some(&crate::sip::Method::Notify));
-    assert_eq!(notice.header(HeaderName::Event), Some(crate::edge::FLOW_CLOSED_EVENT.as_bytes()));
+    assert_eq!(notice.header(HeaderName::Event), Some(crate::proto::FLOW_CLOSED_EVENT.as_bytes()));
     assert_eq!(notice.request_uri(), Some(&b"sip:alice@example.com"[..]));
     assert!(c.flows().is_empty());
 }
