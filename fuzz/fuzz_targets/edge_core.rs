@@ -157,7 +157,7 @@ impl World {
         c.open = false;
         let (id, peer, kind) = (c.id, c.peer, c.kind);
         let names = if kind == ConnKind::Partner { self.partner_names.clone() } else { Vec::new() };
-        self.core.on_closed(&ConnInfo { id, kind, peer, names: &names });
+        self.core.on_closed(&ConnInfo { id, kind, peer, names: &names }, self.now);
         self.core.release(peer, kind);
         self.settle(None);
     }

@@ -129,6 +129,8 @@ pub struct EdgeCore {
     pub(super) fed_table: Option<Arc<crate::config::FederationConfig>>,
     /// The per-peer limits of federation, shared by every core (replaced with `fed_table`).
     pub(super) fed_limits: Option<Arc<federation::Limiter>>,
+    /// Flow-closed notices the pool has not taken yet.
+    pub(super) notices: super::notices::Notices,
     /// Shutting down: new requests are refused (set by the shell before each step).
     pub(super) draining: bool,
     pub(super) out: Outbox,
@@ -146,6 +148,7 @@ impl EdgeCore {
             scratch: Vec::with_capacity(256),
             fed_table: s.fed.as_ref().map(|f| Arc::new(f.cfg.clone())),
             fed_limits: s.fed.as_ref().map(|f| Arc::new(federation::Limiter::build(&f.cfg, None))),
+            notices: super::notices::Notices::default(),
             draining: false,
             out: Outbox::default(),
             s,
@@ -206,12 +209,12 @@ impl EdgeCore {
     }
 
     /// A connection of this core is gone: its flow with it (the pool is told when it had registered).
-    pub fn on_closed(&mut self, conn: &ConnInfo<'_>) {
+    pub fn on_closed(&mut self, conn: &ConnInfo<'_>, now: Instant) {
         match conn.kind {
             ConnKind::User => {
                 let aors = self.flows.remove(conn.id);
                 if !aors.is_empty() && !self.draining {
-                    self.flow_closed(conn.id, &aors);
+                    self.flow_closed(conn.id, &aors, now);
                 }
             }
             ConnKind::Partner => {
@@ -301,6 +304,17 @@ impl EdgeCore {
         self.estats.banned_now.set(self.guard.banned_count() as u64);
         self.estats.downstream_expired.add(expired as u64);
         self.estats.flows_authenticated_connections.set(self.flows.authenticated() as u64);
+        let mut resend = Vec::new();
+        let due = self.notices.due(now, &mut resend);
+        self.estats.notices_resent.add(due.resent as u64);
+        if due.given_up > 0 {
+            self.estats.notices_lost.add(due.given_up as u64);
+            tracing::warn!(count = due.given_up, "flow-closed notices not taken by the pool: given up");
+        }
+        for bytes in resend {
+            self.out.push(Action::ToPool(bytes));
+        }
+        self.estats.notices_pending.set(self.notices.len() as u64);
     }
 
     /// Bans an address on every core, closes its connections, and tells the management API.
@@ -343,8 +357,11 @@ impl EdgeCore {
             bump(&self.estats.responses_unroutable);
             return;
         };
-        if branch.starts_with(NOTICE_BRANCH_PREFIX) {
-            // The pool's answer to one of our own notices (flow closed): nothing waits for it.
+        if let Some(rest) = branch.strip_prefix(NOTICE_BRANCH_PREFIX) {
+            // The pool's answer to one of our own notices (flow closed), or the connector handing one back.
+            if let (true, Some(id)) = (from_pool, super::notices::id_of(rest)) {
+                self.notices.answered(id, msg.status().unwrap_or(0), now);
+            }
             return;
         }
         if token::is_down_branch(branch) {
@@ -365,42 +382,54 @@ impl EdgeCore {
     /// Tells the pool that a registered flow is gone, so its bindings go now rather than at expiry (watchers see the
     /// user offline at once). One internal NOTIFY per AOR (`Event: x-parapet-flow-closed`, the flow's Path URI in
     /// `P-Parapet-Flow`); users cannot send that event (the gate refuses it).
-    fn flow_closed(&mut self, flow: ConnId, aors: &[String]) {
+    fn flow_closed(&mut self, flow: ConnId, aors: &[String], now: Instant) {
         let mut path = Vec::with_capacity(96);
         token::write_flow_uri(&self.s.key, &mut path, flow, &self.s.internal_text);
         for aor in aors {
-            let ruri = format!("sip:{aor}");
-            let via = format!(
-                "SIP/2.0/TLS {};branch={}{:016x}",
-                self.s.internal_text,
-                std::str::from_utf8(NOTICE_BRANCH_PREFIX).unwrap_or("z9hG4bKx"),
-                token::hash(&path)
-            );
-            let from = format!("<sip:edge@{}>;tag=flow", self.s.internal_text);
-            let to = format!("<{ruri}>");
-            let call_id = format!("flow-{:016x}-{}", flow.to_u64(), self.id);
-            let mut out = BytesMut::with_capacity(512);
-            sip::write_request(
-                &mut out,
-                "NOTIFY",
-                ruri.as_bytes(),
-                &[
-                    (HeaderName::Via, via.as_bytes()),
-                    (HeaderName::MaxForwards, b"1"),
-                    (HeaderName::From, from.as_bytes()),
-                    (HeaderName::To, to.as_bytes()),
-                    (HeaderName::CallId, call_id.as_bytes()),
-                    (HeaderName::CSeq, b"1 NOTIFY"),
-                    (HeaderName::Event, FLOW_CLOSED_EVENT.as_bytes()),
-                    (HeaderName::SubscriptionState, b"terminated"),
-                    (HeaderName::ParapetFlow, &path),
-                ],
-                None,
-            );
-            // Best effort: if the pool cannot be reached, the bindings expire on their own.
-            self.out.push(Action::ToPool(out.freeze()));
+            let s = &self.s;
+            let built = self.notices.add(now, |id| notice(s, flow, self.id, aor, &path, id));
+            match built {
+                Some(bytes) => self.out.push(Action::ToPool(bytes)),
+                None => {
+                    bump(&self.estats.notices_lost);
+                    tracing::warn!(%aor, "flow-closed notice table full: the bindings will expire on their own");
+                }
+            }
         }
     }
+}
+
+/// The internal NOTIFY telling the pool that `flow`, through which `aor` registered, is gone; its branch carries
+/// the notice's `id` ([`super::notices`]).
+fn notice(s: &EdgeSettings, flow: ConnId, core: usize, aor: &str, path: &[u8], id: u64) -> Bytes {
+    let ruri = format!("sip:{aor}");
+    let via = format!(
+        "SIP/2.0/TLS {};branch={}{id:016x}",
+        s.internal_text,
+        std::str::from_utf8(NOTICE_BRANCH_PREFIX).unwrap_or("z9hG4bKx"),
+    );
+    let from = format!("<sip:edge@{}>;tag=flow", s.internal_text);
+    let to = format!("<{ruri}>");
+    let call_id = format!("flow-{:016x}-{core}", flow.to_u64());
+    let mut out = BytesMut::with_capacity(512);
+    sip::write_request(
+        &mut out,
+        "NOTIFY",
+        ruri.as_bytes(),
+        &[
+            (HeaderName::Via, via.as_bytes()),
+            (HeaderName::MaxForwards, b"1"),
+            (HeaderName::From, from.as_bytes()),
+            (HeaderName::To, to.as_bytes()),
+            (HeaderName::CallId, call_id.as_bytes()),
+            (HeaderName::CSeq, b"1 NOTIFY"),
+            (HeaderName::Event, FLOW_CLOSED_EVENT.as_bytes()),
+            (HeaderName::SubscriptionState, b"terminated"),
+            (HeaderName::ParapetFlow, path),
+        ],
+        None,
+    );
+    out.freeze()
 }
 
 /// Whether certificate names are (one of) our pool(s)'.

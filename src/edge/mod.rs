@@ -20,6 +20,7 @@ pub mod downstream;
 pub mod federation;
 pub mod flows;
 pub mod guard;
+pub mod notices;
 pub mod policy;
 pub mod reload;
 mod shell;
@@ -64,6 +65,13 @@ crate::counters! {
         flow_busy,
         /// Transactions toward users that never got a final response.
         downstream_expired,
+        /// Flow-closed notices sent to the pool again (it answered 503, could not be reached, or did not answer).
+        notices_resent,
+        /// Flow-closed notices given up after their tries, or not kept because the table was full (the bindings
+        /// expire on their own).
+        notices_lost,
+        /// Flow-closed notices waiting for the pool's answer (a gauge).
+        notices_pending,
         /// Flows that have registered (a gauge).
         flows_authenticated_connections,
         /// Requests refused while shutting down.

@@ -331,7 +331,7 @@ impl Handler for Shell {
     }
 
     fn on_closed(self: &Rc<Self>, conn: &Rc<Conn>) {
-        self.step(|core, _| core.on_closed(&info(conn)));
+        self.step(|core, now| core.on_closed(&info(conn), now));
     }
 
     fn admit(&self, peer: SocketAddr, kind: ConnKind) -> bool {

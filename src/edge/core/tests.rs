@@ -136,7 +136,7 @@ fn closing_a_registered_flow_tells_the_pool() {
     let mut c = core();
     register(&mut c, Instant::now());
     let _ = actions(&mut c);
-    c.on_closed(&user());
+    c.on_closed(&user(), Instant::now());
     let notice = to_pool(&actions(&mut c));
     assert_eq!(notice.method(), Some(&crate::sip::Method::Notify));
     assert_eq!(notice.header(HeaderName::Event), Some(crate::proto::FLOW_CLOSED_EVENT.as_bytes()));
@@ -152,7 +152,7 @@ fn a_late_response_after_the_close_makes_no_flow() {
     // A second REGISTER (bob) in flight when the connection closes.
     c.on_message(&user(), request("REGISTER", "bob"), now);
     let fwd = to_pool(&actions(&mut c));
-    c.on_closed(&user());
+    c.on_closed(&user(), Instant::now());
     let _ = actions(&mut c);
     assert!(c.flows().is_empty());
     // Its 2xx arrives late: nothing is recreated, and no AOR is added to a flow that is gone.
@@ -165,7 +165,7 @@ fn a_late_response_after_the_close_makes_no_flow() {
     c.on_message(&pool(), refused, now);
     assert!(c.flows().is_empty());
     // And a second close of the same id tells the pool nothing.
-    c.on_closed(&user());
+    c.on_closed(&user(), Instant::now());
     assert!(!actions(&mut c).iter().any(|a| matches!(a, Action::ToPool(_))));
 }
 
@@ -196,10 +196,39 @@ fn a_request_for_a_closed_flow_gets_430() {
     let a = actions(&mut c);
     assert!(a.iter().any(|a| matches!(a, Action::ToFlow { flow, .. } if *flow == USER)));
     assert_eq!(c.downstream_len(), 1);
-    c.on_closed(&user());
+    c.on_closed(&user(), Instant::now());
     let _ = actions(&mut c);
     c.on_message(&pool(), msg(2), now);
     let out = sent_to(&actions(&mut c), POOL);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].status(), Some(430));
+}
+
+#[test]
+fn a_notice_the_pool_did_not_take_is_sent_again_until_it_does() {
+    let mut c = core();
+    let t0 = Instant::now();
+    register(&mut c, t0);
+    let _ = actions(&mut c);
+    c.on_closed(&user(), t0);
+    let notice = to_pool(&actions(&mut c));
+    // The pool's mesh was full: 503. The next tick after a second sends the same notice again.
+    c.on_message(&pool(), pool_response(&notice, 503, &[]), t0);
+    c.on_tick(t0 + std::time::Duration::from_millis(500));
+    assert!(actions(&mut c).is_empty(), "not before its time");
+    c.on_tick(t0 + std::time::Duration::from_millis(1100));
+    let again = to_pool(&actions(&mut c));
+    assert_eq!(again.bytes(), notice.bytes(), "the same notice, the same branch");
+    // The connector could not reach the pool: handed back, sent again later.
+    c.undeliverable(again.bytes().clone(), 503, "Service Unavailable", t0 + std::time::Duration::from_millis(1200));
+    c.on_tick(t0 + std::time::Duration::from_millis(2300));
+    let third = to_pool(&actions(&mut c));
+    // A user answering in the pool's place is not believed: still pending.
+    c.on_message(&user(), pool_response(&third, 200, &[]), t0 + std::time::Duration::from_millis(2400));
+    assert_eq!(c.notices.len(), 1);
+    // Taken: nothing more, however long we wait.
+    c.on_message(&pool(), pool_response(&third, 200, &[]), t0 + std::time::Duration::from_millis(2400));
+    assert!(c.notices.is_empty());
+    c.on_tick(t0 + std::time::Duration::from_secs(60));
+    assert!(actions(&mut c).iter().all(|a| !matches!(a, Action::ToPool(_))), "a taken notice is not sent again");
 }
