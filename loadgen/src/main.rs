@@ -5,6 +5,8 @@ use loadgen::cli::Args;
 use loadgen::Outputs;
 
 fn main() {
+    // A panic on any of loadgen's executors ends the run at once instead of leaving a core silently missing.
+    parapet::shard::watch::exit_on_panic();
     let args = Args::parse();
     let outputs = Outputs { json: args.json.clone(), hdr_log: args.hdr_log.clone(), plot: args.plot.clone() };
     let cfg = match args.into_config() {

@@ -117,13 +117,14 @@ impl EdgeCore {
             ed.prepend_header(HeaderName::RecordRoute, rr.as_bytes());
         }
         ed.remove_headers(HeaderName::Route);
-        ed.remove_headers(HeaderName::ParapetFederated);
+        // Internal headers are ours alone: none of a partner's goes on (our own mark is added below).
+        crate::proto::strip_internal(msg, &mut ed);
         ed.set_top_via_params(Some(received.as_bytes()), Some(conn.peer.port()));
         ed.push_via(&via);
         ed.prepend_header(HeaderName::ParapetFederated, from.as_bytes());
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
-        // At most seven edits: cannot overflow.
+        // At most eleven edits (five internal headers removed): cannot overflow.
         if ed.write(&mut out).is_ok() {
             self.out.push(Action::ToPool(out.freeze()));
         }
