@@ -391,7 +391,7 @@ def read_users(path):
 def plan(args):
     """[(scenario, loadgen scenario, extra args, count, rate, duration, find_max, systems)]."""
     q = args.quick
-    d = 5 if q else 15
+    d = args.duration or (5 if q else 15)
     idle_n = args.idle_count or (1000 if q else LOAD_USERS)
     p = [
         # idle first, on a fresh server: memory grown by earlier scenarios would hide the per-connection cost.
@@ -819,6 +819,8 @@ def main():
     ap.add_argument("--server-cpu", default=os.environ.get("HARNESS_SERVER_CPU", "0"))
     ap.add_argument("--load-cpu", default=os.environ.get("HARNESS_LOAD_CPU", "1"))
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--duration", type=int, default=0,
+                    help="seconds per measured run (default: 5 with --quick, else 15); longer runs, less noise")
     ap.add_argument("--idle-count", type=int, default=0, help="connections held by the idle scenario")
     ap.add_argument("--smoke-kamailio", metavar="PYTHON",
                     help="start Kamailio alone and check it with pjsua2 (PYTHON has pjsua2-python), then exit")

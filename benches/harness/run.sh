@@ -15,6 +15,7 @@
 #   --systems LIST     parapet,kamailio,haproxy (default: all; missing peers are skipped with an install hint)
 #   --scenarios LIST   idle,register,im,handshake,handshake-resumed,mix,federation
 #   --no-build         use the binaries already in target/release
+#   --duration SECS    seconds per measured run (default 5 with --quick, 15 otherwise)
 #   --smoke-kamailio PYTHON   check the generated Kamailio config with pjsua2 (PYTHON must have pjsua2-python)
 #
 # Peers (Debian 12): apt-get install -y kamailio kamailio-tls-modules haproxy
@@ -26,7 +27,7 @@ args=()
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) args+=("$a") ;;
     esac
 done
