@@ -162,7 +162,7 @@ impl World {
         self.settle(None);
     }
 
-    fn from_conn(&mut self, i: usize, msg: Message) {
+    fn input_from_conn(&mut self, i: usize, msg: Message) {
         let Some(c) = self.conns.get(i).filter(|c| c.open) else { return };
         let (id, peer, kind) = (c.id, c.peer, c.kind);
         let names = if kind == ConnKind::Partner { self.partner_names.clone() } else { Vec::new() };
@@ -171,7 +171,7 @@ impl World {
         self.settle(Some((id, request)));
     }
 
-    fn from_pool(&mut self, msg: Message) {
+    fn input_from_pool(&mut self, msg: Message) {
         let request = msg.is_request();
         let names = self.pool_names.clone();
         let info = ConnInfo {
@@ -204,9 +204,9 @@ impl World {
                         let Ok(m) = Message::parse(bytes, &limits()) else {
                             panic!("the edge wrote a message that does not parse")
                         };
-                        if input.is_some_and(|(from, _)| from == conn) && m.status().is_some_and(|s| s >= 200) {
-                            outcomes += 1;
-                        } else if input.is_some_and(|(_, request)| !request) {
+                        let final_to_sender =
+                            input.is_some_and(|(from, _)| from == conn) && m.status().is_some_and(|s| s >= 200);
+                        if final_to_sender || input.is_some_and(|(_, request)| !request) {
                             outcomes += 1;
                         }
                     }
@@ -348,7 +348,7 @@ fuzz_target!(|data: &[u8]| {
                 let i = inp.byte() as usize % w.conns.len().max(1);
                 let route = if inp.byte() & 1 == 1 { inp.pick(&w.routes).cloned() } else { None };
                 if let Some(m) = w.request(&mut inp, "SIP/2.0/TLS 192.0.2.1:40000", route.as_deref()) {
-                    w.from_conn(i, m);
+                    w.input_from_conn(i, m);
                 }
             }
             5 => {
@@ -357,7 +357,7 @@ fuzz_target!(|data: &[u8]| {
                 let n = inp.byte() as usize * 4;
                 let raw = Bytes::copy_from_slice(inp.bytes(n));
                 if let Ok(m) = Message::parse(raw, &Limits::default()) {
-                    w.from_conn(i, m);
+                    w.input_from_conn(i, m);
                 }
             }
             6 => {
@@ -365,7 +365,7 @@ fuzz_target!(|data: &[u8]| {
                 let (Some(req), Some(&code)) = (inp.pick(&w.to_pool).cloned(), inp.pick(CODES)) else { continue };
                 let contact = inp.byte() & 1 == 1;
                 if let Some(r) = response(&req, code, contact) {
-                    w.from_pool(r);
+                    w.input_from_pool(r);
                 }
             }
             7 => {
@@ -376,7 +376,7 @@ fuzz_target!(|data: &[u8]| {
                     _ => None,
                 };
                 if let Some(m) = w.request(&mut inp, "SIP/2.0/TLS 127.0.0.1:5062", route.as_deref()) {
-                    w.from_pool(m);
+                    w.input_from_pool(m);
                 }
             }
             8 => {
@@ -385,7 +385,7 @@ fuzz_target!(|data: &[u8]| {
                 let Some(&code) = inp.pick(CODES) else { continue };
                 let i = w.conns.iter().position(|c| c.id == flow).unwrap_or(0);
                 if let Some(r) = response(&req, code, false) {
-                    w.from_conn(i, r);
+                    w.input_from_conn(i, r);
                 }
             }
             9 => {
