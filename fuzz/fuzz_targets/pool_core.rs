@@ -75,12 +75,8 @@ fn settings() -> Arc<CoreSettings> {
     let user = |alias: &str| User {
         alias: alias.into(),
         display_name: alias.into(),
-        first: String::new(),
-        last: String::new(),
-        account: String::new(),
         password: Some(format!("{alias}-pw")),
-        ha1_md5: None,
-        ha1_sha256: None,
+        ..User::default()
     };
     let users =
         Users::from_directory(&Directory { users: vec![user("alice"), user("bob"), user("carol")] }, DOMAIN, DOMAIN);

@@ -22,12 +22,8 @@ fn users() -> Users {
     let user = |alias: &str| User {
         alias: alias.into(),
         display_name: alias.into(),
-        first: String::new(),
-        last: String::new(),
-        account: String::new(),
         password: Some(format!("{alias}-pw")),
-        ha1_md5: None,
-        ha1_sha256: None,
+        ..User::default()
     };
     Users::from_directory(&Directory { users: vec![user("alice"), user("bob")] }, DOMAIN, DOMAIN)
 }
