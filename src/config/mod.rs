@@ -12,6 +12,7 @@
 
 pub mod devpki;
 pub mod federation;
+pub mod store;
 mod validate;
 
 pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
@@ -34,6 +35,8 @@ pub struct Config {
     pub pool: Option<PoolConfig>,
     /// `[mgmt] listen = "127.0.0.1:5064"`: plain HTTP, `/metrics` (Prometheus text) and `/health`. Off when absent.
     pub mgmt: Option<MgmtConfig>,
+    /// `[store]`: PostgreSQL for the pool's durable data; None: SQLite at `[pool] database`.
+    pub store: Option<store::StoreConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +314,7 @@ impl Default for Config {
             edge: None,
             pool: None,
             mgmt: None,
+            store: None,
         }
     }
 }
@@ -385,6 +389,7 @@ struct RawConfig {
     edge: Option<RawEdge>,
     pool: Option<RawPool>,
     mgmt: Option<RawMgmt>,
+    store: Option<store::RawStore>,
 }
 
 #[derive(Deserialize, Default)]
@@ -706,7 +711,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         }
     };
 
-    Ok(Config { domain, log, limits, edge, pool, mgmt })
+    let store = raw.store.map(store::build).transpose()?;
+    Ok(Config { domain, log, limits, edge, pool, mgmt, store })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

@@ -1,15 +1,24 @@
 //! Stored data: the user directory (read at start) and the durable store behind a narrow [`Store`] interface
 //! (users' authorization entries and contact lists, and the soft state the pool restores after a restart:
 //! registrations, publications, subscriptions), implemented on SQLite (`sqlite.rs`) and run on a thread of
-//! its own (`thread.rs`) so no executor ever waits on the disk. A PostgreSQL implementation satisfies the same
-//! trait.
+//! its own (`thread.rs`) so no executor ever waits on the disk. PostgreSQL (`postgres.rs`, chosen by
+//! `[store] url`) satisfies the same trait for a pool of several front ends; `pgcluster.rs` runs a local
+//! PostgreSQL server for `up`, `migrate.rs` copies a SQLite store into PostgreSQL.
 
 pub mod admin;
+pub mod backlog;
 pub mod directory;
+pub mod migrate;
+pub mod pgcluster;
+pub mod postgres;
 pub mod sqlite;
 pub mod thread;
 
 use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::store::StoreConfig;
 
 /// One allow/block entry: `owner` (an AOR key) about `target` (`user@domain`, `@domain` or `*`), with a
 /// decision per right ("allow", "block", or None for "not set here").
@@ -79,5 +88,25 @@ pub trait Store: Send {
     /// running pool can pick up entries written behind its back. Polled by the store thread.
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
         Ok(false)
+    }
+}
+
+/// The store a config names: PostgreSQL when `[store] url` is set (waiting up to its `start_timeout_s` for the
+/// server), else the SQLite file at `database`. Blocking: call it off the executors.
+pub fn open(store: Option<&StoreConfig>, database: &Path) -> Result<Box<dyn Store>, StoreError> {
+    match store.and_then(|s| s.url.as_deref().map(|u| (u, s.start_timeout_s))) {
+        Some((url, wait_s)) => {
+            let deadline = Instant::now() + Duration::from_secs(wait_s);
+            Ok(Box::new(postgres::PgStore::open(url, deadline)?))
+        }
+        None => Ok(Box::new(sqlite::SqliteStore::open(database)?)),
+    }
+}
+
+/// Where [`open`] puts the data, for logs and messages (no password).
+pub fn describe(store: Option<&StoreConfig>, database: &Path) -> String {
+    match store.and_then(|s| s.url.as_deref()) {
+        Some(url) => format!("PostgreSQL {}", postgres::without_password(url)),
+        None => format!("SQLite {}", database.display()),
     }
 }

@@ -202,6 +202,22 @@ impl Store for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Every contact of every owner (for `store migrate`).
+    pub fn all_contacts(&mut self) -> Result<Vec<ContactRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT owner, uri, display_name, grp FROM contact ORDER BY owner, grp, uri")
+            .map_err(|e| err("contacts", e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ContactRow { owner: r.get(0)?, uri: r.get(1)?, display_name: r.get(2)?, group: r.get(3)? })
+            })
+            .map_err(|e| err("contacts", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("contacts", e))
+    }
+}
+
 /// Whether a schema row exists (used by tests to check the file really is ours).
 pub fn has_table(path: &Path, table: &str) -> Result<bool, StoreError> {
     let conn = Connection::open(path).map_err(|e| err("open", e))?;

@@ -4,8 +4,9 @@
 //! executor, may use `call_blocking`.
 
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::backlog::Backlog;
 use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Operations waiting for the store thread before new ones are refused.
@@ -88,7 +89,14 @@ fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
 
 /// Commits a run of queued soft-state writes in one transaction; returns the job that ended the run, if any.
 /// Writes to the same row within one window collapse into the last one (a refresh overwrites the previous).
-fn write_batch(store: &mut dyn Store, first: StateWrite, rx: &flume::Receiver<Job>) -> Option<Job> {
+/// A batch that cannot be committed (the database is away), or that must wait behind one that could not, joins
+/// the backlog, retried in order.
+fn write_batch(
+    store: &mut dyn Store,
+    first: StateWrite,
+    rx: &flume::Receiver<Job>,
+    backlog: &mut Backlog,
+) -> Option<Job> {
     let deadline = std::time::Instant::now() + BATCH_WINDOW;
     let mut batch = vec![first];
     let mut next = None;
@@ -104,10 +112,46 @@ fn write_batch(store: &mut dyn Store, first: StateWrite, rx: &flume::Receiver<Jo
         }
     }
     let batch = last_write_per_row(batch);
-    if let Err(e) = store.write_states(&batch) {
-        tracing::warn!(error = %e, writes = batch.len(), "store: soft state not written");
+    if !backlog.is_empty() {
+        keep(backlog, batch);
+        flush_backlog(store, backlog);
+    } else if let Err(e) = store.write_states(&batch) {
+        tracing::warn!(error = %e, writes = batch.len(), "store: soft state not written; kept for a retry");
+        keep(backlog, batch);
     }
     next
+}
+
+fn keep(backlog: &mut Backlog, batch: Vec<StateWrite>) {
+    let (_, log) = backlog.push(batch, Instant::now());
+    if log {
+        tracing::warn!(
+            held = backlog.len(),
+            dropped_total = backlog.dropped,
+            "store: soft-state backlog full; dropping the oldest writes (clients' refreshes rewrite them)"
+        );
+    }
+}
+
+/// Retries the backlog when due, oldest first, until it is empty or a commit fails.
+fn flush_backlog(store: &mut dyn Store, backlog: &mut Backlog) {
+    let mut written = 0;
+    while backlog.due(Instant::now()) {
+        let chunk = backlog.take(BATCH_MAX);
+        match store.write_states(&chunk) {
+            Ok(()) => {
+                written += chunk.len();
+                backlog.committed();
+            }
+            Err(_) => {
+                backlog.failed(chunk, Instant::now());
+                break;
+            }
+        }
+    }
+    if written > 0 && backlog.is_empty() {
+        tracing::info!(written, dropped_total = backlog.dropped, "store: soft-state backlog written");
+    }
 }
 
 fn row_of(w: &StateWrite) -> (&str, &str) {
@@ -118,7 +162,7 @@ fn row_of(w: &StateWrite) -> (&str, &str) {
 }
 
 /// Keeps, for every (kind, key), only its last write, in the order of those last writes.
-fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
+pub(crate) fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
     let mut last: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
     for (i, w) in batch.iter().enumerate() {
         let (k, key) = row_of(w);
@@ -141,14 +185,19 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
     let mut watchers: Vec<flume::Sender<Vec<PolicyRow>>> = Vec::new();
     let mut contact_watchers: Vec<flume::Sender<()>> = Vec::new();
     let mut carried: Option<Job> = None;
+    let mut backlog = Backlog::default();
+    // Whether the failure to look for outside changes has been logged (once per outage, not every POLL).
+    let mut poll_failing = false;
     loop {
+        flush_backlog(store, &mut backlog);
+        let wait = if backlog.is_empty() { POLL } else { POLL.min(super::backlog::RETRY_EVERY) };
         let next = match carried.take() {
             Some(job) => Ok(job),
-            None => rx.recv_timeout(POLL),
+            None => rx.recv_timeout(wait),
         };
         let (policy_changed, contacts_changed) = match next {
             Ok((Op::WriteState(w), _)) => {
-                carried = write_batch(store, w, rx);
+                carried = write_batch(store, w, rx, &mut backlog);
                 (false, false)
             }
             Ok((op, reply)) => {
@@ -166,9 +215,15 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
             }
             Err(flume::RecvTimeoutError::Timeout) => match store.changed_elsewhere() {
                 // Another process wrote: which table is not known, so both kinds of watchers hear of it.
-                Ok(c) => (c, c),
+                Ok(c) => {
+                    poll_failing = false;
+                    (c, c)
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "store: cannot check for outside changes");
+                    if !poll_failing {
+                        tracing::warn!(error = %e, "store: cannot check for outside changes");
+                    }
+                    poll_failing = true;
                     (false, false)
                 }
             },

@@ -5,6 +5,7 @@
 
 mod pjsua;
 mod support;
+mod support_pg;
 
 mod challenges;
 mod core_death;
@@ -27,3 +28,5 @@ mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;
 mod rawsip;
+mod store_conformance;
+mod store_postgres;

@@ -1,0 +1,166 @@
+//! The store conformance suite: the same checks on the embedded SQLite store and on a real PostgreSQL server
+//! (every `Store` method, durability across a reopen, `changed_elsewhere` between two connections), then what
+//! only a server can do: go away and come back (refused writes, reconnection, the soft-state backlog).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use parapet::store::postgres::PgStore;
+use parapet::store::sqlite::SqliteStore;
+use parapet::store::thread::{Op, Reply, StoreHandle};
+use parapet::store::{ContactRow, PolicyRow, StateRow, StateWrite, Store};
+
+use super::{support, support_pg};
+
+fn policy(owner: &str, target: &str, p: Option<&str>, im: Option<&str>) -> PolicyRow {
+    PolicyRow { owner: owner.into(), target: target.into(), presence: p.map(Into::into), im: im.map(Into::into) }
+}
+
+fn contact(owner: &str, uri: &str, group: &str) -> ContactRow {
+    ContactRow { owner: owner.into(), uri: uri.into(), display_name: format!("{uri} name"), group: group.into() }
+}
+
+fn state(kind: &str, key: &str, v: &[u8], at: u64) -> StateRow {
+    StateRow { kind: kind.into(), key: key.into(), value: v.to_vec(), expires_at: at }
+}
+
+/// Every method of the trait, then a reopen (`open` makes a new connection to the same data), then two
+/// connections noticing each other's writes.
+fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
+    let mut s = open();
+    assert!(s.policies().unwrap().is_empty(), "a new store is empty");
+    s.put_policy(&policy("bob@x", "carol@x", Some("block"), Some("block"))).unwrap();
+    s.put_policy(&policy("bob@x", "*", Some("allow"), None)).unwrap();
+    s.put_policy(&policy("bob@x", "carol@x", Some("block"), None)).unwrap();
+    s.put_policy(&policy("alice@x", "@y", None, Some("allow"))).unwrap();
+    assert!(s.put_policy(&policy("bob@x", "*", Some("maybe"), None)).is_err(), "bad values are refused");
+    assert_eq!(
+        s.policies().unwrap(),
+        vec![
+            policy("alice@x", "@y", None, Some("allow")),
+            policy("bob@x", "*", Some("allow"), None),
+            policy("bob@x", "carol@x", Some("block"), None)
+        ]
+    );
+    s.put_policy(&policy("alice@x", "@y", None, None)).unwrap();
+    assert_eq!(s.policies().unwrap().len(), 2, "an entry with no right set is deleted");
+    assert!(s.delete_policy("bob@x", "*").unwrap());
+    assert!(!s.delete_policy("bob@x", "*").unwrap(), "a second delete finds nothing");
+
+    s.put_contact(&contact("alice@x", "sip:bob@x", "Work")).unwrap();
+    s.put_contact(&contact("alice@x", "sip:carol@x", "")).unwrap();
+    s.put_contact(&contact("dave@x", "sip:bob@x", "")).unwrap();
+    let mut renamed = contact("alice@x", "sip:bob@x", "Friends");
+    renamed.display_name = "Bobby".into();
+    s.put_contact(&renamed).unwrap();
+    assert_eq!(s.contacts("alice@x").unwrap(), vec![contact("alice@x", "sip:carol@x", ""), renamed.clone()]);
+    assert!(s.contacts("nobody@x").unwrap().is_empty());
+    assert!(s.delete_contact("dave@x", "sip:bob@x").unwrap());
+    assert!(!s.delete_contact("dave@x", "sip:bob@x").unwrap());
+
+    s.write_states(&[
+        StateWrite::Put(state("reg", "a", b"\x00\xffbinary", 100)),
+        StateWrite::Put(state("reg", "b", b"b", 50)),
+        StateWrite::Put(state("sub", "c", b"c", 100)),
+    ])
+    .unwrap();
+    s.write_states(&[
+        StateWrite::Delete { kind: "sub".into(), key: "c".into() },
+        StateWrite::Put(state("reg", "a", b"a2", 200)),
+        StateWrite::Put(state("pub", "a", b"p", u64::MAX >> 2)),
+    ])
+    .unwrap();
+    let live = vec![state("pub", "a", b"p", u64::MAX >> 2), state("reg", "a", b"a2", 200)];
+    assert_eq!(s.states(60).unwrap(), live, "b expired, c deleted, a replaced");
+    assert_eq!(s.states(10).unwrap(), live, "expired rows are gone for good");
+    drop(s);
+
+    // Durable: a new connection sees all of it.
+    let mut a = open();
+    assert_eq!(a.policies().unwrap(), vec![policy("bob@x", "carol@x", Some("block"), None)]);
+    assert_eq!(a.contacts("alice@x").unwrap().len(), 2);
+    assert_eq!(a.states(60).unwrap(), live);
+
+    // Another writer's change is news; our own is not.
+    let mut b = open();
+    a.changed_elsewhere().unwrap();
+    assert!(!a.changed_elsewhere().unwrap(), "nothing happened");
+    a.put_policy(&policy("erin@x", "*", Some("block"), None)).unwrap();
+    assert!(!a.changed_elsewhere().unwrap(), "its own writes are not news");
+    b.put_contact(&contact("erin@x", "sip:bob@x", "")).unwrap();
+    assert!(a.changed_elsewhere().unwrap(), "a contact written elsewhere");
+    assert!(!a.changed_elsewhere().unwrap(), "reported once");
+    b.delete_policy("erin@x", "*").unwrap();
+    a.put_policy(&policy("erin@x", "@z", None, Some("block"))).unwrap();
+    assert!(a.changed_elsewhere().unwrap(), "a change elsewhere between two of ours is not hidden by ours");
+}
+
+fn sqlite_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("parapet.db")
+}
+
+#[test]
+fn store_conformance_sqlite() {
+    let dir = support::scratch_dir("conformance-sqlite");
+    let path = sqlite_path(&dir);
+    conformance(&|| Box::new(SqliteStore::open(&path).unwrap()));
+}
+
+#[test]
+fn store_conformance_postgres() {
+    let pg = support_pg::start("conformance-pg");
+    let url = pg.url();
+    let open = || PgStore::open(&url, Instant::now() + Duration::from_secs(10)).unwrap();
+    conformance(&|| Box::new(open()));
+    // On PostgreSQL (several front ends writing soft state all the time) only administrative changes are news.
+    let (mut a, mut b) = (open(), open());
+    a.changed_elsewhere().unwrap();
+    b.write_states(&[StateWrite::Put(state("reg", "z", b"z", 500))]).unwrap();
+    assert!(!a.changed_elsewhere().unwrap(), "soft state is not an administrative change");
+    // Schema versioned: the table records every migration once, however often the store opens.
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let versions: Vec<i32> =
+        c.query("SELECT version FROM schema_version ORDER BY version", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let want: Vec<i32> = parapet::store::postgres::MIGRATIONS.iter().map(|m| m.0).collect();
+    assert_eq!(versions, want);
+}
+
+/// The server goes away (a fast shutdown, as `pg_ctl restart -m fast` does) and comes back: administrative
+/// writes fail while it is away (never a false success), the store reconnects by itself, and soft-state
+/// writes queued meanwhile reach it, in order, once it is back.
+#[test]
+fn store_postgres_outage_and_return() {
+    let mut pg = support_pg::start("conformance-pg-outage");
+    let url = pg.url();
+    let store = PgStore::open(&url, Instant::now() + Duration::from_secs(10)).unwrap();
+    let h = StoreHandle::start(Box::new(store)).unwrap();
+    let acked = policy("bob@x", "*", Some("block"), None);
+    assert_eq!(h.call_blocking(Op::PutPolicy(acked.clone())).unwrap(), Reply::Done(true));
+
+    pg.stop().unwrap();
+    let t = Instant::now();
+    let refused = h.call_blocking(Op::PutPolicy(policy("bob@x", "carol@x", Some("allow"), None)));
+    let e = refused.expect_err("a write with the database away must not be acknowledged");
+    assert!(e.to_string().contains("PostgreSQL"), "the error names the store: {e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "refused promptly, took {:?}", t.elapsed());
+    // Soft state written during the outage: the same row twice (the later wins) and a delete, in order.
+    assert!(h.write_state(StateWrite::Put(state("reg", "alice@x", b"1", u64::MAX >> 2))));
+    assert!(h.write_state(StateWrite::Put(state("reg", "carol@x", b"1", u64::MAX >> 2))));
+    std::thread::sleep(Duration::from_millis(300)); // a separate batch, so that order across batches counts
+    assert!(h.write_state(StateWrite::Put(state("reg", "alice@x", b"2", u64::MAX >> 2))));
+    assert!(h.write_state(StateWrite::Delete { kind: "reg".into(), key: "carol@x".into() }));
+
+    pg.start_again().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let states = loop {
+        match h.call_blocking(Op::States { now: 0 }) {
+            Ok(Reply::States(rows)) if !rows.is_empty() => break rows,
+            other if Instant::now() >= deadline => panic!("the backlog never arrived: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert_eq!(states, vec![state("reg", "alice@x", b"2", u64::MAX >> 2)], "queued writes applied in order");
+    assert_eq!(h.call_blocking(Op::Policies).unwrap(), Reply::Policies(vec![acked]), "the refused write is absent");
+    let later = policy("dave@x", "*", Some("allow"), None);
+    assert_eq!(h.call_blocking(Op::PutPolicy(later)).unwrap(), Reply::Done(true), "writes work again");
+}
