@@ -101,9 +101,15 @@ impl Cluster {
         c.port = match c.running_port() {
             Some(port) => port,
             None => {
-                let port = free_port()?;
+                // The port of the last run when it is free: the URL in configs written then stays right.
+                let last = std::fs::read_to_string(c.root.join("port")).ok().and_then(|p| p.trim().parse::<u16>().ok());
+                let port = match last.filter(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
+                    Some(p) => p,
+                    None => free_port()?,
+                };
                 c.port = port;
                 c.pg_ctl_start()?;
+                let _ = std::fs::write(c.root.join("port"), format!("{port}\n"));
                 port
             }
         };
