@@ -27,7 +27,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Any number that other programs are unlikely to use as an advisory lock: serializes schema migrations of
 /// several front ends starting at once.
-const MIGRATION_LOCK: i64 = 0x7061_7261_7065_74; // "parapet"
+const MIGRATION_LOCK: i64 = 0x0070_6172_6170_6574; // "parapet" in ASCII
 
 /// The SQL, in one place.
 pub mod sql {

@@ -28,71 +28,74 @@ fn state(kind: &str, key: &str, v: &[u8], at: u64) -> StateRow {
 /// connections noticing each other's writes.
 fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
     let mut s = open();
-    assert!(s.policies().unwrap().is_empty(), "a new store is empty");
-    s.put_policy(&policy("bob@x", "carol@x", Some("block"), Some("block"))).unwrap();
-    s.put_policy(&policy("bob@x", "*", Some("allow"), None)).unwrap();
-    s.put_policy(&policy("bob@x", "carol@x", Some("block"), None)).unwrap();
-    s.put_policy(&policy("alice@x", "@y", None, Some("allow"))).unwrap();
+    assert!(s.policies().expect("store call").is_empty(), "a new store is empty");
+    s.put_policy(&policy("bob@x", "carol@x", Some("block"), Some("block"))).expect("store call");
+    s.put_policy(&policy("bob@x", "*", Some("allow"), None)).expect("store call");
+    s.put_policy(&policy("bob@x", "carol@x", Some("block"), None)).expect("store call");
+    s.put_policy(&policy("alice@x", "@y", None, Some("allow"))).expect("store call");
     assert!(s.put_policy(&policy("bob@x", "*", Some("maybe"), None)).is_err(), "bad values are refused");
     assert_eq!(
-        s.policies().unwrap(),
+        s.policies().expect("store call"),
         vec![
             policy("alice@x", "@y", None, Some("allow")),
             policy("bob@x", "*", Some("allow"), None),
             policy("bob@x", "carol@x", Some("block"), None)
         ]
     );
-    s.put_policy(&policy("alice@x", "@y", None, None)).unwrap();
-    assert_eq!(s.policies().unwrap().len(), 2, "an entry with no right set is deleted");
-    assert!(s.delete_policy("bob@x", "*").unwrap());
-    assert!(!s.delete_policy("bob@x", "*").unwrap(), "a second delete finds nothing");
+    s.put_policy(&policy("alice@x", "@y", None, None)).expect("store call");
+    assert_eq!(s.policies().expect("store call").len(), 2, "an entry with no right set is deleted");
+    assert!(s.delete_policy("bob@x", "*").expect("store call"));
+    assert!(!s.delete_policy("bob@x", "*").expect("store call"), "a second delete finds nothing");
 
-    s.put_contact(&contact("alice@x", "sip:bob@x", "Work")).unwrap();
-    s.put_contact(&contact("alice@x", "sip:carol@x", "")).unwrap();
-    s.put_contact(&contact("dave@x", "sip:bob@x", "")).unwrap();
+    s.put_contact(&contact("alice@x", "sip:bob@x", "Work")).expect("store call");
+    s.put_contact(&contact("alice@x", "sip:carol@x", "")).expect("store call");
+    s.put_contact(&contact("dave@x", "sip:bob@x", "")).expect("store call");
     let mut renamed = contact("alice@x", "sip:bob@x", "Friends");
     renamed.display_name = "Bobby".into();
-    s.put_contact(&renamed).unwrap();
-    assert_eq!(s.contacts("alice@x").unwrap(), vec![contact("alice@x", "sip:carol@x", ""), renamed.clone()]);
-    assert!(s.contacts("nobody@x").unwrap().is_empty());
-    assert!(s.delete_contact("dave@x", "sip:bob@x").unwrap());
-    assert!(!s.delete_contact("dave@x", "sip:bob@x").unwrap());
+    s.put_contact(&renamed).expect("store call");
+    assert_eq!(
+        s.contacts("alice@x").expect("store call"),
+        vec![contact("alice@x", "sip:carol@x", ""), renamed.clone()]
+    );
+    assert!(s.contacts("nobody@x").expect("store call").is_empty());
+    assert!(s.delete_contact("dave@x", "sip:bob@x").expect("store call"));
+    assert!(!s.delete_contact("dave@x", "sip:bob@x").expect("store call"));
 
     s.write_states(&[
         StateWrite::Put(state("reg", "a", b"\x00\xffbinary", 100)),
         StateWrite::Put(state("reg", "b", b"b", 50)),
         StateWrite::Put(state("sub", "c", b"c", 100)),
     ])
-    .unwrap();
+    .expect("store call");
     s.write_states(&[
         StateWrite::Delete { kind: "sub".into(), key: "c".into() },
         StateWrite::Put(state("reg", "a", b"a2", 200)),
         StateWrite::Put(state("pub", "a", b"p", u64::MAX >> 2)),
     ])
-    .unwrap();
+    .expect("store call");
     let live = vec![state("pub", "a", b"p", u64::MAX >> 2), state("reg", "a", b"a2", 200)];
-    assert_eq!(s.states(60).unwrap(), live, "b expired, c deleted, a replaced");
-    assert_eq!(s.states(10).unwrap(), live, "expired rows are gone for good");
+    assert_eq!(s.states(60).expect("store call"), live, "b expired, c deleted, a replaced");
+    assert_eq!(s.states(10).expect("store call"), live, "expired rows are gone for good");
     drop(s);
 
     // Durable: a new connection sees all of it.
     let mut a = open();
-    assert_eq!(a.policies().unwrap(), vec![policy("bob@x", "carol@x", Some("block"), None)]);
-    assert_eq!(a.contacts("alice@x").unwrap().len(), 2);
-    assert_eq!(a.states(60).unwrap(), live);
+    assert_eq!(a.policies().expect("store call"), vec![policy("bob@x", "carol@x", Some("block"), None)]);
+    assert_eq!(a.contacts("alice@x").expect("store call").len(), 2);
+    assert_eq!(a.states(60).expect("store call"), live);
 
     // Another writer's change is news; our own is not.
     let mut b = open();
-    a.changed_elsewhere().unwrap();
-    assert!(!a.changed_elsewhere().unwrap(), "nothing happened");
-    a.put_policy(&policy("erin@x", "*", Some("block"), None)).unwrap();
-    assert!(!a.changed_elsewhere().unwrap(), "its own writes are not news");
-    b.put_contact(&contact("erin@x", "sip:bob@x", "")).unwrap();
-    assert!(a.changed_elsewhere().unwrap(), "a contact written elsewhere");
-    assert!(!a.changed_elsewhere().unwrap(), "reported once");
-    b.delete_policy("erin@x", "*").unwrap();
-    a.put_policy(&policy("erin@x", "@z", None, Some("block"))).unwrap();
-    assert!(a.changed_elsewhere().unwrap(), "a change elsewhere between two of ours is not hidden by ours");
+    a.changed_elsewhere().expect("store call");
+    assert!(!a.changed_elsewhere().expect("store call"), "nothing happened");
+    a.put_policy(&policy("erin@x", "*", Some("block"), None)).expect("store call");
+    assert!(!a.changed_elsewhere().expect("store call"), "its own writes are not news");
+    b.put_contact(&contact("erin@x", "sip:bob@x", "")).expect("store call");
+    assert!(a.changed_elsewhere().expect("store call"), "a contact written elsewhere");
+    assert!(!a.changed_elsewhere().expect("store call"), "reported once");
+    b.delete_policy("erin@x", "*").expect("store call");
+    a.put_policy(&policy("erin@x", "@z", None, Some("block"))).expect("store call");
+    assert!(a.changed_elsewhere().expect("store call"), "a change elsewhere between two of ours is not hidden by ours");
 }
 
 fn sqlite_path(dir: &std::path::Path) -> PathBuf {
@@ -103,24 +106,28 @@ fn sqlite_path(dir: &std::path::Path) -> PathBuf {
 fn store_conformance_sqlite() {
     let dir = support::scratch_dir("conformance-sqlite");
     let path = sqlite_path(&dir);
-    conformance(&|| Box::new(SqliteStore::open(&path).unwrap()));
+    conformance(&|| Box::new(SqliteStore::open(&path).expect("store call")));
 }
 
 #[test]
 fn store_conformance_postgres() {
     let pg = support_pg::start("conformance-pg");
     let url = pg.url();
-    let open = || PgStore::open(&url, Instant::now() + Duration::from_secs(10)).unwrap();
+    let open = || PgStore::open(&url, Instant::now() + Duration::from_secs(10)).expect("store call");
     conformance(&|| Box::new(open()));
     // On PostgreSQL (several front ends writing soft state all the time) only administrative changes are news.
     let (mut a, mut b) = (open(), open());
-    a.changed_elsewhere().unwrap();
-    b.write_states(&[StateWrite::Put(state("reg", "z", b"z", 500))]).unwrap();
-    assert!(!a.changed_elsewhere().unwrap(), "soft state is not an administrative change");
+    a.changed_elsewhere().expect("store call");
+    b.write_states(&[StateWrite::Put(state("reg", "z", b"z", 500))]).expect("store call");
+    assert!(!a.changed_elsewhere().expect("store call"), "soft state is not an administrative change");
     // Schema versioned: the table records every migration once, however often the store opens.
-    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    let versions: Vec<i32> =
-        c.query("SELECT version FROM schema_version ORDER BY version", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("store call");
+    let versions: Vec<i32> = c
+        .query("SELECT version FROM schema_version ORDER BY version", &[])
+        .expect("store call")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let want: Vec<i32> = parapet::store::postgres::MIGRATIONS.iter().map(|m| m.0).collect();
     assert_eq!(versions, want);
 }
@@ -132,12 +139,12 @@ fn store_conformance_postgres() {
 fn store_postgres_outage_and_return() {
     let mut pg = support_pg::start("conformance-pg-outage");
     let url = pg.url();
-    let store = PgStore::open(&url, Instant::now() + Duration::from_secs(10)).unwrap();
-    let h = StoreHandle::start(Box::new(store)).unwrap();
+    let store = PgStore::open(&url, Instant::now() + Duration::from_secs(10)).expect("store call");
+    let h = StoreHandle::start(Box::new(store)).expect("store call");
     let acked = policy("bob@x", "*", Some("block"), None);
-    assert_eq!(h.call_blocking(Op::PutPolicy(acked.clone())).unwrap(), Reply::Done(true));
+    assert_eq!(h.call_blocking(Op::PutPolicy(acked.clone())).expect("store call"), Reply::Done(true));
 
-    pg.stop().unwrap();
+    pg.stop().expect("store call");
     let t = Instant::now();
     let refused = h.call_blocking(Op::PutPolicy(policy("bob@x", "carol@x", Some("allow"), None)));
     let e = refused.expect_err("a write with the database away must not be acknowledged");
@@ -150,7 +157,7 @@ fn store_postgres_outage_and_return() {
     assert!(h.write_state(StateWrite::Put(state("reg", "alice@x", b"2", u64::MAX >> 2))));
     assert!(h.write_state(StateWrite::Delete { kind: "reg".into(), key: "carol@x".into() }));
 
-    pg.start_again().unwrap();
+    pg.start_again().expect("store call");
     let deadline = Instant::now() + Duration::from_secs(30);
     let states = loop {
         match h.call_blocking(Op::States { now: 0 }) {
@@ -160,7 +167,11 @@ fn store_postgres_outage_and_return() {
         }
     };
     assert_eq!(states, vec![state("reg", "alice@x", b"2", u64::MAX >> 2)], "queued writes applied in order");
-    assert_eq!(h.call_blocking(Op::Policies).unwrap(), Reply::Policies(vec![acked]), "the refused write is absent");
+    assert_eq!(
+        h.call_blocking(Op::Policies).expect("store call"),
+        Reply::Policies(vec![acked]),
+        "the refused write is absent"
+    );
     let later = policy("dave@x", "*", Some("allow"), None);
-    assert_eq!(h.call_blocking(Op::PutPolicy(later)).unwrap(), Reply::Done(true), "writes work again");
+    assert_eq!(h.call_blocking(Op::PutPolicy(later)).expect("store call"), Reply::Done(true), "writes work again");
 }
