@@ -85,7 +85,8 @@ pub trait Store: Send {
     /// Applies the writes in one transaction (the store thread batches what the cores queue).
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError>;
     /// Whether another process (the CLI, another pool) changed the data since the last call, so that the
-    /// running pool can pick up entries written behind its back. Polled by the store thread.
+    /// running pool can pick up entries written behind its back. Polled by the store thread. At least the
+    /// allow/block entries and contact lists count (PostgreSQL: only those; SQLite: any write).
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
         Ok(false)
     }

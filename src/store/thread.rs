@@ -3,6 +3,8 @@
 //! immediate error the caller turns into 503, never a wait. Start-up code and the CLI, which run on no
 //! executor, may use `call_blocking`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -58,10 +60,30 @@ pub enum Reply {
 
 type Job = (Op, flume::Sender<Result<Reply, StoreError>>);
 
+/// What the store thread counts, for `/metrics` (written by the store thread only).
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Soft-state writes waiting for the database (it is away).
+    pub backlog_now: AtomicU64,
+    /// Soft-state writes dropped because the backlog was full.
+    pub soft_writes_dropped: AtomicU64,
+    /// Soft-state commits that failed (each is retried from the backlog).
+    pub soft_commit_failures: AtomicU64,
+}
+
+impl StoreStats {
+    pub fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        f("store_backlog_now", self.backlog_now.load(Ordering::Relaxed));
+        f("store_soft_writes_dropped", self.soft_writes_dropped.load(Ordering::Relaxed));
+        f("store_soft_commit_failures", self.soft_commit_failures.load(Ordering::Relaxed));
+    }
+}
+
 /// A cheap, cloneable, `Send` handle to the store thread. The thread ends when every handle is dropped.
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: flume::Sender<Job>,
+    stats: Arc<StoreStats>,
 }
 
 fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
@@ -96,6 +118,7 @@ fn write_batch(
     first: StateWrite,
     rx: &flume::Receiver<Job>,
     backlog: &mut Backlog,
+    stats: &StoreStats,
 ) -> Option<Job> {
     let deadline = std::time::Instant::now() + BATCH_WINDOW;
     let mut batch = vec![first];
@@ -114,9 +137,10 @@ fn write_batch(
     let batch = last_write_per_row(batch);
     if !backlog.is_empty() {
         keep(backlog, batch);
-        flush_backlog(store, backlog);
+        flush_backlog(store, backlog, stats);
     } else if let Err(e) = store.write_states(&batch) {
         tracing::warn!(error = %e, writes = batch.len(), "store: soft state not written; kept for a retry");
+        stats.soft_commit_failures.fetch_add(1, Ordering::Relaxed);
         keep(backlog, batch);
     }
     next
@@ -134,7 +158,7 @@ fn keep(backlog: &mut Backlog, batch: Vec<StateWrite>) {
 }
 
 /// Retries the backlog when due, oldest first, until it is empty or a commit fails.
-fn flush_backlog(store: &mut dyn Store, backlog: &mut Backlog) {
+fn flush_backlog(store: &mut dyn Store, backlog: &mut Backlog, stats: &StoreStats) {
     let mut written = 0;
     while backlog.due(Instant::now()) {
         let chunk = backlog.take(BATCH_MAX);
@@ -144,6 +168,7 @@ fn flush_backlog(store: &mut dyn Store, backlog: &mut Backlog) {
                 backlog.committed();
             }
             Err(_) => {
+                stats.soft_commit_failures.fetch_add(1, Ordering::Relaxed);
                 backlog.failed(chunk, Instant::now());
                 break;
             }
@@ -181,7 +206,7 @@ pub(crate) fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
 
 /// The store thread: operations in order; between them, a look for other writers every [`POLL`]; after any
 /// policy change, the new entry list to every watcher.
-fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
+fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>, stats: &StoreStats) {
     let mut watchers: Vec<flume::Sender<Vec<PolicyRow>>> = Vec::new();
     let mut contact_watchers: Vec<flume::Sender<()>> = Vec::new();
     let mut carried: Option<Job> = None;
@@ -189,7 +214,9 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
     // Whether the failure to look for outside changes has been logged (once per outage, not every POLL).
     let mut poll_failing = false;
     loop {
-        flush_backlog(store, &mut backlog);
+        flush_backlog(store, &mut backlog, stats);
+        stats.backlog_now.store(backlog.len() as u64, Ordering::Relaxed);
+        stats.soft_writes_dropped.store(backlog.dropped, Ordering::Relaxed);
         let wait = if backlog.is_empty() { POLL } else { POLL.min(super::backlog::RETRY_EVERY) };
         let next = match carried.take() {
             Some(job) => Ok(job),
@@ -197,7 +224,7 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
         };
         let (policy_changed, contacts_changed) = match next {
             Ok((Op::WriteState(w), _)) => {
-                carried = write_batch(store, w, rx, &mut backlog);
+                carried = write_batch(store, w, rx, &mut backlog, stats);
                 (false, false)
             }
             Ok((op, reply)) => {
@@ -248,11 +275,18 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
 impl StoreHandle {
     pub fn start(mut store: Box<dyn Store>) -> Result<StoreHandle, StoreError> {
         let (tx, rx) = flume::bounded::<Job>(QUEUE_MAX);
+        let stats = Arc::new(StoreStats::default());
+        let counted = stats.clone();
         thread::Builder::new()
             .name("parapet-store".into())
-            .spawn(move || serve(store.as_mut(), &rx))
+            .spawn(move || serve(store.as_mut(), &rx, &counted))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok(StoreHandle { tx })
+        Ok(StoreHandle { tx, stats })
+    }
+
+    /// The store thread's counters (the pool lists them on `/metrics`).
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
     }
 
     fn submit(&self, op: Op) -> Result<flume::Receiver<Result<Reply, StoreError>>, StoreError> {

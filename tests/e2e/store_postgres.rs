@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use parapet::store::pgcluster::Cluster;
 
 use crate::presence_restart::Role;
-use crate::rawsip::{reason, Ua};
+use crate::rawsip::{reason, Metrics, Ua};
 use crate::support::{self, Appliance};
 use crate::support_pg;
 
@@ -243,6 +243,10 @@ fn postgres_restart_under_message_load() {
     wait_until(&app, "carol's binding (registered during the outage) in PostgreSQL", Duration::from_secs(20), || {
         pg_state_rows(&url, "reg", "carol") > 0
     });
+    let m = Metrics::pool(&app);
+    assert!(m.must(&app, "parapet_pool_store_soft_commit_failures") > 0, "carol's write first failed:\n{}", m.0);
+    assert_eq!(m.must(&app, "parapet_pool_store_backlog_now"), 0, "the backlog is empty again");
+    assert_eq!(m.must(&app, "parapet_pool_store_soft_writes_dropped"), 0);
     let list = cli_ok(&app, &["policy", "--config", &cfg, "list", "bob"]);
     assert!(list.contains("bob@example.com\tdave@example.com\tblock\t-"), "acknowledged policy kept:\n{list}");
     assert!(!list.contains("erin@example.com"), "the refused write is absent:\n{list}");
