@@ -77,18 +77,7 @@ impl Cluster {
     /// Makes (`initdb`) and starts the cluster under `root` (data in `root/data`, socket in `root/run`, log in
     /// `root/server.log`).
     pub fn start(root: &Path) -> Result<Cluster, String> {
-        let bin = bin_dir()?;
-        let ctx = |what: &str, p: &Path, e: std::io::Error| format!("postgres: {what} {}: {e}", p.display());
-        std::fs::create_dir_all(root.join("run")).map_err(|e| ctx("cannot create", root, e))?;
-        let root = root.canonicalize().map_err(|e| ctx("cannot resolve", root, e))?;
-        let run_as = is_root().then_some(SUPERUSER);
-        if run_as.is_some() {
-            make_traversable(&root)?;
-            let mut chown = Command::new("chown");
-            chown.arg("-R").arg(format!("{SUPERUSER}:")).arg(&root);
-            run(&mut chown, "chown")?;
-        }
-        let mut c = Cluster { root, bin, port: 0, run_as, running: false };
+        let mut c = Cluster::prepare(root)?;
         if !c.data().join("PG_VERSION").is_file() {
             c.tool("initdb")
                 .arg("-D")
@@ -116,6 +105,47 @@ impl Cluster {
         c.running = true;
         c.create_database()?;
         Ok(c)
+    }
+
+    /// A streaming-replication standby of `primary` under `root` (`pg_basebackup -R`: a copy of the primary that
+    /// follows its WAL, read-only until promoted), started on a port of its own. What the README tells an
+    /// operator to do, on one machine.
+    pub fn start_standby(primary: &Cluster, root: &Path) -> Result<Cluster, String> {
+        let mut c = Cluster::prepare(root)?;
+        if !c.data().join("PG_VERSION").is_file() {
+            let mut cmd = c.tool("pg_basebackup");
+            cmd.args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", SUPERUSER, "-D"])
+                .arg(c.data())
+                // A fast checkpoint: the default spreads it over minutes before the copy starts.
+                .args(["-R", "-X", "stream", "-c", "fast"]);
+            run(&mut cmd, "pg_basebackup")?;
+        }
+        c.port = free_port()?;
+        c.pg_ctl_start()?;
+        c.running = true;
+        Ok(c)
+    }
+
+    /// Turns a standby into a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) -> Result<(), String> {
+        let wait = PG_CTL_WAIT.as_secs().to_string();
+        self.pg_ctl(&["-w", "-t", &wait, "promote"])
+    }
+
+    /// The folder, owned by the server's user when we are root; nothing started yet.
+    fn prepare(root: &Path) -> Result<Cluster, String> {
+        let bin = bin_dir()?;
+        let ctx = |what: &str, p: &Path, e: std::io::Error| format!("postgres: {what} {}: {e}", p.display());
+        std::fs::create_dir_all(root.join("run")).map_err(|e| ctx("cannot create", root, e))?;
+        let root = root.canonicalize().map_err(|e| ctx("cannot resolve", root, e))?;
+        let run_as = is_root().then_some(SUPERUSER);
+        if run_as.is_some() {
+            make_traversable(&root)?;
+            let mut chown = Command::new("chown");
+            chown.arg("-R").arg(format!("{SUPERUSER}:")).arg(&root);
+            run(&mut chown, "chown")?;
+        }
+        Ok(Cluster { root, bin, port: 0, run_as, running: false })
     }
 
     fn data(&self) -> PathBuf {

@@ -175,3 +175,45 @@ fn store_postgres_outage_and_return() {
     let later = policy("dave@x", "*", Some("allow"), None);
     assert_eq!(h.call_blocking(Op::PutPolicy(later)).expect("store call"), Reply::Done(true), "writes work again");
 }
+
+/// Failover to a standby: a primary and its streaming-replication standby behind one multi-host URL with
+/// `target_session_attrs=read-write`. The primary dies; writes are refused until the operator promotes the
+/// standby; then the store finds it by itself, with what was committed before (replicated) and new writes.
+#[test]
+fn store_postgres_fails_over_to_a_promoted_standby() {
+    let mut primary = support_pg::start("failover-primary");
+    let standby = support_pg::standby("failover-standby", &primary);
+    let url = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=parapet target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let mut s = PgStore::open(&url, Instant::now() + Duration::from_secs(10)).expect("open");
+    let before = policy("bob@x", "*", Some("block"), None);
+    s.put_policy(&before).expect("a write on the primary");
+    // Asynchronous replication: wait until the standby has it (the README says how to make it synchronous).
+    let on_standby = format!("host=127.0.0.1 port={} user=postgres dbname=parapet", standby.port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = postgres::Client::connect(&on_standby, postgres::NoTls)
+            .and_then(|mut c| c.query_one("SELECT count(*) FROM policy", &[]))
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the standby never received the write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    primary.stop().expect("stop the primary");
+    let after = policy("carol@x", "*", Some("allow"), None);
+    assert!(s.put_policy(&after).is_err(), "no primary: the write is refused (the standby is read-only)");
+    standby.promote().expect("promote");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = s.put_policy(&after) {
+        assert!(Instant::now() < deadline, "the store never found the promoted standby: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.policies().expect("policies"), vec![before, after]);
+}

@@ -24,3 +24,9 @@ pub fn start(name: &str) -> Cluster {
     let dir = support::scratch_dir(name).join("pg");
     Cluster::start(&dir).unwrap_or_else(|e| panic!("[{name}] cannot start PostgreSQL: {e}"))
 }
+
+/// A streaming-replication standby of `primary`, its cluster under `<scratch>/pg`.
+pub fn standby(name: &str, primary: &Cluster) -> Cluster {
+    let dir = support::scratch_dir(name).join("pg");
+    Cluster::start_standby(primary, &dir).unwrap_or_else(|e| panic!("[{name}] cannot start a standby: {e}"))
+}
