@@ -25,7 +25,10 @@ const PG_CTL_WAIT: Duration = Duration::from_secs(60);
 
 /// The newest `/usr/lib/postgresql/<version>/bin` holding `initdb` and `pg_ctl`; the error names the package.
 pub fn bin_dir() -> Result<PathBuf, String> {
-    let root = Path::new("/usr/lib/postgresql");
+    bin_dir_in(Path::new("/usr/lib/postgresql"))
+}
+
+fn bin_dir_in(root: &Path) -> Result<PathBuf, String> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
         .into_iter()
         .flatten()
@@ -289,4 +292,29 @@ fn make_traversable(dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_name_the_package() {
+        let dir = std::env::temp_dir().join(format!("parapet-pgbin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = bin_dir_in(&dir).unwrap_err();
+        assert!(e.contains("install Debian's `postgresql` package (apt-get install postgresql)"), "{e}");
+        // Versions compare as numbers, and a folder without both programs does not count.
+        for (v, both) in [("9", true), ("15", true), ("16", false)] {
+            let bin = dir.join(v).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+            if both {
+                std::fs::write(bin.join("pg_ctl"), "").unwrap();
+            }
+        }
+        assert_eq!(bin_dir_in(&dir).unwrap(), dir.join("15").join("bin"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

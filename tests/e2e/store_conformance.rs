@@ -217,3 +217,24 @@ fn store_postgres_fails_over_to_a_promoted_standby() {
     }
     assert_eq!(s.policies().expect("policies"), vec![before, after]);
 }
+
+/// A pool starting before its database waits for it (until the deadline), and says so clearly when it gives up.
+#[test]
+fn store_postgres_open_waits_for_the_server() {
+    let mut pg = support_pg::start("conformance-pg-late");
+    let url = pg.url();
+    pg.stop().expect("stop");
+    let t = Instant::now();
+    let e = PgStore::open(&url, Instant::now() + Duration::from_secs(1)).err().expect("no server: no store");
+    assert!(t.elapsed() < Duration::from_secs(8), "gave up near its deadline, took {:?}", t.elapsed());
+    let msg = e.to_string();
+    assert!(msg.contains("PostgreSQL at postgres://postgres@127.0.0.1:") && msg.contains("unavailable"), "{msg}");
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        pg.start_again().expect("start");
+        pg
+    });
+    let mut s = PgStore::open(&url, Instant::now() + Duration::from_secs(30)).expect("the server came up in time");
+    assert!(s.policies().expect("policies").is_empty());
+    drop(late.join());
+}
