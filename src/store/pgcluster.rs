@@ -214,13 +214,6 @@ impl Cluster {
             .map_err(|e| format!("{e}\n(server log: {})", log.display()))
     }
 
-    /// `pg_ctl restart -m fast`: every connection is cut, the server is back on the same port.
-    pub fn restart_fast(&self) -> Result<(), String> {
-        let wait = PG_CTL_WAIT.as_secs().to_string();
-        self.pg_ctl(&["-w", "-t", &wait, "-m", "fast", "stop"])?;
-        self.pg_ctl_start()
-    }
-
     /// Stops the server (fast shutdown: connections cut, committed data kept).
     pub fn stop(&mut self) -> Result<(), String> {
         if !self.running {
