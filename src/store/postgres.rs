@@ -282,9 +282,10 @@ fn contact_of(r: &postgres::Row) -> ContactRow {
 /// start at once); refuses a database newer than this build.
 pub fn migrate(c: &mut Client) -> Result<i32, StoreError> {
     let fail = |what: &str, e: postgres::Error| pg_err(what, &e);
-    c.batch_execute(sql::SCHEMA_VERSION_TABLE).map_err(|e| fail("schema_version", e))?;
     let mut tx = c.transaction().map_err(|e| fail("begin", e))?;
     tx.execute(sql::MIGRATION_LOCK, &[&MIGRATION_LOCK]).map_err(|e| fail("migration lock", e))?;
+    // Under the lock: two front ends creating the same table at once would race in the catalog.
+    tx.batch_execute(sql::SCHEMA_VERSION_TABLE).map_err(|e| fail("schema_version", e))?;
     let current: i32 = tx.query_one(sql::SCHEMA_VERSION, &[]).map_err(|e| fail("schema_version", e))?.get(0);
     let newest = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > newest {

@@ -130,6 +130,23 @@ fn store_conformance_postgres() {
         .collect();
     let want: Vec<i32> = parapet::store::postgres::MIGRATIONS.iter().map(|m| m.0).collect();
     assert_eq!(versions, want);
+    // Several front ends starting at once: the migration lock lets exactly one apply the schema.
+    c.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;").expect("reset");
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgStore::open(&url, Instant::now() + Duration::from_secs(10)).map(|_| ()))
+        })
+        .collect();
+    for o in opened {
+        o.join().expect("thread").expect("concurrent opens all succeed");
+    }
+    let n: i64 = c.query_one("SELECT count(*) FROM schema_version", &[]).expect("count").get(0);
+    assert_eq!(n, want.len() as i64, "each migration recorded once");
+    // A database newer than this build is refused, not used.
+    c.execute("INSERT INTO schema_version (version) VALUES (999)", &[]).expect("bump");
+    let e = PgStore::open(&url, Instant::now() + Duration::from_secs(2)).err().expect("refused").to_string();
+    assert!(e.contains("schema version 999, newer than this build"), "{e}");
 }
 
 /// The server goes away (a fast shutdown, as `pg_ctl restart -m fast` does) and comes back: administrative
