@@ -72,6 +72,8 @@ pub struct PgStore {
     seen: i64,
     /// Another writer's change was noticed while committing one of ours: report it at the next poll.
     pending_change: bool,
+    /// The last connection attempt reached a server whose database this build cannot use (a newer schema).
+    unusable: bool,
 }
 
 /// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, `password=x` -> `password=***`.
@@ -141,11 +143,12 @@ impl PgStore {
             backoff: BACKOFF_MIN,
             seen: 0,
             pending_change: false,
+            unusable: false,
         };
         loop {
             match store.connect() {
                 Ok(()) => break,
-                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) if store.unusable || Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(store.retry_at.saturating_duration_since(Instant::now())),
             }
         }
@@ -162,9 +165,10 @@ impl PgStore {
         if now < self.retry_at {
             return Err(StoreError(format!("PostgreSQL at {} unavailable (reconnecting)", self.shown)));
         }
-        let attempt = self.config.connect(NoTls).map_err(|e| e.to_string()).and_then(|mut c| {
-            migrate(&mut c).map_err(|e| e.0)?;
-            let n: i64 = c.query_one(sql::CHANGE_COUNTER, &[]).map_err(|e| e.to_string())?.get(0);
+        // Err(true, ..): the server answered, but this database cannot be used (its schema); waiting won't help.
+        let attempt = self.config.connect(NoTls).map_err(|e| (false, e.to_string())).and_then(|mut c| {
+            migrate(&mut c).map_err(|e| (true, e.0))?;
+            let n: i64 = c.query_one(sql::CHANGE_COUNTER, &[]).map_err(|e| (false, e.to_string()))?.get(0);
             Ok((c, n))
         });
         match attempt {
@@ -179,10 +183,12 @@ impl PgStore {
                 self.backoff = BACKOFF_MIN;
                 Ok(())
             }
-            Err(e) => {
+            Err((unusable, e)) => {
                 self.retry_at = now + self.backoff;
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-                Err(StoreError(format!("PostgreSQL at {} unavailable: {e}", self.shown)))
+                self.unusable = unusable;
+                let state = if unusable { "unusable" } else { "unavailable" };
+                Err(StoreError(format!("PostgreSQL at {} {state}: {e}", self.shown)))
             }
         }
     }
