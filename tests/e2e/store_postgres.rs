@@ -219,7 +219,8 @@ fn postgres_restart_under_message_load() {
     let before_outage = sent.load(Ordering::Relaxed);
     let refused = cli(&["policy", "--config", &cfg, "set", "bob", "erin@example.com", "--im", "block"]);
     let e = refused.expect_err("a policy write with PostgreSQL down must not be acknowledged");
-    assert!(e.contains("unavailable"), "the refusal says why: {e}");
+    assert!(e.contains("exit status: 1"), "refused with a non-zero exit, not timed out: {e}");
+    assert!(e.contains("unavailable") && e.contains("nothing was changed"), "the refusal says why: {e}");
     let mut carol = Ua::connect_ok(&app, "carol", None);
     carol.register_ok(&app, "carol");
     thread::sleep(Duration::from_secs(1)); // the outage lasts a while, under load
