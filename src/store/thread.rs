@@ -6,7 +6,7 @@
 use std::thread;
 use std::time::Duration;
 
-use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Operations waiting for the store thread before new ones are refused.
 pub const QUEUE_MAX: usize = 4096;
@@ -42,6 +42,20 @@ pub enum Op {
     States {
         now: u64,
     },
+    /// One user's live soft state (a front end taking the user over).
+    StatesOf {
+        aor: String,
+        now: u64,
+    },
+    /// This member's lease (see [`Store::renew_member`]).
+    RenewMember(MemberRow),
+    /// The roster's rows.
+    Members,
+    /// `pool drain` / `pool undrain`.
+    SetMemberState {
+        name: String,
+        state: String,
+    },
     /// Soft state to write; queued without waiting ([`StoreHandle::write_state`]) and committed in batches.
     WriteState(StateWrite),
 }
@@ -51,6 +65,7 @@ pub enum Reply {
     Policies(Vec<PolicyRow>),
     States(Vec<StateRow>),
     Contacts(Vec<ContactRow>),
+    Members(Vec<MemberRow>),
     /// A write; for deletions, whether something was there.
     Done(bool),
 }
@@ -79,6 +94,13 @@ fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
         Op::DeleteContact { owner, uri } => Reply::Done(store.delete_contact(&owner, &uri)?),
         Op::WatchPolicies(_) | Op::WatchContacts(_) => Reply::Done(true),
         Op::States { now } => Reply::States(store.states(now)?),
+        Op::StatesOf { aor, now } => Reply::States(store.states_of(&aor, now)?),
+        Op::RenewMember(r) => {
+            store.renew_member(&r)?;
+            Reply::Done(true)
+        }
+        Op::Members => Reply::Members(store.members()?),
+        Op::SetMemberState { name, state } => Reply::Done(store.set_member_state(&name, &state)?),
         Op::WriteState(w) => {
             store.write_states(std::slice::from_ref(&w))?;
             Reply::Done(true)
