@@ -12,6 +12,7 @@
 
 pub mod devpki;
 pub mod federation;
+pub mod membership;
 mod validate;
 
 pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
@@ -145,6 +146,8 @@ pub struct PoolConfig {
     /// Timer F.
     pub transaction_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
+    /// `[pool.member]`: a member of an enterprise pool; None for a single front end.
+    pub member: Option<membership::MemberConfig>,
 }
 
 /// `[pool.presence]`: publication and subscription bounds, and the deployment's default authorization.
@@ -363,6 +366,7 @@ impl PoolConfig {
             presence: PresenceConfig::default(),
             transaction_timeout_ms: 32_000,
             handshake_timeout_ms: 5000,
+            member: None,
         }
     }
 }
@@ -459,6 +463,7 @@ struct RawPool {
     presence: Option<RawPresence>,
     transaction_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    member: Option<membership::RawMember>,
 }
 
 #[derive(Deserialize, Default)]
@@ -687,6 +692,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                     .unwrap_or(d.publications_per_presentity_max),
             };
             c.realm = p.realm;
+            c.member = p.member.map(|m| membership::build(m, c.listen)).transpose()?;
             let r = p.registrar.unwrap_or_default();
             let rd = RegistrarConfig::default();
             c.registrar = RegistrarConfig {

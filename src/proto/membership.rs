@@ -68,8 +68,11 @@ pub struct Member {
     pub state: MemberState,
     /// Unix milliseconds; the member is gone after this unless it renews.
     pub lease_until_ms: u64,
-    /// Requests it handled in the last lease period (for `pool status`; routing ignores it, see the module).
+    /// Requests it handled in its last renewal period (for `pool status`; routing ignores it: ownership must
+    /// not move with load, or every busy moment would hand users over).
     pub load: u64,
+    /// Users it owned at its last renewal (for `pool status`).
+    pub users: u64,
 }
 
 impl Member {
@@ -175,6 +178,7 @@ mod tests {
             state,
             lease_until_ms: NOW + 3_000,
             load: 0,
+            users: 0,
         }
     }
 

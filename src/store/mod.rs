@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod directory;
+pub mod members;
 pub mod sqlite;
 pub mod thread;
 
