@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod core;
 pub mod digest;
+pub mod membership;
 pub mod persist;
 pub mod presence;
 pub mod proxy;
@@ -143,6 +144,8 @@ pub struct PoolSettings {
     pub store: crate::store::thread::StoreHandle,
     /// Soft state saved before the last stop, one share per core (each core takes its own at start).
     pub restore: Vec<std::sync::Mutex<Vec<crate::store::StateRow>>>,
+    /// The pool's roster and this member's counters (`[pool.member]`; unused by a single front end).
+    pub membership: membership::Membership,
 }
 
 impl PoolSettings {
@@ -164,6 +167,10 @@ impl PoolSettings {
         let restore = persist::saved_state(&store, p.cores.len())?;
         let mut nonce_secret = [0u8; 32];
         getrandom::getrandom(&mut nonce_secret).map_err(|e| format!("no randomness for nonces: {e}"))?;
+        if p.member.is_some() {
+            // Every front end must find every other's nonces authentic: the client may retry on another.
+            nonce_secret = membership::shared_nonce_secret(&store, nonce_secret)?;
+        }
         let core = CoreSettings {
             domain: cfg.domain.to_ascii_lowercase(),
             realm,
@@ -196,6 +203,7 @@ impl PoolSettings {
             handshake_timeout: Duration::from_millis(p.handshake_timeout_ms),
             store,
             restore,
+            membership: membership::Membership::default(),
         })
     }
 }
@@ -204,6 +212,9 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
     ensure_port_free(p.listen, "[pool] listen").map_err(|e| e.to_string())?;
     let settings = Arc::new(PoolSettings::from_config(cfg)?);
+    if let Some(m) = &p.member {
+        membership::start(m, &settings)?;
+    }
     tracing::info!(users = settings.core.users.len(), realm = %settings.core.realm, "pool directory loaded");
     shard::start("pool", &p.cores, 4096, io_memory, move |shard: Shard<PoolMsg>| {
         let settings = settings.clone();

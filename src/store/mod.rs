@@ -104,6 +104,10 @@ pub trait Store: Send {
     fn members(&mut self) -> Result<Vec<MemberRow>, StoreError>;
     /// Sets a member's state ("active" or "draining"); false when no such member.
     fn set_member_state(&mut self, name: &str, state: &str) -> Result<bool, StoreError>;
+    /// The pool-wide secret called `name`: `candidate` is stored when there is none yet, and whatever is stored
+    /// is returned, so every front end of a pool ends up with the first one's (the digest nonce key: a nonce
+    /// one front end issued must be authentic at all of them).
+    fn shared_secret(&mut self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Whether another process (the CLI, another pool) changed the data since the last call, so that the
     /// running pool can pick up entries written behind its back. Polled by the store thread.
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {

@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS member (
     users          INTEGER NOT NULL DEFAULT 0,
     load           INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS pool_secret (
+    name  TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL
+);
 ";
 
 pub struct SqliteStore {
@@ -276,6 +280,18 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
+    fn shared_secret(&mut self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO pool_secret (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, candidate],
+            )
+            .map_err(|e| err("store secret", e))?;
+        self.conn
+            .query_row("SELECT value FROM pool_secret WHERE name = ?1", [name], |r| r.get(0))
+            .map_err(|e| err("read secret", e))
+    }
+
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
         let v: i64 =
             self.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| err("data_version", e))?;
@@ -471,6 +487,14 @@ mod tests {
         assert_eq!(s.states(0).unwrap().len(), 300);
         assert_eq!(s.members().unwrap().len(), 3);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_first_secret_wins() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.shared_secret("nonce", b"first").unwrap(), b"first");
+        assert_eq!(s.shared_secret("nonce", b"second").unwrap(), b"first");
+        assert_eq!(s.shared_secret("other", b"second").unwrap(), b"second");
     }
 
     #[test]

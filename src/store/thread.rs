@@ -56,6 +56,11 @@ pub enum Op {
         name: String,
         state: String,
     },
+    /// The pool-wide secret `name` (see [`Store::shared_secret`]).
+    SharedSecret {
+        name: String,
+        candidate: Vec<u8>,
+    },
     /// Soft state to write; queued without waiting ([`StoreHandle::write_state`]) and committed in batches.
     WriteState(StateWrite),
 }
@@ -66,6 +71,7 @@ pub enum Reply {
     States(Vec<StateRow>),
     Contacts(Vec<ContactRow>),
     Members(Vec<MemberRow>),
+    Secret(Vec<u8>),
     /// A write; for deletions, whether something was there.
     Done(bool),
 }
@@ -100,6 +106,7 @@ fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
             Reply::Done(true)
         }
         Op::Members => Reply::Members(store.members()?),
+        Op::SharedSecret { name, candidate } => Reply::Secret(store.shared_secret(&name, &candidate)?),
         Op::SetMemberState { name, state } => Reply::Done(store.set_member_state(&name, &state)?),
         Op::WriteState(w) => {
             store.write_states(std::slice::from_ref(&w))?;
