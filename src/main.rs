@@ -63,6 +63,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FederationCmd,
     },
+    /// The enterprise pool's members: status, drain, undrain (in the store of the pool's config).
+    Pool {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: parapet::mgmt::pool_admin::PoolCmd,
+    },
     /// Users' contact lists in the pool's store.
     Contacts {
         #[arg(short, long)]
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
+        Cmd::Pool { config, cmd } => print(parapet::mgmt::pool_admin::run(&config, cmd)),
         Cmd::Federation { cmd: FederationCmd::Test { domain, config } } => parapet::mgmt::probe::run(&config, &domain),
     };
     match result {

@@ -1,0 +1,122 @@
+//! `parapet pool status|drain|undrain`: the pool's roster as the store holds it, and the operator's say about
+//! a member. Reads and writes the store named by a pool config (`[pool] database`), like `policy`; runs on
+//! no executor, so it may block.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::proto::membership::{MemberState, Roster};
+use crate::store::members::{now_ms, roster_of};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+#[derive(clap::Subcommand)]
+pub enum PoolCmd {
+    /// Members, their state (active, draining, gone), lease left, users owned, load.
+    Status,
+    /// The member takes no new ownership: its users move to the others. Waits (up to --wait seconds) until the
+    /// member has renewed its lease as draining, so every reader of the roster has seen the change.
+    Drain {
+        member: String,
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
+    /// The member owns users again.
+    Undrain { member: String },
+}
+
+fn open(config: &Path) -> Result<SqliteStore, String> {
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let pool = cfg.pool.as_ref().ok_or_else(|| format!("{}: no [pool] section", config.display()))?;
+    SqliteStore::open(&pool.database).map_err(|e| e.to_string())
+}
+
+fn roster(store: &mut SqliteStore) -> Result<Roster, String> {
+    Ok(roster_of(store.members().map_err(|e| e.to_string())?))
+}
+
+/// The status table (tab-separated, a header line first).
+pub fn status_text(roster: &Roster, now_ms: u64) -> String {
+    let mut out = String::from("# member\taddr\tstate\tlease_left_ms\tusers\tload\n");
+    for m in roster.members() {
+        let left = m.lease_until_ms.saturating_sub(now_ms);
+        let state = m.state_at(now_ms).as_str();
+        out.push_str(&format!("{}\t{}\t{state}\t{left}\t{}\t{}\n", m.name, m.addr, m.users, m.load));
+    }
+    out
+}
+
+pub fn run(config: &Path, cmd: PoolCmd) -> Result<String, String> {
+    let mut store = open(config)?;
+    match cmd {
+        PoolCmd::Status => Ok(status_text(&roster(&mut store)?, now_ms())),
+        PoolCmd::Undrain { member } => {
+            set_state(&mut store, &member, MemberState::Active)?;
+            Ok(format!("{member}: active (owns users again from its next lease renewal)\n"))
+        }
+        PoolCmd::Drain { member, wait } => {
+            let before = set_state(&mut store, &member, MemberState::Draining)?;
+            // The member's own renewal after ours proves it is alive and read its new state with the roster.
+            let deadline = Instant::now() + Duration::from_secs(wait);
+            loop {
+                let r = roster(&mut store)?;
+                let m = r.get(&member).ok_or_else(|| format!("{member}: left the roster"))?;
+                let now = now_ms();
+                if m.state_at(now) == MemberState::Gone {
+                    return Ok(format!("{member}: draining, and its lease has run out: it can be stopped\n"));
+                }
+                if m.lease_until_ms > before {
+                    return Ok(format!(
+                        "{member}: draining; it owns no new users and the others own its users from now on\n"
+                    ));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("{member}: marked draining, but it did not renew its lease within {wait} s"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Sets the state; returns the member's lease expiry at that moment. An unknown member is an error naming the
+/// known ones.
+fn set_state(store: &mut SqliteStore, member: &str, state: MemberState) -> Result<u64, String> {
+    let r = roster(store)?;
+    let Some(m) = r.get(member) else {
+        let known: Vec<_> = r.members().iter().map(|m| m.name.as_str()).collect();
+        return Err(format!("{member}: no such pool member (members: {})", known.join(", ")));
+    };
+    let until = m.lease_until_ms;
+    store.set_member_state(member, state.as_str()).map_err(|e| e.to_string())?;
+    Ok(until)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::proto::membership::Member;
+
+    #[test]
+    fn status_shows_the_state_now() {
+        let m = |name: &str, state, until| Member {
+            name: name.into(),
+            addr: "127.0.0.1:5062".into(),
+            state,
+            lease_until_ms: until,
+            load: 4,
+            users: 2,
+        };
+        let r = Roster::new(vec![
+            m("fe1", MemberState::Active, 3_000),
+            m("fe2", MemberState::Draining, 2_000),
+            m("fe3", MemberState::Active, 500),
+        ]);
+        let t = status_text(&r, 1_000);
+        assert!(t.contains("fe1\t127.0.0.1:5062\tactive\t2000\t2\t4\n"), "{t}");
+        assert!(t.contains("fe2\t127.0.0.1:5062\tdraining\t1000\t"), "{t}");
+        assert!(t.contains("fe3\t127.0.0.1:5062\tgone\t0\t"), "an expired lease reads as gone: {t}");
+    }
+}
