@@ -13,6 +13,7 @@
 pub mod devpki;
 pub mod federation;
 pub mod membership;
+pub mod roster;
 mod validate;
 
 pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
@@ -73,6 +74,8 @@ pub struct EdgeConfig {
     /// PEM CA(s) trusted for the internal mutual TLS.
     pub ca: PathBuf,
     pub pool: Peer,
+    /// `[edge.roster]`: an enterprise pool's members; None routes everything to `pool`.
+    pub roster: Option<roster::RosterConfig>,
     /// Names accepted on the internal listener.
     pub pool_names: Vec<String>,
     pub handshake_timeout_ms: u64,
@@ -331,6 +334,7 @@ impl EdgeConfig {
             key: PathBuf::new(),
             ca: PathBuf::new(),
             pool_names: vec![pool.name.clone()],
+            roster: None,
             pool,
             handshake_timeout_ms: 5000,
             idle_timeout_ms: 300_000,
@@ -423,6 +427,7 @@ struct RawEdge {
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
     pool: Option<RawPeer>,
+    roster: Option<roster::RawRoster>,
     pool_names: Option<Vec<String>>,
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -609,6 +614,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                 }
             }
             c.pool_names = e.pool_names.unwrap_or_else(|| vec![c.pool.name.clone()]);
+            c.roster = e.roster.map(|r| roster::build(r, base_dir, &c.pool.name)).transpose()?;
             c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
             c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);
