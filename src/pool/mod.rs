@@ -15,6 +15,7 @@ pub mod auth;
 pub mod core;
 pub mod digest;
 pub mod membership;
+pub mod ownership;
 pub mod persist;
 pub mod presence;
 pub mod proxy;
@@ -164,7 +165,13 @@ impl PoolSettings {
             return Err("config: [pool.auth] algorithms: at least one of MD5, SHA-256".into());
         }
         let (presence, store) = presence::settings_from_config(p)?;
-        let restore = persist::saved_state(&store, p.cores.len())?;
+        // A member of an enterprise pool restores no one at start: it loads each user it owns when it gains it.
+        let restore = if p.member.is_some() {
+            (0..p.cores.len()).map(|_| std::sync::Mutex::default()).collect()
+        } else {
+            persist::saved_state(&store, p.cores.len())?
+        };
+        let membership = membership::Membership::default();
         let mut nonce_secret = [0u8; 32];
         getrandom::getrandom(&mut nonce_secret).map_err(|e| format!("no randomness for nonces: {e}"))?;
         if p.member.is_some() {
@@ -194,6 +201,8 @@ impl PoolSettings {
             presence,
             nonces_max: core::NONCES_MAX,
             transactions_max: core::TRANSACTIONS_MAX,
+            member: p.member.as_ref().map(|m| m.name.clone()),
+            member_stats: membership.stats.clone(),
         };
         Ok(PoolSettings {
             core: Arc::new(core),
@@ -203,7 +212,7 @@ impl PoolSettings {
             handshake_timeout: Duration::from_millis(p.handshake_timeout_ms),
             store,
             restore,
-            membership: membership::Membership::default(),
+            membership,
         })
     }
 }

@@ -84,7 +84,8 @@ pub struct StoreHandle {
     tx: flume::Sender<Job>,
 }
 
-fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
+/// One operation on the store, as the thread runs it (also the simulation's store step).
+pub(crate) fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
     Ok(match op {
         Op::Policies => Reply::Policies(store.policies()?),
         Op::PutPolicy(r) => {
