@@ -39,6 +39,12 @@ enum Cmd {
         /// other.test; their certificates in <data-dir>/pki) that `loadgen federation` plays.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         federation: String,
+        /// Front ends of the pool, sharing one store: more than 1 runs an enterprise pool (ports from base + 10).
+        #[arg(long, default_value_t = 1)]
+        front_ends: usize,
+        /// The first port of front ends 2 and up (two ports each: SIP, management); default port base + 10.
+        #[arg(long)]
+        front_end_ports: Option<u16>,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
@@ -163,7 +169,17 @@ fn contacts(config: &std::path::Path, cmd: ContactsCmd) -> Result<String, String
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits, federation } => {
+        Cmd::Up {
+            data_dir,
+            port_base,
+            cores,
+            domain,
+            load_users,
+            flood_limits,
+            federation,
+            front_ends,
+            front_end_ports,
+        } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
             parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
                 data_dir,
@@ -173,6 +189,8 @@ fn main() -> ExitCode {
                 load_users,
                 flood_limits: flood_limits == "on",
                 federation: federation == "on",
+                front_ends,
+                front_end_ports,
             })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),

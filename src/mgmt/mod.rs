@@ -8,3 +8,4 @@ pub mod probe;
 pub mod run;
 pub mod supervise;
 pub mod up;
+pub mod up_pool;

@@ -69,6 +69,32 @@ fn state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StateRow> {
     Ok(StateRow { kind: r.get(0)?, key: r.get(1)?, value: r.get(2)?, expires_at: to_u64(at) })
 }
 
+/// How long opening waits for another process that holds the file's lock (several front ends start at once).
+const OPEN_BUSY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Puts the file in WAL mode. Switching the mode takes the file's lock and, unlike ordinary statements, does
+/// not wait through the busy timeout: when another process (a front end starting at the same moment) holds it,
+/// try again, bounded. A file already in WAL mode needs no switch.
+fn wal(conn: &Connection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + OPEN_BUSY_MAX;
+    loop {
+        // journal_mode answers with a row; read it rather than execute.
+        let mode = conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0));
+        if mode.as_deref().is_ok_and(|m| m.eq_ignore_ascii_case("wal")) {
+            return Ok(());
+        }
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(err("WAL", e)),
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating when missing) the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -87,8 +113,7 @@ impl SqliteStore {
 
     fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| err("busy_timeout", e))?;
-        // journal_mode answers with a row; read it rather than execute.
-        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| err("WAL", e))?;
+        wal(&conn)?;
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;").map_err(|e| err("pragmas", e))?;
         let version: i64 =
             conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| err("user_version", e))?;
