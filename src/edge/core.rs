@@ -322,7 +322,7 @@ impl EdgeCore {
         }
         for bytes in resend {
             let aor = Message::parse(bytes.clone(), &self.s.peer_limits).map(|m| super::members::routing_aor(&m));
-            self.to_pool(&aor.unwrap_or_default(), bytes, now);
+            self.send_to_pool(&aor.unwrap_or_default(), bytes, now);
         }
         self.estats.notices_pending.set(self.notices.len() as u64);
     }
@@ -399,7 +399,7 @@ impl EdgeCore {
             let s = &self.s;
             let built = self.notices.add(now, |id| notice(s, flow, self.id, aor, &path, id));
             match built {
-                Some(bytes) => self.to_pool(aor, bytes, now),
+                Some(bytes) => self.send_to_pool(aor, bytes, now),
                 None => {
                     bump(&self.estats.notices_lost);
                     tracing::warn!(%aor, "flow-closed notice table full: the bindings will expire on their own");

@@ -134,7 +134,7 @@ pub fn routing_aor(msg: &Message) -> String {
 
 impl EdgeCore {
     /// Sends a request to the pool: to the owner of `aor` among the members, or to the single pool.
-    pub(super) fn to_pool(&mut self, aor: &str, bytes: Bytes, now: Instant) {
+    pub(super) fn send_to_pool(&mut self, aor: &str, bytes: Bytes, now: Instant) {
         if self.members.is_empty() {
             self.out.push(Action::ToPool(bytes));
             return;

@@ -191,11 +191,9 @@ impl PoolCore {
     /// Writes a user's state out and drops it from memory: another member owns it now.
     fn release(&mut self, aor: &str) {
         self.write_out_soft_state();
-        let subs: Vec<u32> = self.presence.subs.presence_subs_of(aor).iter().map(|s| s.id).collect();
-        let mut all = subs;
-        for p in [super::presence::subscriptions::Package::Winfo] {
-            all.extend(self.presence.subs.of_package(aor, p));
-        }
+        let subs = &self.presence.subs;
+        let mut all: Vec<u32> = subs.presence_subs_of(aor).iter().map(|s| s.id).collect();
+        all.extend(subs.of_package(aor, super::presence::subscriptions::Package::Winfo));
         for id in all {
             self.persist_subscription(id);
             self.presence.dirty.remove(&id);

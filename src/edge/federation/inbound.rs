@@ -126,7 +126,7 @@ impl EdgeCore {
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
         // At most eleven edits (five internal headers removed): cannot overflow.
         if ed.write(&mut out).is_ok() {
-            self.to_pool(&crate::edge::members::routing_aor(msg), out.freeze(), now);
+            self.send_to_pool(&crate::edge::members::routing_aor(msg), out.freeze(), now);
         }
     }
 
