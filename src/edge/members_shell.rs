@@ -26,6 +26,7 @@ pub(super) fn connectors(s: &EdgeSettings) -> Vec<Rc<Connector>> {
 pub(in crate::edge) fn start_roster_reader(r: &RosterConfig, s: &EdgeSettings) -> Result<(), String> {
     let store = SqliteStore::open(&r.database).map_err(|e| format!("[edge.roster] database: {e}"))?;
     let handle = StoreHandle::start(Box::new(store)).map_err(|e| e.to_string())?;
+    crate::mgmt::pool_admin::serve_roster(s.roster.clone());
     crate::store::members::start_roster_reader(handle, s.roster.clone(), Duration::from_millis(r.read_ms)).map(drop)
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::proto::membership::{MemberState, Roster};
-use crate::store::members::{now_ms, roster_of};
+use crate::store::members::{now_ms, roster_of, RosterSlot};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -15,15 +15,30 @@ use crate::store::Store;
 pub enum PoolCmd {
     /// Members, their state (active, draining, gone), lease left, users owned, load.
     Status,
-    /// The member takes no new ownership: its users move to the others. Waits (up to --wait seconds) until the
-    /// member has renewed its lease as draining, so every reader of the roster has seen the change.
+    /// The member takes no new ownership: its users move to the others (written out first, loaded by their new
+    /// owners). Waits (up to --wait seconds) until the member reports holding no one: then it can be stopped.
     Drain {
         member: String,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 30)]
         wait: u64,
     },
     /// The member owns users again.
     Undrain { member: String },
+}
+
+static ROSTER: std::sync::OnceLock<std::sync::Arc<RosterSlot>> = std::sync::OnceLock::new();
+
+/// The roster this process reads (a pool member's lease keeper, an edge's roster reader), for `GET /pool/status`.
+pub fn serve_roster(slot: std::sync::Arc<RosterSlot>) {
+    let _ = ROSTER.set(slot);
+}
+
+/// `GET /pool/status`: the roster as this process last read it (the table of `parapet pool status`).
+pub fn http_status() -> (&'static str, &'static str, String) {
+    match ROSTER.get() {
+        Some(slot) => ("200 OK", "text/plain", status_text(&slot.get(), now_ms())),
+        None => ("404 Not Found", "text/plain", "this process is not part of an enterprise pool\n".to_string()),
+    }
 }
 
 fn open(config: &Path) -> Result<SqliteStore, String> {
@@ -66,13 +81,24 @@ pub fn run(config: &Path, cmd: PoolCmd) -> Result<String, String> {
                 if m.state_at(now) == MemberState::Gone {
                     return Ok(format!("{member}: draining, and its lease has run out: it can be stopped\n"));
                 }
-                if m.lease_until_ms > before {
+                // Renewed after the drain (so it read its new state) and holding no one (so it wrote each of its
+                // users out for their new owners).
+                if m.lease_until_ms > before && m.users == 0 {
                     return Ok(format!(
-                        "{member}: draining; it owns no new users and the others own its users from now on\n"
+                        "{member}: drained: it owns no users, their state is in the store for their new owners; \
+                         it can be stopped (SIGTERM lets its transactions in flight finish)\n"
                     ));
                 }
                 if Instant::now() >= deadline {
-                    return Err(format!("{member}: marked draining, but it did not renew its lease within {wait} s"));
+                    return Err(if m.lease_until_ms > before {
+                        format!(
+                            "{member}: draining, but it still holds {} users after {wait} s (is it the only active \
+                             member? no other may own them)",
+                            m.users
+                        )
+                    } else {
+                        format!("{member}: marked draining, but it did not renew its lease within {wait} s")
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -27,6 +27,7 @@ pub fn start(m: &MemberConfig, settings: &PoolSettings) -> Result<(), String> {
     };
     tracing::info!(member = %m.name, addr = %m.addr, lease_ms = m.lease_ms, "pool member: lease kept in the store");
     let ms = &settings.membership;
+    crate::mgmt::pool_admin::serve_roster(ms.roster.clone());
     start_lease_keeper(settings.store.clone(), lease, ms.roster.clone(), ms.stats.clone()).map(drop)
 }
 

@@ -11,8 +11,8 @@
 //!   once (bindings, publications, each subscription with its exact CSeq) and dropped from memory.
 //! - A request for a user the roster gives to another member is **answered here anyway** (after loading the
 //!   user): the edge routed it by a roster at most one read older or newer than ours, and answering is the only
-//!   way the request gets exactly one final answer without a retry by the client. The user is dropped again at
-//!   the next roster change that confirms the other owner.
+//!   way the request gets exactly one final answer without a retry by the client. The user is handed over again
+//!   by the next sweep (every 500 ms) while the roster gives it to the other member.
 //!
 //! A Standard Edition pool (no `[pool.member]`) holds every user from the start and loads nothing.
 
@@ -180,12 +180,21 @@ impl PoolCore {
         if !changed {
             return;
         }
-        let lost: Vec<String> =
-            self.own.held.iter().filter(|a| self.own.owned_elsewhere(a, now.mono)).cloned().collect();
+        self.release_foreign();
+        self.push(Action::Timer { after: GAIN_DELAY, timer: Timer::Gain });
+    }
+
+    /// Hands over the users the roster gives to another member: after a roster change, and on every sweep (a
+    /// request the edge sent by an older roster may have loaded one since).
+    pub(crate) fn release_foreign(&mut self) {
+        if self.own.me.is_none() {
+            return;
+        }
+        let mono = self.now.mono;
+        let lost: Vec<String> = self.own.held.iter().filter(|a| self.own.owned_elsewhere(a, mono)).cloned().collect();
         for aor in lost {
             self.release(&aor);
         }
-        self.push(Action::Timer { after: GAIN_DELAY, timer: Timer::Gain });
     }
 
     /// Writes a user's state out and drops it from memory: another member owns it now.

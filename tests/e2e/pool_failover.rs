@@ -102,3 +102,53 @@ fn pool_cold_start_with_one_of_three_front_ends() {
     }
     message_delivered(&mut alice, &mut carol, &format!("sip:carol@{d}"), "cold start: by the roster now");
 }
+
+/// bob's owner is drained while alice keeps messaging bob and carol: every MESSAGE gets its 200 and arrives,
+/// the drain reports the member can be stopped, and bob has another owner (his binding moved with him).
+#[test]
+fn pool_drain_under_steady_load() {
+    let pool = Enterprise::start("pool-drain", &["fe1", "fe2", "fe3"]);
+    let mut alice = registered(&pool, "alice", "alice");
+    let mut bob = registered(&pool, "bob", "bob");
+    let mut carol = registered(&pool, "carol", "carol");
+    let d = pool.app.domain.clone();
+    let bob_aor = format!("bob@{d}");
+    pool.wait_saved(&bob_aor, &["reg"], Duration::from_secs(5));
+    let Some(drained) = pool.owner(&bob_aor) else { pool.app.fail("bob has no owner") };
+    let cfg = pool.pool_config();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let member = drained.clone();
+    std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new(crate::support::parapet_bin());
+        cmd.arg("pool").arg("-c").arg(&cfg).arg("drain").arg(&member);
+        let _ = tx.send(crate::support::run_bounded(&mut cmd, Duration::from_secs(60)));
+    });
+    let mut sent = 0;
+    let mut after_drain = 0;
+    let drain = loop {
+        let (to, agent) = if sent % 2 == 0 { ("bob", &mut bob) } else { ("carol", &mut carol) };
+        message_delivered(&mut alice, agent, &format!("sip:{to}@{d}"), &format!("steady {sent}"));
+        sent += 1;
+        if let Ok(r) = rx.try_recv() {
+            break r;
+        }
+        if sent > 500 {
+            pool.app.fail("the drain did not end within 500 messages");
+        }
+    };
+    let out = drain.unwrap_or_else(|e| pool.app.fail(&format!("pool drain failed: {e}")));
+    alice.check(out.contains("can be stopped"), || format!("pool drain said: {out}"));
+    // The load goes on after the hand-over, through the new owners.
+    while after_drain < 6 {
+        let (to, agent) = if after_drain % 2 == 0 { ("bob", &mut bob) } else { ("carol", &mut carol) };
+        message_delivered(&mut alice, agent, &format!("sip:{to}@{d}"), &format!("after the drain {after_drain}"));
+        after_drain += 1;
+    }
+    let owner = pool.owner(&bob_aor);
+    alice.check(owner.as_deref().is_some_and(|o| o != drained), || format!("bob still owned by {owner:?}"));
+    let status = pool.cli(&["pool", "-c", pool.pool_config().to_str().unwrap_or_default(), "status"]);
+    alice.check(status.lines().any(|l| l.starts_with(&format!("{drained}\t")) && l.contains("\tdraining\t")), || {
+        format!("status after the drain:\n{status}")
+    });
+    eprintln!("[pool-drain] {sent} MESSAGEs during the drain of {drained}, all answered 200 and delivered");
+}
