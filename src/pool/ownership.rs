@@ -94,6 +94,11 @@ impl Ownership {
 }
 
 impl PoolCore {
+    /// Whether this core has the user's state in memory (a single front end: everyone).
+    pub fn holds_user(&self, aor: &str) -> bool {
+        self.own.holds(aor)
+    }
+
     /// The local user whose state a request at `stage` touches on this core, if any (see [`super::Stage`]).
     fn stateful_user(&self, stage: Stage, msg: &Message) -> Option<String> {
         let uri = match (stage, msg.method()) {
