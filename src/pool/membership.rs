@@ -17,6 +17,28 @@ pub struct Membership {
     pub stats: Arc<MemberStats>,
 }
 
+/// What a clean stop needs to give the lease up ([`leave`]).
+static LEAVE: std::sync::OnceLock<(StoreHandle, Lease, Arc<MemberStats>)> = std::sync::OnceLock::new();
+
+/// A clean stop, once the cores have drained (their users written out): the lease is given up at once, so the
+/// others take this member's users now rather than when the lease runs out. Blocking: not on an executor.
+pub fn leave() {
+    let Some((store, lease, stats)) = LEAVE.get() else { return };
+    stats.leaving.store(true, std::sync::atomic::Ordering::Release);
+    let row = crate::store::MemberRow {
+        name: lease.name.clone(),
+        addr: lease.addr.clone(),
+        state: "gone".into(),
+        lease_until_ms: 0,
+        users: 0,
+        load: 0,
+    };
+    match store.call_blocking(Op::RenewMember(row)) {
+        Ok(_) => tracing::info!(member = %lease.name, "pool member: lease given up"),
+        Err(e) => tracing::warn!(member = %lease.name, error = %e, "pool member: lease not given up (it runs out)"),
+    }
+}
+
 /// Starts the lease keeper: the member appears in the roster within one renewal.
 pub fn start(m: &MemberConfig, settings: &PoolSettings) -> Result<(), String> {
     let lease = Lease {
@@ -28,6 +50,7 @@ pub fn start(m: &MemberConfig, settings: &PoolSettings) -> Result<(), String> {
     tracing::info!(member = %m.name, addr = %m.addr, lease_ms = m.lease_ms, "pool member: lease kept in the store");
     let ms = &settings.membership;
     crate::mgmt::pool_admin::serve_roster(ms.roster.clone());
+    let _ = LEAVE.set((settings.store.clone(), lease.clone(), ms.stats.clone()));
     start_lease_keeper(settings.store.clone(), lease, ms.roster.clone(), ms.stats.clone()).map(drop)
 }
 
