@@ -61,6 +61,10 @@ pub enum Resume {
     ListLoad { origin: ConnId, request: Bytes, owner: String, list_uri: String, granted: u32 },
     /// A live list subscription reading its list again after a change in the store.
     ListReload { id: u32 },
+    /// A user's soft state, for the requests waiting for it ([`super::ownership`]).
+    UserLoad { aor: String },
+    /// Every live soft-state row, after a roster change: the users gained.
+    Gained,
 }
 
 /// Timers the core arms.
@@ -70,6 +74,8 @@ pub enum Timer {
     ListFlush(u32),
     /// Restored subscriptions hear the current state once the edges are reachable.
     Restored(Vec<u32>),
+    /// A roster change settled: load the users gained.
+    Gain,
 }
 
 /// Settings the core's logic reads (no sockets, no TLS, no store: see [`super::PoolSettings`] for those).
@@ -94,6 +100,10 @@ pub struct CoreSettings {
     pub nonces_max: usize,
     /// Forked transactions per core (more get 503).
     pub transactions_max: usize,
+    /// `[pool.member] name`: this front end in an enterprise pool (None: it holds every user).
+    pub member: Option<String>,
+    /// This member's counters (users held, requests), reported with its lease.
+    pub member_stats: Arc<crate::store::members::MemberStats>,
 }
 
 impl CoreSettings {
@@ -115,6 +125,8 @@ impl CoreSettings {
             presence: presence::PresenceSettings::default(),
             nonces_max: NONCES_MAX,
             transactions_max: TRANSACTIONS_MAX,
+            member: None,
+            member_stats: Arc::default(),
         }
     }
 }
@@ -147,6 +159,8 @@ pub struct PoolCore {
     /// Soft state changed since the last write-out ([`super::persist`]).
     pub(crate) unsaved: super::persist::Unsaved,
     pub(crate) presence: presence::Presence,
+    /// The users this core answers for ([`super::ownership`]).
+    pub(crate) own: super::ownership::Ownership,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -164,6 +178,7 @@ impl PoolCore {
             txns: proxy::Transactions::new(s.transactions_max),
             presence: presence::Presence::new(&s.presence, id, count, salt),
             unsaved: super::persist::Unsaved::default(),
+            own: super::ownership::Ownership::new(s.member.clone(), s.member_stats.clone()),
             now,
             actions: Vec::new(),
             s,
@@ -268,6 +283,8 @@ impl PoolCore {
                     self.list_reloaded(id, rows);
                 }
             }
+            Resume::UserLoad { aor } => self.user_loaded(aor, reply),
+            Resume::Gained => self.gained(reply),
         }
     }
 
@@ -280,6 +297,7 @@ impl PoolCore {
                     self.send_notify(id, None);
                 }
             }
+            Timer::Gain => self.gain_due(),
         }
     }
 
@@ -290,6 +308,7 @@ impl PoolCore {
         self.expire_transactions();
         self.presence_sweep();
         self.flush_dirty_subscriptions();
+        self.release_foreign();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);
@@ -424,6 +443,14 @@ impl PoolCore {
     }
 
     fn at_stage(&mut self, stage: Stage, origin: ConnId, msg: Message) {
+        if !self.user_ready(stage, origin, &msg) {
+            return;
+        }
+        self.resume_stage(stage, origin, msg);
+    }
+
+    /// A request at its stage, its user's state in memory.
+    pub(crate) fn resume_stage(&mut self, stage: Stage, origin: ConnId, msg: Message) {
         match stage {
             Stage::Auth => {
                 let Some(user) = self.authenticate(origin, &msg) else { return };
