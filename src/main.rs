@@ -45,6 +45,11 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// The running edge's federation partners: add, remove, list (through its management API).
+    Partner {
+        #[command(subcommand)]
+        cmd: parapet::mgmt::partners::PartnerCmd,
+    },
     /// Check a config file and exit.
     CheckConfig {
         #[arg(short, long)]
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
+        Cmd::Partner { cmd } => parapet::mgmt::partners::cli(cmd),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)
             .and_then(|c| c.validate())
             .map(|()| println!("{}: ok", config.display()))

@@ -12,9 +12,10 @@
 
 pub mod devpki;
 pub mod federation;
+pub mod partners_file;
 mod validate;
 
-pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
+pub use federation::{Clearinghouse, FederationConfig, Partner, PeerAddr, PeerLimits, UnknownPeers};
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -53,7 +53,7 @@ pub enum Action {
     /// Through this core's connector to the pool (undeliverable requests come back as an input).
     ToPool(Bytes),
     /// Through this core's connector to a federation peer (made on first use).
-    ToPartner { name: String, addr: SocketAddr, bytes: Bytes },
+    ToPartner { name: String, addr: crate::config::PeerAddr, bytes: Bytes },
     /// Close every user connection of this core from this address (a ban).
     CloseAddress(IpAddr),
     /// Read nothing more from this connection for a while (a federation peer over its rate).

@@ -164,7 +164,10 @@ impl EdgeSettings {
         let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
         let fed = match &e.federation {
             Some(f) => {
-                Some(federation::FedSettings::new(f, &cfg.domain, e.listen, e.internal_listen, &e.cert, &e.key)?)
+                let mut fed =
+                    federation::FedSettings::new(f, &cfg.domain, e.listen, e.internal_listen, &e.cert, &e.key)?;
+                fed.start_resolver()?;
+                Some(fed)
             }
             None => None,
         };

@@ -19,6 +19,7 @@ use glommio::channels::channel_mesh::Senders;
 use super::core::{is_pool_name, Action, ConnInfo, EdgeCore};
 use super::federation::FedTls;
 use super::{reload, EdgeMsg, EdgeSettings, EdgeStats, MESSAGE_DEADLINE_MS};
+use crate::config::PeerAddr;
 use crate::net::conn::{bump, NetTimes, Permit};
 use crate::net::listener::{listen, tls_slot, ListenSpec, TlsSlot};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
@@ -61,12 +62,17 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     let estats = Arc::new(EdgeStats::default());
     {
         let (n, e, t) = (stats.clone(), estats.clone(), times.clone());
+        // The resolver is one thread for the process: its count is reported once, by core 0's visitor.
+        let dns = s.fed.as_ref().and_then(|f| f.resolver.clone()).filter(|_| id == 0);
         crate::mgmt::metrics::register(
             "edge",
             id,
             Box::new(move |f| {
                 n.visit(f);
                 e.visit(f);
+                if let Some(r) = &dns {
+                    f("federation_dns_errors", r.errors.get());
+                }
                 t.handle.visit("handle", f);
             }),
         );
@@ -201,7 +207,7 @@ impl Shell {
                 }
             }
             Action::ToPool(bytes) => self.pool.send(self, bytes),
-            Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, addr).send(self, bytes),
+            Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, &addr).send(self, bytes),
             Action::CloseAddress(ip) => self.close_address(ip),
             Action::PauseReading { conn, duration } => {
                 if let Some(c) = self.table.borrow().get(conn) {
@@ -245,7 +251,7 @@ impl Shell {
     }
 
     /// This core's connector to a federation peer, made on first use.
-    fn partner_connector(&self, name: &str, addr: SocketAddr) -> Rc<Connector> {
+    fn partner_connector(&self, name: &str, addr: &PeerAddr) -> Rc<Connector> {
         if let Some(c) = self.partners.borrow().get(name) {
             return c.clone();
         }
@@ -255,7 +261,21 @@ impl Shell {
             // Federation actions come only from a core with federation configured.
             (None, None) => self.s.pool_tls.clone(),
         };
-        let c = Rc::new(Connector::federated(addr, name, tls, self.s.handshake_timeout));
+        let timeout = self.s.handshake_timeout;
+        let resolver = self.s.fed.as_ref().and_then(|f| f.resolver.clone());
+        let c = match (addr, resolver) {
+            (PeerAddr::Ip(a), _) => Connector::federated(*a, name, tls, timeout),
+            (PeerAddr::Name { host, port }, Some(r)) => {
+                let q = crate::net::dns::Query { host: host.clone(), port: *port };
+                Connector::federated_by_name(q, r, name, tls, timeout)
+            }
+            // The resolver starts with the federation settings, so this is never reached; a connector to nowhere
+            // answers 503 rather than a panic.
+            (PeerAddr::Name { .. }, None) => {
+                Connector::federated(SocketAddr::from(([0, 0, 0, 0], addr.port())), name, tls, timeout)
+            }
+        };
+        let c = Rc::new(c);
         self.partners.borrow_mut().insert(name.to_string(), c.clone());
         c
     }
@@ -283,11 +303,16 @@ impl Shell {
             }
             *self.fed_tls.borrow_mut() = Some(tls);
         }
-        let routed = |name: &str, addr: SocketAddr| {
-            new.partners.iter().any(|p| p.cert_name == name && p.addr == addr)
-                || new.clearinghouses.iter().any(|c| c.name == name && c.addr == addr)
+        let same = |a: &PeerAddr, c: &Connector| match (a, c.query()) {
+            (PeerAddr::Ip(ip), None) => *ip == c.addr(),
+            (PeerAddr::Name { host, port }, Some(q)) => *host == q.host && *port == q.port,
+            _ => false,
         };
-        self.partners.borrow_mut().retain(|name, c| routed(name, c.addr));
+        let routed = |name: &str, c: &Connector| {
+            new.partners.iter().any(|p| p.cert_name == name && same(&p.addr, c))
+                || new.clearinghouses.iter().any(|h| h.name == name && same(&h.addr, c))
+        };
+        self.partners.borrow_mut().retain(|name, c| routed(name, c));
         let table = self.table.borrow();
         let mut cut = 0u64;
         for c in table.iter() {

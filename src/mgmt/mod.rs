@@ -3,6 +3,7 @@
 //! `supervise`).
 
 pub mod metrics;
+pub mod partners;
 pub mod probe;
 pub mod run;
 pub mod supervise;

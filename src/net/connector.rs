@@ -26,6 +26,8 @@ use super::driver::drive;
 use super::identity;
 use super::tls::peer_dns_names;
 
+type TlsStream = futures_rustls::client::TlsStream<TcpStream>;
+
 /// Messages held while a connection is being made, or while an internal link's queue is full.
 const PENDING_MAX: usize = 4096;
 
@@ -52,7 +54,11 @@ enum Flush {
 }
 
 pub struct Connector {
-    pub addr: SocketAddr,
+    /// The peer's address; for a peer by name, the one of the last connection (unspecified before any).
+    addr: Cell<SocketAddr>,
+    /// A peer by name: looked up (cached by TTL, see [`super::dns`]) before every connection, its addresses
+    /// tried in order until one answers.
+    lookup: Option<(super::dns::Resolver, super::dns::Query)>,
     pub name: String,
     /// Replaced by a hot reload ([`Connector::set_tls`]): the next connection uses the new one.
     tls: RefCell<Arc<ClientConfig>>,
@@ -75,7 +81,8 @@ pub struct Connector {
 impl Connector {
     pub fn new(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
         Connector {
-            addr,
+            addr: Cell::new(addr),
+            lookup: None,
             name: name.to_string(),
             tls: RefCell::new(tls),
             timeout,
@@ -96,6 +103,29 @@ impl Connector {
     /// A connector to a SIP federation peer: its certificate must name it exactly (RFC 5922 §7.3).
     pub fn federated(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
         Connector { exact_name: true, internal: false, ..Connector::new(addr, name, tls, timeout) }
+    }
+
+    /// A connector to a SIP federation peer known by a DNS name (RFC 3263): every connection it makes looks the
+    /// name up first, so the connection after a changed record goes to the new address.
+    pub fn federated_by_name(
+        query: super::dns::Query,
+        resolver: super::dns::Resolver,
+        name: &str,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Connector {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], query.port.unwrap_or(super::dns::SIPS_PORT)));
+        Connector { lookup: Some((resolver, query)), ..Connector::federated(unspecified, name, tls, timeout) }
+    }
+
+    /// The peer's address (for a peer by name: where the last connection went).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.get()
+    }
+
+    /// The name a peer by name is looked up by.
+    pub fn query(&self) -> Option<&super::dns::Query> {
+        self.lookup.as_ref().map(|(_, q)| q)
     }
 
     pub fn send<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, bytes: Bytes) {
@@ -144,7 +174,7 @@ impl Connector {
         bump(&h.stats().connector_backlog_full);
         if !self.overflowing.replace(true) {
             tracing::warn!(
-                peer = %self.addr,
+                peer = %self.addr.get(),
                 name = %self.name,
                 held = PENDING_MAX,
                 "connector's pending list full: messages handed back as undeliverable"
@@ -228,7 +258,66 @@ impl Connector {
     }
 
     async fn connect<H: Undeliverable>(self: Rc<Self>, h: Rc<H>) {
-        let result = futures_lite::future::or(self.handshake(), async {
+        let addrs = match &self.lookup {
+            None => Ok(vec![self.addr.get()]),
+            Some((resolver, q)) => resolver.resolve(q).await.map_err(|e| format!("DNS {q}: {e}")),
+        };
+        let mut result = Err("no address".to_string());
+        for addr in addrs.as_deref().unwrap_or_default() {
+            result = self.attempt(*addr).await;
+            match &result {
+                Ok(_) => {
+                    self.addr.set(*addr);
+                    break;
+                }
+                // The next SRV target (or address) when this one is down (RFC 3263 §4.3).
+                Err(e) if self.lookup.is_some() => {
+                    tracing::info!(peer = %addr, name = %self.name, error = %e, "peer address down: trying the next")
+                }
+                Err(_) => {}
+            }
+        }
+        let dns_failed = addrs.is_err();
+        if let Err(e) = addrs {
+            result = Err(e);
+        }
+        match result {
+            Ok((tls, names)) => {
+                let (conn, rx) =
+                    h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr.get(), names, self.internal);
+                *self.state.borrow_mut() = State::Up(conn.id);
+                tracing::info!(peer = %self.addr.get(), name = %self.name, "connected");
+                // What waited while connecting: into the new link, as much as fits; the rest as room appears.
+                if let Flush::Full = self.flush(&h, conn.id) {
+                    self.start_flush(&h);
+                }
+                drive(tls, conn, rx, h).await;
+            }
+            // A name that does not resolve is logged once by the resolver, not at every attempt.
+            Err(e) if dns_failed => {
+                tracing::debug!(name = %self.name, error = %e, "cannot reach peer");
+                self.give_back(&h);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.addr.get(), name = %self.name, error = %e, "cannot reach peer");
+                self.give_back(&h);
+            }
+        }
+    }
+
+    /// The connection could not be made: what waited for it is handed back as undeliverable.
+    fn give_back<H: Undeliverable>(&self, h: &Rc<H>) {
+        *self.state.borrow_mut() = State::Down;
+        let queued = std::mem::take(&mut *self.pending.borrow_mut());
+        self.overflowing.set(false);
+        for b in queued {
+            h.undeliverable(b, 503, "Service Unavailable");
+        }
+    }
+
+    /// One connection attempt to `addr`, within the handshake timeout, with the peer's name checked.
+    async fn attempt(&self, addr: SocketAddr) -> Result<(TlsStream, Vec<String>), String> {
+        futures_lite::future::or(self.handshake(addr), async {
             glommio::timer::sleep(self.timeout).await;
             Err("timed out".to_string())
         })
@@ -242,32 +331,11 @@ impl Connector {
                 ));
             }
             Ok((tls, names))
-        });
-        match result {
-            Ok((tls, names)) => {
-                let (conn, rx) = h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr, names, self.internal);
-                *self.state.borrow_mut() = State::Up(conn.id);
-                tracing::info!(peer = %self.addr, name = %self.name, "connected");
-                // What waited while connecting: into the new link, as much as fits; the rest as room appears.
-                if let Flush::Full = self.flush(&h, conn.id) {
-                    self.start_flush(&h);
-                }
-                drive(tls, conn, rx, h).await;
-            }
-            Err(e) => {
-                tracing::warn!(peer = %self.addr, name = %self.name, error = %e, "cannot reach peer");
-                *self.state.borrow_mut() = State::Down;
-                let queued = std::mem::take(&mut *self.pending.borrow_mut());
-                self.overflowing.set(false);
-                for b in queued {
-                    h.undeliverable(b, 503, "Service Unavailable");
-                }
-            }
-        }
+        })
     }
 
-    async fn handshake(&self) -> Result<futures_rustls::client::TlsStream<TcpStream>, String> {
-        let tcp = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+    async fn handshake(&self, addr: SocketAddr) -> Result<TlsStream, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let name =
             ServerName::try_from(self.name.clone()).map_err(|e| format!("bad server name {}: {e}", self.name))?;

@@ -5,12 +5,14 @@
 
 mod pjsua;
 mod support;
+mod support_dns;
 
 mod challenges;
 mod core_death;
 mod edge_abuse;
 mod edge_security;
 mod federation;
+mod federation_dns;
 mod federation_hub;
 mod federation_kamailio;
 mod federation_limits;

@@ -62,7 +62,7 @@ impl EdgeCore {
             add.push((HeaderName::RecordRoute, rr));
         }
         let Some((_, bytes)) = self.hide_internal_hops(from, &msg, &fed.listen_text, &add, now) else { return };
-        self.out.push(Action::ToPartner { name: target.name.to_string(), addr: target.addr, bytes });
+        self.out.push(Action::ToPartner { name: target.name.to_string(), addr: target.addr.clone(), bytes });
     }
 
     /// Our Record-Route toward a partner for a dialog a user of ours opens: the flow token of the Record-Route our

@@ -8,9 +8,7 @@
 //! RFC 5922 §7.2 lets match nothing but itself). A peer naming a blocked domain is refused outright, as is one
 //! left with no domain to speak for.
 
-use std::net::SocketAddr;
-
-use crate::config::{FederationConfig, UnknownPeers};
+use crate::config::{FederationConfig, PeerAddr, UnknownPeers};
 use crate::net::identity;
 
 /// Whether a peer with these certificate names is listed (a partner or clearinghouse of `cfg`).
@@ -50,7 +48,7 @@ fn organization_domain(name: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {
     pub name: &'a str,
-    pub addr: SocketAddr,
+    pub addr: &'a PeerAddr,
 }
 
 /// Domains (lowercase; `*` = any not otherwise configured) a peer with these certificate names may speak for.
@@ -109,13 +107,13 @@ pub fn route_for<'a>(cfg: &'a FederationConfig, domain: &str) -> Option<Target<'
         return None;
     }
     if let Some(p) = cfg.partners.iter().find(|p| p.domain == domain) {
-        return Some(Target { name: &p.cert_name, addr: p.addr });
+        return Some(Target { name: &p.cert_name, addr: &p.addr });
     }
     let hub = |any: bool| {
         cfg.clearinghouses
             .iter()
             .find(|c| c.domains.iter().any(|d| if any { d == "*" } else { d == domain }))
-            .map(|c| Target { name: &c.name, addr: c.addr })
+            .map(|c| Target { name: &c.name, addr: &c.addr })
     };
     hub(false).or_else(|| hub(true))
 }
@@ -124,29 +122,28 @@ pub fn route_for<'a>(cfg: &'a FederationConfig, domain: &str) -> Option<Target<'
 mod tests {
     use super::*;
     use crate::config::{Clearinghouse, Partner, PeerLimits, UnknownPeers};
-    use std::net::SocketAddr;
-
     fn cfg() -> FederationConfig {
-        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let a = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let ip = |p: u16| crate::config::PeerAddr::Ip(a(p));
         FederationConfig {
             listen: Some(a(5065)),
             ca: "ca.pem".into(),
             partners: vec![Partner {
                 domain: "partner.test".into(),
                 cert_name: "edge.partner.test".into(),
-                addr: a(1),
+                addr: ip(1),
                 limits: PeerLimits::LISTED,
             }],
             clearinghouses: vec![
                 Clearinghouse {
                     name: "hub.test".into(),
-                    addr: a(2),
+                    addr: ip(2),
                     domains: vec!["third.test".into()],
                     limits: PeerLimits::LISTED,
                 },
                 Clearinghouse {
                     name: "any.test".into(),
-                    addr: a(3),
+                    addr: ip(3),
                     domains: vec!["*".into()],
                     limits: PeerLimits::LISTED,
                 },
@@ -156,6 +153,8 @@ mod tests {
             unknown_limits: PeerLimits::UNKNOWN,
             message_bytes_max: 65_535,
             clearinghouse: false,
+            dns: Default::default(),
+            partners_file: None,
         }
     }
 

@@ -1,0 +1,216 @@
+//! Federation by DNS names (issue 16), against a real DNS server (dnsmasq on loopback, see `support_dns`) serving
+//! the SRV and A records of two organizations, each a real appliance (edge + pool processes):
+//! - a partner configured by name (`addr = "partner.test"`) is reached through its `_sipfederationtls._tcp` SRV
+//!   record; of two targets, the second priority is used while the first is down;
+//! - its record changed to another port: once the TTL has passed, the next connection goes there;
+//! - the DNS server stopped: established federation continues, a new connection uses the last good answer, and
+//!   the failure is counted and logged once per name, not per request;
+//! - `parapet partner add` against a running edge: federation with the new partner works without a restart.
+
+use std::fs;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::federation::{im, FED_PORT};
+use crate::rawsip::{http_get, text, Metrics, Ua, ANSWER_TIMEOUT};
+use crate::support::{free_port_base, parapet_bin, run_bounded, Appliance};
+use crate::support_dns::{a, srv, Dnsmasq, Forwarder};
+
+const ZONES: [&str; 2] = ["partner.test", "example.com"];
+
+/// `[edge.federation]` naming one partner by `addr`, resolved through our DNS server.
+fn snippet(me: &Appliance, peer: &Appliance, peer_domain: &str, addr: &str, dns_port: u16) -> String {
+    format!(
+        "[edge.federation]\nlisten = \"127.0.0.1:{}\"\nca = \"{}\"\nresolver = \"127.0.0.1:{dns_port}\"\n\
+         dns_ttl_min_secs = 1\n\n\
+         [[edge.federation.partners]]\ndomain = \"{peer_domain}\"\ncert_name = \"edge.{peer_domain}\"\naddr = \"{addr}\"\n",
+        me.port_base + FED_PORT,
+        peer.ca.display(),
+    )
+}
+
+/// A MESSAGE from `sender` to `to` with `body`, answered by `receiver` when it arrives: Ok when this very message
+/// was delivered and answered 200. Requests of earlier attempts that arrive late are answered and skipped. Unlike
+/// `im`, a failure is returned (the caller retries until a deadline).
+fn try_im(sender: &mut Ua, receiver: Ua, to: &str, body: &str) -> (Ua, Result<(), String>) {
+    let want = body.as_bytes().to_vec();
+    let answering = thread::spawn(move || {
+        let mut receiver = receiver;
+        let deadline = Instant::now() + ANSWER_TIMEOUT + Duration::from_secs(1);
+        let mut arrived = false;
+        while let Ok(req) = receiver.next_request(deadline.saturating_duration_since(Instant::now())) {
+            receiver.answer_with(&req, 200, "OK", |s| s);
+            if req.body() == want.as_slice() {
+                arrived = true;
+                break;
+            }
+        }
+        (receiver, arrived)
+    });
+    let uri = format!("sip:{to}");
+    let r = sender.transaction("MESSAGE", &uri, &uri, &[], body.as_bytes());
+    let (receiver, arrived) = answering.join().expect("receiver thread");
+    let result = match r {
+        Ok((_, resp)) if resp.status() == Some(200) && arrived => Ok(()),
+        Ok((_, resp)) => Err(format!("got\n{}", text(&resp))),
+        Err(e) => Err(e),
+    };
+    (receiver, result)
+}
+
+/// `try_im` until it works (bounded): the first attempts may meet a connection being remade.
+fn im_eventually(app: &Appliance, sender: &mut Ua, mut receiver: Ua, to: &str, why: &str) -> Ua {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut last = String::new();
+    let mut attempt = 0;
+    while Instant::now() < deadline {
+        attempt += 1;
+        let (r, result) = try_im(sender, receiver, to, &format!("{why} #{attempt}"));
+        receiver = r;
+        match result {
+            Ok(()) => return receiver,
+            Err(e) => last = e,
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    app.fail(&format!("{why}: MESSAGE to {to} never delivered; last: {last}"))
+}
+
+fn count_in(path: &std::path::Path, needle: &str) -> usize {
+    fs::read_to_string(path).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn partners_by_dns_name_srv_failover_record_change_and_dns_outage() {
+    let mut ex = Appliance::prepare("dns-example", &[]);
+    let mut pt = Appliance::prepare("dns-partner", &["--domain", "partner.test"]);
+    let block = free_port_base();
+    let (dns_port, dead, via1, via2) = (block, block + 1, block + 2, block + 3);
+    let (ex_fed, pt_fed) = (ex.port_base + FED_PORT, pt.port_base + FED_PORT);
+    let fed_srv = |d: &str| format!("_sipfederationtls._tcp.{d}");
+    let hosts = [a("dead.partner.test"), a("edge.partner.test"), a("edge.example.com")];
+    // partner.test: priority 10 at a port where nothing listens, priority 20 through the first forwarder.
+    let mut v1 = vec![
+        srv(&fed_srv("partner.test"), "dead.partner.test", dead, 10, 0),
+        srv(&fed_srv("partner.test"), "edge.partner.test", via1, 20, 0),
+        srv(&fed_srv("example.com"), "edge.example.com", ex_fed, 10, 0),
+    ];
+    v1.extend(hosts.iter().cloned());
+    let mut dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &ZONES, &v1);
+    let first = Forwarder::start(via1, pt_fed);
+    let second = Forwarder::start(via2, pt_fed);
+
+    ex.run_roles(&snippet(&ex, &pt, "partner.test", "partner.test", dns_port), &[ex_fed]);
+    pt.run_roles(&snippet(&pt, &ex, "example.com", "example.com", dns_port), &[pt_fed]);
+    let mut alice = Ua::connect_ok(&ex, "alice", None);
+    alice.register_ok(&ex, "alice");
+    let mut bob = Ua::connect_ok(&pt, "bob", None);
+    bob.register_ok(&pt, "bob");
+
+    // By SRV both ways; toward partner.test the priority-10 target is down, so the priority-20 one carries it.
+    let mut bob = im(&mut alice, bob, &ex, "bob@partner.test", "by srv");
+    let alice = im(&mut bob, alice, &pt, "alice@example.com", "back by srv");
+    let mut alice = alice;
+    assert!(first.accepted() >= 1, "the second SRV target was used");
+    assert_eq!(second.accepted(), 0);
+
+    // The record moves to another port. Once the connection in use goes (its address is down) and the 1 s TTL has
+    // passed, the next connection follows the new record.
+    let mut v2 = vec![
+        srv(&fed_srv("partner.test"), "edge.partner.test", via2, 10, 0),
+        srv(&fed_srv("example.com"), "edge.example.com", ex_fed, 10, 0),
+    ];
+    v2.extend(hosts.iter().cloned());
+    dns.restart(&ZONES, &v2);
+    first.stop();
+    let bob = im_eventually(&ex, &mut alice, bob, "bob@partner.test", "after the record changed");
+    assert!(second.accepted() >= 1, "the new record's port is used");
+    let mut bob = bob;
+    let alice = im(&mut bob, alice, &pt, "alice@example.com", "back after the change");
+    let mut alice = alice;
+
+    // The DNS server stops. What is connected stays connected.
+    dns.stop();
+    let before = Metrics::edge(&ex).get("parapet_edge_federation_dns_errors").unwrap_or(0);
+    let bob = im(&mut alice, bob, &ex, "bob@partner.test", "dns down, connection up");
+    let mut bob = bob;
+    let alice = im(&mut bob, alice, &pt, "alice@example.com", "dns down, back");
+    let mut alice = alice;
+    // New connections (the old ones cut, the address still up): the name no longer resolves, so they use its last
+    // good answer, again and again, with one log line for the name.
+    let mut bob = bob;
+    for round in 0..3 {
+        second.cut();
+        thread::sleep(Duration::from_millis(1100)); // past the 1 s TTL: a lookup, which fails
+        bob = im_eventually(&ex, &mut alice, bob, "bob@partner.test", &format!("dns down, reconnect {round}"));
+    }
+    assert!(second.accepted() >= 4, "each round made a new connection: {}", second.accepted());
+    let errors = Metrics::edge(&ex).must(&ex, "parapet_edge_federation_dns_errors");
+    assert!(errors > before, "DNS failures counted ({before} -> {errors})");
+    let logged = count_in(&ex.scratch.join("edge.stderr"), "name no longer resolves");
+    assert_eq!(logged, 1, "one log line for the name, not one per lookup or request");
+    let partners = http_get(ex.port_base + 3, "/partners").unwrap_or_else(|e| ex.fail(&e));
+    assert!(
+        partners.contains("partner.test") && partners.contains("dns failing"),
+        "GET /partners shows the name's DNS state:\n{partners}"
+    );
+}
+
+#[test]
+fn partner_add_against_a_running_edge() {
+    let mut ex = Appliance::prepare("dns-add-example", &[]);
+    let mut pt = Appliance::prepare("dns-add-partner", &["--domain", "partner.test"]);
+    let dns_port = free_port_base();
+    let (ex_fed, pt_fed) = (ex.port_base + FED_PORT, pt.port_base + FED_PORT);
+    let records = [
+        srv("_sipfederationtls._tcp.partner.test", "edge.partner.test", pt_fed, 10, 0),
+        srv("_sipfederationtls._tcp.example.com", "edge.example.com", ex_fed, 10, 0),
+        a("edge.partner.test"),
+        a("edge.example.com"),
+    ];
+    let _dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &ZONES, &records);
+    // example.com starts with no partner at all; partner.test lists example.com.
+    let bare = format!(
+        "[edge.federation]\nlisten = \"127.0.0.1:{ex_fed}\"\nca = \"{}\"\nresolver = \"127.0.0.1:{dns_port}\"\n",
+        pt.ca.display()
+    );
+    ex.run_roles(&bare, &[ex_fed]);
+    pt.run_roles(&snippet(&pt, &ex, "example.com", "example.com", dns_port), &[pt_fed]);
+    let mut alice = Ua::connect_ok(&ex, "alice", None);
+    alice.register_ok(&ex, "alice");
+    let mut bob = Ua::connect_ok(&pt, "bob", None);
+    bob.register_ok(&pt, "bob");
+    let to = "sip:bob@partner.test";
+    match alice.transaction("MESSAGE", to, to, &[], b"not yet").map(|(_, r)| r.status()) {
+        Ok(Some(404)) => {}
+        other => ex.fail(&format!("before `partner add`: expected 404 (no route), got {other:?}")),
+    }
+    let cfg = ex.data_dir.join("edge.toml");
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(parapet_bin());
+        cmd.args(args).arg("-c").arg(&cfg);
+        run_bounded(&mut cmd, Duration::from_secs(30))
+    };
+    // Validated: a bad address is refused with the key named, and nothing changes.
+    let bad = cli(&["partner", "add", "partner.test", "--addr", "not a name", "--cert-name", "edge.partner.test"]);
+    match bad {
+        Err(e) if e.contains("addr") => {}
+        other => ex.fail(&format!("partner add with a bad addr: expected a refusal naming addr, got {other:?}")),
+    }
+    let added = cli(&["partner", "add", "partner.test", "--addr", "partner.test", "--cert-name", "edge.partner.test"])
+        .unwrap_or_else(|e| ex.fail(&format!("partner add: {e}")));
+    assert!(added.contains("partner.test"), "{added}");
+    let listed = cli(&["partner", "list"]).unwrap_or_else(|e| ex.fail(&format!("partner list: {e}")));
+    assert!(listed.contains("partner.test") && listed.contains("edge.partner.test"), "{listed}");
+    let file = fs::read_to_string(ex.data_dir.join("partners.toml")).unwrap_or_default();
+    assert!(file.contains("domain = \"partner.test\""), "persisted in the partners file:\n{file}");
+    // Applied by the cores' once-a-second sweep: both ways, no restart.
+    let bob = im_eventually(&ex, &mut alice, bob, "bob@partner.test", "after partner add");
+    let mut bob = bob;
+    let _alice = im(&mut bob, alice, &pt, "alice@example.com", "back after partner add");
+    assert!(ex.edge_pid().is_some(), "the same edge process");
+    // And removed again: requests to it are refused.
+    cli(&["partner", "remove", "partner.test"]).unwrap_or_else(|e| ex.fail(&format!("partner remove: {e}")));
+    let listed = cli(&["partner", "list"]).unwrap_or_else(|e| ex.fail(&format!("partner list: {e}")));
+    assert!(!listed.contains("edge.partner.test"), "{listed}");
+}
