@@ -103,6 +103,9 @@ impl PeerLimits {
     pub const LISTED: PeerLimits = PeerLimits { rate: 500, burst: 1000, connections_max: 16 };
     /// An unknown peer's defaults: enough to exchange a few messages, far too little to load us.
     pub const UNKNOWN: PeerLimits = PeerLimits { rate: 5, burst: 10, connections_max: 2 };
+    /// With discovery, each discovered (or unknown) peer's defaults: 20 requests/s, one connection per core of a
+    /// small edge.
+    pub const DISCOVERED: PeerLimits = PeerLimits { rate: 20, burst: 40, connections_max: 4 };
 }
 
 /// A directly federated organization.
@@ -158,6 +161,7 @@ pub(super) struct RawFederation {
     dns_ttl_max_secs: Option<u64>,
     dns_grace_secs: Option<u64>,
     partners_file: Option<PathBuf>,
+    discovery: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -246,10 +250,11 @@ pub(super) fn build(
             partners.push(partner(&format!("{} partners.{i}", path.display()), p, &own, &partners)?);
         }
     }
-    let dns = super::partners_file::dns_config(
+    let mut dns = super::partners_file::dns_config(
         raw.resolver.as_deref(),
         (raw.dns_ttl_min_secs, raw.dns_ttl_max_secs, raw.dns_grace_secs),
     )?;
+    dns.discovery = raw.discovery.unwrap_or(false);
     let mut clearinghouses = Vec::new();
     for (i, c) in raw.clearinghouses.unwrap_or_default().into_iter().enumerate() {
         let table = format!("{T}.clearinghouses.{i}");
@@ -289,7 +294,9 @@ pub(super) fn build(
         }
     };
     let given = (raw.unknown_rate, raw.unknown_burst, raw.unknown_connections_max);
-    let unknown_limits = peer_limits(T, "unknown_", given, PeerLimits::UNKNOWN)?;
+    // Discovered peers are limited as unknown ones, by default at a rate a few users' IM and presence needs.
+    let unknown_default = if dns.discovery { PeerLimits::DISCOVERED } else { PeerLimits::UNKNOWN };
+    let unknown_limits = peer_limits(T, "unknown_", given, unknown_default)?;
     let message_bytes_max = raw.message_bytes_max.unwrap_or(MESSAGE_BYTES_MAX_DEFAULT.min(user_message_bytes_max));
     if message_bytes_max < MESSAGE_BYTES_MIN || message_bytes_max > user_message_bytes_max {
         // The pool parses what we forward under its own [limits] (plus room for our hops): a larger federation

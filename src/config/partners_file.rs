@@ -89,11 +89,14 @@ pub struct DnsConfig {
     pub ttl_min_secs: u64,
     pub ttl_max_secs: u64,
     pub grace_secs: u64,
+    /// `discovery = true`: domains in no entry are found by their `_sipfederationtls._tcp` SRV record, and peers
+    /// on no list admitted when their certificate names that record's target.
+    pub discovery: bool,
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { resolver: None, ttl_min_secs: 5, ttl_max_secs: 3600, grace_secs: 3600 }
+        DnsConfig { resolver: None, ttl_min_secs: 5, ttl_max_secs: 3600, grace_secs: 3600, discovery: false }
     }
 }
 
@@ -129,7 +132,7 @@ pub(super) fn dns_config(
         ));
     }
     let grace_secs = bounded("dns_grace_secs", grace, d.grace_secs, 0)?;
-    Ok(DnsConfig { resolver, ttl_min_secs, ttl_max_secs, grace_secs })
+    Ok(DnsConfig { resolver, ttl_min_secs, ttl_max_secs, grace_secs, discovery: false })
 }
 
 #[derive(Deserialize, Default)]

@@ -54,6 +54,10 @@ pub enum Action {
     ToPool(Bytes),
     /// Through this core's connector to a federation peer (made on first use).
     ToPartner { name: String, addr: crate::config::PeerAddr, bytes: Bytes },
+    /// To the edge of `domain` found by its `_sipfederationtls._tcp` SRV record (discovery).
+    ToDiscovered { domain: String, bytes: Bytes },
+    /// Look up `domain`'s federation SRV targets and hand them to [`EdgeCore::discovery_answer`].
+    Discover { domain: String },
     /// Close every user connection of this core from this address (a ban).
     CloseAddress(IpAddr),
     /// Read nothing more from this connection for a while (a federation peer over its rate).
@@ -129,6 +133,8 @@ pub struct EdgeCore {
     pub(super) fed_table: Option<Arc<crate::config::FederationConfig>>,
     /// The per-peer limits of federation, shared by every core (replaced with `fed_table`).
     pub(super) fed_limits: Option<Arc<federation::Limiter>>,
+    /// Discovered domains' SRV verdicts and the requests waiting for one.
+    pub(super) discovery: federation::discovery::Discovery,
     /// Flow-closed notices the pool has not taken yet.
     pub(super) notices: super::notices::Notices,
     /// Shutting down: new requests are refused (set by the shell before each step).
@@ -148,6 +154,7 @@ impl EdgeCore {
             scratch: Vec::with_capacity(256),
             fed_table: s.fed.as_ref().map(|f| Arc::new(f.cfg.clone())),
             fed_limits: s.fed.as_ref().map(|f| Arc::new(federation::Limiter::build(&f.cfg, None))),
+            discovery: Default::default(),
             notices: super::notices::Notices::default(),
             draining: false,
             out: Outbox::default(),

@@ -96,7 +96,7 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
         key: "[edge.federation]",
         detail: "not configured at start (turning federation on needs a restart)".into(),
     })?;
-    if new.dns != old.dns {
+    if (crate::config::partners_file::DnsConfig { discovery: old.dns.discovery, ..new.dns }) != old.dns {
         let detail = "resolver, dns_ttl_min_secs, dns_ttl_max_secs and dns_grace_secs need a restart".to_string();
         return Err(ReloadError::Key { key: "[edge.federation] resolver", detail });
     }

@@ -208,6 +208,8 @@ impl Shell {
             }
             Action::ToPool(bytes) => self.pool.send(self, bytes),
             Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, &addr).send(self, bytes),
+            Action::ToDiscovered { domain, bytes } => self.discovered_connector(&domain).send(self, bytes),
+            Action::Discover { domain } => self.discover(domain),
             Action::CloseAddress(ip) => self.close_address(ip),
             Action::PauseReading { conn, duration } => {
                 if let Some(c) = self.table.borrow().get(conn) {
@@ -250,17 +252,22 @@ impl Shell {
         self.to_core(usize::from(conn.core), EdgeMsg::Write { conn, bytes });
     }
 
+    /// The client TLS configuration toward federation peers in force on this core.
+    fn fed_client_tls(&self) -> Arc<rustls::ClientConfig> {
+        match (self.fed_tls.borrow().as_ref(), self.s.fed.as_ref()) {
+            (Some(t), _) => t.client.clone(),
+            (None, Some(f)) => f.tls.client.clone(),
+            // Federation actions come only from a core with federation configured.
+            (None, None) => self.s.pool_tls.clone(),
+        }
+    }
+
     /// This core's connector to a federation peer, made on first use.
     fn partner_connector(&self, name: &str, addr: &PeerAddr) -> Rc<Connector> {
         if let Some(c) = self.partners.borrow().get(name) {
             return c.clone();
         }
-        let tls = match (self.fed_tls.borrow().as_ref(), self.s.fed.as_ref()) {
-            (Some(t), _) => t.client.clone(),
-            (None, Some(f)) => f.tls.client.clone(),
-            // Federation actions come only from a core with federation configured.
-            (None, None) => self.s.pool_tls.clone(),
-        };
+        let tls = self.fed_client_tls();
         let timeout = self.s.handshake_timeout;
         let resolver = self.s.fed.as_ref().and_then(|f| f.resolver.clone());
         let c = match (addr, resolver) {
@@ -278,6 +285,39 @@ impl Shell {
         let c = Rc::new(c);
         self.partners.borrow_mut().insert(name.to_string(), c.clone());
         c
+    }
+
+    /// This core's connector to a discovered domain's edge (by its SRV record), made on first use.
+    fn discovered_connector(&self, domain: &str) -> Rc<Connector> {
+        let key = format!("srv:{domain}");
+        if let Some(c) = self.partners.borrow().get(&key) {
+            return c.clone();
+        }
+        let tls = self.fed_client_tls();
+        let timeout = self.s.handshake_timeout;
+        let c = match self.s.fed.as_ref().and_then(|f| f.resolver.clone()) {
+            Some(r) => Connector::discovered(domain, r, tls, timeout),
+            // Never reached (the resolver starts with federation): a connector to nowhere answers 503.
+            None => Connector::federated(SocketAddr::from(([0, 0, 0, 0], 5061)), domain, tls, timeout),
+        };
+        let c = Rc::new(c);
+        self.partners.borrow_mut().insert(key, c.clone());
+        c
+    }
+
+    /// Looks up `domain`'s federation SRV targets off the core and hands them to the core.
+    fn discover(self: &Rc<Self>, domain: String) {
+        let Some(r) = self.s.fed.as_ref().and_then(|f| f.resolver.clone()) else {
+            self.step(|core, now| core.discovery_answer(&domain, Err("no resolver".into()), now));
+            return;
+        };
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let targets = r.federation_srv(&domain).await;
+            let names = targets.map(|t| t.into_iter().map(|t| t.name).collect()).map_err(|e| e.to_string());
+            me.step(|core, now| core.discovery_answer(&domain, names, now));
+        })
+        .detach();
     }
 
     /// Once a second, before the core's tick: when a reload published a new table, the core takes it, and here the
@@ -312,7 +352,9 @@ impl Shell {
             new.partners.iter().any(|p| p.cert_name == name && same(&p.addr, c))
                 || new.clearinghouses.iter().any(|h| h.name == name && same(&h.addr, c))
         };
-        self.partners.borrow_mut().retain(|name, c| routed(name, c));
+        // Connectors to discovered domains stay while discovery does (their identity is checked per connection).
+        let discovered = |name: &str| new.dns.discovery && name.starts_with("srv:");
+        self.partners.borrow_mut().retain(|name, c| discovered(name) || routed(name, c));
         let table = self.table.borrow();
         let mut cut = 0u64;
         for c in table.iter() {

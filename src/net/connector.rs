@@ -28,6 +28,14 @@ use super::tls::peer_dns_names;
 
 type TlsStream = futures_rustls::client::TlsStream<TcpStream>;
 
+/// How a connector by DNS finds its peer.
+pub enum Lookup {
+    /// A configured name (RFC 3263); every address must present the connector's `name`.
+    Name(super::dns::Query),
+    /// A discovered domain's `_sipfederationtls._tcp` SRV record; each target must present its own name.
+    Srv(String),
+}
+
 /// Messages held while a connection is being made, or while an internal link's queue is full.
 const PENDING_MAX: usize = 4096;
 
@@ -56,9 +64,9 @@ enum Flush {
 pub struct Connector {
     /// The peer's address; for a peer by name, the one of the last connection (unspecified before any).
     addr: Cell<SocketAddr>,
-    /// A peer by name: looked up (cached by TTL, see [`super::dns`]) before every connection, its addresses
-    /// tried in order until one answers.
-    lookup: Option<(super::dns::Resolver, super::dns::Query)>,
+    /// A peer by name or by its domain's SRV record: looked up (cached by TTL, see [`super::dns`]) before every
+    /// connection, its addresses tried in order until one answers.
+    lookup: Option<(super::dns::Resolver, Lookup)>,
     pub name: String,
     /// Replaced by a hot reload ([`Connector::set_tls`]): the next connection uses the new one.
     tls: RefCell<Arc<ClientConfig>>,
@@ -115,7 +123,22 @@ impl Connector {
         timeout: Duration,
     ) -> Connector {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], query.port.unwrap_or(super::dns::SIPS_PORT)));
-        Connector { lookup: Some((resolver, query)), ..Connector::federated(unspecified, name, tls, timeout) }
+        Connector {
+            lookup: Some((resolver, Lookup::Name(query))),
+            ..Connector::federated(unspecified, name, tls, timeout)
+        }
+    }
+
+    /// A connector to the edge of a discovered `domain` (its federation SRV record, RFC 5922 by target name).
+    pub fn discovered(
+        domain: &str,
+        resolver: super::dns::Resolver,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Connector {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], super::dns::SIPS_PORT));
+        let lookup = Some((resolver, Lookup::Srv(domain.to_string())));
+        Connector { lookup, ..Connector::federated(unspecified, domain, tls, timeout) }
     }
 
     /// The peer's address (for a peer by name: where the last connection went).
@@ -125,7 +148,10 @@ impl Connector {
 
     /// The name a peer by name is looked up by.
     pub fn query(&self) -> Option<&super::dns::Query> {
-        self.lookup.as_ref().map(|(_, q)| q)
+        match &self.lookup {
+            Some((_, Lookup::Name(q))) => Some(q),
+            _ => None,
+        }
     }
 
     pub fn send<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, bytes: Bytes) {
@@ -258,13 +284,23 @@ impl Connector {
     }
 
     async fn connect<H: Undeliverable>(self: Rc<Self>, h: Rc<H>) {
-        let addrs = match &self.lookup {
-            None => Ok(vec![self.addr.get()]),
-            Some((resolver, q)) => resolver.resolve(q).await.map_err(|e| format!("DNS {q}: {e}")),
+        let addrs: Result<Vec<(SocketAddr, String)>, String> = match &self.lookup {
+            None => Ok(vec![(self.addr.get(), self.name.clone())]),
+            Some((resolver, Lookup::Name(q))) => match resolver.resolve(q).await {
+                Ok(v) => Ok(v.into_iter().map(|a| (a, self.name.clone())).collect()),
+                Err(e) => Err(format!("DNS {q}: {e}")),
+            },
+            Some((resolver, Lookup::Srv(domain))) => match resolver.federation_srv(domain).await {
+                Ok(targets) => Ok(targets
+                    .into_iter()
+                    .flat_map(|t| t.addrs.into_iter().map(move |a| (a, t.name.clone())))
+                    .collect()),
+                Err(e) => Err(format!("DNS _sipfederationtls._tcp.{domain}: {e}")),
+            },
         };
         let mut result = Err("no address".to_string());
-        for addr in addrs.as_deref().unwrap_or_default() {
-            result = self.attempt(*addr).await;
+        for (addr, name) in addrs.as_deref().unwrap_or_default() {
+            result = self.attempt(*addr, name).await;
             match &result {
                 Ok(_) => {
                     self.addr.set(*addr);
@@ -316,29 +352,27 @@ impl Connector {
     }
 
     /// One connection attempt to `addr`, within the handshake timeout, with the peer's name checked.
-    async fn attempt(&self, addr: SocketAddr) -> Result<(TlsStream, Vec<String>), String> {
-        futures_lite::future::or(self.handshake(addr), async {
+    async fn attempt(&self, addr: SocketAddr, name: &str) -> Result<(TlsStream, Vec<String>), String> {
+        futures_lite::future::or(self.handshake(addr, name), async {
             glommio::timer::sleep(self.timeout).await;
             Err("timed out".to_string())
         })
         .await
         .and_then(|tls| {
             let names = peer_dns_names(tls.get_ref().1.peer_certificates());
-            if self.exact_name && !identity::matches(&names, &self.name) {
+            if self.exact_name && !identity::matches(&names, name) {
                 return Err(format!(
-                    "its certificate names {names:?}, not {} itself (RFC 5922: no wildcard matches)",
-                    self.name
+                    "its certificate names {names:?}, not {name} itself (RFC 5922: no wildcard matches)"
                 ));
             }
             Ok((tls, names))
         })
     }
 
-    async fn handshake(&self, addr: SocketAddr) -> Result<TlsStream, String> {
+    async fn handshake(&self, addr: SocketAddr, name: &str) -> Result<TlsStream, String> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        let name =
-            ServerName::try_from(self.name.clone()).map_err(|e| format!("bad server name {}: {e}", self.name))?;
+        let name = ServerName::try_from(name.to_string()).map_err(|e| format!("bad server name {name}: {e}"))?;
         let tls = self.tls.borrow().clone();
         TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())
     }

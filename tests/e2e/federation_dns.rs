@@ -76,6 +76,25 @@ fn im_eventually(app: &Appliance, sender: &mut Ua, mut receiver: Ua, to: &str, w
     app.fail(&format!("{why}: MESSAGE to {to} never delivered; last: {last}"))
 }
 
+/// The federation SRV record (one target, `edge.<domain>`) and the A record of each organization's edge.
+fn records(orgs: &[(&str, u16)]) -> Vec<String> {
+    let mut v: Vec<String> = orgs
+        .iter()
+        .map(|(d, port)| srv(&format!("_sipfederationtls._tcp.{d}"), &format!("edge.{d}"), *port, 10, 0))
+        .collect();
+    v.extend(orgs.iter().map(|(d, _)| a(&format!("edge.{d}"))));
+    v
+}
+
+/// A raw user registered at each appliance.
+fn registered(x: &Appliance, alias_x: &str, y: &Appliance, alias_y: &str) -> (Ua, Ua) {
+    let mut ux = Ua::connect_ok(x, alias_x, None);
+    ux.register_ok(x, alias_x);
+    let mut uy = Ua::connect_ok(y, alias_y, None);
+    uy.register_ok(y, alias_y);
+    (ux, uy)
+}
+
 fn count_in(path: &std::path::Path, needle: &str) -> usize {
     fs::read_to_string(path).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
 }
@@ -102,10 +121,7 @@ fn partners_by_dns_name_srv_failover_record_change_and_dns_outage() {
 
     ex.run_roles(&snippet(&ex, &pt, "partner.test", "partner.test", dns_port), &[ex_fed]);
     pt.run_roles(&snippet(&pt, &ex, "example.com", "example.com", dns_port), &[pt_fed]);
-    let mut alice = Ua::connect_ok(&ex, "alice", None);
-    alice.register_ok(&ex, "alice");
-    let mut bob = Ua::connect_ok(&pt, "bob", None);
-    bob.register_ok(&pt, "bob");
+    let (mut alice, bob) = registered(&ex, "alice", &pt, "bob");
 
     // By SRV both ways; toward partner.test the priority-10 target is down, so the priority-20 one carries it.
     let mut bob = im(&mut alice, bob, &ex, "bob@partner.test", "by srv");
@@ -162,12 +178,7 @@ fn partner_add_against_a_running_edge() {
     let mut pt = Appliance::prepare("dns-add-partner", &["--domain", "partner.test"]);
     let dns_port = free_port_base();
     let (ex_fed, pt_fed) = (ex.port_base + FED_PORT, pt.port_base + FED_PORT);
-    let records = [
-        srv("_sipfederationtls._tcp.partner.test", "edge.partner.test", pt_fed, 10, 0),
-        srv("_sipfederationtls._tcp.example.com", "edge.example.com", ex_fed, 10, 0),
-        a("edge.partner.test"),
-        a("edge.example.com"),
-    ];
+    let records = records(&[("partner.test", pt_fed), ("example.com", ex_fed)]);
     let _dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &ZONES, &records);
     // example.com starts with no partner at all; partner.test lists example.com.
     let bare = format!(
@@ -176,10 +187,7 @@ fn partner_add_against_a_running_edge() {
     );
     ex.run_roles(&bare, &[ex_fed]);
     pt.run_roles(&snippet(&pt, &ex, "example.com", "example.com", dns_port), &[pt_fed]);
-    let mut alice = Ua::connect_ok(&ex, "alice", None);
-    alice.register_ok(&ex, "alice");
-    let mut bob = Ua::connect_ok(&pt, "bob", None);
-    bob.register_ok(&pt, "bob");
+    let (mut alice, bob) = registered(&ex, "alice", &pt, "bob");
     let to = "sip:bob@partner.test";
     match alice.transaction("MESSAGE", to, to, &[], b"not yet").map(|(_, r)| r.status()) {
         Ok(Some(404)) => {}
@@ -213,4 +221,85 @@ fn partner_add_against_a_running_edge() {
     cli(&["partner", "remove", "partner.test"]).unwrap_or_else(|e| ex.fail(&format!("partner remove: {e}")));
     let listed = cli(&["partner", "list"]).unwrap_or_else(|e| ex.fail(&format!("partner list: {e}")));
     assert!(!listed.contains("edge.partner.test"), "{listed}");
+}
+
+/// `[edge.federation]` with discovery on and no partner at all.
+fn discovery_snippet(me: &Appliance, ca: &std::path::Path, dns_port: u16) -> String {
+    format!(
+        "[edge.federation]\nlisten = \"127.0.0.1:{}\"\nca = \"{}\"\nresolver = \"127.0.0.1:{dns_port}\"\n\
+         dns_ttl_min_secs = 1\ndiscovery = true\n",
+        me.port_base + FED_PORT,
+        ca.display(),
+    )
+}
+
+fn options(from: &str, to_domain: &str, n: usize) -> String {
+    format!(
+        "OPTIONS sip:{to_domain} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKd{n}x{}\r\nMax-Forwards: 70\r\n\
+         From: <sip:{from}>;tag=d{n}\r\nTo: <sip:{to_domain}>\r\nCall-ID: disc-{n}-{}\r\nCSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        crate::malformed::uniq(),
+        crate::malformed::uniq()
+    )
+}
+
+#[test]
+fn discovery_federates_an_organization_in_no_table_and_checks_its_certificate_against_dns() {
+    let mut ex = Appliance::prepare("disc-example", &[]);
+    let mut th = Appliance::prepare("disc-third", &["--domain", "third.test"]);
+    // Only its PKI: a certificate from a CA example.com trusts, for another organization's names.
+    let pt = Appliance::prepare("disc-partner", &["--domain", "partner.test"]);
+    let dns_port = free_port_base();
+    let (ex_fed, th_fed) = (ex.port_base + FED_PORT, th.port_base + FED_PORT);
+    let records = records(&[("third.test", th_fed), ("example.com", ex_fed)]);
+    let zones = ["third.test", "example.com", "partner.test"];
+    let _dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &zones, &records);
+    let bundle = ex.scratch.join("partners-ca.pem");
+    let pems: String = [&th.ca, &pt.ca].iter().map(|p| fs::read_to_string(p).expect("CA")).collect();
+    fs::write(&bundle, pems).expect("bundle");
+    ex.run_roles(&discovery_snippet(&ex, &bundle, dns_port), &[ex_fed]);
+    th.run_roles(&discovery_snippet(&th, &ex.ca, dns_port), &[th_fed]);
+    let (mut alice, carol) = registered(&ex, "alice", &th, "carol");
+
+    // Neither lists the other: each finds the other by its SRV record and checks the other's certificate by it.
+    let carol = im(&mut alice, carol, &ex, "carol@third.test", "found by srv");
+    let mut carol = carol;
+    let _alice = im(&mut carol, alice, &th, "alice@example.com", "found back by srv");
+
+    // A raw peer on example.com's federation port with `app`'s edge certificate.
+    let as_edge_of = |app: &Appliance| {
+        let pki = app.data_dir.join("pki");
+        let cfg = crate::federation::mtls_config(&ex.ca, &pki.join("edge.pem"), &pki.join("edge.key"));
+        crate::federation_limits::Peer::connect(cfg, ex_fed)
+    };
+    let expect = |raw: &mut crate::federation_limits::Peer, from: &str, n: usize, want: u16, what: &str| match raw
+        .ask(&options(from, "example.com", n))
+    {
+        Ok(got) if got == want => {}
+        other => ex.fail(&format!("{what}: expected {want}, got {other:?}")),
+    };
+    // A certificate of partner.test (its CA trusted) claiming third.test: not the SRV target of third.test. Nor
+    // for its own domain, which publishes no federation SRV record.
+    let mut raw = as_edge_of(&pt);
+    expect(&mut raw, "mallory@third.test", 1, 403, "a certificate not naming third.test's SRV target");
+    expect(&mut raw, "mallory@partner.test", 2, 403, "a domain without an SRV record");
+    // third.test's own certificate passes the same check (so the refusals above are the check's).
+    let mut raw = as_edge_of(&th);
+    expect(&mut raw, "probe@third.test", 3, 200, "third.test's own edge certificate");
+    // A discovered partner is held to the discovered rate (20/s, burst 40): a burst of 100 meets 503s.
+    let burst: String = (0..100).map(|i| options("probe@third.test", "example.com", 100 + i)).collect();
+    raw.send(&burst).unwrap_or_else(|e| ex.fail(&e));
+    let got = match raw.responses(100, Duration::from_secs(30)) {
+        Ok(g) => g,
+        Err((why, g)) => ex.fail(&format!("burst: {why} after {} responses", g.len())),
+    };
+    let refused = got.iter().filter(|m| m.status() == Some(503)).count();
+    let served = got.iter().filter(|m| m.status() == Some(200)).count();
+    assert!(refused >= 1 && served >= 20, "503 over the discovered rate: {served} served, {refused} refused");
+    assert!(
+        got.iter()
+            .filter(|m| m.status() == Some(503))
+            .all(|m| m.header(parapet::sip::HeaderName::RetryAfter).is_some()),
+        "every 503 says when to retry"
+    );
 }

@@ -33,6 +33,7 @@ use crate::config::FederationConfig;
 use crate::net::{tls, Connector};
 use crate::sip::Uri;
 
+pub mod discovery;
 mod hub;
 mod inbound;
 mod limits;
@@ -40,7 +41,7 @@ mod outbound;
 mod table;
 
 pub use limits::Limiter;
-pub use table::{admits, may_send_from, may_speak, route_for, speaks_for, Target};
+pub use table::{admits, discoverable, may_send_from, may_speak, route_for, speaks_for, Target};
 
 /// The user part of the Route with which the pool hands us a request for a foreign domain.
 pub const FED_ROUTE_USER: &[u8] = b"fed";

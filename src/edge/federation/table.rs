@@ -19,7 +19,22 @@ fn listed(cfg: &FederationConfig, names: &[String]) -> bool {
 
 /// Whether a peer with these certificate names may connect: listed, or admitted as unknown.
 pub fn admits(cfg: &FederationConfig, names: &[String]) -> bool {
-    listed(cfg, names) || (cfg.unknown == UnknownPeers::Limited && !unknown_domains(cfg, names).is_empty())
+    let unknown_ok = cfg.unknown == UnknownPeers::Limited || cfg.dns.discovery;
+    listed(cfg, names) || (unknown_ok && !unknown_domains(cfg, names).is_empty())
+}
+
+/// With discovery on: whether a peer on no list, From `from`, is for DNS to judge (its SRV targets against the
+/// peer's certificate, [`super::discovery`]): not our domain, not blocked, not a domain the table gives to a
+/// partner or clearinghouse (those speak for themselves), and a name that can be an organization's domain.
+pub fn discoverable(cfg: &FederationConfig, own: &str, names: &[String], from: &str) -> bool {
+    let taken = cfg.partners.iter().any(|p| p.domain == from)
+        || cfg.clearinghouses.iter().any(|c| c.domains.iter().any(|d| d == from));
+    cfg.dns.discovery
+        && from != own
+        && !taken
+        && organization_domain(from)
+        && !cfg.blocked_domains.iter().any(|b| b == from)
+        && !listed(cfg, names)
 }
 
 /// The domains an unknown peer with these certificate names speaks for; empty when it names a blocked domain.
@@ -258,5 +273,25 @@ mod tests {
         let mut direct_only = cfg();
         direct_only.clearinghouses.clear();
         assert_eq!(route_for(&direct_only, "other.test"), None);
+    }
+
+    #[test]
+    fn discovery_leaves_unlisted_domains_to_dns() {
+        let mut c = cfg();
+        let own = "example.com";
+        let stranger = names(&["edge.stranger.test"]);
+        assert!(!admits(&c, &stranger), "off by default");
+        assert!(!discoverable(&c, own, &stranger, "stranger.test"));
+        c.dns.discovery = true;
+        assert!(admits(&c, &stranger), "admitted for DNS to judge, request by request");
+        assert!(discoverable(&c, own, &stranger, "stranger.test"));
+        assert!(!discoverable(&c, own, &stranger, "partner.test"), "a partner's domain speaks for itself");
+        assert!(!discoverable(&c, own, &stranger, "third.test"), "as does a clearinghouse's");
+        assert!(!discoverable(&c, own, &stranger, "evil.test"), "blocked");
+        assert!(!discoverable(&c, own, &stranger, own));
+        assert!(!discoverable(&c, own, &stranger, "localhost"), "no organization's domain");
+        assert!(!discoverable(&c, own, &names(&["edge.partner.test"]), "stranger.test"), "a listed peer is listed");
+        assert!(!admits(&c, &names(&["evil.test"])), "a blocked name is refused outright");
+        assert_eq!(route_for(&c, "stranger.test").map(|t| t.name), Some("any.test"), "a hub for any domain first");
     }
 }
