@@ -245,10 +245,13 @@ pub(super) fn build(
     }
     // By default next to the config: `parapet partner add` needs somewhere to write that `up` leaves alone.
     let partners_file = Some(resolve(base_dir, Some(raw.partners_file.unwrap_or_else(|| "partners.toml".into()))));
+    let mut file_blocked = Vec::new();
     if let Some(path) = &partners_file {
-        for (i, p) in super::partners_file::read(path)?.into_iter().enumerate() {
+        let (file_partners, blocked) = super::partners_file::read(path)?;
+        for (i, p) in file_partners.into_iter().enumerate() {
             partners.push(partner(&format!("{} partners.{i}", path.display()), p, &own, &partners)?);
         }
+        file_blocked = blocked;
     }
     let mut dns = super::partners_file::dns_config(
         raw.resolver.as_deref(),
@@ -276,7 +279,7 @@ pub(super) fn build(
         clearinghouses.push(Clearinghouse { name, addr, domains, limits });
     }
     let mut blocked_domains = Vec::new();
-    for (i, d) in raw.blocked_domains.unwrap_or_default().iter().enumerate() {
+    for (i, d) in raw.blocked_domains.unwrap_or_default().iter().chain(&file_blocked).enumerate() {
         let d = d.trim().to_ascii_lowercase();
         let key = format!("[{T}] blocked_domains.{i}");
         validate_name(&key, &d)?;

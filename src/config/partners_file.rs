@@ -139,6 +139,7 @@ pub(super) fn dns_config(
 #[serde(deny_unknown_fields)]
 struct RawFile {
     partners: Option<Vec<RawPartner>>,
+    blocked_domains: Option<Vec<String>>,
 }
 
 /// The partners file parsed as `T`; a file that does not exist yet is `T::default()`.
@@ -151,15 +152,19 @@ fn load<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T, Conf
     }
 }
 
-/// The partners file's entries (none when it does not exist yet).
-pub(super) fn read(path: &Path) -> Result<Vec<RawPartner>, ConfigError> {
-    Ok(load::<RawFile>(path)?.partners.unwrap_or_default())
+/// The partners file's entries and blocked domains (none when it does not exist yet).
+pub(super) fn read(path: &Path) -> Result<(Vec<RawPartner>, Vec<String>), ConfigError> {
+    let f = load::<RawFile>(path)?;
+    Ok((f.partners.unwrap_or_default(), f.blocked_domains.unwrap_or_default()))
 }
 
 /// The partners file as `partner add/remove` edit it: each entry kept whole (keys such as `rate` an operator
 /// added by hand survive an edit); the reload that follows validates them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
 pub struct FileEntries {
+    /// Before the tables (TOML writes plain keys first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_domains: Vec<String>,
     #[serde(default)]
     pub partners: Vec<toml::Table>,
 }
@@ -178,8 +183,22 @@ impl FileEntries {
         self.partners.push(t);
     }
 
-    /// Removes the entry for `domain`; whether there was one.
+    /// Blocks `domain` (`partner block`); false when it already was.
+    pub fn block(&mut self, domain: &str) -> bool {
+        if self.blocked_domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            return false;
+        }
+        self.blocked_domains.push(domain.to_ascii_lowercase());
+        true
+    }
+
+    /// Removes the entry or the block for `domain`; whether there was one.
     pub fn remove(&mut self, domain: &str) -> bool {
+        let blocked = self.blocked_domains.len();
+        self.blocked_domains.retain(|d| !d.eq_ignore_ascii_case(domain));
+        if self.blocked_domains.len() != blocked {
+            return true;
+        }
         let before = self.partners.len();
         self.partners
             .retain(|t| !t.get("domain").and_then(|d| d.as_str()).is_some_and(|d| d.eq_ignore_ascii_case(domain)));
@@ -242,10 +261,14 @@ mod tests {
         v.add("b.test", "edge.b.test", "127.0.0.1:5061");
         std::fs::write(&path, v.render()).expect("write");
         assert_eq!(FileEntries::load(&path).ok(), Some(v.clone()));
-        assert_eq!(read(&path).map(|r| r.len()).ok(), Some(2));
+        assert_eq!(read(&path).map(|(p, _)| p.len()).ok(), Some(2));
         assert!(v.remove("A.test"));
         assert!(!v.remove("a.test"));
         assert_eq!(v.partners.len(), 1);
+        assert!(v.block("Evil.test") && !v.block("evil.test"));
+        std::fs::write(&path, v.render()).expect("write");
+        assert_eq!(read(&path).map(|(p, b)| (p.len(), b)).ok(), Some((1, vec!["evil.test".to_string()])));
+        assert!(v.remove("evil.test") && v.blocked_domains.is_empty());
         assert_eq!(FileEntries::load(&dir.join("none.toml")).ok(), Some(FileEntries::default()));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -226,8 +226,10 @@ impl EdgeCore {
             }
             ConnKind::Partner => {
                 self.partner_conns.remove(&conn.id);
+                self.discovered_closed(conn.id);
             }
-            ConnKind::PeerIn | ConnKind::PeerOut => {}
+            ConnKind::PeerOut => self.discovered_closed(conn.id),
+            ConnKind::PeerIn => {}
         }
     }
 

@@ -108,6 +108,10 @@ crate::counters! {
         /// Federation connections refused after the handshake: certificate not admitted by the table, or the
         /// peer at its connection cap.
         federation_connections_refused,
+        /// Discovered domains put on the watch list (more than 1,000 distinct local users in an hour).
+        federation_discovered_watched,
+        /// Requests of discovered domains refused at the strict rate of a mostly failing domain (503).
+        federation_discovered_strict,
     }
 }
 

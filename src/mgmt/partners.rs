@@ -50,6 +50,14 @@ pub fn route(post: bool, path: &[u8]) -> Answer {
             Some(domain) => answer(remove(config, &domain.to_ascii_lowercase())),
             None => plain("400 Bad Request", "use POST /partners/remove?domain=D\n".into()),
         },
+        ("/partners/block", true) => match arg("domain") {
+            Some(domain) => answer(block(config, &domain.to_ascii_lowercase())),
+            None => plain("400 Bad Request", "use POST /partners/block?domain=D\n".into()),
+        },
+        ("/partners/promote", true) => match arg("domain") {
+            Some(domain) => answer(promote(config, &domain.to_ascii_lowercase())),
+            None => plain("400 Bad Request", "use POST /partners/promote?domain=D\n".into()),
+        },
         _ => plain(
             "405 Method Not Allowed",
             "use GET /partners, POST /partners/add?domain=D&addr=A&cert_name=N or POST /partners/remove?domain=D\n"
@@ -99,6 +107,26 @@ fn add(config: &Path, domain: &str, addr: &str, cert_name: &str) -> Result<Strin
     entries.add(domain, cert_name, addr);
     let what = format!("added {domain} (addr {addr}, cert_name {cert_name})");
     rewrite(config, &file, &entries).map(|summary| format!("{what}; {summary}"))
+}
+
+/// A discovered domain into the table, as DNS finds it now: addr its domain (SRV), cert_name its first target.
+fn promote(config: &Path, domain: &str) -> Result<String, Refused> {
+    let resolver = crate::net::dns::published()
+        .ok_or_else(|| Refused::Invalid("no DNS resolver in this process (federation not started)".into()))?;
+    let targets = futures_lite::future::block_on(resolver.federation_srv(domain))
+        .map_err(|e| Refused::Invalid(format!("_sipfederationtls._tcp.{domain}: {e}: nothing to promote")))?;
+    let target = targets.first().ok_or_else(|| Refused::Invalid(format!("{domain}: no SRV target")))?;
+    add(config, domain, domain, &target.name)
+}
+
+/// A domain refused both ways from now on (kept in the partners file).
+fn block(config: &Path, domain: &str) -> Result<String, Refused> {
+    let (_, file) = federation(config)?;
+    let mut entries = FileEntries::load(&file).map_err(|e| Refused::Invalid(e.to_string()))?;
+    if !entries.block(domain) {
+        return Err(Refused::Conflict(format!("{domain} is already blocked in {}", file.display())));
+    }
+    rewrite(config, &file, &entries).map(|summary| format!("blocked {domain}; {summary}"))
 }
 
 fn remove(config: &Path, domain: &str) -> Result<String, Refused> {
@@ -190,6 +218,10 @@ fn list() -> String {
     for b in &table.blocked_domains {
         out.push_str(&format!("blocked {b}\n"));
     }
+    for line in crate::edge::federation::watch::with(|w| w.report()) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     if out.is_empty() {
         out.push_str("no partners\n");
     }
@@ -213,8 +245,20 @@ pub enum PartnerCmd {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// Removes a partner added with `partner add`.
+    /// Removes a partner added with `partner add` (or `promote`), or lifts a `partner block`.
     Remove {
+        domain: String,
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Puts a discovered domain in the table (addr: its domain, by SRV; cert_name: its SRV target now).
+    Promote {
+        domain: String,
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Refuses a domain both ways from now on (discovered or not).
+    Block {
         domain: String,
         #[arg(short, long)]
         config: PathBuf,
@@ -238,12 +282,9 @@ pub fn cli(cmd: PartnerCmd) -> Result<(), String> {
             }
             (config, "POST", format!("/partners/add?domain={domain}&addr={addr}&cert_name={cert_name}"))
         }
-        PartnerCmd::Remove { domain, config } => {
-            if !domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
-                return Err(format!("domain {domain:?}: expected a DNS name"));
-            }
-            (config, "POST", format!("/partners/remove?domain={domain}"))
-        }
+        PartnerCmd::Remove { domain, config } => (config, "POST", one_domain("remove", &domain)?),
+        PartnerCmd::Promote { domain, config } => (config, "POST", one_domain("promote", &domain)?),
+        PartnerCmd::Block { domain, config } => (config, "POST", one_domain("block", &domain)?),
         PartnerCmd::List { config } => (config, "GET", "/partners".to_string()),
     };
     let cfg = Config::load(&config).map_err(|e| e.to_string())?;
@@ -259,6 +300,14 @@ pub fn cli(cmd: PartnerCmd) -> Result<(), String> {
     } else {
         Err(body.trim_end().to_string())
     }
+}
+
+/// The route of a command on one domain.
+fn one_domain(verb: &str, domain: &str) -> Result<String, String> {
+    if domain.is_empty() || !domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        return Err(format!("domain {domain:?}: expected a DNS name"));
+    }
+    Ok(format!("/partners/{verb}?domain={domain}"))
 }
 
 fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::federation::{im, FED_PORT};
-use crate::rawsip::{http_get, text, Metrics, Ua, ANSWER_TIMEOUT};
+use crate::rawsip::{http_get, text, wait_edge_metric, Metrics, Ua, ANSWER_TIMEOUT};
 use crate::support::{free_port_base, parapet_bin, run_bounded, Appliance};
 use crate::support_dns::{a, srv, Dnsmasq, Forwarder};
 
@@ -93,6 +93,13 @@ fn registered(x: &Appliance, alias_x: &str, y: &Appliance, alias_y: &str) -> (Ua
     let mut uy = Ua::connect_ok(y, alias_y, None);
     uy.register_ok(y, alias_y);
     (ux, uy)
+}
+
+/// `parapet partner <args> -c <app's edge.toml>`: its output, or Err with it.
+fn partner_cli(app: &Appliance, args: &[&str]) -> Result<String, String> {
+    let mut cmd = std::process::Command::new(parapet_bin());
+    cmd.arg("partner").args(args).arg("-c").arg(app.data_dir.join("edge.toml"));
+    run_bounded(&mut cmd, Duration::from_secs(30))
 }
 
 fn count_in(path: &std::path::Path, needle: &str) -> usize {
@@ -193,22 +200,17 @@ fn partner_add_against_a_running_edge() {
         Ok(Some(404)) => {}
         other => ex.fail(&format!("before `partner add`: expected 404 (no route), got {other:?}")),
     }
-    let cfg = ex.data_dir.join("edge.toml");
-    let cli = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(parapet_bin());
-        cmd.args(args).arg("-c").arg(&cfg);
-        run_bounded(&mut cmd, Duration::from_secs(30))
-    };
+    let cli = |args: &[&str]| partner_cli(&ex, args);
     // Validated: a bad address is refused with the key named, and nothing changes.
-    let bad = cli(&["partner", "add", "partner.test", "--addr", "not a name", "--cert-name", "edge.partner.test"]);
+    let bad = cli(&["add", "partner.test", "--addr", "not a name", "--cert-name", "edge.partner.test"]);
     match bad {
         Err(e) if e.contains("addr") => {}
         other => ex.fail(&format!("partner add with a bad addr: expected a refusal naming addr, got {other:?}")),
     }
-    let added = cli(&["partner", "add", "partner.test", "--addr", "partner.test", "--cert-name", "edge.partner.test"])
+    let added = cli(&["add", "partner.test", "--addr", "partner.test", "--cert-name", "edge.partner.test"])
         .unwrap_or_else(|e| ex.fail(&format!("partner add: {e}")));
     assert!(added.contains("partner.test"), "{added}");
-    let listed = cli(&["partner", "list"]).unwrap_or_else(|e| ex.fail(&format!("partner list: {e}")));
+    let listed = cli(&["list"]).unwrap_or_else(|e| ex.fail(&format!("partner list: {e}")));
     assert!(listed.contains("partner.test") && listed.contains("edge.partner.test"), "{listed}");
     let file = fs::read_to_string(ex.data_dir.join("partners.toml")).unwrap_or_default();
     assert!(file.contains("domain = \"partner.test\""), "persisted in the partners file:\n{file}");
@@ -218,8 +220,8 @@ fn partner_add_against_a_running_edge() {
     let _alice = im(&mut bob, alice, &pt, "alice@example.com", "back after partner add");
     assert!(ex.edge_pid().is_some(), "the same edge process");
     // And removed again: requests to it are refused.
-    cli(&["partner", "remove", "partner.test"]).unwrap_or_else(|e| ex.fail(&format!("partner remove: {e}")));
-    let listed = cli(&["partner", "list"]).unwrap_or_else(|e| ex.fail(&format!("partner list: {e}")));
+    cli(&["remove", "partner.test"]).unwrap_or_else(|e| ex.fail(&format!("partner remove: {e}")));
+    let listed = cli(&["list"]).unwrap_or_else(|e| ex.fail(&format!("partner list: {e}")));
     assert!(!listed.contains("edge.partner.test"), "{listed}");
 }
 
@@ -264,7 +266,7 @@ fn discovery_federates_an_organization_in_no_table_and_checks_its_certificate_ag
     // Neither lists the other: each finds the other by its SRV record and checks the other's certificate by it.
     let carol = im(&mut alice, carol, &ex, "carol@third.test", "found by srv");
     let mut carol = carol;
-    let _alice = im(&mut carol, alice, &th, "alice@example.com", "found back by srv");
+    let mut alice = im(&mut carol, alice, &th, "alice@example.com", "found back by srv");
 
     // A raw peer on example.com's federation port with `app`'s edge certificate.
     let as_edge_of = |app: &Appliance| {
@@ -302,4 +304,29 @@ fn discovery_federates_an_organization_in_no_table_and_checks_its_certificate_ag
             .all(|m| m.header(parapet::sip::HeaderName::RetryAfter).is_some()),
         "every 503 says when to retry"
     );
+
+    // The operator promotes it into the table, as DNS names it now; then blocks it instead.
+    let cli = |args: &[&str]| partner_cli(&ex, args).unwrap_or_else(|e| ex.fail(&format!("partner {args:?}: {e}")));
+    cli(&["promote", "third.test"]);
+    let listed = cli(&["list"]);
+    assert!(listed.contains("partner third.test  cert_name=edge.third.test  addr=third.test"), "{listed}");
+    let carol = im_eventually(&ex, &mut alice, carol, "carol@third.test", "promoted");
+    let scrape = Metrics::edge(&ex);
+    let cores = scrape.0.lines().filter(|l| l.starts_with("parapet_edge_federation_reloads{")).count() as u64;
+    // Each edit applied by every core (within a second), then the next.
+    let mut reloads = scrape.must(&ex, "parapet_edge_federation_reloads");
+    for edit in [["remove", "third.test"], ["block", "third.test"]] {
+        cli(&edit);
+        let applied =
+            wait_edge_metric(&ex, "parapet_edge_federation_reloads", reloads + cores, Duration::from_secs(10));
+        assert!(applied >= reloads + cores, "{edit:?} applied by {cores} cores: {reloads} -> {applied}");
+        reloads = applied;
+    }
+    assert!(cli(&["list"]).contains("blocked third.test"));
+    let to = "sip:carol@third.test";
+    match alice.transaction("MESSAGE", to, to, &[], b"blocked?").map(|(_, r)| r.status()) {
+        Ok(Some(403)) => {}
+        other => ex.fail(&format!("blocked domain: expected 403, got {other:?}")),
+    }
+    drop(carol);
 }

@@ -45,6 +45,8 @@ enum Verdict {
 pub struct Discovery {
     verdicts: HashMap<String, (Verdict, Instant)>,
     pending: HashMap<String, Vec<Held>>,
+    /// The domain each connection of this core spoke for as a discovered peer (for the watch's failure count).
+    conn_domain: HashMap<ConnId, String>,
 }
 
 /// What the verdicts say about a peer speaking for a domain.
@@ -95,7 +97,7 @@ impl EdgeCore {
         now: Instant,
     ) -> bool {
         match self.discovery.check(domain, conn.names, now) {
-            Check::Admitted => true,
+            Check::Admitted => self.watched_may_send(conn, msg, domain, now),
             Check::Refused(why) => {
                 crate::net::conn::bump(&self.estats.federation_spoofed_from);
                 tracing::warn!(peer = %conn.peer, %domain, %why, "discovered peer refused");
@@ -125,6 +127,46 @@ impl EdgeCore {
                 false
             }
         }
+    }
+
+    /// The watch's say on an admitted discovered request (watch list, strict rate): true when it may go on.
+    fn watched_may_send(&mut self, conn: &ConnInfo<'_>, msg: &Message, domain: &str, now: Instant) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        msg.to().uri.user.unwrap_or_default().hash(&mut h);
+        msg.to().uri.host.hash(&mut h);
+        let verdict = super::watch::with(|w| w.request(domain, h.finish(), now));
+        if self.discovery.conn_domain.len() < DOMAINS_MAX || self.discovery.conn_domain.contains_key(&conn.id) {
+            self.discovery.conn_domain.insert(conn.id, domain.to_string());
+        }
+        match verdict {
+            super::watch::Verdict::Pass => true,
+            super::watch::Verdict::NowWatched => {
+                crate::net::conn::bump(&self.estats.federation_discovered_watched);
+                tracing::warn!(%domain, users = super::watch::USERS_WATCH,
+                    "discovered domain on the watch list: more distinct local users within an hour than allowed; \
+                     `parapet partner promote` or `partner block` it");
+                true
+            }
+            super::watch::Verdict::Strict => {
+                crate::net::conn::bump(&self.estats.federation_discovered_strict);
+                let extra: &[(crate::sip::HeaderName, &[u8])] = &[(crate::sip::HeaderName::RetryAfter, b"1")];
+                self.out.reply_with(conn.id, msg, 503, "Service Unavailable: most requests of this domain fail", extra);
+                false
+            }
+        }
+    }
+
+    /// A final response of ours to a request that came on `conn`: counted for its discovered domain, if any.
+    pub(in crate::edge) fn discovered_answered(&mut self, conn: ConnId, status: u16, now: Instant) {
+        if let Some(d) = self.discovery.conn_domain.get(&conn) {
+            super::watch::with(|w| w.answered(d, status >= 400, now));
+        }
+    }
+
+    /// A connection is gone.
+    pub(in crate::edge) fn discovered_closed(&mut self, conn: ConnId) {
+        self.discovery.conn_domain.remove(&conn);
     }
 
     /// The shell's answer for `domain`: its SRV targets' names, or why there are none. Replays what waited.

@@ -154,8 +154,11 @@ impl EdgeCore {
 
     /// The pool's response to a partner's request, on the partner connection's core: our Via off, our internal
     /// Record-Route (a dialog the partner opened) shown at our federation address instead, then back.
-    pub(in crate::edge) fn response_to_partner(&mut self, back: ConnId, msg: &Message) {
+    pub(in crate::edge) fn response_to_partner(&mut self, back: ConnId, msg: &Message, now: Instant) {
         bump(&self.estats.responses_routed);
+        if let Some(status) = msg.status().filter(|s| *s >= 200) {
+            self.discovered_answered(back, status, now);
+        }
         let mut ed = Editor::new(msg);
         ed.pop_via();
         // The route set goes back as one line, however many entries the dialog's peers put in it.

@@ -39,6 +39,7 @@ mod inbound;
 mod limits;
 mod outbound;
 mod table;
+pub mod watch;
 
 pub use limits::Limiter;
 pub use table::{admits, discoverable, may_send_from, may_speak, route_for, speaks_for, Target};
