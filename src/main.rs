@@ -50,6 +50,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: parapet::mgmt::partners::PartnerCmd,
     },
+    /// The SRV and A records to publish for the edge of a config (users and federation).
+    DnsRecords {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Check a config file and exit.
     CheckConfig {
         #[arg(short, long)]
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
         Cmd::Partner { cmd } => parapet::mgmt::partners::cli(cmd),
+        Cmd::DnsRecords { config } => parapet::mgmt::dns_records::run(&config),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)
             .and_then(|c| c.validate())
             .map(|()| println!("{}: ok", config.display()))

@@ -2,6 +2,7 @@
 //! (`up`: PKI, demo users, configs, and one edge and one pool as child processes, restarted when they die:
 //! `supervise`).
 
+pub mod dns_records;
 pub mod metrics;
 pub mod partners;
 pub mod probe;
