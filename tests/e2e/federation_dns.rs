@@ -330,3 +330,33 @@ fn discovery_federates_an_organization_in_no_table_and_checks_its_certificate_ag
     }
     drop(carol);
 }
+
+/// Presence both ways between pjsip users of two organizations in no table: each edge finds the other by SRV, and
+/// the dialog's NOTIFYs come back by the edges' Record-Routes.
+#[test]
+fn discovery_carries_pjsip_presence_both_ways() {
+    use crate::federation_presence::registered as agent;
+    use crate::pjsua::quote;
+    use crate::presence_pjsip::wait_state;
+    let mut ex = Appliance::prepare("discp-example", &[]);
+    let mut th = Appliance::prepare("discp-third", &["--domain", "third.test"]);
+    let dns_port = free_port_base();
+    let (ex_fed, th_fed) = (ex.port_base + FED_PORT, th.port_base + FED_PORT);
+    let records = records(&[("third.test", th_fed), ("example.com", ex_fed)]);
+    let _dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &["third.test", "example.com"], &records);
+    ex.run_roles(&discovery_snippet(&ex, &th.ca, dns_port), &[ex_fed]);
+    th.run_roles(&discovery_snippet(&th, &ex.ca, dns_port), &[th_fed]);
+    let mut alice = agent(&ex, "alice");
+    let mut carol = agent(&th, "carol");
+    let (alice_uri, carol_uri) = ("sip:alice@example.com", "sip:carol@third.test");
+    alice.send(&format!(r#"{{"cmd":"subscribe","uri":{}}}"#, quote(carol_uri)));
+    wait_state(&mut alice, carol_uri, "offline", "", None);
+    carol.send(r#"{"cmd":"publish","status":"online","note":"Found by SRV"}"#);
+    wait_state(&mut alice, carol_uri, "online", "", Some("Found by SRV"));
+    carol.send(&format!(r#"{{"cmd":"subscribe","uri":{}}}"#, quote(alice_uri)));
+    wait_state(&mut carol, alice_uri, "offline", "", None);
+    alice.send(r#"{"cmd":"publish","status":"online","note":"Found back"}"#);
+    wait_state(&mut carol, alice_uri, "online", "", Some("Found back"));
+    assert!(Metrics::edge(&ex).must(&ex, "parapet_edge_federation_in_dialog") >= 1, "NOTIFYs to alice via her flow");
+    assert!(Metrics::edge(&th).must(&th, "parapet_edge_federation_in_dialog") >= 1, "NOTIFYs to carol via her flow");
+}
