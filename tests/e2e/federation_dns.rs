@@ -86,6 +86,19 @@ fn records(orgs: &[(&str, u16)]) -> Vec<String> {
     v
 }
 
+/// example.com and `other` (prepared, not yet running) with a DNS server publishing each one's federation SRV
+/// record (zones: both domains and `zones`): (example.com, other, the DNS port, the server).
+fn org_pair(label: &str, other: &str, zones: &[&str]) -> (Appliance, Appliance, u16, Dnsmasq) {
+    let ex = Appliance::prepare(&format!("{label}-example"), &[]);
+    let o = Appliance::prepare(&format!("{label}-other"), &["--domain", other]);
+    let dns_port = free_port_base();
+    let records = records(&[(other, o.port_base + FED_PORT), ("example.com", ex.port_base + FED_PORT)]);
+    let mut all = vec![other, "example.com"];
+    all.extend_from_slice(zones);
+    let dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &all, &records);
+    (ex, o, dns_port, dns)
+}
+
 /// A raw user registered at each appliance.
 fn registered(x: &Appliance, alias_x: &str, y: &Appliance, alias_y: &str) -> (Ua, Ua) {
     let mut ux = Ua::connect_ok(x, alias_x, None);
@@ -181,12 +194,8 @@ fn partners_by_dns_name_srv_failover_record_change_and_dns_outage() {
 
 #[test]
 fn partner_add_against_a_running_edge() {
-    let mut ex = Appliance::prepare("dns-add-example", &[]);
-    let mut pt = Appliance::prepare("dns-add-partner", &["--domain", "partner.test"]);
-    let dns_port = free_port_base();
+    let (mut ex, mut pt, dns_port, _dns) = org_pair("dns-add", "partner.test", &[]);
     let (ex_fed, pt_fed) = (ex.port_base + FED_PORT, pt.port_base + FED_PORT);
-    let records = records(&[("partner.test", pt_fed), ("example.com", ex_fed)]);
-    let _dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &ZONES, &records);
     // example.com starts with no partner at all; partner.test lists example.com.
     let bare = format!(
         "[edge.federation]\nlisten = \"127.0.0.1:{ex_fed}\"\nca = \"{}\"\nresolver = \"127.0.0.1:{dns_port}\"\n",
@@ -247,15 +256,10 @@ fn options(from: &str, to_domain: &str, n: usize) -> String {
 
 #[test]
 fn discovery_federates_an_organization_in_no_table_and_checks_its_certificate_against_dns() {
-    let mut ex = Appliance::prepare("disc-example", &[]);
-    let mut th = Appliance::prepare("disc-third", &["--domain", "third.test"]);
+    let (mut ex, mut th, dns_port, _dns) = org_pair("disc", "third.test", &["partner.test"]);
     // Only its PKI: a certificate from a CA example.com trusts, for another organization's names.
     let pt = Appliance::prepare("disc-partner", &["--domain", "partner.test"]);
-    let dns_port = free_port_base();
     let (ex_fed, th_fed) = (ex.port_base + FED_PORT, th.port_base + FED_PORT);
-    let records = records(&[("third.test", th_fed), ("example.com", ex_fed)]);
-    let zones = ["third.test", "example.com", "partner.test"];
-    let _dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &zones, &records);
     let bundle = ex.scratch.join("partners-ca.pem");
     let pems: String = [&th.ca, &pt.ca].iter().map(|p| fs::read_to_string(p).expect("CA")).collect();
     fs::write(&bundle, pems).expect("bundle");
@@ -338,12 +342,8 @@ fn discovery_carries_pjsip_presence_both_ways() {
     use crate::federation_presence::registered as agent;
     use crate::pjsua::quote;
     use crate::presence_pjsip::wait_state;
-    let mut ex = Appliance::prepare("discp-example", &[]);
-    let mut th = Appliance::prepare("discp-third", &["--domain", "third.test"]);
-    let dns_port = free_port_base();
+    let (mut ex, mut th, dns_port, _dns) = org_pair("discp", "third.test", &[]);
     let (ex_fed, th_fed) = (ex.port_base + FED_PORT, th.port_base + FED_PORT);
-    let records = records(&[("third.test", th_fed), ("example.com", ex_fed)]);
-    let _dns = Dnsmasq::start(ex.scratch.join("dns"), dns_port, &["third.test", "example.com"], &records);
     ex.run_roles(&discovery_snippet(&ex, &th.ca, dns_port), &[ex_fed]);
     th.run_roles(&discovery_snippet(&th, &ex.ca, dns_port), &[th_fed]);
     let mut alice = agent(&ex, "alice");
