@@ -248,8 +248,17 @@ pub(super) fn build(
     let mut file_blocked = Vec::new();
     if let Some(path) = &partners_file {
         let (file_partners, blocked) = super::partners_file::read(path)?;
+        let mut from_config = partners.len();
         for (i, p) in file_partners.into_iter().enumerate() {
-            partners.push(partner(&format!("{} partners.{i}", path.display()), p, &own, &partners)?);
+            let table = format!("{} partners.{i}", path.display());
+            let p = partner(&table, p, &own, partners.get(from_config..).unwrap_or_default())?;
+            // The file's entry wins over the config's for the same domain (`partner add` repoints a partner that
+            // `parapet up` writes into the config at every start).
+            if let Some(j) = partners.iter().take(from_config).position(|q| q.domain == p.domain) {
+                partners.remove(j);
+                from_config -= 1;
+            }
+            partners.push(p);
         }
         file_blocked = blocked;
     }

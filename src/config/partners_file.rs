@@ -15,8 +15,8 @@
 //!
 //! The partners file holds the partners `parapet partner add` wrote (`[[partners]]` entries with the keys of
 //! `[[edge.federation.partners]]`); it is read with the config, so a reload applies it, and it is kept apart from
-//! the config file because `parapet up` regenerates that one. A missing file is an empty list. A domain in both
-//! is an error naming the file.
+//! the config file because `parapet up` regenerates that one. A missing file is an empty list. For a domain in
+//! both, the file's entry wins (so a partner `up` writes can be repointed); twice in the file is an error.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -270,6 +270,33 @@ mod tests {
         assert_eq!(read(&path).map(|(p, b)| (p.len(), b)).ok(), Some((1, vec!["evil.test".to_string()])));
         assert!(v.remove("evil.test") && v.blocked_domains.is_empty());
         assert_eq!(FileEntries::load(&dir.join("none.toml")).ok(), Some(FileEntries::default()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_file_repoints_a_partner_of_the_config() {
+        let dir = std::env::temp_dir().join(format!("parapet-override-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut f = super::FileEntries::default();
+        f.add("partner.test", "edge.partner.test", "127.0.0.1:7000");
+        f.add("new.test", "edge.new.test", "new.test");
+        std::fs::write(dir.join("partners.toml"), f.render()).expect("write");
+        let text = "domain = \"example.com\"\n[edge]\n[edge.federation]\nca = \"p.pem\"\n\
+                    [[edge.federation.partners]]\ndomain = \"partner.test\"\ncert_name = \"edge.partner.test\"\n\
+                    addr = \"127.0.0.1:6000\"\n";
+        let c = Config::from_toml_str(text, &dir).expect("parses");
+        let fed = c.edge.and_then(|e| e.federation).expect("federation");
+        let got: Vec<(String, String)> = fed.partners.iter().map(|p| (p.domain.clone(), p.addr.to_string())).collect();
+        assert_eq!(got, [("partner.test".into(), "127.0.0.1:7000".into()), ("new.test".into(), "new.test".into())]);
+        f.add("new.test", "edge.new.test", "new.test");
+        std::fs::write(dir.join("partners.toml"), f.render()).expect("write");
+        let e = Config::from_toml_str(text, &dir).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("partners.toml partners.2") && e.contains("twice"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
