@@ -39,6 +39,9 @@ enum Cmd {
         /// other.test; their certificates in <data-dir>/pki) that `loadgen federation` plays.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         federation: String,
+        /// Another `parapet up` data dir (on this machine): federate with its organization (both ways).
+        #[arg(long)]
+        federate_with: Option<PathBuf>,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
@@ -166,7 +169,7 @@ fn contacts(config: &std::path::Path, cmd: ContactsCmd) -> Result<String, String
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits, federation } => {
+        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits, federation, federate_with } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
             parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
                 data_dir,
@@ -176,6 +179,7 @@ fn main() -> ExitCode {
                 load_users,
                 flood_limits: flood_limits == "on",
                 federation: federation == "on",
+                federate_with,
             })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),

@@ -3,6 +3,7 @@
 //! `supervise`).
 
 pub mod dns_records;
+pub mod federate_with;
 pub mod metrics;
 pub mod partners;
 pub mod probe;

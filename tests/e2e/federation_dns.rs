@@ -360,3 +360,23 @@ fn discovery_carries_pjsip_presence_both_ways() {
     assert!(Metrics::edge(&ex).must(&ex, "parapet_edge_federation_in_dialog") >= 1, "NOTIFYs to alice via her flow");
     assert!(Metrics::edge(&th).must(&th, "parapet_edge_federation_in_dialog") >= 1, "NOTIFYs to carol via her flow");
 }
+
+/// `parapet up` then `parapet up --domain partner.test --federate-with <the first's data dir>`: the two
+/// organizations federate both ways, nothing edited by hand, the first not restarted.
+#[test]
+fn two_up_organizations_federate_in_two_commands() {
+    let ex = Appliance::start("fedwith-example");
+    let data = ex.data_dir.to_string_lossy().into_owned();
+    let pt = Appliance::start_with_args("fedwith-partner", &["--domain", "partner.test", "--federate-with", &data]);
+    let (mut alice, bob) = registered(&ex, "alice", &pt, "bob");
+    let mut bob = im_eventually(&ex, &mut alice, bob, "bob@partner.test", "up to up");
+    let _alice = im_eventually(&pt, &mut bob, alice, "alice@example.com", "up to up, back");
+    let listed = partner_cli(&ex, &["list"]).unwrap_or_else(|e| ex.fail(&e));
+    assert!(
+        listed.contains(&format!(
+            "partner partner.test  cert_name=edge.partner.test  addr=127.0.0.1:{}",
+            pt.port_base + FED_PORT
+        )),
+        "{listed}"
+    );
+}
