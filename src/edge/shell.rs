@@ -26,6 +26,9 @@ use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, Net
 use crate::shard::{self, Shard};
 use crate::sip::{Limits, Message};
 
+/// Connectors to discovered domains per core (our users' requests name the domains: a bound on what they cost).
+const DISCOVERED_CONNECTORS_MAX: usize = 1024;
+
 pub(super) struct Shell {
     id: usize,
     core: RefCell<EdgeCore>,
@@ -208,7 +211,10 @@ impl Shell {
             }
             Action::ToPool(bytes) => self.pool.send(self, bytes),
             Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, &addr).send(self, bytes),
-            Action::ToDiscovered { domain, bytes } => self.discovered_connector(&domain).send(self, bytes),
+            Action::ToDiscovered { domain, bytes } => match self.discovered_connector(&domain) {
+                Some(c) => c.send(self, bytes),
+                None => self.undeliverable(bytes, 503, "Service Unavailable: too many discovered domains at once"),
+            },
             Action::Discover { domain } => self.discover(domain),
             Action::CloseAddress(ip) => self.close_address(ip),
             Action::PauseReading { conn, duration } => {
@@ -287,11 +293,19 @@ impl Shell {
         c
     }
 
-    /// This core's connector to a discovered domain's edge (by its SRV record), made on first use.
-    fn discovered_connector(&self, domain: &str) -> Rc<Connector> {
+    /// This core's connector to a discovered domain's edge (by its SRV record), made on first use; at most
+    /// [`DISCOVERED_CONNECTORS_MAX`] (idle ones are forgotten to make room; None when all are busy).
+    fn discovered_connector(&self, domain: &str) -> Option<Rc<Connector>> {
         let key = format!("srv:{domain}");
         if let Some(c) = self.partners.borrow().get(&key) {
-            return c.clone();
+            return Some(c.clone());
+        }
+        let discovered = |k: &String| k.starts_with("srv:");
+        if self.partners.borrow().keys().filter(|k| discovered(k)).count() >= DISCOVERED_CONNECTORS_MAX {
+            self.partners.borrow_mut().retain(|k, c| !discovered(k) || c.is_busy());
+            if self.partners.borrow().keys().filter(|k| discovered(k)).count() >= DISCOVERED_CONNECTORS_MAX {
+                return None;
+            }
         }
         let tls = self.fed_client_tls();
         let timeout = self.s.handshake_timeout;
@@ -302,7 +316,7 @@ impl Shell {
         };
         let c = Rc::new(c);
         self.partners.borrow_mut().insert(key, c.clone());
-        c
+        Some(c)
     }
 
     /// Looks up `domain`'s federation SRV targets off the core and hands them to the core.

@@ -141,6 +141,11 @@ impl Connector {
         Connector { lookup, ..Connector::federated(unspecified, domain, tls, timeout) }
     }
 
+    /// Whether a connection is up or being made (an idle connector may be forgotten).
+    pub fn is_busy(&self) -> bool {
+        !matches!(*self.state.borrow(), State::Down) || !self.pending.borrow().is_empty()
+    }
+
     /// The peer's address (for a peer by name: where the last connection went).
     pub fn addr(&self) -> SocketAddr {
         self.addr.get()
