@@ -195,23 +195,32 @@ fn list() -> String {
             }
         }
     };
+    // The per-peer counters the limiter keeps (all cores together), by certificate name.
+    let limits = crate::edge::reload::current_limits();
+    let usage = |name: &str| -> String {
+        let Some(l) = &limits else { return String::new() };
+        let s = l.state(std::slice::from_ref(&name.to_string())).clone();
+        format!("  connections={} refused_over_rate={}", s.connections(), s.refused())
+    };
     let mut out = String::new();
     for p in &table.partners {
         out.push_str(&format!(
-            "partner {}  cert_name={}  addr={}  rate={}/s{}\n",
+            "partner {}  cert_name={}  addr={}  rate={}/s{}{}\n",
             p.domain,
             p.cert_name,
             p.addr,
             p.limits.rate,
+            usage(&p.cert_name),
             state(&p.addr)
         ));
     }
     for c in &table.clearinghouses {
         out.push_str(&format!(
-            "clearinghouse {}  domains={}  addr={}{}\n",
+            "clearinghouse {}  domains={}  addr={}{}{}\n",
             c.name,
             c.domains.join(","),
             c.addr,
+            usage(&c.name),
             state(&c.addr)
         ));
     }
