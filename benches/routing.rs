@@ -71,7 +71,7 @@ fn flow_token_from_a_route(b: Bencher) {
 }
 
 fn federation_table() -> FederationConfig {
-    let a = |p: u16| SocketAddr::from(([192, 0, 2, 1], p));
+    let a = |p: u16| parapet::config::PeerAddr::Ip(SocketAddr::from(([192, 0, 2, 1], p)));
     let limits = PeerLimits { rate: 500, burst: 1000, connections_max: 16 };
     FederationConfig {
         listen: None,
@@ -95,6 +95,8 @@ fn federation_table() -> FederationConfig {
         unknown_limits: limits,
         message_bytes_max: 65_535,
         clearinghouse: false,
+        dns: Default::default(),
+        partners_file: None,
     }
 }
 

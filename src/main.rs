@@ -50,9 +50,22 @@ enum Cmd {
         /// The first port of front ends 2 and up (two ports each: SIP, management); default port base + 10.
         #[arg(long)]
         front_end_ports: Option<u16>,
+        /// Another `parapet up` data dir (on this machine): federate with its organization (both ways).
+        #[arg(long)]
+        federate_with: Option<PathBuf>,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// The running edge's federation partners: add, remove, list (through its management API).
+    Partner {
+        #[command(subcommand)]
+        cmd: parapet::mgmt::partners::PartnerCmd,
+    },
+    /// The SRV and A records to publish for the edge of a config (users and federation).
+    DnsRecords {
         #[arg(short, long)]
         config: PathBuf,
     },
@@ -206,6 +219,7 @@ fn main() -> ExitCode {
             store,
             front_ends,
             front_end_ports,
+            federate_with,
         } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
             parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
@@ -219,9 +233,12 @@ fn main() -> ExitCode {
                 store_postgres: store.map_or(front_ends > 1, |s| s == "postgres"),
                 front_ends,
                 front_end_ports,
+                federate_with,
             })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
+        Cmd::Partner { cmd } => parapet::mgmt::partners::cli(cmd),
+        Cmd::DnsRecords { config } => parapet::mgmt::dns_records::run(&config),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)
             .and_then(|c| c.validate())
             .map(|()| println!("{}: ok", config.display()))

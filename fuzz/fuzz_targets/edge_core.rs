@@ -249,7 +249,13 @@ impl World {
                         }
                     }
                     Action::CloseAddress(ip) => self.banned.push(ip),
-                    Action::Mesh { .. } | Action::PauseReading { .. } | Action::RecordBan { .. } => {}
+                    // A request for a discovered domain leaves like one for a partner; a lookup is no outcome (the
+                    // request waits for its answer).
+                    Action::ToDiscovered { .. } => outcomes += 1,
+                    Action::Mesh { .. }
+                    | Action::PauseReading { .. }
+                    | Action::RecordBan { .. }
+                    | Action::Discover { .. } => {}
                 }
             }
         }

@@ -15,7 +15,8 @@
 //! [[edge.federation.partners]]
 //! domain = "partner.test"
 //! cert_name = "edge.partner.test"    # the name its certificate must carry (RFC 5922)
-//! addr = "127.0.0.1:5165"            # its federation listener (or its shared user port)
+//! addr = "sip.partner.test"          # its edge: a DNS name (SRV, then A/AAAA), name:port or ip:port
+//!                                    # (see super::partners_file for resolver, TTL bounds and the partners file)
 //! rate = 500                         # requests/s (token bucket), default 500
 //! burst = 1000                       # default 2x rate
 //! connections_max = 16               # default 16
@@ -57,6 +58,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::partners_file::parse_peer_addr;
+pub use super::partners_file::{DnsConfig, PeerAddr};
 use super::validate::validate_name;
 use super::{invalid, parse_addr, resolve, ConfigError};
 
@@ -77,6 +80,10 @@ pub struct FederationConfig {
     pub message_bytes_max: usize,
     /// This edge is a clearinghouse: requests from partners (members) for another member's domain are relayed.
     pub clearinghouse: bool,
+    /// How partners' names are resolved (`resolver`, `dns_ttl_min_secs`, ...).
+    pub dns: DnsConfig,
+    /// Partners kept by `parapet partner add/remove`, read with this config (see [`super::partners_file`]).
+    pub partners_file: Option<PathBuf>,
 }
 
 /// What one federation peer (a partner, a clearinghouse, each unknown peer) may use of the edge, all cores
@@ -96,6 +103,9 @@ impl PeerLimits {
     pub const LISTED: PeerLimits = PeerLimits { rate: 500, burst: 1000, connections_max: 16 };
     /// An unknown peer's defaults: enough to exchange a few messages, far too little to load us.
     pub const UNKNOWN: PeerLimits = PeerLimits { rate: 5, burst: 10, connections_max: 2 };
+    /// With discovery, each discovered (or unknown) peer's defaults: 20 requests/s, one connection per core of a
+    /// small edge.
+    pub const DISCOVERED: PeerLimits = PeerLimits { rate: 20, burst: 40, connections_max: 4 };
 }
 
 /// A directly federated organization.
@@ -105,8 +115,8 @@ pub struct Partner {
     pub domain: String,
     /// The DNS name its edge's certificate must carry (lowercase).
     pub cert_name: String,
-    /// Its edge's federation listener.
-    pub addr: SocketAddr,
+    /// Its edge's federation listener: an address, or a name resolved by DNS (RFC 3263).
+    pub addr: PeerAddr,
     pub limits: PeerLimits,
 }
 
@@ -115,7 +125,7 @@ pub struct Partner {
 pub struct Clearinghouse {
     /// The DNS name its certificate must carry (lowercase).
     pub name: String,
-    pub addr: SocketAddr,
+    pub addr: PeerAddr,
     /// Domains it may speak for (lowercase); `*` is any domain not otherwise configured.
     pub domains: Vec<String>,
     pub limits: PeerLimits,
@@ -146,11 +156,17 @@ pub(super) struct RawFederation {
     unknown_connections_max: Option<u32>,
     message_bytes_max: Option<usize>,
     clearinghouse: Option<bool>,
+    resolver: Option<String>,
+    dns_ttl_min_secs: Option<u64>,
+    dns_ttl_max_secs: Option<u64>,
+    dns_grace_secs: Option<u64>,
+    partners_file: Option<PathBuf>,
+    discovery: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPartner {
+pub(super) struct RawPartner {
     domain: Option<String>,
     cert_name: Option<String>,
     addr: Option<String>,
@@ -225,35 +241,39 @@ pub(super) fn build(
     let own = own_domain.to_ascii_lowercase();
     let mut partners = Vec::new();
     for (i, p) in raw.partners.unwrap_or_default().into_iter().enumerate() {
-        let table = format!("{T}.partners.{i}");
-        let domain = required(format!("[{table}] domain"), p.domain)?;
-        validate_name(&format!("[{table}] domain"), &domain)?;
-        if domain == own {
-            return Err(invalid(format!("[{table}] domain"), format!("{domain:?} is our own domain")));
-        }
-        if partners.iter().any(|q: &Partner| q.domain == domain) {
-            return Err(invalid(format!("[{table}] domain"), format!("{domain:?} is listed twice")));
-        }
-        let cert_name = required(format!("[{table}] cert_name"), p.cert_name)?;
-        validate_name(&format!("[{table}] cert_name"), &cert_name)?;
-        let addr = parse_addr(
-            &table,
-            "addr",
-            p.addr.as_deref().ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?,
-        )?;
-        let limits = peer_limits(&table, "", (p.rate, p.burst, p.connections_max), PeerLimits::LISTED)?;
-        partners.push(Partner { domain, cert_name, addr, limits });
+        partners.push(partner(&format!("{T}.partners.{i}"), p, &own, &partners)?);
     }
+    // By default next to the config: `parapet partner add` needs somewhere to write that `up` leaves alone.
+    let partners_file = Some(resolve(base_dir, Some(raw.partners_file.unwrap_or_else(|| "partners.toml".into()))));
+    let mut file_blocked = Vec::new();
+    if let Some(path) = &partners_file {
+        let (file_partners, blocked) = super::partners_file::read(path)?;
+        let mut from_config = partners.len();
+        for (i, p) in file_partners.into_iter().enumerate() {
+            let table = format!("{} partners.{i}", path.display());
+            let p = partner(&table, p, &own, partners.get(from_config..).unwrap_or_default())?;
+            // The file's entry wins over the config's for the same domain (`partner add` repoints a partner that
+            // `parapet up` writes into the config at every start).
+            if let Some(j) = partners.iter().take(from_config).position(|q| q.domain == p.domain) {
+                partners.remove(j);
+                from_config -= 1;
+            }
+            partners.push(p);
+        }
+        file_blocked = blocked;
+    }
+    let mut dns = super::partners_file::dns_config(
+        raw.resolver.as_deref(),
+        (raw.dns_ttl_min_secs, raw.dns_ttl_max_secs, raw.dns_grace_secs),
+    )?;
+    dns.discovery = raw.discovery.unwrap_or(false);
     let mut clearinghouses = Vec::new();
     for (i, c) in raw.clearinghouses.unwrap_or_default().into_iter().enumerate() {
         let table = format!("{T}.clearinghouses.{i}");
         let name = required(format!("[{table}] name"), c.name)?;
         validate_name(&format!("[{table}] name"), &name)?;
-        let addr = parse_addr(
-            &table,
-            "addr",
-            c.addr.as_deref().ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?,
-        )?;
+        let addr =
+            parse_peer_addr(&table, c.addr.as_deref().ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?)?;
         let domains: Vec<String> =
             c.domains.unwrap_or_default().iter().map(|d| d.trim().to_ascii_lowercase()).collect();
         if domains.is_empty() {
@@ -268,7 +288,7 @@ pub(super) fn build(
         clearinghouses.push(Clearinghouse { name, addr, domains, limits });
     }
     let mut blocked_domains = Vec::new();
-    for (i, d) in raw.blocked_domains.unwrap_or_default().iter().enumerate() {
+    for (i, d) in raw.blocked_domains.unwrap_or_default().iter().chain(&file_blocked).enumerate() {
         let d = d.trim().to_ascii_lowercase();
         let key = format!("[{T}] blocked_domains.{i}");
         validate_name(&key, &d)?;
@@ -286,7 +306,9 @@ pub(super) fn build(
         }
     };
     let given = (raw.unknown_rate, raw.unknown_burst, raw.unknown_connections_max);
-    let unknown_limits = peer_limits(T, "unknown_", given, PeerLimits::UNKNOWN)?;
+    // Discovered peers are limited as unknown ones, by default at a rate a few users' IM and presence needs.
+    let unknown_default = if dns.discovery { PeerLimits::DISCOVERED } else { PeerLimits::UNKNOWN };
+    let unknown_limits = peer_limits(T, "unknown_", given, unknown_default)?;
     let message_bytes_max = raw.message_bytes_max.unwrap_or(MESSAGE_BYTES_MAX_DEFAULT.min(user_message_bytes_max));
     if message_bytes_max < MESSAGE_BYTES_MIN || message_bytes_max > user_message_bytes_max {
         // The pool parses what we forward under its own [limits] (plus room for our hops): a larger federation
@@ -316,7 +338,27 @@ pub(super) fn build(
         unknown_limits,
         message_bytes_max,
         clearinghouse,
+        dns,
+        partners_file,
     })
+}
+
+/// One `[[partners]]` entry (of the config or of the partners file, `table` names it), checked against those
+/// before it.
+fn partner(table: &str, p: RawPartner, own: &str, before: &[Partner]) -> Result<Partner, ConfigError> {
+    let domain = required(format!("[{table}] domain"), p.domain)?;
+    validate_name(&format!("[{table}] domain"), &domain)?;
+    if domain == own {
+        return Err(invalid(format!("[{table}] domain"), format!("{domain:?} is our own domain")));
+    }
+    if before.iter().any(|q| q.domain == domain) {
+        return Err(invalid(format!("[{table}] domain"), format!("{domain:?} is listed twice")));
+    }
+    let cert_name = required(format!("[{table}] cert_name"), p.cert_name)?;
+    validate_name(&format!("[{table}] cert_name"), &cert_name)?;
+    let addr = parse_peer_addr(table, p.addr.as_deref().ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?)?;
+    let limits = peer_limits(table, "", (p.rate, p.burst, p.connections_max), PeerLimits::LISTED)?;
+    Ok(Partner { domain, cert_name, addr, limits })
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@
 pub mod devpki;
 pub mod federation;
 pub mod membership;
+pub mod partners_file;
 pub mod roster;
 pub mod store;
 mod validate;
 
-pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
+pub use federation::{Clearinghouse, FederationConfig, Partner, PeerAddr, PeerLimits, UnknownPeers};
 
 use std::fmt;
 use std::net::SocketAddr;

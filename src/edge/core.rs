@@ -55,7 +55,11 @@ pub enum Action {
     /// Through this core's connector to pool member `member` (`[edge.roster]`, [`super::members`]).
     ToMember { member: usize, bytes: Bytes },
     /// Through this core's connector to a federation peer (made on first use).
-    ToPartner { name: String, addr: SocketAddr, bytes: Bytes },
+    ToPartner { name: String, addr: crate::config::PeerAddr, bytes: Bytes },
+    /// To the edge of `domain` found by its `_sipfederationtls._tcp` SRV record (discovery).
+    ToDiscovered { domain: String, bytes: Bytes },
+    /// Look up `domain`'s federation SRV targets and hand them to [`EdgeCore::discovery_answer`].
+    Discover { domain: String },
     /// Close every user connection of this core from this address (a ban).
     CloseAddress(IpAddr),
     /// Read nothing more from this connection for a while (a federation peer over its rate).
@@ -131,6 +135,8 @@ pub struct EdgeCore {
     pub(super) fed_table: Option<Arc<crate::config::FederationConfig>>,
     /// The per-peer limits of federation, shared by every core (replaced with `fed_table`).
     pub(super) fed_limits: Option<Arc<federation::Limiter>>,
+    /// Discovered domains' SRV verdicts and the requests waiting for one.
+    pub(super) discovery: federation::discovery::Discovery,
     /// Flow-closed notices the pool has not taken yet.
     pub(super) notices: super::notices::Notices,
     /// Shutting down: new requests are refused (set by the shell before each step).
@@ -152,6 +158,7 @@ impl EdgeCore {
             scratch: Vec::with_capacity(256),
             fed_table: s.fed.as_ref().map(|f| Arc::new(f.cfg.clone())),
             fed_limits: s.fed.as_ref().map(|f| Arc::new(federation::Limiter::build(&f.cfg, None))),
+            discovery: Default::default(),
             notices: super::notices::Notices::default(),
             draining: false,
             members: super::members::Members::new(s.pool_members.clone()),
@@ -224,8 +231,10 @@ impl EdgeCore {
             }
             ConnKind::Partner => {
                 self.partner_conns.remove(&conn.id);
+                self.discovered_closed(conn.id);
             }
-            ConnKind::PeerIn | ConnKind::PeerOut => {}
+            ConnKind::PeerOut => self.discovered_closed(conn.id),
+            ConnKind::PeerIn => {}
         }
     }
 

@@ -113,6 +113,10 @@ crate::counters! {
         /// Federation connections refused after the handshake: certificate not admitted by the table, or the
         /// peer at its connection cap.
         federation_connections_refused,
+        /// Discovered domains put on the watch list (more than 1,000 distinct local users in an hour).
+        federation_discovered_watched,
+        /// Requests of discovered domains refused at the strict rate of a mostly failing domain (503).
+        federation_discovered_strict,
     }
 }
 
@@ -174,7 +178,10 @@ impl EdgeSettings {
         let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
         let fed = match &e.federation {
             Some(f) => {
-                Some(federation::FedSettings::new(f, &cfg.domain, e.listen, e.internal_listen, &e.cert, &e.key)?)
+                let mut fed =
+                    federation::FedSettings::new(f, &cfg.domain, e.listen, e.internal_listen, &e.cert, &e.key)?;
+                fed.start_resolver()?;
+                Some(fed)
             }
             None => None,
         };

@@ -15,8 +15,9 @@
 //! renewed certificate or a bundle with a new partner's CA applies to every handshake from then on (on the user
 //! port too when partners share it); established connections keep the session they have.
 //!
-//! What cannot change without a restart (the federation listener's address or its absence, the CA file, turning
-//! federation on or off) is refused with the key named.
+//! The partners' CA may also move to another file (`[edge.federation] ca`): the new bundle is loaded and checked
+//! like the old one. What cannot change without a restart (the federation listener's address or its absence,
+//! turning federation on or off, the DNS resolver's settings) is refused with the key named.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -95,14 +96,14 @@ pub fn reload(config_path: &Path) -> Result<String, ReloadError> {
         key: "[edge.federation]",
         detail: "not configured at start (turning federation on needs a restart)".into(),
     })?;
+    if (crate::config::partners_file::DnsConfig { discovery: old.dns.discovery, ..new.dns }) != old.dns {
+        let detail = "resolver, dns_ttl_min_secs, dns_ttl_max_secs and dns_grace_secs need a restart".to_string();
+        return Err(ReloadError::Key { key: "[edge.federation] resolver", detail });
+    }
     if new.listen != old.listen {
         let show = |l: Option<SocketAddr>| l.map_or_else(|| "the user port (omitted)".to_string(), |a| a.to_string());
         let detail = format!("changed from {} to {} (needs a restart)", show(old.listen), show(new.listen));
         return Err(ReloadError::Key { key: "[edge.federation] listen", detail });
-    }
-    if new.ca != old.ca {
-        let detail = format!("changed from {} to {} (needs a restart)", old.ca.display(), new.ca.display());
-        return Err(ReloadError::Key { key: "[edge.federation] ca", detail });
     }
     // The certificates and the CA are read again (a renewed certificate, a new partner's CA in the bundle) and
     // must load, exactly as at start; what they build is published with the table.

@@ -23,11 +23,15 @@ use glommio::channels::channel_mesh::Senders;
 use super::core::{is_pool_name, Action, ConnInfo, EdgeCore};
 use super::federation::FedTls;
 use super::{reload, EdgeMsg, EdgeSettings, EdgeStats, MESSAGE_DEADLINE_MS};
+use crate::config::PeerAddr;
 use crate::net::conn::{bump, NetTimes, Permit};
 use crate::net::listener::{listen, tls_slot, ListenSpec, TlsSlot};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
 use crate::sip::{Limits, Message};
+
+/// Connectors to discovered domains per core (our users' requests name the domains: a bound on what they cost).
+const DISCOVERED_CONNECTORS_MAX: usize = 1024;
 
 pub(super) struct Shell {
     id: usize,
@@ -69,12 +73,17 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     let estats = Arc::new(EdgeStats::default());
     {
         let (n, e, t) = (stats.clone(), estats.clone(), times.clone());
+        // The resolver is one thread for the process: its count is reported once, by core 0's visitor.
+        let dns = s.fed.as_ref().and_then(|f| f.resolver.clone()).filter(|_| id == 0);
         crate::mgmt::metrics::register(
             "edge",
             id,
             Box::new(move |f| {
                 n.visit(f);
                 e.visit(f);
+                if let Some(r) = &dns {
+                    f("federation_dns_errors", r.errors.get());
+                }
                 t.handle.visit("handle", f);
             }),
         );
@@ -226,7 +235,12 @@ impl Shell {
                 Some(c) => c.send(self, bytes),
                 None => tracing::error!(member, "no connector for this pool member"),
             },
-            Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, addr).send(self, bytes),
+            Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, &addr).send(self, bytes),
+            Action::ToDiscovered { domain, bytes } => match self.discovered_connector(&domain) {
+                Some(c) => c.send(self, bytes),
+                None => self.undeliverable(bytes, 503, "Service Unavailable: too many discovered domains at once"),
+            },
+            Action::Discover { domain } => self.discover(domain),
             Action::CloseAddress(ip) => self.close_address(ip),
             Action::PauseReading { conn, duration } => {
                 if let Some(c) = self.table.borrow().get(conn) {
@@ -269,20 +283,80 @@ impl Shell {
         self.to_core(usize::from(conn.core), EdgeMsg::Write { conn, bytes });
     }
 
-    /// This core's connector to a federation peer, made on first use.
-    fn partner_connector(&self, name: &str, addr: SocketAddr) -> Rc<Connector> {
-        if let Some(c) = self.partners.borrow().get(name) {
-            return c.clone();
-        }
-        let tls = match (self.fed_tls.borrow().as_ref(), self.s.fed.as_ref()) {
+    /// The client TLS configuration toward federation peers in force on this core.
+    fn fed_client_tls(&self) -> Arc<rustls::ClientConfig> {
+        match (self.fed_tls.borrow().as_ref(), self.s.fed.as_ref()) {
             (Some(t), _) => t.client.clone(),
             (None, Some(f)) => f.tls.client.clone(),
             // Federation actions come only from a core with federation configured.
             (None, None) => self.s.pool_tls.clone(),
+        }
+    }
+
+    /// This core's connector to a federation peer, made on first use.
+    fn partner_connector(&self, name: &str, addr: &PeerAddr) -> Rc<Connector> {
+        if let Some(c) = self.partners.borrow().get(name) {
+            return c.clone();
+        }
+        let tls = self.fed_client_tls();
+        let timeout = self.s.handshake_timeout;
+        let resolver = self.s.fed.as_ref().and_then(|f| f.resolver.clone());
+        let c = match (addr, resolver) {
+            (PeerAddr::Ip(a), _) => Connector::federated(*a, name, tls, timeout),
+            (PeerAddr::Name { host, port }, Some(r)) => {
+                let q = crate::net::dns::Query { host: host.clone(), port: *port };
+                Connector::federated_by_name(q, r, name, tls, timeout)
+            }
+            // The resolver starts with the federation settings, so this is never reached; a connector to nowhere
+            // answers 503 rather than a panic.
+            (PeerAddr::Name { .. }, None) => {
+                Connector::federated(SocketAddr::from(([0, 0, 0, 0], addr.port())), name, tls, timeout)
+            }
         };
-        let c = Rc::new(Connector::federated(addr, name, tls, self.s.handshake_timeout));
+        let c = Rc::new(c);
         self.partners.borrow_mut().insert(name.to_string(), c.clone());
         c
+    }
+
+    /// This core's connector to a discovered domain's edge (by its SRV record), made on first use; at most
+    /// [`DISCOVERED_CONNECTORS_MAX`] (idle ones are forgotten to make room; None when all are busy).
+    fn discovered_connector(&self, domain: &str) -> Option<Rc<Connector>> {
+        let key = format!("srv:{domain}");
+        if let Some(c) = self.partners.borrow().get(&key) {
+            return Some(c.clone());
+        }
+        let discovered = |k: &String| k.starts_with("srv:");
+        if self.partners.borrow().keys().filter(|k| discovered(k)).count() >= DISCOVERED_CONNECTORS_MAX {
+            self.partners.borrow_mut().retain(|k, c| !discovered(k) || c.is_busy());
+            if self.partners.borrow().keys().filter(|k| discovered(k)).count() >= DISCOVERED_CONNECTORS_MAX {
+                return None;
+            }
+        }
+        let tls = self.fed_client_tls();
+        let timeout = self.s.handshake_timeout;
+        let c = match self.s.fed.as_ref().and_then(|f| f.resolver.clone()) {
+            Some(r) => Connector::discovered(domain, r, tls, timeout),
+            // Never reached (the resolver starts with federation): a connector to nowhere answers 503.
+            None => Connector::federated(SocketAddr::from(([0, 0, 0, 0], 5061)), domain, tls, timeout),
+        };
+        let c = Rc::new(c);
+        self.partners.borrow_mut().insert(key, c.clone());
+        Some(c)
+    }
+
+    /// Looks up `domain`'s federation SRV targets off the core and hands them to the core.
+    fn discover(self: &Rc<Self>, domain: String) {
+        let Some(r) = self.s.fed.as_ref().and_then(|f| f.resolver.clone()) else {
+            self.step(|core, now| core.discovery_answer(&domain, Err("no resolver".into()), now));
+            return;
+        };
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let targets = r.federation_srv(&domain).await;
+            let names = targets.map(|t| t.into_iter().map(|t| t.name).collect()).map_err(|e| e.to_string());
+            me.step(|core, now| core.discovery_answer(&domain, names, now));
+        })
+        .detach();
     }
 
     /// Once a second, before the core's tick: when a reload published a new table, the core takes it, and here the
@@ -308,11 +382,18 @@ impl Shell {
             }
             *self.fed_tls.borrow_mut() = Some(tls);
         }
-        let routed = |name: &str, addr: SocketAddr| {
-            new.partners.iter().any(|p| p.cert_name == name && p.addr == addr)
-                || new.clearinghouses.iter().any(|c| c.name == name && c.addr == addr)
+        let same = |a: &PeerAddr, c: &Connector| match (a, c.query()) {
+            (PeerAddr::Ip(ip), None) => *ip == c.addr(),
+            (PeerAddr::Name { host, port }, Some(q)) => *host == q.host && *port == q.port,
+            _ => false,
         };
-        self.partners.borrow_mut().retain(|name, c| routed(name, c.addr));
+        let routed = |name: &str, c: &Connector| {
+            new.partners.iter().any(|p| p.cert_name == name && same(&p.addr, c))
+                || new.clearinghouses.iter().any(|h| h.name == name && same(&h.addr, c))
+        };
+        // Connectors to discovered domains stay while discovery does (their identity is checked per connection).
+        let discovered = |name: &str| new.dns.discovery && name.starts_with("srv:");
+        self.partners.borrow_mut().retain(|name, c| discovered(name) || routed(name, c));
         let table = self.table.borrow();
         let mut cut = 0u64;
         for c in table.iter() {

@@ -117,7 +117,7 @@ impl EdgeCore {
             return;
         }
         if self.partner_conns.contains(&back) {
-            self.response_to_partner(back, &msg);
+            self.response_to_partner(back, &msg, now);
             return;
         }
         if let Some(aor) = proto::identity_proven(&msg) {

@@ -2,7 +2,10 @@
 //! (`up`: PKI, demo users, configs, and one edge and one pool as child processes, restarted when they die:
 //! `supervise`).
 
+pub mod dns_records;
+pub mod federate_with;
 pub mod metrics;
+pub mod partners;
 pub mod pool_admin;
 pub mod probe;
 pub mod run;

@@ -128,7 +128,15 @@ pub fn probe(config_path: &Path, domain: &str) -> Result<Report, String> {
         .with_client_auth_cert(certs, key)
         .map_err(|e| format!("[edge] cert/key: {e}"))?;
     let mut lines = vec![format!("partner: {domain} via {} at {}", target.name, target.addr)];
-    let tcp = TcpStream::connect_timeout(&target.addr, STEP_TIMEOUT)
+    let addr = match target.addr {
+        crate::config::PeerAddr::Ip(a) => *a,
+        crate::config::PeerAddr::Name { host, port } => {
+            let q = crate::net::dns::Query { host: host.clone(), port: *port };
+            let found = crate::net::dns::resolve_blocking(fed.dns.resolver, &q)?;
+            *found.first().ok_or_else(|| format!("DNS {q}: no address"))?
+        }
+    };
+    let tcp = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)
         .map_err(|e| format!("Cannot connect to {} ({}): {e}.", target.addr, target.name))?;
     tcp.set_read_timeout(Some(STEP_TIMEOUT)).map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(STEP_TIMEOUT)).map_err(|e| e.to_string())?;

@@ -79,6 +79,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     if cfg.edge.as_ref().is_some_and(|e| e.federation.is_some()) {
         let path = config_path.to_path_buf();
         crate::mgmt::metrics::on_reload(Box::new(move || reload(&path)));
+        crate::mgmt::partners::install(config_path);
     }
     let mut handles = Vec::new();
     if cfg.pool.is_some() {

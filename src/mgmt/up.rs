@@ -34,6 +34,8 @@ pub struct UpOptions {
     pub front_ends: usize,
     /// The first port of front ends 2 and up (None: port base + 10).
     pub front_end_ports: Option<u16>,
+    /// Another `up` data dir to federate with ([`super::federate_with`]).
+    pub federate_with: Option<PathBuf>,
 }
 
 /// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
@@ -76,9 +78,16 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         std::slice::from_ref(&pool_name),
     )
     .map_err(|e| ctx("cannot make the development PKI in", &dir.join("pki"), e))?;
-    // A partner cannot have our own domain (`up --domain partner.test` makes the partner's appliance).
+    let peer = o.federate_with.as_deref().map(super::federate_with::Peer::read).transpose()?;
+    let peer_domain = peer.as_ref().map_or("", |p| p.domain.as_str());
+    // A partner cannot have our own domain (`up --domain partner.test` makes the partner's appliance), nor the
+    // organization we federate with (listed as it really runs instead).
     let partners: Vec<(&str, &str)> = if o.federation {
-        DEMO_PARTNERS.iter().copied().filter(|(p, _)| !p.eq_ignore_ascii_case(d)).collect()
+        DEMO_PARTNERS
+            .iter()
+            .copied()
+            .filter(|(p, _)| !p.eq_ignore_ascii_case(d) && !p.eq_ignore_ascii_case(peer_domain))
+            .collect()
     } else {
         Vec::new()
     };
@@ -150,9 +159,18 @@ url = \"{}\"\n",
         None => pool_toml,
     };
     let mut edge_toml = if o.flood_limits { edge_toml } else { format!("{edge_toml}{NO_FLOOD_LIMITS}") };
-    if partners_ca.is_some() {
+    if let Some(partners_ca) = &partners_ca {
         let listen = (fed_port != user_port).then_some(fed_port);
-        edge_toml.push_str(&federation_toml(listen, o.port_base + PARTNER_PORT_OFFSET, &partners));
+        let mut fed = federation_toml(listen, o.port_base + PARTNER_PORT_OFFSET, &partners);
+        if let Some(peer) = &peer {
+            let bundle = dir.join("pki").join("federation-ca.pem");
+            peer.write_bundle(partners_ca, &bundle)?;
+            fed = fed.replace("ca = \"pki/partners-ca.pem\"", "ca = \"pki/federation-ca.pem\"");
+            fed.push_str(&peer.partner_toml());
+        }
+        edge_toml.push_str(&fed);
+    } else if peer.is_some() {
+        return Err("up: --federate-with needs federation (--federation on, and a demo partner left)".into());
     }
     let front_ends = super::up_pool::plan(&dir, o.port_base, o.front_end_ports, o.front_ends)?;
     let enterprise = front_ends.len() > 1;
@@ -196,6 +214,16 @@ url = \"{}\"\n",
         return Err(e);
     }
 
+    let told = match &peer {
+        Some(p) => match p.tell(d, &edge_name, addr(fed_port), &pki.ca_cert) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                supervise::stop(&mut roles);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     let fed_field = if partners_ca.is_some() { format!(" federation={}", addr(fed_port)) } else { String::new() };
     let _ = writeln!(
@@ -246,6 +274,9 @@ url = \"{}\"\n",
             names.join(", "),
             dir.join("pki").display()
         );
+    }
+    if let Some(t) = &told {
+        let _ = writeln!(out, "  federated with {t}");
     }
     let _ = writeln!(out, "  configs        {} and {}", edge_cfg.display(), pool_cfg.display());
     if let Some(c) = &pg {

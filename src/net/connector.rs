@@ -26,6 +26,16 @@ use super::driver::drive;
 use super::identity;
 use super::tls::peer_dns_names;
 
+type TlsStream = futures_rustls::client::TlsStream<TcpStream>;
+
+/// How a connector by DNS finds its peer.
+pub enum Lookup {
+    /// A configured name (RFC 3263); every address must present the connector's `name`.
+    Name(super::dns::Query),
+    /// A discovered domain's `_sipfederationtls._tcp` SRV record; each target must present its own name.
+    Srv(String),
+}
+
 /// Messages held while a connection is being made, or while an internal link's queue is full.
 const PENDING_MAX: usize = 4096;
 
@@ -52,7 +62,11 @@ enum Flush {
 }
 
 pub struct Connector {
-    pub addr: SocketAddr,
+    /// The peer's address; for a peer by name, the one of the last connection (unspecified before any).
+    addr: Cell<SocketAddr>,
+    /// A peer by name or by its domain's SRV record: looked up (cached by TTL, see [`super::dns`]) before every
+    /// connection, its addresses tried in order until one answers.
+    lookup: Option<(super::dns::Resolver, Lookup)>,
     pub name: String,
     /// Replaced by a hot reload ([`Connector::set_tls`]): the next connection uses the new one.
     tls: RefCell<Arc<ClientConfig>>,
@@ -75,7 +89,8 @@ pub struct Connector {
 impl Connector {
     pub fn new(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
         Connector {
-            addr,
+            addr: Cell::new(addr),
+            lookup: None,
             name: name.to_string(),
             tls: RefCell::new(tls),
             timeout,
@@ -105,6 +120,52 @@ impl Connector {
 
     pub fn is_up(&self) -> bool {
         matches!(*self.state.borrow(), State::Up(_))
+    }
+
+    /// A connector to a SIP federation peer known by a DNS name (RFC 3263): every connection it makes looks the
+    /// name up first, so the connection after a changed record goes to the new address.
+    pub fn federated_by_name(
+        query: super::dns::Query,
+        resolver: super::dns::Resolver,
+        name: &str,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Connector {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], query.port.unwrap_or(super::dns::SIPS_PORT)));
+        Connector {
+            lookup: Some((resolver, Lookup::Name(query))),
+            ..Connector::federated(unspecified, name, tls, timeout)
+        }
+    }
+
+    /// A connector to the edge of a discovered `domain` (its federation SRV record, RFC 5922 by target name).
+    pub fn discovered(
+        domain: &str,
+        resolver: super::dns::Resolver,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Connector {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], super::dns::SIPS_PORT));
+        let lookup = Some((resolver, Lookup::Srv(domain.to_string())));
+        Connector { lookup, ..Connector::federated(unspecified, domain, tls, timeout) }
+    }
+
+    /// Whether a connection is up or being made (an idle connector may be forgotten).
+    pub fn is_busy(&self) -> bool {
+        !matches!(*self.state.borrow(), State::Down) || !self.pending.borrow().is_empty()
+    }
+
+    /// The peer's address (for a peer by name: where the last connection went).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.get()
+    }
+
+    /// The name a peer by name is looked up by.
+    pub fn query(&self) -> Option<&super::dns::Query> {
+        match &self.lookup {
+            Some((_, Lookup::Name(q))) => Some(q),
+            _ => None,
+        }
     }
 
     pub fn send<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, bytes: Bytes) {
@@ -153,7 +214,7 @@ impl Connector {
         bump(&h.stats().connector_backlog_full);
         if !self.overflowing.replace(true) {
             tracing::warn!(
-                peer = %self.addr,
+                peer = %self.addr.get(),
                 name = %self.name,
                 held = PENDING_MAX,
                 "connector's pending list full: messages handed back as undeliverable"
@@ -237,49 +298,95 @@ impl Connector {
     }
 
     async fn connect<H: Undeliverable>(self: Rc<Self>, h: Rc<H>) {
-        let result = futures_lite::future::or(self.handshake(), async {
-            glommio::timer::sleep(self.timeout).await;
-            Err("timed out".to_string())
-        })
-        .await
-        .and_then(|tls| {
-            let names = peer_dns_names(tls.get_ref().1.peer_certificates());
-            if self.exact_name && !identity::matches(&names, &self.name) {
-                return Err(format!(
-                    "its certificate names {names:?}, not {} itself (RFC 5922: no wildcard matches)",
-                    self.name
-                ));
+        let addrs: Result<Vec<(SocketAddr, String)>, String> = match &self.lookup {
+            None => Ok(vec![(self.addr.get(), self.name.clone())]),
+            Some((resolver, Lookup::Name(q))) => match resolver.resolve(q).await {
+                Ok(v) => Ok(v.into_iter().map(|a| (a, self.name.clone())).collect()),
+                Err(e) => Err(format!("DNS {q}: {e}")),
+            },
+            Some((resolver, Lookup::Srv(domain))) => match resolver.federation_srv(domain).await {
+                Ok(targets) => Ok(targets
+                    .into_iter()
+                    .flat_map(|t| t.addrs.into_iter().map(move |a| (a, t.name.clone())))
+                    .collect()),
+                Err(e) => Err(format!("DNS _sipfederationtls._tcp.{domain}: {e}")),
+            },
+        };
+        let mut result = Err("no address".to_string());
+        for (addr, name) in addrs.as_deref().unwrap_or_default() {
+            result = self.attempt(*addr, name).await;
+            match &result {
+                Ok(_) => {
+                    self.addr.set(*addr);
+                    break;
+                }
+                // The next SRV target (or address) when this one is down (RFC 3263 §4.3).
+                Err(e) if self.lookup.is_some() => {
+                    tracing::info!(peer = %addr, name = %self.name, error = %e, "peer address down: trying the next")
+                }
+                Err(_) => {}
             }
-            Ok((tls, names))
-        });
+        }
+        let dns_failed = addrs.is_err();
+        if let Err(e) = addrs {
+            result = Err(e);
+        }
         match result {
             Ok((tls, names)) => {
-                let (conn, rx) = h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr, names, self.internal);
+                let (conn, rx) =
+                    h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr.get(), names, self.internal);
                 *self.state.borrow_mut() = State::Up(conn.id);
-                tracing::info!(peer = %self.addr, name = %self.name, "connected");
+                tracing::info!(peer = %self.addr.get(), name = %self.name, "connected");
                 // What waited while connecting: into the new link, as much as fits; the rest as room appears.
                 if let Flush::Full = self.flush(&h, conn.id) {
                     self.start_flush(&h);
                 }
                 drive(tls, conn, rx, h).await;
             }
+            // A name that does not resolve is logged once by the resolver, not at every attempt.
+            Err(e) if dns_failed => {
+                tracing::debug!(name = %self.name, error = %e, "cannot reach peer");
+                self.give_back(&h);
+            }
             Err(e) => {
-                tracing::warn!(peer = %self.addr, name = %self.name, error = %e, "cannot reach peer");
-                *self.state.borrow_mut() = State::Down;
-                let queued = std::mem::take(&mut *self.pending.borrow_mut());
-                self.overflowing.set(false);
-                for b in queued {
-                    h.undeliverable(b, 503, "Service Unavailable");
-                }
+                tracing::warn!(peer = %self.addr.get(), name = %self.name, error = %e, "cannot reach peer");
+                self.give_back(&h);
             }
         }
     }
 
-    async fn handshake(&self) -> Result<futures_rustls::client::TlsStream<TcpStream>, String> {
-        let tcp = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+    /// The connection could not be made: what waited for it is handed back as undeliverable.
+    fn give_back<H: Undeliverable>(&self, h: &Rc<H>) {
+        *self.state.borrow_mut() = State::Down;
+        let queued = std::mem::take(&mut *self.pending.borrow_mut());
+        self.overflowing.set(false);
+        for b in queued {
+            h.undeliverable(b, 503, "Service Unavailable");
+        }
+    }
+
+    /// One connection attempt to `addr`, within the handshake timeout, with the peer's name checked.
+    async fn attempt(&self, addr: SocketAddr, name: &str) -> Result<(TlsStream, Vec<String>), String> {
+        futures_lite::future::or(self.handshake(addr, name), async {
+            glommio::timer::sleep(self.timeout).await;
+            Err("timed out".to_string())
+        })
+        .await
+        .and_then(|tls| {
+            let names = peer_dns_names(tls.get_ref().1.peer_certificates());
+            if self.exact_name && !identity::matches(&names, name) {
+                return Err(format!(
+                    "its certificate names {names:?}, not {name} itself (RFC 5922: no wildcard matches)"
+                ));
+            }
+            Ok((tls, names))
+        })
+    }
+
+    async fn handshake(&self, addr: SocketAddr, name: &str) -> Result<TlsStream, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
-        let name =
-            ServerName::try_from(self.name.clone()).map_err(|e| format!("bad server name {}: {e}", self.name))?;
+        let name = ServerName::try_from(name.to_string()).map_err(|e| format!("bad server name {name}: {e}"))?;
         let tls = self.tls.borrow().clone();
         TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())
     }

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod connector;
+pub mod dns;
 pub mod driver;
 pub mod identity;
 pub mod listener;

@@ -412,8 +412,19 @@ impl Dave {
 
 #[test]
 fn kamailio_partner_edge_exchanges_messages_over_mutual_tls() {
+    exchange_with_kamailio(false);
+}
+
+/// The same with Kamailio's edge known by DNS name only (issue 16): `addr = "partner.test"`, found through the
+/// `_sipfederationtls._tcp.partner.test` SRV record a real DNS server (dnsmasq) serves.
+#[test]
+fn kamailio_partner_edge_reached_by_dns_name() {
+    exchange_with_kamailio(true);
+}
+
+fn exchange_with_kamailio(by_dns: bool) {
     let (bin, modules) = ensure_kamailio();
-    let mut app = Appliance::prepare("fed-kamailio", &[]);
+    let mut app = Appliance::prepare(if by_dns { "fed-kamailio-dns" } else { "fed-kamailio" }, &[]);
     assert_eq!(app.domain, "example.com");
 
     // partner.test's own development CA and its edge certificate.
@@ -428,11 +439,21 @@ fn kamailio_partner_edge_exchanges_messages_over_mutual_tls() {
     let kb = free_port_base();
     let ports = KamPorts { user: kb, fed: kb + 1 };
     let parapet_fed = app.port_base + FED_PORT;
+    let (addr, resolver, _dns) = if by_dns {
+        let dns_port = kb + 2;
+        let records = [
+            crate::support_dns::srv("_sipfederationtls._tcp.partner.test", "edge.partner.test", ports.fed, 10, 0),
+            crate::support_dns::a("edge.partner.test"),
+        ];
+        let dns = crate::support_dns::Dnsmasq::start(kdir.join("dns"), dns_port, &["partner.test"], &records);
+        ("partner.test".to_string(), format!("resolver = \"127.0.0.1:{dns_port}\"\n"), Some(dns))
+    } else {
+        (format!("127.0.0.1:{}", ports.fed), String::new(), None)
+    };
     let snippet = format!(
-        "[edge.federation]\nlisten = \"127.0.0.1:{parapet_fed}\"\nca = \"{}\"\n\n\
-         [[edge.federation.partners]]\ndomain = \"partner.test\"\ncert_name = \"edge.partner.test\"\naddr = \"127.0.0.1:{}\"\n",
+        "[edge.federation]\nlisten = \"127.0.0.1:{parapet_fed}\"\nca = \"{}\"\n{resolver}\n\
+         [[edge.federation.partners]]\ndomain = \"partner.test\"\ncert_name = \"edge.partner.test\"\naddr = \"{addr}\"\n",
         partner_ca.display(),
-        ports.fed
     );
     app.run_roles(&snippet, &[parapet_fed]);
 

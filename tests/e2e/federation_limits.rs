@@ -38,13 +38,13 @@ const FED_PORT: u16 = 5;
 const BIG: usize = 6000;
 
 /// A raw mutual-TLS peer on A's user port, reading SIP messages with the parapet codec.
-struct Peer {
+pub(crate) struct Peer {
     s: StreamOwned<ClientConnection, TcpStream>,
     buf: Vec<u8>,
 }
 
 impl Peer {
-    fn connect(cfg: Arc<ClientConfig>, port: u16) -> Peer {
+    pub(crate) fn connect(cfg: Arc<ClientConfig>, port: u16) -> Peer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
@@ -53,12 +53,12 @@ impl Peer {
         Peer { s: StreamOwned::new(conn, tcp), buf: Vec::new() }
     }
 
-    fn send(&mut self, bytes: &str) -> Result<(), String> {
+    pub(crate) fn send(&mut self, bytes: &str) -> Result<(), String> {
         self.s.write_all(bytes.as_bytes()).and_then(|_| self.s.flush()).map_err(|e| format!("write: {e}"))
     }
 
     /// The next `n` responses (requests skipped); Err with what arrived when the connection ends or time is up.
-    fn responses(&mut self, n: usize, timeout: Duration) -> Result<Vec<Message>, (String, Vec<Message>)> {
+    pub(crate) fn responses(&mut self, n: usize, timeout: Duration) -> Result<Vec<Message>, (String, Vec<Message>)> {
         let limits = Limits::DEFAULT;
         let deadline = Instant::now() + timeout;
         let mut got = Vec::new();
@@ -96,7 +96,7 @@ impl Peer {
     }
 
     /// Sends `request` and returns the status of the first response, or Err when none comes.
-    fn ask(&mut self, request: &str) -> Result<u16, String> {
+    pub(crate) fn ask(&mut self, request: &str) -> Result<u16, String> {
         self.send(request)?;
         match self.responses(1, Duration::from_secs(10)) {
             Ok(r) => Ok(r[0].status().unwrap_or(0)),
@@ -105,7 +105,7 @@ impl Peer {
     }
 }
 
-fn message(from: &str, to: &str, body_len: usize) -> String {
+pub(crate) fn message(from: &str, to: &str, body_len: usize) -> String {
     let u = uniq();
     format!(
         "MESSAGE sip:{to} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKl{u}\r\nMax-Forwards: 70\r\n\

@@ -189,7 +189,7 @@ fn sighup_reload_cuts_a_removed_partner_and_keeps_the_others() {
     // A broken file: refused, logged, the table in force stays.
     let edge_cfg = a.data_dir.join("edge.toml");
     let good = std::fs::read_to_string(&edge_cfg).expect("edge.toml");
-    std::fs::write(&edge_cfg, good.replace(&block_b, &block_b.replace("addr = \"127", "addr = \"not-an-addr")))
+    std::fs::write(&edge_cfg, good.replace(&block_b, &block_b.replace("addr = \"127", "addr = \"not an address ")))
         .expect("w");
     sighup(&a);
     thread::sleep(Duration::from_millis(2500));

@@ -5,6 +5,7 @@
 
 mod pjsua;
 mod support;
+mod support_dns;
 mod support_members;
 mod support_pg;
 
@@ -13,6 +14,7 @@ mod core_death;
 mod edge_abuse;
 mod edge_security;
 mod federation;
+mod federation_dns;
 mod federation_hub;
 mod federation_kamailio;
 mod federation_limits;

@@ -94,7 +94,7 @@ impl EdgeCore {
         add.extend(msg.values(HeaderName::RecordRoute).map(|r| (HeaderName::RecordRoute, r)));
         let Some((_, bytes)) = self.hide_internal_hops(conn.id, msg, &fed.listen_text, &add, now) else { return };
         bump(&self.estats.federation_relayed);
-        self.out.push(Action::ToPartner { name: target.name.to_string(), addr: target.addr, bytes });
+        self.out.push(Action::ToPartner { name: target.name.to_string(), addr: target.addr.clone(), bytes });
     }
 }
 
@@ -109,7 +109,7 @@ mod tests {
         let member = |d: &str, p: u16| Partner {
             domain: d.into(),
             cert_name: format!("edge.{d}"),
-            addr: a(p),
+            addr: crate::config::PeerAddr::Ip(a(p)),
             limits: PeerLimits::LISTED,
         };
         FederationConfig {
@@ -118,7 +118,7 @@ mod tests {
             partners: vec![member("example.com", 1), member("partner.test", 2), member("third.test", 3)],
             clearinghouses: vec![Clearinghouse {
                 name: "other-hub.test".into(),
-                addr: a(4),
+                addr: crate::config::PeerAddr::Ip(a(4)),
                 domains: vec!["far.test".into()],
                 limits: PeerLimits::LISTED,
             }],
@@ -127,6 +127,8 @@ mod tests {
             unknown_limits: PeerLimits::UNKNOWN,
             message_bytes_max: 65_535,
             clearinghouse: true,
+            dns: Default::default(),
+            partners_file: None,
         }
     }
 

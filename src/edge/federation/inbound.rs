@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use super::super::core::{ConnInfo, EdgeCore};
 use super::super::token;
-use super::{host_lower, may_send_from};
+use super::{discoverable, host_lower, may_send_from};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{Editor, HeaderName, Message, Method, NameAddr};
@@ -26,14 +26,23 @@ fn allowed(m: Method) -> bool {
 impl EdgeCore {
     /// A request from a federated peer: checked, then on to the pool marked as federated.
     pub(in crate::edge) fn from_partner(&mut self, conn: &ConnInfo<'_>, msg: &Message, now: Instant) {
-        let s = Arc::clone(&self.s);
-        let Some(fed) = s.fed.as_ref() else { return };
+        if self.s.fed.is_none() {
+            return;
+        }
         bump(&self.estats.requests_from_partners);
         let method = msg.method().copied().unwrap_or(Method::Other);
         // Before any other check: every request a peer sends counts against its rate (an ACK has no answer).
         if method != Method::Ack && self.partner_over_rate(conn, msg, now) {
             return;
         }
+        self.from_partner_checked(conn, msg, now);
+    }
+
+    /// The rest of [`EdgeCore::from_partner`], after the rate (also for requests replayed after discovery).
+    pub(in crate::edge) fn from_partner_checked(&mut self, conn: &ConnInfo<'_>, msg: &Message, now: Instant) {
+        let s = Arc::clone(&self.s);
+        let Some(fed) = s.fed.as_ref() else { return };
+        let method = msg.method().copied().unwrap_or(Method::Other);
         if !allowed(method) {
             bump(&self.estats.federation_refused);
             self.out.reply(conn.id, msg, 405, "Method Not Allowed");
@@ -57,7 +66,13 @@ impl EdgeCore {
         let (mut from_buf, mut to_buf, mut ruri_buf) = ([0u8; 256], [0u8; 256], [0u8; 256]);
         let from = host_lower(&msg.from().uri, &mut from_buf);
         let to_domain = host_lower(&msg.to().uri, &mut to_buf);
-        if !may_send_from(&table, &fed.domain, conn.names, from) {
+        let discovered = || discoverable(&table, &fed.domain, conn.names, from);
+        if !may_send_from(&table, &fed.domain, conn.names, from) && discovered() {
+            let from = from.to_string();
+            if !self.discovered_may_send(conn, msg, &from, now) {
+                return;
+            }
+        } else if !may_send_from(&table, &fed.domain, conn.names, from) {
             bump(&self.estats.federation_spoofed_from);
             tracing::warn!(peer = %conn.peer, names = ?conn.names, %from, "federated request From a domain the peer does not speak for");
             self.out.reply(conn.id, msg, 403, "Forbidden: From domain not spoken for by this peer");
@@ -139,8 +154,11 @@ impl EdgeCore {
 
     /// The pool's response to a partner's request, on the partner connection's core: our Via off, our internal
     /// Record-Route (a dialog the partner opened) shown at our federation address instead, then back.
-    pub(in crate::edge) fn response_to_partner(&mut self, back: ConnId, msg: &Message) {
+    pub(in crate::edge) fn response_to_partner(&mut self, back: ConnId, msg: &Message, now: Instant) {
         bump(&self.estats.responses_routed);
+        if let Some(status) = msg.status().filter(|s| *s >= 200) {
+            self.discovered_answered(back, status, now);
+        }
         let mut ed = Editor::new(msg);
         ed.pop_via();
         // The route set goes back as one line, however many entries the dialog's peers put in it.

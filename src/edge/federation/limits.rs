@@ -384,12 +384,12 @@ mod tests {
             partners: vec![Partner {
                 domain: "partner.test".into(),
                 cert_name: "edge.partner.test".into(),
-                addr: a,
+                addr: crate::config::PeerAddr::Ip(a),
                 limits: limits(partner_rate),
             }],
             clearinghouses: vec![Clearinghouse {
                 name: "hub.test".into(),
-                addr: a,
+                addr: crate::config::PeerAddr::Ip(a),
                 domains: vec!["*".into()],
                 limits: limits(100),
             }],
@@ -398,6 +398,8 @@ mod tests {
             unknown_limits: limits(1),
             message_bytes_max: 65_535,
             clearinghouse: false,
+            dns: Default::default(),
+            partners_file: None,
         }
     }
 

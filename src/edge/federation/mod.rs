@@ -33,14 +33,16 @@ use crate::config::FederationConfig;
 use crate::net::{tls, Connector};
 use crate::sip::Uri;
 
+pub mod discovery;
 mod hub;
 mod inbound;
 mod limits;
 mod outbound;
 mod table;
+pub mod watch;
 
 pub use limits::Limiter;
-pub use table::{admits, may_send_from, may_speak, route_for, speaks_for, Target};
+pub use table::{admits, discoverable, may_send_from, may_speak, route_for, speaks_for, Target};
 
 /// The user part of the Route with which the pool hands us a request for a foreign domain.
 pub const FED_ROUTE_USER: &[u8] = b"fed";
@@ -59,6 +61,8 @@ pub struct FedSettings {
     pub public_rr: String,
     pub hub_rr: String,
     pub tls: FedTls,
+    /// The DNS resolver thread for partners by name ([`FedSettings::start_resolver`]; None in a reload's copy).
+    pub resolver: Option<crate::net::dns::Resolver>,
 }
 
 /// The TLS configurations federation uses, built from our certificate and the partners' CA; a reload builds them
@@ -107,7 +111,28 @@ impl FedSettings {
             hub_rr: format!("<sip:{}@{listen_text};transport=tls;lr>", hub::HUB_ROUTE_USER),
             listen_text,
             tls: FedTls { server, client, shared_user, partner_verifier },
+            resolver: None,
         })
+    }
+
+    /// Starts the resolver thread with `[edge.federation]`'s DNS settings (the resolver address and bounds need a
+    /// restart to change; a reload keeps this one).
+    pub fn start_resolver(&mut self) -> Result<(), String> {
+        let d = self.cfg.dns;
+        let secs = std::time::Duration::from_secs;
+        let settings = crate::net::dns::Settings {
+            server: d.resolver,
+            bounds: crate::net::dns::Bounds {
+                ttl_min: secs(d.ttl_min_secs),
+                ttl_max: secs(d.ttl_max_secs),
+                grace: secs(d.grace_secs),
+            },
+            timeout: std::time::Duration::from_secs(2),
+        };
+        let r = crate::net::dns::start(settings)?;
+        crate::net::dns::publish(&r);
+        self.resolver = Some(r);
+        Ok(())
     }
 }
 

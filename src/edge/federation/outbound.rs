@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::super::core::{Action, EdgeCore};
 use super::super::token;
-use super::{host_lower, route_for};
+use super::{discoverable, host_lower, route_for};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{HeaderName, Message, Method, NameAddr};
@@ -42,14 +42,17 @@ impl EdgeCore {
             return;
         };
         let Some(table) = self.fed_table.clone() else { return };
-        let Some(target) = route_for(&table, domain) else {
+        let target = route_for(&table, domain);
+        // Discovery: a domain no entry routes goes to the edge its SRV record names (checked by the connector).
+        let discovered = target.is_none() && discoverable(&table, &fed.domain, &[], domain);
+        if target.is_none() && !discovered {
             bump(&self.estats.federation_refused);
             let blocked = table.blocked_domains.iter().any(|b| b == domain);
             let (code, reason) =
                 if blocked { (403, "Forbidden: domain blocked") } else { (404, "Not Found: no federation route") };
             self.out.reply(from, &msg, code, reason);
             return;
-        };
+        }
         // The first Route is the pool's `fed` entry that brought the request here; the rest are the partner's.
         let mut add: Vec<(HeaderName, &[u8])> =
             msg.values(HeaderName::Route).skip(1).map(|r| (HeaderName::Route, r)).collect();
@@ -62,7 +65,10 @@ impl EdgeCore {
             add.push((HeaderName::RecordRoute, rr));
         }
         let Some((_, bytes)) = self.hide_internal_hops(from, &msg, &fed.listen_text, &add, now) else { return };
-        self.out.push(Action::ToPartner { name: target.name.to_string(), addr: target.addr, bytes });
+        match target {
+            Some(t) => self.out.push(Action::ToPartner { name: t.name.to_string(), addr: t.addr.clone(), bytes }),
+            None => self.out.push(Action::ToDiscovered { domain: domain.to_string(), bytes }),
+        }
     }
 
     /// Our Record-Route toward a partner for a dialog a user of ours opens: the flow token of the Record-Route our

@@ -8,9 +8,7 @@
 //! RFC 5922 §7.2 lets match nothing but itself). A peer naming a blocked domain is refused outright, as is one
 //! left with no domain to speak for.
 
-use std::net::SocketAddr;
-
-use crate::config::{FederationConfig, UnknownPeers};
+use crate::config::{FederationConfig, PeerAddr, UnknownPeers};
 use crate::net::identity;
 
 /// Whether a peer with these certificate names is listed (a partner or clearinghouse of `cfg`).
@@ -21,7 +19,22 @@ fn listed(cfg: &FederationConfig, names: &[String]) -> bool {
 
 /// Whether a peer with these certificate names may connect: listed, or admitted as unknown.
 pub fn admits(cfg: &FederationConfig, names: &[String]) -> bool {
-    listed(cfg, names) || (cfg.unknown == UnknownPeers::Limited && !unknown_domains(cfg, names).is_empty())
+    let unknown_ok = cfg.unknown == UnknownPeers::Limited || cfg.dns.discovery;
+    listed(cfg, names) || (unknown_ok && !unknown_domains(cfg, names).is_empty())
+}
+
+/// With discovery on: whether a peer on no list, From `from`, is for DNS to judge (its SRV targets against the
+/// peer's certificate, [`super::discovery`]): not our domain, not blocked, not a domain the table gives to a
+/// partner or clearinghouse (those speak for themselves), and a name that can be an organization's domain.
+pub fn discoverable(cfg: &FederationConfig, own: &str, names: &[String], from: &str) -> bool {
+    let taken = cfg.partners.iter().any(|p| p.domain == from)
+        || cfg.clearinghouses.iter().any(|c| c.domains.iter().any(|d| d == from));
+    cfg.dns.discovery
+        && from != own
+        && !taken
+        && organization_domain(from)
+        && !cfg.blocked_domains.iter().any(|b| b == from)
+        && !listed(cfg, names)
 }
 
 /// The domains an unknown peer with these certificate names speaks for; empty when it names a blocked domain.
@@ -50,7 +63,7 @@ fn organization_domain(name: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target<'a> {
     pub name: &'a str,
-    pub addr: SocketAddr,
+    pub addr: &'a PeerAddr,
 }
 
 /// Domains (lowercase; `*` = any not otherwise configured) a peer with these certificate names may speak for.
@@ -109,13 +122,13 @@ pub fn route_for<'a>(cfg: &'a FederationConfig, domain: &str) -> Option<Target<'
         return None;
     }
     if let Some(p) = cfg.partners.iter().find(|p| p.domain == domain) {
-        return Some(Target { name: &p.cert_name, addr: p.addr });
+        return Some(Target { name: &p.cert_name, addr: &p.addr });
     }
     let hub = |any: bool| {
         cfg.clearinghouses
             .iter()
             .find(|c| c.domains.iter().any(|d| if any { d == "*" } else { d == domain }))
-            .map(|c| Target { name: &c.name, addr: c.addr })
+            .map(|c| Target { name: &c.name, addr: &c.addr })
     };
     hub(false).or_else(|| hub(true))
 }
@@ -124,29 +137,28 @@ pub fn route_for<'a>(cfg: &'a FederationConfig, domain: &str) -> Option<Target<'
 mod tests {
     use super::*;
     use crate::config::{Clearinghouse, Partner, PeerLimits, UnknownPeers};
-    use std::net::SocketAddr;
-
     fn cfg() -> FederationConfig {
-        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let a = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let ip = |p: u16| crate::config::PeerAddr::Ip(a(p));
         FederationConfig {
             listen: Some(a(5065)),
             ca: "ca.pem".into(),
             partners: vec![Partner {
                 domain: "partner.test".into(),
                 cert_name: "edge.partner.test".into(),
-                addr: a(1),
+                addr: ip(1),
                 limits: PeerLimits::LISTED,
             }],
             clearinghouses: vec![
                 Clearinghouse {
                     name: "hub.test".into(),
-                    addr: a(2),
+                    addr: ip(2),
                     domains: vec!["third.test".into()],
                     limits: PeerLimits::LISTED,
                 },
                 Clearinghouse {
                     name: "any.test".into(),
-                    addr: a(3),
+                    addr: ip(3),
                     domains: vec!["*".into()],
                     limits: PeerLimits::LISTED,
                 },
@@ -156,6 +168,8 @@ mod tests {
             unknown_limits: PeerLimits::UNKNOWN,
             message_bytes_max: 65_535,
             clearinghouse: false,
+            dns: Default::default(),
+            partners_file: None,
         }
     }
 
@@ -259,5 +273,25 @@ mod tests {
         let mut direct_only = cfg();
         direct_only.clearinghouses.clear();
         assert_eq!(route_for(&direct_only, "other.test"), None);
+    }
+
+    #[test]
+    fn discovery_leaves_unlisted_domains_to_dns() {
+        let mut c = cfg();
+        let own = "example.com";
+        let stranger = names(&["edge.stranger.test"]);
+        assert!(!admits(&c, &stranger), "off by default");
+        assert!(!discoverable(&c, own, &stranger, "stranger.test"));
+        c.dns.discovery = true;
+        assert!(admits(&c, &stranger), "admitted for DNS to judge, request by request");
+        assert!(discoverable(&c, own, &stranger, "stranger.test"));
+        assert!(!discoverable(&c, own, &stranger, "partner.test"), "a partner's domain speaks for itself");
+        assert!(!discoverable(&c, own, &stranger, "third.test"), "as does a clearinghouse's");
+        assert!(!discoverable(&c, own, &stranger, "evil.test"), "blocked");
+        assert!(!discoverable(&c, own, &stranger, own));
+        assert!(!discoverable(&c, own, &stranger, "localhost"), "no organization's domain");
+        assert!(!discoverable(&c, own, &names(&["edge.partner.test"]), "stranger.test"), "a listed peer is listed");
+        assert!(!admits(&c, &names(&["evil.test"])), "a blocked name is refused outright");
+        assert_eq!(route_for(&c, "stranger.test").map(|t| t.name), Some("any.test"), "a hub for any domain first");
     }
 }
