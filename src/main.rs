@@ -50,6 +50,16 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Check this host and a config before a start: limits, io_uring, ports, clock, certificates, store.
+    Doctor {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Ask a running process (its [mgmt] listener, with the config's token) to reload its federation table.
+    Reload {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Allow/block entries (presence and IM) in the pool's store; a running pool applies them within a second.
     Policy {
         /// The pool's config (its `[pool] database` is used).
@@ -170,9 +180,14 @@ fn main() -> ExitCode {
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)
-            .and_then(|c| c.validate())
+            .and_then(|c| c.validate().and_then(|()| c.check_files()))
             .map(|()| println!("{}: ok", config.display()))
             .map_err(|e| e.to_string()),
+        Cmd::Doctor { config } => parapet::mgmt::doctor::run(&config),
+        Cmd::Reload { config } => parapet::config::Config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| parapet::mgmt::http::call(&c, "POST", "/reload", ""))
+            .map(|body| print!("{body}")),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
         Cmd::Federation { cmd: FederationCmd::Test { domain, config } } => parapet::mgmt::probe::run(&config, &domain),

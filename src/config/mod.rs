@@ -10,11 +10,14 @@
 //! (CPU ids, limit ordering, required files); callers run it once before starting a role.
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
+pub mod certs;
 pub mod devpki;
 pub mod federation;
+pub mod ops;
 mod validate;
 
 pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
+pub use ops::MgmtConfig;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,11 +37,6 @@ pub struct Config {
     pub pool: Option<PoolConfig>,
     /// `[mgmt] listen = "127.0.0.1:5064"`: plain HTTP, `/metrics` (Prometheus text) and `/health`. Off when absent.
     pub mgmt: Option<MgmtConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MgmtConfig {
-    pub listen: SocketAddr,
 }
 
 /// Hard bounds on a single SIP message, enforced by the parser on untrusted input.
@@ -384,13 +382,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     edge: Option<RawEdge>,
     pool: Option<RawPool>,
-    mgmt: Option<RawMgmt>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMgmt {
-    listen: Option<String>,
+    mgmt: Option<ops::RawMgmt>,
 }
 
 #[derive(Deserialize, Default)]
@@ -571,12 +563,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         None => raw.edge.as_ref().map(|_| addr(DEFAULT_EDGE_INTERNAL_LISTEN)),
     };
 
-    let mgmt = match raw.mgmt {
-        None => None,
-        Some(m) => Some(MgmtConfig {
-            listen: parse_addr("mgmt", "listen", m.listen.as_deref().unwrap_or(DEFAULT_MGMT_LISTEN))?,
-        }),
-    };
+    let mgmt = ops::build(raw.mgmt, base_dir)?;
 
     let edge = match raw.edge {
         None => None,

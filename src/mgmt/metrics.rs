@@ -1,12 +1,9 @@
-//! Counters and the management HTTP listener (`/metrics` in Prometheus text format, `/health`: 200 "ok" only while
-//! every core of the process runs).
+//! Counters and their rendering for `/metrics` (Prometheus text format); the listener is [`super::http`].
 //!
 //! Each core owns its counters and is their only writer, so an increment is a relaxed load and store (no
 //! read-modify-write, no lock, no shared cache line between cores). The management thread only reads them.
 //! Cores register a visitor for their counters once at start; that registration is the only lock, off the hot path.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -203,77 +200,7 @@ pub fn render_bans() -> String {
     out
 }
 
-/// Serves `/metrics` and `/health` on a plain thread (never on an executor: scraping must not steal a core's time
-/// slice, and a slow scraper must not hold anything the data path needs).
-pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let listener =
-        TcpListener::bind(addr).map_err(|e| std::io::Error::new(e.kind(), format!("[mgmt] listen {addr}: {e}")))?;
-    std::thread::Builder::new().name("mgmt".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            handle(stream);
-        }
-    })?;
-    Ok(())
-}
-
-type ReloadHook = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
-
-static RELOAD: std::sync::OnceLock<ReloadHook> = std::sync::OnceLock::new();
-
-/// What `POST /reload` runs (set once by the process that has something to reload).
-pub fn on_reload(hook: ReloadHook) {
-    let _ = RELOAD.set(hook);
-}
-
-fn reload() -> (&'static str, &'static str, String) {
-    match RELOAD.get().map(|f| f()) {
-        Some(Ok(summary)) => ("200 OK", "text/plain", format!("{summary}\n")),
-        Some(Err(e)) => ("422 Unprocessable Entity", "text/plain", format!("{e}\n")),
-        None => ("404 Not Found", "text/plain", "nothing to reload in this process\n".to_string()),
-    }
-}
-
-fn handle(mut stream: std::net::TcpStream) {
-    let mut buf = [0u8; 2048];
-    let n = stream.read(&mut buf).unwrap_or(0);
-    let head = buf.get(..n).unwrap_or(&[]);
-    let path = head.split(|b| *b == b' ').nth(1).unwrap_or(b"");
-    let post = head.starts_with(b"POST ");
-    let (status, ctype, body) = match path {
-        b"/reload" if post => reload(),
-        b"/reload" => ("405 Method Not Allowed", "text/plain", "use POST /reload\n".to_string()),
-        b"/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
-        // 503 when a core of this process stopped or stopped beating: an orchestrator's probe must see it.
-        b"/health" => match crate::shard::watch::health() {
-            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-        },
-        b"/bans" => ("200 OK", "text/plain", render_bans()),
-        #[cfg(debug_assertions)]
-        p if post && p.starts_with(b"/debug/panic?core=") => debug_panic(p),
-        _ => ("404 Not Found", "text/plain", "try /metrics, /health, /bans or POST /reload\n".to_string()),
-    };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
-/// Debug builds only: `POST /debug/panic?core=N` kills core N (see [`crate::shard::watch::request_panic`]).
-#[cfg(debug_assertions)]
-fn debug_panic(path: &[u8]) -> (&'static str, &'static str, String) {
-    let core = path.strip_prefix(b"/debug/panic?core=").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-    match core {
-        Some(id) => {
-            crate::shard::watch::request_panic(id);
-            ("200 OK", "text/plain", format!("core {id} will panic within a second (debug build)\n"))
-        }
-        None => ("400 Bad Request", "text/plain", "use POST /debug/panic?core=N\n".to_string()),
-    }
-}
+pub use super::http::on_reload;
 
 #[cfg(test)]
 mod tests {

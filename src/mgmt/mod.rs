@@ -2,8 +2,11 @@
 //! (`up`: PKI, demo users, configs, and one edge and one pool as child processes, restarted when they die:
 //! `supervise`).
 
+pub mod doctor;
+pub mod http;
 pub mod metrics;
 pub mod probe;
+pub mod ready;
 pub mod run;
 pub mod supervise;
 pub mod up;

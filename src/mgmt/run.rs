@@ -65,6 +65,7 @@ pub fn init_logging(filter: &str) {
 pub fn run(config_path: &Path) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
     cfg.validate().map_err(|e| e.to_string())?;
+    cfg.check_files().map_err(|e| e.to_string())?;
     init_logging(&cfg.log);
     // Before any thread starts: a panic anywhere ends the process (a supervisor restarts it), see shard::watch.
     crate::shard::watch::exit_on_panic();
@@ -74,7 +75,9 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     let executors = cfg.edge.as_ref().map_or(0, |e| e.cores.len()) + cfg.pool.as_ref().map_or(0, |p| p.cores.len());
     let io_memory = crate::shard::io_memory_per_executor(executors, share)?;
     if let Some(m) = &cfg.mgmt {
-        crate::mgmt::metrics::serve(m.listen).map_err(|e| e.to_string())?;
+        let token = m.token().map_err(|e| e.to_string())?;
+        crate::mgmt::http::serve(m.listen, token).map_err(|e| e.to_string())?;
+        crate::mgmt::ready::register_for(&cfg);
     }
     if cfg.edge.as_ref().is_some_and(|e| e.federation.is_some()) {
         let path = config_path.to_path_buf();

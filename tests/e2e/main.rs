@@ -5,6 +5,7 @@
 
 mod pjsua;
 mod support;
+mod support_ops;
 
 mod challenges;
 mod core_death;
@@ -23,6 +24,7 @@ mod interop_linphone;
 mod interop_pjsip;
 mod lifecycle;
 mod malformed;
+mod ops;
 mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;

@@ -1,0 +1,132 @@
+//! `/health` (liveness: restart me if this fails) and `/ready` (readiness: send me traffic only if this holds),
+//! each with its reasons in the body, one line per check: `ok <check>: <detail>` or `FAIL <check>: <why>`.
+//!
+//! Liveness is every core of the process running and beating ([`crate::shard::watch::health`]). Readiness adds
+//! what the role needs from outside itself, checked when asked (on the management thread, each check bounded by
+//! a short timeout): the edge — its pool accepting connections; the pool — its store answering; both — not
+//! draining, certificates not expiring within `[mgmt] cert_min_days`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::http::Response;
+use crate::config::certs;
+use crate::config::Config;
+
+/// How long one readiness check may take (a load balancer's probe times out after a few seconds).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A readiness check: Ok(detail) or Err(why not).
+pub type Check = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+fn checks() -> &'static Mutex<Vec<(String, Check)>> {
+    static CHECKS: Mutex<Vec<(String, Check)>> = Mutex::new(Vec::new());
+    &CHECKS
+}
+
+/// Adds a readiness check of this process.
+pub fn add(name: impl Into<String>, check: Check) {
+    if let Ok(mut c) = checks().lock() {
+        c.push((name.into(), check));
+    }
+}
+
+pub fn health_response() -> Response {
+    match crate::shard::watch::health() {
+        Ok(()) => Response::ok("ok\n"),
+        Err(why) => Response::text("503 Service Unavailable", format!("{why}\n")),
+    }
+}
+
+/// Runs every check; the body lists them all (not only the first failure: an operator fixes them in one go).
+pub fn ready_response() -> Response {
+    let mut lines = Vec::new();
+    let mut ready = true;
+    let mut line = |name: &str, r: Result<String, String>| match r {
+        Ok(detail) => lines.push(format!("ok {name}: {detail}")),
+        Err(why) => {
+            ready = false;
+            lines.push(format!("FAIL {name}: {why}"));
+        }
+    };
+    line("cores", crate::shard::watch::health().map(|()| "every core running".to_string()));
+    line("draining", if crate::shard::draining() { Err("stopping: draining".into()) } else { Ok("no".into()) });
+    if let Ok(c) = checks().lock() {
+        for (name, check) in c.iter() {
+            line(name, check());
+        }
+    }
+    let body = lines.join("\n") + "\n";
+    if ready {
+        Response::ok(body)
+    } else {
+        Response::text("503 Service Unavailable", body)
+    }
+}
+
+/// Registers the checks the roles of `cfg` need.
+pub fn register_for(cfg: &Config) {
+    let min_days = cfg.mgmt.as_ref().map_or(crate::config::ops::DEFAULT_CERT_MIN_DAYS, |m| m.cert_min_days);
+    if let Some(e) = &cfg.edge {
+        let (name, addr) = (e.pool.name.clone(), e.pool.addr);
+        add("pool reachable", Box::new(move || reachable(&name, addr)));
+        let cert = e.cert.clone();
+        add("edge certificate", Box::new(move || cert_fresh("[edge] cert", &cert, min_days)));
+    }
+    if let Some(p) = &cfg.pool {
+        let database = p.database.clone();
+        let store: Mutex<Option<crate::store::sqlite::SqliteStore>> = Mutex::new(None);
+        add("store reachable", Box::new(move || store_answers(&store, &database)));
+        let cert = p.cert.clone();
+        add("pool certificate", Box::new(move || cert_fresh("[pool] cert", &cert, min_days)));
+    }
+}
+
+/// The pool accepts connections at its address. A plain TCP connect, closed at once: the listener counts such a
+/// connection as abandoned before its handshake and logs nothing at info level.
+fn reachable(name: &str, addr: SocketAddr) -> Result<String, String> {
+    match TcpStream::connect_timeout(&addr, CHECK_TIMEOUT) {
+        Ok(_) => Ok(format!("{name} at {addr} accepts connections")),
+        Err(e) => Err(format!("{name} at {addr} unreachable: {e}")),
+    }
+}
+
+fn cert_fresh(key: &str, path: &Path, min_days: u32) -> Result<String, String> {
+    let certs = certs::load_certs(key, path).map_err(|e| e.to_string())?;
+    let der = certs.first().ok_or_else(|| format!("{key}: {} holds no certificate", path.display()))?;
+    let not_after =
+        certs::not_after(der.as_ref()).ok_or_else(|| format!("{key}: {}: cannot read its validity", path.display()))?;
+    let days = certs::CertInfo { not_after_unix: not_after }.days_left(certs::now_unix());
+    if days < i64::from(min_days) {
+        Err(format!("{} expires in {days} day(s), under [mgmt] cert_min_days = {min_days}: renew it", path.display()))
+    } else {
+        Ok(format!("{days} days left"))
+    }
+}
+
+/// The store answers a query (through the [`crate::store::Store`] interface, on a connection of this thread's
+/// own, reopened after a failure).
+fn store_answers(
+    store: &Mutex<Option<crate::store::sqlite::SqliteStore>>,
+    database: &Path,
+) -> Result<String, String> {
+    use crate::store::Store;
+    let mut guard = store.lock().map_err(|_| "store check unavailable".to_string())?;
+    if guard.is_none() {
+        if !database.exists() {
+            return Err(format!("{} does not exist", database.display()));
+        }
+        *guard = Some(crate::store::sqlite::SqliteStore::open(database).map_err(|e| e.to_string())?);
+    }
+    let result = guard.as_mut().map(|s| s.changed_elsewhere());
+    match result {
+        Some(Ok(_)) => Ok(format!("{} answers", database.display())),
+        Some(Err(e)) => {
+            *guard = None;
+            Err(e.to_string())
+        }
+        None => Err("store not open".into()),
+    }
+}

@@ -1,0 +1,229 @@
+//! Operations, as an operator meets them: readiness that follows the pool, a management API that wants its token
+//! off loopback, `doctor` and `check-config` naming what to change, administration refusing unknown users.
+
+use std::fs;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::support::Appliance;
+use crate::support_ops::{http, http_at, parapet, wait_for, Role};
+
+/// Long enough for a debug build to start on a loaded 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How soon `/ready` must notice the pool is gone (each check is bounded by 1 s; the test polls).
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `/ready` of the edge is 200 while the pool runs, 503 naming the pool once it is killed (while `/health` stays
+/// 200: the edge itself is fine), and 200 again once the pool is back. The pool's own probes log no handshake
+/// failures.
+#[test]
+fn ops_ready_follows_the_pool() {
+    let app = Appliance::prepare("ops-ready", &[]);
+    app.wait_ports_released();
+    let mut pool = Role::start(&app, "pool", "pool.toml");
+    let _edge = Role::start(&app, "edge", "edge.toml");
+    let edge_mgmt = app.port_base + 3;
+    let ready = |want: u16, needle: &'static str| {
+        move || match http(edge_mgmt, "GET", "/ready", None) {
+            Ok((code, body)) if code == want && body.contains(needle) => Ok(body),
+            Ok((code, body)) => Err(format!("{code}\n{body}")),
+            Err(e) => Err(e),
+        }
+    };
+    let body = wait_for(&app, "edge /ready 200", START_TIMEOUT, ready(200, "ok pool reachable"));
+    eprintln!("ready with the pool up:\n{body}");
+    for line in ["ok cores", "ok draining", "ok edge certificate"] {
+        assert!(body.contains(line), "/ready lacks {line:?}:\n{body}");
+    }
+    let pool_ready =
+        wait_for(&app, "pool /ready 200", START_TIMEOUT, || match http(app.port_base + 4, "GET", "/ready", None) {
+            Ok((200, b)) => Ok(b),
+            Ok((c, b)) => Err(format!("{c}\n{b}")),
+            Err(e) => Err(e),
+        });
+    assert!(pool_ready.contains("ok store reachable"), "pool /ready:\n{pool_ready}");
+
+    pool.kill();
+    let killed = Instant::now();
+    let body = wait_for(&app, "edge /ready 503 after the pool died", NOTICE_TIMEOUT, ready(503, "FAIL pool reachable"));
+    eprintln!("{:?} after the kill:\n{body}", killed.elapsed());
+    match http(edge_mgmt, "GET", "/health", None) {
+        Ok((200, _)) => {}
+        other => app.fail(&format!("/health of the edge (alive, only not ready) answered {other:?}")),
+    }
+
+    if let Err(e) =
+        parapet::net::listener::ensure_port_free(SocketAddr::from(([127, 0, 0, 1], app.port_base + 1)), "pool")
+    {
+        app.fail(&format!("the killed pool's port: {e}"));
+    }
+    let pool2 = Role::start(&app, "pool", "pool.toml");
+    let body =
+        wait_for(&app, "edge /ready 200 after the pool returned", START_TIMEOUT, ready(200, "ok pool reachable"));
+    eprintln!("ready again:\n{body}");
+    for (role, log) in [("pool", &pool.log), ("restarted pool", &pool2.log)] {
+        let text = log.last(400);
+        assert!(
+            !text.contains("TLS handshake failed"),
+            "{role} logged handshake failures for /ready's probes:\n{text}"
+        );
+    }
+}
+
+/// A non-loopback address of this host, when it has one (the address a packet to TEST-NET would leave from; no
+/// packet is sent).
+fn local_non_loopback() -> Option<std::net::IpAddr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Bound to 0.0.0.0 the management listener refuses to start without a token; with one, every route but
+/// /health, /ready and /metrics answers 401 without it and 403 with a wrong one, /reload and the debug routes
+/// included; `parapet reload` sends the token from the config.
+#[test]
+fn ops_mgmt_token_required_off_loopback() {
+    let app = Appliance::prepare("ops-token", &[]);
+    let mgmt = app.port_base + 3;
+    let edge_toml = app.data_dir.join("edge.toml");
+    let text = fs::read_to_string(&edge_toml).unwrap_or_else(|e| app.fail(&format!("read edge.toml: {e}")));
+    let loopback = format!("[mgmt]\nlisten = \"127.0.0.1:{mgmt}\"");
+    assert!(text.contains(&loopback), "edge.toml has no {loopback:?}:\n{text}");
+    let open = text.replace(&loopback, &format!("[mgmt]\nlisten = \"0.0.0.0:{mgmt}\""));
+    fs::write(&edge_toml, &open).unwrap_or_else(|e| app.fail(&format!("write edge.toml: {e}")));
+    let dir = app.data_dir.clone();
+    let (ok, out) = parapet(&dir, &["check-config", "-c", "edge.toml"], None);
+    assert!(!ok && out.contains("[mgmt] token_file") && out.contains("0.0.0.0"), "check-config:\n{out}");
+    let (ok, out) = parapet(&dir, &["run", "-c", "edge.toml"], None);
+    assert!(!ok && out.contains("[mgmt] token_file"), "run without a token must refuse to start:\n{out}");
+
+    let token = "s3cret-token-of-the-ops-test-0123456789";
+    fs::write(dir.join("mgmt.token"), format!("{token}\n")).unwrap_or_else(|e| app.fail(&format!("token: {e}")));
+    let with_token = open.replace(
+        &format!("listen = \"0.0.0.0:{mgmt}\""),
+        &format!("listen = \"0.0.0.0:{mgmt}\"\ntoken_file = \"mgmt.token\""),
+    );
+    fs::write(&edge_toml, &with_token).unwrap_or_else(|e| app.fail(&format!("write edge.toml: {e}")));
+    let (ok, out) = parapet(&dir, &["check-config", "-c", "edge.toml"], None);
+    assert!(ok, "check-config with a token:\n{out}");
+
+    app.wait_ports_released();
+    let _pool = Role::start(&app, "pool", "pool.toml");
+    let _edge = Role::start(&app, "edge", "edge.toml");
+    wait_for(&app, "edge /ready", START_TIMEOUT, || match http(mgmt, "GET", "/ready", None) {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let mut targets = vec![SocketAddr::from(([127, 0, 0, 1], mgmt))];
+    match local_non_loopback() {
+        Some(ip) => targets.push(SocketAddr::new(ip, mgmt)),
+        None => eprintln!("this host has no non-loopback address: checking through 127.0.0.1 only"),
+    }
+    for at in targets {
+        let call = |method: &str, path: &str, token: Option<&str>| {
+            http_at(at, method, path, token).unwrap_or_else(|e| app.fail(&format!("{method} {path} at {at}: {e}")))
+        };
+        for path in ["/health", "/ready", "/metrics"] {
+            assert_eq!(call("GET", path, None).0, 200, "{path} at {at} is open to probes and scrapers");
+        }
+        let mut refused = vec![("GET", "/bans"), ("POST", "/reload"), ("GET", "/no-such-route")];
+        if cfg!(debug_assertions) {
+            refused.push(("POST", "/debug/panic?core=99"));
+        }
+        for (method, path) in refused {
+            let (code, body) = call(method, path, None);
+            assert_eq!(code, 401, "{method} {path} at {at} without a token: {body}");
+            let (code, body) = call(method, path, Some("wrong-token-wrong-token"));
+            assert_eq!(code, 403, "{method} {path} at {at} with a wrong token: {body}");
+        }
+        let (code, body) = call("GET", "/bans", Some(token));
+        assert_eq!(code, 200, "/bans with the token: {body}");
+        let (code, body) = call("POST", "/reload", Some(token));
+        assert_eq!(code, 200, "/reload with the token: {body}");
+        eprintln!("{at}: open routes 200, others 401/403 without/with a wrong token, 200 with it");
+    }
+    let (ok, out) = parapet(&dir, &["reload", "-c", "edge.toml"], None);
+    assert!(ok, "`parapet reload` (token from the config):\n{out}");
+    eprintln!("parapet reload: {}", out.trim());
+}
+
+/// `doctor` under a lowered memlock limit names the limit and exits non-zero; the pool started under the same
+/// limit fails at once with the same words instead of hanging after "directory loaded".
+#[test]
+fn ops_doctor_and_start_name_a_low_memlock() {
+    let app = Appliance::prepare("ops-doctor", &[]);
+    app.wait_ports_released();
+    let dir = app.data_dir.clone();
+    let (ok, out) = parapet(&dir, &["doctor", "-c", "pool.toml"], None);
+    eprintln!("doctor, host as it is:\n{out}");
+    assert!(out.contains("ok   memlock") && out.contains("ok   io_uring ring"), "doctor:\n{out}");
+    assert!(ok, "doctor on this host with the pool's config should pass:\n{out}");
+
+    let low: &[&str] = &["prlimit", "--memlock=262144:262144", "--"];
+    let (ok, out) = parapet(&dir, &["doctor", "-c", "pool.toml"], Some(low));
+    eprintln!("doctor, memlock 256 KiB:\n{out}");
+    assert!(!ok, "doctor must exit non-zero:\n{out}");
+    assert!(out.contains("FAIL memlock: RLIMIT_MEMLOCK is 256 KiB") && out.contains("LimitMEMLOCK="), "{out}");
+
+    let started = Instant::now();
+    let (ok, out) = parapet(&dir, &["run", "-c", "pool.toml"], Some(low));
+    assert!(!ok && !out.contains("timed out after"), "the pool must fail, not hang:\n{out}");
+    assert!(out.contains("RLIMIT_MEMLOCK is 256 KiB"), "the pool's start names the limit:\n{out}");
+    eprintln!("pool under 256 KiB memlock failed in {:?}: {}", started.elapsed(), out.trim());
+}
+
+/// `check-config` refuses each broken config, naming the key: a missing certificate file, the certificate given
+/// as the key, the key given as the certificate, a key of another certificate, no roles at all.
+#[test]
+fn ops_check_config_names_the_key() {
+    let app = Appliance::prepare("ops-check", &[]);
+    let dir = app.data_dir.clone();
+    let edge = fs::read_to_string(dir.join("edge.toml")).unwrap_or_else(|e| app.fail(&format!("edge.toml: {e}")));
+    let (ok, out) = parapet(&dir, &["check-config", "-c", "edge.toml"], None);
+    assert!(ok && out.contains("ok"), "the generated config is good:\n{out}");
+    let cert_line = "cert = \"pki/edge.pem\"";
+    let key_line = "key = \"pki/edge.key\"";
+    assert!(edge.contains(cert_line) && edge.contains(key_line), "edge.toml:\n{edge}");
+    let cases = [
+        ("missing cert", edge.replace(cert_line, "cert = \"pki/missing.pem\""), "[edge] cert", "cannot read"),
+        (
+            "cert as key",
+            edge.replace(key_line, "key = \"pki/edge.pem\""),
+            "[edge] key",
+            "certificate, not a private key",
+        ),
+        (
+            "key as cert",
+            edge.replace(cert_line, "cert = \"pki/edge.key\""),
+            "[edge] cert",
+            "private key, not a certificate",
+        ),
+        ("other key", edge.replace(key_line, "key = \"pki/pool.key\""), "[edge] key", "does not belong"),
+        ("no roles", "domain = \"example.com\"\n".to_string(), "[edge] / [pool]", "no role"),
+    ];
+    for (name, text, key, why) in cases {
+        let file = format!("bad-{}.toml", name.replace(' ', "-"));
+        fs::write(dir.join(&file), text).unwrap_or_else(|e| app.fail(&format!("{file}: {e}")));
+        let (ok, out) = parapet(&dir, &["check-config", "-c", &file], None);
+        eprintln!("{name}: {}", out.trim());
+        assert!(!ok, "{name}: check-config accepted it:\n{out}");
+        assert!(out.contains(key) && out.contains(why), "{name}: expected {key:?} and {why:?} in:\n{out}");
+    }
+}
+
+/// Administration refuses a user the directory does not have, naming them; a real user still works.
+#[test]
+fn ops_policy_refuses_unknown_users() {
+    let app = Appliance::prepare("ops-policy", &[]);
+    let dir = app.data_dir.clone();
+    let (ok, out) =
+        parapet(&dir, &["policy", "-c", "pool.toml", "set", "nosuchuser", "*", "--presence", "block"], None);
+    assert!(!ok && out.contains("nosuchuser@example.com") && out.contains("no user"), "policy set nosuchuser:\n{out}");
+    let (ok, out) = parapet(&dir, &["contacts", "-c", "pool.toml", "add", "nosuchuser", "bob"], None);
+    assert!(!ok && out.contains("nosuchuser@example.com"), "contacts add nosuchuser:\n{out}");
+    let (ok, out) = parapet(&dir, &["policy", "-c", "pool.toml", "set", "alice", "*", "--presence", "block"], None);
+    assert!(ok && out.contains("alice@example.com"), "policy set alice:\n{out}");
+    let (ok, out) = parapet(&dir, &["policy", "-c", "pool.toml", "list", "alice"], None);
+    assert!(ok && out.contains("alice@example.com\t*\tblock"), "policy list alice:\n{out}");
+}
