@@ -66,8 +66,56 @@ pub fn ready_response() -> Response {
     }
 }
 
-/// Registers the checks the roles of `cfg` need.
+/// Registers the checks the roles of `cfg` need, and their outcome as `/metrics` families (run at each scrape):
+/// `parapet_ready_check{check}` (1 ok, 0 failing) and `parapet_certificate_not_after_seconds{key}`, what the
+/// alert rules in `tuning/prometheus/` watch.
 pub fn register_for(cfg: &Config) {
+    register_checks(cfg);
+    let mut certs_of_roles = Vec::new();
+    if let Some(e) = &cfg.edge {
+        certs_of_roles.push(("[edge] cert", e.cert.clone()));
+    }
+    if let Some(p) = &cfg.pool {
+        certs_of_roles.push(("[pool] cert", p.cert.clone()));
+    }
+    crate::mgmt::metrics::register_labelled(
+        "readiness",
+        Box::new(move |f| {
+            use crate::mgmt::metrics::Labelled;
+            let mut one = |check: &str, ok: bool| {
+                f(Labelled {
+                    family: "parapet_ready_check",
+                    help: "1 while a readiness check of this process passes, 0 while it fails (a gauge; see /ready)",
+                    gauge: true,
+                    labels: &[("check", check)],
+                    value: u64::from(ok),
+                })
+            };
+            one("cores", crate::shard::watch::health().is_ok());
+            one("draining", !crate::shard::draining());
+            if let Ok(c) = checks().lock() {
+                for (name, check) in c.iter() {
+                    one(name, check().is_ok());
+                }
+            }
+            for (key, path) in &certs_of_roles {
+                let not_after = certs::load_certs(key, path)
+                    .ok()
+                    .and_then(|c| c.first().and_then(|d| certs::not_after(d.as_ref())))
+                    .unwrap_or(0);
+                f(Labelled {
+                    family: "parapet_certificate_not_after_seconds",
+                    help: "End of validity of a certificate this process serves with, unix seconds (a gauge)",
+                    gauge: true,
+                    labels: &[("key", key)],
+                    value: u64::try_from(not_after).unwrap_or(0),
+                });
+            }
+        }),
+    );
+}
+
+fn register_checks(cfg: &Config) {
     let min_days = cfg.mgmt.as_ref().map_or(crate::config::ops::DEFAULT_CERT_MIN_DAYS, |m| m.cert_min_days);
     if let Some(e) = &cfg.edge {
         let (name, addr) = (e.pool.name.clone(), e.pool.addr);
@@ -108,10 +156,7 @@ fn cert_fresh(key: &str, path: &Path, min_days: u32) -> Result<String, String> {
 
 /// The store answers a query (through the [`crate::store::Store`] interface, on a connection of this thread's
 /// own, reopened after a failure).
-fn store_answers(
-    store: &Mutex<Option<crate::store::sqlite::SqliteStore>>,
-    database: &Path,
-) -> Result<String, String> {
+fn store_answers(store: &Mutex<Option<crate::store::sqlite::SqliteStore>>, database: &Path) -> Result<String, String> {
     use crate::store::Store;
     let mut guard = store.lock().map_err(|_| "store check unavailable".to_string())?;
     if guard.is_none() {

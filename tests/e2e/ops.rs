@@ -227,3 +227,117 @@ fn ops_policy_refuses_unknown_users() {
     let (ok, out) = parapet(&dir, &["policy", "-c", "pool.toml", "list", "alice"], None);
     assert!(ok && out.contains("alice@example.com\t*\tblock"), "policy list alice:\n{out}");
 }
+
+/// Metric names a text mentions (`parapet_...`), with a histogram's `_bucket`/`_sum`/`_count` taken as its family.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("parapet_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        out.insert(family.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// `promtool check metrics` on a scrape: Ok or what it said.
+fn promtool_check_metrics(promtool: &std::path::Path, scrape: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("promtool stdin")?;
+    let text = scrape.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let out = child.wait_with_output().map_err(|e| format!("promtool: {e}"))?;
+    let _ = writer.join();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("promtool check metrics ({}):\n{said}", out.status))
+    }
+}
+
+/// The alert rules pass `promtool check rules`; real scrapes of an edge and a pool pass `promtool check metrics`
+/// with HELP and TYPE on every family, per-partner and per-cause labels present; every metric the rules and the
+/// Grafana dashboard name is one the scrapes have.
+#[test]
+fn ops_prometheus_rules_dashboard_and_scrape() {
+    let promtool = crate::support::apt_installed("/usr/bin/promtool", &["prometheus"]);
+    let rules = crate::support::repo_root().join("tuning/prometheus/parapet-alerts.yml");
+    let dashboard = crate::support::repo_root().join("tuning/grafana/parapet-dashboard.json");
+    let out = crate::support::run_bounded(
+        std::process::Command::new(&promtool).arg("check").arg("rules").arg(&rules),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("promtool check rules:\n{e}"));
+    assert!(out.contains("SUCCESS"), "promtool check rules:\n{out}");
+
+    let app = Appliance::start("ops-prometheus");
+    let scrape = |port: u16| match http(port, "GET", "/metrics", None) {
+        Ok((200, body)) => body,
+        other => app.fail(&format!("/metrics on {port}: {other:?}")),
+    };
+    let (edge, pool) = (scrape(app.port_base + 3), scrape(app.port_base + 4));
+    for (role, text) in [("edge", &edge), ("pool", &pool)] {
+        if let Err(e) = promtool_check_metrics(&promtool, text) {
+            app.fail(&format!("{role} scrape: {e}"));
+        }
+        let helped: std::collections::BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()).collect();
+        let typed: std::collections::BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        for fam in metric_names(&text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")) {
+            assert!(helped.contains(fam.as_str()) && typed.contains(fam.as_str()), "{role}: {fam} lacks HELP or TYPE");
+        }
+    }
+    for needle in [
+        "parapet_edge_partner_requests_total{partner=\"edge.partner.test\"}",
+        "parapet_edge_partner_connections{partner=\"edge.other.test\"}",
+        "parapet_edge_refused_total{core=\"0\",cause=\"flood_rate\"}",
+        "parapet_ready_check{check=\"pool reachable\"} 1",
+        "parapet_certificate_not_after_seconds{key=\"[edge] cert\"}",
+    ] {
+        assert!(edge.contains(needle), "edge scrape lacks {needle}");
+    }
+    assert!(pool.contains("parapet_ready_check{check=\"store reachable\"} 1"), "pool scrape lacks its store check");
+
+    let exported = metric_names(&format!("{edge}\n{pool}"));
+    let rules_text = fs::read_to_string(&rules).unwrap_or_else(|e| panic!("{}: {e}", rules.display()));
+    for name in metric_names(&rules_text) {
+        assert!(exported.contains(&name), "alert rules name {name}, which no scrape exports");
+    }
+    let json: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(&dashboard).unwrap_or_else(|e| panic!("{}: {e}", dashboard.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: not JSON: {e}", dashboard.display()));
+    assert!(json["title"].is_string() && json["schemaVersion"].is_u64(), "dashboard: title and schemaVersion");
+    let panels = json["panels"].as_array().unwrap_or_else(|| panic!("dashboard: no panels"));
+    let mut exprs = 0;
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or_else(|| panic!("a panel without a title: {p}"));
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {title:?}: no targets"));
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap_or_else(|| panic!("panel {title:?}: a target without expr"));
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "panel {title:?}: {expr} names no parapet metric");
+            for name in names {
+                assert!(exported.contains(&name), "panel {title:?} queries {name}, which no scrape exports");
+            }
+            exprs += 1;
+        }
+    }
+    eprintln!(
+        "rules ok; edge and pool scrapes pass promtool; {} panels, {exprs} queries, all on exported metrics",
+        panels.len()
+    );
+}
