@@ -32,6 +32,8 @@ pub struct Config {
     pub domain: String,
     /// Log filter passed to the tracing subscriber.
     pub log: String,
+    /// `log_format = "text"` (default) or `"json"` (one JSON object per line, for log collectors).
+    pub log_format: ops::LogFormat,
     pub limits: SipLimits,
     pub edge: Option<EdgeConfig>,
     pub pool: Option<PoolConfig>,
@@ -305,6 +307,7 @@ impl Default for Config {
         Config {
             domain: DEFAULT_DOMAIN.into(),
             log: "info".into(),
+            log_format: ops::LogFormat::Text,
             limits: SipLimits::default(),
             edge: None,
             pool: None,
@@ -379,6 +382,7 @@ impl Default for PoolConfig {
 struct RawConfig {
     domain: Option<String>,
     log: Option<String>,
+    log_format: Option<String>,
     limits: Option<RawLimits>,
     edge: Option<RawEdge>,
     pool: Option<RawPool>,
@@ -693,7 +697,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         }
     };
 
-    Ok(Config { domain, log, limits, edge, pool, mgmt })
+    let log_format = ops::log_format(raw.log_format.as_deref())?;
+    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

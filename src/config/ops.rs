@@ -12,6 +12,23 @@ use super::{invalid, parse_addr, resolve, ConfigError, DEFAULT_MGMT_LISTEN};
 /// Days of validity a certificate must have left for `/ready` to say ready (and `doctor` to say ok).
 pub const DEFAULT_CERT_MIN_DAYS: u32 = 14;
 
+/// How log lines are written (top-level `log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, fields, message.
+    Json,
+}
+
+pub(super) fn log_format(raw: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match raw.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(invalid("log_format", format!("{other:?}: expected \"text\" or \"json\""))),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MgmtConfig {
     pub listen: SocketAddr,

@@ -116,6 +116,16 @@ pub fn register_for(cfg: &Config) {
 }
 
 fn register_checks(cfg: &Config) {
+    // Cores beat before their listeners are bound: ready means the ports accept.
+    let mut own = Vec::new();
+    if let Some(e) = &cfg.edge {
+        own.extend([e.listen, e.internal_listen]);
+        own.extend(e.federation.as_ref().and_then(|f| f.listen));
+    }
+    if let Some(p) = &cfg.pool {
+        own.push(p.listen);
+    }
+    add("listening", Box::new(move || listening(&own)));
     let min_days = cfg.mgmt.as_ref().map_or(crate::config::ops::DEFAULT_CERT_MIN_DAYS, |m| m.cert_min_days);
     if let Some(e) = &cfg.edge {
         let (name, addr) = (e.pool.name.clone(), e.pool.addr);
@@ -130,6 +140,19 @@ fn register_checks(cfg: &Config) {
         let cert = p.cert.clone();
         add("pool certificate", Box::new(move || cert_fresh("[pool] cert", &cert, min_days)));
     }
+}
+
+/// Every listener of this process accepts connections (a wildcard address is tried on loopback).
+fn listening(addrs: &[SocketAddr]) -> Result<String, String> {
+    for a in addrs {
+        let mut to = *a;
+        if to.ip().is_unspecified() {
+            to.set_ip(if to.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        }
+        TcpStream::connect_timeout(&to, CHECK_TIMEOUT).map_err(|e| format!("{a} does not accept connections: {e}"))?;
+    }
+    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    Ok(list.join(", "))
 }
 
 /// The pool accepts connections at its address. A plain TCP connect, closed at once: the listener counts such a

@@ -47,9 +47,21 @@ pub fn signals() -> libc::sigset_t {
 }
 
 pub fn init_logging(filter: &str) {
+    init_logging_as(filter, crate::config::ops::LogFormat::Text);
+}
+
+/// Logging to stderr, as text or (`log_format = "json"`) one JSON object per line.
+pub fn init_logging_as(filter: &str, format: crate::config::ops::LogFormat) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let targets: Targets = filter.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    if format == crate::config::ops::LogFormat::Json {
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(false))
+            .with(targets)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -66,7 +78,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
     cfg.validate().map_err(|e| e.to_string())?;
     cfg.check_files().map_err(|e| e.to_string())?;
-    init_logging(&cfg.log);
+    init_logging_as(&cfg.log, cfg.log_format);
     // Before any thread starts: a panic anywhere ends the process (a supervisor restarts it), see shard::watch.
     crate::shard::watch::exit_on_panic();
     crate::net::tls::install_provider();
@@ -99,7 +111,12 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             break;
         }
         if sig == libc::SIGHUP {
-            let _ = reload(config_path);
+            if cfg.edge.as_ref().is_some_and(|e| e.federation.is_some()) {
+                let _ = reload(config_path);
+            } else {
+                // The pool reads policies and contacts from the store as they change: nothing to read again.
+                tracing::info!("SIGHUP: nothing to reload in this process");
+            }
         }
     }
     tracing::info!("stopping: draining transactions in flight, then closing connections");

@@ -132,7 +132,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, spec: ListenSpec, handle
         };
         bump(&handler.stats().accepted);
         if handler.table().borrow().len() >= spec.connections_max {
-            tracing::warn!(addr = %spec.addr, "connection limit reached: refusing");
+            crate::warn_limited!(addr = %spec.addr, "connection limit reached: refusing");
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -177,7 +177,7 @@ async fn handshake_and_drive<H: Handler>(
         }
         Some(Err(e)) => {
             bump(&handler.stats().handshakes_failed);
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            crate::info_limited!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         None => {

@@ -341,3 +341,121 @@ fn ops_prometheus_rules_dashboard_and_scrape() {
         panels.len()
     );
 }
+
+/// The systemd units in tuning/systemd/ carry reload, hardening and limits, and `systemd-analyze verify` accepts
+/// them without a warning (their ExecStart pointed at the binary under test); a broken copy is reported, so the
+/// check does check.
+#[test]
+fn ops_systemd_units_verify() {
+    let analyze = crate::support::apt_installed("/usr/bin/systemd-analyze", &["systemd"]);
+    let dir = crate::support::scratch_dir("ops-systemd");
+    let bin = crate::support::parapet_bin();
+    let mut units = Vec::new();
+    for role in ["edge", "pool"] {
+        let src = crate::support::repo_root().join(format!("tuning/systemd/parapet-{role}.service"));
+        let text = fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        for directive in [
+            "ExecReload=",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=",
+            "LimitMEMLOCK=",
+            "LimitNOFILE=",
+            "Restart=on-failure",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(directive)), "{role} unit lacks {directive}");
+        }
+        let unit = dir.join(format!("parapet-{role}.service"));
+        fs::write(&unit, text.replace("/usr/local/bin/parapet", &bin.display().to_string()))
+            .unwrap_or_else(|e| panic!("{}: {e}", unit.display()));
+        units.push(unit);
+    }
+    let out = crate::support::run_bounded(
+        std::process::Command::new(&analyze).arg("verify").arg("--man=no").args(&units),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("systemd-analyze verify refused the units:\n{e}"));
+    assert!(out.trim().is_empty(), "systemd-analyze verify warned:\n{out}");
+
+    let broken = dir.join("parapet-broken.service");
+    let text = fs::read_to_string(&units[0]).unwrap_or_default().replace("LimitMEMLOCK=128M", "LimitMEMLOCK=lots");
+    fs::write(&broken, text).unwrap_or_else(|e| panic!("{}: {e}", broken.display()));
+    let said = match crate::support::run_bounded(
+        std::process::Command::new(&analyze).arg("verify").arg("--man=no").arg(&broken),
+        Duration::from_secs(60),
+    ) {
+        Ok(out) | Err(out) => out,
+    };
+    assert!(said.contains("LimitMEMLOCK") || said.contains("lots"), "a broken unit passed unnoticed:\n{said}");
+}
+
+/// `log_format = "json"` makes every line a JSON object; a burst of refused connections (300 non-TLS clients)
+/// logs at most a few lines a second, the next line saying how many were held back, while the counter counts
+/// them all.
+#[test]
+fn ops_json_logs_and_rate_limited_refusals() {
+    use std::io::Write;
+    let app = Appliance::prepare("ops-logs", &["--flood-limits", "off"]);
+    let edge_toml = app.data_dir.join("edge.toml");
+    let text = fs::read_to_string(&edge_toml).unwrap_or_else(|e| app.fail(&format!("edge.toml: {e}")));
+    fs::write(&edge_toml, format!("log_format = \"json\"\n{text}")).unwrap_or_else(|e| app.fail(&format!("{e}")));
+    app.wait_ports_released();
+    let _pool = Role::start(&app, "pool", "pool.toml");
+    let edge = Role::start(&app, "edge", "edge.toml");
+    let mgmt = app.port_base + 3;
+    wait_for(&app, "edge /ready", START_TIMEOUT, || match http(mgmt, "GET", "/ready", None) {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let failed = || -> Result<u64, String> {
+        let (_, body) = http(mgmt, "GET", "/metrics", None)?;
+        Ok(crate::rawsip::Metrics(body).get("parapet_edge_handshakes_failed").unwrap_or(0))
+    };
+    let before = failed().unwrap_or_else(|e| app.fail(&e));
+    const CLIENTS: u64 = 300;
+    let started = Instant::now();
+    for _ in 0..CLIENTS {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", app.port_base))
+            .unwrap_or_else(|e| app.fail(&format!("connect: {e}")));
+        let _ = s.write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n");
+    }
+    wait_for(&app, "every refused handshake counted", Duration::from_secs(30), || match failed() {
+        Ok(n) if n >= before + CLIENTS => Ok(()),
+        Ok(n) => Err(format!("{} of {CLIENTS} counted", n - before)),
+        Err(e) => Err(e),
+    });
+    let burst = started.elapsed();
+    // After the burst's second is over, one more: its line carries how many were held back.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", app.port_base)).unwrap_or_else(|e| app.fail(&e.to_string()));
+    let _ = s.write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n");
+    let log = wait_for(&app, "a line reporting held-back refusals", Duration::from_secs(10), || {
+        let log = edge.log.last(2000);
+        let summary = log.lines().any(|l| {
+            l.contains("TLS handshake failed")
+                && serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["fields"]["held_back"].as_u64())
+                    .is_some_and(|n| n > 0)
+        });
+        if summary {
+            Ok(log)
+        } else {
+            Err(format!("no such line yet; log tail:\n{}", edge.log.last(5)))
+        }
+    });
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| app.fail(&format!("a log line is not JSON ({e}): {l}")));
+        assert!(v["level"].is_string() && v["fields"].is_object() && v["timestamp"].is_string(), "{l}");
+    }
+    let logged = lines.iter().filter(|l| l.contains("TLS handshake failed")).count() as u64;
+    let seconds = burst.as_secs() + 3;
+    eprintln!(
+        "{CLIENTS} refused in {burst:?}: {logged} lines logged ({} lines in the whole log, all JSON)",
+        lines.len()
+    );
+    assert!(logged <= 10 * seconds, "{logged} handshake-failure lines for a burst of {burst:?}: not rate-limited");
+    assert!(logged < CLIENTS / 2, "{logged} lines for {CLIENTS} refusals");
+}
