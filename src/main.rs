@@ -55,6 +55,19 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// An HTML report (SVG plots) of the rollups in the store, and optionally one CSV per table.
+    Report {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// How far back: 7d, 12h, 30m.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+        /// Also write <table>.csv files into this folder.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
     /// Ask a running process (its [mgmt] listener, with the config's token) to reload its federation table.
     Reload {
         #[arg(short, long)]
@@ -183,6 +196,7 @@ fn main() -> ExitCode {
             .and_then(|c| c.validate().and_then(|()| c.check_files()))
             .map(|()| println!("{}: ok", config.display()))
             .map_err(|e| e.to_string()),
+        Cmd::Report { config, since, out, csv } => parapet::mgmt::report::run(&config, &since, &out, csv.as_deref()),
         Cmd::Doctor { config } => parapet::mgmt::doctor::run(&config),
         Cmd::Reload { config } => parapet::config::Config::load(&config)
             .map_err(|e| e.to_string())

@@ -37,6 +37,13 @@ pub struct MgmtConfig {
     pub token_file: Option<PathBuf>,
     /// `/ready` answers 503 when a certificate of this process expires within this many days.
     pub cert_min_days: u32,
+    /// Where this process writes its per-minute rollups for reports (SQLite file); default: the pool's
+    /// `[pool] database` in a process running a pool, none otherwise (an edge names the pool's file, or its own).
+    pub rollup_database: Option<PathBuf>,
+    /// Seconds between two rollup writes (60 in production; tests use 1).
+    pub rollup_interval_s: u64,
+    /// Days rollups are kept.
+    pub rollup_retention_days: u32,
 }
 
 #[derive(Deserialize, Default)]
@@ -45,6 +52,9 @@ pub(super) struct RawMgmt {
     listen: Option<String>,
     token_file: Option<PathBuf>,
     cert_min_days: Option<u32>,
+    rollup_database: Option<PathBuf>,
+    rollup_interval_s: Option<u64>,
+    rollup_retention_days: Option<u32>,
 }
 
 pub(super) fn build(raw: Option<RawMgmt>, base_dir: &Path) -> Result<Option<MgmtConfig>, ConfigError> {
@@ -53,6 +63,13 @@ pub(super) fn build(raw: Option<RawMgmt>, base_dir: &Path) -> Result<Option<Mgmt
         listen: parse_addr("mgmt", "listen", m.listen.as_deref().unwrap_or(DEFAULT_MGMT_LISTEN))?,
         token_file: m.token_file.map(|p| resolve(base_dir, Some(p))).filter(|p| !p.as_os_str().is_empty()),
         cert_min_days: m.cert_min_days.unwrap_or(DEFAULT_CERT_MIN_DAYS),
+        rollup_database: m.rollup_database.map(|p| resolve(base_dir, Some(p))).filter(|p| !p.as_os_str().is_empty()),
+        rollup_interval_s: match m.rollup_interval_s {
+            Some(0) => return Err(invalid("[mgmt] rollup_interval_s", "must be at least 1")),
+            Some(s) => s,
+            None => 60,
+        },
+        rollup_retention_days: m.rollup_retention_days.unwrap_or(30),
     }))
 }
 

@@ -106,11 +106,16 @@ fn route(req: &Request) -> Response {
         "/health" => super::ready::health_response(),
         "/ready" => super::ready::ready_response(),
         "/bans" => Response::ok(metrics::render_bans()),
+        "/report" => super::report::page(req.param("since"), None),
+        "/dashboard" => super::report::page(Some("1h"), Some(10)),
         "/reload" if req.is_post() => reload(),
         "/reload" => Response::text("405 Method Not Allowed", "use POST /reload\n"),
         #[cfg(debug_assertions)]
         "/debug/panic" if req.is_post() => debug_panic(req),
-        _ => Response::text("404 Not Found", "try /health, /ready, /metrics, /bans or POST /reload\n"),
+        _ => Response::text(
+            "404 Not Found",
+            "try /health, /ready, /metrics, /bans, /report, /dashboard or POST /reload\n",
+        ),
     }
 }
 

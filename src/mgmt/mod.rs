@@ -7,6 +7,8 @@ pub mod http;
 pub mod metrics;
 pub mod probe;
 pub mod ready;
+pub mod report;
+pub mod rollup;
 pub mod run;
 pub mod supervise;
 pub mod up;

@@ -90,6 +90,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         let token = m.token().map_err(|e| e.to_string())?;
         crate::mgmt::http::serve(m.listen, token).map_err(|e| e.to_string())?;
         crate::mgmt::ready::register_for(&cfg);
+        crate::mgmt::rollup::start(&cfg)?;
     }
     if cfg.edge.as_ref().is_some_and(|e| e.federation.is_some()) {
         let path = config_path.to_path_buf();

@@ -459,3 +459,182 @@ fn ops_json_logs_and_rate_limited_refusals() {
     assert!(logged <= 10 * seconds, "{logged} handshake-failure lines for a burst of {burst:?}: not rate-limited");
     assert!(logged < CLIENTS / 2, "{logged} lines for {CLIENTS} refusals");
 }
+
+/// A federation peer over mutual TLS on the federation port, sending `n` MESSAGEs from `from` (not waiting for
+/// answers: the counters say what the edge took).
+fn partner_messages(app: &Appliance, domain: &str, from: &str, n: usize) {
+    use std::io::Write;
+    let pki = app.data_dir.join("pki");
+    let cfg =
+        crate::federation::mtls_config(&app.ca, &pki.join(format!("{domain}.pem")), &pki.join(format!("{domain}.key")));
+    let addr = SocketAddr::from(([127, 0, 0, 1], app.port_base + 5));
+    let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .unwrap_or_else(|e| app.fail(&format!("federation port: {e}")));
+    let name = rustls::pki_types::ServerName::try_from("edge.example.com").unwrap_or_else(|e| app.fail(&e.to_string()));
+    let conn = rustls::ClientConnection::new(cfg, name).unwrap_or_else(|e| app.fail(&e.to_string()));
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    for i in 0..n {
+        let m = format!(
+            "MESSAGE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKrep{domain}{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{from}>;tag=r{i}\r\nTo: <sip:alice@example.com>\r\n\
+             Call-ID: report-{domain}-{i}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        );
+        s.write_all(m.as_bytes()).and_then(|()| s.flush()).unwrap_or_else(|e| app.fail(&format!("send: {e}")));
+    }
+    // Kept open until the edge has counted them (the caller waits on the counter).
+    std::mem::forget(s);
+}
+
+/// Traffic the test causes (MESSAGEs from two federation partners, refused unregistered requests) shows in the
+/// rollups: `parapet report` writes an HTML page with SVG plots and CSVs holding those counts per partner and per
+/// cause, `/report` serves the same page, and `/dashboard` loads in headless Chromium without console errors
+/// showing them.
+#[test]
+fn ops_report_and_dashboard_show_the_traffic() {
+    let app = Appliance::prepare("ops-report", &[]);
+    for (file, port, extra) in [("pool.toml", 4, ""), ("edge.toml", 3, "rollup_database = \"parapet.db\"\n")] {
+        let path = app.data_dir.join(file);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| app.fail(&format!("{file}: {e}")));
+        let listen = format!("[mgmt]\nlisten = \"127.0.0.1:{}\"\n", app.port_base + port);
+        assert!(text.contains(&listen), "{file} has no {listen:?}");
+        fs::write(&path, text.replace(&listen, &format!("{listen}rollup_interval_s = 1\n{extra}")))
+            .unwrap_or_else(|e| app.fail(&format!("{file}: {e}")));
+    }
+    app.wait_ports_released();
+    let _pool = Role::start(&app, "pool", "pool.toml");
+    let _edge = Role::start(&app, "edge", "edge.toml");
+    let mgmt = app.port_base + 3;
+    wait_for(&app, "edge /ready", START_TIMEOUT, || match http(mgmt, "GET", "/ready", None) {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    partner_messages(&app, "partner.test", "bob@partner.test", 7);
+    partner_messages(&app, "other.test", "carol@other.test", 3);
+    let mut ua = crate::rawsip::Ua::connect_ok(&app, "unregistered", None);
+    for i in 0..4 {
+        let m = format!(
+            "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bKunreg{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=u{i}\r\nTo: <sip:bob@example.com>\r\n\
+             Call-ID: unreg-{i}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        ua.send(m.as_bytes()).unwrap_or_else(|e| app.fail(&format!("send: {e}")));
+    }
+    let metric = |needle: &str| -> Result<u64, String> {
+        let (_, body) = http(mgmt, "GET", "/metrics", None)?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(needle)?.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no {needle}"))
+    };
+    wait_for(&app, "the edge counted the partners' and the refused requests", Duration::from_secs(20), || {
+        let (p, o) = (
+            metric("parapet_edge_partner_requests_total{partner=\"edge.partner.test\"}")?,
+            metric("parapet_edge_partner_requests_total{partner=\"edge.other.test\"}")?,
+        );
+        let refused: u64 = (0..2)
+            .filter_map(|c| {
+                metric(&format!("parapet_edge_refused_total{{core=\"{c}\",cause=\"unauthenticated\"}}")).ok()
+            })
+            .sum();
+        if p >= 7 && o >= 3 && refused >= 4 {
+            Ok(())
+        } else {
+            Err(format!("partner.test {p}, other.test {o}, unauthenticated {refused}"))
+        }
+    });
+
+    let dir = app.data_dir.clone();
+    let csv_dir = app.scratch.join("csv");
+    let csv_arg = csv_dir.display().to_string();
+    let (partners, refusals) = wait_for(&app, "the rollups hold the traffic", Duration::from_secs(20), || {
+        let (ok, out) = parapet(
+            &dir,
+            &["report", "-c", "pool.toml", "--since", "1h", "--out", "report.html", "--csv", &csv_arg],
+            None,
+        );
+        if !ok {
+            return Err(out);
+        }
+        let partners = fs::read_to_string(csv_dir.join("partners.csv")).map_err(|e| e.to_string())?;
+        let refusals = fs::read_to_string(csv_dir.join("refusals.csv")).map_err(|e| e.to_string())?;
+        let sum = |csv: &str, who: &str| -> u64 {
+            csv.lines()
+                .filter(|l| l.split(',').nth(1) == Some(who))
+                .filter_map(|l| l.split(',').nth(2)?.parse::<u64>().ok())
+                .sum()
+        };
+        if sum(&partners, "edge.partner.test") == 7
+            && sum(&partners, "edge.other.test") == 3
+            && sum(&refusals, "unauthenticated") >= 4
+        {
+            Ok((partners, refusals))
+        } else {
+            Err(format!("partners.csv:\n{partners}\nrefusals.csv:\n{refusals}"))
+        }
+    });
+    eprintln!("partners.csv:\n{partners}refusals.csv:\n{refusals}");
+    let page = fs::read_to_string(dir.join("report.html")).unwrap_or_else(|e| app.fail(&format!("report.html: {e}")));
+    assert!(
+        page.contains("<svg") && page.contains("edge.partner.test") && page.contains("unauthenticated"),
+        "report.html"
+    );
+    for t in ["traffic", "capacity", "latency", "cpu"] {
+        assert!(csv_dir.join(format!("{t}.csv")).exists(), "{t}.csv written");
+    }
+    match http(app.port_base + 4, "GET", "/report?since=1h", None) {
+        Ok((200, body)) if body.contains("edge.partner.test") && body.contains("<svg") => {}
+        other => app.fail(&format!("/report on the pool: {other:?}")),
+    }
+
+    // The dashboard in headless Chromium: the DOM after load shows the partners' figures; no console error.
+    let chromium = crate::support::apt_installed("/usr/bin/chromium", &["chromium"]);
+    let profile = app.scratch.join("chromium-profile");
+    let _ = fs::create_dir_all(&profile);
+    let url = format!("http://127.0.0.1:{mgmt}/dashboard");
+    let shot = app.scratch.join("dashboard.png");
+    let mut cmd = std::process::Command::new(&chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=3000",
+        "--window-size=1280,4000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--screenshot={}", shot.display()))
+    .arg(&url);
+    let shot_out = crate::support::run_bounded(&mut cmd, Duration::from_secs(120))
+        .unwrap_or_else(|e| app.fail(&format!("chromium screenshot: {e}")));
+    assert!(shot.exists(), "no screenshot:\n{shot_out}");
+    let mut cmd = std::process::Command::new(&chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(&url);
+    let dom = crate::support::run_bounded(&mut cmd, Duration::from_secs(120))
+        .unwrap_or_else(|e| app.fail(&format!("chromium --dump-dom: {e}")));
+    let console: Vec<&str> = dom.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+    assert!(console.is_empty(), "console messages on the dashboard:\n{}", console.join("\n"));
+    assert!(
+        dom.contains("edge.partner.test") && dom.contains("edge.other.test"),
+        "dashboard DOM lacks the partners:\n{dom}"
+    );
+    assert!(dom.contains("<td>7</td>") && dom.contains("<td>3</td>"), "dashboard DOM lacks the partners' counts");
+    eprintln!("dashboard: screenshot {} ({} bytes)", shot.display(), fs::metadata(&shot).map(|m| m.len()).unwrap_or(0));
+}
