@@ -293,7 +293,7 @@ fn svg(plot: &BTreeMap<String, Vec<(u64, f64)>>) -> String {
 }
 
 /// The report page; `refresh_s` adds a self-refresh (the live dashboard).
-pub fn html(tables: &[Table], since: u64, until: u64, refresh_s: Option<u32>) -> String {
+pub fn html(tables: &[Table], since: u64, until: u64, refresh_s: Option<u32>, live: &str) -> String {
     let mut s =
         String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>parapet report</title>");
     if let Some(r) = refresh_s {
@@ -309,6 +309,7 @@ pub fn html(tables: &[Table], since: u64, until: u64, refresh_s: Option<u32>) ->
         fmt_hour(hour_of(since)),
         fmt_hour(hour_of(until))
     );
+    s.push_str(live);
     for t in tables {
         let _ = write!(s, "<li><a href=\"#{}\">{}</a> ({} rows)</li>", t.name, esc(t.title), t.rows.len());
     }
@@ -375,7 +376,7 @@ pub fn run(config: &Path, since: &str, out: &Path, csv_dir: Option<&Path>) -> Re
         .ok_or("config: [mgmt] rollup_database: missing (and no [pool] database to default to)")?;
     let (rows, from, until) = load(&db, parse_since(since)?)?;
     let tables = tables(&rows);
-    std::fs::write(out, html(&tables, from, until, None)).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out, html(&tables, from, until, None, "")).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut written = vec![out.display().to_string()];
     if let Some(dir) = csv_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -396,6 +397,41 @@ pub fn serve_from(db: std::path::PathBuf) {
     let _ = DB.set(db);
 }
 
+/// Families the dashboard shows as they are now (this process), per core and per partner.
+const LIVE: &[&str] = &[
+    "parapet_ready_check",
+    "parapet_edge_connections",
+    "parapet_edge_flows_authenticated_connections",
+    "parapet_pool_connections",
+    "parapet_pool_bindings_now",
+    "parapet_edge_messages_in_total",
+    "parapet_pool_messages_in_total",
+    "parapet_edge_partner_connections",
+    "parapet_edge_partner_requests_total",
+    "parapet_edge_partner_rate_refused_total",
+    "parapet_edge_banned_now",
+];
+
+/// The dashboard's "now" table: this process's live figures, from its own exposition.
+fn live() -> String {
+    let mut s = String::from("<h2 id=\"now\">Now (this process)</h2><table class=\"now\"><tr><th>figure</th><th>labels</th><th>value</th></tr>");
+    for line in super::metrics::render().lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (metric, labels) = series.split_once('{').unwrap_or((series, "}"));
+        if LIVE.contains(&metric) {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(metric),
+                esc(labels.trim_end_matches('}')),
+                esc(value)
+            );
+        }
+    }
+    s.push_str("</table>");
+    s
+}
+
 /// `/report?since=7d` (and `/dashboard`: the last hour, refreshing itself every 10 s).
 pub fn page(since: Option<&str>, refresh_s: Option<u32>) -> super::http::Response {
     use super::http::Response;
@@ -410,7 +446,13 @@ pub fn page(since: Option<&str>, refresh_s: Option<u32>) -> super::http::Respons
         Ok((rows, from, until)) => Response {
             status: "200 OK",
             content_type: "text/html; charset=utf-8",
-            body: html(&tables(&rows), from, until, refresh_s),
+            body: html(
+                &tables(&rows),
+                from,
+                until,
+                refresh_s,
+                &if refresh_s.is_some() { live() } else { String::new() },
+            ),
         },
         Err(e) => Response::text("503 Service Unavailable", format!("{e}\n")),
     }
@@ -447,7 +489,7 @@ mod tests {
         assert_eq!(find("refusals"), vec![vec!["1970-01-01 02:00", "flood_rate", "9"]]);
         assert_eq!(find("capacity").first().and_then(|r| r.get(1)).map(String::as_str), Some("5"));
         assert_eq!(find("latency"), vec![vec!["1970-01-01 01:00", "edge", "100", "1", "1", "10"]]);
-        let page = html(&t, 0, 7200, None);
+        let page = html(&t, 0, 7200, None, "");
         assert!(page.contains("<svg") && page.contains("edge.partner.test") && !page.contains("<script"));
         let c = t.iter().find(|t| t.name == "partners").map(csv).unwrap_or_default();
         assert!(c.starts_with("hour (UTC),partner,requests,"), "{c}");
