@@ -3,7 +3,8 @@
 //!
 //! Liveness is every core of the process running and beating ([`crate::shard::watch::health`]). Readiness adds
 //! what the role needs from outside itself, checked when asked (on the management thread, each check bounded by
-//! a short timeout): the edge — its pool accepting connections; the pool — its store answering; both — not
+//! a short timeout): the edge — its pool accepting connections; the pool — its store answering and at least one
+//! of its edges accepting connections; both — their own listeners accepting, not
 //! draining, certificates not expiring within `[mgmt] cert_min_days`.
 
 use std::net::{SocketAddr, TcpStream};
@@ -137,6 +138,8 @@ fn register_checks(cfg: &Config) {
         let database = p.database.clone();
         let store: Mutex<Option<crate::store::sqlite::SqliteStore>> = Mutex::new(None);
         add("store reachable", Box::new(move || store_answers(&store, &database)));
+        let edges: Vec<(String, SocketAddr)> = p.edges.iter().map(|e| (e.name.clone(), e.addr)).collect();
+        add("edges reachable", Box::new(move || edges_reachable(&edges)));
         let cert = p.cert.clone();
         add("pool certificate", Box::new(move || cert_fresh("[pool] cert", &cert, min_days)));
     }
@@ -153,6 +156,21 @@ fn listening(addrs: &[SocketAddr]) -> Result<String, String> {
     }
     let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     Ok(list.join(", "))
+}
+
+/// At least one edge accepts connections (the pool serves through any of them); the detail names those that
+/// do not.
+fn edges_reachable(edges: &[(String, SocketAddr)]) -> Result<String, String> {
+    let (up, down): (Vec<_>, Vec<_>) = edges.iter().map(|(n, a)| reachable(n, *a)).partition(Result::is_ok);
+    let down: Vec<String> = down.into_iter().filter_map(Result::err).collect();
+    if up.is_empty() {
+        return Err(down.join("; "));
+    }
+    let mut detail = format!("{} of {} accept connections", up.len(), edges.len());
+    if !down.is_empty() {
+        detail.push_str(&format!(" ({})", down.join("; ")));
+    }
+    Ok(detail)
 }
 
 /// The pool accepts connections at its address. A plain TCP connect, closed at once: the listener counts such a

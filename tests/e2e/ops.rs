@@ -288,6 +288,9 @@ fn ops_prometheus_rules_dashboard_and_scrape() {
         other => app.fail(&format!("/metrics on {port}: {other:?}")),
     };
     let (edge, pool) = (scrape(app.port_base + 3), scrape(app.port_base + 4));
+    // `up` waited for the roles' ports by connecting to them: no handshake failure may be logged for it.
+    let log = app.stderr.last(400);
+    assert!(!log.contains("TLS handshake failed"), "`up` logged handshake failures of its own probes:\n{log}");
     for (role, text) in [("edge", &edge), ("pool", &pool)] {
         if let Err(e) = promtool_check_metrics(&promtool, text) {
             app.fail(&format!("{role} scrape: {e}"));
