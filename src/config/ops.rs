@@ -37,8 +37,8 @@ pub struct MgmtConfig {
     pub token_file: Option<PathBuf>,
     /// `/ready` answers 503 when a certificate of this process expires within this many days.
     pub cert_min_days: u32,
-    /// Where this process writes its per-minute rollups for reports (SQLite file); default: the pool's
-    /// `[pool] database` in a process running a pool, none otherwise (an edge names the pool's file, or its own).
+    /// Where this process writes its per-minute rollups for reports (SQLite file); default: `reports.db` next to
+    /// `[pool] database` in a process running a pool, none otherwise (an edge names the pool's, or its own).
     pub rollup_database: Option<PathBuf>,
     /// Seconds between two rollup writes (60 in production; tests use 1).
     pub rollup_interval_s: u64,

@@ -46,11 +46,16 @@ const REPORTED: &[&str] = &[
 
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// The database this process's rollups go to, if any.
+/// The database this process's rollups go to, if any: `[mgmt] rollup_database`, else `reports.db` next to the
+/// pool's database. A file of its own: writes into the pool's own file would make its store thread see a change
+/// from elsewhere every minute and read every policy again.
 pub fn database(cfg: &Config) -> Option<PathBuf> {
     let m = cfg.mgmt.as_ref()?;
-    m.rollup_database.clone().or_else(|| cfg.pool.as_ref().map(|p| p.database.clone()))
+    m.rollup_database.clone().or_else(|| cfg.pool.as_ref().map(|p| p.database.with_file_name(DEFAULT_FILE)))
 }
+
+/// The rollups' file when none is named.
+pub const DEFAULT_FILE: &str = "reports.db";
 
 /// Starts the thread when the config names a database for rollups.
 pub fn start(cfg: &Config) -> Result<(), String> {

@@ -106,6 +106,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     if handles.is_empty() {
         return Err(format!("config {}: neither [edge] nor [pool]: nothing to run", config_path.display()));
     }
+    crate::shard::watch::fail_unless_started(START_DEADLINE);
     loop {
         let sig = wait_signal(&set);
         if sig == libc::SIGINT || sig == libc::SIGTERM {
@@ -149,6 +150,9 @@ fn reload(config_path: &Path) -> Result<String, String> {
         }
     }
 }
+
+/// Longest the cores may take to start (they take milliseconds; a debug build on a loaded machine, seconds).
+const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest a SIGTERM waits for the cores (their own drain takes up to 5 s, closing up to 2 s more).
 const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(9);
