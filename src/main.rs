@@ -39,6 +39,10 @@ enum Cmd {
         /// other.test; their certificates in <data-dir>/pki) that `loadgen federation` plays.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         federation: String,
+        /// `postgres`: the pool's store on a PostgreSQL server of its own under <data-dir>/pg (initdb + pg_ctl
+        /// from Debian's `postgresql` package), stopped when `up` ends; `sqlite` (default): one file.
+        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+        store: String,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
@@ -86,6 +90,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FederationCmd,
     },
+    /// The pool's durable store.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
     /// Users' contact lists in the pool's store.
     Contacts {
         #[arg(short, long)]
@@ -126,6 +135,22 @@ enum FederationCmd {
         /// Our edge's config (its [edge.federation] table, certificate and key are used).
         #[arg(short, long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copies a SQLite store (policies, contacts, soft state) into PostgreSQL in one transaction.
+    Migrate {
+        /// The SQLite file, e.g. data/parapet.db.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL URL (postgres://user@host/db or "host=a,b dbname=...").
+        #[arg(long)]
+        to: String,
+        /// Replace what the target already holds.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -179,7 +204,7 @@ fn contacts(config: &std::path::Path, cmd: ContactsCmd) -> Result<String, String
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits, federation } => {
+        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits, federation, store } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
             parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
                 data_dir,
@@ -189,6 +214,7 @@ fn main() -> ExitCode {
                 load_users,
                 flood_limits: flood_limits == "on",
                 federation: federation == "on",
+                store_postgres: store == "postgres",
             })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
@@ -204,6 +230,9 @@ fn main() -> ExitCode {
             .map(|body| print!("{body}")),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
+        Cmd::Store { cmd: StoreCmd::Migrate { from, to, force } } => {
+            print(parapet::store::migrate::migrate(&from, &to, force))
+        }
         Cmd::Federation { cmd: FederationCmd::Test { domain, config } } => parapet::mgmt::probe::run(&config, &domain),
     };
     match result {

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod devpki;
 pub mod federation;
 pub mod ops;
+pub mod store;
 mod validate;
 
 pub use federation::{Clearinghouse, FederationConfig, Partner, PeerLimits, UnknownPeers};
@@ -39,6 +40,8 @@ pub struct Config {
     pub pool: Option<PoolConfig>,
     /// `[mgmt] listen = "127.0.0.1:5064"`: plain HTTP, `/metrics` (Prometheus text) and `/health`. Off when absent.
     pub mgmt: Option<MgmtConfig>,
+    /// `[store]`: PostgreSQL for the pool's durable data; None: SQLite at `[pool] database`.
+    pub store: Option<store::StoreConfig>,
 }
 
 /// Hard bounds on a single SIP message, enforced by the parser on untrusted input.
@@ -312,6 +315,7 @@ impl Default for Config {
             edge: None,
             pool: None,
             mgmt: None,
+            store: None,
         }
     }
 }
@@ -387,6 +391,7 @@ struct RawConfig {
     edge: Option<RawEdge>,
     pool: Option<RawPool>,
     mgmt: Option<ops::RawMgmt>,
+    store: Option<store::RawStore>,
 }
 
 #[derive(Deserialize, Default)]
@@ -698,7 +703,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     };
 
     let log_format = ops::log_format(raw.log_format.as_deref())?;
-    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt })
+    let store = raw.store.map(store::build).transpose()?;
+    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

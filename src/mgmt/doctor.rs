@@ -82,7 +82,7 @@ pub fn check(config_path: &Path) -> Vec<Finding> {
     out.push(clock());
     out.extend(certificates(&cfg));
     if let Some(p) = &cfg.pool {
-        out.push(store(&p.database));
+        out.push(store(cfg.store.as_ref(), &p.database));
     }
     out.extend(names(&cfg));
     out
@@ -243,11 +243,16 @@ fn certificates(cfg: &Config) -> Vec<Finding> {
     out
 }
 
-fn store(database: &Path) -> Finding {
-    use crate::store::Store;
-    match crate::store::sqlite::SqliteStore::open(database).and_then(|mut s| s.changed_elsewhere()) {
-        Ok(_) => ok("store", format!("{} opens and answers", database.display())),
-        Err(e) => fail("store", format!("[pool] database: {e}")),
+fn store(cfg: Option<&crate::config::store::StoreConfig>, database: &Path) -> Finding {
+    // Doctor waits a few seconds for a database, not a start's whole `start_timeout_s`.
+    let mut cfg = cfg.cloned();
+    if let Some(s) = cfg.as_mut() {
+        s.start_timeout_s = s.start_timeout_s.min(5);
+    }
+    let what = crate::store::describe(cfg.as_ref(), database);
+    match crate::store::open(cfg.as_ref(), database).and_then(|mut s| s.changed_elsewhere()) {
+        Ok(_) => ok("store", format!("{what} opens and answers")),
+        Err(e) => fail("store", format!("{what}: {e}")),
     }
 }
 

@@ -136,8 +136,13 @@ fn register_checks(cfg: &Config) {
     }
     if let Some(p) = &cfg.pool {
         let database = p.database.clone();
-        let store: Mutex<Option<crate::store::sqlite::SqliteStore>> = Mutex::new(None);
-        add("store reachable", Box::new(move || store_answers(&store, &database)));
+        // A readiness probe must answer within seconds: no long wait for a database that is away.
+        let mut store_cfg = cfg.store.clone();
+        if let Some(s) = store_cfg.as_mut() {
+            s.start_timeout_s = s.start_timeout_s.min(1);
+        }
+        let store: Mutex<Option<Box<dyn crate::store::Store>>> = Mutex::new(None);
+        add("store reachable", Box::new(move || store_answers(&store, store_cfg.as_ref(), &database)));
         let edges: Vec<(String, SocketAddr)> = p.edges.iter().map(|e| (e.name.clone(), e.addr)).collect();
         add("edges reachable", Box::new(move || edges_reachable(&edges)));
         let cert = p.cert.clone();
@@ -197,18 +202,22 @@ fn cert_fresh(key: &str, path: &Path, min_days: u32) -> Result<String, String> {
 
 /// The store answers a query (through the [`crate::store::Store`] interface, on a connection of this thread's
 /// own, reopened after a failure).
-fn store_answers(store: &Mutex<Option<crate::store::sqlite::SqliteStore>>, database: &Path) -> Result<String, String> {
-    use crate::store::Store;
+fn store_answers(
+    store: &Mutex<Option<Box<dyn crate::store::Store>>>,
+    cfg: Option<&crate::config::store::StoreConfig>,
+    database: &Path,
+) -> Result<String, String> {
     let mut guard = store.lock().map_err(|_| "store check unavailable".to_string())?;
+    let what = crate::store::describe(cfg, database);
     if guard.is_none() {
-        if !database.exists() {
-            return Err(format!("{} does not exist", database.display()));
+        if cfg.and_then(|c| c.url.as_ref()).is_none() && !database.exists() {
+            return Err(format!("{what}: the file does not exist"));
         }
-        *guard = Some(crate::store::sqlite::SqliteStore::open(database).map_err(|e| e.to_string())?);
+        *guard = Some(crate::store::open(cfg, database).map_err(|e| e.to_string())?);
     }
     let result = guard.as_mut().map(|s| s.changed_elsewhere());
     match result {
-        Some(Ok(_)) => Ok(format!("{} answers", database.display())),
+        Some(Ok(_)) => Ok(format!("{what} answers")),
         Some(Err(e)) => {
             *guard = None;
             Err(e.to_string())

@@ -28,6 +28,8 @@ pub struct UpOptions {
     pub flood_limits: bool,
     /// true: an `[edge.federation]` listener with the demo partners (`DEMO_PARTNERS`).
     pub federation: bool,
+    /// true: the pool's store on a PostgreSQL server of its own under `<data_dir>/pg` (`store::pgcluster`).
+    pub store_postgres: bool,
 }
 
 /// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
@@ -128,6 +130,21 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         pool = addr(pool_port),
         internal = addr(internal_port),
     );
+    // Dropped (the server stopped) when `up` returns, after the roles.
+    let pg = if o.store_postgres {
+        Some(crate::store::pgcluster::ensure_cluster(&dir).map_err(|e| format!("up: {e}"))?)
+    } else {
+        None
+    };
+    let pool_toml = match &pg {
+        Some(c) => format!(
+            "{pool_toml}
+[store]
+url = \"{}\"\n",
+            c.url()
+        ),
+        None => pool_toml,
+    };
     let mut edge_toml = if o.flood_limits { edge_toml } else { format!("{edge_toml}{NO_FLOOD_LIMITS}") };
     if partners_ca.is_some() {
         let listen = (fed_port != user_port).then_some(fed_port);
@@ -205,6 +222,9 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         );
     }
     let _ = writeln!(out, "  configs        {} and {}", edge_cfg.display(), pool_cfg.display());
+    if let Some(c) = &pg {
+        let _ = writeln!(out, "  store          PostgreSQL {} (cluster in {})", c.url(), c.root().display());
+    }
     if !o.flood_limits {
         let _ = writeln!(
             out,

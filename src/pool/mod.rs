@@ -160,7 +160,7 @@ impl PoolSettings {
         if algorithms.is_empty() {
             return Err("config: [pool.auth] algorithms: at least one of MD5, SHA-256".into());
         }
-        let (presence, store) = presence::settings_from_config(p)?;
+        let (presence, store) = presence::settings_from_config(p, cfg.store.as_ref())?;
         let restore = persist::saved_state(&store, p.cores.len())?;
         let mut nonce_secret = [0u8; 32];
         getrandom::getrandom(&mut nonce_secret).map_err(|e| format!("no randomness for nonces: {e}"))?;

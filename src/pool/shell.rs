@@ -61,6 +61,11 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
             }),
         );
     }
+    if id == 0 {
+        // One store thread per process: its counters once, under core 0.
+        let st = s.store.stats();
+        crate::mgmt::metrics::register("pool", 0, Box::new(move |f| st.visit(f)));
+    }
     let pool = Rc::new(PoolShell {
         id,
         core: RefCell::new(PoolCore::new(s.core.clone(), id, count, pstats.clone(), Now::current())),

@@ -1,10 +1,10 @@
 //! The `parapet policy` and `parapet contacts` commands: allow/block entries and contact lists written straight
-//! to the store named by a pool config (`[pool] database`). A running pool notices the change within a
-//! second (`thread::POLL`) and applies it to live subscriptions. Runs on no executor, so it may block.
+//! to the store named by a pool config (`[store] url`, else `[pool] database`). A running pool notices the
+//! change within a second (`thread::POLL`) and applies it to live subscriptions. Runs on no executor, so it may
+//! block. A write the store cannot commit (PostgreSQL away) is an error and a non-zero exit, never a success.
 
 use std::path::Path;
 
-use super::sqlite::SqliteStore;
 use super::{ContactRow, PolicyRow, Store};
 use crate::config::Config;
 use crate::pool::presence::policy::{Decision, Target};
@@ -36,11 +36,21 @@ impl Change {
     }
 }
 
-fn open(config: &Path) -> Result<(SqliteStore, String), String> {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+/// The CLI waits this long for a PostgreSQL store before it reports it unavailable.
+const CLI_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open(config: &Path) -> Result<(Box<dyn Store>, String), String> {
+    let mut cfg = Config::load(config).map_err(|e| e.to_string())?;
     let pool = cfg.pool.as_ref().ok_or_else(|| format!("{}: no [pool] section", config.display()))?;
-    let store = SqliteStore::open(&pool.database).map_err(|e| e.to_string())?;
+    if let Some(s) = cfg.store.as_mut() {
+        s.start_timeout_s = s.start_timeout_s.min(CLI_WAIT.as_secs());
+    }
+    let store = super::open(cfg.store.as_ref(), &pool.database).map_err(|e| format!("{e} (nothing was changed)"))?;
     Ok((store, cfg.domain.to_ascii_lowercase()))
+}
+
+fn not_saved(e: super::StoreError) -> String {
+    format!("{e} (the change was not confirmed as saved)")
 }
 
 /// `bob`, `bob@example.com` or `sip:bob@example.com` -> `bob@example.com`.
@@ -89,7 +99,7 @@ pub fn policy_set(config: &Path, owner: &str, target: &str, presence: Change, im
     let old = store.policies().map_err(|e| e.to_string())?.into_iter().find(|r| r.owner == owner && r.target == target);
     let (op, oi) = old.map(|r| (r.presence, r.im)).unwrap_or((None, None));
     let row = PolicyRow { owner, target, presence: presence.apply(op), im: im.apply(oi) };
-    store.put_policy(&row).map_err(|e| e.to_string())?;
+    store.put_policy(&row).map_err(not_saved)?;
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     Ok(format!("{}\t{}\t{}\t{}\n", row.owner, row.target, show(&row.presence), show(&row.im)))
 }
@@ -99,7 +109,7 @@ pub fn policy_delete(config: &Path, owner: &str, target: &str) -> Result<String,
     let owner = owner_key(owner, &domain)?;
     let target =
         Target::parse(target).ok_or_else(|| format!("{target:?}: expected user@domain, @domain or *"))?.to_text();
-    let found = store.delete_policy(&owner, &target).map_err(|e| e.to_string())?;
+    let found = store.delete_policy(&owner, &target).map_err(not_saved)?;
     Ok(if found { "deleted\n".into() } else { "no such entry\n".into() })
 }
 
@@ -119,7 +129,7 @@ pub fn contacts_add(config: &Path, owner: &str, uri: &str, name: &str, group: &s
     let uri = format!("sip:{}", owner_key(uri, &domain)?);
     store
         .put_contact(&ContactRow { owner, uri: uri.clone(), display_name: name.into(), group: group.into() })
-        .map_err(|e| e.to_string())?;
+        .map_err(not_saved)?;
     Ok(format!("{uri}\n"))
 }
 
@@ -127,7 +137,7 @@ pub fn contacts_remove(config: &Path, owner: &str, uri: &str) -> Result<String, 
     let (mut store, domain) = open(config)?;
     let owner = owner_key(owner, &domain)?;
     let uri = format!("sip:{}", owner_key(uri, &domain)?);
-    let found = store.delete_contact(&owner, &uri).map_err(|e| e.to_string())?;
+    let found = store.delete_contact(&owner, &uri).map_err(not_saved)?;
     Ok(if found { "removed\n".into() } else { "no such contact\n".into() })
 }
 

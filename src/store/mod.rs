@@ -1,16 +1,25 @@
 //! Stored data: the user directory (read at start) and the durable store behind a narrow [`Store`] interface
 //! (users' authorization entries and contact lists, and the soft state the pool restores after a restart:
 //! registrations, publications, subscriptions), implemented on SQLite (`sqlite.rs`) and run on a thread of
-//! its own (`thread.rs`) so no executor ever waits on the disk. A PostgreSQL implementation satisfies the same
-//! trait.
+//! its own (`thread.rs`) so no executor ever waits on the disk. PostgreSQL (`postgres.rs`, chosen by
+//! `[store] url`) satisfies the same trait for a pool of several front ends; `pgcluster.rs` runs a local
+//! PostgreSQL server for `up`, `migrate.rs` copies a SQLite store into PostgreSQL.
 
 pub mod admin;
+pub mod backlog;
 pub mod directory;
+pub mod migrate;
+pub mod pgcluster;
+pub mod postgres;
 pub mod rollup;
 pub mod sqlite;
 pub mod thread;
 
 use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::config::store::StoreConfig;
 
 /// One allow/block entry: `owner` (an AOR key) about `target` (`user@domain`, `@domain` or `*`), with a
 /// decision per right ("allow", "block", or None for "not set here").
@@ -77,7 +86,8 @@ pub trait Store: Send {
     /// Applies the writes in one transaction (the store thread batches what the cores queue).
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError>;
     /// Whether another process (the CLI, another pool) changed the data since the last call, so that the
-    /// running pool can pick up entries written behind its back. Polled by the store thread.
+    /// running pool can pick up entries written behind its back. Polled by the store thread. At least the
+    /// allow/block entries and contact lists count (PostgreSQL: only those; SQLite: any write).
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
         Ok(false)
     }
@@ -92,5 +102,25 @@ pub trait Store: Send {
     /// Deletes rollups of minutes before `before`; how many rows went.
     fn prune_rollups(&mut self, _before: u64) -> Result<usize, StoreError> {
         Ok(0)
+    }
+}
+
+/// The store a config names: PostgreSQL when `[store] url` is set (waiting up to its `start_timeout_s` for the
+/// server), else the SQLite file at `database`. Blocking: call it off the executors.
+pub fn open(store: Option<&StoreConfig>, database: &Path) -> Result<Box<dyn Store>, StoreError> {
+    match store.and_then(|s| s.url.as_deref().map(|u| (u, s.start_timeout_s))) {
+        Some((url, wait_s)) => {
+            let deadline = Instant::now() + Duration::from_secs(wait_s);
+            Ok(Box::new(postgres::PgStore::open(url, deadline)?))
+        }
+        None => Ok(Box::new(sqlite::SqliteStore::open(database)?)),
+    }
+}
+
+/// Where [`open`] puts the data, for logs and messages (no password).
+pub fn describe(store: Option<&StoreConfig>, database: &Path) -> String {
+    match store.and_then(|s| s.url.as_deref()) {
+        Some(url) => format!("PostgreSQL {}", postgres::without_password(url)),
+        None => format!("SQLite {}", database.display()),
     }
 }

@@ -1,5 +1,6 @@
 //! The [`Store`] on SQLite (rusqlite, SQLite bundled): one database file, WAL journal with `synchronous=FULL`
-//! so a committed write survives a power cut, a schema version in `user_version` for later migrations.
+//! so a committed write survives a power cut; the schema in `migrations/sqlite/*.sql`, its version in
+//! `PRAGMA user_version`.
 //! Blocking: run it on the store thread, never on an executor.
 
 use std::path::Path;
@@ -8,31 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS policy (
-    owner    TEXT NOT NULL,
-    target   TEXT NOT NULL,
-    presence TEXT CHECK (presence IN ('allow', 'block')),
-    im       TEXT CHECK (im IN ('allow', 'block')),
-    PRIMARY KEY (owner, target)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS soft_state (
-    kind       TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    value      BLOB NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS contact (
-    owner        TEXT NOT NULL,
-    uri          TEXT NOT NULL,
-    display_name TEXT NOT NULL DEFAULT '',
-    grp          TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (owner, uri)
-) WITHOUT ROWID;
-";
+/// Versioned schema steps, applied in order at open (each once; the version is `PRAGMA user_version`).
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_initial.sql"))];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -67,13 +45,17 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;").map_err(|e| err("pragmas", e))?;
         let version: i64 =
             conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| err("user_version", e))?;
-        if version > SCHEMA_VERSION {
+        let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+        if version > newest {
             return Err(StoreError(format!(
-                "{name} has schema version {version}, newer than this build understands ({SCHEMA_VERSION})"
+                "{name} has schema version {version}, newer than this build understands ({newest})"
             )));
         }
-        conn.execute_batch(SCHEMA).map_err(|e| err("schema", e))?;
-        conn.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION}")).map_err(|e| err("user_version", e))?;
+        for (v, text) in MIGRATIONS.iter().filter(|m| m.0 > version) {
+            // The version moves in the same transaction as the step: a crash leaves either or neither.
+            conn.execute_batch(&format!("BEGIN; {text}; PRAGMA user_version={v}; COMMIT;"))
+                .map_err(|e| err(&format!("migration {v}"), e))?;
+        }
         let data_version =
             conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| err("data_version", e))?;
         Ok(SqliteStore { conn, data_version })
@@ -214,6 +196,22 @@ impl Store for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Every contact of every owner (for `store migrate`).
+    pub fn all_contacts(&mut self) -> Result<Vec<ContactRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT owner, uri, display_name, grp FROM contact ORDER BY owner, grp, uri")
+            .map_err(|e| err("contacts", e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ContactRow { owner: r.get(0)?, uri: r.get(1)?, display_name: r.get(2)?, group: r.get(3)? })
+            })
+            .map_err(|e| err("contacts", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("contacts", e))
+    }
+}
+
 /// Whether a schema row exists (used by tests to check the file really is ours).
 pub fn has_table(path: &Path, table: &str) -> Result<bool, StoreError> {
     let conn = Connection::open(path).map_err(|e| err("open", e))?;
@@ -303,6 +301,22 @@ mod tests {
             .unwrap();
         assert_eq!(s.states(60).unwrap(), vec![row("a", 200)], "b expired, c deleted, a replaced");
         assert_eq!(s.states(10).unwrap(), vec![row("a", 200)], "expired rows are gone for good");
+    }
+
+    #[test]
+    fn schema_versioned_and_newer_refused() {
+        let dir = std::env::temp_dir().join(format!("parapet-store-ver-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("v.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.last().unwrap().0);
+        conn.execute_batch("PRAGMA user_version=999").unwrap();
+        drop(conn);
+        let e = SqliteStore::open(&path).err().unwrap().to_string();
+        assert!(e.contains("schema version 999, newer than this build"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! immediate error the caller turns into 503, never a wait. Start-up code and the CLI, which run on no
 //! executor, may use `call_blocking`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::backlog::Backlog;
 use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Operations waiting for the store thread before new ones are refused.
@@ -57,10 +60,30 @@ pub enum Reply {
 
 type Job = (Op, flume::Sender<Result<Reply, StoreError>>);
 
+/// What the store thread counts, for `/metrics` (written by the store thread only).
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Soft-state writes waiting for the database (it is away).
+    pub backlog_now: AtomicU64,
+    /// Soft-state writes dropped because the backlog was full.
+    pub soft_writes_dropped: AtomicU64,
+    /// Soft-state commits that failed (each is retried from the backlog).
+    pub soft_commit_failures: AtomicU64,
+}
+
+impl StoreStats {
+    pub fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
+        f("store_backlog_now", self.backlog_now.load(Ordering::Relaxed));
+        f("store_soft_writes_dropped", self.soft_writes_dropped.load(Ordering::Relaxed));
+        f("store_soft_commit_failures", self.soft_commit_failures.load(Ordering::Relaxed));
+    }
+}
+
 /// A cheap, cloneable, `Send` handle to the store thread. The thread ends when every handle is dropped.
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: flume::Sender<Job>,
+    stats: Arc<StoreStats>,
 }
 
 fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
@@ -88,7 +111,15 @@ fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
 
 /// Commits a run of queued soft-state writes in one transaction; returns the job that ended the run, if any.
 /// Writes to the same row within one window collapse into the last one (a refresh overwrites the previous).
-fn write_batch(store: &mut dyn Store, first: StateWrite, rx: &flume::Receiver<Job>) -> Option<Job> {
+/// A batch that cannot be committed (the database is away), or that must wait behind one that could not, joins
+/// the backlog, retried in order.
+fn write_batch(
+    store: &mut dyn Store,
+    first: StateWrite,
+    rx: &flume::Receiver<Job>,
+    backlog: &mut Backlog,
+    stats: &StoreStats,
+) -> Option<Job> {
     let deadline = std::time::Instant::now() + BATCH_WINDOW;
     let mut batch = vec![first];
     let mut next = None;
@@ -104,10 +135,48 @@ fn write_batch(store: &mut dyn Store, first: StateWrite, rx: &flume::Receiver<Jo
         }
     }
     let batch = last_write_per_row(batch);
-    if let Err(e) = store.write_states(&batch) {
-        tracing::warn!(error = %e, writes = batch.len(), "store: soft state not written");
+    if !backlog.is_empty() {
+        keep(backlog, batch);
+        flush_backlog(store, backlog, stats);
+    } else if let Err(e) = store.write_states(&batch) {
+        tracing::warn!(error = %e, writes = batch.len(), "store: soft state not written; kept for a retry");
+        stats.soft_commit_failures.fetch_add(1, Ordering::Relaxed);
+        keep(backlog, batch);
     }
     next
+}
+
+fn keep(backlog: &mut Backlog, batch: Vec<StateWrite>) {
+    let (_, log) = backlog.push(batch, Instant::now());
+    if log {
+        tracing::warn!(
+            held = backlog.len(),
+            dropped_total = backlog.dropped,
+            "store: soft-state backlog full; dropping the oldest writes (clients' refreshes rewrite them)"
+        );
+    }
+}
+
+/// Retries the backlog when due, oldest first, until it is empty or a commit fails.
+fn flush_backlog(store: &mut dyn Store, backlog: &mut Backlog, stats: &StoreStats) {
+    let mut written = 0;
+    while backlog.due(Instant::now()) {
+        let chunk = backlog.take(BATCH_MAX);
+        match store.write_states(&chunk) {
+            Ok(()) => {
+                written += chunk.len();
+                backlog.committed();
+            }
+            Err(_) => {
+                stats.soft_commit_failures.fetch_add(1, Ordering::Relaxed);
+                backlog.failed(chunk, Instant::now());
+                break;
+            }
+        }
+    }
+    if written > 0 && backlog.is_empty() {
+        tracing::info!(written, dropped_total = backlog.dropped, "store: soft-state backlog written");
+    }
 }
 
 fn row_of(w: &StateWrite) -> (&str, &str) {
@@ -118,7 +187,7 @@ fn row_of(w: &StateWrite) -> (&str, &str) {
 }
 
 /// Keeps, for every (kind, key), only its last write, in the order of those last writes.
-fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
+pub(crate) fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
     let mut last: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
     for (i, w) in batch.iter().enumerate() {
         let (k, key) = row_of(w);
@@ -137,18 +206,25 @@ fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
 
 /// The store thread: operations in order; between them, a look for other writers every [`POLL`]; after any
 /// policy change, the new entry list to every watcher.
-fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
+fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>, stats: &StoreStats) {
     let mut watchers: Vec<flume::Sender<Vec<PolicyRow>>> = Vec::new();
     let mut contact_watchers: Vec<flume::Sender<()>> = Vec::new();
     let mut carried: Option<Job> = None;
+    let mut backlog = Backlog::default();
+    // Whether the failure to look for outside changes has been logged (once per outage, not every POLL).
+    let mut poll_failing = false;
     loop {
+        flush_backlog(store, &mut backlog, stats);
+        stats.backlog_now.store(backlog.len() as u64, Ordering::Relaxed);
+        stats.soft_writes_dropped.store(backlog.dropped, Ordering::Relaxed);
+        let wait = if backlog.is_empty() { POLL } else { POLL.min(super::backlog::RETRY_EVERY) };
         let next = match carried.take() {
             Some(job) => Ok(job),
-            None => rx.recv_timeout(POLL),
+            None => rx.recv_timeout(wait),
         };
         let (policy_changed, contacts_changed) = match next {
             Ok((Op::WriteState(w), _)) => {
-                carried = write_batch(store, w, rx);
+                carried = write_batch(store, w, rx, &mut backlog, stats);
                 (false, false)
             }
             Ok((op, reply)) => {
@@ -166,9 +242,15 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
             }
             Err(flume::RecvTimeoutError::Timeout) => match store.changed_elsewhere() {
                 // Another process wrote: which table is not known, so both kinds of watchers hear of it.
-                Ok(c) => (c, c),
+                Ok(c) => {
+                    poll_failing = false;
+                    (c, c)
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "store: cannot check for outside changes");
+                    if !poll_failing {
+                        tracing::warn!(error = %e, "store: cannot check for outside changes");
+                    }
+                    poll_failing = true;
                     (false, false)
                 }
             },
@@ -193,11 +275,18 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>) {
 impl StoreHandle {
     pub fn start(mut store: Box<dyn Store>) -> Result<StoreHandle, StoreError> {
         let (tx, rx) = flume::bounded::<Job>(QUEUE_MAX);
+        let stats = Arc::new(StoreStats::default());
+        let counted = stats.clone();
         thread::Builder::new()
             .name("parapet-store".into())
-            .spawn(move || serve(store.as_mut(), &rx))
+            .spawn(move || serve(store.as_mut(), &rx, &counted))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok(StoreHandle { tx })
+        Ok(StoreHandle { tx, stats })
+    }
+
+    /// The store thread's counters (the pool lists them on `/metrics`).
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.stats.clone()
     }
 
     fn submit(&self, op: Op) -> Result<flume::Receiver<Result<Reply, StoreError>>, StoreError> {

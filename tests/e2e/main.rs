@@ -6,6 +6,7 @@
 mod pjsua;
 mod support;
 mod support_ops;
+mod support_pg;
 
 mod challenges;
 mod core_death;
@@ -29,3 +30,5 @@ mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;
 mod rawsip;
+mod store_conformance;
+mod store_postgres;

@@ -287,7 +287,18 @@ fn ops_prometheus_rules_dashboard_and_scrape() {
         Ok((200, body)) => body,
         other => app.fail(&format!("/metrics on {port}: {other:?}")),
     };
-    let (edge, pool) = (scrape(app.port_base + 3), scrape(app.port_base + 4));
+    // A port accepts as soon as one core listens; the others register their counters moments later.
+    let (edge, pool) = wait_for(&app, "every core's counters on /metrics", START_TIMEOUT, || {
+        let (edge, pool) = (scrape(app.port_base + 3), scrape(app.port_base + 4));
+        let cores = |text: &str, fam: &str| {
+            (0..parapet::config::online_cpus()).all(|c| text.contains(&format!("{fam}{{core=\"{c}\"")))
+        };
+        if cores(&edge, "parapet_edge_refused_total") && cores(&pool, "parapet_pool_messages_in_total") {
+            Ok((edge, pool))
+        } else {
+            Err("a core's counters are not registered yet".into())
+        }
+    });
     // `up` waited for the roles' ports by connecting to them: no handshake failure may be logged for it.
     let log = app.stderr.last(400);
     assert!(!log.contains("TLS handshake failed"), "`up` logged handshake failures of its own probes:\n{log}");

@@ -13,13 +13,13 @@ use crate::pjsua::{quote, Agent, SIP_TIMEOUT};
 use crate::support::{self, Appliance, Tail};
 
 /// One role (`parapet run -c <config>`), killed with its group on drop.
-struct Role {
+pub(crate) struct Role {
     child: Option<Child>,
-    stderr: Tail,
+    pub(crate) stderr: Tail,
 }
 
 impl Role {
-    fn start(app: &Appliance, config: &Path, port: u16, log: &str) -> Role {
+    pub(crate) fn start(app: &Appliance, config: &Path, port: u16, log: &str) -> Role {
         let mut child = Command::new(support::parapet_bin())
             .arg("run")
             .arg("-c")
@@ -44,7 +44,7 @@ impl Role {
         Role { child: Some(child), stderr }
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             support::signal_group(c.id(), libc::SIGKILL);
             let _ = support::wait_timeout(&mut c, Duration::from_secs(5));

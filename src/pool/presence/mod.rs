@@ -85,17 +85,19 @@ impl Presence {
 /// start, before any executor runs), and the store thread for later writes.
 pub fn settings_from_config(
     p: &crate::config::PoolConfig,
+    store_cfg: Option<&crate::config::store::StoreConfig>,
 ) -> Result<(PresenceSettings, crate::store::thread::StoreHandle), String> {
     use crate::store::thread::{Op, Reply, StoreHandle};
     use policy::{Decision, Defaults, PresenceDefault};
     let c = &p.presence;
-    let db = crate::store::sqlite::SqliteStore::open(&p.database).map_err(|e| e.to_string())?;
-    let store = StoreHandle::start(Box::new(db)).map_err(|e| e.to_string())?;
+    let db = crate::store::open(store_cfg, &p.database).map_err(|e| e.to_string())?;
+    let store = StoreHandle::start(db).map_err(|e| e.to_string())?;
     let Reply::Policies(rows) = store.call_blocking(Op::Policies).map_err(|e| e.to_string())? else {
         return Err("store: unexpected answer to a policy load".into());
     };
     let rules = policy::rules_from_rows(&rows);
-    tracing::info!(entries = rules.len(), database = %p.database.display(), "pool store opened");
+    let where_ = crate::store::describe(store_cfg, &p.database);
+    tracing::info!(entries = rules.len(), store = %where_, "pool store opened");
     let settings = PresenceSettings {
         publications: publications::PubLimits {
             min_expires: c.publish_min_expires_s,

@@ -1,0 +1,405 @@
+//! The [`Store`] on PostgreSQL (the blocking `postgres` client, run on the store thread like SQLite). Every
+//! write is one committed transaction before the call returns (the server's `synchronous_commit` decides how far
+//! a commit has travelled: local WAL by default, a synchronous standby when the operator configures one).
+//!
+//! The connection is made lazily and remade after a failure, no faster than [`BACKOFF_MAX`] allows: while the
+//! server is away every call fails at once with "unavailable" rather than stalling the store thread on connect
+//! timeouts. A libpq multi-host URL (`host=a,b ... target_session_attrs=read-write`) makes the reconnection find
+//! whichever server is the primary now, so a standby promoted by the operator is picked up.
+//!
+//! All SQL of this store lives in this file ([`sql`]) and in `migrations/postgres/*.sql`, plain SQL with numbered
+//! parameters: a new Store method is one more constant and one more short function here.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+
+use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+
+/// Versioned schema steps, applied in order at connect (each once, recorded in `schema_version`).
+pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/postgres/0001_initial.sql"))];
+
+/// Longest wait between two connection attempts while the server is away.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Connect timeout when the URL sets none: a dead host must not hold the store thread for the OS's minutes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Any number that other programs are unlikely to use as an advisory lock: serializes schema migrations of
+/// several front ends starting at once.
+const MIGRATION_LOCK: i64 = 0x0070_6172_6170_6574; // "parapet" in ASCII
+
+/// The SQL, in one place.
+pub mod sql {
+    pub const SCHEMA_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+        version INTEGER PRIMARY KEY,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+    pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+    pub const SCHEMA_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_version";
+    pub const RECORD_VERSION: &str = "INSERT INTO schema_version (version) VALUES ($1)";
+
+    pub const POLICIES: &str = "SELECT owner, target, presence, im FROM policy ORDER BY owner, target";
+    pub const PUT_POLICY: &str = "INSERT INTO policy (owner, target, presence, im) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (owner, target) DO UPDATE SET presence = excluded.presence, im = excluded.im";
+    pub const DELETE_POLICY: &str = "DELETE FROM policy WHERE owner = $1 AND target = $2";
+    pub const CONTACTS: &str = "SELECT owner, uri, display_name, grp FROM contact WHERE owner = $1 ORDER BY grp, uri";
+    pub const ALL_CONTACTS: &str = "SELECT owner, uri, display_name, grp FROM contact ORDER BY owner, grp, uri";
+    pub const PUT_CONTACT: &str = "INSERT INTO contact (owner, uri, display_name, grp) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (owner, uri) DO UPDATE SET display_name = excluded.display_name, grp = excluded.grp";
+    pub const DELETE_CONTACT: &str = "DELETE FROM contact WHERE owner = $1 AND uri = $2";
+    pub const EXPIRE_STATES: &str = "DELETE FROM soft_state WHERE expires_at <= $1";
+    pub const STATES: &str = "SELECT kind, key, value, expires_at FROM soft_state ORDER BY kind, key";
+    pub const PUT_STATE: &str = "INSERT INTO soft_state (kind, key, value, expires_at) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
+    pub const DELETE_STATE: &str = "DELETE FROM soft_state WHERE kind = $1 AND key = $2";
+    pub const CHANGE_COUNTER: &str = "SELECT n FROM change_counter";
+    pub const LOCK_CHANGE_COUNTER: &str = "SELECT n FROM change_counter FOR UPDATE";
+    /// Rows in the tables `store migrate` fills (it refuses a non-empty target).
+    pub const COUNT_ROWS: &str =
+        "SELECT (SELECT count(*) FROM policy) + (SELECT count(*) FROM contact) + (SELECT count(*) FROM soft_state)";
+    pub const CLEAR_ALL: &str = "DELETE FROM policy; DELETE FROM contact; DELETE FROM soft_state;";
+}
+
+pub struct PgStore {
+    config: postgres::Config,
+    /// The URL without its password, for messages.
+    shown: String,
+    client: Option<Client>,
+    /// No connection attempt before this instant (backoff after a failure).
+    retry_at: Instant,
+    backoff: Duration,
+    /// `change_counter` as of our last look or our last write.
+    seen: i64,
+    /// Another writer's change was noticed while committing one of ours: report it at the next poll.
+    pending_change: bool,
+    /// The last connection attempt reached a server whose database this build cannot use (a newer schema).
+    unusable: bool,
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, `password=x` -> `password=***`.
+pub fn without_password(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) {
+        let scheme = &url[..url.len() - rest.len()];
+        if let Some((auth, host)) = rest.split_once('@') {
+            if let Some((user, _)) = auth.split_once(':') {
+                return format!("{scheme}{user}:***@{host}");
+            }
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| if kv.starts_with("password=") { "password=***".to_string() } else { kv.to_string() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a URL (or libpq key/value string) is one this client accepts; the error says why not.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let config = postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+    if config.get_hosts().is_empty() {
+        return Err("names no host (host=... or postgres://host/...)".into());
+    }
+    Ok(())
+}
+
+fn pg_err(what: &str, e: &postgres::Error) -> StoreError {
+    // The server's own message (e.g. a constraint's name) says more than the client's summary.
+    match e.as_db_error() {
+        Some(db) => StoreError(format!("{what}: {} ({})", db.message(), db.code().code())),
+        None => StoreError(format!("{what}: {e}")),
+    }
+}
+
+/// Errors after which the connection is not worth keeping: it is gone, or the server is shutting down or
+/// recovering (class 08 connection exception, 57 operator intervention, 53 insufficient resources), or a
+/// failed-over server is read-only now (25006).
+fn connection_lost(e: &postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(c) => {
+            let c = c.code();
+            c.starts_with("08") || c.starts_with("57") || c.starts_with("53") || c == "25006"
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects (retrying until `deadline`: a front end started beside its database waits for it) and brings
+    /// the schema up to date.
+    pub fn open(url: &str, deadline: Instant) -> Result<PgStore, StoreError> {
+        let mut config =
+            postgres::Config::from_str(url).map_err(|e| StoreError(format!("url {}: {e}", without_password(url))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("parapet");
+        }
+        let mut store = PgStore {
+            config,
+            shown: without_password(url),
+            client: None,
+            retry_at: Instant::now(),
+            backoff: BACKOFF_MIN,
+            seen: 0,
+            pending_change: false,
+            unusable: false,
+        };
+        loop {
+            match store.connect() {
+                Ok(()) => break,
+                Err(e) if store.unusable || Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(store.retry_at.saturating_duration_since(Instant::now())),
+            }
+        }
+        Ok(store)
+    }
+
+    /// A connection, made now when there is none and the backoff allows.
+    fn connect(&mut self) -> Result<(), StoreError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.client = None;
+        let now = Instant::now();
+        if now < self.retry_at {
+            return Err(StoreError(format!("PostgreSQL at {} unavailable (reconnecting)", self.shown)));
+        }
+        // Err(true, ..): the server answered, but this database cannot be used (its schema); waiting won't help.
+        let attempt = self.config.connect(NoTls).map_err(|e| (false, e.to_string())).and_then(|mut c| {
+            migrate(&mut c).map_err(|e| (true, e.0))?;
+            let n: i64 = c.query_one(sql::CHANGE_COUNTER, &[]).map_err(|e| (false, e.to_string()))?.get(0);
+            Ok((c, n))
+        });
+        match attempt {
+            Ok((c, n)) => {
+                if self.backoff > BACKOFF_MIN {
+                    tracing::info!(url = %self.shown, "store: PostgreSQL connection restored");
+                    // Changes made while we were away are news.
+                    self.pending_change |= n != self.seen;
+                }
+                self.seen = n;
+                self.client = Some(c);
+                self.backoff = BACKOFF_MIN;
+                Ok(())
+            }
+            Err((unusable, e)) => {
+                self.retry_at = now + self.backoff;
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.unusable = unusable;
+                let state = if unusable { "unusable" } else { "unavailable" };
+                Err(StoreError(format!("PostgreSQL at {} {state}: {e}", self.shown)))
+            }
+        }
+    }
+
+    /// Runs `f` on the connection; a failure that means the connection is gone drops it (the next call
+    /// reconnects).
+    fn with<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.connect()?;
+        let Some(client) = self.client.as_mut() else {
+            return Err(StoreError(format!("PostgreSQL at {} unavailable", self.shown)));
+        };
+        match f(client) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !connection_lost(&e) {
+                    return Err(pg_err(what, &e));
+                }
+                tracing::warn!(url = %self.shown, error = %e, "store: PostgreSQL connection lost");
+                self.client = None;
+                self.backoff = BACKOFF_MIN * 2;
+                self.retry_at = Instant::now();
+                Err(pg_err(&format!("PostgreSQL at {} unavailable: {what}", self.shown), &e))
+            }
+        }
+    }
+
+    /// A write to policy or contact. The change counter is locked first, so that its value before our write is
+    /// exact: one that moved since our last look means another writer was there (an upsert fires both the
+    /// insert and the update trigger, so the bump of our own write is not always one).
+    fn admin_write(
+        &mut self,
+        what: &str,
+        stmt: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let (n, before, after) = self.with(what, |c| {
+            let mut tx = c.transaction()?;
+            let before: i64 = tx.query_one(sql::LOCK_CHANGE_COUNTER, &[])?.get(0);
+            let n = tx.execute(stmt, params)?;
+            let after: i64 = tx.query_one(sql::CHANGE_COUNTER, &[])?.get(0);
+            tx.commit()?;
+            Ok((n, before, after))
+        })?;
+        self.pending_change |= before != self.seen;
+        self.seen = after;
+        Ok(n)
+    }
+
+    /// Every contact of every owner (for `store migrate`).
+    pub fn all_contacts(&mut self) -> Result<Vec<ContactRow>, StoreError> {
+        let rows = self.with("contacts", |c| c.query(sql::ALL_CONTACTS, &[]))?;
+        Ok(rows.iter().map(contact_of).collect())
+    }
+
+    /// Rows in policy, contact and soft_state together.
+    pub fn row_count(&mut self) -> Result<i64, StoreError> {
+        self.with("count", |c| c.query_one(sql::COUNT_ROWS, &[]).map(|r| r.get(0)))
+    }
+
+    /// Replaces everything with `policies`, `contacts` and `states` in one transaction (`store migrate`).
+    pub fn replace_all(
+        &mut self,
+        policies: &[PolicyRow],
+        contacts: &[ContactRow],
+        states: &[StateRow],
+    ) -> Result<(), StoreError> {
+        self.with("migrate", |c| {
+            let mut tx = c.transaction()?;
+            tx.batch_execute(sql::CLEAR_ALL)?;
+            for p in policies {
+                tx.execute(sql::PUT_POLICY, &[&p.owner, &p.target, &p.presence, &p.im])?;
+            }
+            for r in contacts {
+                tx.execute(sql::PUT_CONTACT, &[&r.owner, &r.uri, &r.display_name, &r.group])?;
+            }
+            for s in states {
+                tx.execute(sql::PUT_STATE, &[&s.kind, &s.key, &s.value, &to_i64(s.expires_at)])?;
+            }
+            tx.commit()
+        })
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn contact_of(r: &postgres::Row) -> ContactRow {
+    ContactRow { owner: r.get(0), uri: r.get(1), display_name: r.get(2), group: r.get(3) }
+}
+
+/// Brings the schema to the newest version this build knows, under an advisory lock (several front ends may
+/// start at once); refuses a database newer than this build.
+pub fn migrate(c: &mut Client) -> Result<i32, StoreError> {
+    let fail = |what: &str, e: postgres::Error| pg_err(what, &e);
+    let mut tx = c.transaction().map_err(|e| fail("begin", e))?;
+    tx.execute(sql::MIGRATION_LOCK, &[&MIGRATION_LOCK]).map_err(|e| fail("migration lock", e))?;
+    // Under the lock: two front ends creating the same table at once would race in the catalog.
+    tx.batch_execute(sql::SCHEMA_VERSION_TABLE).map_err(|e| fail("schema_version", e))?;
+    let current: i32 = tx.query_one(sql::SCHEMA_VERSION, &[]).map_err(|e| fail("schema_version", e))?.get(0);
+    let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > newest {
+        return Err(StoreError(format!(
+            "the database has schema version {current}, newer than this build understands ({newest})"
+        )));
+    }
+    for (version, text) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(text).map_err(|e| fail(&format!("migration {version}"), e))?;
+        tx.execute(sql::RECORD_VERSION, &[version]).map_err(|e| fail("schema_version", e))?;
+    }
+    tx.commit().map_err(|e| fail("commit migrations", e))?;
+    Ok(newest)
+}
+
+impl Store for PgStore {
+    fn policies(&mut self) -> Result<Vec<PolicyRow>, StoreError> {
+        let rows = self.with("policies", |c| c.query(sql::POLICIES, &[]))?;
+        Ok(rows
+            .iter()
+            .map(|r| PolicyRow { owner: r.get(0), target: r.get(1), presence: r.get(2), im: r.get(3) })
+            .collect())
+    }
+
+    fn put_policy(&mut self, row: &PolicyRow) -> Result<(), StoreError> {
+        if row.presence.is_none() && row.im.is_none() {
+            self.delete_policy(&row.owner, &row.target)?;
+            return Ok(());
+        }
+        self.admin_write("put policy", sql::PUT_POLICY, &[&row.owner, &row.target, &row.presence, &row.im])?;
+        Ok(())
+    }
+
+    fn delete_policy(&mut self, owner: &str, target: &str) -> Result<bool, StoreError> {
+        Ok(self.admin_write("delete policy", sql::DELETE_POLICY, &[&owner, &target])? > 0)
+    }
+
+    fn contacts(&mut self, owner: &str) -> Result<Vec<ContactRow>, StoreError> {
+        let rows = self.with("contacts", |c| c.query(sql::CONTACTS, &[&owner]))?;
+        Ok(rows.iter().map(contact_of).collect())
+    }
+
+    fn put_contact(&mut self, row: &ContactRow) -> Result<(), StoreError> {
+        self.admin_write("put contact", sql::PUT_CONTACT, &[&row.owner, &row.uri, &row.display_name, &row.group])?;
+        Ok(())
+    }
+
+    fn delete_contact(&mut self, owner: &str, uri: &str) -> Result<bool, StoreError> {
+        Ok(self.admin_write("delete contact", sql::DELETE_CONTACT, &[&owner, &uri])? > 0)
+    }
+
+    fn states(&mut self, now: u64) -> Result<Vec<StateRow>, StoreError> {
+        let rows = self.with("states", |c| {
+            c.execute(sql::EXPIRE_STATES, &[&to_i64(now)])?;
+            c.query(sql::STATES, &[])
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let at: i64 = r.get(3);
+                StateRow { kind: r.get(0), key: r.get(1), value: r.get(2), expires_at: u64::try_from(at).unwrap_or(0) }
+            })
+            .collect())
+    }
+
+    fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError> {
+        self.with("write state", |c| {
+            let mut tx = c.transaction()?;
+            for w in writes {
+                match w {
+                    StateWrite::Put(r) => {
+                        tx.execute(sql::PUT_STATE, &[&r.kind, &r.key, &r.value, &to_i64(r.expires_at)])?;
+                    }
+                    StateWrite::Delete { kind, key } => {
+                        tx.execute(sql::DELETE_STATE, &[kind, key])?;
+                    }
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
+        let n: i64 = self.with("change counter", |c| c.query_one(sql::CHANGE_COUNTER, &[]).map(|r| r.get(0)))?;
+        let changed = n != self.seen || self.pending_change;
+        self.seen = n;
+        self.pending_change = false;
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(without_password("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(without_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(without_password("host=a,b password=x dbname=p"), "host=a,b password=*** dbname=p");
+    }
+
+    #[test]
+    fn urls_single_and_multi_host() {
+        assert!(check_url("postgres://parapet@127.0.0.1:5432/parapet").is_ok());
+        assert!(check_url("host=10.0.0.1,10.0.0.2 port=5432 dbname=parapet target_session_attrs=read-write").is_ok());
+        assert!(check_url("postgres://a:5432,b:5433/parapet?target_session_attrs=read-write").is_ok());
+        assert!(check_url("postgres://h/db?bogus_option=1").is_err());
+        assert!(check_url("dbname=parapet").is_err(), "no host");
+    }
+}

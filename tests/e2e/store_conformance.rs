@@ -1,0 +1,259 @@
+//! The store conformance suite: the same checks on the embedded SQLite store and on a real PostgreSQL server
+//! (every `Store` method, durability across a reopen, `changed_elsewhere` between two connections), then what
+//! only a server can do: go away and come back (refused writes, reconnection, the soft-state backlog).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use parapet::store::postgres::PgStore;
+use parapet::store::sqlite::SqliteStore;
+use parapet::store::thread::{Op, Reply, StoreHandle};
+use parapet::store::{ContactRow, PolicyRow, StateRow, StateWrite, Store};
+
+use super::{support, support_pg};
+
+fn policy(owner: &str, target: &str, p: Option<&str>, im: Option<&str>) -> PolicyRow {
+    PolicyRow { owner: owner.into(), target: target.into(), presence: p.map(Into::into), im: im.map(Into::into) }
+}
+
+fn contact(owner: &str, uri: &str, group: &str) -> ContactRow {
+    ContactRow { owner: owner.into(), uri: uri.into(), display_name: format!("{uri} name"), group: group.into() }
+}
+
+fn state(kind: &str, key: &str, v: &[u8], at: u64) -> StateRow {
+    StateRow { kind: kind.into(), key: key.into(), value: v.to_vec(), expires_at: at }
+}
+
+/// Every method of the trait, then a reopen (`open` makes a new connection to the same data), then two
+/// connections noticing each other's writes.
+fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
+    let mut s = open();
+    assert!(s.policies().expect("store call").is_empty(), "a new store is empty");
+    s.put_policy(&policy("bob@x", "carol@x", Some("block"), Some("block"))).expect("store call");
+    s.put_policy(&policy("bob@x", "*", Some("allow"), None)).expect("store call");
+    s.put_policy(&policy("bob@x", "carol@x", Some("block"), None)).expect("store call");
+    s.put_policy(&policy("alice@x", "@y", None, Some("allow"))).expect("store call");
+    assert!(s.put_policy(&policy("bob@x", "*", Some("maybe"), None)).is_err(), "bad values are refused");
+    assert_eq!(
+        s.policies().expect("store call"),
+        vec![
+            policy("alice@x", "@y", None, Some("allow")),
+            policy("bob@x", "*", Some("allow"), None),
+            policy("bob@x", "carol@x", Some("block"), None)
+        ]
+    );
+    s.put_policy(&policy("alice@x", "@y", None, None)).expect("store call");
+    assert_eq!(s.policies().expect("store call").len(), 2, "an entry with no right set is deleted");
+    assert!(s.delete_policy("bob@x", "*").expect("store call"));
+    assert!(!s.delete_policy("bob@x", "*").expect("store call"), "a second delete finds nothing");
+
+    s.put_contact(&contact("alice@x", "sip:bob@x", "Work")).expect("store call");
+    s.put_contact(&contact("alice@x", "sip:carol@x", "")).expect("store call");
+    s.put_contact(&contact("dave@x", "sip:bob@x", "")).expect("store call");
+    let mut renamed = contact("alice@x", "sip:bob@x", "Friends");
+    renamed.display_name = "Bobby".into();
+    s.put_contact(&renamed).expect("store call");
+    assert_eq!(
+        s.contacts("alice@x").expect("store call"),
+        vec![contact("alice@x", "sip:carol@x", ""), renamed.clone()]
+    );
+    assert!(s.contacts("nobody@x").expect("store call").is_empty());
+    assert!(s.delete_contact("dave@x", "sip:bob@x").expect("store call"));
+    assert!(!s.delete_contact("dave@x", "sip:bob@x").expect("store call"));
+
+    s.write_states(&[
+        StateWrite::Put(state("reg", "a", b"\x00\xffbinary", 100)),
+        StateWrite::Put(state("reg", "b", b"b", 50)),
+        StateWrite::Put(state("sub", "c", b"c", 100)),
+    ])
+    .expect("store call");
+    s.write_states(&[
+        StateWrite::Delete { kind: "sub".into(), key: "c".into() },
+        StateWrite::Put(state("reg", "a", b"a2", 200)),
+        StateWrite::Put(state("pub", "a", b"p", u64::MAX >> 2)),
+    ])
+    .expect("store call");
+    let live = vec![state("pub", "a", b"p", u64::MAX >> 2), state("reg", "a", b"a2", 200)];
+    assert_eq!(s.states(60).expect("store call"), live, "b expired, c deleted, a replaced");
+    assert_eq!(s.states(10).expect("store call"), live, "expired rows are gone for good");
+    drop(s);
+
+    // Durable: a new connection sees all of it.
+    let mut a = open();
+    assert_eq!(a.policies().expect("store call"), vec![policy("bob@x", "carol@x", Some("block"), None)]);
+    assert_eq!(a.contacts("alice@x").expect("store call").len(), 2);
+    assert_eq!(a.states(60).expect("store call"), live);
+
+    // Another writer's change is news; our own is not.
+    let mut b = open();
+    a.changed_elsewhere().expect("store call");
+    assert!(!a.changed_elsewhere().expect("store call"), "nothing happened");
+    a.put_policy(&policy("erin@x", "*", Some("block"), None)).expect("store call");
+    assert!(!a.changed_elsewhere().expect("store call"), "its own writes are not news");
+    b.put_contact(&contact("erin@x", "sip:bob@x", "")).expect("store call");
+    assert!(a.changed_elsewhere().expect("store call"), "a contact written elsewhere");
+    assert!(!a.changed_elsewhere().expect("store call"), "reported once");
+    b.delete_policy("erin@x", "*").expect("store call");
+    a.put_policy(&policy("erin@x", "@z", None, Some("block"))).expect("store call");
+    assert!(a.changed_elsewhere().expect("store call"), "a change elsewhere between two of ours is not hidden by ours");
+}
+
+fn sqlite_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("parapet.db")
+}
+
+#[test]
+fn store_conformance_sqlite() {
+    let dir = support::scratch_dir("conformance-sqlite");
+    let path = sqlite_path(&dir);
+    conformance(&|| Box::new(SqliteStore::open(&path).expect("store call")));
+}
+
+#[test]
+fn store_conformance_postgres() {
+    let pg = support_pg::start("conformance-pg");
+    let url = pg.url();
+    let open = || PgStore::open(&url, Instant::now() + Duration::from_secs(10)).expect("store call");
+    conformance(&|| Box::new(open()));
+    // On PostgreSQL (several front ends writing soft state all the time) only administrative changes are news.
+    let (mut a, mut b) = (open(), open());
+    a.changed_elsewhere().expect("store call");
+    b.write_states(&[StateWrite::Put(state("reg", "z", b"z", 500))]).expect("store call");
+    assert!(!a.changed_elsewhere().expect("store call"), "soft state is not an administrative change");
+    // Schema versioned: the table records every migration once, however often the store opens.
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("store call");
+    let versions: Vec<i32> = c
+        .query("SELECT version FROM schema_version ORDER BY version", &[])
+        .expect("store call")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let want: Vec<i32> = parapet::store::postgres::MIGRATIONS.iter().map(|m| m.0).collect();
+    assert_eq!(versions, want);
+    // Several front ends starting at once: the migration lock lets exactly one apply the schema.
+    c.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;").expect("reset");
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgStore::open(&url, Instant::now() + Duration::from_secs(10)).map(|_| ()))
+        })
+        .collect();
+    for o in opened {
+        o.join().expect("thread").expect("concurrent opens all succeed");
+    }
+    let n: i64 = c.query_one("SELECT count(*) FROM schema_version", &[]).expect("count").get(0);
+    assert_eq!(n, want.len() as i64, "each migration recorded once");
+    // A database newer than this build is refused, not used.
+    c.execute("INSERT INTO schema_version (version) VALUES (999)", &[]).expect("bump");
+    let t = Instant::now();
+    let e = PgStore::open(&url, Instant::now() + Duration::from_secs(20)).err().expect("refused").to_string();
+    assert!(e.contains("unusable") && e.contains("schema version 999, newer than this build"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "refused at once, not retried until the deadline");
+}
+
+/// The server goes away (a fast shutdown, as `pg_ctl restart -m fast` does) and comes back: administrative
+/// writes fail while it is away (never a false success), the store reconnects by itself, and soft-state
+/// writes queued meanwhile reach it, in order, once it is back.
+#[test]
+fn store_postgres_outage_and_return() {
+    let mut pg = support_pg::start("conformance-pg-outage");
+    let url = pg.url();
+    let store = PgStore::open(&url, Instant::now() + Duration::from_secs(10)).expect("store call");
+    let h = StoreHandle::start(Box::new(store)).expect("store call");
+    let acked = policy("bob@x", "*", Some("block"), None);
+    assert_eq!(h.call_blocking(Op::PutPolicy(acked.clone())).expect("store call"), Reply::Done(true));
+
+    pg.stop().expect("store call");
+    let t = Instant::now();
+    let refused = h.call_blocking(Op::PutPolicy(policy("bob@x", "carol@x", Some("allow"), None)));
+    let e = refused.expect_err("a write with the database away must not be acknowledged");
+    assert!(e.to_string().contains("PostgreSQL"), "the error names the store: {e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "refused promptly, took {:?}", t.elapsed());
+    // Soft state written during the outage: the same row twice (the later wins) and a delete, in order.
+    assert!(h.write_state(StateWrite::Put(state("reg", "alice@x", b"1", u64::MAX >> 2))));
+    assert!(h.write_state(StateWrite::Put(state("reg", "carol@x", b"1", u64::MAX >> 2))));
+    std::thread::sleep(Duration::from_millis(300)); // a separate batch, so that order across batches counts
+    assert!(h.write_state(StateWrite::Put(state("reg", "alice@x", b"2", u64::MAX >> 2))));
+    assert!(h.write_state(StateWrite::Delete { kind: "reg".into(), key: "carol@x".into() }));
+
+    pg.start_again().expect("store call");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let states = loop {
+        match h.call_blocking(Op::States { now: 0 }) {
+            Ok(Reply::States(rows)) if !rows.is_empty() => break rows,
+            other if Instant::now() >= deadline => panic!("the backlog never arrived: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert_eq!(states, vec![state("reg", "alice@x", b"2", u64::MAX >> 2)], "queued writes applied in order");
+    assert_eq!(
+        h.call_blocking(Op::Policies).expect("store call"),
+        Reply::Policies(vec![acked]),
+        "the refused write is absent"
+    );
+    let later = policy("dave@x", "*", Some("allow"), None);
+    assert_eq!(h.call_blocking(Op::PutPolicy(later)).expect("store call"), Reply::Done(true), "writes work again");
+}
+
+/// Failover to a standby: a primary and its streaming-replication standby behind one multi-host URL with
+/// `target_session_attrs=read-write`. The primary dies; writes are refused until the operator promotes the
+/// standby; then the store finds it by itself, with what was committed before (replicated) and new writes.
+#[test]
+fn store_postgres_fails_over_to_a_promoted_standby() {
+    let mut primary = support_pg::start("failover-primary");
+    let standby = support_pg::standby("failover-standby", &primary);
+    let url = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=parapet target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let mut s = PgStore::open(&url, Instant::now() + Duration::from_secs(10)).expect("open");
+    let before = policy("bob@x", "*", Some("block"), None);
+    s.put_policy(&before).expect("a write on the primary");
+    // Asynchronous replication: wait until the standby has it (the README says how to make it synchronous).
+    let on_standby = format!("host=127.0.0.1 port={} user=postgres dbname=parapet", standby.port());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = postgres::Client::connect(&on_standby, postgres::NoTls)
+            .and_then(|mut c| c.query_one("SELECT count(*) FROM policy", &[]))
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the standby never received the write");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    primary.stop().expect("stop the primary");
+    let after = policy("carol@x", "*", Some("allow"), None);
+    assert!(s.put_policy(&after).is_err(), "no primary: the write is refused (the standby is read-only)");
+    standby.promote().expect("promote");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = s.put_policy(&after) {
+        assert!(Instant::now() < deadline, "the store never found the promoted standby: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.policies().expect("policies"), vec![before, after]);
+}
+
+/// A pool starting before its database waits for it (until the deadline), and says so clearly when it gives up.
+#[test]
+fn store_postgres_open_waits_for_the_server() {
+    let mut pg = support_pg::start("conformance-pg-late");
+    let url = pg.url();
+    pg.stop().expect("stop");
+    let t = Instant::now();
+    let e = PgStore::open(&url, Instant::now() + Duration::from_secs(1)).err().expect("no server: no store");
+    assert!(t.elapsed() < Duration::from_secs(8), "gave up near its deadline, took {:?}", t.elapsed());
+    let msg = e.to_string();
+    assert!(msg.contains("PostgreSQL at postgres://postgres@127.0.0.1:") && msg.contains("unavailable"), "{msg}");
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        pg.start_again().expect("start");
+        pg
+    });
+    let mut s = PgStore::open(&url, Instant::now() + Duration::from_secs(30)).expect("the server came up in time");
+    assert!(s.policies().expect("policies").is_empty());
+    drop(late.join());
+}
