@@ -86,12 +86,23 @@ fn num(v: f64) -> String {
 
 /// Hourly columns of several metrics side by side.
 fn wide(name: &'static str, title: &'static str, rows: &[RollupRow], cols: &[(&str, &str)]) -> Table {
+    wide_by("hour (UTC)", name, title, rows, cols)
+}
+
+/// As [`wide`], per day: the rows' minutes moved to their day's start (peaks stay peaks, sums add up).
+fn daily(name: &'static str, title: &'static str, rows: &[RollupRow], cols: &[(&str, &str)]) -> Table {
+    let days: Vec<RollupRow> =
+        rows.iter().map(|r| RollupRow { minute: r.minute - r.minute % 86_400, ..r.clone() }).collect();
+    wide_by("day (UTC)", name, title, &days, cols)
+}
+
+fn wide_by(first: &str, name: &'static str, title: &'static str, rows: &[RollupRow], cols: &[(&str, &str)]) -> Table {
     let per: Vec<BTreeMap<(u64, String), f64>> = cols.iter().map(|(m, _)| hourly(rows, m, "")).collect();
     let hours: BTreeSet<u64> = per.iter().flat_map(|m| m.keys().map(|(h, _)| *h)).collect();
     let mut t = Table {
         name,
         title,
-        columns: std::iter::once("hour (UTC)".to_string()).chain(cols.iter().map(|(_, c)| c.to_string())).collect(),
+        columns: std::iter::once(first.to_string()).chain(cols.iter().map(|(_, c)| c.to_string())).collect(),
         rows: Vec::new(),
         plot: BTreeMap::new(),
     };
@@ -174,24 +185,24 @@ fn latency(rows: &[RollupRow]) -> Table {
     t
 }
 
+/// What the traffic tables show, per hour and per day.
+const TRAFFIC: &[(&str, &str)] = &[
+    ("parapet_pool_messages_forked_total", "messages (internal and remote)"),
+    ("parapet_pool_messages_delivered_total", "messages delivered"),
+    ("parapet_pool_messages_offline_total", "messages to offline users"),
+    ("parapet_pool_federated_requests_total", "federated in"),
+    ("parapet_pool_federated_out_total", "federated out"),
+    ("parapet_pool_registrations_total", "registrations"),
+    ("parapet_pool_auth_failures_total", "registration failures (auth)"),
+    ("parapet_pool_publications_total", "presence updates"),
+    ("parapet_edge_flows_authenticated_connections", "peak users online (registered flows)"),
+];
+
 /// Every table of the report.
 pub fn tables(rows: &[RollupRow]) -> Vec<Table> {
     vec![
-        wide(
-            "traffic",
-            "Messages, registrations and presence per hour",
-            rows,
-            &[
-                ("parapet_pool_messages_forked_total", "messages (internal and remote)"),
-                ("parapet_pool_messages_delivered_total", "messages delivered"),
-                ("parapet_pool_messages_offline_total", "messages to offline users"),
-                ("parapet_pool_federated_requests_total", "federated in"),
-                ("parapet_pool_federated_out_total", "federated out"),
-                ("parapet_pool_registrations_total", "registrations"),
-                ("parapet_pool_auth_failures_total", "registration failures (auth)"),
-                ("parapet_pool_publications_total", "presence updates"),
-            ],
-        ),
+        daily("traffic_daily", "Messages, registrations, presence and peak users per day", rows, TRAFFIC),
+        wide("traffic", "Messages, registrations, presence and peak users per hour", rows, TRAFFIC),
         long(
             "partners",
             "Federation per partner per hour",
@@ -482,12 +493,19 @@ mod tests {
             row(3600, "parapet_edge_handle_seconds_bucket", "le=\"0.001\"", Combine::Sum, 90.0),
             row(3600, "parapet_edge_handle_seconds_bucket", "le=\"0.01\"", Combine::Sum, 99.0),
             row(3600, "parapet_edge_handle_seconds_bucket", "le=\"+Inf\"", Combine::Sum, 100.0),
+            row(3600, "parapet_pool_registrations_total", "", Combine::Sum, 2.0),
+            row(7200, "parapet_pool_registrations_total", "", Combine::Sum, 1.0),
+            row(90_000, "parapet_pool_registrations_total", "", Combine::Sum, 3.0),
         ];
         let t = tables(&rows);
         let find = |n: &str| t.iter().find(|t| t.name == n).map(|t| t.rows.clone()).unwrap_or_default();
         assert_eq!(find("partners"), vec![vec!["1970-01-01 01:00", "edge.partner.test", "7", "0", "0", "0"]]);
         assert_eq!(find("refusals"), vec![vec!["1970-01-01 02:00", "flood_rate", "9"]]);
         assert_eq!(find("capacity").first().and_then(|r| r.get(1)).map(String::as_str), Some("5"));
+        let daily = find("traffic_daily");
+        assert_eq!(daily.len(), 2, "two days: {daily:?}");
+        assert_eq!((daily[0][0].as_str(), daily[0][6].as_str(), daily[1][6].as_str()), ("1970-01-01 00:00", "3", "3"));
+        assert_eq!(find("traffic").len(), 3, "three hours");
         assert_eq!(find("latency"), vec![vec!["1970-01-01 01:00", "edge", "100", "1", "1", "10"]]);
         let page = html(&t, 0, 7200, None, "");
         assert!(page.contains("<svg") && page.contains("edge.partner.test") && !page.contains("<script"));

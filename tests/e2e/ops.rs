@@ -619,7 +619,7 @@ fn ops_report_and_dashboard_show_the_traffic() {
         page.contains("<svg") && page.contains("edge.partner.test") && page.contains("unauthenticated"),
         "report.html"
     );
-    for t in ["traffic", "capacity", "latency", "cpu"] {
+    for t in ["traffic", "traffic_daily", "capacity", "latency", "cpu"] {
         assert!(csv_dir.join(format!("{t}.csv")).exists(), "{t}.csv written");
     }
     match http(app.port_base + 4, "GET", "/report?since=1h", None) {
