@@ -316,7 +316,8 @@ pub fn html(tables: &[Table], since: u64, until: u64, refresh_s: Option<u32>, li
     );
     let _ = write!(
         s,
-        "<h1>parapet report</h1><p id=\"period\">From {} to {} (UTC), hourly, from the per-minute rollups.</p><ul>",
+        "<h1>parapet {}</h1><p id=\"period\">From {} to {} (UTC), hourly, from the per-minute rollups.</p><ul>",
+        if refresh_s.is_some() { "dashboard" } else { "report" },
         fmt_hour(hour_of(since)),
         fmt_hour(hour_of(until))
     );
