@@ -74,6 +74,29 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Check this host and a config before a start: limits, io_uring, ports, clock, certificates, store.
+    Doctor {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// An HTML report (SVG plots) of the rollups in the store, and optionally one CSV per table.
+    Report {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// How far back: 7d, 12h, 30m.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+        /// Also write <table>.csv files into this folder.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
+    /// Ask a running process (its [mgmt] listener, with the config's token) to reload its federation table.
+    Reload {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Allow/block entries (presence and IM) in the pool's store; a running pool applies them within a second.
     Policy {
         /// The pool's config (its `[pool] database` is used).
@@ -240,9 +263,15 @@ fn main() -> ExitCode {
         Cmd::Partner { cmd } => parapet::mgmt::partners::cli(cmd),
         Cmd::DnsRecords { config } => parapet::mgmt::dns_records::run(&config),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)
-            .and_then(|c| c.validate())
+            .and_then(|c| c.validate().and_then(|()| c.check_files()))
             .map(|()| println!("{}: ok", config.display()))
             .map_err(|e| e.to_string()),
+        Cmd::Report { config, since, out, csv } => parapet::mgmt::report::run(&config, &since, &out, csv.as_deref()),
+        Cmd::Doctor { config } => parapet::mgmt::doctor::run(&config),
+        Cmd::Reload { config } => parapet::config::Config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| parapet::mgmt::http::call(&c, "POST", "/reload", ""))
+            .map(|body| print!("{body}")),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
         Cmd::Store { cmd: StoreCmd::Migrate { from, to, force } } => {

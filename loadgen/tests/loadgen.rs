@@ -357,7 +357,12 @@ impl Up {
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
         text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            // Counters are exposed as `<name>_total`.
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .map(|r| r.strip_prefix("_total").unwrap_or(r))
+                    .is_some_and(|r| r.starts_with(['{', ' ']))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }

@@ -10,15 +10,18 @@
 //! (CPU ids, limit ordering, required files); callers run it once before starting a role.
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
+pub mod certs;
 pub mod devpki;
 pub mod federation;
 pub mod membership;
+pub mod ops;
 pub mod partners_file;
 pub mod roster;
 pub mod store;
 mod validate;
 
 pub use federation::{Clearinghouse, FederationConfig, Partner, PeerAddr, PeerLimits, UnknownPeers};
+pub use ops::MgmtConfig;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -33,6 +36,8 @@ pub struct Config {
     pub domain: String,
     /// Log filter passed to the tracing subscriber.
     pub log: String,
+    /// `log_format = "text"` (default) or `"json"` (one JSON object per line, for log collectors).
+    pub log_format: ops::LogFormat,
     pub limits: SipLimits,
     pub edge: Option<EdgeConfig>,
     pub pool: Option<PoolConfig>,
@@ -40,11 +45,6 @@ pub struct Config {
     pub mgmt: Option<MgmtConfig>,
     /// `[store]`: PostgreSQL for the pool's durable data; None: SQLite at `[pool] database`.
     pub store: Option<store::StoreConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MgmtConfig {
-    pub listen: SocketAddr,
 }
 
 /// Hard bounds on a single SIP message, enforced by the parser on untrusted input.
@@ -317,6 +317,7 @@ impl Default for Config {
         Config {
             domain: DEFAULT_DOMAIN.into(),
             log: "info".into(),
+            log_format: ops::LogFormat::Text,
             limits: SipLimits::default(),
             edge: None,
             pool: None,
@@ -394,17 +395,12 @@ impl Default for PoolConfig {
 struct RawConfig {
     domain: Option<String>,
     log: Option<String>,
+    log_format: Option<String>,
     limits: Option<RawLimits>,
     edge: Option<RawEdge>,
     pool: Option<RawPool>,
-    mgmt: Option<RawMgmt>,
+    mgmt: Option<ops::RawMgmt>,
     store: Option<store::RawStore>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMgmt {
-    listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -587,12 +583,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         None => raw.edge.as_ref().map(|_| addr(DEFAULT_EDGE_INTERNAL_LISTEN)),
     };
 
-    let mgmt = match raw.mgmt {
-        None => None,
-        Some(m) => Some(MgmtConfig {
-            listen: parse_addr("mgmt", "listen", m.listen.as_deref().unwrap_or(DEFAULT_MGMT_LISTEN))?,
-        }),
-    };
+    let mgmt = ops::build(raw.mgmt, base_dir)?;
 
     let edge = match raw.edge {
         None => None,
@@ -724,8 +715,9 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         }
     };
 
+    let log_format = ops::log_format(raw.log_format.as_deref())?;
     let store = raw.store.map(store::build).transpose()?;
-    Ok(Config { domain, log, limits, edge, pool, mgmt, store })
+    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

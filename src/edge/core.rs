@@ -342,7 +342,7 @@ impl EdgeCore {
         let until = now + duration;
         self.guard.ban(ip, until);
         bump(&self.estats.bans);
-        tracing::warn!(%ip, reason, seconds = duration.as_secs(), "address banned");
+        crate::warn_limited!(%ip, reason, seconds = duration.as_secs(), "address banned");
         self.out.push(Action::RecordBan { ip, reason, duration });
         for core in (0..self.count).filter(|c| *c != self.id) {
             self.out.push(Action::Mesh { core, msg: EdgeMsg::Ban { ip, until } });

@@ -57,6 +57,15 @@ impl std::error::Error for ReloadError {}
 pub fn install(initial: &FederationConfig) {
     let mut t = TABLE.lock().unwrap_or_else(|p| p.into_inner());
     *t = Some((Arc::new(initial.clone()), Arc::new(Limiter::build(initial, None))));
+    // Per-partner families on /metrics, from whichever limiter is in force at the scrape.
+    crate::mgmt::metrics::register_labelled(
+        "federation_peers",
+        Box::new(|f| {
+            if let Some(l) = current_limits() {
+                l.visit_metrics(f);
+            }
+        }),
+    );
 }
 
 /// Moves on each successful reload.

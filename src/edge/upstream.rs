@@ -13,6 +13,7 @@ use super::core::{is_myself, Action, ConnInfo, EdgeCore};
 use super::policy::{self, Decision, Refusal};
 use super::{guard, token};
 use crate::net::conn::bump;
+use crate::net::ratelog::RateLog;
 use crate::net::ConnId;
 use crate::proto::{self, aor_of, Failure};
 use crate::sip::{self, Editor, HeaderName, Message, Method};
@@ -64,16 +65,20 @@ impl EdgeCore {
                 return;
             }
             Decision::Refuse { code, reason, why } => {
-                let counter = match why {
-                    Refusal::Draining => &self.estats.draining_refused,
-                    Refusal::InternalEvent => &self.estats.tokens_refused,
-                    Refusal::Unauthenticated => &self.estats.unauthenticated_refused,
-                    Refusal::SpoofedFrom => &self.estats.spoofed_from_refused,
-                    Refusal::TooManyHops => &self.estats.too_many_hops,
-                    Refusal::Busy => &self.estats.flow_busy,
+                let (counter, cause) = match why {
+                    Refusal::Draining => (&self.estats.draining_refused, 0),
+                    Refusal::InternalEvent => (&self.estats.tokens_refused, 1),
+                    Refusal::Unauthenticated => (&self.estats.unauthenticated_refused, 2),
+                    Refusal::SpoofedFrom => (&self.estats.spoofed_from_refused, 3),
+                    Refusal::TooManyHops => (&self.estats.too_many_hops, 4),
+                    Refusal::Busy => (&self.estats.flow_busy, 5),
                 };
                 bump(counter);
-                tracing::info!(peer = %conn.peer, ?why, "request refused at the edge");
+                // At most a few lines a second per cause (a flood must not become a flood of log lines).
+                static REFUSED_LOG: [RateLog; 6] = [const { RateLog::new() }; 6];
+                if let Some(held_back) = REFUSED_LOG.get(cause).and_then(RateLog::allow) {
+                    tracing::info!(peer = %conn.peer, ?why, held_back, "request refused at the edge");
+                }
                 let retry: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"5")];
                 let extra = if code == 503 { retry } else { &[] };
                 self.out.respond(conn.id, msg, code, reason, extra);

@@ -1,12 +1,9 @@
-//! Counters and the management HTTP listener (`/metrics` in Prometheus text format, `/health`: 200 "ok" only while
-//! every core of the process runs).
+//! Counters and their rendering for `/metrics` (Prometheus text format); the listener is [`super::http`].
 //!
 //! Each core owns its counters and is their only writer, so an increment is a relaxed load and store (no
 //! read-modify-write, no lock, no shared cache line between cores). The management thread only reads them.
 //! Cores register a visitor for their counters once at start; that registration is the only lock, off the hot path.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -75,13 +72,20 @@ impl Histogram {
     }
 }
 
-/// Declares a struct of counters that can list itself for `/metrics`.
+/// Declares a struct of counters that can list itself for `/metrics`. Each field's doc comment becomes its
+/// `# HELP` line (registered when the struct is built); "a gauge" in it makes the family a gauge.
 #[macro_export]
 macro_rules! counters {
-    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident,)* }) => {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[doc = $doc:literal])* $field:ident,)* }) => {
         $(#[$m])*
-        #[derive(Default, Debug)]
-        pub struct $name { $($(#[$fm])* pub $field: $crate::mgmt::metrics::Counter,)* }
+        #[derive(Debug)]
+        pub struct $name { $($(#[doc = $doc])* pub $field: $crate::mgmt::metrics::Counter,)* }
+        impl Default for $name {
+            fn default() -> Self {
+                $crate::mgmt::metrics::describe(&[$((stringify!($field), concat!("" $(, $doc)*)),)*]);
+                $name { $($field: $crate::mgmt::metrics::Counter::default(),)* }
+            }
+        }
         impl $name {
             pub fn visit(&self, f: &mut dyn FnMut(&str, u64)) {
                 $(f(stringify!($field), self.$field.get());)*
@@ -110,52 +114,158 @@ pub fn register(role: &'static str, core: usize, visit: Visitor) {
     }
 }
 
-/// Prometheus text exposition of every registered counter, grouped by metric name.
+fn helps() -> &'static Mutex<std::collections::HashMap<&'static str, &'static str>> {
+    static HELPS: OnceLock<Mutex<std::collections::HashMap<&'static str, &'static str>>> = OnceLock::new();
+    HELPS.get_or_init(|| Mutex::new(std::collections::HashMap::new()))
+}
+
+/// Help texts of counters by field name (what [`counters!`] registers); an empty text keeps one already known.
+pub fn describe(fields: &[(&'static str, &'static str)]) {
+    if let Ok(mut h) = helps().lock() {
+        for &(name, text) in fields {
+            let text = text.trim();
+            if !text.is_empty() || !h.contains_key(name) {
+                h.insert(name, text);
+            }
+        }
+    }
+}
+
+/// One sample of a labelled family (per partner, per cause...), listed by a [`register_labelled`] source.
+pub struct Labelled<'a> {
+    /// Full family name, `_total` included for counters.
+    pub family: &'static str,
+    pub help: &'static str,
+    pub gauge: bool,
+    pub labels: &'a [(&'static str, &'a str)],
+    pub value: u64,
+}
+
+type LabelledSource = Box<dyn Fn(&mut dyn FnMut(Labelled<'_>)) + Send + Sync>;
+
+fn labelled_sources() -> &'static Mutex<Vec<(&'static str, LabelledSource)>> {
+    static L: Mutex<Vec<(&'static str, LabelledSource)>> = Mutex::new(Vec::new());
+    &L
+}
+
+/// Registers (or, same `key`, replaces) a source of labelled samples read at each scrape.
+pub fn register_labelled(key: &'static str, source: LabelledSource) {
+    if let Ok(mut l) = labelled_sources().lock() {
+        l.retain(|(k, _)| *k != key);
+        l.push((key, source));
+    }
+}
+
+/// Edge refusals by cause: the per-core counters that count a refused request or connection, and the cause
+/// label they get in `parapet_edge_refused_total` (one family an alert or a dashboard can sum and split).
+const EDGE_REFUSAL_CAUSES: &[(&str, &str)] = &[
+    ("unauthenticated_refused", "unauthenticated"),
+    ("spoofed_from_refused", "spoofed_from"),
+    ("tokens_refused", "bad_token"),
+    ("flow_busy", "flow_busy"),
+    ("draining_refused", "draining"),
+    ("rate_limited", "flood_rate"),
+    ("connections_refused", "flood_connections_or_ban"),
+    ("too_many_hops", "too_many_hops"),
+    ("parse_errors", "bad_input"),
+    ("too_large", "too_large"),
+    ("framing_errors", "bad_framing"),
+    ("federation_spoofed_from", "federation_spoofed_from"),
+    ("federation_refused", "federation_policy"),
+    ("federation_rate_limited", "federation_rate"),
+    ("federation_connections_refused", "federation_connections"),
+];
+
+/// One line of the exposition before formatting: family, labels (already formatted, without braces), value.
+struct Line {
+    family: String,
+    /// Sorting key within the family: the core, then the order listed.
+    core: usize,
+    sample: String,
+}
+
+/// Prometheus text exposition: every family with `# HELP` and `# TYPE`, counters named `..._total`.
 pub fn render() -> String {
-    let mut samples: Vec<(String, usize, u64)> = Vec::new();
+    let mut raw: Vec<(&'static str, String, usize, u64)> = Vec::new();
     if let Ok(s) = sources().lock() {
         for src in s.iter() {
-            (src.visit)(&mut |name, v| samples.push((format!("parapet_{}_{}", src.role, name), src.core, v)));
+            (src.visit)(&mut |name, v| raw.push((src.role, name.to_string(), src.core, v)));
+        }
+    }
+    let helps = helps().lock().map(|h| h.clone()).unwrap_or_default();
+    let mut kinds: std::collections::BTreeMap<String, (&'static str, String)> = Default::default();
+    let mut lines: Vec<Line> = Vec::with_capacity(raw.len() + 32);
+    for (role, name, core, v) in &raw {
+        let field = name.split('{').next().unwrap_or(name);
+        let help = helps.get(field).copied().unwrap_or("");
+        if let Some(i) = field.find("_seconds_") {
+            // Histogram parts: bucket{le}, sum (kept in µs: integers), count.
+            let base = format!("parapet_{role}_{}", field.get(..i + "_seconds".len()).unwrap_or(field));
+            let suffix = field.get(i + "_seconds".len()..).unwrap_or("");
+            let sample = match suffix {
+                "_sum_us" => format!("{base}_sum{{core=\"{core}\"}} {}", *v as f64 / 1e6),
+                _ => match name.split_once('{') {
+                    Some((_, labels)) => format!("{base}{suffix}{{core=\"{core}\",{labels} {v}"),
+                    None => format!("{base}{suffix}{{core=\"{core}\"}} {v}"),
+                },
+            };
+            let what = field.get(..i).unwrap_or(field).replace('_', " ");
+            kinds.entry(base.clone()).or_insert(("histogram", format!("{role}: time to {what} one message")));
+            lines.push(Line { family: base, core: *core, sample });
+            continue;
+        }
+        let gauge = help.contains("a gauge") || field.ends_with("_now") || field.ends_with("connections");
+        let family = if gauge { format!("parapet_{role}_{field}") } else { format!("parapet_{role}_{field}_total") };
+        let help = if help.is_empty() { format!("{role}: {}", field.replace('_', " ")) } else { help.to_string() };
+        kinds.entry(family.clone()).or_insert((if gauge { "gauge" } else { "counter" }, help));
+        lines.push(Line { family: family.clone(), core: *core, sample: format!("{family}{{core=\"{core}\"}} {v}") });
+        if *role == "edge" {
+            if let Some((_, cause)) = EDGE_REFUSAL_CAUSES.iter().find(|(f, _)| *f == field) {
+                let fam = "parapet_edge_refused_total";
+                kinds
+                    .entry(fam.into())
+                    .or_insert(("counter", "edge: requests and connections refused, by cause".into()));
+                let sample = format!("{fam}{{core=\"{core}\",cause=\"{cause}\"}} {v}");
+                lines.push(Line { family: fam.into(), core: *core, sample });
+            }
+        }
+    }
+    if let Ok(l) = labelled_sources().lock() {
+        for (_, source) in l.iter() {
+            source(&mut |s: Labelled<'_>| {
+                kinds
+                    .entry(s.family.to_string())
+                    .or_insert((if s.gauge { "gauge" } else { "counter" }, s.help.to_string()));
+                let labels: Vec<String> =
+                    s.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label(v))).collect();
+                let sample = format!("{}{{{}}} {}", s.family, labels.join(","), s.value);
+                lines.push(Line { family: s.family.to_string(), core: 0, sample });
+            });
         }
     }
     // Stable: within a family and core, samples keep the order they were listed in (histogram buckets ascending).
-    samples.sort_by(|a, b| family(&a.0).cmp(family(&b.0)).then(a.1.cmp(&b.1)));
-    let mut out = String::with_capacity(samples.len() * 48);
-    let mut last = String::new();
-    for (name, core, v) in &samples {
-        let fam = family(name);
-        if fam != last {
-            // Gauges are named by what they hold now; histograms by their suffixes; everything else only grows.
-            let kind = if name.contains("_seconds_") {
-                "histogram"
-            } else if name.ends_with("connections") || name.ends_with("_now") {
-                "gauge"
-            } else {
-                "counter"
-            };
-            out.push_str(&format!("# TYPE {fam} {kind}\n"));
-            last = fam.to_string();
+    lines.sort_by(|a, b| a.family.cmp(&b.family).then(a.core.cmp(&b.core)));
+    let mut out = String::with_capacity(lines.len() * 64 + kinds.len() * 96);
+    let mut last = "";
+    for l in &lines {
+        if l.family != last {
+            if let Some((kind, help)) = kinds.get(&l.family) {
+                out.push_str(&format!("# HELP {} {}\n# TYPE {} {kind}\n", l.family, escape_help(help), l.family));
+            }
+            last = &l.family;
         }
-        // A histogram's sum is kept in µs (integers); Prometheus wants seconds.
-        if let Some(base) = name.strip_suffix("_seconds_sum_us") {
-            out.push_str(&format!("{base}_seconds_sum{{core=\"{core}\"}} {}\n", *v as f64 / 1e6));
-            continue;
-        }
-        match name.split_once('{') {
-            Some((base, labels)) => out.push_str(&format!("{base}{{core=\"{core}\",{labels} {v}\n")),
-            None => out.push_str(&format!("{name}{{core=\"{core}\"}} {v}\n")),
-        }
+        out.push_str(&l.sample);
+        out.push('\n');
     }
     out
 }
 
-/// The metric family a sample belongs to (a histogram's buckets, sum and count are one family).
-fn family(name: &str) -> &str {
-    let base = name.split('{').next().unwrap_or(name);
-    match base.find("_seconds_") {
-        Some(i) => base.get(..i + "_seconds".len()).unwrap_or(base),
-        None => base,
-    }
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// A ban decided by a core, for `/bans` (the cores enforce their own replicas; this list is for people).
@@ -203,79 +313,7 @@ pub fn render_bans() -> String {
     out
 }
 
-/// Serves `/metrics` and `/health` on a plain thread (never on an executor: scraping must not steal a core's time
-/// slice, and a slow scraper must not hold anything the data path needs).
-pub fn serve(addr: SocketAddr) -> std::io::Result<()> {
-    let listener =
-        TcpListener::bind(addr).map_err(|e| std::io::Error::new(e.kind(), format!("[mgmt] listen {addr}: {e}")))?;
-    std::thread::Builder::new().name("mgmt".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-            handle(stream);
-        }
-    })?;
-    Ok(())
-}
-
-type ReloadHook = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
-
-static RELOAD: std::sync::OnceLock<ReloadHook> = std::sync::OnceLock::new();
-
-/// What `POST /reload` runs (set once by the process that has something to reload).
-pub fn on_reload(hook: ReloadHook) {
-    let _ = RELOAD.set(hook);
-}
-
-fn reload() -> (&'static str, &'static str, String) {
-    match RELOAD.get().map(|f| f()) {
-        Some(Ok(summary)) => ("200 OK", "text/plain", format!("{summary}\n")),
-        Some(Err(e)) => ("422 Unprocessable Entity", "text/plain", format!("{e}\n")),
-        None => ("404 Not Found", "text/plain", "nothing to reload in this process\n".to_string()),
-    }
-}
-
-fn handle(mut stream: std::net::TcpStream) {
-    let mut buf = [0u8; 2048];
-    let n = stream.read(&mut buf).unwrap_or(0);
-    let head = buf.get(..n).unwrap_or(&[]);
-    let path = head.split(|b| *b == b' ').nth(1).unwrap_or(b"");
-    let post = head.starts_with(b"POST ");
-    let (status, ctype, body) = match path {
-        b"/reload" if post => reload(),
-        b"/reload" => ("405 Method Not Allowed", "text/plain", "use POST /reload\n".to_string()),
-        b"/metrics" => ("200 OK", "text/plain; version=0.0.4", render()),
-        // 503 when a core of this process stopped or stopped beating: an orchestrator's probe must see it.
-        b"/health" => match crate::shard::watch::health() {
-            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-        },
-        b"/bans" => ("200 OK", "text/plain", render_bans()),
-        b"/pool/status" => super::pool_admin::http_status(),
-        p if p.starts_with(b"/partners") => crate::mgmt::partners::route(post, p),
-        #[cfg(debug_assertions)]
-        p if post && p.starts_with(b"/debug/panic?core=") => debug_panic(p),
-        _ => ("404 Not Found", "text/plain", "try /metrics, /health, /bans or POST /reload\n".to_string()),
-    };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
-/// Debug builds only: `POST /debug/panic?core=N` kills core N (see [`crate::shard::watch::request_panic`]).
-#[cfg(debug_assertions)]
-fn debug_panic(path: &[u8]) -> (&'static str, &'static str, String) {
-    let core = path.strip_prefix(b"/debug/panic?core=").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
-    match core {
-        Some(id) => {
-            crate::shard::watch::request_panic(id);
-            ("200 OK", "text/plain", format!("core {id} will panic within a second (debug build)\n"))
-        }
-        None => ("400 Bad Request", "text/plain", "use POST /debug/panic?core=N\n".to_string()),
-    }
-}
+pub use super::http::on_reload;
 
 #[cfg(test)]
 mod tests {
@@ -293,6 +331,5 @@ mod tests {
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative");
         assert_eq!(buckets.last(), Some(&5));
         assert!(seen.last().is_some_and(|(n, v)| n == "t_seconds_count" && *v == 5));
-        assert_eq!(family("x_handle_seconds_bucket{le=\"1\"}"), "x_handle_seconds");
     }
 }

@@ -3,11 +3,16 @@
 //! `supervise`).
 
 pub mod dns_records;
+pub mod doctor;
 pub mod federate_with;
+pub mod http;
 pub mod metrics;
 pub mod partners;
 pub mod pool_admin;
 pub mod probe;
+pub mod ready;
+pub mod report;
+pub mod rollup;
 pub mod run;
 pub mod supervise;
 pub mod up;

@@ -47,9 +47,21 @@ pub fn signals() -> libc::sigset_t {
 }
 
 pub fn init_logging(filter: &str) {
+    init_logging_as(filter, crate::config::ops::LogFormat::Text);
+}
+
+/// Logging to stderr, as text or (`log_format = "json"`) one JSON object per line.
+pub fn init_logging_as(filter: &str, format: crate::config::ops::LogFormat) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let targets: Targets = filter.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    if format == crate::config::ops::LogFormat::Json {
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(false))
+            .with(targets)
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -65,7 +77,8 @@ pub fn init_logging(filter: &str) {
 pub fn run(config_path: &Path) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
     cfg.validate().map_err(|e| e.to_string())?;
-    init_logging(&cfg.log);
+    cfg.check_files().map_err(|e| e.to_string())?;
+    init_logging_as(&cfg.log, cfg.log_format);
     // Before any thread starts: a panic anywhere ends the process (a supervisor restarts it), see shard::watch.
     crate::shard::watch::exit_on_panic();
     crate::net::tls::install_provider();
@@ -74,7 +87,10 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     let executors = cfg.edge.as_ref().map_or(0, |e| e.cores.len()) + cfg.pool.as_ref().map_or(0, |p| p.cores.len());
     let io_memory = crate::shard::io_memory_per_executor(executors, share)?;
     if let Some(m) = &cfg.mgmt {
-        crate::mgmt::metrics::serve(m.listen).map_err(|e| e.to_string())?;
+        let token = m.token().map_err(|e| e.to_string())?;
+        crate::mgmt::http::serve(m.listen, token).map_err(|e| e.to_string())?;
+        crate::mgmt::ready::register_for(&cfg);
+        crate::mgmt::rollup::start(&cfg)?;
     }
     if cfg.edge.as_ref().is_some_and(|e| e.federation.is_some()) {
         let path = config_path.to_path_buf();
@@ -91,13 +107,19 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     if handles.is_empty() {
         return Err(format!("config {}: neither [edge] nor [pool]: nothing to run", config_path.display()));
     }
+    crate::shard::watch::fail_unless_started(START_DEADLINE);
     loop {
         let sig = wait_signal(&set);
         if sig == libc::SIGINT || sig == libc::SIGTERM {
             break;
         }
         if sig == libc::SIGHUP {
-            let _ = reload(config_path);
+            if cfg.edge.as_ref().is_some_and(|e| e.federation.is_some()) {
+                let _ = reload(config_path);
+            } else {
+                // The pool reads policies and contacts from the store as they change: nothing to read again.
+                tracing::info!("SIGHUP: nothing to reload in this process");
+            }
         }
     }
     tracing::info!("stopping: draining transactions in flight, then closing connections");
@@ -130,6 +152,9 @@ fn reload(config_path: &Path) -> Result<String, String> {
         }
     }
 }
+
+/// Longest the cores may take to start (they take milliseconds; a debug build on a loaded machine, seconds).
+const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest a SIGTERM waits for the cores (their own drain takes up to 5 s, closing up to 2 s more).
 const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(9);

@@ -126,7 +126,7 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         "# Written by `parapet up` at every start; copy it elsewhere to customise.\n\
          domain = \"{d}\"\n\n[edge]\ncores = {cores}\nlisten = \"{user}\"\ninternal_listen = \"{internal}\"\n\
          cert = \"pki/edge.pem\"\nkey = \"pki/edge.key\"\nca = \"pki/ca.pem\"\n\n\
-         [edge.pool]\nname = \"{pool_name}\"\naddr = \"{pool}\"\n\n[mgmt]\nlisten = \"{mgmt}\"\n",
+         [edge.pool]\nname = \"{pool_name}\"\naddr = \"{pool}\"\n\n[mgmt]\nlisten = \"{mgmt}\"\nrollup_database = \"reports.db\"\n",
         mgmt = addr(o.port_base + 3),
         cores = o.cores,
         user = addr(user_port),

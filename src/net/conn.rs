@@ -67,6 +67,8 @@ crate::counters! {
     pub struct NetStats {
         accepted,
         handshakes_failed,
+        /// Connections closed before sending a byte of TLS (port probes).
+        handshakes_abandoned,
         peers_refused,
         closed,
         /// Live connections on this core (a gauge).

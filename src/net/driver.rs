@@ -254,7 +254,7 @@ fn process_input<H: Handler>(
                     }
                     Err(e) => {
                         bump(&stats.parse_errors);
-                        tracing::info!(peer = %conn.peer, error = %e, "malformed SIP message");
+                        crate::info_limited!(peer = %conn.peer, error = %e, "malformed SIP message");
                         if !raw.starts_with(b"SIP/") {
                             let _ = sip::write_error_response_raw(wbuf, &raw, e.status(), e.reason());
                         }
@@ -263,14 +263,14 @@ fn process_input<H: Handler>(
             }
             Err(FrameError::TooLarge { header_len, content_length }) => {
                 bump(&stats.too_large);
-                tracing::info!(peer = %conn.peer, content_length, "message over the size limit: 513, closing");
+                crate::info_limited!(peer = %conn.peer, content_length, "message over the size limit: 513, closing");
                 let head = rbuf.get(..header_len).unwrap_or(&rbuf[..]);
                 let _ = sip::write_error_response_raw(wbuf, head, 513, "Message Too Large");
                 return true;
             }
             Err(e) => {
                 bump(&stats.framing_errors);
-                tracing::info!(peer = %conn.peer, error = ?e, "framing lost: closing");
+                crate::info_limited!(peer = %conn.peer, error = ?e, "framing lost: closing");
                 return true;
             }
         }

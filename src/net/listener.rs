@@ -132,7 +132,7 @@ async fn accept_loop<H: Handler>(listener: TcpListener, spec: ListenSpec, handle
         };
         bump(&handler.stats().accepted);
         if handler.table().borrow().len() >= spec.connections_max {
-            tracing::warn!(addr = %spec.addr, "connection limit reached: refusing");
+            crate::warn_limited!(addr = %spec.addr, "connection limit reached: refusing");
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -168,9 +168,16 @@ async fn handshake_and_drive<H: Handler>(
     };
     let tls = match futures_lite::future::or(hs, deadline).await {
         Some(Ok(tls)) => tls,
+        // Closed before a byte of TLS: a port probe (a load balancer's TCP check, `up` waiting for the port,
+        // `/ready` of the edge), not a client that failed: counted apart and not logged at info.
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            bump(&handler.stats().handshakes_abandoned);
+            tracing::debug!(%peer, "connection closed before its TLS handshake");
+            return;
+        }
         Some(Err(e)) => {
             bump(&handler.stats().handshakes_failed);
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            crate::info_limited!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         None => {

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod identity;
 pub mod listener;
 pub mod queue;
+pub mod ratelog;
 pub mod tls;
 
 pub use conn::{Conn, ConnId, ConnKind, ConnTable, Handler, NetStats, SendError};

@@ -77,9 +77,6 @@ pub fn shard_for(key: &[u8], n: usize) -> usize {
 /// Locked memory available to this process, per executor, or an error telling the operator what to raise.
 /// `share` is the number of processes of ours expected to draw on the same per-user limit.
 pub fn io_memory_per_executor(executors: usize, share: usize) -> Result<usize, String> {
-    if has_cap_ipc_lock() {
-        return Ok(IO_MEMORY_DEFAULT);
-    }
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
@@ -88,6 +85,8 @@ pub fn io_memory_per_executor(executors: usize, share: usize) -> Result<usize, S
     }
     let limit = rl.rlim_cur as usize;
     let per = limit / executors.max(1) / share.max(1);
+    // Checked even with CAP_IPC_LOCK: in a user namespace (a container's root) the capability does not lift the
+    // limit the kernel charges io_uring's rings to, and below it glommio's executors hang at start, silently.
     if per < IO_MEMORY_MIN {
         return Err(format!(
             "RLIMIT_MEMLOCK is {} KiB; {} executor(s) need at least {} KiB each for io_uring: raise it \
@@ -97,6 +96,9 @@ pub fn io_memory_per_executor(executors: usize, share: usize) -> Result<usize, S
             IO_MEMORY_MIN / 1024,
             executors * share.max(1) * IO_MEMORY_DEFAULT / 1024
         ));
+    }
+    if has_cap_ipc_lock() {
+        return Ok(IO_MEMORY_DEFAULT);
     }
     Ok(per.min(IO_MEMORY_DEFAULT))
 }

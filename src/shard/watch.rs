@@ -151,6 +151,44 @@ pub(super) fn stopped(role: &'static str, core: Option<usize>) {
     unsafe { libc::_exit(CORE_STOPPED_EXIT_CODE) }
 }
 
+/// Ends the process when its cores have not all started within `deadline` (checked on a thread of its own):
+/// an executor that cannot set up io_uring (locked memory exhausted: RLIMIT_MEMLOCK is charged per user, so other
+/// processes of the same user count) blocks the others' start for good, and a process must fail, not hang.
+pub fn fail_unless_started(deadline: Duration) {
+    let spawned = std::thread::Builder::new().name("start-watch".into()).spawn(move || {
+        let t0 = Instant::now();
+        loop {
+            let (running, expected) = (beats().lock().map_or(0, |b| b.len()), EXPECTED.load(Ordering::Acquire));
+            if running >= expected {
+                return;
+            }
+            if t0.elapsed() >= deadline {
+                tracing::error!(
+                    "only {running} of {expected} cores started within {deadline:?}: exiting. Most likely io_uring \
+                     could not lock its memory: RLIMIT_MEMLOCK is {} KiB and is shared by every process of this \
+                     user (raise it: `ulimit -l`, LimitMEMLOCK=; `parapet doctor -c FILE` checks it)",
+                    memlock_kib()
+                );
+                // SAFETY: as in the panic hook.
+                unsafe { libc::_exit(CORE_STOPPED_EXIT_CODE) }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("start watch not running: {e}");
+    }
+}
+
+fn memlock_kib() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 {
+        return 0;
+    }
+    rl.rlim_cur / 1024
+}
+
 /// `/health`: Ok when every core started in this process is running and beating; else why not.
 pub fn health() -> Result<(), String> {
     if super::draining() {

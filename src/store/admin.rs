@@ -62,6 +62,21 @@ pub fn owner_key(s: &str, domain: &str) -> Result<String, String> {
     }
 }
 
+/// `owner_key`, refused unless the user is in the pool's directory: an entry for a user who does not exist would
+/// be accepted silently and never apply (a typo in a name must say so).
+fn known_owner(config: &Path, owner: &str, domain: &str) -> Result<String, String> {
+    let key = owner_key(owner, domain)?;
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let pool = cfg.pool.as_ref().ok_or_else(|| format!("{}: no [pool] section", config.display()))?;
+    let dir = super::directory::Directory::load(&pool.directory).map_err(|e| e.to_string())?;
+    let (alias, host) = key.split_once('@').unwrap_or((key.as_str(), ""));
+    // Owner keys are lowercase (as the pool keys AORs); the directory keeps aliases as written.
+    if host != domain || !dir.users.iter().any(|u| u.alias.eq_ignore_ascii_case(alias)) {
+        return Err(format!("no user {key:?} in the directory {} (users of {domain} only)", pool.directory.display()));
+    }
+    Ok(key)
+}
+
 pub fn policy_list(config: &Path, owner: Option<&str>) -> Result<String, String> {
     let (mut store, domain) = open(config)?;
     let owner = owner.map(|o| owner_key(o, &domain)).transpose()?;
@@ -78,7 +93,7 @@ pub fn policy_list(config: &Path, owner: Option<&str>) -> Result<String, String>
 
 pub fn policy_set(config: &Path, owner: &str, target: &str, presence: Change, im: Change) -> Result<String, String> {
     let (mut store, domain) = open(config)?;
-    let owner = owner_key(owner, &domain)?;
+    let owner = known_owner(config, owner, &domain)?;
     let target =
         Target::parse(target).ok_or_else(|| format!("{target:?}: expected user@domain, @domain or *"))?.to_text();
     let old = store.policies().map_err(|e| e.to_string())?.into_iter().find(|r| r.owner == owner && r.target == target);
@@ -110,7 +125,7 @@ pub fn contacts_list(config: &Path, owner: &str) -> Result<String, String> {
 
 pub fn contacts_add(config: &Path, owner: &str, uri: &str, name: &str, group: &str) -> Result<String, String> {
     let (mut store, domain) = open(config)?;
-    let owner = owner_key(owner, &domain)?;
+    let owner = known_owner(config, owner, &domain)?;
     let uri = format!("sip:{}", owner_key(uri, &domain)?);
     store
         .put_contact(&ContactRow { owner, uri: uri.clone(), display_name: name.into(), group: group.into() })

@@ -12,6 +12,7 @@ pub mod members;
 pub mod migrate;
 pub mod pgcluster;
 pub mod postgres;
+pub mod rollup;
 pub mod sqlite;
 pub mod thread;
 
@@ -122,6 +123,18 @@ pub trait Store: Send {
     /// allow/block entries and contact lists count (PostgreSQL: only those; SQLite: any write).
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
         Ok(false)
+    }
+    /// Adds per-minute rollups (rows of the same minute and key combine: counters add, gauges keep the peak).
+    fn write_rollups(&mut self, _rows: &[rollup::RollupRow]) -> Result<(), StoreError> {
+        Err(StoreError("this store keeps no rollups (reports need the SQLite store for now)".into()))
+    }
+    /// Rollups of minutes at or after `since` (unix seconds), oldest first.
+    fn rollups(&mut self, _since: u64) -> Result<Vec<rollup::RollupRow>, StoreError> {
+        Err(StoreError("this store keeps no rollups (reports need the SQLite store for now)".into()))
+    }
+    /// Deletes rollups of minutes before `before`; how many rows went.
+    fn prune_rollups(&mut self, _before: u64) -> Result<usize, StoreError> {
+        Ok(0)
     }
 }
 

@@ -102,6 +102,18 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn write_rollups(&mut self, rows: &[super::rollup::RollupRow]) -> Result<(), StoreError> {
+        super::rollup::sqlite_write(&mut self.conn, rows)
+    }
+
+    fn rollups(&mut self, since: u64) -> Result<Vec<super::rollup::RollupRow>, StoreError> {
+        super::rollup::sqlite_read(&mut self.conn, since)
+    }
+
+    fn prune_rollups(&mut self, before: u64) -> Result<usize, StoreError> {
+        super::rollup::sqlite_prune(&mut self.conn, before)
+    }
+
     fn policies(&mut self) -> Result<Vec<PolicyRow>, StoreError> {
         let mut st = self
             .conn

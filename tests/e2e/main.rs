@@ -7,6 +7,7 @@ mod pjsua;
 mod support;
 mod support_dns;
 mod support_members;
+mod support_ops;
 mod support_pg;
 
 mod challenges;
@@ -27,6 +28,7 @@ mod interop_linphone;
 mod interop_pjsip;
 mod lifecycle;
 mod malformed;
+mod ops;
 mod pool_failover;
 mod presence_pjsip;
 mod presence_raw;

@@ -61,7 +61,10 @@ fn pool_metric(app: &Appliance, name: &str) -> u64 {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.lines()
-        .filter_map(|l| l.strip_prefix(name).filter(|r| r.starts_with('{')))
+        // Counters are exposed as `<name>_total`.
+        .filter_map(|l| {
+            l.strip_prefix(name).map(|r| r.strip_prefix("_total").unwrap_or(r)).filter(|r| r.starts_with('{'))
+        })
         .filter_map(|r| r.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
         .sum()
 }

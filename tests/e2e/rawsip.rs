@@ -124,7 +124,8 @@ impl Metrics {
         let mut found = false;
         let mut sum = 0;
         for l in self.0.lines() {
-            if let Some(rest) = l.strip_prefix(name) {
+            // Counters are exposed as `<name>_total`; tests name them either way.
+            if let Some(rest) = l.strip_prefix(name).map(|r| r.strip_prefix("_total").unwrap_or(r)) {
                 if rest.starts_with('{') || rest.starts_with(' ') {
                     if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) {
                         found = true;

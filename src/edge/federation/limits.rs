@@ -69,6 +69,9 @@ pub struct PeerState {
     connections_max: AtomicU32,
     /// Connections refused at the cap, logged at most every [`LOG_INTERVAL_MS`].
     capped_log: LogThrottle,
+    /// Requests let through by the rate, and connections refused at the cap, since start (for `/metrics`).
+    requests: AtomicU64,
+    capped: AtomicU64,
 }
 
 /// Lets one log line through per [`LOG_INTERVAL_MS`], whichever core asks.
@@ -119,6 +122,7 @@ impl PeerState {
         let max = self.connections_max.load(Ordering::Relaxed);
         self.connections
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .map_err(|_| self.capped.fetch_add(1, Ordering::Relaxed))
             .ok()
             .map(|_| ConnSlot(self.clone()))
     }
@@ -144,7 +148,10 @@ impl PeerState {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(current) => tat = current,
             }
         }
@@ -219,6 +226,48 @@ impl Limiter {
         let h = names.iter().fold(0u64, |acc, n| acc.wrapping_add(self.strangers.hasher.hash_one(n.as_str())));
         let slots = &self.strangers.slots;
         &slots[(h % slots.len() as u64) as usize]
+    }
+}
+
+impl Limiter {
+    /// Per-partner samples for `/metrics` (listed peers by certificate name; unknown peers are not listed one by
+    /// one: their number is unbounded).
+    pub fn visit_metrics(&self, f: &mut dyn FnMut(crate::mgmt::metrics::Labelled<'_>)) {
+        use crate::mgmt::metrics::Labelled;
+        let mut names: Vec<&String> = self.listed.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(s) = self.listed.get(name) else { continue };
+            let labels = [("partner", name.as_str())];
+            for (family, help, gauge, value) in [
+                (
+                    "parapet_edge_partner_requests_total",
+                    "federation: requests a listed peer sent within its rate",
+                    false,
+                    s.requests.load(Ordering::Relaxed),
+                ),
+                (
+                    "parapet_edge_partner_rate_refused_total",
+                    "federation: requests of a listed peer refused over its rate (503)",
+                    false,
+                    s.refused(),
+                ),
+                (
+                    "parapet_edge_partner_connections",
+                    "federation: connections from a listed peer now (a gauge)",
+                    true,
+                    u64::from(s.connections()),
+                ),
+                (
+                    "parapet_edge_partner_connections_refused_total",
+                    "federation: connections of a listed peer refused at its cap",
+                    false,
+                    s.capped.load(Ordering::Relaxed),
+                ),
+            ] {
+                f(Labelled { family, help, gauge, labels: &labels, value });
+            }
+        }
     }
 }
 
