@@ -79,6 +79,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ContactsCmd,
     },
+    /// The IM archive in the pool's store: search, export (JSON lines), purge.
+    Archive {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: parapet::store::archive_cli::ArchiveCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +208,7 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
+        Cmd::Archive { config, cmd } => print(cmd.run(&config)),
         Cmd::Store { cmd: StoreCmd::Migrate { from, to, force } } => {
             print(parapet::store::migrate::migrate(&from, &to, force))
         }

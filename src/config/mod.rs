@@ -10,6 +10,7 @@
 //! (CPU ids, limit ordering, required files); callers run it once before starting a role.
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
+pub mod archive;
 pub mod devpki;
 pub mod federation;
 pub mod store;
@@ -37,6 +38,8 @@ pub struct Config {
     pub mgmt: Option<MgmtConfig>,
     /// `[store]`: PostgreSQL for the pool's durable data; None: SQLite at `[pool] database`.
     pub store: Option<store::StoreConfig>,
+    /// `[archive]`: IM archiving; None: nothing archived.
+    pub archive: Option<archive::ArchiveConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +318,7 @@ impl Default for Config {
             pool: None,
             mgmt: None,
             store: None,
+            archive: None,
         }
     }
 }
@@ -390,6 +394,7 @@ struct RawConfig {
     pool: Option<RawPool>,
     mgmt: Option<RawMgmt>,
     store: Option<store::RawStore>,
+    archive: Option<archive::RawArchive>,
 }
 
 #[derive(Deserialize, Default)]
@@ -712,7 +717,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     };
 
     let store = raw.store.map(store::build).transpose()?;
-    Ok(Config { domain, log, limits, edge, pool, mgmt, store })
+    let archive = raw.archive.map(archive::build).transpose()?;
+    Ok(Config { domain, log, limits, edge, pool, mgmt, store, archive })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

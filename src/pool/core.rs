@@ -50,6 +50,8 @@ pub enum Action {
     StoreWrite(StateWrite),
     /// A store operation whose reply comes back as [`PoolCore::on_store_reply`] with `then`.
     StoreCall { op: Op, then: Resume },
+    /// A MESSAGE to the IM archive, queued without waiting (write-behind); a full queue loses it (counted).
+    Archive(crate::store::archive::ArchiveRow),
     /// Comes back as [`PoolCore::on_timer`] after `after`.
     Timer { after: Duration, timer: Timer },
 }
@@ -94,6 +96,7 @@ pub struct CoreSettings {
     pub nonces_max: usize,
     /// Forked transactions per core (more get 503).
     pub transactions_max: usize,
+    pub archive: super::archive::ArchiveSettings,
 }
 
 impl CoreSettings {
@@ -115,6 +118,7 @@ impl CoreSettings {
             presence: presence::PresenceSettings::default(),
             nonces_max: NONCES_MAX,
             transactions_max: TRANSACTIONS_MAX,
+            archive: super::archive::ArchiveSettings::off(),
         }
     }
 }
@@ -147,6 +151,7 @@ pub struct PoolCore {
     /// Soft state changed since the last write-out ([`super::persist`]).
     pub(crate) unsaved: super::persist::Unsaved,
     pub(crate) presence: presence::Presence,
+    pub(crate) archive: super::archive::ArchiveCoreState,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -164,6 +169,7 @@ impl PoolCore {
             txns: proxy::Transactions::new(s.transactions_max),
             presence: presence::Presence::new(&s.presence, id, count, salt),
             unsaved: super::persist::Unsaved::default(),
+            archive: Default::default(),
             now,
             actions: Vec::new(),
             s,
@@ -466,6 +472,7 @@ impl PoolCore {
                     bump(&self.pstats.messages_refused_policy);
                     self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
                 }
+                Some(Method::Message) if !self.archive_admits(origin, &msg) => {}
                 _ => self.route(origin, msg),
             },
         }

@@ -11,6 +11,7 @@
 //! Structure: [`core::PoolCore`] is the logic and state of one core, without I/O (inputs in, [`Action`]s out);
 //! [`shell`] runs it on a glommio executor and performs its actions.
 
+pub mod archive;
 pub mod auth;
 pub mod core;
 pub mod digest;
@@ -103,6 +104,9 @@ crate::counters! {
         backend_refused,
         /// Back-end subscriptions held right now (a gauge).
         backend_subscriptions_now,
+        messages_archived,
+        archive_lost,
+        messages_refused_archive,
     }
 }
 
@@ -187,6 +191,7 @@ impl PoolSettings {
             presence,
             nonces_max: core::NONCES_MAX,
             transactions_max: core::TRANSACTIONS_MAX,
+            archive: archive::settings(cfg.archive.as_ref(), &store),
         };
         Ok(PoolSettings {
             core: Arc::new(core),

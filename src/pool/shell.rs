@@ -198,6 +198,11 @@ impl PoolShell {
                     bump(&self.pstats.store_queue_full);
                 }
             }
+            Action::Archive(row) => {
+                if !self.store.archive(row) {
+                    bump(&self.pstats.archive_lost);
+                }
+            }
             Action::StoreCall { op, then } => {
                 let pool = self.clone();
                 glommio::spawn_local(async move {

@@ -7,10 +7,12 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::archive::{ArchiveQuery, ArchiveRow};
 use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Versioned schema steps, applied in order at open (each once; the version is `PRAGMA user_version`).
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/sqlite/0001_initial.sql")), (2, include_str!("migrations/sqlite/0002_archive.sql"))];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -181,6 +183,60 @@ impl Store for SqliteStore {
         let changed = v != self.data_version;
         self.data_version = v;
         Ok(changed)
+    }
+
+    fn write_archive(&mut self, rows: &[ArchiveRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err("begin", e))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO im_archive (at_ms, sender, recipient, direction, content_type, body, call_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(|e| err("archive", e))?;
+            for r in rows {
+                st.execute(params![r.at_ms, r.sender, r.recipient, r.direction, r.content_type, r.body, r.call_id])
+                    .map_err(|e| err("archive", e))?;
+            }
+        }
+        tx.commit().map_err(|e| err("commit archive", e))
+    }
+
+    fn search_archive(&mut self, q: &ArchiveQuery) -> Result<Vec<ArchiveRow>, StoreError> {
+        let (since, until) = q.range();
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, at_ms, sender, recipient, direction, content_type, body, call_id FROM im_archive
+                 WHERE (?1 IS NULL OR sender = ?1 OR recipient = ?1) AND (?2 IS NULL OR sender = ?2 OR recipient = ?2)
+                   AND at_ms >= ?3 AND at_ms < ?4 AND (?5 IS NULL OR instr(body, ?5) > 0) AND id > ?6
+                 ORDER BY id LIMIT ?7",
+            )
+            .map_err(|e| err("archive search", e))?;
+        let limit = q.limit.min(super::archive::SEARCH_LIMIT_MAX);
+        let rows = st
+            .query_map(params![q.user, q.peer, since, until, q.text, q.after_id, limit], |r| {
+                Ok(ArchiveRow {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    sender: r.get(2)?,
+                    recipient: r.get(3)?,
+                    direction: r.get(4)?,
+                    content_type: r.get(5)?,
+                    body: r.get(6)?,
+                    call_id: r.get(7)?,
+                })
+            })
+            .map_err(|e| err("archive search", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("archive search", e))
+    }
+
+    fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM im_archive WHERE at_ms < ?1", [before_ms])
+            .map_err(|e| err("archive purge", e))?;
+        Ok(n as u64)
     }
 }
 
