@@ -7,6 +7,7 @@ mod pjsua;
 mod support;
 mod support_pg;
 
+mod archive;
 mod challenges;
 mod core_death;
 mod edge_abuse;
