@@ -63,8 +63,15 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
     }
     if id == 0 {
         // One store thread per process: its counters once, under core 0.
-        let st = s.store.stats();
-        crate::mgmt::metrics::register("pool", 0, Box::new(move |f| st.visit(f)));
+        let (st, archive) = (s.store.stats(), s.store.archive_gate());
+        crate::mgmt::metrics::register(
+            "pool",
+            0,
+            Box::new(move |f| {
+                st.visit(f);
+                archive.visit(f);
+            }),
+        );
     }
     let pool = Rc::new(PoolShell {
         id,

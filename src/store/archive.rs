@@ -162,7 +162,7 @@ impl ArchiveBuffer {
     /// and purges past the retention period when that is due.
     pub fn work(&mut self, store: &mut dyn Store, gate: &ArchiveGate, now: Instant, now_ms: i64) {
         let retention = gate.retention_s.load(Ordering::Relaxed);
-        if retention > 0 && self.purge_at.map_or(true, |t| now >= t) {
+        if retention > 0 && self.purge_at.is_none_or(|t| now >= t) {
             self.purge_at = Some(now + PURGE_EVERY);
             let before = now_ms.saturating_sub(i64::try_from(retention.saturating_mul(1000)).unwrap_or(i64::MAX));
             match store.purge_archive(before) {
