@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod devpki;
 pub mod federation;
+pub mod routing;
 pub mod store;
 mod validate;
 
@@ -40,6 +41,10 @@ pub struct Config {
     pub store: Option<store::StoreConfig>,
     /// `[archive]`: IM archiving; None: nothing archived.
     pub archive: Option<archive::ArchiveConfig>,
+    /// `[[routing.rules]]`: the pool's routing rules (re-read when the file changes).
+    pub routing: routing::RoutingConfig,
+    /// The file this was loaded from (the pool re-reads its routing rules there).
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +324,8 @@ impl Default for Config {
             mgmt: None,
             store: None,
             archive: None,
+            routing: routing::RoutingConfig::default(),
+            source: None,
         }
     }
 }
@@ -395,6 +402,7 @@ struct RawConfig {
     mgmt: Option<RawMgmt>,
     store: Option<store::RawStore>,
     archive: Option<archive::RawArchive>,
+    routing: Option<routing::RawRouting>,
 }
 
 #[derive(Deserialize, Default)]
@@ -718,7 +726,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
 
     let store = raw.store.map(store::build).transpose()?;
     let archive = raw.archive.map(archive::build).transpose()?;
-    Ok(Config { domain, log, limits, edge, pool, mgmt, store, archive })
+    let routing = routing::build(raw.routing.unwrap_or_default())?;
+    Ok(Config { domain, log, limits, edge, pool, mgmt, store, archive, routing, source: None })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.
@@ -772,10 +781,12 @@ impl Config {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        Self::parse(&text, base).map_err(|e| match e {
+        let mut c = Self::parse(&text, base).map_err(|e| match e {
             ConfigError::Toml { message, .. } => ConfigError::Toml { path: path.to_path_buf(), message },
             other => other,
-        })
+        })?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
     }
 
     /// Parses TOML text; relative paths are resolved against `base_dir`. Does not call `validate`.

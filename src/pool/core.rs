@@ -97,6 +97,8 @@ pub struct CoreSettings {
     /// Forked transactions per core (more get 503).
     pub transactions_max: usize,
     pub archive: super::archive::ArchiveSettings,
+    /// The routing rules in force (the reload thread replaces them; the shell hands a new set to the core).
+    pub rules: Arc<super::apps::RulesSlot>,
 }
 
 impl CoreSettings {
@@ -119,6 +121,7 @@ impl CoreSettings {
             nonces_max: NONCES_MAX,
             transactions_max: TRANSACTIONS_MAX,
             archive: super::archive::ArchiveSettings::off(),
+            rules: Arc::new(super::apps::RulesSlot::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
         }
     }
 }
@@ -152,6 +155,7 @@ pub struct PoolCore {
     pub(crate) unsaved: super::persist::Unsaved,
     pub(crate) presence: presence::Presence,
     pub(crate) archive: super::archive::ArchiveCoreState,
+    pub(crate) rules: super::apps::RulesState,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -170,6 +174,9 @@ impl PoolCore {
             presence: presence::Presence::new(&s.presence, id, count, salt),
             unsaved: super::persist::Unsaved::default(),
             archive: Default::default(),
+            rules: super::apps::RulesState::new(
+                s.rules.current().unwrap_or_else(|| Arc::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
+            ),
             now,
             actions: Vec::new(),
             s,
@@ -349,11 +356,15 @@ impl PoolCore {
 
     /// Sends bytes to a connection of any core.
     pub(crate) fn deliver(&mut self, conn: ConnId, bytes: Bytes) {
+        if conn == super::apps::NO_ORIGIN {
+            // An answer to a request the pool made itself (an auto-reply): nobody waits for it.
+            return;
+        }
         self.push(Action::Send { conn, bytes });
     }
 
     /// Hands a request to the core that owns `key`, or handles it here.
-    fn hand_to_core(&mut self, key: &[u8], stage: Stage, origin: ConnId, msg: Message) {
+    pub(crate) fn hand_to_core(&mut self, key: &[u8], stage: Stage, origin: ConnId, msg: Message) {
         let core = shard_for(key, self.count);
         if core == self.id {
             self.at_stage(stage, origin, msg);
@@ -463,6 +474,7 @@ impl PoolCore {
                 self.reply(origin, &msg, 200, "OK", &[]);
             }
             Stage::Route => match msg.method() {
+                _ if self.rules_applied(origin, &msg) => {}
                 Some(Method::Publish) => self.publish(origin, &msg),
                 // Only federated NOTIFYs get here (users' NOTIFYs are not served).
                 Some(Method::Notify) => self.backend_notify(origin, &msg),

@@ -11,6 +11,7 @@
 //! Structure: [`core::PoolCore`] is the logic and state of one core, without I/O (inputs in, [`Action`]s out);
 //! [`shell`] runs it on a glommio executor and performs its actions.
 
+pub mod apps;
 pub mod archive;
 pub mod auth;
 pub mod core;
@@ -192,6 +193,7 @@ impl PoolSettings {
             nonces_max: core::NONCES_MAX,
             transactions_max: core::TRANSACTIONS_MAX,
             archive: archive::settings(cfg.archive.as_ref(), &store),
+            rules: apps::reload::start(cfg, p.cores.len())?,
         };
         Ok(PoolSettings {
             core: Arc::new(core),

@@ -72,6 +72,8 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
                 archive.visit(f);
             }),
         );
+        let rules = s.core.rules.clone();
+        crate::mgmt::metrics::register("pool", 0, Box::new(move |f| rules.visit(f)));
     }
     let pool = Rc::new(PoolShell {
         id,
@@ -124,6 +126,13 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
             loop {
                 glommio::timer::sleep(Duration::from_millis(500)).await;
                 pool.step(PoolCore::on_tick);
+                // New routing rules (the config file changed): this core swaps its copy.
+                let rules = pool.core.borrow().settings().rules.clone();
+                if rules.generation() != pool.core.borrow().rules_generation() {
+                    if let Some(set) = rules.current() {
+                        pool.step(|c, now| c.on_rules(set, now));
+                    }
+                }
             }
         })
         .detach();

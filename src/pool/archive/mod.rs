@@ -88,18 +88,23 @@ pub fn settings(c: Option<&ArchiveConfig>, store: &crate::store::thread::StoreHa
 }
 
 impl PoolCore {
+    /// Where a request at the Route stage goes: from a partner, to another organization, or between our users.
+    pub(crate) fn direction_of(&self, msg: &Message) -> Direction {
+        if msg.header(HeaderName::ParapetFederated).is_some() {
+            Direction::FederatedIn
+        } else if msg.request_uri_parsed().is_some_and(|u| !self.is_local_host(&u)) {
+            Direction::FederatedOut
+        } else {
+            Direction::Internal
+        }
+    }
+
     /// On the target's core, before a MESSAGE is routed: archives it when the policy asks. False when it was
     /// refused instead (critical mode, the archive unwritable): the answer has been sent.
     pub(crate) fn archive_admits(&mut self, origin: ConnId, msg: &Message) -> bool {
         let Some(config) = &self.s.archive.config else { return true };
         let Some(ruri) = msg.request_uri_parsed() else { return true };
-        let dir = if msg.header(HeaderName::ParapetFederated).is_some() {
-            Direction::FederatedIn
-        } else if !self.is_local_host(&ruri) {
-            Direction::FederatedOut
-        } else {
-            Direction::Internal
-        };
+        let dir = self.direction_of(msg);
         let sender = aor_of(&msg.from().uri);
         let recipient = aor_of(&ruri);
         if !wanted(config, &sender, &recipient, dir) {
