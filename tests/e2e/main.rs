@@ -29,5 +29,6 @@ mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;
 mod rawsip;
+mod routing_rules;
 mod store_conformance;
 mod store_postgres;
