@@ -3,7 +3,7 @@
 //! in the [`RulesSlot`]; each core takes them on its next sweep. A file that does not parse, or whose rules are
 //! invalid, changes nothing: the error is logged and counted (`rules_reload_errors`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,7 +32,7 @@ pub fn start(cfg: &Config, cores: usize) -> Result<Arc<RulesSlot>, String> {
     Ok(slot)
 }
 
-fn watch(path: &PathBuf, slot: &std::sync::Weak<RulesSlot>, cores: usize) {
+fn watch(path: &Path, slot: &std::sync::Weak<RulesSlot>, cores: usize) {
     let mut seen = stamp(path);
     loop {
         std::thread::sleep(POLL);
