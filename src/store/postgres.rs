@@ -60,7 +60,8 @@ pub mod sql {
     pub const LOCK_CHANGE_COUNTER: &str = "SELECT n FROM change_counter FOR UPDATE";
     /// Rows in the tables `store migrate` fills (it refuses a non-empty target).
     pub const COUNT_ROWS: &str =
-        "SELECT (SELECT count(*) FROM policy) + (SELECT count(*) FROM contact) + (SELECT count(*) FROM soft_state)";
+        "SELECT (SELECT count(*) FROM policy) + (SELECT count(*) FROM contact) + (SELECT count(*) FROM soft_state)
+            + (SELECT count(*) FROM im_archive)";
     pub const PUT_ARCHIVE: &str =
         "INSERT INTO im_archive (at_ms, sender, recipient, direction, content_type, body, call_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -70,7 +71,8 @@ pub mod sql {
            AND at_ms >= $3 AND at_ms < $4 AND ($5::text IS NULL OR strpos(body, $5) > 0) AND id > $6
          ORDER BY id LIMIT $7";
     pub const PURGE_ARCHIVE: &str = "DELETE FROM im_archive WHERE at_ms < $1";
-    pub const CLEAR_ALL: &str = "DELETE FROM policy; DELETE FROM contact; DELETE FROM soft_state;";
+    pub const CLEAR_ALL: &str =
+        "DELETE FROM policy; DELETE FROM contact; DELETE FROM soft_state; DELETE FROM im_archive;";
 }
 
 pub struct PgStore {
