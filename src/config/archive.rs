@@ -6,7 +6,7 @@
 //!                          # another organization)
 //! critical = true          # refuse IM (503 "IM archive unavailable") while the archive cannot be written
 //! retention_days = 365     # rows older than this are purged (0: kept for ever)
-//! pending_max = 10000      # rows accepted but not yet committed before the archive counts as unwritable
+//! pending_max = 2048       # rows accepted but not yet committed before the archive counts as unwritable (max)
 //! [archive.domains]        # a party's domain decides when no user entry does
 //! "example.com" = "all"
 //! [archive.users]          # a user's own entry decides first
@@ -95,8 +95,9 @@ pub(super) fn build(raw: RawArchive) -> Result<ArchiveConfig, ConfigError> {
         pending_max: raw.pending_max.unwrap_or(d.pending_max),
         ..d
     };
-    if c.pending_max == 0 {
-        return Err(invalid("[archive] pending_max", "must be at least 1"));
+    let most = crate::store::archive::PENDING_MAX_DEFAULT;
+    if c.pending_max == 0 || c.pending_max > most {
+        return Err(invalid("[archive] pending_max", format!("{}: 1 to {most} (half the store queue)", c.pending_max)));
     }
     for (k, v) in raw.domains.unwrap_or_default() {
         let p = policy(&format!("[archive.domains] {k:?}"), &v)?;

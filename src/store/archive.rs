@@ -64,8 +64,10 @@ pub const ARCHIVE_WINDOW: Duration = Duration::from_millis(50);
 pub const ARCHIVE_RETRY: Duration = Duration::from_millis(500);
 /// How often the store thread purges rows past the retention period.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
-/// Default bound of rows accepted but not yet committed.
-pub const PENDING_MAX_DEFAULT: u64 = 10_000;
+/// Bound of rows accepted but not yet committed. At most half the store thread's queue: while the thread is
+/// stuck in a slow commit the rows wait in that queue, and critical mode must see the bound before the queue is
+/// full (a row the queue refuses has already been relayed).
+pub const PENDING_MAX_DEFAULT: u64 = (super::thread::QUEUE_MAX / 2) as u64;
 
 /// Shared between the store thread (the only writer of `failing` and the only one to lower `pending`) and the
 /// pool cores (which raise `pending` for each row they queue, and read both).
