@@ -281,6 +281,29 @@ mod tests {
     }
 
     #[test]
+    fn the_store_thread_purges_past_retention_once_a_period() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let day_ms = 86_400_000;
+        let now_ms = 100 * day_ms;
+        s.write_archive(&[row(now_ms - 31 * day_ms, "a@x", "b@x", "old"), row(now_ms - day_ms, "a@x", "b@x", "new")])
+            .unwrap();
+        let gate = ArchiveGate::default();
+        gate.retention_s.store(30 * 86_400, Ordering::Relaxed);
+        let mut b = ArchiveBuffer::default();
+        let t0 = Instant::now();
+        assert_eq!(b.wait(&gate, t0), Some(Duration::ZERO), "a purge is due at start");
+        b.work(&mut s, &gate, t0, now_ms);
+        assert_eq!(gate.purged.load(Ordering::Relaxed), 1);
+        let left = s.search_archive(&ArchiveQuery { limit: 10, ..Default::default() }).unwrap();
+        assert_eq!(left.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(), vec!["new"]);
+        s.write_archive(&[row(0, "a@x", "b@x", "ancient")]).unwrap();
+        b.work(&mut s, &gate, t0 + Duration::from_secs(1), now_ms);
+        assert_eq!(gate.purged.load(Ordering::Relaxed), 1, "not again before PURGE_EVERY");
+        b.work(&mut s, &gate, t0 + PURGE_EVERY, now_ms);
+        assert_eq!(gate.purged.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn over_the_hard_bound_the_oldest_are_dropped_and_counted() {
         let gate = ArchiveGate::default();
         gate.pending_max.store(2, Ordering::Relaxed);
