@@ -104,8 +104,12 @@ impl Default for ArchiveGate {
 impl ArchiveGate {
     /// Whether a new row can be expected to reach the store: the last commit worked and the buffer has room.
     pub fn writable(&self) -> bool {
-        !self.failing.load(Ordering::Relaxed)
-            && self.pending.load(Ordering::Relaxed) < self.pending_max.load(Ordering::Relaxed)
+        !self.failing.load(Ordering::Relaxed) && self.has_room()
+    }
+
+    /// Whether another row may wait for its commit (the bound on memory, whatever the store's health).
+    pub fn has_room(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) < self.pending_max.load(Ordering::Relaxed)
     }
 
     pub fn visit(&self, f: &mut dyn FnMut(&str, u64)) {

@@ -111,12 +111,16 @@ impl PoolCore {
             return true;
         }
         let critical = config.critical;
-        if !self.s.archive.gate.writable() {
+        // Critical mode relays nothing the store may not take; otherwise rows wait (bounded) for the store to
+        // come back, and only past the bound are they lost.
+        let gate = &self.s.archive.gate;
+        if !(if critical { gate.writable() } else { gate.has_room() }) {
             if !self.archive.unwritable {
                 self.archive.unwritable = true;
                 tracing::error!(
                     critical,
-                    "archive: cannot be written (store failing or over its bound); {}",
+                    "archive: cannot be written ({}); {}",
+                    if critical { "store failing or over its bound" } else { "over its bound" },
                     if critical { "refusing IM until it can" } else { "relaying IM unarchived (counted)" }
                 );
             }

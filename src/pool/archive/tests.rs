@@ -132,6 +132,10 @@ fn without_critical_mode_the_loss_is_counted_and_im_flows() {
     let (mut c, gate) = core(config(ArchivePolicy::All, false));
     gate.failing.store(true, Ordering::Relaxed);
     let out = run(&mut c, 1);
+    assert_eq!(rows(&out).len(), 1, "the store failing: the row waits for it (within the bound)");
+    assert_eq!(statuses(&out), vec![(480, "Temporarily Unavailable".into())]);
+    gate.pending.store(gate.pending_max.load(Ordering::Relaxed), Ordering::Relaxed);
+    let out = run(&mut c, 2);
     assert!(rows(&out).is_empty());
     assert_eq!(statuses(&out), vec![(480, "Temporarily Unavailable".into())]);
     assert_eq!(c.pstats.archive_lost.get(), 1);
