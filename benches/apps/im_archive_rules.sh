@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 RATE=${1:-1000}
 DUR=${2:-10}
-BIN=target/release/parapet
-LOADGEN=target/release/loadgen
+BIN=$PWD/target/release/parapet
+LOADGEN=$PWD/target/release/loadgen
 D=$(mktemp -d /tmp/parapet-bench-apps.XXXX)
 PB=$((20000 + RANDOM % 20000))
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
