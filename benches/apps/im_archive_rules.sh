@@ -28,6 +28,12 @@ rules() {
 }
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The store thread's share (the archive's inserts and commits run there).
+store_ticks() {
+  for t in /proc/"$1"/task/*; do
+    if [ "$(cat "$t/comm" 2>/dev/null)" = parapet-store ]; then awk '{print $14 + $15}' "$t/stat"; fi
+  done | awk '{s += $1} END {print s + 0}'
+}
 
 run_variant() {
   local name=$1 snippet=$2
@@ -40,18 +46,21 @@ run_variant() {
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$PB) 2>/dev/null && break; sleep 0.1; done
   sleep 1
   local t0; t0=$(ticks $pool)
+  local s0; s0=$(store_ticks $pool)
   "$LOADGEN" im --target "127.0.0.1:$PB" --ca "$D/data/pki/ca.pem" --users "$D/data/users.toml" \
     --count 100 --rate "$RATE" --duration "$DUR" --warmup 2 --json "$D/$name.json" >"$D/$name.loadgen" 2>&1
   local t1; t1=$(ticks $pool)
+  local s1; s1=$(store_ticks $pool)
   local hz; hz=$(getconf CLK_TCK)
   # `ok` counts the measured seconds only; the CPU was measured over the warm-up (at the same rate) too.
   local sent; sent=$(python3 -c "import json; j=json.load(open('$D/$name.json')); print(int(j['ok'] + j['achieved_rate'] * 2))" 2>/dev/null || echo 0)
-  python3 - "$name" "$t0" "$t1" "$hz" "$sent" "$RATE" "$DUR" <<'PY'
+  python3 - "$name" "$t0" "$t1" "$hz" "$sent" "$RATE" "$DUR" "$s0" "$s1" <<'PY'
 import sys
-name, t0, t1, hz, sent, rate, dur = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
-cpu = (t1 - t0) / hz
+name, t0, t1, hz, sent, rate, dur, s0, s1 = sys.argv[1], *map(int, sys.argv[2:])
+cpu, store = (t1 - t0) / hz, (s1 - s0) / hz
 msgs = sent if sent > 0 else rate * (dur + 2)
-print(f"{name:10s} messages={msgs} pool_cpu_s={cpu:.2f} cpu_us_per_message={cpu * 1e6 / msgs:.1f}")
+print(f"{name:10s} messages={msgs} pool_cpu_s={cpu:.2f} cpu_us_per_message={cpu * 1e6 / msgs:.1f} "
+      f"store_thread_cpu_s={store:.2f}")
 PY
   kill -TERM $edge $pool; wait $edge $pool 2>/dev/null || true
   sleep 1
