@@ -9,5 +9,7 @@ pub mod net;
 pub mod pool;
 pub mod proto;
 pub mod shard;
+#[cfg(test)]
+mod sim;
 pub mod sip;
 pub mod store;

@@ -40,9 +40,16 @@ enum Cmd {
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         federation: String,
         /// `postgres`: the pool's store on a PostgreSQL server of its own under <data-dir>/pg (initdb + pg_ctl
-        /// from Debian's `postgresql` package), stopped when `up` ends; `sqlite` (default): one file.
-        #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
-        store: String,
+        /// from Debian's `postgresql` package), stopped when `up` ends; `sqlite`: one file. Default: SQLite for
+        /// one front end, PostgreSQL for an enterprise pool (--front-ends 2 or more).
+        #[arg(long, value_parser = ["sqlite", "postgres"])]
+        store: Option<String>,
+        /// Front ends of the pool, sharing one store: more than 1 runs an enterprise pool (ports from base + 10).
+        #[arg(long, default_value_t = 1)]
+        front_ends: usize,
+        /// The first port of front ends 2 and up (two ports each: SIP, management); default port base + 10.
+        #[arg(long)]
+        front_end_ports: Option<u16>,
     },
     /// Run the roles ([edge], [pool] or both) that a config file describes.
     Run {
@@ -71,6 +78,13 @@ enum Cmd {
     Store {
         #[command(subcommand)]
         cmd: StoreCmd,
+    },
+    /// The enterprise pool's members: status, drain, undrain (in the store of the pool's config).
+    Pool {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: parapet::mgmt::pool_admin::PoolCmd,
     },
     /// Users' contact lists in the pool's store.
     Contacts {
@@ -188,7 +202,18 @@ fn contacts(config: &std::path::Path, cmd: ContactsCmd) -> Result<String, String
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Up { data_dir, port_base, cores, domain, load_users, flood_limits, federation, store } => {
+        Cmd::Up {
+            data_dir,
+            port_base,
+            cores,
+            domain,
+            load_users,
+            flood_limits,
+            federation,
+            store,
+            front_ends,
+            front_end_ports,
+        } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
             parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
                 data_dir,
@@ -198,7 +223,9 @@ fn main() -> ExitCode {
                 load_users,
                 flood_limits: flood_limits == "on",
                 federation: federation == "on",
-                store_postgres: store == "postgres",
+                store_postgres: store.map_or(front_ends > 1, |s| s == "postgres"),
+                front_ends,
+                front_end_ports,
             })
         }
         Cmd::Run { config } => parapet::mgmt::run::run(&config),
@@ -212,6 +239,7 @@ fn main() -> ExitCode {
         Cmd::Store { cmd: StoreCmd::Migrate { from, to, force } } => {
             print(parapet::store::migrate::migrate(&from, &to, force))
         }
+        Cmd::Pool { config, cmd } => print(parapet::mgmt::pool_admin::run(&config, cmd)),
         Cmd::Federation { cmd: FederationCmd::Test { domain, config } } => parapet::mgmt::probe::run(&config, &domain),
     };
     match result {

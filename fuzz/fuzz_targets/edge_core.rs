@@ -231,7 +231,7 @@ impl World {
                             }
                         }
                     }
-                    Action::ToPool(bytes) => {
+                    Action::ToPool(bytes) | Action::ToMember { bytes, .. } => {
                         let Ok(m) = Message::parse(bytes, &limits()) else {
                             panic!("the edge sent the pool a message that does not parse")
                         };
@@ -413,7 +413,7 @@ fuzz_target!(|data: &[u8]| {
             10 => {
                 // The pool could not be reached for something the edge forwarded.
                 let Some(req) = inp.pick(&w.to_pool).cloned() else { continue };
-                w.core.undeliverable(req.bytes().clone(), 503, "Service Unavailable", w.now);
+                w.core.undeliverable(req.bytes().clone(), 503, "Service Unavailable", false, w.now);
                 w.settle(None);
             }
             _ => {

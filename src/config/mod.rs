@@ -13,6 +13,8 @@
 pub mod archive;
 pub mod devpki;
 pub mod federation;
+pub mod membership;
+pub mod roster;
 pub mod routing;
 pub mod store;
 mod validate;
@@ -83,6 +85,8 @@ pub struct EdgeConfig {
     /// PEM CA(s) trusted for the internal mutual TLS.
     pub ca: PathBuf,
     pub pool: Peer,
+    /// `[edge.roster]`: an enterprise pool's members; None routes everything to `pool`.
+    pub roster: Option<roster::RosterConfig>,
     /// Names accepted on the internal listener.
     pub pool_names: Vec<String>,
     pub handshake_timeout_ms: u64,
@@ -156,6 +160,8 @@ pub struct PoolConfig {
     /// Timer F.
     pub transaction_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
+    /// `[pool.member]`: a member of an enterprise pool; None for a single front end.
+    pub member: Option<membership::MemberConfig>,
 }
 
 /// `[pool.presence]`: publication and subscription bounds, and the deployment's default authorization.
@@ -343,6 +349,7 @@ impl EdgeConfig {
             key: PathBuf::new(),
             ca: PathBuf::new(),
             pool_names: vec![pool.name.clone()],
+            roster: None,
             pool,
             handshake_timeout_ms: 5000,
             idle_timeout_ms: 300_000,
@@ -378,6 +385,7 @@ impl PoolConfig {
             presence: PresenceConfig::default(),
             transaction_timeout_ms: 32_000,
             handshake_timeout_ms: 5000,
+            member: None,
         }
     }
 }
@@ -437,6 +445,7 @@ struct RawEdge {
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
     pool: Option<RawPeer>,
+    roster: Option<roster::RawRoster>,
     pool_names: Option<Vec<String>>,
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -477,6 +486,7 @@ struct RawPool {
     presence: Option<RawPresence>,
     transaction_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    member: Option<membership::RawMember>,
 }
 
 #[derive(Deserialize, Default)]
@@ -622,6 +632,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                 }
             }
             c.pool_names = e.pool_names.unwrap_or_else(|| vec![c.pool.name.clone()]);
+            c.roster = e.roster.map(|r| roster::build(r, base_dir, &c.pool.name)).transpose()?;
             c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
             c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);
@@ -705,6 +716,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                     .unwrap_or(d.publications_per_presentity_max),
             };
             c.realm = p.realm;
+            c.member = p.member.map(|m| membership::build(m, c.listen)).transpose()?;
             let r = p.registrar.unwrap_or_default();
             let rd = RegistrarConfig::default();
             c.registrar = RegistrarConfig {

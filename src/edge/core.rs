@@ -52,6 +52,8 @@ pub enum Action {
     MeshToFlow { core: usize, from: ConnId, flow: ConnId, req: Message },
     /// Through this core's connector to the pool (undeliverable requests come back as an input).
     ToPool(Bytes),
+    /// Through this core's connector to pool member `member` (`[edge.roster]`, [`super::members`]).
+    ToMember { member: usize, bytes: Bytes },
     /// Through this core's connector to a federation peer (made on first use).
     ToPartner { name: String, addr: SocketAddr, bytes: Bytes },
     /// Close every user connection of this core from this address (a ban).
@@ -133,6 +135,8 @@ pub struct EdgeCore {
     pub(super) notices: super::notices::Notices,
     /// Shutting down: new requests are refused (set by the shell before each step).
     pub(super) draining: bool,
+    /// An enterprise pool's members and their health (empty: the single pool).
+    pub(super) members: super::members::Members,
     pub(super) out: Outbox,
 }
 
@@ -150,6 +154,7 @@ impl EdgeCore {
             fed_limits: s.fed.as_ref().map(|f| Arc::new(federation::Limiter::build(&f.cfg, None))),
             notices: super::notices::Notices::default(),
             draining: false,
+            members: super::members::Members::new(s.pool_members.clone()),
             out: Outbox::default(),
             s,
             estats,
@@ -280,9 +285,13 @@ impl EdgeCore {
     }
 
     /// A user's request the pool could not be reached for: answer it back along its Via (ours is on top).
-    pub fn undeliverable(&mut self, bytes: Bytes, code: u16, reason: &'static str, now: Instant) {
+    /// `marked_down`: the shell just found a pool member's link broken (the request goes to the user's new owner).
+    pub fn undeliverable(&mut self, bytes: Bytes, code: u16, reason: &'static str, marked_down: bool, now: Instant) {
         let Ok(req) = Message::parse(bytes, &self.s.peer_limits) else { return };
         if !req.is_request() || req.method() == Some(&Method::Ack) {
+            return;
+        }
+        if self.reroute(&req, marked_down, now) {
             return;
         }
         let mut out = BytesMut::with_capacity(512);
@@ -312,7 +321,8 @@ impl EdgeCore {
             tracing::warn!(count = due.given_up, "flow-closed notices not taken by the pool: given up");
         }
         for bytes in resend {
-            self.out.push(Action::ToPool(bytes));
+            let aor = Message::parse(bytes.clone(), &self.s.peer_limits).map(|m| super::members::routing_aor(&m));
+            self.send_to_pool(&aor.unwrap_or_default(), bytes, now);
         }
         self.estats.notices_pending.set(self.notices.len() as u64);
     }
@@ -389,7 +399,7 @@ impl EdgeCore {
             let s = &self.s;
             let built = self.notices.add(now, |id| notice(s, flow, self.id, aor, &path, id));
             match built {
-                Some(bytes) => self.out.push(Action::ToPool(bytes)),
+                Some(bytes) => self.send_to_pool(aor, bytes, now),
                 None => {
                     bump(&self.estats.notices_lost);
                     tracing::warn!(%aor, "flow-closed notice table full: the bindings will expire on their own");

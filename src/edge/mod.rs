@@ -20,6 +20,7 @@ pub mod downstream;
 pub mod federation;
 pub mod flows;
 pub mod guard;
+pub mod members;
 pub mod notices;
 pub mod policy;
 pub mod reload;
@@ -105,6 +106,10 @@ crate::counters! {
         federation_reloads,
         /// Federated requests refused over their peer's message rate (503 with Retry-After).
         federation_rate_limited,
+        /// Pool members found unreachable (probe or request not delivered): left out until a probe passes.
+        pool_members_down,
+        /// Requests sent again to the user's new owner after its member was found unreachable.
+        pool_rerouted,
         /// Federation connections refused after the handshake: certificate not admitted by the table, or the
         /// peer at its connection cap.
         federation_connections_refused,
@@ -142,6 +147,11 @@ pub struct EdgeSettings {
     pub pool_addr: SocketAddr,
     pub pool_name: String,
     pub pool_names: Vec<String>,
+    /// `[edge.roster]`: the members' names, addresses and certificate names, in configured order.
+    pub pool_members: Vec<String>,
+    pub pool_member_peers: Vec<crate::config::Peer>,
+    /// The roster the roster reader publishes (`[edge.roster]`).
+    pub roster: Arc<crate::store::members::RosterSlot>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub queue_max: usize,
@@ -192,6 +202,9 @@ impl EdgeSettings {
             pool_addr: e.pool.addr,
             pool_name: e.pool.name.clone(),
             pool_names: if e.pool_names.is_empty() { vec![e.pool.name.clone()] } else { e.pool_names.clone() },
+            pool_members: e.roster.iter().flat_map(|r| r.members.iter().map(|m| m.name.clone())).collect(),
+            pool_member_peers: e.roster.iter().flat_map(|r| r.members.iter().map(|m| m.peer.clone())).collect(),
+            roster: Arc::default(),
             handshake_timeout: Duration::from_millis(e.handshake_timeout_ms),
             idle_timeout: Duration::from_millis(e.idle_timeout_ms),
             queue_max: e.flow_queue_max,
@@ -216,6 +229,9 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
         ensure_port_free(l, "[edge.federation] listen").map_err(|e| e.to_string())?;
     }
     let settings = Arc::new(EdgeSettings::from_config(cfg)?);
+    if let Some(r) = &e.roster {
+        shell::start_roster_reader(r, cfg.store.as_ref(), &settings)?;
+    }
     if let Some(f) = &e.federation {
         reload::install(f);
     }

@@ -7,6 +7,10 @@
 //! then perform the actions. An action that fails in a way the logic must answer (a flow's write queue full, the
 //! mesh toward a flow's core full) is handed back as one more step.
 
+#[path = "members_shell.rs"]
+mod members_shell;
+pub(super) use members_shell::start_roster_reader;
+
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -34,6 +38,10 @@ pub(super) struct Shell {
     estats: Arc<EdgeStats>,
     mesh: Senders<EdgeMsg>,
     pool: Rc<Connector>,
+    /// One connector per pool member (`[edge.roster]`), indexed as the core's members.
+    members: Vec<Rc<Connector>>,
+    /// The roster generation this core last took ([`super::members_shell`]).
+    roster_generation: Cell<u64>,
     s: Arc<EdgeSettings>,
     /// Connectors to federation peers, by certificate name (made on first use).
     partners: super::federation::PartnerConnectors,
@@ -81,6 +89,8 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         estats,
         mesh: senders,
         pool,
+        members: members_shell::connectors(&s),
+        roster_generation: Cell::new(0),
         s: s.clone(),
         partners: RefCell::default(),
         fed_generation: Cell::new(reload::generation()),
@@ -108,7 +118,18 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
                 edge.stats.idle_closed.add(idle as u64);
                 edge.stats.slow_senders_closed.add(slow as u64);
                 edge.apply_federation_reload();
+                edge.take_roster();
                 edge.step(|core, now| core.on_tick(now));
+            }
+        })
+        .detach();
+    }
+    if !edge.members.is_empty() {
+        let edge = edge.clone();
+        glommio::spawn_local(async move {
+            loop {
+                edge.probe_members();
+                glommio::timer::sleep(super::members::PROBE_EVERY).await;
             }
         })
         .detach();
@@ -201,6 +222,10 @@ impl Shell {
                 }
             }
             Action::ToPool(bytes) => self.pool.send(self, bytes),
+            Action::ToMember { member, bytes } => match self.members.get(member) {
+                Some(c) => c.send(self, bytes),
+                None => tracing::error!(member, "no connector for this pool member"),
+            },
             Action::ToPartner { name, addr, bytes } => self.partner_connector(&name, addr).send(self, bytes),
             Action::CloseAddress(ip) => self.close_address(ip),
             Action::PauseReading { conn, duration } => {
@@ -393,6 +418,7 @@ impl Handler for Shell {
 impl Undeliverable for Shell {
     /// A user's request the pool could not be reached for: answer it back along its Via (ours is on top).
     fn undeliverable(self: &Rc<Self>, bytes: Bytes, code: u16, reason: &'static str) {
-        self.step(|core, now| core.undeliverable(bytes, code, reason, now));
+        let marked_down = self.mark_members_down();
+        self.step(|core, now| core.undeliverable(bytes, code, reason, marked_down, now));
     }
 }

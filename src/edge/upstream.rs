@@ -105,7 +105,7 @@ impl EdgeCore {
                 return;
             }
         }
-        self.out.push(Action::ToPool(out.freeze()));
+        self.send_to_pool(&super::members::routing_aor(msg), out.freeze(), now);
     }
 
     /// The pool's response to a user's request; `back` is the user's connection, from our Via branch.

@@ -3,7 +3,9 @@
 //! `supervise`).
 
 pub mod metrics;
+pub mod pool_admin;
 pub mod probe;
 pub mod run;
 pub mod supervise;
 pub mod up;
+pub mod up_pool;

@@ -111,6 +111,7 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     if rx.recv_timeout(DRAIN_DEADLINE).is_err() {
         tracing::warn!("drain did not finish in {DRAIN_DEADLINE:?}: exiting anyway");
     }
+    crate::pool::membership::leave();
     tracing::info!("stopped");
     Ok(())
 }

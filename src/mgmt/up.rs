@@ -30,6 +30,10 @@ pub struct UpOptions {
     pub federation: bool,
     /// true: the pool's store on a PostgreSQL server of its own under `<data_dir>/pg` (`store::pgcluster`).
     pub store_postgres: bool,
+    /// Front ends of the pool (1: the single pool; more: an enterprise pool, see [`super::up_pool`]).
+    pub front_ends: usize,
+    /// The first port of front ends 2 and up (None: port base + 10).
+    pub front_end_ports: Option<u16>,
 }
 
 /// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
@@ -150,13 +154,35 @@ url = \"{}\"\n",
         let listen = (fed_port != user_port).then_some(fed_port);
         edge_toml.push_str(&federation_toml(listen, o.port_base + PARTNER_PORT_OFFSET, &partners));
     }
+    let front_ends = super::up_pool::plan(&dir, o.port_base, o.front_end_ports, o.front_ends)?;
+    let enterprise = front_ends.len() > 1;
+    if enterprise {
+        edge_toml.push_str(&super::up_pool::edge_roster_toml(&front_ends));
+        if let Some(c) = &pg {
+            // The edge reads the members' leases from the pool's store.
+            edge_toml.push_str(&format!("\n[store]\nurl = \"{}\"\n", c.url()));
+        }
+    }
     let edge_cfg = dir.join("edge.toml");
     let pool_cfg = dir.join("pool.toml");
     std::fs::write(&edge_cfg, edge_toml).map_err(|e| ctx("cannot write", &edge_cfg, e))?;
+    for fe in front_ends.iter().filter(|_| enterprise) {
+        let Some(first) = front_ends.first() else { break };
+        let toml = super::up_pool::front_end_toml(&pool_toml, first, fe);
+        std::fs::write(&fe.config, toml).map_err(|e| ctx("cannot write", &fe.config, e))?;
+        if fe.name != first.name {
+            crate::net::listener::ensure_port_free(fe.listen, fe.name).map_err(|e| format!("up: {e}"))?;
+            listeners.push(("front end", fe.listen.port()));
+        }
+    }
     std::fs::write(&pool_cfg, pool_toml).map_err(|e| ctx("cannot write", &pool_cfg, e))?;
 
     let set = super::run::signals();
-    let mut roles = vec![Role::start("pool", &pool_cfg)?];
+    let mut roles = if enterprise {
+        front_ends.iter().map(|fe| Role::start(fe.name, &fe.config)).collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![Role::start("pool", &pool_cfg)?]
+    };
     match Role::start("edge", &edge_cfg) {
         Ok(edge) => roles.push(edge),
         Err(e) => {
@@ -224,6 +250,11 @@ url = \"{}\"\n",
     let _ = writeln!(out, "  configs        {} and {}", edge_cfg.display(), pool_cfg.display());
     if let Some(c) = &pg {
         let _ = writeln!(out, "  store          PostgreSQL {} (cluster in {})", c.url(), c.root().display());
+    }
+    if enterprise {
+        let names: Vec<String> = front_ends.iter().map(|f| format!("{} ({})", f.name, f.listen)).collect();
+        let _ =
+            writeln!(out, "  front ends     {} (`parapet pool -c {} status`)", names.join(", "), pool_cfg.display());
     }
     if !o.flood_limits {
         let _ = writeln!(

@@ -98,6 +98,15 @@ impl Connector {
         Connector { exact_name: true, internal: false, ..Connector::new(addr, name, tls, timeout) }
     }
 
+    /// Whether the last connection attempt failed or the connection closed (not merely never used yet).
+    pub fn is_down(&self) -> bool {
+        matches!(*self.state.borrow(), State::Down)
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(*self.state.borrow(), State::Up(_))
+    }
+
     pub fn send<H: Undeliverable>(self: &Rc<Self>, h: &Rc<H>, bytes: Bytes) {
         let up = match &*self.state.borrow() {
             State::Up(id) => Some(*id),

@@ -63,6 +63,10 @@ pub enum Resume {
     ListLoad { origin: ConnId, request: Bytes, owner: String, list_uri: String, granted: u32 },
     /// A live list subscription reading its list again after a change in the store.
     ListReload { id: u32 },
+    /// A user's soft state, for the requests waiting for it ([`super::ownership`]).
+    UserLoad { aor: String },
+    /// Every live soft-state row, after a roster change: the users gained.
+    Gained,
 }
 
 /// Timers the core arms.
@@ -72,6 +76,8 @@ pub enum Timer {
     ListFlush(u32),
     /// Restored subscriptions hear the current state once the edges are reachable.
     Restored(Vec<u32>),
+    /// A roster change settled: load the users gained.
+    Gain,
 }
 
 /// Settings the core's logic reads (no sockets, no TLS, no store: see [`super::PoolSettings`] for those).
@@ -99,6 +105,10 @@ pub struct CoreSettings {
     pub archive: super::archive::ArchiveSettings,
     /// The routing rules in force (the reload thread replaces them; the shell hands a new set to the core).
     pub rules: Arc<super::apps::RulesSlot>,
+    /// `[pool.member] name`: this front end in an enterprise pool (None: it holds every user).
+    pub member: Option<String>,
+    /// This member's counters (users held, requests), reported with its lease.
+    pub member_stats: Arc<crate::store::members::MemberStats>,
 }
 
 impl CoreSettings {
@@ -122,6 +132,8 @@ impl CoreSettings {
             transactions_max: TRANSACTIONS_MAX,
             archive: super::archive::ArchiveSettings::off(),
             rules: Arc::new(super::apps::RulesSlot::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
+            member: None,
+            member_stats: Arc::default(),
         }
     }
 }
@@ -156,6 +168,8 @@ pub struct PoolCore {
     pub(crate) presence: presence::Presence,
     pub(crate) archive: super::archive::ArchiveCoreState,
     pub(crate) rules: super::apps::RulesState,
+    /// The users this core answers for ([`super::ownership`]).
+    pub(crate) own: super::ownership::Ownership,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -177,6 +191,7 @@ impl PoolCore {
             rules: super::apps::RulesState::new(
                 s.rules.current().unwrap_or_else(|| Arc::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
             ),
+            own: super::ownership::Ownership::new(s.member.clone(), s.member_stats.clone()),
             now,
             actions: Vec::new(),
             s,
@@ -281,6 +296,8 @@ impl PoolCore {
                     self.list_reloaded(id, rows);
                 }
             }
+            Resume::UserLoad { aor } => self.user_loaded(aor, reply),
+            Resume::Gained => self.gained(reply),
         }
     }
 
@@ -293,6 +310,7 @@ impl PoolCore {
                     self.send_notify(id, None);
                 }
             }
+            Timer::Gain => self.gain_due(),
         }
     }
 
@@ -303,6 +321,7 @@ impl PoolCore {
         self.expire_transactions();
         self.presence_sweep();
         self.flush_dirty_subscriptions();
+        self.release_foreign();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);
@@ -441,6 +460,14 @@ impl PoolCore {
     }
 
     fn at_stage(&mut self, stage: Stage, origin: ConnId, msg: Message) {
+        if !self.user_ready(stage, origin, &msg) {
+            return;
+        }
+        self.resume_stage(stage, origin, msg);
+    }
+
+    /// A request at its stage, its user's state in memory.
+    pub(crate) fn resume_stage(&mut self, stage: Stage, origin: ConnId, msg: Message) {
         match stage {
             Stage::Auth => {
                 let Some(user) = self.authenticate(origin, &msg) else { return };

@@ -16,6 +16,8 @@ pub mod archive;
 pub mod auth;
 pub mod core;
 pub mod digest;
+pub mod membership;
+pub mod ownership;
 pub mod persist;
 pub mod presence;
 pub mod proxy;
@@ -148,6 +150,8 @@ pub struct PoolSettings {
     pub store: crate::store::thread::StoreHandle,
     /// Soft state saved before the last stop, one share per core (each core takes its own at start).
     pub restore: Vec<std::sync::Mutex<Vec<crate::store::StateRow>>>,
+    /// The pool's roster and this member's counters (`[pool.member]`; unused by a single front end).
+    pub membership: membership::Membership,
 }
 
 impl PoolSettings {
@@ -166,9 +170,19 @@ impl PoolSettings {
             return Err("config: [pool.auth] algorithms: at least one of MD5, SHA-256".into());
         }
         let (presence, store) = presence::settings_from_config(p, cfg.store.as_ref())?;
-        let restore = persist::saved_state(&store, p.cores.len())?;
+        // A member of an enterprise pool restores no one at start: it loads each user it owns when it gains it.
+        let restore = if p.member.is_some() {
+            (0..p.cores.len()).map(|_| std::sync::Mutex::default()).collect()
+        } else {
+            persist::saved_state(&store, p.cores.len())?
+        };
+        let membership = membership::Membership::default();
         let mut nonce_secret = [0u8; 32];
         getrandom::getrandom(&mut nonce_secret).map_err(|e| format!("no randomness for nonces: {e}"))?;
+        if p.member.is_some() {
+            // Every front end must find every other's nonces authentic: the client may retry on another.
+            nonce_secret = membership::shared_nonce_secret(&store, nonce_secret)?;
+        }
         let core = CoreSettings {
             domain: cfg.domain.to_ascii_lowercase(),
             realm,
@@ -194,6 +208,8 @@ impl PoolSettings {
             transactions_max: core::TRANSACTIONS_MAX,
             archive: archive::settings(cfg.archive.as_ref(), &store),
             rules: apps::reload::start(cfg, p.cores.len())?,
+            member: p.member.as_ref().map(|m| m.name.clone()),
+            member_stats: membership.stats.clone(),
         };
         Ok(PoolSettings {
             core: Arc::new(core),
@@ -203,6 +219,7 @@ impl PoolSettings {
             handshake_timeout: Duration::from_millis(p.handshake_timeout_ms),
             store,
             restore,
+            membership,
         })
     }
 }
@@ -211,6 +228,9 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
     ensure_port_free(p.listen, "[pool] listen").map_err(|e| e.to_string())?;
     let settings = Arc::new(PoolSettings::from_config(cfg)?);
+    if let Some(m) = &p.member {
+        membership::start(m, &settings)?;
+    }
     tracing::info!(users = settings.core.users.len(), realm = %settings.core.realm, "pool directory loaded");
     shard::start("pool", &p.cores, 4096, io_memory, move |shard: Shard<PoolMsg>| {
         let settings = settings.clone();

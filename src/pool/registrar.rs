@@ -444,6 +444,11 @@ impl Registrar {
         true
     }
 
+    /// Drops every binding of an AOR (another front end owns it now; its state is in the store).
+    pub fn forget(&mut self, aor: &str) {
+        self.commit(aor, Vec::new());
+    }
+
     /// Whether the AOR has a binding that is live at `now_secs` (read-only: nothing is pruned).
     pub fn is_registered(&self, aor: &str, now_secs: u64) -> bool {
         self.aors.get(aor).is_some_and(|bs| bs.iter().any(|b| b.expires_at > now_secs))

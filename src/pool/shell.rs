@@ -35,6 +35,9 @@ pub struct PoolShell {
     edges: HashMap<SocketAddr, Rc<Connector>>,
     store: StoreHandle,
     limits: Limits,
+    /// The roster this process reads ([`super::membership`]), and the generation this core last took.
+    roster: Arc<crate::store::members::RosterSlot>,
+    roster_generation: std::cell::Cell<u64>,
     /// A spare action buffer, so a step does not allocate one (a nested step finds it taken and makes its own).
     spare: RefCell<Vec<Action>>,
 }
@@ -86,6 +89,8 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         edges,
         store: s.store.clone(),
         limits: s.core.limits,
+        roster: s.membership.roster.clone(),
+        roster_generation: std::cell::Cell::new(0),
         spare: RefCell::default(),
     });
     for (_, rx) in receivers.streams() {
@@ -125,6 +130,7 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(Duration::from_millis(500)).await;
+                pool.take_roster();
                 pool.step(PoolCore::on_tick);
                 // New routing rules (the config file changed): this core swaps its copy.
                 let rules = pool.core.borrow().settings().rules.clone();
@@ -175,6 +181,18 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
 
 impl PoolShell {
     /// One step of the core, then its actions. The core's borrow ends before the first action is performed.
+    /// Hands the core the roster when a newer one was read (members only: nothing is published otherwise).
+    fn take_roster(self: &Rc<Self>) {
+        let generation = self.roster.generation();
+        if generation == self.roster_generation.get() {
+            return;
+        }
+        self.roster_generation.set(generation);
+        let roster = self.roster.get();
+        let wall = crate::store::members::now_ms();
+        self.step(|c, now| c.on_roster(roster, wall, now));
+    }
+
     fn step(self: &Rc<Self>, input: impl FnOnce(&mut PoolCore, Now)) {
         let mut actions = std::mem::take(&mut *self.spare.borrow_mut());
         {

@@ -27,6 +27,8 @@
 //! notice that lets the edge add the identity to the flow (bounded by the flow's identity cap). A failed one is
 //! a `Failure::Credentials` like any other, counted toward the address's lockout.
 
+pub mod membership;
+
 use crate::config::Config;
 use crate::sip::{Editor, HeaderName, Limits, Message, Uri};
 

@@ -10,6 +10,7 @@ pub mod archive;
 pub mod archive_cli;
 pub mod backlog;
 pub mod directory;
+pub mod members;
 pub mod migrate;
 pub mod pgcluster;
 pub mod postgres;
@@ -54,6 +55,23 @@ pub struct StateRow {
     pub expires_at: u64,
 }
 
+/// One member of the pool and its lease (see `crate::proto::membership`): renewed by the member itself,
+/// read by every edge and front end, its `state` set by an operator (`pool drain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub name: String,
+    /// `host:port` where edges reach it.
+    pub addr: String,
+    /// "active", "draining" or "gone".
+    pub state: String,
+    /// Unix milliseconds.
+    pub lease_until_ms: u64,
+    /// Users it owns now (as it last reported).
+    pub users: u64,
+    /// Requests it handled since its previous renewal.
+    pub load: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateWrite {
     Put(StateRow),
@@ -86,6 +104,21 @@ pub trait Store: Send {
     fn states(&mut self, now: u64) -> Result<Vec<StateRow>, StoreError>;
     /// Applies the writes in one transaction (the store thread batches what the cores queue).
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError>;
+    /// One user's soft state: the live rows whose key is `aor` or starts with `aor` and a space (its
+    /// registrations, publications and the subscriptions to it), for the front end that takes the user over.
+    fn states_of(&mut self, aor: &str, now: u64) -> Result<Vec<StateRow>, StoreError>;
+    /// Renews a member's lease: inserts the row (state "active") or updates its address, lease, users and load,
+    /// keeping the stored state (a drained member stays draining while it renews). A row whose `state` is
+    /// "gone" sets that state too (a member stopping cleanly gives up its lease at once).
+    fn renew_member(&mut self, row: &MemberRow) -> Result<(), StoreError>;
+    /// Every member row, ordered by name (expired leases included: the reader decides what they mean).
+    fn members(&mut self) -> Result<Vec<MemberRow>, StoreError>;
+    /// Sets a member's state ("active" or "draining"); false when no such member.
+    fn set_member_state(&mut self, name: &str, state: &str) -> Result<bool, StoreError>;
+    /// The pool-wide secret called `name`: `candidate` is stored when there is none yet, and whatever is stored
+    /// is returned, so every front end of a pool ends up with the first one's (the digest nonce key: a nonce
+    /// one front end issued must be authentic at all of them).
+    fn shared_secret(&mut self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Whether another process (the CLI, another pool) changed the data since the last call, so that the
     /// running pool can pick up entries written behind its back. Polled by the store thread. At least the
     /// allow/block entries and contact lists count (PostgreSQL: only those; SQLite: any write).

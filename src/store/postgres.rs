@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 
 use super::archive::{ArchiveQuery, ArchiveRow};
-use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Versioned schema steps, applied in order at connect (each once, recorded in `schema_version`).
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/postgres/0001_initial.sql")),
-    (2, include_str!("migrations/postgres/0002_archive.sql")),
+    (2, include_str!("migrations/postgres/0002_members.sql")),
+    (3, include_str!("migrations/postgres/0003_archive.sql")),
 ];
 
 /// Longest wait between two connection attempts while the server is away.
@@ -56,6 +57,18 @@ pub mod sql {
     pub const PUT_STATE: &str = "INSERT INTO soft_state (kind, key, value, expires_at) VALUES ($1, $2, $3, $4)
         ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
     pub const DELETE_STATE: &str = "DELETE FROM soft_state WHERE kind = $1 AND key = $2";
+    pub const STATES_OF: &str = "SELECT kind, key, value, expires_at FROM soft_state
+        WHERE expires_at > $1 AND (key = $2 OR substr(key, 1, length($3)) = $3) ORDER BY kind, key";
+    pub const RENEW_MEMBER: &str = "INSERT INTO member (name, addr, state, lease_until_ms, users, load)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, lease_until_ms = excluded.lease_until_ms,
+          users = excluded.users, load = excluded.load,
+          state = CASE WHEN excluded.state = 'gone' THEN 'gone'
+                       WHEN member.state = 'draining' THEN 'draining' ELSE 'active' END";
+    pub const MEMBERS: &str = "SELECT name, addr, state, lease_until_ms, users, load FROM member ORDER BY name";
+    pub const SET_MEMBER_STATE: &str = "UPDATE member SET state = $2 WHERE name = $1";
+    pub const PUT_SECRET: &str = "INSERT INTO pool_secret (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+    pub const SECRET: &str = "SELECT value FROM pool_secret WHERE name = $1";
     pub const CHANGE_COUNTER: &str = "SELECT n FROM change_counter";
     pub const LOCK_CHANGE_COUNTER: &str = "SELECT n FROM change_counter FOR UPDATE";
     /// Rows in the tables `store migrate` fills (it refuses a non-empty target).
@@ -295,6 +308,11 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+fn state_of(r: &postgres::Row) -> StateRow {
+    let at: i64 = r.get(3);
+    StateRow { kind: r.get(0), key: r.get(1), value: r.get(2), expires_at: u64::try_from(at).unwrap_or(0) }
+}
+
 fn contact_of(r: &postgres::Row) -> ContactRow {
     ContactRow { owner: r.get(0), uri: r.get(1), display_name: r.get(2), group: r.get(3) }
 }
@@ -363,13 +381,7 @@ impl Store for PgStore {
             c.execute(sql::EXPIRE_STATES, &[&to_i64(now)])?;
             c.query(sql::STATES, &[])
         })?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let at: i64 = r.get(3);
-                StateRow { kind: r.get(0), key: r.get(1), value: r.get(2), expires_at: u64::try_from(at).unwrap_or(0) }
-            })
-            .collect())
+        Ok(rows.iter().map(state_of).collect())
     }
 
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError> {
@@ -386,6 +398,48 @@ impl Store for PgStore {
                 }
             }
             tx.commit()
+        })
+    }
+
+    fn states_of(&mut self, aor: &str, now: u64) -> Result<Vec<StateRow>, StoreError> {
+        let prefix = format!("{aor} ");
+        let rows = self.with("states of a user", |c| c.query(sql::STATES_OF, &[&to_i64(now), &aor, &prefix]))?;
+        Ok(rows.iter().map(state_of).collect())
+    }
+
+    fn renew_member(&mut self, row: &MemberRow) -> Result<(), StoreError> {
+        let state = if row.state == "gone" { "gone" } else { "active" };
+        let (until, users, load) = (to_i64(row.lease_until_ms), to_i64(row.users), to_i64(row.load));
+        self.with("renew member lease", |c| {
+            c.execute(sql::RENEW_MEMBER, &[&row.name, &row.addr, &state, &until, &users, &load])
+        })?;
+        Ok(())
+    }
+
+    fn members(&mut self) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = self.with("members", |c| c.query(sql::MEMBERS, &[]))?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| MemberRow {
+                name: r.get(0),
+                addr: r.get(1),
+                state: r.get(2),
+                lease_until_ms: n(r.get(3)),
+                users: n(r.get(4)),
+                load: n(r.get(5)),
+            })
+            .collect())
+    }
+
+    fn set_member_state(&mut self, name: &str, state: &str) -> Result<bool, StoreError> {
+        Ok(self.with("set member state", |c| c.execute(sql::SET_MEMBER_STATE, &[&name, &state]))? > 0)
+    }
+
+    fn shared_secret(&mut self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.with("shared secret", |c| {
+            c.execute(sql::PUT_SECRET, &[&name, &candidate])?;
+            c.query_one(sql::SECRET, &[&name]).map(|r| r.get(0))
         })
     }
 

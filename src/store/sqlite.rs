@@ -8,11 +8,14 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::archive::{ArchiveQuery, ArchiveRow};
-use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Versioned schema steps, applied in order at open (each once; the version is `PRAGMA user_version`).
-pub const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/sqlite/0001_initial.sql")), (2, include_str!("migrations/sqlite/0002_archive.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("migrations/sqlite/0002_members.sql")),
+    (3, include_str!("migrations/sqlite/0003_archive.sql")),
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -22,6 +25,45 @@ pub struct SqliteStore {
 
 fn err(what: &str, e: rusqlite::Error) -> StoreError {
     StoreError(format!("{what}: {e}"))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn state_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StateRow> {
+    let at: i64 = r.get(3)?;
+    Ok(StateRow { kind: r.get(0)?, key: r.get(1)?, value: r.get(2)?, expires_at: to_u64(at) })
+}
+
+/// How long opening waits for another process that holds the file's lock (several front ends start at once).
+const OPEN_BUSY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Puts the file in WAL mode. Switching the mode takes the file's lock and, unlike ordinary statements, does
+/// not wait through the busy timeout: when another process (a front end starting at the same moment) holds it,
+/// try again, bounded. A file already in WAL mode needs no switch.
+fn wal(conn: &Connection) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + OPEN_BUSY_MAX;
+    loop {
+        // journal_mode answers with a row; read it rather than execute.
+        let mode = conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0));
+        if mode.as_deref().is_ok_and(|m| m.eq_ignore_ascii_case("wal")) {
+            return Ok(());
+        }
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(err("WAL", e)),
+        }
+    }
 }
 
 impl SqliteStore {
@@ -42,8 +84,7 @@ impl SqliteStore {
 
     fn init(conn: Connection, name: &str) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| err("busy_timeout", e))?;
-        // journal_mode answers with a row; read it rather than execute.
-        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| err("WAL", e))?;
+        wal(&conn)?;
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;").map_err(|e| err("pragmas", e))?;
         let version: i64 =
             conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| err("user_version", e))?;
@@ -55,7 +96,7 @@ impl SqliteStore {
         }
         for (v, text) in MIGRATIONS.iter().filter(|m| m.0 > version) {
             // The version moves in the same transaction as the step: a crash leaves either or neither.
-            conn.execute_batch(&format!("BEGIN; {text}; PRAGMA user_version={v}; COMMIT;"))
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {text}; PRAGMA user_version={v}; COMMIT;"))
                 .map_err(|e| err(&format!("migration {v}"), e))?;
         }
         let data_version =
@@ -157,7 +198,12 @@ impl Store for SqliteStore {
     }
 
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| err("begin", e))?;
+        // IMMEDIATE: with several front ends writing one file, a deferred transaction that upgrades to a writer
+        // fails with SQLITE_BUSY at once instead of waiting out the busy timeout.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| err("begin", e))?;
         for w in writes {
             match w {
                 StateWrite::Put(r) => {
@@ -175,6 +221,75 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(|e| err("commit", e))
+    }
+
+    fn states_of(&mut self, aor: &str, now: u64) -> Result<Vec<StateRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT kind, key, value, expires_at FROM soft_state
+                 WHERE expires_at > ?1 AND (key = ?2 OR substr(key, 1, length(?3)) = ?3) ORDER BY kind, key",
+            )
+            .map_err(|e| err("states of a user", e))?;
+        let rows = st
+            .query_map(params![to_i64(now), aor, format!("{aor} ")], state_row)
+            .map_err(|e| err("states of a user", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("states of a user", e))
+    }
+
+    fn renew_member(&mut self, row: &MemberRow) -> Result<(), StoreError> {
+        let state = if row.state == "gone" { "gone" } else { "active" };
+        self.conn
+            .execute(
+                "INSERT INTO member (name, addr, state, lease_until_ms, users, load) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, lease_until_ms = excluded.lease_until_ms,
+                   users = excluded.users, load = excluded.load,
+                   state = CASE WHEN excluded.state = 'gone' THEN 'gone'
+                                WHEN member.state = 'draining' THEN 'draining' ELSE 'active' END",
+                params![row.name, row.addr, state, to_i64(row.lease_until_ms), to_i64(row.users), to_i64(row.load)],
+            )
+            .map_err(|e| err("renew member lease", e))?;
+        Ok(())
+    }
+
+    fn members(&mut self) -> Result<Vec<MemberRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name, addr, state, lease_until_ms, users, load FROM member ORDER BY name")
+            .map_err(|e| err("members", e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(MemberRow {
+                    name: r.get(0)?,
+                    addr: r.get(1)?,
+                    state: r.get(2)?,
+                    lease_until_ms: to_u64(r.get(3)?),
+                    users: to_u64(r.get(4)?),
+                    load: to_u64(r.get(5)?),
+                })
+            })
+            .map_err(|e| err("members", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("members", e))
+    }
+
+    fn set_member_state(&mut self, name: &str, state: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("UPDATE member SET state = ?2 WHERE name = ?1", params![name, state])
+            .map_err(|e| err("set member state", e))?;
+        Ok(n > 0)
+    }
+
+    fn shared_secret(&mut self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO pool_secret (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, candidate],
+            )
+            .map_err(|e| err("store secret", e))?;
+        self.conn
+            .query_row("SELECT value FROM pool_secret WHERE name = ?1", [name], |r| r.get(0))
+            .map_err(|e| err("read secret", e))
     }
 
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
@@ -361,6 +476,111 @@ mod tests {
         let e = SqliteStore::open(&path).err().unwrap().to_string();
         assert!(e.contains("schema version 999, newer than this build"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_users_state_by_key() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let row = |kind: &str, k: &str, at: u64| StateRow {
+            kind: kind.into(),
+            key: k.into(),
+            value: b"v".to_vec(),
+            expires_at: at,
+        };
+        s.write_states(&[
+            StateWrite::Put(row("reg", "bob@x", 100)),
+            StateWrite::Put(row("pub", "bob@x", 100)),
+            StateWrite::Put(row("sub", "bob@x call tag", 100)),
+            StateWrite::Put(row("sub", "bob@x old tag", 10)),
+            StateWrite::Put(row("reg", "bob@xy", 100)),
+            StateWrite::Put(row("reg", "b_b@x", 100)),
+            StateWrite::Put(row("sub", "alice@x c bob@x", 100)),
+        ])
+        .unwrap();
+        let keys: Vec<_> = s.states_of("bob@x", 50).unwrap().into_iter().map(|r| (r.kind, r.key)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("pub".into(), "bob@x".into()),
+                ("reg".into(), "bob@x".into()),
+                ("sub".into(), "bob@x call tag".into())
+            ]
+        );
+        assert!(s.states_of("BOB@x", 50).unwrap().is_empty(), "keys compare exactly");
+        assert_eq!(s.states_of("b_b@x", 50).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn member_leases_and_drain() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let m = |name: &str, state: &str, until: u64| MemberRow {
+            name: name.into(),
+            addr: "127.0.0.1:5071".into(),
+            state: state.into(),
+            lease_until_ms: until,
+            users: 3,
+            load: 7,
+        };
+        s.renew_member(&m("fe2", "active", 10)).unwrap();
+        s.renew_member(&m("fe1", "active", 10)).unwrap();
+        assert!(s.set_member_state("fe1", "draining").unwrap());
+        assert!(!s.set_member_state("fe9", "draining").unwrap());
+        assert!(s.set_member_state("fe1", "sideways").is_err(), "the schema refuses unknown states");
+        s.renew_member(&m("fe1", "active", 20)).unwrap();
+        let rows = s.members().unwrap();
+        assert_eq!(rows[0], m("fe1", "draining", 20), "a renewal keeps the operator's drain");
+        assert_eq!(rows[1], m("fe2", "active", 10));
+        s.renew_member(&m("fe2", "gone", 0)).unwrap();
+        assert_eq!(s.members().unwrap()[1].state, "gone");
+        s.renew_member(&m("fe2", "active", 30)).unwrap();
+        assert_eq!(s.members().unwrap()[1].state, "active", "a member coming back is active again");
+    }
+
+    #[test]
+    fn several_processes_write_one_file() {
+        // Front ends on one host share the file: each has its own connection, and no write may fail as busy.
+        let dir = std::env::temp_dir().join(format!("parapet-store-mw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("p.db");
+        SqliteStore::open(&path).unwrap();
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut s = SqliteStore::open(&path).unwrap();
+                    for i in 0..100u64 {
+                        let key = format!("u{w}-{i}@x");
+                        let row = StateRow { kind: "reg".into(), key, value: vec![1], expires_at: 100 };
+                        s.write_states(&[StateWrite::Put(row)]).unwrap();
+                        let m = MemberRow {
+                            name: format!("fe{w}"),
+                            addr: "127.0.0.1:1".into(),
+                            state: "active".into(),
+                            lease_until_ms: i,
+                            users: 0,
+                            load: 0,
+                        };
+                        s.renew_member(&m).unwrap();
+                        s.members().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.states(0).unwrap().len(), 300);
+        assert_eq!(s.members().unwrap().len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_first_secret_wins() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.shared_secret("nonce", b"first").unwrap(), b"first");
+        assert_eq!(s.shared_secret("nonce", b"second").unwrap(), b"first");
+        assert_eq!(s.shared_secret("other", b"second").unwrap(), b"second");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::archive::{ArchiveBuffer, ArchiveGate, ArchiveQuery, ArchiveRow};
 use super::backlog::Backlog;
-use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Operations waiting for the store thread before new ones are refused.
 pub const QUEUE_MAX: usize = 4096;
@@ -46,6 +46,25 @@ pub enum Op {
     States {
         now: u64,
     },
+    /// One user's live soft state (a front end taking the user over).
+    StatesOf {
+        aor: String,
+        now: u64,
+    },
+    /// This member's lease (see [`Store::renew_member`]).
+    RenewMember(MemberRow),
+    /// The roster's rows.
+    Members,
+    /// `pool drain` / `pool undrain`.
+    SetMemberState {
+        name: String,
+        state: String,
+    },
+    /// The pool-wide secret `name` (see [`Store::shared_secret`]).
+    SharedSecret {
+        name: String,
+        candidate: Vec<u8>,
+    },
     /// Soft state to write; queued without waiting ([`StoreHandle::write_state`]) and committed in batches.
     WriteState(StateWrite),
     /// An archived MESSAGE; queued without waiting ([`StoreHandle::archive`]) and committed in batches.
@@ -61,6 +80,8 @@ pub enum Reply {
     Policies(Vec<PolicyRow>),
     States(Vec<StateRow>),
     Contacts(Vec<ContactRow>),
+    Members(Vec<MemberRow>),
+    Secret(Vec<u8>),
     /// A write; for deletions, whether something was there.
     Done(bool),
     Archive(Vec<ArchiveRow>),
@@ -97,7 +118,8 @@ pub struct StoreHandle {
     archive: Arc<ArchiveGate>,
 }
 
-fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
+/// One operation on the store, as the thread runs it (also the simulation's store step).
+pub(crate) fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
     Ok(match op {
         Op::Policies => Reply::Policies(store.policies()?),
         Op::PutPolicy(r) => {
@@ -113,6 +135,14 @@ fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
         Op::DeleteContact { owner, uri } => Reply::Done(store.delete_contact(&owner, &uri)?),
         Op::WatchPolicies(_) | Op::WatchContacts(_) => Reply::Done(true),
         Op::States { now } => Reply::States(store.states(now)?),
+        Op::StatesOf { aor, now } => Reply::States(store.states_of(&aor, now)?),
+        Op::RenewMember(r) => {
+            store.renew_member(&r)?;
+            Reply::Done(true)
+        }
+        Op::Members => Reply::Members(store.members()?),
+        Op::SharedSecret { name, candidate } => Reply::Secret(store.shared_secret(&name, &candidate)?),
+        Op::SetMemberState { name, state } => Reply::Done(store.set_member_state(&name, &state)?),
         Op::WriteState(w) => {
             store.write_states(std::slice::from_ref(&w))?;
             Reply::Done(true)

@@ -5,6 +5,7 @@
 
 mod pjsua;
 mod support;
+mod support_members;
 mod support_pg;
 
 mod archive;
@@ -25,6 +26,7 @@ mod interop_linphone;
 mod interop_pjsip;
 mod lifecycle;
 mod malformed;
+mod pool_failover;
 mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;

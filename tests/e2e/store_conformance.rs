@@ -9,7 +9,7 @@ use parapet::store::archive::{ArchiveQuery, ArchiveRow};
 use parapet::store::postgres::PgStore;
 use parapet::store::sqlite::SqliteStore;
 use parapet::store::thread::{Op, Reply, StoreHandle};
-use parapet::store::{ContactRow, PolicyRow, StateRow, StateWrite, Store};
+use parapet::store::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store};
 
 use super::{support, support_pg};
 
@@ -97,6 +97,7 @@ fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
     b.delete_policy("erin@x", "*").expect("store call");
     a.put_policy(&policy("erin@x", "@z", None, Some("block"))).expect("store call");
     assert!(a.changed_elsewhere().expect("store call"), "a change elsewhere between two of ours is not hidden by ours");
+    members(&mut *a, &mut *b);
     archive_conformance(open);
 }
 
@@ -179,6 +180,51 @@ fn archive_conformance(open: &dyn Fn() -> Box<dyn Store>) {
     assert_eq!(s.purge_archive(3_000).expect("store call"), 0);
     assert_eq!(bodies(&mut s, all(0)), vec!["from afar", "quote: 'x' 100%_"]);
     s.purge_archive(i64::MAX).expect("store call");
+}
+
+fn member(name: &str, state: &str, until: u64) -> MemberRow {
+    MemberRow {
+        name: name.into(),
+        addr: "127.0.0.1:5071".into(),
+        state: state.into(),
+        lease_until_ms: until,
+        users: 3,
+        load: 7,
+    }
+}
+
+/// What an enterprise pool keeps in the store: one user's soft state, member leases, the shared nonce key.
+fn members(a: &mut dyn Store, b: &mut dyn Store) {
+    a.write_states(&[
+        StateWrite::Put(state("reg", "bob@x", b"r", 100)),
+        StateWrite::Put(state("sub", "bob@x call tag", b"s", 100)),
+        StateWrite::Put(state("sub", "bob@x old tag", b"s", 10)),
+        StateWrite::Put(state("reg", "bob@xy", b"r", 100)),
+        StateWrite::Put(state("reg", "b_b@x", b"r", 100)),
+        StateWrite::Put(state("reg", "b%b@x", b"r", 100)),
+    ])
+    .expect("store call");
+    let keys: Vec<_> = a.states_of("bob@x", 50).expect("store call").into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, vec!["bob@x", "bob@x call tag"], "exactly bob's live rows (no LIKE wildcards, no bob@xy)");
+    assert!(a.states_of("BOB@x", 50).expect("store call").is_empty(), "keys compare exactly");
+    assert_eq!(b.states_of("b_b@x", 50).expect("store call").len(), 1);
+
+    a.renew_member(&member("fe2", "active", 10)).expect("store call");
+    b.renew_member(&member("fe1", "active", 10)).expect("store call");
+    assert!(a.set_member_state("fe1", "draining").expect("store call"));
+    assert!(!a.set_member_state("fe9", "draining").expect("store call"), "no such member");
+    assert!(a.set_member_state("fe1", "sideways").is_err(), "unknown states are refused");
+    b.renew_member(&member("fe1", "active", 20)).expect("store call");
+    let rows = a.members().expect("store call");
+    assert_eq!(rows, vec![member("fe1", "draining", 20), member("fe2", "active", 10)], "a renewal keeps a drain");
+    a.renew_member(&member("fe2", "gone", 0)).expect("store call");
+    assert_eq!(b.members().expect("store call")[1].state, "gone");
+    a.renew_member(&member("fe2", "active", 30)).expect("store call");
+    assert_eq!(b.members().expect("store call")[1].state, "active", "a member coming back is active again");
+
+    assert_eq!(a.shared_secret("nonce", b"first").expect("store call"), b"first");
+    assert_eq!(b.shared_secret("nonce", b"second").expect("store call"), b"first", "the first one wins");
+    assert_eq!(b.shared_secret("other", b"second").expect("store call"), b"second");
 }
 
 fn sqlite_path(dir: &std::path::Path) -> PathBuf {

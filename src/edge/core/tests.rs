@@ -220,7 +220,13 @@ fn a_notice_the_pool_did_not_take_is_sent_again_until_it_does() {
     let again = to_pool(&actions(&mut c));
     assert_eq!(again.bytes(), notice.bytes(), "the same notice, the same branch");
     // The connector could not reach the pool: handed back, sent again later.
-    c.undeliverable(again.bytes().clone(), 503, "Service Unavailable", t0 + std::time::Duration::from_millis(1200));
+    c.undeliverable(
+        again.bytes().clone(),
+        503,
+        "Service Unavailable",
+        false,
+        t0 + std::time::Duration::from_millis(1200),
+    );
     c.on_tick(t0 + std::time::Duration::from_millis(2300));
     let third = to_pool(&actions(&mut c));
     // A user answering in the pool's place is not believed: still pending.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::super::core::{Action, ConnInfo, EdgeCore};
+use super::super::core::{ConnInfo, EdgeCore};
 use super::super::token;
 use super::{host_lower, may_send_from};
 use crate::net::conn::bump;
@@ -126,7 +126,7 @@ impl EdgeCore {
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
         // At most eleven edits (five internal headers removed): cannot overflow.
         if ed.write(&mut out).is_ok() {
-            self.out.push(Action::ToPool(out.freeze()));
+            self.send_to_pool(&crate::edge::members::routing_aor(msg), out.freeze(), now);
         }
     }
 

@@ -206,6 +206,13 @@ impl Publications {
         self.by_aor.insert(aor.to_string(), list);
     }
 
+    /// Drops an AOR's publications (another front end owns it now; they are in the store).
+    pub fn forget(&mut self, aor: &str) {
+        if let Some(list) = self.by_aor.remove(aor) {
+            self.count -= list.len();
+        }
+    }
+
     pub fn of(&self, aor: &str) -> &[Publication] {
         self.by_aor.get(aor).map_or(&[], Vec::as_slice)
     }

@@ -1,4 +1,4 @@
--- parapet store, SQLite schema version 2: the IM archive (see src/store/archive.rs).
+-- parapet store, SQLite schema version 3: the IM archive (see src/store/archive.rs).
 CREATE TABLE im_archive (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms        INTEGER NOT NULL,

@@ -1,4 +1,4 @@
--- parapet store, PostgreSQL schema version 2: the IM archive (see src/store/archive.rs).
+-- parapet store, PostgreSQL schema version 3: the IM archive (see src/store/archive.rs).
 CREATE TABLE im_archive (
     id           BIGSERIAL PRIMARY KEY,
     at_ms        BIGINT NOT NULL,

@@ -1,0 +1,418 @@
+//! Routing to the members of an enterprise pool (`[edge.roster]`): each request goes to the front end that
+//! **owns** the user it concerns (`proto::membership::owner_among`), by the roster read from the store and this
+//! core's view of each member's health.
+//!
+//! Which user a request concerns, so that its owner holds what the request needs:
+//! - REGISTER: the registered AOR (To): the owner holds the user's bindings;
+//! - SUBSCRIBE, PUBLISH, MESSAGE and a partner's requests: the Request-URI's AOR (the presentity, the recipient):
+//!   the owner holds the presentity's publications and the subscriptions to it, and the recipient's bindings;
+//! - the flow-closed notice: the AOR it names (the owner of the bindings made through the flow).
+//!
+//! The sender's digest is checked wherever the request lands: every member shares the nonce key through the
+//! store, so a nonce another member issued is stale, not forged, and the client retries without asking its user.
+//!
+//! Health: a member is routed to while its lease runs (the roster) and its link is not known to be broken. A
+//! probe (OPTIONS over the member's mutual-TLS connector) goes to each member every [`PROBE_EVERY`]; a probe or
+//! request the connector cannot deliver marks the member down for [`DOWN_FOR`], well before its lease runs out.
+//! With no roster to go by (the store unreachable since start, or every lease expired in our view), the
+//! configured members that are not down share the users by the same hash: a single survivor serves everyone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::core::{Action, EdgeCore};
+use super::NOTICE_BRANCH_PREFIX;
+use crate::net::conn::bump;
+use crate::proto::aor_of;
+use crate::proto::membership::{owner_among, Member, MemberState, Roster};
+use crate::sip::{self, HeaderName, Message, Method};
+
+/// How often each member is probed.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How long a member whose link failed is left out (probes go on meanwhile; an answered one ends it sooner).
+pub const DOWN_FOR: Duration = Duration::from_secs(2);
+/// The branch of probes: under the notice prefix, with an id that is not hex, so their answers are dropped.
+const PROBE_BRANCH_REST: &str = "probe";
+
+/// The members this core routes to, in configured order (the shell's connectors have the same indices).
+pub struct Members {
+    names: Vec<String>,
+    roster: Arc<Roster>,
+    /// The roster's wall-clock reading (unix ms) and the step clock then: the leases are compared with
+    /// `wall + (now - at)`, so a lease runs out on time between two reads.
+    anchor: Option<(u64, Instant)>,
+    down_until: Vec<Option<Instant>>,
+    /// Every member as if its lease never ran out, for routing without a roster.
+    fallback: Roster,
+}
+
+impl Members {
+    pub fn new(names: Vec<String>) -> Members {
+        let fallback = Roster::new(
+            names
+                .iter()
+                .map(|n| Member {
+                    name: n.clone(),
+                    addr: String::new(),
+                    state: MemberState::Active,
+                    lease_until_ms: u64::MAX,
+                    load: 0,
+                    users: 0,
+                })
+                .collect(),
+        );
+        Members {
+            down_until: vec![None; names.len()],
+            names,
+            roster: Arc::new(Roster::default()),
+            anchor: None,
+            fallback,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    fn is_down(&self, i: usize, now: Instant) -> bool {
+        self.down_until.get(i).copied().flatten().is_some_and(|t| now < t)
+    }
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let Some((wall, at)) = self.anchor else { return 0 };
+        let since = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
+        wall.saturating_add(since)
+    }
+
+    /// The member that owns `aor` now, by the roster, else by the configured members; None only when every
+    /// configured member is down.
+    pub fn pick(&self, aor: &str, now: Instant) -> Option<usize> {
+        let up = |m: &Member| self.index(&m.name).is_some_and(|i| !self.is_down(i, now));
+        let by_roster = owner_among(aor, &self.roster, self.wall_ms(now), up);
+        let owner = by_roster.or_else(|| owner_among(aor, &self.fallback, 0, up))?;
+        self.index(&owner.name)
+    }
+
+    pub fn set_roster(&mut self, roster: Arc<Roster>, wall_ms: u64, now: Instant) {
+        self.roster = roster;
+        self.anchor = Some((wall_ms, now));
+    }
+
+    /// Whether this marked the member down anew (it was up).
+    pub fn mark_down(&mut self, i: usize, now: Instant) -> bool {
+        let was_down = self.is_down(i, now);
+        if let Some(slot) = self.down_until.get_mut(i) {
+            *slot = Some(now + DOWN_FOR);
+        }
+        !was_down
+    }
+
+    pub fn mark_up(&mut self, i: usize) {
+        if let Some(slot) = self.down_until.get_mut(i) {
+            *slot = None;
+        }
+    }
+}
+
+/// The AOR a request to the pool concerns (see the module); empty when it names none (any member may answer).
+pub fn routing_aor(msg: &Message) -> String {
+    if msg.method() == Some(&Method::Register) {
+        return aor_of(&msg.to().uri);
+    }
+    msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default()
+}
+
+impl EdgeCore {
+    /// Sends a request to the pool: to the owner of `aor` among the members, or to the single pool.
+    pub(super) fn send_to_pool(&mut self, aor: &str, bytes: Bytes, now: Instant) {
+        if self.members.is_empty() {
+            self.out.push(Action::ToPool(bytes));
+            return;
+        }
+        match self.members.pick(aor, now) {
+            Some(member) => self.out.push(Action::ToMember { member, bytes }),
+            // Every member down: the connector of the hash's choice tries anyway, and answers 503 if it fails.
+            None => self
+                .out
+                .push(Action::ToMember { member: crate::shard::shard_for(aor.as_bytes(), self.members.len()), bytes }),
+        }
+    }
+
+    /// A new roster read from the store (`wall_ms`: the wall clock when it was handed over).
+    pub fn on_roster(&mut self, roster: Arc<Roster>, wall_ms: u64, now: Instant) {
+        self.members.set_roster(roster, wall_ms, now);
+    }
+
+    /// What the shell knows of member `i`'s link: up (connected), or failed (a send could not be delivered).
+    pub fn on_member_link(&mut self, i: usize, up: bool, now: Instant) -> bool {
+        if up {
+            self.members.mark_up(i);
+            false
+        } else {
+            let new = self.members.mark_down(i, now);
+            if new {
+                bump(&self.estats.pool_members_down);
+                tracing::warn!(member = i, "pool member unreachable: its users go to the others");
+            }
+            new
+        }
+    }
+
+    /// Every [`PROBE_EVERY`]: an OPTIONS to each member (its failure marks the member down).
+    pub fn on_probe_tick(&mut self) {
+        for member in 0..self.members.len() {
+            let bytes = probe(&self.s.internal_text, self.id, member);
+            self.out.push(Action::ToMember { member, bytes });
+        }
+    }
+
+    /// A request a member could not be sent: when that just marked a member down, it goes to the user's new
+    /// owner; true when it was sent again (else the caller answers it).
+    pub(super) fn reroute(&mut self, req: &Message, marked_down: bool, now: Instant) -> bool {
+        if self.members.is_empty() || !marked_down {
+            return false;
+        }
+        if req
+            .top_via()
+            .and_then(|v| v.branch())
+            .is_some_and(|b| b.starts_with(NOTICE_BRANCH_PREFIX) && b.ends_with(PROBE_BRANCH_REST.as_bytes()))
+        {
+            return true;
+        }
+        let aor = routing_aor(req);
+        match self.members.pick(&aor, now) {
+            Some(member) => {
+                bump(&self.estats.pool_rerouted);
+                self.out.push(Action::ToMember { member, bytes: req.bytes().clone() });
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn probe(internal: &str, core: usize, member: usize) -> Bytes {
+    let via = format!(
+        "SIP/2.0/TLS {internal};branch={}{PROBE_BRANCH_REST}",
+        std::str::from_utf8(NOTICE_BRANCH_PREFIX).unwrap_or("z9hG4bKx")
+    );
+    let from = format!("<sip:edge@{internal}>;tag=probe");
+    let call_id = format!("probe-{core}-{member}");
+    let mut out = BytesMut::with_capacity(384);
+    sip::write_request(
+        &mut out,
+        "OPTIONS",
+        b"sip:pool-member-probe@edge-internal",
+        &[
+            (HeaderName::Via, via.as_bytes()),
+            (HeaderName::MaxForwards, b"1"),
+            (HeaderName::From, from.as_bytes()),
+            (HeaderName::To, b"<sip:pool-member-probe@edge-internal>"),
+            (HeaderName::CallId, call_id.as_bytes()),
+            (HeaderName::CSeq, b"1 OPTIONS"),
+        ],
+        None,
+    );
+    out.freeze()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::edge::{EdgeSettings, EdgeStats};
+    use crate::net::{ConnId, ConnKind};
+    use crate::proto::membership::owner;
+    use crate::sip::Limits;
+
+    const WALL: u64 = 1_000_000;
+    const USER: ConnId = ConnId { core: 0, gen: 1, slot: 1 };
+    const NAMES: [&str; 3] = ["fe1", "fe2", "fe3"];
+
+    fn settings() -> Arc<EdgeSettings> {
+        static S: OnceLock<Arc<EdgeSettings>> = OnceLock::new();
+        S.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("parapet-edge-members-test-{}", std::process::id()));
+            let mut s = crate::edge::testkit::settings(&dir).expect("settings");
+            s.pool_members = NAMES.iter().map(|n| n.to_string()).collect();
+            Arc::new(s)
+        })
+        .clone()
+    }
+
+    fn core() -> EdgeCore {
+        EdgeCore::new(settings(), 0, 1, Arc::new(EdgeStats::default()))
+    }
+
+    fn member(name: &str, state: MemberState, lease_until_ms: u64) -> Member {
+        Member { name: name.into(), addr: String::new(), state, lease_until_ms, load: 0, users: 0 }
+    }
+
+    fn roster(states: &[(&str, MemberState)]) -> Arc<Roster> {
+        Arc::new(Roster::new(states.iter().map(|(n, s)| member(n, *s, WALL + 3_000)).collect()))
+    }
+
+    fn all_active() -> Arc<Roster> {
+        roster(&[("fe1", MemberState::Active), ("fe2", MemberState::Active), ("fe3", MemberState::Active)])
+    }
+
+    fn actions(c: &mut EdgeCore) -> Vec<Action> {
+        let mut v = Vec::new();
+        c.take_actions(&mut v);
+        v
+    }
+
+    fn sent_to_members(a: &[Action]) -> Vec<(usize, Message)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::ToMember { member, bytes } => Some((
+                    *member,
+                    Message::parse(bytes.clone(), &crate::net::conn::peer_limits(&Limits::default())).unwrap(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn register(c: &mut EdgeCore, user: &str, now: Instant) -> Vec<Action> {
+        let req = format!(
+            "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.10:40000;branch=z9hG4bK1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=1\r\nTo: <sip:{user}@example.com>\r\n\
+             Call-ID: c1\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@192.0.2.10:40000;transport=tls>\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let msg = Message::parse(Bytes::from(req), &Limits::default()).unwrap();
+        let info = crate::edge::core::ConnInfo {
+            id: USER,
+            kind: ConnKind::User,
+            peer: "192.0.2.10:40000".parse().unwrap(),
+            names: &[],
+        };
+        c.on_message(&info, msg, now);
+        actions(c)
+    }
+
+    fn owner_index(r: &Roster, aor: &str) -> usize {
+        let name = &owner(aor, r, WALL).unwrap().name;
+        NAMES.iter().position(|n| n == name).unwrap()
+    }
+
+    #[test]
+    fn a_register_goes_to_the_member_owning_its_aor() {
+        let now = Instant::now();
+        let r = all_active();
+        let mut hits = [0usize; 3];
+        for u in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+            let mut c = core();
+            c.on_roster(r.clone(), WALL, now);
+            let sent = sent_to_members(&register(&mut c, u, now));
+            assert_eq!(sent.len(), 1, "exactly one member gets it");
+            let want = owner_index(&r, &format!("{u}@example.com"));
+            assert_eq!(sent[0].0, want, "{u} goes to its owner");
+            hits[want] += 1;
+        }
+        assert!(hits.iter().filter(|h| **h > 0).count() >= 2, "users spread over members: {hits:?}");
+    }
+
+    #[test]
+    fn a_draining_or_expired_member_gets_no_one() {
+        let now = Instant::now();
+        let mut c = core();
+        c.on_roster(
+            Arc::new(Roster::new(vec![
+                member("fe1", MemberState::Active, WALL + 10_000),
+                member("fe2", MemberState::Draining, WALL + 10_000),
+                member("fe3", MemberState::Active, WALL + 3_000),
+            ])),
+            WALL,
+            now,
+        );
+        for u in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+            let sent = sent_to_members(&register(&mut c, u, now));
+            assert_ne!(sent[0].0, 1, "fe2 is draining");
+        }
+        // fe3's lease runs out 3 s later without a new roster read: the step clock carries the lease clock.
+        let later = now + Duration::from_millis(3_001);
+        for u in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+            let sent = sent_to_members(&register(&mut c, u, later));
+            assert_eq!(sent[0].0, 0, "only fe1 may own now");
+        }
+    }
+
+    #[test]
+    fn without_a_roster_the_configured_members_share_the_users() {
+        let now = Instant::now();
+        let mut c = core();
+        let sent = sent_to_members(&register(&mut c, "alice", now));
+        assert_eq!(sent.len(), 1);
+        // A single survivor by its link alone: everyone goes to it.
+        assert!(c.on_member_link(0, false, now));
+        assert!(c.on_member_link(1, false, now));
+        for u in ["alice", "bob", "carol", "dave"] {
+            assert_eq!(sent_to_members(&register(&mut c, u, now))[0].0, 2);
+        }
+    }
+
+    #[test]
+    fn a_request_its_member_could_not_take_goes_to_the_new_owner_once() {
+        let now = Instant::now();
+        let r = all_active();
+        let mut c = core();
+        c.on_roster(r.clone(), WALL, now);
+        let (first, fwd) = sent_to_members(&register(&mut c, "bob", now)).remove(0);
+        assert_eq!(first, owner_index(&r, "bob@example.com"));
+        // The shell found bob's member's link down: the request goes to bob's next owner, not back to the user.
+        assert!(c.on_member_link(first, false, now));
+        c.undeliverable(fwd.bytes().clone(), 503, "Service Unavailable", true, now);
+        let a = actions(&mut c);
+        let again = sent_to_members(&a);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].0, first);
+        assert!(!a.iter().any(|a| matches!(a, Action::Send { .. })), "no answer to the user yet");
+        // Nothing newly marked down (the link was known down): the user gets the 503, once.
+        c.undeliverable(again[0].1.bytes().clone(), 503, "Service Unavailable", false, now);
+        let a = actions(&mut c);
+        assert!(sent_to_members(&a).is_empty());
+        assert_eq!(a.iter().filter(|a| matches!(a, Action::Send { conn, .. } if *conn == USER)).count(), 1);
+        // A passed probe brings it back: bob's requests go to his owner again.
+        c.on_member_link(first, true, now);
+        assert_eq!(sent_to_members(&register(&mut c, "bob", now))[0].0, first);
+    }
+
+    #[test]
+    fn probes_go_to_every_member_and_their_failures_answer_no_one() {
+        let now = Instant::now();
+        let mut c = core();
+        c.on_probe_tick();
+        let probes = sent_to_members(&actions(&mut c));
+        assert_eq!(probes.iter().map(|(m, _)| *m).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(probes[0].1.method(), Some(&Method::Options));
+        c.undeliverable(probes[0].1.bytes().clone(), 503, "Service Unavailable", true, now);
+        assert!(actions(&mut c).is_empty(), "a failed probe is not sent again nor answered");
+        c.undeliverable(probes[1].1.bytes().clone(), 503, "Service Unavailable", false, now);
+        assert!(actions(&mut c).is_empty());
+    }
+
+    #[test]
+    fn routing_aor_is_the_registered_or_the_target_user() {
+        let parse = |s: &str| Message::parse(Bytes::from(s.to_string()), &Limits::default()).unwrap();
+        let head = "Via: SIP/2.0/TLS h;branch=z9hG4bK1\r\nFrom: <sip:alice@example.com>;tag=1\r\n\
+                    To: <sip:Bob@Example.com>\r\nCall-ID: c\r\n";
+        let reg = parse(&format!("REGISTER sip:example.com SIP/2.0\r\n{head}CSeq: 1 REGISTER\r\n\r\n"));
+        assert_eq!(routing_aor(&reg), "Bob@example.com");
+        let msg = parse(&format!("MESSAGE sip:carol@example.com SIP/2.0\r\n{head}CSeq: 1 MESSAGE\r\n\r\n"));
+        assert_eq!(routing_aor(&msg), "carol@example.com");
+    }
+}

@@ -1,0 +1,74 @@
+//! The I/O half of routing to pool members ([`crate::edge::members`] is the logic): the member connectors, the
+//! roster reader thread and the hand-over of each roster to the core, the probes' timing and the links' state.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Shell;
+use crate::config::roster::RosterConfig;
+use crate::config::store::StoreConfig;
+use crate::edge::EdgeSettings;
+use crate::net::connector::Connector;
+use crate::store::members::now_ms;
+use crate::store::thread::StoreHandle;
+
+/// One connector per configured member, in configured order.
+pub(super) fn connectors(s: &EdgeSettings) -> Vec<Rc<Connector>> {
+    s.pool_member_peers
+        .iter()
+        .map(|p| Rc::new(Connector::new(p.addr, &p.name, s.pool_tls.clone(), s.handshake_timeout)))
+        .collect()
+}
+
+/// Reads the members' leases from the pool's store on a thread of its own (a blocking read, never on an
+/// executor); each core takes the roster on its tick. The pool's store is the edge config's `[store] url`
+/// (PostgreSQL) when set, else the SQLite file `[edge.roster] database`.
+pub(in crate::edge) fn start_roster_reader(
+    r: &RosterConfig,
+    store: Option<&StoreConfig>,
+    s: &EdgeSettings,
+) -> Result<(), String> {
+    let store = crate::store::open(store, &r.database).map_err(|e| format!("[edge.roster] database: {e}"))?;
+    let handle = StoreHandle::start(store).map_err(|e| e.to_string())?;
+    crate::mgmt::pool_admin::serve_roster(s.roster.clone());
+    crate::store::members::start_roster_reader(handle, s.roster.clone(), Duration::from_millis(r.read_ms)).map(drop)
+}
+
+impl Shell {
+    /// Hands the core the roster when a newer one was read.
+    pub(super) fn take_roster(self: &Rc<Self>) {
+        let slot: &Arc<_> = &self.s.roster;
+        let generation = slot.generation();
+        if generation == self.roster_generation.get() {
+            return;
+        }
+        self.roster_generation.set(generation);
+        let roster = slot.get();
+        let wall = now_ms();
+        self.step(|core, now| core.on_roster(roster, wall, now));
+    }
+
+    /// The links' state to the core, then a probe to each member; the roster too (probes run more often than
+    /// the sweep, so a drained or expired member is noticed sooner).
+    pub(super) fn probe_members(self: &Rc<Self>) {
+        self.take_roster();
+        for (i, c) in self.members.iter().enumerate() {
+            if c.is_up() {
+                self.step(|core, now| core.on_member_link(i, true, now));
+            }
+        }
+        self.step(|core, _| core.on_probe_tick());
+    }
+
+    /// After a send failed: every member whose link is down is marked so; whether any was not already.
+    pub(super) fn mark_members_down(self: &Rc<Self>) -> bool {
+        let mut marked = false;
+        for (i, c) in self.members.iter().enumerate() {
+            if c.is_down() {
+                marked |= self.step(|core, now| core.on_member_link(i, false, now));
+            }
+        }
+        marked
+    }
+}

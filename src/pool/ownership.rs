@@ -1,0 +1,458 @@
+//! Which users this front end answers for, in an enterprise pool (`[pool.member]`): a user's soft state
+//! (registrations, publications, the subscriptions to it, with their dialog state and CSeqs) is in memory on
+//! the front end that owns the user, and in the store for the others.
+//!
+//! - Gaining a user: before the first request for a local user this core does not hold is answered, the user's
+//!   rows are read from the store (`Op::StatesOf`) and restored; requests arriving meanwhile wait (bounded; a
+//!   full wait list or a failed read answers 503 with Retry-After). After a change of the roster, the users
+//!   this member gained are loaded without waiting for a request ([`GAIN_DELAY`] later, so that the old
+//!   owner's flush is committed first), and their watchers get a NOTIFY with the state as it is.
+//! - Losing a user (the roster gives it to another member, or this member drains): its state is written out at
+//!   once (bindings, publications, each subscription with its exact CSeq) and dropped from memory.
+//! - A request for a user the roster gives to another member is **answered here anyway** (after loading the
+//!   user): the edge routed it by a roster at most one read older or newer than ours, and answering is the only
+//!   way the request gets exactly one final answer without a retry by the client. The user is handed over again
+//!   by the next sweep (every 500 ms) while the roster gives it to the other member.
+//!
+//! A Standard Edition pool (no `[pool.member]`) holds every user from the start and loads nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::core::{Action, PoolCore, Resume, Timer};
+use super::{aor_of, Stage};
+use crate::net::ConnId;
+use crate::proto::membership::{owner, Roster};
+use crate::shard::shard_for;
+use crate::sip::{HeaderName, Message, Method, Uri};
+use crate::store::members::MemberStats;
+use crate::store::thread::{Op, Reply};
+use crate::store::{StateRow, StoreError};
+
+/// Requests waiting for their user's state, per core; more get 503.
+pub const WAITING_MAX: usize = 4_096;
+/// After a roster change, how long before the gained users are loaded (the old owner's flush is a batch of the
+/// store thread, committed within `store::thread::BATCH_WINDOW`).
+pub const GAIN_DELAY: Duration = Duration::from_millis(250);
+
+/// One core's share of ownership.
+pub struct Ownership {
+    /// This member's name; None: a single front end, which holds every user.
+    me: Option<String>,
+    roster: Arc<Roster>,
+    /// The roster's wall-clock reading and the step clock then (leases compare with the wall clock).
+    anchor: Option<(u64, Instant)>,
+    /// Users whose state is in memory here.
+    held: HashSet<String>,
+    /// Users being loaded, and the requests waiting for them.
+    loading: HashMap<String, Vec<(Stage, ConnId, Bytes)>>,
+    waiting: usize,
+    stats: Arc<MemberStats>,
+}
+
+impl Ownership {
+    pub fn new(me: Option<String>, stats: Arc<MemberStats>) -> Ownership {
+        Ownership {
+            me,
+            roster: Arc::new(Roster::default()),
+            anchor: None,
+            held: HashSet::new(),
+            loading: HashMap::new(),
+            waiting: 0,
+            stats,
+        }
+    }
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let Some((wall, at)) = self.anchor else { return 0 };
+        let since = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
+        wall.saturating_add(since)
+    }
+
+    /// Whether the roster gives `aor` to another member now (None, an empty roster, is nobody's: kept).
+    fn owned_elsewhere(&self, aor: &str, now: Instant) -> bool {
+        let Some(me) = &self.me else { return false };
+        owner(aor, &self.roster, self.wall_ms(now)).is_some_and(|m| &m.name != me)
+    }
+
+    fn owned_here(&self, aor: &str, now: Instant) -> bool {
+        let Some(me) = &self.me else { return true };
+        owner(aor, &self.roster, self.wall_ms(now)).is_some_and(|m| &m.name == me)
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn holds(&self, aor: &str) -> bool {
+        self.me.is_none() || self.held.contains(aor)
+    }
+}
+
+impl PoolCore {
+    /// Whether this core has the user's state in memory (a single front end: everyone).
+    pub fn holds_user(&self, aor: &str) -> bool {
+        self.own.holds(aor)
+    }
+
+    /// The local user whose state a request at `stage` touches on this core, if any (see [`super::Stage`]).
+    fn stateful_user(&self, stage: Stage, msg: &Message) -> Option<String> {
+        let uri = match (stage, msg.method()) {
+            (Stage::Auth, Some(Method::Register)) => Some(msg.to().uri),
+            (Stage::Auth, _) => None,
+            (Stage::Route | Stage::FlowClosed, _) => msg.request_uri().and_then(|r| Uri::parse(r).ok()),
+        }?;
+        (self.is_local_host(&uri) && self.s.users.get(&uri.user_unescaped()).is_some()).then(|| aor_of(&uri))
+    }
+
+    /// Whether the request may go on now; otherwise it waits for its user's state (or was answered 503).
+    pub(crate) fn user_ready(&mut self, stage: Stage, origin: ConnId, msg: &Message) -> bool {
+        if self.own.me.is_none() {
+            return true;
+        }
+        let Some(aor) = self.stateful_user(stage, msg) else { return true };
+        self.own.stats.load.fetch_add(1, Ordering::Relaxed);
+        if self.own.held.contains(&aor) {
+            return true;
+        }
+        if self.own.waiting >= WAITING_MAX {
+            self.reply(origin, msg, 503, "Service Unavailable: loading", &[(HeaderName::RetryAfter, b"1")]);
+            return false;
+        }
+        self.own.waiting += 1;
+        let first = !self.own.loading.contains_key(&aor);
+        self.own.loading.entry(aor.clone()).or_default().push((stage, origin, msg.bytes().clone()));
+        if first {
+            let now = self.now.secs;
+            self.push(Action::StoreCall { op: Op::StatesOf { aor: aor.clone(), now }, then: Resume::UserLoad { aor } });
+        }
+        false
+    }
+
+    /// The store answered a user's load: restore, hold, and let the waiting requests go on in order.
+    pub(crate) fn user_loaded(&mut self, aor: String, reply: Result<Reply, StoreError>) {
+        let waiting = self.own.loading.remove(&aor).unwrap_or_default();
+        self.own.waiting = self.own.waiting.saturating_sub(waiting.len());
+        match reply {
+            Ok(Reply::States(rows)) => self.hold(&aor, rows),
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(r) => format!("unexpected reply {r:?}"),
+                };
+                tracing::warn!(%aor, error = %why, "cannot load a user's state: its requests get 503");
+                for (_, origin, bytes) in waiting {
+                    if let Ok(m) = Message::parse(bytes, &self.s.limits) {
+                        self.reply(origin, &m, 503, "Service Unavailable", &[(HeaderName::RetryAfter, b"1")]);
+                    }
+                }
+                return;
+            }
+        }
+        for (stage, origin, bytes) in waiting {
+            if let Ok(m) = Message::parse(bytes, &self.s.limits) {
+                self.resume_stage(stage, origin, m);
+            }
+        }
+    }
+
+    fn hold(&mut self, aor: &str, rows: Vec<StateRow>) {
+        if !self.own.held.insert(aor.to_string()) {
+            return;
+        }
+        self.own.stats.users.fetch_add(1, Ordering::Relaxed);
+        let restored = self.restore(rows);
+        if !restored.is_empty() {
+            // The watchers hear the state as it is now, with the dialog's CSeq carried on from the store.
+            self.push(Action::Timer { after: Duration::ZERO, timer: Timer::Restored(restored) });
+        }
+    }
+
+    /// A roster read from the store (`wall_ms`: the wall clock when it was handed over).
+    pub fn on_roster(&mut self, roster: Arc<Roster>, wall_ms: u64, now: super::core::Now) {
+        self.now = now;
+        if self.own.me.is_none() {
+            return;
+        }
+        let before = self.own.wall_ms(now.mono);
+        let changed = !self.own.roster.same_owners(&roster, before.max(wall_ms));
+        self.own.roster = roster;
+        self.own.anchor = Some((wall_ms, now.mono));
+        if !changed {
+            return;
+        }
+        self.release_foreign();
+        self.push(Action::Timer { after: GAIN_DELAY, timer: Timer::Gain });
+    }
+
+    /// Hands over the users the roster gives to another member: after a roster change, and on every sweep (a
+    /// request the edge sent by an older roster may have loaded one since).
+    pub(crate) fn release_foreign(&mut self) {
+        if self.own.me.is_none() {
+            return;
+        }
+        let mono = self.now.mono;
+        let lost: Vec<String> = self.own.held.iter().filter(|a| self.own.owned_elsewhere(a, mono)).cloned().collect();
+        for aor in lost {
+            self.release(&aor);
+        }
+    }
+
+    /// Writes a user's state out and drops it from memory: another member owns it now.
+    fn release(&mut self, aor: &str) {
+        self.write_out_soft_state();
+        let subs = &self.presence.subs;
+        let mut all: Vec<u32> = subs.presence_subs_of(aor).iter().map(|s| s.id).collect();
+        all.extend(subs.of_package(aor, super::presence::subscriptions::Package::Winfo));
+        for id in all {
+            self.persist_subscription(id);
+            self.presence.dirty.remove(&id);
+            self.presence.subs.remove(id);
+        }
+        self.registrar.forget(aor);
+        self.presence.pubs.forget(aor);
+        self.presence.registered.remove(aor);
+        self.own.held.remove(aor);
+        self.own.stats.users.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(core = self.id, %aor, "user handed over to another member");
+    }
+
+    /// [`GAIN_DELAY`] after a roster change: read the soft state to find the users gained.
+    pub(crate) fn gain_due(&mut self) {
+        let now = self.now.secs;
+        self.push(Action::StoreCall { op: Op::States { now }, then: Resume::Gained });
+    }
+
+    /// Every live row: the users this core gained (owned here, not held nor being loaded) are restored.
+    pub(crate) fn gained(&mut self, reply: Result<Reply, StoreError>) {
+        let rows = match reply {
+            Ok(Reply::States(rows)) => rows,
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    core = self.id,
+                    "cannot read the soft state after a roster change: users load on demand"
+                );
+                return;
+            }
+        };
+        let mut by_user: HashMap<String, Vec<StateRow>> = HashMap::new();
+        for row in rows {
+            let aor = super::persist::owner_of(&row).to_string();
+            if shard_for(aor.as_bytes(), self.count) != self.id
+                || self.own.held.contains(&aor)
+                || self.own.loading.contains_key(&aor)
+                || !self.own.owned_here(&aor, self.now.mono)
+            {
+                continue;
+            }
+            by_user.entry(aor).or_default().push(row);
+        }
+        for (aor, rows) in by_user {
+            self.hold(&aor, rows);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::pool::core::{CoreSettings, Now};
+    use crate::pool::users::Users;
+    use crate::pool::PoolStats;
+    use crate::proto::membership::{Member, MemberState};
+    use crate::sip::Limits;
+    use crate::store::directory::{Directory, User};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::thread::run;
+    use crate::store::{StateWrite, Store};
+
+    const WALL: u64 = 1_700_000_000_000;
+    const BOB: &str = "bob@example.com";
+
+    /// One front end (one core) whose store actions are performed on the shared store at once.
+    struct Fe {
+        core: PoolCore,
+        stats: Arc<MemberStats>,
+        now: Now,
+    }
+
+    fn users() -> Users {
+        let user = |a: &str| User { alias: a.into(), password: Some("pw".into()), ..User::default() };
+        Users::from_directory(&Directory { users: vec![user("alice"), user("bob")] }, "example.com", "example.com")
+    }
+
+    impl Fe {
+        fn new(name: &str, mono: Instant) -> Fe {
+            let edge: SocketAddr = "127.0.0.1:5063".parse().unwrap();
+            let mut s =
+                CoreSettings::with_defaults("example.com", "127.0.0.1:5062".parse().unwrap(), vec![edge], users());
+            s.member = Some(name.into());
+            let stats = s.member_stats.clone();
+            let now = Now { secs: WALL / 1000, mono };
+            Fe { core: PoolCore::new(Arc::new(s), 0, 1, Arc::new(PoolStats::default()), now), stats, now }
+        }
+
+        /// Runs the step and every action it leads to (store calls answered, timers fired at once); returns
+        /// what was sent to connections.
+        fn step(&mut self, store: &mut SqliteStore, f: impl FnOnce(&mut PoolCore, Now)) -> Vec<Message> {
+            f(&mut self.core, self.now);
+            let mut sent = Vec::new();
+            loop {
+                let mut actions = Vec::new();
+                self.core.take_actions(&mut actions);
+                if actions.is_empty() {
+                    return sent;
+                }
+                for a in actions {
+                    match a {
+                        Action::Send { bytes, .. } => sent.push(Message::parse(bytes, &Limits::default()).unwrap()),
+                        Action::StoreWrite(w) => store.write_states(&[w]).unwrap(),
+                        Action::StoreCall { op, then } => {
+                            let reply = run(store, op);
+                            self.core.on_store_reply(then, reply, self.now);
+                        }
+                        Action::Timer { timer, .. } => self.core.on_timer(timer, self.now),
+                        Action::Mesh { .. } | Action::ToEdge { .. } | Action::Archive(_) => {}
+                    }
+                }
+            }
+        }
+
+        fn roster(&mut self, store: &mut SqliteStore, r: &Arc<Roster>) {
+            let r = r.clone();
+            self.step(store, |c, now| c.on_roster(r, WALL, now));
+        }
+
+        fn registered(&self) -> bool {
+            self.core.registrar.is_registered(BOB, self.now.secs)
+        }
+    }
+
+    fn roster(states: &[(&str, MemberState)]) -> Arc<Roster> {
+        let m = |(n, s): &(&str, MemberState)| Member {
+            name: n.to_string(),
+            addr: String::new(),
+            state: *s,
+            lease_until_ms: WALL + 3_000,
+            load: 0,
+            users: 0,
+        };
+        Arc::new(Roster::new(states.iter().map(m).collect()))
+    }
+
+    /// Bob registered before: his binding is in the store, as a front end writes it.
+    fn store_with_bob() -> SqliteStore {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let expires_at = WALL / 1000 + 600;
+        let value = format!(
+            "{{\"b\":[{{\"contact\":\"sip:bob@192.0.2.1:5000;transport=tls\",\"contact_params\":\"\",\
+             \"instance\":null,\"reg_id\":null,\"q\":null,\"path\":[\"<sip:f1@127.0.0.1:5063;lr>\"],\
+             \"call_id\":\"reg-bob\",\"cseq\":7,\"expires_at\":{expires_at}}}]}}"
+        );
+        let row = StateRow { kind: "reg".into(), key: BOB.into(), value: value.into_bytes(), expires_at };
+        store.write_states(&[StateWrite::Put(row)]).unwrap();
+        store
+    }
+
+    fn register_without_credentials() -> Message {
+        let raw = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKr1\r\n\
+                   From: <sip:bob@example.com>;tag=r1\r\nTo: <sip:bob@example.com>\r\nCall-ID: reg-bob\r\n\
+                   CSeq: 8 REGISTER\r\nContact: <sip:bob@192.0.2.1:5000;transport=tls>\r\n\
+                   Content-Length: 0\r\n\r\n";
+        Message::parse(Bytes::from(raw), &Limits::default()).unwrap()
+    }
+
+    /// The two members, the one the hash gives bob to first.
+    fn bobs_owner_and_other() -> (&'static str, &'static str) {
+        let r = roster(&[("fe1", MemberState::Active), ("fe2", MemberState::Active)]);
+        if owner(BOB, &r, WALL).unwrap().name == "fe1" {
+            ("fe1", "fe2")
+        } else {
+            ("fe2", "fe1")
+        }
+    }
+
+    #[test]
+    fn the_owner_loads_a_gained_user_and_a_drained_one_hands_it_over() {
+        let mono = Instant::now();
+        let mut store = store_with_bob();
+        let (o, other) = bobs_owner_and_other();
+        let (mut owner_fe, mut other_fe) = (Fe::new(o, mono), Fe::new(other, mono));
+        let both = roster(&[(o, MemberState::Active), (other, MemberState::Active)]);
+        owner_fe.roster(&mut store, &both);
+        other_fe.roster(&mut store, &both);
+        assert!(owner_fe.registered(), "the owner loaded bob after the roster change");
+        assert!(!other_fe.registered(), "the other member did not");
+        assert_eq!(owner_fe.stats.users.load(Ordering::Relaxed), 1);
+
+        // The owner drains: it writes bob out and drops him; the other gains him from the store.
+        let drained = roster(&[(o, MemberState::Draining), (other, MemberState::Active)]);
+        owner_fe.roster(&mut store, &drained);
+        assert!(!owner_fe.registered(), "a drained member holds no one");
+        assert_eq!(owner_fe.stats.users.load(Ordering::Relaxed), 0);
+        other_fe.roster(&mut store, &drained);
+        assert!(other_fe.registered(), "the new owner has bob's binding without a new REGISTER");
+        let rows = store.states_of(BOB, 0).unwrap();
+        assert_eq!(rows.len(), 1, "the hand-over kept bob's row: {rows:?}");
+    }
+
+    #[test]
+    fn a_request_for_a_user_not_held_waits_for_its_state_and_gets_one_answer() {
+        let mono = Instant::now();
+        let mut store = store_with_bob();
+        let (_, other) = bobs_owner_and_other();
+        let mut fe = Fe::new(other, mono);
+        // No roster yet (or one giving bob elsewhere): the request is still answered, after loading bob.
+        let req = register_without_credentials();
+        let mut actions = Vec::new();
+        fe.core.on_message(ConnId { core: 0, gen: 1, slot: 3 }, req.clone(), fe.now);
+        fe.core.take_actions(&mut actions);
+        assert!(
+            matches!(actions.as_slice(), [Action::StoreCall { op: Op::StatesOf { aor, .. }, .. }] if aor == BOB),
+            "nothing is answered before bob's state is in"
+        );
+        let Some(Action::StoreCall { op, then }) = actions.pop() else { unreachable!() };
+        // A second request for bob waits on the same load.
+        let second = fe.step(&mut store, |c, now| c.on_message(ConnId { core: 0, gen: 1, slot: 3 }, req, now));
+        assert!(second.is_empty());
+        let reply = run(&mut store, op);
+        let sent = fe.step(&mut store, |c, now| c.on_store_reply(then, reply, now));
+        assert_eq!(sent.iter().map(|m| m.status()).collect::<Vec<_>>(), vec![Some(401), Some(401)]);
+        assert!(fe.registered(), "bob's binding came with him");
+    }
+
+    #[test]
+    fn a_failed_load_answers_503_once_per_request() {
+        let mono = Instant::now();
+        let mut store = store_with_bob();
+        let mut fe = Fe::new("fe1", mono);
+        let mut actions = Vec::new();
+        fe.core.on_message(ConnId { core: 0, gen: 1, slot: 3 }, register_without_credentials(), fe.now);
+        fe.core.take_actions(&mut actions);
+        let Some(Action::StoreCall { then, .. }) = actions.pop() else { panic!("a load") };
+        let sent = fe.step(&mut store, |c, now| c.on_store_reply(then, Err(StoreError("down".into())), now));
+        assert_eq!(sent.iter().map(|m| m.status()).collect::<Vec<_>>(), vec![Some(503)]);
+        assert!(sent[0].header(HeaderName::RetryAfter).is_some());
+        assert!(!fe.registered());
+    }
+
+    #[test]
+    fn a_single_front_end_holds_everyone_without_loading() {
+        let edge: SocketAddr = "127.0.0.1:5063".parse().unwrap();
+        let s = CoreSettings::with_defaults("example.com", "127.0.0.1:5062".parse().unwrap(), vec![edge], users());
+        let now = Now { secs: WALL / 1000, mono: Instant::now() };
+        let mut core = PoolCore::new(Arc::new(s), 0, 1, Arc::new(PoolStats::default()), now);
+        core.on_message(ConnId { core: 0, gen: 1, slot: 3 }, register_without_credentials(), now);
+        let mut actions = Vec::new();
+        core.take_actions(&mut actions);
+        assert!(actions.iter().all(|a| !matches!(a, Action::StoreCall { .. })));
+        assert!(actions.iter().any(|a| matches!(a, Action::Send { .. })), "challenged at once");
+    }
+}
