@@ -129,6 +129,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ContactsCmd,
     },
+    /// The IM archive in the pool's store: search, export (JSON lines), purge.
+    Archive {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        cmd: parapet::store::archive_cli::ArchiveCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -274,6 +281,7 @@ fn main() -> ExitCode {
             .map(|body| print!("{body}")),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
+        Cmd::Archive { config, cmd } => print(cmd.run(&config)),
         Cmd::Store { cmd: StoreCmd::Migrate { from, to, force } } => {
             print(parapet::store::migrate::migrate(&from, &to, force))
         }

@@ -186,7 +186,7 @@ impl Harness {
                 assert!(Message::parse(bytes.clone(), &Limits::default()).is_ok(), "what goes to the edge parses");
                 push_bounded(&mut self.to_edge, (c, bytes));
             }
-            Action::StoreWrite(_) => {}
+            Action::StoreWrite(_) | Action::Archive(_) => {}
             Action::StoreCall { op, then } => push_bounded(&mut self.calls, (c, op, then)),
             Action::Timer { timer, .. } => push_bounded(&mut self.timers, (c, timer)),
         }

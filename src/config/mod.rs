@@ -10,6 +10,7 @@
 //! (CPU ids, limit ordering, required files); callers run it once before starting a role.
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
+pub mod archive;
 pub mod certs;
 pub mod devpki;
 pub mod federation;
@@ -17,6 +18,7 @@ pub mod membership;
 pub mod ops;
 pub mod partners_file;
 pub mod roster;
+pub mod routing;
 pub mod store;
 mod validate;
 
@@ -45,6 +47,12 @@ pub struct Config {
     pub mgmt: Option<MgmtConfig>,
     /// `[store]`: PostgreSQL for the pool's durable data; None: SQLite at `[pool] database`.
     pub store: Option<store::StoreConfig>,
+    /// `[archive]`: IM archiving; None: nothing archived.
+    pub archive: Option<archive::ArchiveConfig>,
+    /// `[[routing.rules]]`: the pool's routing rules (re-read when the file changes).
+    pub routing: routing::RoutingConfig,
+    /// The file this was loaded from (the pool re-reads its routing rules there).
+    pub source: Option<PathBuf>,
 }
 
 /// Hard bounds on a single SIP message, enforced by the parser on untrusted input.
@@ -323,6 +331,9 @@ impl Default for Config {
             pool: None,
             mgmt: None,
             store: None,
+            archive: None,
+            routing: routing::RoutingConfig::default(),
+            source: None,
         }
     }
 }
@@ -401,6 +412,8 @@ struct RawConfig {
     pool: Option<RawPool>,
     mgmt: Option<ops::RawMgmt>,
     store: Option<store::RawStore>,
+    archive: Option<archive::RawArchive>,
+    routing: Option<routing::RawRouting>,
 }
 
 #[derive(Deserialize, Default)]
@@ -717,7 +730,9 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
 
     let log_format = ops::log_format(raw.log_format.as_deref())?;
     let store = raw.store.map(store::build).transpose()?;
-    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store })
+    let archive = raw.archive.map(archive::build).transpose()?;
+    let routing = routing::build(raw.routing.unwrap_or_default())?;
+    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store, archive, routing, source: None })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.
@@ -771,10 +786,12 @@ impl Config {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new(""));
-        Self::parse(&text, base).map_err(|e| match e {
+        let mut c = Self::parse(&text, base).map_err(|e| match e {
             ConfigError::Toml { message, .. } => ConfigError::Toml { path: path.to_path_buf(), message },
             other => other,
-        })
+        })?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
     }
 
     /// Parses TOML text; relative paths are resolved against `base_dir`. Does not call `validate`.

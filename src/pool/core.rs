@@ -50,6 +50,8 @@ pub enum Action {
     StoreWrite(StateWrite),
     /// A store operation whose reply comes back as [`PoolCore::on_store_reply`] with `then`.
     StoreCall { op: Op, then: Resume },
+    /// A MESSAGE to the IM archive, queued without waiting (write-behind); a full queue loses it (counted).
+    Archive(crate::store::archive::ArchiveRow),
     /// Comes back as [`PoolCore::on_timer`] after `after`.
     Timer { after: Duration, timer: Timer },
 }
@@ -100,6 +102,9 @@ pub struct CoreSettings {
     pub nonces_max: usize,
     /// Forked transactions per core (more get 503).
     pub transactions_max: usize,
+    pub archive: super::archive::ArchiveSettings,
+    /// The routing rules in force (the reload thread replaces them; the shell hands a new set to the core).
+    pub rules: Arc<super::apps::RulesSlot>,
     /// `[pool.member] name`: this front end in an enterprise pool (None: it holds every user).
     pub member: Option<String>,
     /// This member's counters (users held, requests), reported with its lease.
@@ -125,6 +130,8 @@ impl CoreSettings {
             presence: presence::PresenceSettings::default(),
             nonces_max: NONCES_MAX,
             transactions_max: TRANSACTIONS_MAX,
+            archive: super::archive::ArchiveSettings::off(),
+            rules: Arc::new(super::apps::RulesSlot::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
             member: None,
             member_stats: Arc::default(),
         }
@@ -159,6 +166,8 @@ pub struct PoolCore {
     /// Soft state changed since the last write-out ([`super::persist`]).
     pub(crate) unsaved: super::persist::Unsaved,
     pub(crate) presence: presence::Presence,
+    pub(crate) archive: super::archive::ArchiveCoreState,
+    pub(crate) rules: super::apps::RulesState,
     /// The users this core answers for ([`super::ownership`]).
     pub(crate) own: super::ownership::Ownership,
     /// The time of the step being run.
@@ -178,6 +187,10 @@ impl PoolCore {
             txns: proxy::Transactions::new(s.transactions_max),
             presence: presence::Presence::new(&s.presence, id, count, salt),
             unsaved: super::persist::Unsaved::default(),
+            archive: Default::default(),
+            rules: super::apps::RulesState::new(
+                s.rules.current().unwrap_or_else(|| Arc::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
+            ),
             own: super::ownership::Ownership::new(s.member.clone(), s.member_stats.clone()),
             now,
             actions: Vec::new(),
@@ -362,11 +375,15 @@ impl PoolCore {
 
     /// Sends bytes to a connection of any core.
     pub(crate) fn deliver(&mut self, conn: ConnId, bytes: Bytes) {
+        if conn == super::apps::NO_ORIGIN {
+            // An answer to a request the pool made itself (an auto-reply): nobody waits for it.
+            return;
+        }
         self.push(Action::Send { conn, bytes });
     }
 
     /// Hands a request to the core that owns `key`, or handles it here.
-    fn hand_to_core(&mut self, key: &[u8], stage: Stage, origin: ConnId, msg: Message) {
+    pub(crate) fn hand_to_core(&mut self, key: &[u8], stage: Stage, origin: ConnId, msg: Message) {
         let core = shard_for(key, self.count);
         if core == self.id {
             self.at_stage(stage, origin, msg);
@@ -484,6 +501,7 @@ impl PoolCore {
                 self.reply(origin, &msg, 200, "OK", &[]);
             }
             Stage::Route => match msg.method() {
+                _ if self.rules_applied(origin, &msg) => {}
                 Some(Method::Publish) => self.publish(origin, &msg),
                 // Only federated NOTIFYs get here (users' NOTIFYs are not served).
                 Some(Method::Notify) => self.backend_notify(origin, &msg),
@@ -493,6 +511,7 @@ impl PoolCore {
                     bump(&self.pstats.messages_refused_policy);
                     self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
                 }
+                Some(Method::Message) if !self.archive_admits(origin, &msg) => {}
                 _ => self.route(origin, msg),
             },
         }

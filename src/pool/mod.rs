@@ -11,6 +11,8 @@
 //! Structure: [`core::PoolCore`] is the logic and state of one core, without I/O (inputs in, [`Action`]s out);
 //! [`shell`] runs it on a glommio executor and performs its actions.
 
+pub mod apps;
+pub mod archive;
 pub mod auth;
 pub mod core;
 pub mod digest;
@@ -105,6 +107,9 @@ crate::counters! {
         backend_refused,
         /// Back-end subscriptions held right now (a gauge).
         backend_subscriptions_now,
+        messages_archived,
+        archive_lost,
+        messages_refused_archive,
     }
 }
 
@@ -201,6 +206,8 @@ impl PoolSettings {
             presence,
             nonces_max: core::NONCES_MAX,
             transactions_max: core::TRANSACTIONS_MAX,
+            archive: archive::settings(cfg.archive.as_ref(), &store),
+            rules: apps::reload::start(cfg, p.cores.len())?,
             member: p.member.as_ref().map(|m| m.name.clone()),
             member_stats: membership.stats.clone(),
         };

@@ -319,7 +319,7 @@ mod tests {
                             self.core.on_store_reply(then, reply, self.now);
                         }
                         Action::Timer { timer, .. } => self.core.on_timer(timer, self.now),
-                        Action::Mesh { .. } | Action::ToEdge { .. } => {}
+                        Action::Mesh { .. } | Action::ToEdge { .. } | Action::Archive(_) => {}
                     }
                 }
             }

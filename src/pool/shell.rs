@@ -66,8 +66,17 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
     }
     if id == 0 {
         // One store thread per process: its counters once, under core 0.
-        let st = s.store.stats();
-        crate::mgmt::metrics::register("pool", 0, Box::new(move |f| st.visit(f)));
+        let (st, archive) = (s.store.stats(), s.store.archive_gate());
+        crate::mgmt::metrics::register(
+            "pool",
+            0,
+            Box::new(move |f| {
+                st.visit(f);
+                archive.visit(f);
+            }),
+        );
+        let rules = s.core.rules.clone();
+        crate::mgmt::metrics::register("pool", 0, Box::new(move |f| rules.visit(f)));
     }
     let pool = Rc::new(PoolShell {
         id,
@@ -123,6 +132,13 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
                 glommio::timer::sleep(Duration::from_millis(500)).await;
                 pool.take_roster();
                 pool.step(PoolCore::on_tick);
+                // New routing rules (the config file changed): this core swaps its copy.
+                let rules = pool.core.borrow().settings().rules.clone();
+                if rules.generation() != pool.core.borrow().rules_generation() {
+                    if let Some(set) = rules.current() {
+                        pool.step(|c, now| c.on_rules(set, now));
+                    }
+                }
             }
         })
         .detach();
@@ -214,6 +230,11 @@ impl PoolShell {
             Action::StoreWrite(w) => {
                 if !self.store.write_state(w) {
                     bump(&self.pstats.store_queue_full);
+                }
+            }
+            Action::Archive(row) => {
+                if !self.store.archive(row) {
+                    bump(&self.pstats.archive_lost);
                 }
             }
             Action::StoreCall { op, then } => {

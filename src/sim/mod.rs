@@ -453,7 +453,7 @@ impl World {
                 }
                 Action::StoreCall { op, then } => self.fes[i].calls.push((op, then)),
                 Action::Timer { after, timer } => self.fes[i].timers.push((self.t + after, timer)),
-                Action::Mesh { .. } | Action::ToEdge { .. } => {}
+                Action::Mesh { .. } | Action::ToEdge { .. } | Action::Archive(_) => {}
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::archive::{ArchiveQuery, ArchiveRow};
 use crate::store::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 #[derive(Default)]
@@ -12,6 +13,7 @@ pub struct MemStore {
     states: BTreeMap<(String, String), StateRow>,
     members: BTreeMap<String, MemberRow>,
     secrets: BTreeMap<String, Vec<u8>>,
+    archive: Vec<ArchiveRow>,
 }
 
 impl Store for MemStore {
@@ -89,5 +91,30 @@ impl Store for MemStore {
     }
     fn shared_secret(&mut self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
         Ok(self.secrets.entry(name.to_string()).or_insert_with(|| candidate.to_vec()).clone())
+    }
+    fn write_archive(&mut self, rows: &[ArchiveRow]) -> Result<(), StoreError> {
+        for r in rows {
+            let id = self.archive.last().map_or(1, |l| l.id + 1);
+            self.archive.push(ArchiveRow { id, ..r.clone() });
+        }
+        Ok(())
+    }
+    fn search_archive(&mut self, q: &ArchiveQuery) -> Result<Vec<ArchiveRow>, StoreError> {
+        let (since, until) = q.range();
+        let party = |r: &ArchiveRow, u: &Option<String>| u.as_ref().is_none_or(|u| &r.sender == u || &r.recipient == u);
+        Ok(self
+            .archive
+            .iter()
+            .filter(|r| r.id > q.after_id && r.at_ms >= since && r.at_ms < until)
+            .filter(|r| party(r, &q.user) && party(r, &q.peer))
+            .filter(|r| q.text.as_ref().is_none_or(|t| r.body.contains(t.as_str())))
+            .take(q.limit as usize)
+            .cloned()
+            .collect())
+    }
+    fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError> {
+        let n = self.archive.len();
+        self.archive.retain(|r| r.at_ms >= before_ms);
+        Ok((n - self.archive.len()) as u64)
     }
 }

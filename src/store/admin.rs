@@ -39,7 +39,7 @@ impl Change {
 /// The CLI waits this long for a PostgreSQL store before it reports it unavailable.
 const CLI_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn open(config: &Path) -> Result<(Box<dyn Store>, String), String> {
+pub(crate) fn open(config: &Path) -> Result<(Box<dyn Store>, String), String> {
     let mut cfg = Config::load(config).map_err(|e| e.to_string())?;
     let pool = cfg.pool.as_ref().ok_or_else(|| format!("{}: no [pool] section", config.display()))?;
     if let Some(s) = cfg.store.as_mut() {

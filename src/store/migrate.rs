@@ -36,12 +36,28 @@ pub fn migrate(from: &Path, to: &str, force: bool) -> Result<String, String> {
     }
     dst.replace_all(&policies, &contacts, &states)
         .map_err(|e| format!("store migrate: --to {shown}: {e} (nothing was copied)"))?;
+    let archived = copy_archive(&mut src, &mut dst).map_err(|e| {
+        format!("store migrate: --to {shown}: the IM archive: {e} (everything else was copied; run again with --force)")
+    })?;
     Ok(format!(
-        "migrated {} to {shown}: {} policy entries, {} contacts, {} soft-state rows{}\n",
+        "migrated {} to {shown}: {} policy entries, {} contacts, {} soft-state rows, {archived} archived messages{}\n",
         from.display(),
         policies.len(),
         contacts.len(),
         states.len(),
         if there > 0 { format!(" ({there} rows there before were replaced)") } else { String::new() }
     ))
+}
+
+/// The IM archive, page by page (bounded memory however large it is), each page one transaction.
+fn copy_archive(src: &mut SqliteStore, dst: &mut PgStore) -> Result<u64, super::StoreError> {
+    let mut q = super::archive::ArchiveQuery { limit: 1000, ..Default::default() };
+    let mut n = 0u64;
+    loop {
+        let rows = src.search_archive(&q)?;
+        let Some(last) = rows.last() else { return Ok(n) };
+        q.after_id = last.id;
+        dst.write_archive(&rows)?;
+        n += rows.len() as u64;
+    }
 }

@@ -6,6 +6,8 @@
 //! PostgreSQL server for `up`, `migrate.rs` copies a SQLite store into PostgreSQL.
 
 pub mod admin;
+pub mod archive;
+pub mod archive_cli;
 pub mod backlog;
 pub mod directory;
 pub mod members;
@@ -136,6 +138,12 @@ pub trait Store: Send {
     fn prune_rollups(&mut self, _before: u64) -> Result<usize, StoreError> {
         Ok(0)
     }
+    /// Appends archived MESSAGEs in one transaction (their `id` is assigned by the store).
+    fn write_archive(&mut self, rows: &[archive::ArchiveRow]) -> Result<(), StoreError>;
+    /// Archived MESSAGEs matching `q`, in the order they were archived (id).
+    fn search_archive(&mut self, q: &archive::ArchiveQuery) -> Result<Vec<archive::ArchiveRow>, StoreError>;
+    /// Deletes archived MESSAGEs older than `before_ms`; how many.
+    fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// The store a config names: PostgreSQL when `[store] url` is set (waiting up to its `start_timeout_s` for the

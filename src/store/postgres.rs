@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 
+use super::archive::{ArchiveQuery, ArchiveRow};
 use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Versioned schema steps, applied in order at connect (each once, recorded in `schema_version`).
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/postgres/0001_initial.sql")),
     (2, include_str!("migrations/postgres/0002_members.sql")),
+    (3, include_str!("migrations/postgres/0003_archive.sql")),
 ];
 
 /// Longest wait between two connection attempts while the server is away.
@@ -71,8 +73,19 @@ pub mod sql {
     pub const LOCK_CHANGE_COUNTER: &str = "SELECT n FROM change_counter FOR UPDATE";
     /// Rows in the tables `store migrate` fills (it refuses a non-empty target).
     pub const COUNT_ROWS: &str =
-        "SELECT (SELECT count(*) FROM policy) + (SELECT count(*) FROM contact) + (SELECT count(*) FROM soft_state)";
-    pub const CLEAR_ALL: &str = "DELETE FROM policy; DELETE FROM contact; DELETE FROM soft_state;";
+        "SELECT (SELECT count(*) FROM policy) + (SELECT count(*) FROM contact) + (SELECT count(*) FROM soft_state)
+            + (SELECT count(*) FROM im_archive)";
+    pub const PUT_ARCHIVE: &str =
+        "INSERT INTO im_archive (at_ms, sender, recipient, direction, content_type, body, call_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    pub const SEARCH_ARCHIVE: &str =
+        "SELECT id, at_ms, sender, recipient, direction, content_type, body, call_id FROM im_archive
+         WHERE ($1::text IS NULL OR sender = $1 OR recipient = $1) AND ($2::text IS NULL OR sender = $2 OR recipient = $2)
+           AND at_ms >= $3 AND at_ms < $4 AND ($5::text IS NULL OR strpos(body, $5) > 0) AND id > $6
+         ORDER BY id LIMIT $7";
+    pub const PURGE_ARCHIVE: &str = "DELETE FROM im_archive WHERE at_ms < $1";
+    pub const CLEAR_ALL: &str =
+        "DELETE FROM policy; DELETE FROM contact; DELETE FROM soft_state; DELETE FROM im_archive;";
 }
 
 pub struct PgStore {
@@ -436,6 +449,45 @@ impl Store for PgStore {
         self.seen = n;
         self.pending_change = false;
         Ok(changed)
+    }
+
+    fn write_archive(&mut self, rows: &[ArchiveRow]) -> Result<(), StoreError> {
+        self.with("archive", |c| {
+            let mut tx = c.transaction()?;
+            let st = tx.prepare(sql::PUT_ARCHIVE)?;
+            for r in rows {
+                tx.execute(
+                    &st,
+                    &[&r.at_ms, &r.sender, &r.recipient, &r.direction, &r.content_type, &r.body, &r.call_id],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn search_archive(&mut self, q: &ArchiveQuery) -> Result<Vec<ArchiveRow>, StoreError> {
+        let (since, until) = q.range();
+        let limit = i64::from(q.limit.min(super::archive::SEARCH_LIMIT_MAX));
+        let rows = self.with("archive search", |c| {
+            c.query(sql::SEARCH_ARCHIVE, &[&q.user, &q.peer, &since, &until, &q.text, &q.after_id, &limit])
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| ArchiveRow {
+                id: r.get(0),
+                at_ms: r.get(1),
+                sender: r.get(2),
+                recipient: r.get(3),
+                direction: r.get(4),
+                content_type: r.get(5),
+                body: r.get(6),
+                call_id: r.get(7),
+            })
+            .collect())
+    }
+
+    fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError> {
+        self.with("archive purge", |c| c.execute(sql::PURGE_ARCHIVE, &[&before_ms]))
     }
 }
 

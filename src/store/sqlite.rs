@@ -7,11 +7,15 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::archive::{ArchiveQuery, ArchiveRow};
 use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Versioned schema steps, applied in order at open (each once; the version is `PRAGMA user_version`).
-pub const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/sqlite/0001_initial.sql")), (2, include_str!("migrations/sqlite/0002_members.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("migrations/sqlite/0002_members.sql")),
+    (3, include_str!("migrations/sqlite/0003_archive.sql")),
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -62,6 +66,25 @@ fn wal(conn: &Connection) -> Result<(), StoreError> {
     }
 }
 
+/// Applies schema step `v` unless another process (a front end or the edge opening the same file at the same
+/// moment) already did: the version is read again under the write lock, and moves in the same transaction as
+/// the step, so a crash leaves either or neither.
+fn migrate_step(conn: &Connection, v: i64, text: &str) -> Result<(), StoreError> {
+    let what = format!("migration {v}");
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| err(&what, e))?;
+    let step = || -> rusqlite::Result<()> {
+        let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now < v {
+            conn.execute_batch(&format!("{text}; PRAGMA user_version={v};"))?;
+        }
+        conn.execute_batch("COMMIT")
+    };
+    step().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        err(&what, e)
+    })
+}
+
 impl SqliteStore {
     /// Opens (creating when missing) the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
@@ -91,9 +114,7 @@ impl SqliteStore {
             )));
         }
         for (v, text) in MIGRATIONS.iter().filter(|m| m.0 > version) {
-            // The version moves in the same transaction as the step: a crash leaves either or neither.
-            conn.execute_batch(&format!("BEGIN IMMEDIATE; {text}; PRAGMA user_version={v}; COMMIT;"))
-                .map_err(|e| err(&format!("migration {v}"), e))?;
+            migrate_step(&conn, *v, text)?;
         }
         let data_version =
             conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| err("data_version", e))?;
@@ -306,6 +327,60 @@ impl Store for SqliteStore {
         let changed = v != self.data_version;
         self.data_version = v;
         Ok(changed)
+    }
+
+    fn write_archive(&mut self, rows: &[ArchiveRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err("begin", e))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO im_archive (at_ms, sender, recipient, direction, content_type, body, call_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(|e| err("archive", e))?;
+            for r in rows {
+                st.execute(params![r.at_ms, r.sender, r.recipient, r.direction, r.content_type, r.body, r.call_id])
+                    .map_err(|e| err("archive", e))?;
+            }
+        }
+        tx.commit().map_err(|e| err("commit archive", e))
+    }
+
+    fn search_archive(&mut self, q: &ArchiveQuery) -> Result<Vec<ArchiveRow>, StoreError> {
+        let (since, until) = q.range();
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, at_ms, sender, recipient, direction, content_type, body, call_id FROM im_archive
+                 WHERE (?1 IS NULL OR sender = ?1 OR recipient = ?1) AND (?2 IS NULL OR sender = ?2 OR recipient = ?2)
+                   AND at_ms >= ?3 AND at_ms < ?4 AND (?5 IS NULL OR instr(body, ?5) > 0) AND id > ?6
+                 ORDER BY id LIMIT ?7",
+            )
+            .map_err(|e| err("archive search", e))?;
+        let limit = q.limit.min(super::archive::SEARCH_LIMIT_MAX);
+        let rows = st
+            .query_map(params![q.user, q.peer, since, until, q.text, q.after_id, limit], |r| {
+                Ok(ArchiveRow {
+                    id: r.get(0)?,
+                    at_ms: r.get(1)?,
+                    sender: r.get(2)?,
+                    recipient: r.get(3)?,
+                    direction: r.get(4)?,
+                    content_type: r.get(5)?,
+                    body: r.get(6)?,
+                    call_id: r.get(7)?,
+                })
+            })
+            .map_err(|e| err("archive search", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("archive search", e))
+    }
+
+    fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM im_archive WHERE at_ms < ?1", [before_ms])
+            .map_err(|e| err("archive purge", e))?;
+        Ok(n as u64)
     }
 }
 
@@ -526,6 +601,28 @@ mod tests {
         let mut s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.states(0).unwrap().len(), 300);
         assert_eq!(s.members().unwrap().len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn several_processes_open_a_new_file_at_once() {
+        // The edge (rollups) and the pool, or several front ends, may create one file at the same moment: each
+        // schema step runs once, and no open fails because another ran it first.
+        let dir = std::env::temp_dir().join(format!("parapet-store-mo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("p.db");
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(drop))
+            })
+            .collect();
+        for o in openers {
+            o.join().unwrap().unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, MIGRATIONS.last().unwrap().0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

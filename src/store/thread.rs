@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::archive::{ArchiveBuffer, ArchiveGate, ArchiveQuery, ArchiveRow};
 use super::backlog::Backlog;
 use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
@@ -66,6 +67,12 @@ pub enum Op {
     },
     /// Soft state to write; queued without waiting ([`StoreHandle::write_state`]) and committed in batches.
     WriteState(StateWrite),
+    /// An archived MESSAGE; queued without waiting ([`StoreHandle::archive`]) and committed in batches.
+    Archive(ArchiveRow),
+    SearchArchive(ArchiveQuery),
+    PurgeArchive {
+        before_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +84,9 @@ pub enum Reply {
     Secret(Vec<u8>),
     /// A write; for deletions, whether something was there.
     Done(bool),
+    Archive(Vec<ArchiveRow>),
+    /// Rows affected.
+    Count(u64),
 }
 
 type Job = (Op, flume::Sender<Result<Reply, StoreError>>);
@@ -105,6 +115,7 @@ impl StoreStats {
 pub struct StoreHandle {
     tx: flume::Sender<Job>,
     stats: Arc<StoreStats>,
+    archive: Arc<ArchiveGate>,
 }
 
 /// One operation on the store, as the thread runs it (also the simulation's store step).
@@ -136,6 +147,12 @@ pub(crate) fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
             store.write_states(std::slice::from_ref(&w))?;
             Reply::Done(true)
         }
+        Op::Archive(r) => {
+            store.write_archive(std::slice::from_ref(&r))?;
+            Reply::Done(true)
+        }
+        Op::SearchArchive(q) => Reply::Archive(store.search_archive(&q)?),
+        Op::PurgeArchive { before_ms } => Reply::Count(store.purge_archive(before_ms)?),
     })
 }
 
@@ -149,6 +166,7 @@ fn write_batch(
     rx: &flume::Receiver<Job>,
     backlog: &mut Backlog,
     stats: &StoreStats,
+    archive: (&mut ArchiveBuffer, &ArchiveGate),
 ) -> Option<Job> {
     let deadline = std::time::Instant::now() + BATCH_WINDOW;
     let mut batch = vec![first];
@@ -157,6 +175,7 @@ fn write_batch(
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
             Ok((Op::WriteState(w), _)) => batch.push(w),
+            Ok((Op::Archive(r), _)) => archive.0.push(r, archive.1, Instant::now()),
             Ok(job) => {
                 next = Some(job);
                 break;
@@ -236,7 +255,8 @@ pub(crate) fn last_write_per_row(batch: Vec<StateWrite>) -> Vec<StateWrite> {
 
 /// The store thread: operations in order; between them, a look for other writers every [`POLL`]; after any
 /// policy change, the new entry list to every watcher.
-fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>, stats: &StoreStats) {
+fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>, stats: &StoreStats, gate: &ArchiveGate) {
+    let mut archive = ArchiveBuffer::default();
     let mut watchers: Vec<flume::Sender<Vec<PolicyRow>>> = Vec::new();
     let mut contact_watchers: Vec<flume::Sender<()>> = Vec::new();
     let mut carried: Option<Job> = None;
@@ -247,14 +267,20 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>, stats: &StoreStats) {
         flush_backlog(store, &mut backlog, stats);
         stats.backlog_now.store(backlog.len() as u64, Ordering::Relaxed);
         stats.soft_writes_dropped.store(backlog.dropped, Ordering::Relaxed);
+        archive.work(store, gate, Instant::now(), super::archive::now_ms());
         let wait = if backlog.is_empty() { POLL } else { POLL.min(super::backlog::RETRY_EVERY) };
+        let wait = archive.wait(gate, Instant::now()).map_or(wait, |a| wait.min(a));
         let next = match carried.take() {
             Some(job) => Ok(job),
             None => rx.recv_timeout(wait),
         };
         let (policy_changed, contacts_changed) = match next {
             Ok((Op::WriteState(w), _)) => {
-                carried = write_batch(store, w, rx, &mut backlog, stats);
+                carried = write_batch(store, w, rx, &mut backlog, stats, (&mut archive, gate));
+                (false, false)
+            }
+            Ok((Op::Archive(r), _)) => {
+                archive.push(r, gate, Instant::now());
                 (false, false)
             }
             Ok((op, reply)) => {
@@ -284,7 +310,10 @@ fn serve(store: &mut dyn Store, rx: &flume::Receiver<Job>, stats: &StoreStats) {
                     (false, false)
                 }
             },
-            Err(flume::RecvTimeoutError::Disconnected) => return,
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                archive.finish(store, gate);
+                return;
+            }
         };
         if contacts_changed {
             // A full channel already holds a signal: nothing is lost.
@@ -307,11 +336,30 @@ impl StoreHandle {
         let (tx, rx) = flume::bounded::<Job>(QUEUE_MAX);
         let stats = Arc::new(StoreStats::default());
         let counted = stats.clone();
+        let archive = Arc::new(ArchiveGate::default());
+        let gate = archive.clone();
         thread::Builder::new()
             .name("parapet-store".into())
-            .spawn(move || serve(store.as_mut(), &rx, &counted))
+            .spawn(move || serve(store.as_mut(), &rx, &counted, &gate))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok(StoreHandle { tx, stats })
+        Ok(StoreHandle { tx, stats, archive })
+    }
+
+    /// The archive's state, shared with the pool cores (they read whether it is writable).
+    pub fn archive_gate(&self) -> Arc<ArchiveGate> {
+        self.archive.clone()
+    }
+
+    /// Queues an archived MESSAGE without waiting (write-behind). False when the store thread's queue is full:
+    /// the row is lost, and the caller counts it.
+    pub fn archive(&self, row: ArchiveRow) -> bool {
+        let (rtx, _) = flume::bounded(1);
+        self.archive.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send((Op::Archive(row), rtx)).is_ok() {
+            return true;
+        }
+        let _ = self.archive.pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| Some(p.saturating_sub(1)));
+        false
     }
 
     /// The store thread's counters (the pool lists them on `/metrics`).

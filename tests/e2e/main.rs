@@ -10,6 +10,7 @@ mod support_members;
 mod support_ops;
 mod support_pg;
 
+mod archive;
 mod challenges;
 mod core_death;
 mod edge_abuse;
@@ -34,5 +35,6 @@ mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;
 mod rawsip;
+mod routing_rules;
 mod store_conformance;
 mod store_postgres;

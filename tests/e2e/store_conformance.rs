@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use parapet::store::archive::{ArchiveQuery, ArchiveRow};
 use parapet::store::postgres::PgStore;
 use parapet::store::sqlite::SqliteStore;
 use parapet::store::thread::{Op, Reply, StoreHandle};
@@ -97,6 +98,88 @@ fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
     a.put_policy(&policy("erin@x", "@z", None, Some("block"))).expect("store call");
     assert!(a.changed_elsewhere().expect("store call"), "a change elsewhere between two of ours is not hidden by ours");
     members(&mut *a, &mut *b);
+    archive_conformance(open);
+}
+
+fn archived(at_ms: i64, from: &str, to: &str, dir: &str, body: &str) -> ArchiveRow {
+    ArchiveRow {
+        id: 0,
+        at_ms,
+        sender: from.into(),
+        recipient: to.into(),
+        direction: dir.into(),
+        content_type: "text/plain;charset=UTF-8".into(),
+        body: body.into(),
+        call_id: format!("call-{at_ms}"),
+    }
+}
+
+/// The IM archive: append, every filter of the search, paging by id, purge, durability across a reopen.
+fn archive_conformance(open: &dyn Fn() -> Box<dyn Store>) {
+    let mut s = open();
+    let all = |after_id: i64| ArchiveQuery { after_id, limit: 100, ..ArchiveQuery::default() };
+    assert!(s.search_archive(&all(0)).expect("store call").is_empty());
+    s.write_archive(&[
+        archived(1_000, "alice@x", "bob@x", "internal", "hello bob"),
+        archived(2_000, "bob@x", "alice@x", "internal", "hi alice \u{e9}t\u{e9}"),
+        archived(3_000, "carol@partner.test", "bob@x", "federated-in", "from afar"),
+    ])
+    .expect("store call");
+    s.write_archive(&[archived(4_000, "alice@x", "dave@other.test", "federated-out", "quote: 'x' 100%_")])
+        .expect("store call");
+    assert!(
+        s.write_archive(&[archived(5_000, "a@x", "b@x", "sideways", "bad direction")]).is_err(),
+        "a row the schema refuses is an error"
+    );
+    let rows = s.search_archive(&all(0)).expect("store call");
+    assert_eq!(rows.len(), 4, "the refused batch left nothing");
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids grow in archive order");
+    let mut first = rows[0].clone();
+    first.id = 0;
+    assert_eq!(first, archived(1_000, "alice@x", "bob@x", "internal", "hello bob"), "every field round-trips");
+    assert_eq!(rows[1].body, "hi alice \u{e9}t\u{e9}");
+    let q = |f: &dyn Fn(&mut ArchiveQuery)| {
+        let mut q = all(0);
+        f(&mut q);
+        q
+    };
+    let bodies = |s: &mut Box<dyn Store>, q: ArchiveQuery| -> Vec<String> {
+        s.search_archive(&q).expect("store call").into_iter().map(|r| r.body).collect()
+    };
+    assert_eq!(bodies(&mut s, q(&|q| q.user = Some("bob@x".into()))).len(), 3, "sender or recipient");
+    assert_eq!(
+        bodies(
+            &mut s,
+            q(&|q| {
+                q.user = Some("bob@x".into());
+                q.peer = Some("carol@partner.test".into());
+            })
+        ),
+        vec!["from afar"]
+    );
+    assert_eq!(
+        bodies(
+            &mut s,
+            q(&|q| {
+                q.since_ms = Some(2_000);
+                q.until_ms = Some(4_000);
+            })
+        ),
+        vec!["hi alice \u{e9}t\u{e9}", "from afar"],
+        "since inclusive, until exclusive"
+    );
+    assert_eq!(bodies(&mut s, q(&|q| q.text = Some("100%_".into()))), vec!["quote: 'x' 100%_"], "no wildcards");
+    assert!(bodies(&mut s, q(&|q| q.text = Some("HELLO".into()))).is_empty(), "case-sensitive");
+    let page = s.search_archive(&ArchiveQuery { limit: 2, ..all(0) }).expect("store call");
+    assert_eq!(page.len(), 2);
+    let next = s.search_archive(&ArchiveQuery { limit: 2, ..all(page[1].id) }).expect("store call");
+    assert_eq!(next.iter().map(|r| r.at_ms).collect::<Vec<_>>(), vec![3_000, 4_000], "the next page");
+    drop(s);
+    let mut s = open();
+    assert_eq!(s.purge_archive(3_000).expect("store call"), 2, "older than the cut");
+    assert_eq!(s.purge_archive(3_000).expect("store call"), 0);
+    assert_eq!(bodies(&mut s, all(0)), vec!["from afar", "quote: 'x' 100%_"]);
+    s.purge_archive(i64::MAX).expect("store call");
 }
 
 fn member(name: &str, state: &str, until: u64) -> MemberRow {
@@ -302,4 +385,64 @@ fn store_postgres_open_waits_for_the_server() {
     let mut s = PgStore::open(&url, Instant::now() + Duration::from_secs(30)).expect("the server came up in time");
     assert!(s.policies().expect("policies").is_empty());
     drop(late.join());
+}
+
+/// Waits for `what` until `deadline_s` seconds have passed; panics with `msg` if it never holds.
+fn wait_for(deadline_s: u64, msg: &str, what: &mut dyn FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(deadline_s);
+    while !what() {
+        assert!(Instant::now() < deadline, "timed out: {msg}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Through the store thread: archived rows are committed behind the caller's back; while the table cannot be
+/// written the gate says so (the pool refuses IM in critical mode) and the rows wait; once it can, they are
+/// committed and the gate opens again.
+fn archive_write_behind(store: Box<dyn Store>, break_it: &dyn Fn(), fix_it: &dyn Fn()) {
+    use std::sync::atomic::Ordering;
+    let h = StoreHandle::start(store).expect("store thread");
+    let gate = h.archive_gate();
+    assert!(h.archive(archived(1_000, "alice@x", "bob@x", "internal", "one")));
+    wait_for(10, "the first row committed", &mut || gate.committed.load(Ordering::Relaxed) == 1);
+    assert!(gate.writable());
+    break_it();
+    assert!(h.archive(archived(2_000, "alice@x", "bob@x", "internal", "two")));
+    wait_for(10, "the gate reports the failure", &mut || gate.failing.load(Ordering::Relaxed));
+    assert!(!gate.writable());
+    assert_eq!(gate.pending.load(Ordering::Relaxed), 1, "the row waits");
+    fix_it();
+    wait_for(10, "the waiting row committed", &mut || gate.committed.load(Ordering::Relaxed) == 2);
+    assert!(gate.writable(), "writable again");
+    let Reply::Archive(rows) =
+        h.call_blocking(Op::SearchArchive(ArchiveQuery { limit: 10, ..ArchiveQuery::default() })).expect("search")
+    else {
+        panic!("unexpected reply")
+    };
+    assert_eq!(rows.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(), vec!["one", "two"]);
+    assert_eq!(h.call_blocking(Op::PurgeArchive { before_ms: 1_500 }).expect("purge"), Reply::Count(1));
+}
+
+#[test]
+fn store_archive_write_behind_sqlite() {
+    let dir = support::scratch_dir("archive-sqlite");
+    let path = sqlite_path(&dir);
+    let other = || rusqlite::Connection::open(&path).expect("second connection");
+    archive_write_behind(
+        Box::new(SqliteStore::open(&path).expect("store call")),
+        &|| other().execute_batch("ALTER TABLE im_archive RENAME TO im_archive_away").expect("rename"),
+        &|| other().execute_batch("ALTER TABLE im_archive_away RENAME TO im_archive").expect("rename back"),
+    );
+}
+
+#[test]
+fn store_archive_write_behind_postgres() {
+    let pg = support_pg::start("archive-pg");
+    let url = pg.url();
+    let sql = |q: &str| postgres::Client::connect(&url, postgres::NoTls).expect("connect").batch_execute(q).expect(q);
+    archive_write_behind(
+        Box::new(PgStore::open(&url, Instant::now() + Duration::from_secs(10)).expect("store call")),
+        &|| sql("ALTER TABLE im_archive RENAME TO im_archive_away"),
+        &|| sql("ALTER TABLE im_archive_away RENAME TO im_archive"),
+    );
 }

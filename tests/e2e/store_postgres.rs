@@ -117,11 +117,12 @@ fn store_migrate_sqlite_into_postgres_keeps_everything() {
     let db = app.data_dir.join("parapet.db");
     wait_until(&app, "bob's binding in SQLite", Duration::from_secs(10), || sqlite_has_reg(&db, "bob"));
     pool.kill9();
+    archive_one(&db);
 
     let pg = support_pg::start("pg-migrate-db");
     let url = pg.url();
     let out = cli_ok(&app, &["store", "migrate", "--from", &db.display().to_string(), "--to", &url]);
-    assert!(out.contains("1 policy entries, 1 contacts,"), "counts: {out}");
+    assert!(out.contains("1 policy entries, 1 contacts,") && out.contains("1 archived messages"), "counts: {out}");
     let again = cli(&["store", "migrate", "--from", &db.display().to_string(), "--to", &url]);
     let e = again.expect_err("a second migrate into a non-empty store must be refused");
     assert!(e.contains("already holds") && e.contains("--force"), "{e}");
@@ -139,6 +140,8 @@ fn store_migrate_sqlite_into_postgres_keeps_everything() {
     assert!(list.contains("bob@example.com\tcarol@example.com\t-\tblock"), "policy after migrate:\n{list}");
     let contacts = cli_ok(&app, &["contacts", "--config", &cfg, "list", "alice"]);
     assert!(contacts.contains("sip:bob@example.com\tBob\tWork"), "contacts after migrate:\n{contacts}");
+    let archived = cli_ok(&app, &["archive", "--config", &cfg, "search", "--user", "bob"]);
+    assert!(archived.contains("before the migration") && archived.contains("1 message(s)"), "{archived}");
     // bob never registered with the PostgreSQL pool: his binding came through the migration.
     let (stop, got) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let bob_thread = answering(bob, stop.clone(), got.clone());
@@ -154,6 +157,23 @@ fn store_migrate_sqlite_into_postgres_keeps_everything() {
     carol.register_ok(&app, "carol");
     let r = carol.message("bob", "blocked?").unwrap_or_else(|e| app.fail(&e));
     assert_eq!(r.status(), Some(480), "carol is IM-blocked by bob: {}", reason(&r));
+}
+
+/// One archived MESSAGE in the SQLite store, for the migration to carry over.
+fn archive_one(db: &Path) {
+    use parapet::store::Store;
+    let mut s = parapet::store::sqlite::SqliteStore::open(db).expect("open the SQLite store");
+    let row = parapet::store::archive::ArchiveRow {
+        id: 0,
+        at_ms: 1_700_000_000_000,
+        sender: "alice@example.com".into(),
+        recipient: "bob@example.com".into(),
+        direction: "internal".into(),
+        content_type: "text/plain".into(),
+        body: "before the migration".into(),
+        call_id: "m-1".into(),
+    };
+    s.write_archive(&[row]).expect("archive a row");
 }
 
 fn sqlite_has_reg(db: &Path, needle: &str) -> bool {
