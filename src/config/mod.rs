@@ -11,6 +11,7 @@
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
 pub mod devpki;
+pub mod directory;
 pub mod federation;
 mod validate;
 
@@ -34,6 +35,8 @@ pub struct Config {
     pub pool: Option<PoolConfig>,
     /// `[mgmt] listen = "127.0.0.1:5064"`: plain HTTP, `/metrics` (Prometheus text) and `/health`. Off when absent.
     pub mgmt: Option<MgmtConfig>,
+    /// `[directory]`: the sources synced into the pool's store (`crate::directory`); absent: the users file.
+    pub directory: Option<directory::DirectoryConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +314,7 @@ impl Default for Config {
             edge: None,
             pool: None,
             mgmt: None,
+            directory: None,
         }
     }
 }
@@ -385,6 +389,7 @@ struct RawConfig {
     edge: Option<RawEdge>,
     pool: Option<RawPool>,
     mgmt: Option<RawMgmt>,
+    directory: Option<directory::RawDirectory>,
 }
 
 #[derive(Deserialize, Default)]
@@ -706,7 +711,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         }
     };
 
-    Ok(Config { domain, log, limits, edge, pool, mgmt })
+    let directory = raw.directory.map(|d| directory::build(d, base_dir)).transpose()?;
+    Ok(Config { domain, log, limits, edge, pool, mgmt, directory })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.
