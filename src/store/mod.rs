@@ -6,10 +6,13 @@
 
 pub mod admin;
 pub mod directory;
+pub mod people;
 pub mod sqlite;
 pub mod thread;
 
 use std::fmt;
+
+pub use people::{CredentialRow, DirectoryRow, DirectoryWrite};
 
 /// One allow/block entry: `owner` (an AOR key) about `target` (`user@domain`, `@domain` or `*`), with a
 /// decision per right ("allow", "block", or None for "not set here").
@@ -79,5 +82,27 @@ pub trait Store: Send {
     /// running pool can pick up entries written behind its back. Polled by the store thread.
     fn changed_elsewhere(&mut self) -> Result<bool, StoreError> {
         Ok(false)
+    }
+    // The synced directory ([`people`]). Defaults refuse, so a store without them still builds; SQLite has them.
+    /// Every person the directory sync wrote (enabled and disabled), ordered by alias.
+    fn directory_rows(&mut self) -> Result<Vec<DirectoryRow>, StoreError> {
+        Err(StoreError("directory: not supported by this store".into()))
+    }
+    /// Applies a sync's writes and its sources' new incremental marks in one transaction.
+    fn write_directory(&mut self, writes: &[DirectoryWrite], marks: &[(String, String)]) -> Result<(), StoreError> {
+        let _ = (writes, marks);
+        Err(StoreError("directory: not supported by this store".into()))
+    }
+    /// Each source's incremental mark (for LDAP: the newest modifyTimestamp seen), as (source, mark).
+    fn sync_marks(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        Err(StoreError("directory: not supported by this store".into()))
+    }
+    /// Digest secrets set with `parapet users set-password` (for sources without credentials).
+    fn credentials(&mut self) -> Result<Vec<CredentialRow>, StoreError> {
+        Err(StoreError("directory: not supported by this store".into()))
+    }
+    fn put_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError> {
+        let _ = row;
+        Err(StoreError("directory: not supported by this store".into()))
     }
 }

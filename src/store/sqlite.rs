@@ -6,7 +6,9 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{ContactRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use super::{
+    ContactRow, CredentialRow, DirectoryRow, DirectoryWrite, PolicyRow, StateRow, StateWrite, Store, StoreError,
+};
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -31,6 +33,32 @@ CREATE TABLE IF NOT EXISTS contact (
     display_name TEXT NOT NULL DEFAULT '',
     grp          TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (owner, uri)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS directory_person (
+    alias        TEXT PRIMARY KEY,
+    source       TEXT NOT NULL,
+    source_key   TEXT NOT NULL,
+    display_name TEXT NOT NULL DEFAULT '',
+    first        TEXT NOT NULL DEFAULT '',
+    last         TEXT NOT NULL DEFAULT '',
+    account      TEXT NOT NULL DEFAULT '',
+    title        TEXT NOT NULL DEFAULT '',
+    department   TEXT NOT NULL DEFAULT '',
+    phone        TEXT NOT NULL DEFAULT '',
+    office       TEXT NOT NULL DEFAULT '',
+    manager      TEXT NOT NULL DEFAULT '',
+    ha1_md5      TEXT,
+    ha1_sha256   TEXT,
+    disabled_at  INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS directory_mark (
+    source TEXT PRIMARY KEY,
+    mark   TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS directory_credential (
+    alias      TEXT PRIMARY KEY,
+    ha1_md5    TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -200,6 +228,123 @@ impl Store for SqliteStore {
         self.data_version = v;
         Ok(changed)
     }
+
+    fn directory_rows(&mut self) -> Result<Vec<DirectoryRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT alias, source, source_key, display_name, first, last, account, title, department, phone,
+                        office, manager, ha1_md5, ha1_sha256, disabled_at
+                 FROM directory_person ORDER BY alias",
+            )
+            .map_err(|e| err("directory", e))?;
+        let rows = st
+            .query_map([], |r| {
+                let at: Option<i64> = r.get(14)?;
+                Ok(DirectoryRow {
+                    alias: r.get(0)?,
+                    source: r.get(1)?,
+                    key: r.get(2)?,
+                    display_name: r.get(3)?,
+                    first: r.get(4)?,
+                    last: r.get(5)?,
+                    account: r.get(6)?,
+                    title: r.get(7)?,
+                    department: r.get(8)?,
+                    phone: r.get(9)?,
+                    office: r.get(10)?,
+                    manager: r.get(11)?,
+                    ha1_md5: r.get(12)?,
+                    ha1_sha256: r.get(13)?,
+                    disabled_at: at.map(|a| u64::try_from(a).unwrap_or(0)),
+                })
+            })
+            .map_err(|e| err("directory", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("directory", e))
+    }
+
+    fn write_directory(&mut self, writes: &[DirectoryWrite], marks: &[(String, String)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err("begin", e))?;
+        for w in writes {
+            match w {
+                DirectoryWrite::Put(p) => {
+                    tx.execute(
+                        "INSERT INTO directory_person (alias, source, source_key, display_name, first, last, account,
+                            title, department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                         ON CONFLICT (alias) DO UPDATE SET source = excluded.source,
+                            source_key = excluded.source_key, display_name = excluded.display_name,
+                            first = excluded.first, last = excluded.last, account = excluded.account,
+                            title = excluded.title, department = excluded.department, phone = excluded.phone,
+                            office = excluded.office, manager = excluded.manager, ha1_md5 = excluded.ha1_md5,
+                            ha1_sha256 = excluded.ha1_sha256, disabled_at = excluded.disabled_at",
+                        params![
+                            p.alias,
+                            p.source,
+                            p.key,
+                            p.display_name,
+                            p.first,
+                            p.last,
+                            p.account,
+                            p.title,
+                            p.department,
+                            p.phone,
+                            p.office,
+                            p.manager,
+                            p.ha1_md5,
+                            p.ha1_sha256,
+                            p.disabled_at.map(|a| i64::try_from(a).unwrap_or(i64::MAX))
+                        ],
+                    )
+                    .map_err(|e| err("put person", e))?;
+                }
+                DirectoryWrite::Delete { alias } => {
+                    tx.execute("DELETE FROM directory_person WHERE alias = ?1", [alias])
+                        .map_err(|e| err("delete person", e))?;
+                }
+            }
+        }
+        for (source, mark) in marks {
+            tx.execute(
+                "INSERT INTO directory_mark (source, mark) VALUES (?1, ?2)
+                 ON CONFLICT (source) DO UPDATE SET mark = excluded.mark",
+                params![source, mark],
+            )
+            .map_err(|e| err("put sync mark", e))?;
+        }
+        tx.commit().map_err(|e| err("commit", e))
+    }
+
+    fn sync_marks(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT source, mark FROM directory_mark ORDER BY source")
+            .map_err(|e| err("sync marks", e))?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| err("sync marks", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("sync marks", e))
+    }
+
+    fn credentials(&mut self) -> Result<Vec<CredentialRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT alias, ha1_md5, ha1_sha256 FROM directory_credential ORDER BY alias")
+            .map_err(|e| err("credentials", e))?;
+        let rows = st
+            .query_map([], |r| Ok(CredentialRow { alias: r.get(0)?, ha1_md5: r.get(1)?, ha1_sha256: r.get(2)? }))
+            .map_err(|e| err("credentials", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("credentials", e))
+    }
+
+    fn put_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO directory_credential (alias, ha1_md5, ha1_sha256) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (alias) DO UPDATE SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256",
+                params![row.alias, row.ha1_md5, row.ha1_sha256],
+            )
+            .map_err(|e| err("put credential", e))?;
+        Ok(())
+    }
 }
 
 /// Whether a schema row exists (used by tests to check the file really is ours).
@@ -291,6 +436,35 @@ mod tests {
             .unwrap();
         assert_eq!(s.states(60).unwrap(), vec![row("a", 200)], "b expired, c deleted, a replaced");
         assert_eq!(s.states(10).unwrap(), vec![row("a", 200)], "expired rows are gone for good");
+    }
+
+    #[test]
+    fn directory_rows_marks_and_credentials() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let ann = DirectoryRow {
+            alias: "ann".into(),
+            source: "corp".into(),
+            key: "uid=ann,dc=corp".into(),
+            display_name: "Ann Lee".into(),
+            ha1_md5: Some("0".repeat(32)),
+            ..Default::default()
+        };
+        let bob = DirectoryRow { alias: "bob".into(), disabled_at: Some(77), ..ann.clone() };
+        s.write_directory(
+            &[DirectoryWrite::Put(bob.clone()), DirectoryWrite::Put(ann.clone())],
+            &[("corp".into(), "20261203120000Z".into())],
+        )
+        .unwrap();
+        assert_eq!(s.directory_rows().unwrap(), vec![ann.clone(), bob]);
+        let ann2 = DirectoryRow { title: "CTO".into(), ..ann };
+        s.write_directory(&[DirectoryWrite::Put(ann2.clone()), DirectoryWrite::Delete { alias: "bob".into() }], &[])
+            .unwrap();
+        assert_eq!(s.directory_rows().unwrap(), vec![ann2]);
+        assert_eq!(s.sync_marks().unwrap(), vec![("corp".to_string(), "20261203120000Z".to_string())]);
+        let c = CredentialRow { alias: "ann".into(), ha1_md5: "a".repeat(32), ha1_sha256: "b".repeat(64) };
+        s.put_credential(&c).unwrap();
+        s.put_credential(&c).unwrap();
+        assert_eq!(s.credentials().unwrap(), vec![c]);
     }
 
     #[test]
