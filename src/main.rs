@@ -70,6 +70,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ContactsCmd,
     },
+    /// The namespace synced from the [directory] sources.
+    Directory {
+        #[command(subcommand)]
+        cmd: parapet::directory::cli::DirectoryCmd,
+    },
+    /// People's credentials in the pool's store.
+    Users {
+        #[command(subcommand)]
+        cmd: parapet::directory::cli::UsersCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +185,8 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Cmd::Policy { config, cmd } => print(policy(&config, cmd)),
         Cmd::Contacts { config, cmd } => print(contacts(&config, cmd)),
+        Cmd::Directory { cmd } => print(parapet::directory::cli::directory(cmd)),
+        Cmd::Users { cmd } => print(parapet::directory::cli::users(cmd)),
         Cmd::Federation { cmd: FederationCmd::Test { domain, config } } => parapet::mgmt::probe::run(&config, &domain),
     };
     match result {

@@ -251,6 +251,7 @@ fn handle(mut stream: std::net::TcpStream) {
             Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
         },
         b"/bans" => ("200 OK", "text/plain", render_bans()),
+        p if p.starts_with(b"/directory/search") => crate::directory::search::http_search(p),
         #[cfg(debug_assertions)]
         p if post && p.starts_with(b"/debug/panic?core=") => debug_panic(p),
         _ => ("404 Not Found", "text/plain", "try /metrics, /health, /bans or POST /reload\n".to_string()),
