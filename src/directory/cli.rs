@@ -55,6 +55,15 @@ fn open(config: &Path) -> Result<(Config, SqliteStore), String> {
     Ok((cfg, store))
 }
 
+/// The mark every write to the directory moves, so a running pool (which polls the marks) reloads its view.
+/// Not a source name: those cannot start with '#'.
+pub const GENERATION: &str = "#generation";
+
+fn generation() -> (String, String) {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (GENERATION.to_string(), nanos.to_string())
+}
+
 /// Reads every source (incrementally unless `full`), plans, and applies the plan unless `dry_run`.
 pub fn sync_once(
     dir: &DirectoryConfig,
@@ -86,7 +95,9 @@ pub fn sync_once(
         tracing::warn!(alias = %c.alias, winner = %c.winner.0, loser = %c.loser.0, "directory: alias conflict");
     }
     if !dry_run && (!plan.is_empty() || !plan.marks.is_empty()) {
-        store.write_directory(&plan.writes(), &plan.marks).map_err(|e| e.to_string())?;
+        let mut marks = plan.marks.clone();
+        marks.push(generation());
+        store.write_directory(&plan.writes(), &marks).map_err(|e| e.to_string())?;
     }
     Ok(plan)
 }

@@ -147,6 +147,8 @@ pub struct PoolCore {
     /// Soft state changed since the last write-out ([`super::persist`]).
     pub(crate) unsaved: super::persist::Unsaved,
     pub(crate) presence: presence::Presence,
+    /// The synced directory's view (users, search index) and the searches in progress ([`super::directory`]).
+    pub(crate) dir: super::directory::DirState,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -164,6 +166,7 @@ impl PoolCore {
             txns: proxy::Transactions::new(s.transactions_max),
             presence: presence::Presence::new(&s.presence, id, count, salt),
             unsaved: super::persist::Unsaved::default(),
+            dir: super::directory::DirState::new(s.users.clone()),
             now,
             actions: Vec::new(),
             s,
@@ -223,6 +226,7 @@ impl PoolCore {
                 Err(e) => tracing::error!(error = %e, "a message that parsed once failed on another core"),
             },
             PoolMsg::Presence(m) => self.on_presence_msg(m),
+            PoolMsg::Directory(m) => self.on_directory_msg(m),
         }
     }
 
@@ -290,6 +294,7 @@ impl PoolCore {
         self.expire_transactions();
         self.presence_sweep();
         self.flush_dirty_subscriptions();
+        self.directory_sweep();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);
@@ -334,6 +339,9 @@ impl PoolCore {
 
     /// Responses to our NOTIFYs and to forked requests are told apart by their branch.
     fn on_any_response(&mut self, msg: Message) {
+        if super::directory::is_answer_response(&msg) {
+            return;
+        }
         if msg.top_via().and_then(|v| v.branch()).is_some_and(presence::notify::is_notify_branch) {
             self.notify_response(&msg);
         } else {
@@ -439,6 +447,10 @@ impl PoolCore {
                             let (code, reason) = crate::proto::IDENTITY_NOTICE;
                             self.reply(origin, &msg, code, reason, &[crate::proto::identity_header(&user.aor)]);
                         }
+                        if msg.method() == Some(&Method::Message) && self.is_directory_request(&msg) {
+                            self.directory_message(origin, &msg, &user.aor);
+                            return;
+                        }
                         let target =
                             msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
                         self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);
@@ -510,7 +522,7 @@ impl PoolCore {
     /// A MESSAGE whose (existing, local) recipient does not accept IM from the sender.
     fn im_refused(&self, msg: &Message) -> bool {
         let Some(ruri) = msg.request_uri_parsed() else { return false };
-        if !self.is_local_host(&ruri) || self.s.users.get(&ruri.user_unescaped()).is_none() {
+        if !self.is_local_host(&ruri) || self.dir.view.users.get(&ruri.user_unescaped()).is_none() {
             return false;
         }
         !self.presence.policy.may_message(&aor_of(&ruri), &aor_of(&msg.from().uri))
@@ -522,4 +534,4 @@ impl PoolCore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod core;
 pub mod digest;
+pub mod directory;
 pub mod persist;
 pub mod presence;
 pub mod proxy;
@@ -37,7 +38,6 @@ pub use core::{Action, CoreSettings, Now, PoolCore, Resume, Timer};
 pub use crate::proto::aor_of;
 use digest::Algorithm;
 use registrar::RegistrarLimits;
-use users::Users;
 
 crate::counters! {
     /// Per-core counters of the pool.
@@ -129,6 +129,8 @@ pub enum PoolMsg {
     },
     /// Presence across cores (resource-list watches and the states they bring back).
     Presence(presence::remote::Msg),
+    /// Directory searches' presence states, across cores.
+    Directory(directory::Msg),
 }
 
 /// Read-only settings shared by every core: the logic's ([`CoreSettings`]) and the shell's (TLS, the store,
@@ -143,14 +145,15 @@ pub struct PoolSettings {
     pub store: crate::store::thread::StoreHandle,
     /// Soft state saved before the last stop, one share per core (each core takes its own at start).
     pub restore: Vec<std::sync::Mutex<Vec<crate::store::StateRow>>>,
+    /// New directory views after each sync, one channel per core ([`directory::start_thread`] sends).
+    pub directory: directory::Feed,
 }
 
 impl PoolSettings {
     pub fn from_config(cfg: &Config) -> Result<PoolSettings, String> {
         let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
         let realm = p.realm.clone().unwrap_or_else(|| cfg.domain.clone());
-        let dir = crate::store::directory::Directory::load(&p.directory).map_err(|e| e.to_string())?;
-        let users = Users::from_directory(&dir, &cfg.domain, &realm);
+        let users = directory::initial_users(cfg, &realm)?;
         let mut algorithms = Vec::new();
         for (i, a) in p.auth.algorithms.iter().enumerate() {
             algorithms.push(Algorithm::parse(a.as_bytes()).ok_or_else(|| {
@@ -196,6 +199,7 @@ impl PoolSettings {
             handshake_timeout: Duration::from_millis(p.handshake_timeout_ms),
             store,
             restore,
+            directory: directory::Feed::new(p.cores.len()),
         })
     }
 }
@@ -204,6 +208,7 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
     ensure_port_free(p.listen, "[pool] listen").map_err(|e| e.to_string())?;
     let settings = Arc::new(PoolSettings::from_config(cfg)?);
+    directory::start_thread(cfg, settings.directory.senders.clone())?;
     tracing::info!(users = settings.core.users.len(), realm = %settings.core.realm, "pool directory loaded");
     shard::start("pool", &p.cores, 4096, io_memory, move |shard: Shard<PoolMsg>| {
         let settings = settings.clone();

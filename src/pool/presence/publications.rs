@@ -206,6 +206,17 @@ impl Publications {
         self.by_aor.insert(aor.to_string(), list);
     }
 
+    /// Drops every publication of an AOR (its user left the directory); whether there were any.
+    pub fn remove_aor(&mut self, aor: &str) -> bool {
+        match self.by_aor.remove(aor) {
+            Some(list) => {
+                self.count -= list.len();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn of(&self, aor: &str) -> &[Publication] {
         self.by_aor.get(aor).map_or(&[], Vec::as_slice)
     }
