@@ -5,9 +5,11 @@
 
 mod pjsua;
 mod support;
+mod support_ldap;
 
 mod challenges;
 mod core_death;
+mod directory_ldap;
 mod edge_abuse;
 mod edge_security;
 mod federation;
