@@ -75,7 +75,12 @@ pub struct Plan {
 
 impl Plan {
     pub fn writes(&self) -> Vec<DirectoryWrite> {
-        let puts = self.created.iter().chain(&self.updated).chain(&self.disabled).cloned().map(DirectoryWrite::Put);
+        let puts = self
+            .created
+            .iter()
+            .chain(&self.updated)
+            .chain(&self.disabled)
+            .map(|r| DirectoryWrite::Put(Box::new(r.clone())));
         puts.chain(self.purged.iter().map(|a| DirectoryWrite::Delete { alias: a.clone() })).collect()
     }
 

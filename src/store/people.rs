@@ -51,7 +51,7 @@ impl fmt::Debug for DirectoryRow {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectoryWrite {
-    Put(DirectoryRow),
+    Put(Box<DirectoryRow>),
     Delete { alias: String },
 }
 

@@ -451,14 +451,17 @@ mod tests {
         };
         let bob = DirectoryRow { alias: "bob".into(), disabled_at: Some(77), ..ann.clone() };
         s.write_directory(
-            &[DirectoryWrite::Put(bob.clone()), DirectoryWrite::Put(ann.clone())],
+            &[DirectoryWrite::Put(Box::new(bob.clone())), DirectoryWrite::Put(Box::new(ann.clone()))],
             &[("corp".into(), "20261203120000Z".into())],
         )
         .unwrap();
         assert_eq!(s.directory_rows().unwrap(), vec![ann.clone(), bob]);
         let ann2 = DirectoryRow { title: "CTO".into(), ..ann };
-        s.write_directory(&[DirectoryWrite::Put(ann2.clone()), DirectoryWrite::Delete { alias: "bob".into() }], &[])
-            .unwrap();
+        s.write_directory(
+            &[DirectoryWrite::Put(Box::new(ann2.clone())), DirectoryWrite::Delete { alias: "bob".into() }],
+            &[],
+        )
+        .unwrap();
         assert_eq!(s.directory_rows().unwrap(), vec![ann2]);
         assert_eq!(s.sync_marks().unwrap(), vec![("corp".to_string(), "20261203120000Z".to_string())]);
         let c = CredentialRow { alias: "ann".into(), ha1_md5: "a".repeat(32), ha1_sha256: "b".repeat(64) };

@@ -1,6 +1,6 @@
 use super::*;
 
-fn row(alias: &str, first: &str, last: &str, account: &str) -> DirectoryRow {
+pub(crate) fn row(alias: &str, first: &str, last: &str, account: &str) -> DirectoryRow {
     DirectoryRow {
         alias: alias.into(),
         source: "corp".into(),

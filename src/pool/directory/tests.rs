@@ -8,23 +8,13 @@ use crate::sip::Method;
 use crate::store::DirectoryRow;
 
 fn row(alias: &str, first: &str, last: &str) -> DirectoryRow {
-    DirectoryRow {
-        alias: alias.into(),
-        source: "corp".into(),
-        key: alias.into(),
-        display_name: format!("{first} {last}"),
-        first: first.into(),
-        last: last.into(),
-        title: "Engineer".into(),
-        phone: "+1 555 0100".into(),
-        ha1_md5: Some(crate::pool::digest::ha1(
-            crate::pool::digest::Algorithm::Md5,
-            alias.as_bytes(),
-            DOMAIN.as_bytes(),
-            format!("{alias}-pw").as_bytes(),
-        )),
-        ..Default::default()
-    }
+    let ha1 = crate::pool::digest::ha1(
+        crate::pool::digest::Algorithm::Md5,
+        alias.as_bytes(),
+        DOMAIN.as_bytes(),
+        format!("{alias}-pw").as_bytes(),
+    );
+    DirectoryRow { ha1_md5: Some(ha1), ..crate::directory::search::tests::row(alias, first, last, "") }
 }
 
 fn view(rows: &[DirectoryRow]) -> View {
