@@ -219,3 +219,40 @@ fn two_forests_and_a_csv_make_one_namespace() {
     lab.run();
     corp.stop();
 }
+
+/// The running pool syncs on its own (`interval_s`): from an empty store at start, and again after a change.
+#[test]
+fn the_pool_syncs_on_its_interval() {
+    let mut app = Appliance::prepare("directory-interval", &[]);
+    let pki = app.data_dir.join("pki");
+    let ports = free_port_base();
+    let ldap_dir = app.scratch.join("ldap");
+    let people =
+        [("ann", "Ann", "Lee", "ann.lee@corp.test", "ann-pw"), ("bob", "Bob", "Smith", "bob@corp.test", "bob-pw")];
+    let corp = Slapd::start(&ldap_dir.join("corp"), CORP, ports, false, &pki, &people_ldif(CORP, "corp", &people));
+    write(&ldap_dir.join("root.secret"), ROOT_PASSWORD);
+    let cfg = format!(
+        "\n[directory]\ninterval_s = 1\n\n[[directory.sources]]\nname = \"corp\"\nkind = \"ldap\"\nurl = \"{}\"\n\
+         starttls = true\nca = \"{}\"\nbind_dn = \"cn=admin,{CORP}\"\npassword_file = \"{}\"\nbase_dn = \"{CORP}\"\n\
+         filter = \"(objectClass=inetOrgPerson)\"\n[directory.sources.mapping]\ncredentials = \"password:userPassword\"\n",
+        corp.url(),
+        corp.ca.display(),
+        ldap_dir.join("root.secret").display()
+    );
+    let pool_toml = app.data_dir.join("pool.toml");
+    let mut text0 = fs::read_to_string(&pool_toml).unwrap_or_else(|e| app.fail(&format!("pool.toml: {e}")));
+    text0.push_str(&cfg);
+    write(&pool_toml, &text0);
+    app.run_roles("", &[]);
+    api_until(&app, "lee", "ann after the pool's first sync", |b| b.contains("ann.lee"));
+    let _ann = registered(&app, "ann", "ann.lee", "ann-pw");
+    corp.modify(&format!(
+        "dn: uid=cy,ou=people,{CORP}\nchangetype: add\n{}",
+        person_ldif(CORP, "cy", "Cy", "Leeds", "cy.leeds@corp.test", "cy-pw")
+            .split_once('\n')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+    ));
+    api_until(&app, "leeds", "cy after a later sync", |b| b.contains("cy.leeds"));
+    let _cy = registered(&app, "cy", "cy.leeds", "cy-pw");
+}
