@@ -32,7 +32,10 @@ fn ensure_slapd() {
         return;
     }
     for args in [&["update"][..], &["install", "-y", "slapd", "ldap-utils"][..]] {
-        run(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=600"]).args(args).env("DEBIAN_FRONTEND", "noninteractive"));
+        run(Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"));
     }
 }
 
@@ -81,7 +84,12 @@ fn main() {
     }
     std::fs::write(dir.join("people.ldif"), ldif).expect("ldif");
     let t = Instant::now();
-    run(Command::new("/usr/sbin/slapadd").arg("-q").arg("-f").arg(dir.join("slapd.conf")).arg("-l").arg(dir.join("people.ldif")));
+    run(Command::new("/usr/sbin/slapadd")
+        .arg("-q")
+        .arg("-f")
+        .arg(dir.join("slapd.conf"))
+        .arg("-l")
+        .arg(dir.join("people.ldif")));
     println!("slapadd of {people} people: {:.1} s", t.elapsed().as_secs_f64());
     let port = free_port();
     let url = format!("ldap://127.0.0.1:{port}");

@@ -10,7 +10,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
-use ldap3::{LdapConn, LdapConnSettings, Scope, SearchEntry};
+use ldap3::asn1::StructureTag;
+use ldap3::{LdapConn, LdapConnSettings, ResultEntry, Scope};
 
 use super::Entry;
 use crate::config::directory::{AliasFrom, Credentials, LdapConfig, Mapping};
@@ -95,14 +96,10 @@ fn search(conn: &mut LdapConn, cfg: &LdapConfig, filter: &str, attrs: &[String])
                 if out.len() >= ENTRIES_MAX {
                     return Err(format!("more than {ENTRIES_MAX} entries: narrow the filter"));
                 }
-                let se = SearchEntry::construct(re);
-                let mut e = Entry { dn: se.dn.to_ascii_lowercase(), ..Default::default() };
-                for (k, vs) in se.attrs {
-                    for v in vs {
-                        e.push(&k, v);
-                    }
+                match entry(re) {
+                    Some(e) => out.push(e),
+                    None => return Err(format!("search {filter}: a malformed entry from the server")),
                 }
-                out.push(e);
             }
             Ok(None) => break,
             Err(e) => return Err(format!("search {filter}: {e}")),
@@ -110,6 +107,25 @@ fn search(conn: &mut LdapConn, cfg: &LdapConfig, filter: &str, attrs: &[String])
     }
     stream.result().success().map_err(|e| format!("search {filter}: {e}"))?;
     Ok(out)
+}
+
+/// An entry from its BER form. ldap3's `SearchEntry::construct` panics on a malformed entry, and a server's bytes
+/// must never end the pool: this reads the same structure and answers None instead. Values that are not UTF-8
+/// (photos, certificates) are skipped: no mapped field uses them.
+fn entry(re: ResultEntry) -> Option<Entry> {
+    let mut tags = re.0.match_id(4)?.expect_constructed()?.into_iter();
+    let dn = String::from_utf8(tags.next()?.expect_primitive()?).ok()?;
+    let mut e = Entry { dn: dn.to_ascii_lowercase(), ..Default::default() };
+    for a_v in tags.next()?.expect_constructed()? {
+        let mut part: std::vec::IntoIter<StructureTag> = a_v.expect_constructed()?.into_iter();
+        let name = String::from_utf8(part.next()?.expect_primitive()?).ok()?;
+        for v in part.next()?.expect_constructed()? {
+            if let Ok(text) = String::from_utf8(v.expect_primitive()?) {
+                e.push(&name, text);
+            }
+        }
+    }
+    Some(e)
 }
 
 /// The newest `modifyTimestamp` among the entries (GeneralizedTime sorts as text when written the same way).
@@ -139,4 +155,32 @@ pub fn read(cfg: &LdapConfig, mapping: &Mapping, mark: Option<&str>) -> Result<R
     };
     let _ = conn.unbind();
     result
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use ldap3::asn1::{TagClass, PL};
+
+    use super::*;
+
+    fn prim(s: &[u8]) -> StructureTag {
+        StructureTag { class: TagClass::Universal, id: 4, payload: PL::P(s.to_vec()) }
+    }
+    fn cons(id: u64, v: Vec<StructureTag>) -> StructureTag {
+        StructureTag { class: TagClass::Universal, id, payload: PL::C(v) }
+    }
+
+    #[test]
+    fn entries_from_ber_and_malformed_ones_refused() {
+        let attr = cons(16, vec![prim(b"mail"), cons(17, vec![prim(b"ann@x"), prim(&[0xff, 0xfe])])]);
+        let good = cons(4, vec![prim(b"UID=ann,dc=x"), cons(16, vec![attr])]);
+        let e = entry(ResultEntry::new(good)).unwrap();
+        assert_eq!(e.dn, "uid=ann,dc=x");
+        assert_eq!(e.attrs.get("mail"), Some(&vec!["ann@x".to_string()]), "binary values skipped");
+        // No attribute list; a DN that is not a string; not an entry at all.
+        assert!(entry(ResultEntry::new(cons(4, vec![prim(b"uid=a")]))).is_none());
+        assert!(entry(ResultEntry::new(cons(4, vec![cons(16, vec![]), cons(16, vec![])]))).is_none());
+        assert!(entry(ResultEntry::new(prim(b"x"))).is_none());
+    }
 }
