@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use super::*;
+use std::time::Duration;
+
 use crate::pool::core::tests::{only_response, to_edge, Rig, DOMAIN};
 use crate::sip::Method;
 use crate::store::DirectoryRow;
@@ -108,4 +110,83 @@ fn states_from_other_cores_are_gathered() {
         render_answer("bo", &hits, &HashMap::new()),
         "1 found for \"bo\":\r\nBob <sip:bob@example.com> [unknown]\r\n"
     );
+}
+
+/// Two cores: the searcher's core asks the other for the states of the people it owns, and answers once it
+/// has them; a core that never answers delays the answer by the gather timeout, not forever.
+#[test]
+fn presence_is_gathered_from_the_core_that_owns_it() {
+    use crate::pool::registrar::Binding;
+    let rows: Vec<DirectoryRow> = (0..8).map(|i| row(&format!("p{i}"), "Pat", &format!("Lee{i}"))).collect();
+    let owner = |a: &str| shard_for(format!("{a}@{DOMAIN}").as_bytes(), 2);
+    let me = rows.iter().find(|r| owner(&r.alias) == 0).unwrap().alias.clone();
+    let other = rows.iter().find(|r| owner(&r.alias) == 1).unwrap().alias.clone();
+    let edge: std::net::SocketAddr = crate::pool::core::tests::EDGE.parse().unwrap();
+    let settings = Arc::new(crate::pool::CoreSettings::with_defaults(
+        DOMAIN,
+        "127.0.0.1:5062".parse().unwrap(),
+        vec![edge],
+        Users::from_rows(&rows, &[], DOMAIN),
+    ));
+    let now = Now { secs: 1_700_000_000, mono: Instant::now() };
+    let stats = Arc::new(crate::pool::PoolStats::default());
+    let mut a = PoolCore::new(settings.clone(), 0, 2, stats.clone(), now);
+    let mut b = PoolCore::new(settings, 1, 2, stats, now);
+    for c in [&mut a, &mut b] {
+        c.on_directory(view(&rows), now);
+    }
+    let binding = |alias: &str| Binding {
+        contact: format!("sip:{alias}@192.0.2.1:5000;transport=tls"),
+        contact_params: String::new(),
+        instance: None,
+        reg_id: None,
+        q: None,
+        path: vec![crate::pool::core::tests::PATH.to_string()],
+        call_id: "c".into(),
+        cseq: 1,
+        expires_at: now.secs + 600,
+        flow: None,
+    };
+    assert!(a.registrar.restore(&format!("{me}@{DOMAIN}"), vec![binding(&me)], now.secs));
+    assert!(b.registrar.restore(&format!("{other}@{DOMAIN}"), vec![binding(&other)], now.secs));
+    let req = format!(
+        "MESSAGE sip:directory@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKq\r\n\
+         From: <sip:{me}@{DOMAIN}>;tag=q\r\nTo: <sip:directory@{DOMAIN}>\r\nCall-ID: q\r\nCSeq: 1 MESSAGE\r\n\
+         Content-Type: text/plain\r\nContent-Length: 3\r\n\r\nlee"
+    );
+    let msg = Message::parse(bytes::Bytes::from(req), &Default::default()).unwrap();
+    let take = |c: &mut PoolCore| {
+        let mut out = Vec::new();
+        c.take_actions(&mut out);
+        out
+    };
+    for round in 0..2 {
+        a.directory_message(crate::pool::core::tests::conn(), &msg, &format!("{me}@{DOMAIN}"));
+        let out = take(&mut a);
+        assert_eq!(only_response(&out).status(), Some(200));
+        assert!(to_edge(&out).is_empty(), "no answer before the other core's states");
+        let ask = out.into_iter().find_map(|x| match x {
+            Action::Mesh { core: 1, msg: PoolMsg::Directory(m) } => Some(m),
+            _ => None,
+        });
+        let ask = ask.expect("a question to core 1");
+        if round == 1 {
+            // Core 1 never answers: the sweep after the timeout sends what core 0 knows.
+            a.now = Now { secs: now.secs + 2, mono: now.mono + Duration::from_secs(2) };
+            a.directory_sweep();
+            let body = String::from_utf8_lossy(to_edge(&take(&mut a))[0].1.body()).to_string();
+            assert!(body.contains(&format!("<sip:{other}@{DOMAIN}>, Engineer, +1 555 0100 [unknown]")), "{body}");
+            break;
+        }
+        b.on_directory_msg(ask);
+        let reply = take(&mut b).into_iter().find_map(|x| match x {
+            Action::Mesh { core: 0, msg: PoolMsg::Directory(m) } => Some(m),
+            _ => None,
+        });
+        a.on_directory_msg(reply.expect("states back to core 0"));
+        let body = String::from_utf8_lossy(to_edge(&take(&mut a))[0].1.body()).to_string();
+        assert!(body.contains(&format!("<sip:{other}@{DOMAIN}>, Engineer, +1 555 0100 [online]")), "{body}");
+        assert!(body.contains(&format!("<sip:{me}@{DOMAIN}>, Engineer, +1 555 0100 [online]")), "{body}");
+        assert!(body.contains("[offline]"), "the unregistered others: {body}");
+    }
 }
