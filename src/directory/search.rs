@@ -336,18 +336,39 @@ fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
+crate::counters! {
+    /// Searches over the management API (written by the management thread only).
+    pub struct ApiStats {
+        searches,
+        busy,
+        bad_queries,
+    }
+}
+
+fn api_stats() -> &'static ApiStats {
+    static STATS: OnceLock<&'static ApiStats> = OnceLock::new();
+    STATS.get_or_init(|| {
+        let s: &'static ApiStats = Box::leak(Box::default());
+        crate::mgmt::metrics::register("directory_api", 0, Box::new(move |f| s.visit(f)));
+        s
+    })
+}
+
 /// `GET /directory/search?q=...` for the management listener: (status, content type, body).
 pub fn http_search(path_and_query: &[u8]) -> (&'static str, &'static str, String) {
+    let stats = api_stats();
     let query = std::str::from_utf8(path_and_query)
         .ok()
         .and_then(|p| p.split_once('?'))
         .and_then(|(_, qs)| qs.split('&').find_map(|kv| kv.strip_prefix("q=")))
         .map(percent_decode);
     let Some(Some(q)) = query else {
+        stats.bad_queries.inc();
         return ("400 Bad Request", "application/json", "{\"error\":\"use /directory/search?q=name\"}\n".into());
     };
     match search_capped(&current(), &q) {
         Ok(hits) => {
+            stats.searches.inc();
             let rows: Vec<String> = hits
                 .iter()
                 .map(|h| {
@@ -364,12 +385,15 @@ pub fn http_search(path_and_query: &[u8]) -> (&'static str, &'static str, String
                 .collect();
             ("200 OK", "application/json", format!("{{\"results\":[{}]}}\n", rows.join(",")))
         }
-        Err(SearchError::Busy) => (
-            "503 Service Unavailable",
-            "application/json",
-            format!("{{\"error\":{}}}\n", json_str(&SearchError::Busy.to_string())),
-        ),
-        Err(e) => ("400 Bad Request", "application/json", format!("{{\"error\":{}}}\n", json_str(&e.to_string()))),
+        Err(SearchError::Busy) => {
+            stats.busy.inc();
+            let body = format!("{{\"error\":{}}}\n", json_str(&SearchError::Busy.to_string()));
+            ("503 Service Unavailable", "application/json", body)
+        }
+        Err(e) => {
+            stats.bad_queries.inc();
+            ("400 Bad Request", "application/json", format!("{{\"error\":{}}}\n", json_str(&e.to_string())))
+        }
     }
 }
 

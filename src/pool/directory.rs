@@ -138,10 +138,12 @@ impl PoolCore {
         let permit = match search::LIMITER.try_enter() {
             Ok(p) => p,
             Err(SearchError::Busy) | Err(SearchError::BadQuery(_)) => {
+                crate::net::conn::bump(&self.pstats.directory_searches_busy);
                 self.reply(origin, msg, 503, "Service Unavailable: directory busy", &[(HeaderName::RetryAfter, b"1")]);
                 return;
             }
         };
+        crate::net::conn::bump(&self.pstats.directory_searches);
         self.reply(origin, msg, 200, "OK", &[]);
         let hits = self.dir.view.index.search(&query);
         let mut by_core: HashMap<usize, Vec<String>> = HashMap::new();
@@ -318,6 +320,23 @@ pub fn load_view(store: &mut dyn crate::store::Store, domain: &str) -> Result<(V
     Ok((View { users: Arc::new(users), index }, rows.len()))
 }
 
+crate::counters! {
+    /// The pool's directory thread (its only writer).
+    pub struct SyncStats {
+        syncs,
+        /// Syncs that could not run at all (the store, not a source).
+        sync_failures,
+        /// Sources held back by a sync (unreachable, empty, shrunken): summed over syncs.
+        sources_held,
+        /// Entries the mapping refused (no alias, a bad HA1...): summed over syncs.
+        entries_refused,
+        /// Alias conflicts found: summed over syncs.
+        conflicts,
+        /// People in the view handed to the cores (a gauge).
+        people,
+    }
+}
+
 /// The directory thread: a sync every `interval_s` (0: none, the CLI syncs), and a look at the store every
 /// second for a sync or a password set by another process; every change becomes a new view for every core.
 pub fn start_thread(cfg: &crate::config::Config, senders: Vec<flume::Sender<View>>) -> Result<(), String> {
@@ -325,6 +344,11 @@ pub fn start_thread(cfg: &crate::config::Config, senders: Vec<flume::Sender<View
     let mut store = crate::store::sqlite::SqliteStore::open(&p.database).map_err(|e| e.to_string())?;
     let domain = cfg.domain.clone();
     let realm = cfg.realm().to_string();
+    let stats = Arc::new(SyncStats::default());
+    {
+        let stats = stats.clone();
+        crate::mgmt::metrics::register("directory", 0, Box::new(move |f| stats.visit(f)));
+    }
     std::thread::Builder::new()
         .name("parapet-directory".into())
         .spawn(move || {
@@ -338,22 +362,32 @@ pub fn start_thread(cfg: &crate::config::Config, senders: Vec<flume::Sender<View
                 if dir.interval_s > 0 && last_sync.is_none_or(|t| t.elapsed() >= interval) {
                     last_sync = Some(Instant::now());
                     match crate::directory::cli::sync_once(&dir, &realm, &mut store, false, false, super::now_secs()) {
-                        Ok(plan) => tracing::info!(
-                            created = plan.created.len(),
-                            updated = plan.updated.len(),
-                            disabled = plan.disabled.len(),
-                            purged = plan.purged.len(),
-                            conflicts = plan.conflicts.len(),
-                            held = plan.held.len(),
-                            "directory synced"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "directory: sync failed, nothing changed"),
+                        Ok(plan) => {
+                            stats.syncs.inc();
+                            stats.sources_held.add(plan.held.len() as u64);
+                            stats.entries_refused.add(plan.skipped.len() as u64);
+                            stats.conflicts.add(plan.conflicts.len() as u64);
+                            tracing::info!(
+                                created = plan.created.len(),
+                                updated = plan.updated.len(),
+                                disabled = plan.disabled.len(),
+                                purged = plan.purged.len(),
+                                conflicts = plan.conflicts.len(),
+                                held = plan.held.len(),
+                                "directory synced"
+                            );
+                        }
+                        Err(e) => {
+                            stats.sync_failures.inc();
+                            tracing::warn!(error = %e, "directory: sync failed, nothing changed");
+                        }
                     }
                 }
                 match store.sync_marks() {
                     Ok(marks) if generation.as_ref() != Some(&marks) => match load_view(&mut store, &domain) {
                         Ok((view, rows)) => {
                             generation = Some(marks);
+                            stats.people.set(view.users.len() as u64);
                             tracing::info!(
                                 people = rows,
                                 users = view.users.len(),

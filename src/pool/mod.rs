@@ -103,6 +103,9 @@ crate::counters! {
         backend_refused,
         /// Back-end subscriptions held right now (a gauge).
         backend_subscriptions_now,
+        /// Searches of the directory service (`MESSAGE sip:directory@<domain>`), and those refused as busy.
+        directory_searches,
+        directory_searches_busy,
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::rawsip::{http_get, text, Ua, ANSWER_TIMEOUT};
+use crate::rawsip::{http_get, text, Metrics, Ua, ANSWER_TIMEOUT};
 use crate::support::{free_port_base, run_bounded, Appliance};
 use crate::support_ldap::{people_ldif, person_ldif, Slapd, ROOT_PASSWORD};
 
@@ -176,6 +176,9 @@ fn two_forests_and_a_csv_make_one_namespace() {
     for a in ["ann.lee", "carl.lee", "erin.lee"] {
         assert!(api.contains(&format!("\"uri\":\"sip:{a}@{}\"", app.domain)), "{api}");
     }
+    let m = Metrics::pool(&app);
+    assert_eq!(m.get("parapet_pool_directory_searches"), Some(1), "one SIP search");
+    assert!(m.get("parapet_directory_api_searches").is_some_and(|n| n >= 1), "API searches counted");
 
     // Changes in LDAP: fay added, dana renamed, bob disabled, carl deleted.
     corp.modify(&format!(
@@ -255,4 +258,7 @@ fn the_pool_syncs_on_its_interval() {
     ));
     api_until(&app, "leeds", "cy after a later sync", |b| b.contains("cy.leeds"));
     let _cy = registered(&app, "cy", "cy.leeds", "cy-pw");
+    let m = Metrics::pool(&app);
+    assert!(m.get("parapet_directory_syncs").is_some_and(|n| n >= 2), "the pool's own syncs are counted");
+    assert_eq!(m.get("parapet_directory_people"), Some(3));
 }
