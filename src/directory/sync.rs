@@ -51,6 +51,8 @@ pub struct Conflict {
     /// (source, key) that keeps the alias.
     pub winner: (String, String),
     pub loser: (String, String),
+    /// The two people's display names, for the operator.
+    pub names: (String, String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -107,8 +109,8 @@ impl Plan {
         for c in &self.conflicts {
             let _ = writeln!(
                 out,
-                "conflict\t{}\t{} ({}) wins over {} ({})",
-                c.alias, c.winner.0, c.winner.1, c.loser.0, c.loser.1
+                "conflict\t{}\t{} ({}, {}) wins over {} ({}, {})",
+                c.alias, c.names.0, c.winner.0, c.winner.1, c.names.1, c.loser.0, c.loser.1
             );
         }
         for (s, why) in &self.held {
@@ -188,6 +190,7 @@ pub fn plan(current: &[DirectoryRow], mut snapshots: Vec<Snapshot>, s: &Settings
             alias: row.alias.clone(),
             winner: (w.source.clone(), w.key.clone()),
             loser: (row.source.clone(), row.key.clone()),
+            names: (w.display_name.clone(), row.display_name.clone()),
         }),
         None => {
             desired.insert(row.alias.clone(), (row, held));

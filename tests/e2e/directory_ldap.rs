@@ -136,7 +136,7 @@ fn two_forests_and_a_csv_make_one_namespace() {
     assert!(
         has_line(
             &out,
-            "conflict\tkim\tcorp (uid=kim,ou=people,dc=corp,dc=test) wins over lab (uid=kim,ou=people,dc=lab,dc=test)"
+            "conflict\tkim\tKim Park (corp, uid=kim,ou=people,dc=corp,dc=test) wins over Kim Lab (lab, uid=kim,ou=people,dc=lab,dc=test)"
         ),
         "{out}"
     );

@@ -33,10 +33,15 @@ fn first_sync_creates_one_namespace_and_reports_conflicts() {
         vec![Conflict {
             alias: "lee".into(),
             winner: ("a".into(), "uid=lee,dc=a".into()),
-            loser: ("b".into(), "uid=lee,dc=b".into())
+            loser: ("b".into(), "uid=lee,dc=b".into()),
+            names: ("Lee A".into(), "Lee B".into()),
         }]
     );
-    assert!(p.render().contains("conflict\tlee\ta (uid=lee,dc=a) wins over b (uid=lee,dc=b)"), "{}", p.render());
+    assert!(
+        p.render().contains("conflict\tlee\tLee A (a, uid=lee,dc=a) wins over Lee B (b, uid=lee,dc=b)"),
+        "{}",
+        p.render()
+    );
     assert_eq!(p.writes().len(), 3);
 }
 
