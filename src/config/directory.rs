@@ -342,6 +342,32 @@ fn source(i: usize, r: RawSource, base_dir: &Path) -> Result<SourceConfig, Confi
     })
 }
 
+impl DirectoryConfig {
+    /// The files the sources name exist (a sync would fail on each of them otherwise, one source at a time).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, s) in self.sources.iter().enumerate() {
+            let mut files: Vec<(&str, &Path)> = Vec::new();
+            if s.kind != SourceKind::Ldap {
+                files.push(("path", &s.path));
+            }
+            if let Some(l) = &s.ldap {
+                if !l.ca.as_os_str().is_empty() {
+                    files.push(("ca", &l.ca));
+                }
+                if !l.password_file.as_os_str().is_empty() {
+                    files.push(("password_file", &l.password_file));
+                }
+            }
+            for (key, f) in files {
+                if let Err(e) = std::fs::metadata(f) {
+                    return Err(invalid(format!("[directory.sources.{i}] {key}"), format!("{}: {e}", f.display())));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn build(raw: RawDirectory, base_dir: &Path) -> Result<DirectoryConfig, ConfigError> {
     let raws = raw.sources.unwrap_or_default();
     if raws.len() > SOURCES_MAX {
@@ -443,5 +469,12 @@ path = "hr.csv"
                  [directory.sources.mapping]\ncredentials = \"plain\"\n";
         assert!(e(t).contains("[directory.sources.0.mapping] credentials"), "{}", e(t));
         assert!(e("[directory]\nmax_delete_share = 2.0\n").contains("max_delete_share"));
+        let c = Config::from_toml_str(
+            "[[directory.sources]]\nname = \"a\"\nkind = \"csv\"\npath = \"/nonexistent/a.csv\"\n",
+            Path::new(""),
+        )
+        .unwrap();
+        let v = c.validate().unwrap_err().to_string();
+        assert!(v.starts_with("config: [directory.sources.0] path: /nonexistent/a.csv:"), "{v}");
     }
 }
