@@ -77,9 +77,20 @@ fn map_all(src: &SourceConfig, entries: &[Entry], realm: &str, skipped: &mut Vec
     out
 }
 
+/// What an incremental mark was taken under: the source's server, filter and mapping. A mark taken under other
+/// settings is not used (an entry unchanged since would keep its old mapping): the next read is a full one.
+fn fingerprint(src: &SourceConfig, realm: &str) -> String {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x7061_7261_7065_7421, 0x6469_7265_6374_6f72);
+    h.write(format!("{:?}|{:?}|{realm}", src.ldap, src.mapping).as_bytes());
+    format!("{:016x}", h.finish())
+}
+
 /// Reads `src`: incrementally from `mark` where the source allows it.
 pub fn read(src: &SourceConfig, realm: &str, mark: Option<&str>) -> Snapshot {
     let mut skipped = Vec::new();
+    let fp = fingerprint(src, realm);
+    let mark = mark.and_then(|m| m.strip_prefix(fp.as_str())).and_then(|m| m.strip_prefix('|'));
     let (fetch, mark) = match (src.kind, &src.ldap) {
         (SourceKind::Ldap, Some(cfg)) => match ldap::read(cfg, &src.mapping, mark) {
             Ok(ldap::Read::Full { entries, mark }) => (Fetch::Full(map_all(src, &entries, realm, &mut skipped)), mark),
@@ -94,5 +105,63 @@ pub fn read(src: &SourceConfig, realm: &str, mark: Option<&str>) -> Snapshot {
             Err(e) => (Fetch::Failed(e), None),
         },
     };
+    let mark = mark.map(|m| format!("{fp}|{m}"));
     Snapshot { source: src.name.clone(), precedence: src.precedence, fetch, mark, skipped }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::directory::{Credentials, Mapping};
+
+    fn source(kind: SourceKind, path: &Path) -> SourceConfig {
+        SourceConfig {
+            name: "files".into(),
+            kind,
+            precedence: 1,
+            path: path.into(),
+            ldap: None,
+            mapping: Mapping::default_for(kind),
+        }
+    }
+
+    fn people(s: &Snapshot) -> Vec<(String, String)> {
+        match &s.fetch {
+            Fetch::Full(rows) => rows.iter().map(|r| (r.alias.clone(), r.display_name.clone())).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_sources_read_through_their_mapping() {
+        let dir = std::env::temp_dir().join(format!("parapet-dir-src-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("u.toml");
+        std::fs::write(&toml, "[[user]]\nalias = \"Ann\"\nfirst = \"Ann\"\nlast = \"Lee\"\npassword = \"x\"\n\n[[user]]\nfirst = \"No alias\"\n").unwrap();
+        let s = read(&source(SourceKind::Toml, &toml), "r", None);
+        assert_eq!(people(&s), vec![("ann".to_string(), "Ann Lee".to_string())]);
+        assert_eq!(s.skipped, vec!["entry 2: no alias attribute for the alias".to_string()]);
+        let ldif = dir.join("u.ldif");
+        std::fs::write(&ldif, "dn: uid=bo,dc=x\nmail: bo@x.test\ndisplayName: Bo Ek\n").unwrap();
+        assert_eq!(people(&read(&source(SourceKind::Ldif, &ldif), "r", None)), vec![("bo".into(), "Bo Ek".into())]);
+        let csv = dir.join("u.csv");
+        std::fs::write(&csv, "alias,display_name\ncy,Cy Ng\n").unwrap();
+        let mut src = source(SourceKind::Csv, &csv);
+        src.mapping.credentials = Credentials::None;
+        assert_eq!(people(&read(&src, "r", None)), vec![("cy".into(), "Cy Ng".into())]);
+        let gone = read(&source(SourceKind::Csv, &dir.join("missing.csv")), "r", None);
+        assert!(matches!(gone.fetch, Fetch::Failed(ref e) if e.contains("missing.csv")), "{:?}", gone.fetch);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_mark_is_only_used_under_the_settings_it_was_taken_with() {
+        let a = source(SourceKind::Ldap, Path::new(""));
+        let mut b = a.clone();
+        b.mapping.title = "description".into();
+        assert_ne!(fingerprint(&a, "r"), fingerprint(&b, "r"));
+        assert_eq!(fingerprint(&a, "r"), fingerprint(&a.clone(), "r"));
+        assert_ne!(fingerprint(&a, "r"), fingerprint(&a, "other realm"), "HA1s depend on the realm");
+    }
 }
