@@ -190,3 +190,45 @@ fn presence_is_gathered_from_the_core_that_owns_it() {
         assert!(body.contains("[offline]"), "the unregistered others: {body}");
     }
 }
+
+/// A person who leaves: their watchers hear them closed; the subscriptions they held end (noresource).
+#[test]
+fn watchers_see_a_removed_person_closed_and_their_own_subscriptions_end() {
+    let mut rig = Rig::new();
+    let all = [row("alice", "Alice", "Lee"), row("bob", "Bob", "Leeds")];
+    rig.step(|c, now| c.on_directory(view(&all), now));
+    rig.register("alice");
+    rig.register("bob");
+    let subscribe = |rig: &mut Rig, watcher: &str, target: &str| {
+        let out = rig.authed(watcher, |n, creds| {
+            format!(
+                "SUBSCRIBE sip:{target}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKw{n}\r\n\
+                 From: <sip:{watcher}@{DOMAIN}>;tag=w{n}\r\nTo: <sip:{target}@{DOMAIN}>\r\nCall-ID: w-{watcher}\r\n\
+                 CSeq: {n} SUBSCRIBE\r\nContact: <sip:{watcher}@192.0.2.1:5000;transport=tls>\r\n\
+                 Record-Route: <sip:127.0.0.1:5063;transport=tls;lr>\r\n\
+                 Event: presence\r\nAccept: application/pidf+xml\r\n{creds}Expires: 600\r\nContent-Length: 0\r\n\r\n"
+            )
+        });
+        let r = only_response(&out);
+        assert_eq!(r.status(), Some(200), "{watcher} watches {target}: {}", String::from_utf8_lossy(r.bytes()));
+    };
+    subscribe(&mut rig, "alice", "bob");
+    subscribe(&mut rig, "bob", "alice");
+    assert_eq!(rig.core.sizes().subscriptions, 2);
+    // Bob leaves: alice's subscription to him stays (he may come back) and tells her he is closed; his own
+    // subscription to alice ends.
+    let out = rig.step(|c, now| c.on_directory(view(&all[..1]), now));
+    let notifies = to_edge(&out);
+    let to_alice: Vec<_> =
+        notifies.iter().filter(|(_, m)| m.request_uri().is_some_and(|u| u.starts_with(b"sip:alice@"))).collect();
+    let to_bob: Vec<_> =
+        notifies.iter().filter(|(_, m)| m.request_uri().is_some_and(|u| u.starts_with(b"sip:bob@"))).collect();
+    assert!(
+        !to_alice.is_empty()
+            && to_alice.iter().all(|(_, m)| String::from_utf8_lossy(m.body()).contains("<basic>closed</basic>"))
+    );
+    assert_eq!(to_bob.len(), 1);
+    let state = to_bob[0].1.header(HeaderName::SubscriptionState).unwrap();
+    assert!(state.starts_with(b"terminated;reason=noresource"), "{}", String::from_utf8_lossy(state));
+    assert_eq!(rig.core.sizes().subscriptions, 1);
+}
