@@ -77,6 +77,15 @@ fn write(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// Appends `cfg` (the `[directory]` tables) to the pool's config; its path.
+fn add_to_pool_config(app: &Appliance, cfg: &str) -> std::path::PathBuf {
+    let pool_toml = app.data_dir.join("pool.toml");
+    let mut text = fs::read_to_string(&pool_toml).unwrap_or_else(|e| app.fail(&format!("pool.toml: {e}")));
+    text.push_str(cfg);
+    write(&pool_toml, &text);
+    pool_toml
+}
+
 #[test]
 fn two_forests_and_a_csv_make_one_namespace() {
     let mut app = Appliance::prepare("directory-ldap", &[]);
@@ -121,10 +130,7 @@ fn two_forests_and_a_csv_make_one_namespace() {
         "\n[[directory.sources]]\nname = \"hr\"\nkind = \"csv\"\npath = \"{}\"\n",
         ldap_dir.join("hr.csv").display()
     ));
-    let pool_toml = app.data_dir.join("pool.toml");
-    let mut text0 = fs::read_to_string(&pool_toml).unwrap_or_else(|e| app.fail(&format!("pool.toml: {e}")));
-    text0.push_str(&cfg);
-    write(&pool_toml, &text0);
+    let pool_toml = add_to_pool_config(&app, &cfg);
 
     // A dry run writes nothing; the real sync creates the namespace and reports the conflict.
     let dry = sync(&app, &["--dry-run"]);
@@ -242,10 +248,7 @@ fn the_pool_syncs_on_its_interval() {
         corp.ca.display(),
         ldap_dir.join("root.secret").display()
     );
-    let pool_toml = app.data_dir.join("pool.toml");
-    let mut text0 = fs::read_to_string(&pool_toml).unwrap_or_else(|e| app.fail(&format!("pool.toml: {e}")));
-    text0.push_str(&cfg);
-    write(&pool_toml, &text0);
+    add_to_pool_config(&app, &cfg);
     app.run_roles("", &[]);
     api_until(&app, "lee", "ann after the pool's first sync", |b| b.contains("ann.lee"));
     let _ann = registered(&app, "ann", "ann.lee", "ann-pw");
