@@ -3,6 +3,7 @@
 //! Layout follows the data path; see ARCHITECTURE.md for the map and its invariants.
 
 pub mod config;
+pub mod directory;
 pub mod edge;
 pub mod mgmt;
 pub mod net;

@@ -136,6 +136,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: parapet::store::archive_cli::ArchiveCmd,
     },
+    /// The namespace synced from the [directory] sources.
+    Directory {
+        #[command(subcommand)]
+        cmd: parapet::directory::cli::DirectoryCmd,
+    },
+    /// People's credentials in the pool's store.
+    Users {
+        #[command(subcommand)]
+        cmd: parapet::directory::cli::UsersCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,6 +296,8 @@ fn main() -> ExitCode {
             print(parapet::store::migrate::migrate(&from, &to, force))
         }
         Cmd::Pool { config, cmd } => print(parapet::mgmt::pool_admin::run(&config, cmd)),
+        Cmd::Directory { cmd } => print(parapet::directory::cli::directory(cmd)),
+        Cmd::Users { cmd } => print(parapet::directory::cli::users(cmd)),
         Cmd::Federation { cmd: FederationCmd::Test { domain, config } } => parapet::mgmt::probe::run(&config, &domain),
     };
     match result {

@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod certs;
 pub mod devpki;
+pub mod directory;
 pub mod federation;
 pub mod membership;
 pub mod ops;
@@ -53,6 +54,8 @@ pub struct Config {
     pub routing: routing::RoutingConfig,
     /// The file this was loaded from (the pool re-reads its routing rules there).
     pub source: Option<PathBuf>,
+    /// `[directory]`: the sources synced into the pool's store (`crate::directory`); absent: the users file.
+    pub directory: Option<directory::DirectoryConfig>,
 }
 
 /// Hard bounds on a single SIP message, enforced by the parser on untrusted input.
@@ -334,6 +337,7 @@ impl Default for Config {
             archive: None,
             routing: routing::RoutingConfig::default(),
             source: None,
+            directory: None,
         }
     }
 }
@@ -414,6 +418,7 @@ struct RawConfig {
     store: Option<store::RawStore>,
     archive: Option<archive::RawArchive>,
     routing: Option<routing::RawRouting>,
+    directory: Option<directory::RawDirectory>,
 }
 
 #[derive(Deserialize, Default)]
@@ -732,7 +737,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let store = raw.store.map(store::build).transpose()?;
     let archive = raw.archive.map(archive::build).transpose()?;
     let routing = routing::build(raw.routing.unwrap_or_default())?;
-    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store, archive, routing, source: None })
+    let directory = raw.directory.map(|d| directory::build(d, base_dir)).transpose()?;
+    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store, archive, routing, source: None, directory })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

@@ -36,6 +36,9 @@ impl Config {
                 format!("{} exceeds header_bytes_max {}", l.line_bytes_max, l.header_bytes_max),
             ));
         }
+        if let Some(d) = &self.directory {
+            d.validate()?;
+        }
         let cpus = online_cpus();
         if let Some(e) = &self.edge {
             validate_cores("edge", &e.cores, cpus)?;

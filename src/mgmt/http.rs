@@ -118,6 +118,10 @@ fn route(req: &Request) -> Response {
         "/reload" if req.is_post() => reload(),
         "/reload" => Response::text("405 Method Not Allowed", "use POST /reload\n"),
         "/pool/status" => Response::from(super::pool_admin::http_status()),
+        "/directory/search" => {
+            let full = format!("/directory/search?{}", req.query);
+            Response::from(crate::directory::search::http_search(full.as_bytes()))
+        }
         p if p.starts_with("/partners") => {
             let full = if req.query.is_empty() { p.to_string() } else { format!("{p}?{}", req.query) };
             Response::from(super::partners::route(req.is_post(), full.as_bytes()))

@@ -29,7 +29,7 @@ impl PoolCore {
             self.challenge(origin, msg, &claimed, false);
             return None;
         };
-        let Some(user) = self.s.users.get(c.username) else {
+        let Some(user) = self.dir.view.users.get(c.username) else {
             return self.refuse(origin, msg, Failure::Credentials);
         };
         if user.aor != claimed {
@@ -89,7 +89,7 @@ impl PoolCore {
     fn challenge(&mut self, origin: ConnId, msg: &Message, claimed: &str, stale: bool) {
         bump(&self.pstats.challenges);
         let register = msg.method() == Some(&Method::Register);
-        let user = claimed.split('@').next().map(str::as_bytes).and_then(|a| self.s.users.get(a));
+        let user = claimed.split('@').next().map(str::as_bytes).and_then(|a| self.dir.view.users.get(a));
         let nonce = self.nonces.issue(self.now.secs);
         let mut values: Vec<BytesMut> = Vec::with_capacity(self.s.algorithms.len());
         for alg in &self.s.algorithms {

@@ -170,6 +170,8 @@ pub struct PoolCore {
     pub(crate) rules: super::apps::RulesState,
     /// The users this core answers for ([`super::ownership`]).
     pub(crate) own: super::ownership::Ownership,
+    /// The synced directory's view (users, search index) and the searches in progress ([`super::directory`]).
+    pub(crate) dir: super::directory::DirState,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -192,6 +194,7 @@ impl PoolCore {
                 s.rules.current().unwrap_or_else(|| Arc::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
             ),
             own: super::ownership::Ownership::new(s.member.clone(), s.member_stats.clone()),
+            dir: super::directory::DirState::new(s.users.clone()),
             now,
             actions: Vec::new(),
             s,
@@ -251,6 +254,7 @@ impl PoolCore {
                 Err(e) => tracing::error!(error = %e, "a message that parsed once failed on another core"),
             },
             PoolMsg::Presence(m) => self.on_presence_msg(m),
+            PoolMsg::Directory(m) => self.on_directory_msg(m),
         }
     }
 
@@ -322,6 +326,7 @@ impl PoolCore {
         self.presence_sweep();
         self.flush_dirty_subscriptions();
         self.release_foreign();
+        self.directory_sweep();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);
@@ -366,6 +371,9 @@ impl PoolCore {
 
     /// Responses to our NOTIFYs and to forked requests are told apart by their branch.
     fn on_any_response(&mut self, msg: Message) {
+        if super::directory::is_answer_response(&msg) {
+            return;
+        }
         if msg.top_via().and_then(|v| v.branch()).is_some_and(presence::notify::is_notify_branch) {
             self.notify_response(&msg);
         } else {
@@ -483,6 +491,10 @@ impl PoolCore {
                             let (code, reason) = crate::proto::IDENTITY_NOTICE;
                             self.reply(origin, &msg, code, reason, &[crate::proto::identity_header(&user.aor)]);
                         }
+                        if msg.method() == Some(&Method::Message) && self.is_directory_request(&msg) {
+                            self.directory_message(origin, &msg, &user.aor);
+                            return;
+                        }
                         let target =
                             msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
                         self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);
@@ -556,7 +568,7 @@ impl PoolCore {
     /// A MESSAGE whose (existing, local) recipient does not accept IM from the sender.
     fn im_refused(&self, msg: &Message) -> bool {
         let Some(ruri) = msg.request_uri_parsed() else { return false };
-        if !self.is_local_host(&ruri) || self.s.users.get(&ruri.user_unescaped()).is_none() {
+        if !self.is_local_host(&ruri) || self.dir.view.users.get(&ruri.user_unescaped()).is_none() {
             return false;
         }
         !self.presence.policy.may_message(&aor_of(&ruri), &aor_of(&msg.from().uri))
@@ -568,4 +580,4 @@ impl PoolCore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

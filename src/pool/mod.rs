@@ -16,6 +16,7 @@ pub mod archive;
 pub mod auth;
 pub mod core;
 pub mod digest;
+pub mod directory;
 pub mod membership;
 pub mod ownership;
 pub mod persist;
@@ -41,7 +42,6 @@ pub use core::{Action, CoreSettings, Now, PoolCore, Resume, Timer};
 pub use crate::proto::aor_of;
 use digest::Algorithm;
 use registrar::RegistrarLimits;
-use users::Users;
 
 crate::counters! {
     /// Per-core counters of the pool.
@@ -110,6 +110,9 @@ crate::counters! {
         messages_archived,
         archive_lost,
         messages_refused_archive,
+        /// Searches of the directory service (`MESSAGE sip:directory@<domain>`), and those refused as busy.
+        directory_searches,
+        directory_searches_busy,
     }
 }
 
@@ -136,6 +139,8 @@ pub enum PoolMsg {
     },
     /// Presence across cores (resource-list watches and the states they bring back).
     Presence(presence::remote::Msg),
+    /// Directory searches' presence states, across cores.
+    Directory(directory::Msg),
 }
 
 /// Read-only settings shared by every core: the logic's ([`CoreSettings`]) and the shell's (TLS, the store,
@@ -152,14 +157,15 @@ pub struct PoolSettings {
     pub restore: Vec<std::sync::Mutex<Vec<crate::store::StateRow>>>,
     /// The pool's roster and this member's counters (`[pool.member]`; unused by a single front end).
     pub membership: membership::Membership,
+    /// New directory views after each sync, one channel per core ([`directory::start_thread`] sends).
+    pub directory: directory::Feed,
 }
 
 impl PoolSettings {
     pub fn from_config(cfg: &Config) -> Result<PoolSettings, String> {
         let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
         let realm = p.realm.clone().unwrap_or_else(|| cfg.domain.clone());
-        let dir = crate::store::directory::Directory::load(&p.directory).map_err(|e| e.to_string())?;
-        let users = Users::from_directory(&dir, &cfg.domain, &realm);
+        let users = directory::initial_users(cfg, &realm)?;
         let mut algorithms = Vec::new();
         for (i, a) in p.auth.algorithms.iter().enumerate() {
             algorithms.push(Algorithm::parse(a.as_bytes()).ok_or_else(|| {
@@ -220,6 +226,7 @@ impl PoolSettings {
             store,
             restore,
             membership,
+            directory: directory::Feed::new(p.cores.len()),
         })
     }
 }
@@ -231,6 +238,7 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     if let Some(m) = &p.member {
         membership::start(m, &settings)?;
     }
+    directory::start_thread(cfg, settings.directory.senders.clone())?;
     tracing::info!(users = settings.core.users.len(), realm = %settings.core.realm, "pool directory loaded");
     shard::start("pool", &p.cores, 4096, io_memory, move |shard: Shard<PoolMsg>| {
         let settings = settings.clone();

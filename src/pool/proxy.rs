@@ -90,7 +90,7 @@ impl PoolCore {
             self.route_foreign(origin, msg);
             return;
         }
-        if self.s.users.get(&ruri.user_unescaped()).is_none() {
+        if self.dir.view.users.get(&ruri.user_unescaped()).is_none() {
             bump(&self.pstats.messages_unknown_user);
             self.reply(origin, &msg, 404, "Not Found", &[]);
             return;

@@ -454,6 +454,13 @@ impl Registrar {
         self.aors.get(aor).is_some_and(|bs| bs.iter().any(|b| b.expires_at > now_secs))
     }
 
+    /// Drops every binding of an AOR (its user left the directory); returns how many.
+    pub fn remove_aor(&mut self, aor: &str) -> usize {
+        let n = self.aors.get(aor).map_or(0, Vec::len);
+        self.commit(aor, Vec::new());
+        n
+    }
+
     pub fn aor_count(&self) -> usize {
         self.aors.len()
     }

@@ -104,6 +104,15 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
     }
     let saved = s.restore.get(id).and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v))).unwrap_or_default();
     pool.step(|c, now| c.on_restore(saved, now));
+    if let Some(rx) = s.directory.receivers.get(id).and_then(|m| m.lock().ok().and_then(|mut r| r.take())) {
+        let pool = pool.clone();
+        glommio::spawn_local(async move {
+            while let Ok(view) = rx.recv_async().await {
+                pool.step(|c, now| c.on_directory(view, now));
+            }
+        })
+        .detach();
+    }
     if let Ok(rx) = s.store.watch_contacts() {
         let pool = pool.clone();
         glommio::spawn_local(async move {
@@ -213,7 +222,7 @@ impl PoolShell {
                 // A request kept (a reference, not a copy) to be answered if the channel is full.
                 let request = match &msg {
                     PoolMsg::Request { origin, bytes, .. } => Some((*origin, bytes.clone())),
-                    PoolMsg::Write { .. } | PoolMsg::Presence(_) => None,
+                    PoolMsg::Write { .. } | PoolMsg::Presence(_) | PoolMsg::Directory(_) => None,
                 };
                 if self.mesh.try_send_to(core, msg).is_err() {
                     match request {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::digest::{self, Algorithm};
 use crate::store::directory::Directory;
+use crate::store::{CredentialRow, DirectoryRow};
 
 #[derive(Clone, Debug)]
 pub struct UserRec {
@@ -47,6 +48,34 @@ impl Users {
             by_alias.insert(alias, rec);
         }
         Users { by_alias }
+    }
+
+    /// The enabled people of the synced directory; a person whose source carries no credentials takes the
+    /// secrets `parapet users set-password` stored (without either, they exist but cannot authenticate).
+    pub fn from_rows(rows: &[DirectoryRow], creds: &[CredentialRow], domain: &str) -> Users {
+        let stored: HashMap<&str, &CredentialRow> = creds.iter().map(|c| (c.alias.as_str(), c)).collect();
+        let mut by_alias = HashMap::with_capacity(rows.len());
+        for r in rows.iter().filter(|r| r.disabled_at.is_none()) {
+            let alias = r.alias.to_ascii_lowercase();
+            let (md5, sha) = match (&r.ha1_md5, &r.ha1_sha256, stored.get(alias.as_str())) {
+                (None, None, Some(c)) => (Some(c.ha1_md5.clone()), Some(c.ha1_sha256.clone())),
+                (m, s, _) => (m.clone(), s.clone()),
+            };
+            let rec = UserRec {
+                aor: crate::proto::aor_key(alias.as_bytes(), domain.as_bytes()),
+                alias: alias.clone(),
+                display_name: r.display_name.clone(),
+                ha1_md5: md5,
+                ha1_sha256: sha,
+            };
+            by_alias.insert(alias, rec);
+        }
+        Users { by_alias }
+    }
+
+    /// AOR keys of users here and not in `new` (removed or disabled).
+    pub fn gone_from(&self, new: &Users) -> Vec<String> {
+        self.by_alias.iter().filter(|(a, _)| !new.by_alias.contains_key(*a)).map(|(_, u)| u.aor.clone()).collect()
     }
 
     pub fn get(&self, alias: &[u8]) -> Option<&UserRec> {

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use crate::store::archive::{ArchiveQuery, ArchiveRow};
-use crate::store::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use crate::store::{
+    ContactRow, CredentialRow, DirectoryRow, DirectoryWrite, MemberRow, PolicyRow, StateRow, StateWrite, Store,
+    StoreError,
+};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -14,6 +17,9 @@ pub struct MemStore {
     members: BTreeMap<String, MemberRow>,
     secrets: BTreeMap<String, Vec<u8>>,
     archive: Vec<ArchiveRow>,
+    people: BTreeMap<String, DirectoryRow>,
+    marks: BTreeMap<String, String>,
+    credentials: BTreeMap<String, CredentialRow>,
 }
 
 impl Store for MemStore {
@@ -116,5 +122,37 @@ impl Store for MemStore {
         let n = self.archive.len();
         self.archive.retain(|r| r.at_ms >= before_ms);
         Ok((n - self.archive.len()) as u64)
+    }
+
+    fn directory_rows(&mut self) -> Result<Vec<DirectoryRow>, StoreError> {
+        Ok(self.people.values().cloned().collect())
+    }
+
+    fn write_directory(&mut self, writes: &[DirectoryWrite], marks: &[(String, String)]) -> Result<(), StoreError> {
+        for w in writes {
+            match w {
+                DirectoryWrite::Put(p) => {
+                    self.people.insert(p.alias.clone(), (**p).clone());
+                }
+                DirectoryWrite::Delete { alias } => {
+                    self.people.remove(alias);
+                }
+            }
+        }
+        self.marks.extend(marks.iter().cloned());
+        Ok(())
+    }
+
+    fn sync_marks(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self.marks.iter().map(|(s, m)| (s.clone(), m.clone())).collect())
+    }
+
+    fn credentials(&mut self) -> Result<Vec<CredentialRow>, StoreError> {
+        Ok(self.credentials.values().cloned().collect())
+    }
+
+    fn put_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError> {
+        self.credentials.insert(row.alias.clone(), row.clone());
+        Ok(())
     }
 }

@@ -172,7 +172,7 @@ struct DemoFile<'a> {
 
 /// Characters RFC 3261 allows unescaped in the user part of a SIP URI (`unreserved` and
 /// `user-unreserved`), minus '%': aliases are compared verbatim, so escapes would create aliases.
-fn alias_char_ok(c: char) -> bool {
+pub(crate) fn alias_char_ok(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c)
 }
 
@@ -460,12 +460,12 @@ fn line_of(text: &str, byte: usize) -> usize {
 }
 
 /// (line where the record starts, fields)
-type CsvRecord = (usize, Vec<String>);
+pub(crate) type CsvRecord = (usize, Vec<String>);
 
 /// RFC 4180 with the usual leniencies: CRLF or LF, a UTF-8 BOM, blank lines and `#` comment
 /// lines skipped, unquoted fields trimmed. Quoted fields keep their content verbatim and may
 /// contain commas, doubled quotes and line breaks.
-fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, (usize, String)> {
+pub(crate) fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, (usize, String)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut records = Vec::new();
     let mut chars = text.chars().peekable();

@@ -12,6 +12,7 @@ pub mod backlog;
 pub mod directory;
 pub mod members;
 pub mod migrate;
+pub mod people;
 pub mod pgcluster;
 pub mod postgres;
 pub mod rollup;
@@ -23,6 +24,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::store::StoreConfig;
+
+pub use people::{CredentialRow, DirectoryRow, DirectoryWrite};
 
 /// One allow/block entry: `owner` (an AOR key) about `target` (`user@domain`, `@domain` or `*`), with a
 /// decision per right ("allow", "block", or None for "not set here").
@@ -144,6 +147,15 @@ pub trait Store: Send {
     fn search_archive(&mut self, q: &archive::ArchiveQuery) -> Result<Vec<archive::ArchiveRow>, StoreError>;
     /// Deletes archived MESSAGEs older than `before_ms`; how many.
     fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Every person the directory sync wrote (enabled and disabled), ordered by alias ([`people`]).
+    fn directory_rows(&mut self) -> Result<Vec<DirectoryRow>, StoreError>;
+    /// Applies a sync's writes and its sources' new incremental marks in one transaction.
+    fn write_directory(&mut self, writes: &[DirectoryWrite], marks: &[(String, String)]) -> Result<(), StoreError>;
+    /// Each source's incremental mark (for LDAP: the newest modifyTimestamp seen), as (source, mark).
+    fn sync_marks(&mut self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Digest secrets set with `parapet users set-password` (for sources without credentials).
+    fn credentials(&mut self) -> Result<Vec<CredentialRow>, StoreError>;
+    fn put_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError>;
 }
 
 /// The store a config names: PostgreSQL when `[store] url` is set (waiting up to its `start_timeout_s` for the

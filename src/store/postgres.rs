@@ -16,13 +16,17 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 
 use super::archive::{ArchiveQuery, ArchiveRow};
-use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use super::{
+    ContactRow, CredentialRow, DirectoryRow, DirectoryWrite, MemberRow, PolicyRow, StateRow, StateWrite, Store,
+    StoreError,
+};
 
 /// Versioned schema steps, applied in order at connect (each once, recorded in `schema_version`).
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/postgres/0001_initial.sql")),
     (2, include_str!("migrations/postgres/0002_members.sql")),
     (3, include_str!("migrations/postgres/0003_archive.sql")),
+    (4, include_str!("migrations/postgres/0004_directory.sql")),
 ];
 
 /// Longest wait between two connection attempts while the server is away.
@@ -69,6 +73,23 @@ pub mod sql {
     pub const SET_MEMBER_STATE: &str = "UPDATE member SET state = $2 WHERE name = $1";
     pub const PUT_SECRET: &str = "INSERT INTO pool_secret (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
     pub const SECRET: &str = "SELECT value FROM pool_secret WHERE name = $1";
+    pub const DIRECTORY_ROWS: &str = "SELECT alias, source, source_key, display_name, first, last, account, title,
+        department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at FROM directory_person ORDER BY alias";
+    pub const PUT_PERSON: &str = "INSERT INTO directory_person (alias, source, source_key, display_name, first, last,
+        account, title, department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+        ON CONFLICT (alias) DO UPDATE SET source = excluded.source, source_key = excluded.source_key,
+          display_name = excluded.display_name, first = excluded.first, last = excluded.last,
+          account = excluded.account, title = excluded.title, department = excluded.department,
+          phone = excluded.phone, office = excluded.office, manager = excluded.manager, ha1_md5 = excluded.ha1_md5,
+          ha1_sha256 = excluded.ha1_sha256, disabled_at = excluded.disabled_at";
+    pub const DELETE_PERSON: &str = "DELETE FROM directory_person WHERE alias = $1";
+    pub const PUT_MARK: &str = "INSERT INTO directory_mark (source, mark) VALUES ($1, $2)
+        ON CONFLICT (source) DO UPDATE SET mark = excluded.mark";
+    pub const MARKS: &str = "SELECT source, mark FROM directory_mark ORDER BY source";
+    pub const CREDENTIALS: &str = "SELECT alias, ha1_md5, ha1_sha256 FROM directory_credential ORDER BY alias";
+    pub const PUT_CREDENTIAL: &str = "INSERT INTO directory_credential (alias, ha1_md5, ha1_sha256) VALUES ($1, $2, $3)
+        ON CONFLICT (alias) DO UPDATE SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256";
     pub const CHANGE_COUNTER: &str = "SELECT n FROM change_counter";
     pub const LOCK_CHANGE_COUNTER: &str = "SELECT n FROM change_counter FOR UPDATE";
     /// Rows in the tables `store migrate` fills (it refuses a non-empty target).
@@ -488,6 +509,88 @@ impl Store for PgStore {
 
     fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError> {
         self.with("archive purge", |c| c.execute(sql::PURGE_ARCHIVE, &[&before_ms]))
+    }
+
+    fn directory_rows(&mut self) -> Result<Vec<DirectoryRow>, StoreError> {
+        let rows = self.with("directory", |c| c.query(sql::DIRECTORY_ROWS, &[]))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let at: Option<i64> = r.get(14);
+                DirectoryRow {
+                    alias: r.get(0),
+                    source: r.get(1),
+                    key: r.get(2),
+                    display_name: r.get(3),
+                    first: r.get(4),
+                    last: r.get(5),
+                    account: r.get(6),
+                    title: r.get(7),
+                    department: r.get(8),
+                    phone: r.get(9),
+                    office: r.get(10),
+                    manager: r.get(11),
+                    ha1_md5: r.get(12),
+                    ha1_sha256: r.get(13),
+                    disabled_at: at.map(|a| u64::try_from(a).unwrap_or(0)),
+                }
+            })
+            .collect())
+    }
+
+    fn write_directory(&mut self, writes: &[DirectoryWrite], marks: &[(String, String)]) -> Result<(), StoreError> {
+        self.with("directory write", |c| {
+            let mut tx = c.transaction()?;
+            for w in writes {
+                match w {
+                    DirectoryWrite::Put(p) => {
+                        let at = p.disabled_at.map(to_i64);
+                        tx.execute(
+                            sql::PUT_PERSON,
+                            &[
+                                &p.alias,
+                                &p.source,
+                                &p.key,
+                                &p.display_name,
+                                &p.first,
+                                &p.last,
+                                &p.account,
+                                &p.title,
+                                &p.department,
+                                &p.phone,
+                                &p.office,
+                                &p.manager,
+                                &p.ha1_md5,
+                                &p.ha1_sha256,
+                                &at,
+                            ],
+                        )?;
+                    }
+                    DirectoryWrite::Delete { alias } => {
+                        tx.execute(sql::DELETE_PERSON, &[alias])?;
+                    }
+                }
+            }
+            for (source, mark) in marks {
+                tx.execute(sql::PUT_MARK, &[source, mark])?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn sync_marks(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = self.with("sync marks", |c| c.query(sql::MARKS, &[]))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn credentials(&mut self) -> Result<Vec<CredentialRow>, StoreError> {
+        let rows = self.with("credentials", |c| c.query(sql::CREDENTIALS, &[]))?;
+        Ok(rows.iter().map(|r| CredentialRow { alias: r.get(0), ha1_md5: r.get(1), ha1_sha256: r.get(2) }).collect())
+    }
+
+    fn put_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError> {
+        self.with("put credential", |c| c.execute(sql::PUT_CREDENTIAL, &[&row.alias, &row.ha1_md5, &row.ha1_sha256]))?;
+        Ok(())
     }
 }
 

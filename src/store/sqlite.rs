@@ -8,13 +8,17 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::archive::{ArchiveQuery, ArchiveRow};
-use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
+use super::{
+    ContactRow, CredentialRow, DirectoryRow, DirectoryWrite, MemberRow, PolicyRow, StateRow, StateWrite, Store,
+    StoreError,
+};
 
 /// Versioned schema steps, applied in order at open (each once; the version is `PRAGMA user_version`).
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_initial.sql")),
     (2, include_str!("migrations/sqlite/0002_members.sql")),
     (3, include_str!("migrations/sqlite/0003_archive.sql")),
+    (4, include_str!("migrations/sqlite/0004_directory.sql")),
 ];
 
 pub struct SqliteStore {
@@ -329,6 +333,123 @@ impl Store for SqliteStore {
         Ok(changed)
     }
 
+    fn directory_rows(&mut self) -> Result<Vec<DirectoryRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT alias, source, source_key, display_name, first, last, account, title, department, phone,
+                        office, manager, ha1_md5, ha1_sha256, disabled_at
+                 FROM directory_person ORDER BY alias",
+            )
+            .map_err(|e| err("directory", e))?;
+        let rows = st
+            .query_map([], |r| {
+                let at: Option<i64> = r.get(14)?;
+                Ok(DirectoryRow {
+                    alias: r.get(0)?,
+                    source: r.get(1)?,
+                    key: r.get(2)?,
+                    display_name: r.get(3)?,
+                    first: r.get(4)?,
+                    last: r.get(5)?,
+                    account: r.get(6)?,
+                    title: r.get(7)?,
+                    department: r.get(8)?,
+                    phone: r.get(9)?,
+                    office: r.get(10)?,
+                    manager: r.get(11)?,
+                    ha1_md5: r.get(12)?,
+                    ha1_sha256: r.get(13)?,
+                    disabled_at: at.map(|a| u64::try_from(a).unwrap_or(0)),
+                })
+            })
+            .map_err(|e| err("directory", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("directory", e))
+    }
+
+    fn write_directory(&mut self, writes: &[DirectoryWrite], marks: &[(String, String)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| err("begin", e))?;
+        for w in writes {
+            match w {
+                DirectoryWrite::Put(p) => {
+                    tx.execute(
+                        "INSERT INTO directory_person (alias, source, source_key, display_name, first, last, account,
+                            title, department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                         ON CONFLICT (alias) DO UPDATE SET source = excluded.source,
+                            source_key = excluded.source_key, display_name = excluded.display_name,
+                            first = excluded.first, last = excluded.last, account = excluded.account,
+                            title = excluded.title, department = excluded.department, phone = excluded.phone,
+                            office = excluded.office, manager = excluded.manager, ha1_md5 = excluded.ha1_md5,
+                            ha1_sha256 = excluded.ha1_sha256, disabled_at = excluded.disabled_at",
+                        params![
+                            p.alias,
+                            p.source,
+                            p.key,
+                            p.display_name,
+                            p.first,
+                            p.last,
+                            p.account,
+                            p.title,
+                            p.department,
+                            p.phone,
+                            p.office,
+                            p.manager,
+                            p.ha1_md5,
+                            p.ha1_sha256,
+                            p.disabled_at.map(|a| i64::try_from(a).unwrap_or(i64::MAX))
+                        ],
+                    )
+                    .map_err(|e| err("put person", e))?;
+                }
+                DirectoryWrite::Delete { alias } => {
+                    tx.execute("DELETE FROM directory_person WHERE alias = ?1", [alias])
+                        .map_err(|e| err("delete person", e))?;
+                }
+            }
+        }
+        for (source, mark) in marks {
+            tx.execute(
+                "INSERT INTO directory_mark (source, mark) VALUES (?1, ?2)
+                 ON CONFLICT (source) DO UPDATE SET mark = excluded.mark",
+                params![source, mark],
+            )
+            .map_err(|e| err("put sync mark", e))?;
+        }
+        tx.commit().map_err(|e| err("commit", e))
+    }
+
+    fn sync_marks(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT source, mark FROM directory_mark ORDER BY source")
+            .map_err(|e| err("sync marks", e))?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| err("sync marks", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("sync marks", e))
+    }
+
+    fn credentials(&mut self) -> Result<Vec<CredentialRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT alias, ha1_md5, ha1_sha256 FROM directory_credential ORDER BY alias")
+            .map_err(|e| err("credentials", e))?;
+        let rows = st
+            .query_map([], |r| Ok(CredentialRow { alias: r.get(0)?, ha1_md5: r.get(1)?, ha1_sha256: r.get(2)? }))
+            .map_err(|e| err("credentials", e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| err("credentials", e))
+    }
+
+    fn put_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO directory_credential (alias, ha1_md5, ha1_sha256) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (alias) DO UPDATE SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256",
+                params![row.alias, row.ha1_md5, row.ha1_sha256],
+            )
+            .map_err(|e| err("put credential", e))?;
+        Ok(())
+    }
+
     fn write_archive(&mut self, rows: &[ArchiveRow]) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(|e| err("begin", e))?;
         {
@@ -632,6 +753,38 @@ mod tests {
         assert_eq!(s.shared_secret("nonce", b"first").unwrap(), b"first");
         assert_eq!(s.shared_secret("nonce", b"second").unwrap(), b"first");
         assert_eq!(s.shared_secret("other", b"second").unwrap(), b"second");
+    }
+
+    #[test]
+    fn directory_rows_marks_and_credentials() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let ann = DirectoryRow {
+            alias: "ann".into(),
+            source: "corp".into(),
+            key: "uid=ann,dc=corp".into(),
+            display_name: "Ann Lee".into(),
+            ha1_md5: Some("0".repeat(32)),
+            ..Default::default()
+        };
+        let bob = DirectoryRow { alias: "bob".into(), disabled_at: Some(77), ..ann.clone() };
+        s.write_directory(
+            &[DirectoryWrite::Put(Box::new(bob.clone())), DirectoryWrite::Put(Box::new(ann.clone()))],
+            &[("corp".into(), "20261203120000Z".into())],
+        )
+        .unwrap();
+        assert_eq!(s.directory_rows().unwrap(), vec![ann.clone(), bob]);
+        let ann2 = DirectoryRow { title: "CTO".into(), ..ann };
+        s.write_directory(
+            &[DirectoryWrite::Put(Box::new(ann2.clone())), DirectoryWrite::Delete { alias: "bob".into() }],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.directory_rows().unwrap(), vec![ann2]);
+        assert_eq!(s.sync_marks().unwrap(), vec![("corp".to_string(), "20261203120000Z".to_string())]);
+        let c = CredentialRow { alias: "ann".into(), ha1_md5: "a".repeat(32), ha1_sha256: "b".repeat(64) };
+        s.put_credential(&c).unwrap();
+        s.put_credential(&c).unwrap();
+        assert_eq!(s.credentials().unwrap(), vec![c]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod pjsua;
 mod support;
 mod support_dns;
+mod support_ldap;
 mod support_members;
 mod support_ops;
 mod support_pg;
@@ -13,6 +14,7 @@ mod support_pg;
 mod archive;
 mod challenges;
 mod core_death;
+mod directory_ldap;
 mod edge_abuse;
 mod edge_security;
 mod federation;

@@ -9,7 +9,9 @@ use parapet::store::archive::{ArchiveQuery, ArchiveRow};
 use parapet::store::postgres::PgStore;
 use parapet::store::sqlite::SqliteStore;
 use parapet::store::thread::{Op, Reply, StoreHandle};
-use parapet::store::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store};
+use parapet::store::{
+    ContactRow, CredentialRow, DirectoryRow, DirectoryWrite, MemberRow, PolicyRow, StateRow, StateWrite, Store,
+};
 
 use super::{support, support_pg};
 
@@ -98,7 +100,44 @@ fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
     a.put_policy(&policy("erin@x", "@z", None, Some("block"))).expect("store call");
     assert!(a.changed_elsewhere().expect("store call"), "a change elsewhere between two of ours is not hidden by ours");
     members(&mut *a, &mut *b);
+    directory(&mut *a, &mut *b);
     archive_conformance(open);
+}
+
+/// The synced directory: people (a disabled one too), sources' marks, operator-set credentials.
+fn directory(a: &mut dyn Store, b: &mut dyn Store) {
+    assert!(a.directory_rows().expect("store call").is_empty());
+    let ann = DirectoryRow {
+        alias: "ann".into(),
+        source: "corp".into(),
+        key: "uid=ann,dc=corp".into(),
+        display_name: "Ann Lée".into(),
+        first: "Ann".into(),
+        last: "Lée".into(),
+        ha1_md5: Some("0".repeat(32)),
+        ..Default::default()
+    };
+    let bob = DirectoryRow { alias: "bob".into(), disabled_at: Some(77), ha1_md5: None, ..ann.clone() };
+    a.write_directory(
+        &[DirectoryWrite::Put(Box::new(bob.clone())), DirectoryWrite::Put(Box::new(ann.clone()))],
+        &[("corp".into(), "20261203120000Z".into())],
+    )
+    .expect("store call");
+    assert_eq!(b.directory_rows().expect("store call"), vec![ann.clone(), bob], "ordered by alias, all fields");
+    let ann2 = DirectoryRow { title: "CTO".into(), ..ann };
+    b.write_directory(
+        &[DirectoryWrite::Put(Box::new(ann2.clone())), DirectoryWrite::Delete { alias: "bob".into() }],
+        &[("corp".into(), "20261203130000Z".into()), ("lab".into(), "1".into())],
+    )
+    .expect("store call");
+    assert_eq!(a.directory_rows().expect("store call"), vec![ann2]);
+    let marks = a.sync_marks().expect("store call");
+    assert_eq!(marks, vec![("corp".to_string(), "20261203130000Z".to_string()), ("lab".to_string(), "1".to_string())]);
+    let c = CredentialRow { alias: "ann".into(), ha1_md5: "a".repeat(32), ha1_sha256: "b".repeat(64) };
+    a.put_credential(&c).expect("store call");
+    let c2 = CredentialRow { ha1_md5: "c".repeat(32), ..c };
+    b.put_credential(&c2).expect("store call");
+    assert_eq!(a.credentials().expect("store call"), vec![c2], "a second set-password replaces the first");
 }
 
 fn archived(at_ms: i64, from: &str, to: &str, dir: &str, body: &str) -> ArchiveRow {

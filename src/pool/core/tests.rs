@@ -13,12 +13,12 @@ use crate::pool::digest;
 use crate::store::directory::{Directory, User};
 use crate::store::ContactRow;
 
-const DOMAIN: &str = "example.com";
-const EDGE: &str = "127.0.0.1:5063";
+pub(crate) const DOMAIN: &str = "example.com";
+pub(crate) const EDGE: &str = "127.0.0.1:5063";
 /// The Path the edge adds to a REGISTER, and names again in its flow-closed notice.
-const PATH: &str = "<sip:f1234@127.0.0.1:5063;transport=tls;lr>";
+pub(crate) const PATH: &str = "<sip:f1234@127.0.0.1:5063;transport=tls;lr>";
 
-fn users() -> Users {
+pub(crate) fn users() -> Users {
     let user = |alias: &str| User {
         alias: alias.into(),
         display_name: alias.into(),
@@ -28,18 +28,18 @@ fn users() -> Users {
     Users::from_directory(&Directory { users: vec![user("alice"), user("bob")] }, DOMAIN, DOMAIN)
 }
 
-struct Rig {
-    core: PoolCore,
-    now: Now,
+pub(crate) struct Rig {
+    pub(crate) core: PoolCore,
+    pub(crate) now: Now,
     n: u32,
 }
 
-fn conn() -> ConnId {
+pub(crate) fn conn() -> ConnId {
     ConnId { core: 0, gen: 1, slot: 3 }
 }
 
 impl Rig {
-    fn new() -> Rig {
+    pub(crate) fn new() -> Rig {
         let edge: SocketAddr = EDGE.parse().unwrap();
         let mut s = CoreSettings::with_defaults(DOMAIN, "127.0.0.1:5062".parse().unwrap(), vec![edge], users());
         s.algorithms = vec![Algorithm::Md5];
@@ -47,20 +47,20 @@ impl Rig {
         Rig { core: PoolCore::new(Arc::new(s), 0, 1, Arc::new(PoolStats::default()), now), now, n: 0 }
     }
 
-    fn step(&mut self, f: impl FnOnce(&mut PoolCore, Now)) -> Vec<Action> {
+    pub(crate) fn step(&mut self, f: impl FnOnce(&mut PoolCore, Now)) -> Vec<Action> {
         f(&mut self.core, self.now);
         let mut out = Vec::new();
         self.core.take_actions(&mut out);
         out
     }
 
-    fn input(&mut self, raw: &str) -> Vec<Action> {
+    pub(crate) fn input(&mut self, raw: &str) -> Vec<Action> {
         let msg = Message::parse(Bytes::from(raw.to_string()), &self.core.settings().limits).expect("test message");
         self.step(|c, now| c.on_message(conn(), msg, now))
     }
 
     /// A request from `user`, first without credentials, then answering the challenge it got.
-    fn authed(&mut self, user: &str, make: impl Fn(u32, &str) -> String) -> Vec<Action> {
+    pub(crate) fn authed(&mut self, user: &str, make: impl Fn(u32, &str) -> String) -> Vec<Action> {
         self.n += 1;
         let first = self.input(&make(self.n, ""));
         let resp = only_response(&first);
@@ -92,7 +92,7 @@ impl Rig {
         self.input(&make(self.n, &creds))
     }
 
-    fn register(&mut self, user: &str) -> Vec<Action> {
+    pub(crate) fn register(&mut self, user: &str) -> Vec<Action> {
         self.authed(user, |n, creds| {
             format!(
                 "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKr{n}\r\n\
@@ -104,7 +104,7 @@ impl Rig {
     }
 }
 
-fn sent(actions: &[Action]) -> Vec<Message> {
+pub(crate) fn sent(actions: &[Action]) -> Vec<Message> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -114,13 +114,13 @@ fn sent(actions: &[Action]) -> Vec<Message> {
         .collect()
 }
 
-fn only_response(actions: &[Action]) -> Message {
+pub(crate) fn only_response(actions: &[Action]) -> Message {
     let r = sent(actions);
     assert_eq!(r.len(), 1, "one response");
     r.into_iter().next().unwrap()
 }
 
-fn to_edge(actions: &[Action]) -> Vec<(SocketAddr, Message)> {
+pub(crate) fn to_edge(actions: &[Action]) -> Vec<(SocketAddr, Message)> {
     actions
         .iter()
         .filter_map(|a| match a {

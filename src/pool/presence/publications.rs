@@ -208,8 +208,17 @@ impl Publications {
 
     /// Drops an AOR's publications (another front end owns it now; they are in the store).
     pub fn forget(&mut self, aor: &str) {
-        if let Some(list) = self.by_aor.remove(aor) {
-            self.count -= list.len();
+        self.remove_aor(aor);
+    }
+
+    /// Drops every publication of an AOR (its user left the directory); whether there were any.
+    pub fn remove_aor(&mut self, aor: &str) -> bool {
+        match self.by_aor.remove(aor) {
+            Some(list) => {
+                self.count -= list.len();
+                true
+            }
+            None => false,
         }
     }
 

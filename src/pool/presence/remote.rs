@@ -109,7 +109,8 @@ impl PoolCore {
     fn state_for(&self, presentity: &str, watcher: &str) -> Option<(String, Bytes)> {
         let entity = format!("sip:{presentity}");
         let (alias, domain) = presentity.split_once('@').unwrap_or((presentity, ""));
-        let known = self.s.local_hosts.iter().any(|h| h == domain) && self.s.users.get(alias.as_bytes()).is_some();
+        let known =
+            self.s.local_hosts.iter().any(|h| h == domain) && self.dir.view.users.get(alias.as_bytes()).is_some();
         let closed = || Some((super::PIDF.to_string(), Bytes::from(pidf::closed(&entity))));
         if !known {
             return closed();

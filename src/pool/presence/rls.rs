@@ -145,7 +145,7 @@ impl PoolCore {
             );
             return;
         }
-        let Some(owner) = self.s.users.get(owner_alias.as_bytes()).map(|u| u.aor.clone()) else {
+        let Some(owner) = self.dir.view.users.get(owner_alias.as_bytes()).map(|u| u.aor.clone()) else {
             self.reply(origin, msg, 404, "Not Found", &[]);
             return;
         };

@@ -85,7 +85,7 @@ impl PoolCore {
                 return;
             }
         }
-        if !self.is_local_host(&ruri) || self.s.users.get(&ruri.user_unescaped()).is_none() {
+        if !self.is_local_host(&ruri) || self.dir.view.users.get(&ruri.user_unescaped()).is_none() {
             self.reply(origin, msg, 404, "Not Found", &[]);
             return;
         }

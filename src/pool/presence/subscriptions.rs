@@ -220,6 +220,11 @@ impl Subscriptions {
         Some(s.local_cseq)
     }
 
+    /// Subscriptions a watcher holds here.
+    pub fn of_watcher(&self, watcher: &str) -> Vec<u32> {
+        self.by_id.values().filter(|s| s.watcher == watcher).map(|s| s.id).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -1,0 +1,267 @@
+//! One namespace from two real OpenLDAP forests (StartTLS and LDAPS) and a CSV export: `parapet directory sync`
+//! creates it, users of both forests register and message each other, the search service answers over SIP and
+//! the management API, changes in LDAP (added, renamed, disabled, deleted) reach the running pool after the next
+//! sync, a duplicate alias is reported as a conflict, and a stopped LDAP server changes nothing.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::rawsip::{http_get, text, Metrics, Ua, ANSWER_TIMEOUT};
+use crate::support::{free_port_base, run_bounded, Appliance};
+use crate::support_ldap::{people_ldif, person_ldif, Slapd, ROOT_PASSWORD};
+
+const CORP: &str = "dc=corp,dc=test";
+const LAB: &str = "dc=lab,dc=test";
+
+fn sync(app: &Appliance, args: &[&str]) -> String {
+    let mut cmd = Command::new(crate::support::parapet_bin());
+    cmd.args(["directory", "sync", "-c"]).arg(app.data_dir.join("pool.toml")).args(args);
+    run_bounded(&mut cmd, Duration::from_secs(120)).unwrap_or_else(|e| app.fail(&format!("directory sync: {e}")))
+}
+
+fn has_line(out: &str, prefix: &str) -> bool {
+    out.lines().any(|l| l.starts_with(prefix))
+}
+
+/// The API search's answer once it satisfies `ok` (the running pool reloads within a second or two of a sync).
+fn api_until(app: &Appliance, q: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = http_get(app.port_base + 4, &format!("/directory/search?q={q}")).unwrap_or_default();
+        if ok(&body) {
+            return body;
+        }
+        if Instant::now() >= deadline {
+            app.fail(&format!("API search {q:?}: {what} not seen within 15 s; last answer: {body}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn registered(app: &Appliance, label: &str, alias: &str, password: &str) -> Ua {
+    let mut ua = Ua::connect_ok(app, label, None);
+    match ua.register(alias, password) {
+        Ok(r) if r.status() == Some(200) => ua,
+        Ok(r) => app.fail(&format!("REGISTER {alias}: expected 200, got\n{}", text(&r))),
+        Err(e) => app.fail(&e),
+    }
+}
+
+/// A MESSAGE with credentials (a probe answers the proxy challenge first); returns the final status.
+fn send_message(app: &Appliance, ua: &mut Ua, to_user: &str, body: &str, answer: Option<&mut Ua>) -> u16 {
+    let d = app.domain.clone();
+    let target = format!("sip:{to_user}@{d}");
+    if ua.nonce.is_none() {
+        let sent = ua.send_request("MESSAGE", &target, &ua.user(), &target, &[], b"probe");
+        let r = ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("probe: {e:?}")));
+        if r.status() != Some(407) || !ua.take_challenge(&r) {
+            app.fail(&format!("expected 407 with a challenge, got\n{}", text(&r)));
+        }
+    }
+    let sent = ua.send_request("MESSAGE", &target, &ua.user(), &target, &[], body.as_bytes());
+    if let Some(peer) = answer {
+        let req =
+            peer.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("{to_user} got nothing: {e:?}")));
+        if !String::from_utf8_lossy(req.body()).contains(body) {
+            app.fail(&format!("{to_user} got another request:\n{}", text(&req)));
+        }
+        peer.answer_with(&req, 200, "OK", |s| s);
+    }
+    let r = ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("MESSAGE: {e:?}")));
+    r.status().unwrap_or(0)
+}
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Appends `cfg` (the `[directory]` tables) to the pool's config; its path.
+fn add_to_pool_config(app: &Appliance, cfg: &str) -> std::path::PathBuf {
+    let pool_toml = app.data_dir.join("pool.toml");
+    let mut text = fs::read_to_string(&pool_toml).unwrap_or_else(|e| app.fail(&format!("pool.toml: {e}")));
+    text.push_str(cfg);
+    write(&pool_toml, &text);
+    pool_toml
+}
+
+#[test]
+fn two_forests_and_a_csv_make_one_namespace() {
+    let mut app = Appliance::prepare("directory-ldap", &[]);
+    let pki = app.data_dir.join("pki");
+    let ports = free_port_base();
+    let ldap_dir = app.scratch.join("ldap");
+    let corp_people = [
+        ("ann", "Ann", "Lee", "ann.lee@corp.test", "ann-pw"),
+        ("bob", "Bob", "Smith", "bob.smith@corp.test", "bob-pw"),
+        ("kim", "Kim", "Park", "kim@corp.test", "kim-corp"),
+        ("gus", "Gus", "Moe", "gus@corp.test", "gus-pw"),
+    ];
+    let lab_people = [
+        ("carl", "Carl", "Lee", "carl.lee@lab.test", "unused"),
+        ("dana", "Dana", "Ray", "dana.ray@lab.test", "unused"),
+        ("kim", "Kim", "Lab", "kim@lab.test", "unused"),
+        ("hal", "Hal", "Ng", "hal@lab.test", "unused"),
+    ];
+    let mut corp =
+        Slapd::start(&ldap_dir.join("corp"), CORP, ports, false, &pki, &people_ldif(CORP, "corp", &corp_people));
+    let mut lab =
+        Slapd::start(&ldap_dir.join("lab"), LAB, ports + 1, true, &pki, &people_ldif(LAB, "lab", &lab_people));
+    write(&ldap_dir.join("root.secret"), &format!("{ROOT_PASSWORD}\n"));
+    write(&ldap_dir.join("hr.csv"), "alias,display_name,first,last,password\nerin.lee,Erin Lee,Erin,Lee,erin-pw\n");
+    let source = |name: &str, s: &Slapd, extra: &str| {
+        format!(
+            "\n[[directory.sources]]\nname = \"{name}\"\nkind = \"ldap\"\nurl = \"{url}\"\nstarttls = {tls}\n\
+             ca = \"{ca}\"\nbind_dn = \"cn=admin,{suffix}\"\npassword_file = \"{secret}\"\n\
+             base_dn = \"ou=people,{suffix}\"\nfilter = \"(&(objectClass=inetOrgPerson)(mail=*))\"\ntimeout_ms = 5000\n\
+             [directory.sources.mapping]\ndisabled = \"employeeType=disabled\"\n{extra}",
+            url = s.url(),
+            tls = !s.ldaps,
+            ca = s.ca.display(),
+            suffix = s.suffix,
+            secret = ldap_dir.join("root.secret").display(),
+        )
+    };
+    let mut cfg = String::from("\n[directory]\ninterval_s = 0\nmax_delete_share = 0.5\nretention_s = 3600\n");
+    cfg.push_str(&source("corp", &corp, "credentials = \"password:userPassword\"\n"));
+    cfg.push_str(&source("lab", &lab, "credentials = \"none\"\n"));
+    cfg.push_str(&format!(
+        "\n[[directory.sources]]\nname = \"hr\"\nkind = \"csv\"\npath = \"{}\"\n",
+        ldap_dir.join("hr.csv").display()
+    ));
+    let pool_toml = add_to_pool_config(&app, &cfg);
+
+    // A dry run writes nothing; the real sync creates the namespace and reports the conflict.
+    let dry = sync(&app, &["--dry-run"]);
+    assert!(dry.contains("# dry run: nothing written") && has_line(&dry, "create\tann.lee\tcorp"), "{dry}");
+    let out = sync(&app, &[]);
+    for alias in ["ann.lee\tcorp", "bob.smith\tcorp", "kim\tcorp", "carl.lee\tlab", "dana.ray\tlab", "erin.lee\thr"] {
+        assert!(has_line(&out, &format!("create\t{alias}")), "no `create {alias}` in:\n{out}");
+    }
+    assert!(
+        has_line(
+            &out,
+            "conflict\tkim\tKim Park (corp, uid=kim,ou=people,dc=corp,dc=test) wins over Kim Lab (lab, uid=kim,ou=people,dc=lab,dc=test)"
+        ),
+        "{out}"
+    );
+    assert!(has_line(&out, "# 8 created, 0 updated, 0 disabled, 0 purged, 0 unchanged, 1 conflicts"), "{out}");
+    // The lab forest carries no credentials: an operator sets carl's.
+    write(&ldap_dir.join("carl.pw"), "carl-pw\n");
+    let mut cmd = Command::new(crate::support::parapet_bin());
+    cmd.args(["users", "set-password", "-c"])
+        .arg(&pool_toml)
+        .args(["carl.lee", "--password-file"])
+        .arg(ldap_dir.join("carl.pw"));
+    let said = run_bounded(&mut cmd, Duration::from_secs(30)).unwrap_or_else(|e| app.fail(&e));
+    assert!(said.contains("carl.lee: password stored"), "{said}");
+
+    app.run_roles("", &[]);
+    // Users of both forests (and the CSV) register and message each other.
+    let mut ann = registered(&app, "ann", "ann.lee", "ann-pw");
+    let mut carl = registered(&app, "carl", "carl.lee", "carl-pw");
+    let _erin = registered(&app, "erin", "erin.lee", "erin-pw");
+    assert_eq!(send_message(&app, &mut ann, "carl.lee", "hello lab", Some(&mut carl)), 200);
+    assert_eq!(send_message(&app, &mut carl, "ann.lee", "hello corp", Some(&mut ann)), 200);
+
+    // Search over SIP: 200, then a MESSAGE back from the service with the matches.
+    assert_eq!(send_message(&app, &mut ann, "directory", "lee", None), 200);
+    let answer = ann.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("no directory answer: {e:?}")));
+    let body = String::from_utf8_lossy(answer.body()).into_owned();
+    ann.answer_with(&answer, 200, "OK", |s| s);
+    assert!(String::from_utf8_lossy(answer.from().uri.user.unwrap_or(b"")) == "directory", "{}", text(&answer));
+    assert!(body.starts_with("3 found for \"lee\""), "{body}");
+    assert!(
+        body.contains(&format!("Carl Lee <sip:carl.lee@{}>, Engineer, +1 555 0100 [online]", app.domain)),
+        "{body}"
+    );
+    assert!(body.contains("Ann Lee <sip:ann.lee@") && body.contains("Erin Lee <sip:erin.lee@"), "{body}");
+    // The API returns the same people.
+    let api = api_until(&app, "lee", "three people", |b| b.matches("\"uri\"").count() == 3);
+    for a in ["ann.lee", "carl.lee", "erin.lee"] {
+        assert!(api.contains(&format!("\"uri\":\"sip:{a}@{}\"", app.domain)), "{api}");
+    }
+    let m = Metrics::pool(&app);
+    assert_eq!(m.get("parapet_pool_directory_searches"), Some(1), "one SIP search");
+    assert!(m.get("parapet_directory_api_searches").is_some_and(|n| n >= 1), "API searches counted");
+
+    // Changes in LDAP: fay added, dana renamed, bob disabled, carl deleted.
+    corp.modify(&format!(
+        "dn: uid=fay,ou=people,{CORP}\nchangetype: add\n{}",
+        person_ldif(CORP, "fay", "Fay", "Lee", "fay.lee@corp.test", "fay-pw")
+            .split_once('\n')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+    ));
+    lab.modify(&format!("dn: uid=dana,ou=people,{LAB}\nchangetype: modify\nreplace: sn\nsn: Leeming\n-\nreplace: displayName\ndisplayName: Dana Leeming\n"));
+    corp.modify(&format!(
+        "dn: uid=bob,ou=people,{CORP}\nchangetype: modify\nadd: employeeType\nemployeeType: disabled\n"
+    ));
+    lab.delete(&format!("uid=carl,ou=people,{LAB}"));
+    let out = sync(&app, &[]);
+    assert!(has_line(&out, "create\tfay.lee\tcorp\tFay Lee"), "{out}");
+    assert!(has_line(&out, "update\tdana.ray\tlab\tDana Leeming"), "{out}");
+    assert!(has_line(&out, "disable\tbob.smith\tcorp"), "{out}");
+    assert!(has_line(&out, "disable\tcarl.lee\tlab"), "{out}");
+    assert!(has_line(&out, "# 1 created, 1 updated, 2 disabled, 0 purged"), "incremental: only the changes\n{out}");
+    let api = api_until(&app, "lee", "fay and dana in, carl out", |b| {
+        b.contains("fay.lee") && b.contains("dana.ray") && !b.contains("carl.lee")
+    });
+    assert_eq!(api.matches("\"uri\"").count(), 4, "{api}");
+    // The deleted person is refused at the next request and unreachable; the disabled one cannot register.
+    assert_eq!(send_message(&app, &mut ann, "carl.lee", "still there?", None), 404);
+    let mut bob = Ua::connect_ok(&app, "bob", None);
+    let r = bob.register("bob.smith", "bob-pw").unwrap_or_else(|e| app.fail(&e));
+    assert_eq!(r.status(), Some(403), "{}", text(&r));
+    let r = carl.register("carl.lee", "carl-pw").unwrap_or_else(|e| app.fail(&e));
+    assert_eq!(r.status(), Some(403), "{}", text(&r));
+    let _fay = registered(&app, "fay", "fay.lee", "fay-pw");
+
+    // A forest that stops answering changes nothing, and the plan says so.
+    lab.stop();
+    let out = sync(&app, &["--full"]);
+    assert!(out.lines().any(|l| l.starts_with("held\tlab\tunreachable")), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("disable") || l.starts_with("purge")), "{out}");
+    let api = api_until(&app, "dana", "dana kept", |b| b.contains("dana.ray"));
+    assert!(api.contains("Dana Leeming"), "{api}");
+    lab.run();
+    corp.stop();
+}
+
+/// The running pool syncs on its own (`interval_s`): from an empty store at start, and again after a change.
+#[test]
+fn the_pool_syncs_on_its_interval() {
+    let mut app = Appliance::prepare("directory-interval", &[]);
+    let pki = app.data_dir.join("pki");
+    let ports = free_port_base();
+    let ldap_dir = app.scratch.join("ldap");
+    let people =
+        [("ann", "Ann", "Lee", "ann.lee@corp.test", "ann-pw"), ("bob", "Bob", "Smith", "bob@corp.test", "bob-pw")];
+    let corp = Slapd::start(&ldap_dir.join("corp"), CORP, ports, false, &pki, &people_ldif(CORP, "corp", &people));
+    write(&ldap_dir.join("root.secret"), ROOT_PASSWORD);
+    let cfg = format!(
+        "\n[directory]\ninterval_s = 1\n\n[[directory.sources]]\nname = \"corp\"\nkind = \"ldap\"\nurl = \"{}\"\n\
+         starttls = true\nca = \"{}\"\nbind_dn = \"cn=admin,{CORP}\"\npassword_file = \"{}\"\nbase_dn = \"{CORP}\"\n\
+         filter = \"(objectClass=inetOrgPerson)\"\n[directory.sources.mapping]\ncredentials = \"password:userPassword\"\n",
+        corp.url(),
+        corp.ca.display(),
+        ldap_dir.join("root.secret").display()
+    );
+    add_to_pool_config(&app, &cfg);
+    app.run_roles("", &[]);
+    api_until(&app, "lee", "ann after the pool's first sync", |b| b.contains("ann.lee"));
+    let _ann = registered(&app, "ann", "ann.lee", "ann-pw");
+    corp.modify(&format!(
+        "dn: uid=cy,ou=people,{CORP}\nchangetype: add\n{}",
+        person_ldif(CORP, "cy", "Cy", "Leeds", "cy.leeds@corp.test", "cy-pw")
+            .split_once('\n')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+    ));
+    api_until(&app, "leeds", "cy after a later sync", |b| b.contains("cy.leeds"));
+    let _cy = registered(&app, "cy", "cy.leeds", "cy-pw");
+    let m = Metrics::pool(&app);
+    assert!(m.get("parapet_directory_syncs").is_some_and(|n| n >= 2), "the pool's own syncs are counted");
+    assert_eq!(m.get("parapet_directory_people"), Some(3));
+}
