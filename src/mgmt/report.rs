@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::store::rollup::RollupRow;
-use crate::store::Store;
 
 /// One table of the report.
 pub struct Table {
@@ -373,10 +372,10 @@ fn unix_now() -> u64 {
 }
 
 /// The rollups of the last `since_s` seconds from `db`.
-pub fn load(db: &Path, since_s: u64) -> Result<(Vec<RollupRow>, u64, u64), String> {
+pub fn load(db: &super::rollup::RollupDb, since_s: u64) -> Result<(Vec<RollupRow>, u64, u64), String> {
     let now = unix_now();
     let since = now.saturating_sub(since_s);
-    let mut store = crate::store::sqlite::SqliteStore::open(db).map_err(|e| e.to_string())?;
+    let mut store = db.open()?;
     let rows = store.rollups(since - since % 60).map_err(|e| e.to_string())?;
     Ok((rows, since, now))
 }
@@ -402,10 +401,10 @@ pub fn run(config: &Path, since: &str, out: &Path, csv_dir: Option<&Path>) -> Re
     Ok(())
 }
 
-static DB: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+static DB: std::sync::OnceLock<super::rollup::RollupDb> = std::sync::OnceLock::new();
 
 /// Makes `/report` and `/dashboard` read this database (set by the process lifecycle when rollups are on).
-pub fn serve_from(db: std::path::PathBuf) {
+pub fn serve_from(db: super::rollup::RollupDb) {
     let _ = DB.set(db);
 }
 

@@ -7,7 +7,7 @@
 //! would have scraped.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -46,12 +46,39 @@ const REPORTED: &[&str] = &[
 
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// The database this process's rollups go to, if any: `[mgmt] rollup_database`, else `reports.db` next to the
-/// pool's database. A file of its own: writes into the pool's own file would make its store thread see a change
-/// from elsewhere every minute and read every policy again.
-pub fn database(cfg: &Config) -> Option<PathBuf> {
+/// Where this process's rollups go: `[mgmt] rollup_database` (a SQLite file) when named; else the pool's
+/// PostgreSQL store when the config has `[store] url` (the enterprise pool and its edge: one place for every
+/// member's figures); else `reports.db` next to the pool's database. A file of its own on SQLite: writes into the
+/// pool's own file would make its store thread see a change from elsewhere every minute and read every policy
+/// again (PostgreSQL counts only policy and contact writes as such changes).
+#[derive(Debug, Clone)]
+pub struct RollupDb {
+    pub store: Option<crate::config::store::StoreConfig>,
+    pub file: PathBuf,
+}
+
+impl RollupDb {
+    pub fn open(&self) -> Result<Box<dyn Store>, String> {
+        crate::store::open(self.store.as_ref(), &self.file).map_err(|e| format!("[mgmt] rollup_database: {e}"))
+    }
+}
+
+impl std::fmt::Display for RollupDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::describe(self.store.as_ref(), &self.file))
+    }
+}
+
+pub fn database(cfg: &Config) -> Option<RollupDb> {
     let m = cfg.mgmt.as_ref()?;
-    m.rollup_database.clone().or_else(|| cfg.pool.as_ref().map(|p| p.database.with_file_name(DEFAULT_FILE)))
+    if let Some(file) = &m.rollup_database {
+        return Some(RollupDb { store: None, file: file.clone() });
+    }
+    if let Some(store) = cfg.store.as_ref().filter(|s| s.url.is_some()) {
+        return Some(RollupDb { store: Some(store.clone()), file: PathBuf::new() });
+    }
+    let file = cfg.pool.as_ref().map(|p| p.database.with_file_name(DEFAULT_FILE))?;
+    Some(RollupDb { store: None, file })
 }
 
 /// The rollups' file when none is named.
@@ -63,15 +90,15 @@ pub fn start(cfg: &Config) -> Result<(), String> {
     let Some(m) = cfg.mgmt.as_ref() else { return Ok(()) };
     super::report::serve_from(db.clone());
     let (interval, retention) = (Duration::from_secs(m.rollup_interval_s), u64::from(m.rollup_retention_days) * 86_400);
-    let mut store = crate::store::sqlite::SqliteStore::open(&db).map_err(|e| format!("[mgmt] rollup_database: {e}"))?;
+    let mut store = db.open()?;
     std::thread::Builder::new()
         .name("rollup".into())
-        .spawn(move || run(&mut store, &db, interval, retention))
+        .spawn(move || run(&mut *store, &db, interval, retention))
         .map_err(|e| format!("rollup thread: {e}"))?;
     Ok(())
 }
 
-fn run(store: &mut dyn Store, db: &Path, interval: Duration, retention_s: u64) {
+fn run(store: &mut dyn Store, db: &RollupDb, interval: Duration, retention_s: u64) {
     let mut last = Snapshot::default();
     let mut pruned = std::time::Instant::now() - PRUNE_EVERY;
     loop {
@@ -81,12 +108,12 @@ fn run(store: &mut dyn Store, db: &Path, interval: Duration, retention_s: u64) {
         match store.write_rollups(&rows) {
             Ok(()) => last = now,
             // Kept: the next write carries this interval's growth too.
-            Err(e) => tracing::warn!(database = %db.display(), "rollups not written: {e}"),
+            Err(e) => tracing::warn!(database = %db, "rollups not written: {e}"),
         }
         if pruned.elapsed() >= PRUNE_EVERY {
             pruned = std::time::Instant::now();
             if let Err(e) = store.prune_rollups(unix_now().saturating_sub(retention_s)) {
-                tracing::warn!(database = %db.display(), "old rollups not pruned: {e}");
+                tracing::warn!(database = %db, "old rollups not pruned: {e}");
             }
         }
     }

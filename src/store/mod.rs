@@ -131,11 +131,11 @@ pub trait Store: Send {
     }
     /// Adds per-minute rollups (rows of the same minute and key combine: counters add, gauges keep the peak).
     fn write_rollups(&mut self, _rows: &[rollup::RollupRow]) -> Result<(), StoreError> {
-        Err(StoreError("this store keeps no rollups (reports need the SQLite store for now)".into()))
+        Err(StoreError("this store keeps no rollups".into()))
     }
     /// Rollups of minutes at or after `since` (unix seconds), oldest first.
     fn rollups(&mut self, _since: u64) -> Result<Vec<rollup::RollupRow>, StoreError> {
-        Err(StoreError("this store keeps no rollups (reports need the SQLite store for now)".into()))
+        Err(StoreError("this store keeps no rollups".into()))
     }
     /// Deletes rollups of minutes before `before`; how many rows went.
     fn prune_rollups(&mut self, _before: u64) -> Result<usize, StoreError> {

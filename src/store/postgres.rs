@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/postgres/0002_members.sql")),
     (3, include_str!("migrations/postgres/0003_archive.sql")),
     (4, include_str!("migrations/postgres/0004_directory.sql")),
+    (5, include_str!("migrations/postgres/0005_rollup.sql")),
 ];
 
 /// Longest wait between two connection attempts while the server is away.
@@ -90,6 +91,13 @@ pub mod sql {
     pub const CREDENTIALS: &str = "SELECT alias, ha1_md5, ha1_sha256 FROM directory_credential ORDER BY alias";
     pub const PUT_CREDENTIAL: &str = "INSERT INTO directory_credential (alias, ha1_md5, ha1_sha256) VALUES ($1, $2, $3)
         ON CONFLICT (alias) DO UPDATE SET ha1_md5 = excluded.ha1_md5, ha1_sha256 = excluded.ha1_sha256";
+    pub const PUT_ROLLUP: &str = "INSERT INTO rollup (minute, role, metric, labels, combine, value)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        ON CONFLICT (minute, role, metric, labels) DO UPDATE SET value = CASE WHEN rollup.combine = 'max'
+          THEN GREATEST(rollup.value, excluded.value) ELSE rollup.value + excluded.value END";
+    pub const ROLLUPS: &str = "SELECT minute, role, metric, labels, combine, value FROM rollup WHERE minute >= $1
+        ORDER BY minute, role, metric, labels";
+    pub const PRUNE_ROLLUPS: &str = "DELETE FROM rollup WHERE minute < $1";
     pub const CHANGE_COUNTER: &str = "SELECT n FROM change_counter";
     pub const LOCK_CHANGE_COUNTER: &str = "SELECT n FROM change_counter FOR UPDATE";
     /// Rows in the tables `store migrate` fills (it refuses a non-empty target).
@@ -509,6 +517,41 @@ impl Store for PgStore {
 
     fn purge_archive(&mut self, before_ms: i64) -> Result<u64, StoreError> {
         self.with("archive purge", |c| c.execute(sql::PURGE_ARCHIVE, &[&before_ms]))
+    }
+
+    fn write_rollups(&mut self, rows: &[super::rollup::RollupRow]) -> Result<(), StoreError> {
+        self.with("write rollups", |c| {
+            let mut tx = c.transaction()?;
+            for r in rows {
+                let minute = to_i64(r.minute);
+                tx.execute(sql::PUT_ROLLUP, &[&minute, &r.role, &r.metric, &r.labels, &r.combine.as_str(), &r.value])?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn rollups(&mut self, since: u64) -> Result<Vec<super::rollup::RollupRow>, StoreError> {
+        let rows = self.with("rollups", |c| c.query(sql::ROLLUPS, &[&to_i64(since)]))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let minute: i64 = r.get(0);
+                let combine: String = r.get(4);
+                super::rollup::RollupRow {
+                    minute: u64::try_from(minute).unwrap_or(0),
+                    role: r.get(1),
+                    metric: r.get(2),
+                    labels: r.get(3),
+                    combine: super::rollup::Combine::parse(&combine),
+                    value: r.get(5),
+                }
+            })
+            .collect())
+    }
+
+    fn prune_rollups(&mut self, before: u64) -> Result<usize, StoreError> {
+        let n = self.with("prune rollups", |c| c.execute(sql::PRUNE_ROLLUPS, &[&to_i64(before)]))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn directory_rows(&mut self) -> Result<Vec<DirectoryRow>, StoreError> {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use parapet::store::archive::{ArchiveQuery, ArchiveRow};
 use parapet::store::postgres::PgStore;
+use parapet::store::rollup::{Combine, RollupRow};
 use parapet::store::sqlite::SqliteStore;
 use parapet::store::thread::{Op, Reply, StoreHandle};
 use parapet::store::{
@@ -101,7 +102,38 @@ fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
     assert!(a.changed_elsewhere().expect("store call"), "a change elsewhere between two of ours is not hidden by ours");
     members(&mut *a, &mut *b);
     directory(&mut *a, &mut *b);
+    rollups(&mut *a, &mut *b);
     archive_conformance(open);
+}
+
+fn rollup(minute: u64, metric: &str, labels: &str, combine: Combine, value: f64) -> RollupRow {
+    RollupRow { minute, role: "pool".into(), metric: metric.into(), labels: labels.into(), combine, value }
+}
+
+/// Per-minute rollups from several writers (the members of a pool): counters add up, gauges keep the peak.
+fn rollups(a: &mut dyn Store, b: &mut dyn Store) {
+    let m = "parapet_pool_messages_total";
+    let p = r#"partner="edge.partner.test""#;
+    a.write_rollups(&[rollup(60, m, "", Combine::Sum, 2.0), rollup(60, "conns", "", Combine::Max, 5.0)])
+        .expect("store call");
+    b.write_rollups(&[
+        rollup(60, m, "", Combine::Sum, 3.0),
+        rollup(60, "conns", "", Combine::Max, 4.0),
+        rollup(120, m, p, Combine::Sum, 1.5),
+    ])
+    .expect("store call");
+    let rows = a.rollups(0).expect("store call");
+    assert_eq!(
+        rows,
+        vec![
+            rollup(60, "conns", "", Combine::Max, 5.0),
+            rollup(60, m, "", Combine::Sum, 5.0),
+            rollup(120, m, p, Combine::Sum, 1.5)
+        ]
+    );
+    assert_eq!(b.rollups(120).expect("store call").len(), 1, "from a minute on");
+    assert_eq!(b.prune_rollups(120).expect("store call"), 2, "minutes before 120 go");
+    assert_eq!(a.rollups(0).expect("store call"), vec![rollup(120, m, p, Combine::Sum, 1.5)]);
 }
 
 /// The synced directory: people (a disabled one too), sources' marks, operator-set credentials.
