@@ -297,16 +297,19 @@ pub fn cli(cmd: PartnerCmd) -> Result<(), String> {
         PartnerCmd::List { config } => (config, "GET", "/partners".to_string()),
     };
     let cfg = Config::load(&config).map_err(|e| e.to_string())?;
-    if cfg.mgmt.is_none() {
-        return Err(format!(
-            "{}: no [mgmt] listen: the running edge's management API is how partners are edited",
-            config.display()
-        ));
+    let mgmt = cfg.mgmt.as_ref().ok_or_else(|| {
+        format!("{}: no [mgmt] listen: the running edge's management API is how partners are edited", config.display())
+    })?;
+    let token = mgmt.token().map_err(|e| e.to_string())?;
+    let (status, body) = http(mgmt.listen, token.as_deref(), method, &path).map_err(|e| {
+        format!("cannot reach the edge's management API at {}: {e} (is the edge running?)", mgmt.listen)
+    })?;
+    if status == 200 {
+        print!("{body}");
+        Ok(())
+    } else {
+        Err(body.trim_end().to_string())
     }
-    // The management API's own client: it sends the config's token.
-    let body = super::http::call(&cfg, method, &path, "")?;
-    print!("{body}");
-    Ok(())
 }
 
 /// The route of a command on one domain.
@@ -315,4 +318,21 @@ fn one_domain(verb: &str, domain: &str) -> Result<String, String> {
         return Err(format!("domain {domain:?}: expected a DNS name"));
     }
     Ok(format!("/partners/{verb}?domain={domain}"))
+}
+
+/// One request to the management API, with the config's token when it has one.
+fn http(addr: std::net::SocketAddr, token: Option<&str>, method: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    // One write: the request whole.
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: parapet\r\n{auth}\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
 }
