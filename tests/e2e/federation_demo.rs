@@ -53,4 +53,17 @@ fn up_demo_partners_are_inbound_only() {
     cmd.args(["partner", "list", "-c"]).arg(app.data_dir.join("edge.toml"));
     let listed = run_bounded(&mut cmd, Duration::from_secs(30)).unwrap_or_else(|e| app.fail(&e));
     assert!(listed.contains("partner partner.test  cert_name=edge.partner.test  addr=none (inbound-only"), "{listed}");
+
+    // `federation test` has nothing to connect to: it says so instead of "not a partner" or a refused connection.
+    let mut cmd = std::process::Command::new(parapet_bin());
+    cmd.args(["federation", "test", "partner.test", "-c"]).arg(app.data_dir.join("edge.toml"));
+    match run_bounded(&mut cmd, Duration::from_secs(30)) {
+        Err(out) if out.contains("partner.test is an inbound-only partner") => {}
+        other => app.fail(&format!("federation test of an inbound-only partner: {other:?}")),
+    }
+    // `dns-records` reads the same config (our own records only: an inbound-only partner publishes none for us).
+    let mut cmd = std::process::Command::new(parapet_bin());
+    cmd.args(["dns-records", "-c"]).arg(app.data_dir.join("edge.toml"));
+    let records = run_bounded(&mut cmd, Duration::from_secs(30)).unwrap_or_else(|e| app.fail(&e));
+    assert!(records.contains("_sipfederationtls._tcp.example.com."), "{records}");
 }
