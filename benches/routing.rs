@@ -80,7 +80,7 @@ fn federation_table() -> FederationConfig {
             .map(|i| Partner {
                 domain: format!("partner{i}.test"),
                 cert_name: format!("edge.partner{i}.test"),
-                addr: a(5061),
+                addr: Some(a(5061)),
                 limits,
             })
             .collect(),

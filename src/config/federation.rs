@@ -17,6 +17,7 @@
 //! cert_name = "edge.partner.test"    # the name its certificate must carry (RFC 5922)
 //! addr = "sip.partner.test"          # its edge: a DNS name (SRV, then A/AAAA), name:port or ip:port
 //!                                    # (see super::partners_file for resolver, TTL bounds and the partners file)
+//!                                    # or "none": inbound only (it may send to us; we never route to it)
 //! rate = 500                         # requests/s (token bucket), default 500
 //! burst = 1000                       # default 2x rate
 //! connections_max = 16               # default 16
@@ -115,8 +116,11 @@ pub struct Partner {
     pub domain: String,
     /// The DNS name its edge's certificate must carry (lowercase).
     pub cert_name: String,
-    /// Its edge's federation listener: an address, or a name resolved by DNS (RFC 3263).
-    pub addr: PeerAddr,
+    /// Its edge's federation listener: an address, or a name resolved by DNS (RFC 3263). None (`addr = "none"`):
+    /// inbound only — admitted exactly like any partner, but no route: our users' requests for its domain get a
+    /// final refusal instead of a connection attempt to nowhere (`parapet up`'s demo partners, which only
+    /// `loadgen federation` plays, and only toward us).
+    pub addr: Option<PeerAddr>,
     pub limits: PeerLimits,
 }
 
@@ -343,6 +347,9 @@ pub(super) fn build(
     })
 }
 
+/// `addr` of a partner that we never send to.
+pub const INBOUND_ONLY: &str = "none";
+
 /// One `[[partners]]` entry (of the config or of the partners file, `table` names it), checked against those
 /// before it.
 fn partner(table: &str, p: RawPartner, own: &str, before: &[Partner]) -> Result<Partner, ConfigError> {
@@ -356,7 +363,12 @@ fn partner(table: &str, p: RawPartner, own: &str, before: &[Partner]) -> Result<
     }
     let cert_name = required(format!("[{table}] cert_name"), p.cert_name)?;
     validate_name(&format!("[{table}] cert_name"), &cert_name)?;
-    let addr = parse_peer_addr(table, p.addr.as_deref().ok_or_else(|| invalid(format!("[{table}] addr"), "missing"))?)?;
+    // Explicit rather than a missing key, so that a forgotten addr stays an error.
+    let addr = match p.addr.as_deref().map(str::trim) {
+        None => return Err(invalid(format!("[{table}] addr"), "missing (or \"none\" for an inbound-only partner)")),
+        Some(s) if s.eq_ignore_ascii_case(INBOUND_ONLY) => None,
+        Some(s) => Some(parse_peer_addr(table, s)?),
+    };
     let limits = peer_limits(table, "", (p.rate, p.burst, p.connections_max), PeerLimits::LISTED)?;
     Ok(Partner { domain, cert_name, addr, limits })
 }
@@ -462,6 +474,23 @@ mod tests {
             let e = parse(bad).expect_err(bad).to_string();
             assert!(e.contains("[edge.federation] message_bytes_max"), "{e}");
         }
+    }
+
+    #[test]
+    fn inbound_only_partners() {
+        let entry = |addr: &str| {
+            format!(
+                "[[edge.federation.partners]]\ndomain = \"partner.test\"\ncert_name = \"edge.partner.test\"\n{addr}"
+            )
+        };
+        let c = parse(&entry("addr = \" None \"\n")).expect("inbound only");
+        assert_eq!(c.edge.and_then(|e| e.federation).expect("federation").partners[0].addr, None);
+        let e = parse(&entry("")).expect_err("no addr").to_string();
+        assert!(e.contains("[edge.federation.partners.0] addr") && e.contains("\"none\""), "{e}");
+        let e = parse("[[edge.federation.clearinghouses]]\nname = \"hub.test\"\naddr = \"none\"\ndomains = [\"*\"]\n")
+            .expect_err("a hub needs an address")
+            .to_string();
+        assert!(e.contains("[edge.federation.clearinghouses.0] addr") && e.contains("for partners"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,10 @@ impl std::fmt::Display for PeerAddr {
 pub(super) fn parse_peer_addr(table: &str, s: &str) -> Result<PeerAddr, ConfigError> {
     let s = s.trim();
     let key = format!("[{table}] addr");
+    // A partner's "none" is handled before (inbound only); anywhere else it would be looked up as a host.
+    if s.eq_ignore_ascii_case(super::federation::INBOUND_ONLY) {
+        return Err(invalid(&key, "\"none\" (inbound only) is for partners: a clearinghouse needs an address"));
+    }
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(PeerAddr::Ip(a));
     }
@@ -291,7 +295,11 @@ mod override_tests {
                     addr = \"127.0.0.1:6000\"\n";
         let c = Config::from_toml_str(text, &dir).expect("parses");
         let fed = c.edge.and_then(|e| e.federation).expect("federation");
-        let got: Vec<(String, String)> = fed.partners.iter().map(|p| (p.domain.clone(), p.addr.to_string())).collect();
+        let got: Vec<(String, String)> = fed
+            .partners
+            .iter()
+            .map(|p| (p.domain.clone(), p.addr.as_ref().map(|a| a.to_string()).unwrap_or_default()))
+            .collect();
         assert_eq!(got, [("partner.test".into(), "127.0.0.1:7000".into()), ("new.test".into(), "new.test".into())]);
         f.add("new.test", "edge.new.test", "new.test");
         std::fs::write(dir.join("partners.toml"), f.render()).expect("write");

@@ -388,7 +388,7 @@ impl Shell {
             _ => false,
         };
         let routed = |name: &str, c: &Connector| {
-            new.partners.iter().any(|p| p.cert_name == name && same(&p.addr, c))
+            new.partners.iter().any(|p| p.cert_name == name && p.addr.as_ref().is_some_and(|a| same(a, c)))
                 || new.clearinghouses.iter().any(|h| h.name == name && same(&h.addr, c))
         };
         // Connectors to discovered domains stay while discovery does (their identity is checked per connection).

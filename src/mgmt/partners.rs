@@ -95,12 +95,19 @@ fn federation(config: &Path) -> Result<(FederationConfig, PathBuf), Refused> {
     Ok((fed, file))
 }
 
+/// A partner's addr as `partner list` shows it; an inbound-only one says so (it is admitted, never sent to).
+fn shown(addr: Option<&crate::config::PeerAddr>) -> String {
+    addr.map_or_else(|| "none (inbound-only: admitted, never sent to)".to_string(), ToString::to_string)
+}
+
 fn add(config: &Path, domain: &str, addr: &str, cert_name: &str) -> Result<String, Refused> {
     let (fed, file) = federation(config)?;
     if let Some(p) = fed.partners.iter().find(|p| p.domain == domain) {
         return Err(Refused::Conflict(format!(
             "{} is already a partner (cert_name {}, addr {}): remove it first",
-            p.domain, p.cert_name, p.addr
+            p.domain,
+            p.cert_name,
+            shown(p.addr.as_ref())
         )));
     }
     let mut entries = FileEntries::load(&file).map_err(|e| Refused::Invalid(e.to_string()))?;
@@ -208,10 +215,10 @@ fn list() -> String {
             "partner {}  cert_name={}  addr={}  rate={}/s{}{}\n",
             p.domain,
             p.cert_name,
-            p.addr,
+            shown(p.addr.as_ref()),
             p.limits.rate,
             usage(&p.cert_name),
-            state(&p.addr)
+            p.addr.as_ref().map(state).unwrap_or_default()
         ));
     }
     for c in &table.clearinghouses {

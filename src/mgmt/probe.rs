@@ -107,6 +107,13 @@ pub fn probe(config_path: &Path, domain: &str) -> Result<Report, String> {
     let fed =
         edge.federation.as_ref().ok_or_else(|| format!("{}: no [edge.federation] table.", config_path.display()))?;
     let domain = domain.trim().to_ascii_lowercase();
+    if crate::edge::federation::inbound_only(fed, &domain) {
+        return Err(format!(
+            "{domain} is an inbound-only partner in {} (addr = \"none\"): we never connect to it, so there is \
+             nothing to test from here; its edge connects to ours. Give it an addr to federate both ways.",
+            config_path.display()
+        ));
+    }
     let target = crate::edge::federation::route_for(fed, &domain).ok_or_else(|| {
         format!("{domain} is not a partner (nor served by a clearinghouse) in {}.", config_path.display())
     })?;

@@ -5,8 +5,8 @@
 //!
 //! Ports, from `--port-base` B: B users (TLS), B+1 pool, B+2 edge internal, B+3 and B+4 management (edge, pool),
 //! B+5 federation (mutual TLS; two demo partner organizations whose edges `loadgen federation` plays present
-//! certificates from a CA of their own), and B+6, B+7 where those demo partners' edges would listen (nothing
-//! does: requests toward them fail, by design).
+//! certificates from a CA of their own). The demo partners are inbound-only (`addr = "none"`): they only ever
+//! send to us, so a user's request for them gets a final 403 saying so, never a connection to nowhere.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -41,14 +41,13 @@ pub struct UpOptions {
 /// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
 /// (`pki/partners-ca.pem`); certificate and key for each are `pki/<domain>.pem` and `.key`.
 pub const DEMO_PARTNERS: [(&str, &str); 2] = [("partner.test", "edge.partner.test"), ("other.test", "edge.other.test")];
-/// Offsets from the port base: where partners connect, then one (unused) port per demo partner's edge. A port
+/// Offset from the port base where partners connect. A port
 /// of its own rather than the users' one (which `[edge.federation]` without `listen` would share): on a shared
 /// port the TLS handshake asks every client for a certificate, and linphone's console client then stops to
 /// prompt for one — not what a first run should show. 0 here would make `up` share the users' port.
 pub const FEDERATION_PORT_OFFSET: u16 = 5;
-const PARTNER_PORT_OFFSET: u16 = 6;
 /// The highest offset `up` uses.
-const PORT_OFFSET_MAX: u16 = PARTNER_PORT_OFFSET + DEMO_PARTNERS.len() as u16 - 1;
+const PORT_OFFSET_MAX: u16 = FEDERATION_PORT_OFFSET;
 // The end-to-end tests give each appliance a block of 10 ports.
 const _: () = assert!(PORT_OFFSET_MAX < 10);
 
@@ -161,7 +160,7 @@ url = \"{}\"\n",
     let mut edge_toml = if o.flood_limits { edge_toml } else { format!("{edge_toml}{NO_FLOOD_LIMITS}") };
     if let Some(partners_ca) = &partners_ca {
         let listen = (fed_port != user_port).then_some(fed_port);
-        let mut fed = federation_toml(listen, o.port_base + PARTNER_PORT_OFFSET, &partners);
+        let mut fed = federation_toml(listen, &partners);
         if let Some(peer) = &peer {
             let bundle = dir.join("pki").join("federation-ca.pem");
             peer.write_bundle(partners_ca, &bundle)?;
@@ -301,21 +300,21 @@ url = \"{}\"\n",
 }
 
 /// The `[edge.federation]` tables: partners on our users' port (or on `listen`), trusting the demo partners' CA,
-/// and each partner, whose `addr` (`partner_port`, `partner_port + 1`, ...) is a loopback port where nothing listens.
-fn federation_toml(listen: Option<u16>, partner_port: u16, partners: &[(&str, &str)]) -> String {
+/// and each partner, inbound-only (`addr = "none"`): only `loadgen federation` plays them, toward us.
+fn federation_toml(listen: Option<u16>, partners: &[(&str, &str)]) -> String {
     let listen = match listen {
         Some(port) => format!("listen = \"{}\"\n", addr(port)),
         None => "# No `listen`: partners connect to [edge] listen, like users (they present a certificate).\n".into(),
     };
     let mut s = format!(
         "\n# Demo federation: partner organizations whose edges `loadgen federation` plays with pki/<domain>.pem.\n\
-         # Nothing listens at their addr: requests toward them fail. Replace with real partners (README).\n\
+         # Inbound-only (addr = \"none\"): our users' requests for them get 403. Replace with real partners (README).\n\
          [edge.federation]\n{listen}ca = \"pki/partners-ca.pem\"\n"
     );
-    for (k, (domain, cert_name)) in partners.iter().enumerate() {
+    for (domain, cert_name) in partners {
         s.push_str(&format!(
             "\n[[edge.federation.partners]]\ndomain = \"{domain}\"\ncert_name = \"{cert_name}\"\naddr = \"{}\"\n",
-            addr(partner_port + k as u16)
+            crate::config::federation::INBOUND_ONLY
         ));
     }
     s
@@ -327,16 +326,16 @@ mod tests {
 
     #[test]
     fn demo_federation_section_is_a_valid_partner_table() {
-        let text = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(Some(5066), 5067, &DEMO_PARTNERS));
+        let text = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(Some(5066), &DEMO_PARTNERS));
         let c = crate::config::Config::from_toml_str(&text, Path::new("/data")).expect("parses");
         let f = c.edge.and_then(|e| e.federation).expect("federation");
         assert_eq!(f.listen, Some(addr(5066)), "a federation port of its own");
-        let shared = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(None, 5067, &DEMO_PARTNERS));
+        let shared = format!("domain = \"example.com\"\n[edge]\n{}", federation_toml(None, &DEMO_PARTNERS));
         let c = crate::config::Config::from_toml_str(&shared, Path::new("/data")).expect("parses");
         assert_eq!(c.edge.and_then(|e| e.federation).and_then(|f| f.listen), None, "or the users' port, shared");
         assert_eq!(f.ca, PathBuf::from("/data/pki/partners-ca.pem"));
-        let p: Vec<(&str, &str, u16)> =
-            f.partners.iter().map(|p| (p.domain.as_str(), p.cert_name.as_str(), p.addr.port())).collect();
-        assert_eq!(p, [("partner.test", "edge.partner.test", 5067), ("other.test", "edge.other.test", 5068)]);
+        let p: Vec<(&str, &str, bool)> =
+            f.partners.iter().map(|p| (p.domain.as_str(), p.cert_name.as_str(), p.addr.is_none())).collect();
+        assert_eq!(p, [("partner.test", "edge.partner.test", true), ("other.test", "edge.other.test", true)]);
     }
 }

@@ -18,6 +18,7 @@ mod directory_ldap;
 mod edge_abuse;
 mod edge_security;
 mod federation;
+mod federation_demo;
 mod federation_dns;
 mod federation_hub;
 mod federation_kamailio;

@@ -238,3 +238,37 @@ fn a_notice_the_pool_did_not_take_is_sent_again_until_it_does() {
     c.on_tick(t0 + std::time::Duration::from_secs(60));
     assert!(actions(&mut c).iter().all(|a| !matches!(a, Action::ToPool(_))), "a taken notice is not sent again");
 }
+
+/// A user's MESSAGE to `bob@partner.test`, as the pool hands it to us for federation (Route `fed@`).
+fn message_for_partner() -> Message {
+    parse(
+        "MESSAGE sip:bob@partner.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5062;branch=z9hG4bKp1\r\n\
+         Route: <sip:fed@127.0.0.1:5063;transport=tls;lr>\r\nMax-Forwards: 69\r\n\
+         From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@partner.test>\r\nCall-ID: m1\r\nCSeq: 1 MESSAGE\r\n\
+         Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+    )
+}
+
+#[test]
+fn a_request_for_an_inbound_only_partner_gets_a_final_403_naming_why() {
+    let now = Instant::now();
+    // The control: with an address, the request leaves for the partner.
+    let mut routed = core();
+    routed.on_message(&pool(), message_for_partner(), now);
+    assert!(actions(&mut routed).iter().any(|a| matches!(a, Action::ToPartner { .. })), "routed with an addr");
+
+    let stats = Arc::new(EdgeStats::default());
+    let mut c = EdgeCore::new(settings(), 0, 2, Arc::clone(&stats));
+    let mut table = (**c.fed_table.as_ref().expect("federation")).clone();
+    table.partners.iter_mut().for_each(|p| p.addr = None);
+    c.fed_table = Some(Arc::new(table));
+    c.on_message(&pool(), message_for_partner(), now);
+    let out = actions(&mut c);
+    assert!(!out.iter().any(|a| matches!(a, Action::ToPartner { .. } | Action::ToDiscovered { .. })), "not sent");
+    let answers = sent_to(&out, POOL);
+    assert_eq!(answers.len(), 1, "one final answer to the pool");
+    assert_eq!(answers[0].status(), Some(403));
+    let reason = String::from_utf8_lossy(answers[0].reason().unwrap_or_default()).into_owned();
+    assert!(reason.contains("partner.test accepts no requests from us"), "{reason}");
+    assert_eq!(stats.federation_refused.get(), 1, "counted");
+}

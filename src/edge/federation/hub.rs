@@ -31,6 +31,8 @@ fn is_hub_route(r: &[u8]) -> bool {
 enum Refusal {
     Blocked,
     NoRoute,
+    /// The domain is an inbound-only partner's.
+    InboundOnly,
     /// The route leads back to the peer the request came from.
     Loop,
 }
@@ -40,6 +42,8 @@ impl Refusal {
         match self {
             Refusal::Blocked => (403, "Forbidden: domain blocked"),
             Refusal::NoRoute => (404, "Not Found: no federation route"),
+            // As for our own users' requests (`super::inbound_only_refusal`), without the domain (no allocation).
+            Refusal::InboundOnly => (403, "Forbidden: inbound-only partner, it accepts no requests from us"),
             Refusal::Loop => (482, "Loop Detected"),
         }
     }
@@ -49,6 +53,9 @@ impl Refusal {
 fn relay_target<'a>(cfg: &'a FederationConfig, from_names: &[String], domain: &str) -> Result<Target<'a>, Refusal> {
     if cfg.blocked_domains.iter().any(|b| b == domain) {
         return Err(Refusal::Blocked);
+    }
+    if super::inbound_only(cfg, domain) {
+        return Err(Refusal::InboundOnly);
     }
     let target = route_for(cfg, domain).ok_or(Refusal::NoRoute)?;
     if from_names.iter().any(|n| n.eq_ignore_ascii_case(target.name)) {
@@ -109,7 +116,7 @@ mod tests {
         let member = |d: &str, p: u16| Partner {
             domain: d.into(),
             cert_name: format!("edge.{d}"),
-            addr: crate::config::PeerAddr::Ip(a(p)),
+            addr: Some(crate::config::PeerAddr::Ip(a(p))),
             limits: PeerLimits::LISTED,
         };
         FederationConfig {
@@ -150,5 +157,9 @@ mod tests {
         assert_eq!(relay_target(&c, &from, "nowhere.test"), Err(Refusal::NoRoute));
         assert_eq!(relay_target(&c, &from, "evil.test"), Err(Refusal::Blocked));
         assert_eq!(Refusal::Loop.status().0, 482);
+        let mut c = c;
+        c.partners[1].addr = None;
+        assert_eq!(relay_target(&c, &from, "partner.test"), Err(Refusal::InboundOnly));
+        assert_eq!(Refusal::InboundOnly.status().0, 403);
     }
 }

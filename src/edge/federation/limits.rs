@@ -433,7 +433,7 @@ mod tests {
             partners: vec![Partner {
                 domain: "partner.test".into(),
                 cert_name: "edge.partner.test".into(),
-                addr: crate::config::PeerAddr::Ip(a),
+                addr: Some(crate::config::PeerAddr::Ip(a)),
                 limits: limits(partner_rate),
             }],
             clearinghouses: vec![Clearinghouse {

@@ -42,7 +42,9 @@ mod table;
 pub mod watch;
 
 pub use limits::Limiter;
-pub use table::{admits, discoverable, may_send_from, may_speak, route_for, speaks_for, Target};
+pub use table::{
+    admits, discoverable, inbound_only, inbound_only_refusal, may_send_from, may_speak, route_for, speaks_for, Target,
+};
 
 /// The user part of the Route with which the pool hands us a request for a foreign domain.
 pub const FED_ROUTE_USER: &[u8] = b"fed";

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::super::core::{Action, EdgeCore};
 use super::super::token;
-use super::{discoverable, host_lower, route_for};
+use super::{discoverable, host_lower, inbound_only, inbound_only_refusal, route_for};
 use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::sip::{HeaderName, Message, Method, NameAddr};
@@ -47,6 +47,12 @@ impl EdgeCore {
         let discovered = target.is_none() && discoverable(&table, &fed.domain, &[], domain);
         if target.is_none() && !discovered {
             bump(&self.estats.federation_refused);
+            if inbound_only(&table, domain) {
+                let (code, reason) = inbound_only_refusal(domain);
+                tracing::debug!(%domain, "request for an inbound-only partner refused");
+                self.out.reply(from, &msg, code, &reason);
+                return;
+            }
             let blocked = table.blocked_domains.iter().any(|b| b == domain);
             let (code, reason) =
                 if blocked { (403, "Forbidden: domain blocked") } else { (404, "Not Found: no federation route") };

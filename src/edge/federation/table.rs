@@ -116,13 +116,27 @@ pub fn may_speak(cfg: &FederationConfig, own: &str, domains: &[String], from: &s
     domains.iter().any(|d| d == "*") && !cfg.partners.iter().any(|p| p.domain == from)
 }
 
+/// Whether `domain` is a partner's that we never send to (`addr = "none"`): [`route_for`] has no route for it,
+/// and the caller says why instead of "no route".
+pub fn inbound_only(cfg: &FederationConfig, domain: &str) -> bool {
+    cfg.partners.iter().any(|p| p.domain == domain && p.addr.is_none())
+}
+
+/// The final answer to our request for an inbound-only partner's domain. 403, not 404 (the user may well exist
+/// there) nor 480/503 (nothing will change by retrying): RFC 3261 §21.4.4, the request is understood and refused
+/// by policy, and is not to be repeated. The reason phrase names the domain and why, for the user's client to show.
+pub fn inbound_only_refusal(domain: &str) -> (u16, String) {
+    (403, format!("Forbidden: {domain} accepts no requests from us (inbound-only partner, e.g. a demo partner played by loadgen)"))
+}
+
 /// The routing table: a direct partner, else a clearinghouse listing the domain, else one for any domain.
 pub fn route_for<'a>(cfg: &'a FederationConfig, domain: &str) -> Option<Target<'a>> {
     if cfg.blocked_domains.iter().any(|b| b == domain) {
         return None;
     }
+    // A partner's domain is the partner's alone: an inbound-only one gets no route, not a hub's ([`inbound_only`]).
     if let Some(p) = cfg.partners.iter().find(|p| p.domain == domain) {
-        return Some(Target { name: &p.cert_name, addr: &p.addr });
+        return p.addr.as_ref().map(|addr| Target { name: &p.cert_name, addr });
     }
     let hub = |any: bool| {
         cfg.clearinghouses
@@ -146,7 +160,7 @@ mod tests {
             partners: vec![Partner {
                 domain: "partner.test".into(),
                 cert_name: "edge.partner.test".into(),
-                addr: ip(1),
+                addr: Some(ip(1)),
                 limits: PeerLimits::LISTED,
             }],
             clearinghouses: vec![
@@ -273,6 +287,25 @@ mod tests {
         let mut direct_only = cfg();
         direct_only.clearinghouses.clear();
         assert_eq!(route_for(&direct_only, "other.test"), None);
+    }
+
+    #[test]
+    fn inbound_only_partners_are_admitted_but_never_routed() {
+        let mut c = cfg();
+        c.partners[0].addr = None;
+        let own = "example.com";
+        let peer = names(&["edge.partner.test"]);
+        assert!(admits(&c, &peer), "admitted inbound exactly as before");
+        assert!(may_send_from(&c, own, &peer, "partner.test"));
+        assert!(inbound_only(&c, "partner.test"));
+        assert!(!inbound_only(&c, "third.test") && !inbound_only(&cfg(), "partner.test"));
+        assert_eq!(route_for(&c, "partner.test"), None, "not even through the hub for any domain");
+        assert_eq!(route_for(&c, "other.test").map(|t| t.name), Some("any.test"), "other domains unchanged");
+        c.dns.discovery = true;
+        assert!(!discoverable(&c, own, &[], "partner.test"), "nor left to DNS discovery");
+        let (code, reason) = inbound_only_refusal("partner.test");
+        assert_eq!(code, 403);
+        assert!(reason.contains("partner.test accepts no requests from us"), "{reason}");
     }
 
     #[test]
