@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::pjsua::Agent;
 use crate::rawsip::{http_get, text, Metrics, Ua, ANSWER_TIMEOUT};
 use crate::support::{free_port_base, run_bounded, Appliance};
 use crate::support_ldap::{people_ldif, person_ldif, Slapd, ROOT_PASSWORD};
@@ -71,6 +72,22 @@ fn send_message(app: &Appliance, ua: &mut Ua, to_user: &str, body: &str, answer:
     }
     let r = ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("MESSAGE: {e:?}")));
     r.status().unwrap_or(0)
+}
+
+/// A pjsip agent for a directory user, registered (200).
+fn pjsip_registered(app: &Appliance, label: &str, alias: &str, password: &str) -> Agent {
+    let mut agent = Agent::spawn(app, label, alias, password);
+    let ev = agent.register();
+    agent.check(ev.int("code") == Some(200), || format!("pjsip REGISTER {alias}: expected 200, got {ev}"));
+    agent
+}
+
+/// `from` sends `text` to `to_alias` with pjsip; `to` receives it and `from` sees 200.
+fn pjsip_says(app: &Appliance, from: &mut Agent, to: &mut Agent, to_alias: &str, text: &str) {
+    let st = from.message(&format!("sip:{to_alias}@{}", app.domain), text);
+    from.check(st.int("code") == Some(200), || format!("MESSAGE to {to_alias}: expected 200, got {st}"));
+    let m = to.received();
+    to.check(m.str("text") == Some(text), || format!("{to_alias} received: {m}"));
 }
 
 fn write(path: &Path, text: &str) {
@@ -158,25 +175,27 @@ fn two_forests_and_a_csv_make_one_namespace() {
     assert!(said.contains("carl.lee: password stored"), "{said}");
 
     app.run_roles("", &[]);
-    // Users of both forests (and the CSV) register and message each other.
-    let mut ann = registered(&app, "ann", "ann.lee", "ann-pw");
-    let mut carl = registered(&app, "carl", "carl.lee", "carl-pw");
-    let _erin = registered(&app, "erin", "erin.lee", "erin-pw");
-    assert_eq!(send_message(&app, &mut ann, "carl.lee", "hello lab", Some(&mut carl)), 200);
-    assert_eq!(send_message(&app, &mut carl, "ann.lee", "hello corp", Some(&mut ann)), 200);
+    // pjsip users of both forests (and the CSV) register and message each other.
+    let mut ann = pjsip_registered(&app, "ann", "ann.lee", "ann-pw");
+    let mut carl = pjsip_registered(&app, "carl", "carl.lee", "carl-pw");
+    let _erin = pjsip_registered(&app, "erin", "erin.lee", "erin-pw");
+    pjsip_says(&app, &mut ann, &mut carl, "carl.lee", "hello lab");
+    pjsip_says(&app, &mut carl, &mut ann, "ann.lee", "hello corp");
 
-    // Search over SIP: 200, then a MESSAGE back from the service with the matches.
-    assert_eq!(send_message(&app, &mut ann, "directory", "lee", None), 200);
-    let answer = ann.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("no directory answer: {e:?}")));
-    let body = String::from_utf8_lossy(answer.body()).into_owned();
-    ann.answer_with(&answer, 200, "OK", |s| s);
-    assert!(String::from_utf8_lossy(answer.from().uri.user.unwrap_or(b"")) == "directory", "{}", text(&answer));
-    assert!(body.starts_with("3 found for \"lee\""), "{body}");
-    assert!(
+    // Search over SIP from pjsip: 200, then a MESSAGE back from the service with the matches.
+    let st = ann.message(&format!("sip:{}@{}", "directory", app.domain), "lee");
+    ann.check(st.int("code") == Some(200), || format!("ann -> directory: expected 200, got {st}"));
+    let answer = ann.received();
+    let body = answer.str("text").unwrap_or("").to_string();
+    ann.check(answer.str("from").is_some_and(|f| f.contains(&format!("sip:directory@{}", app.domain))), || {
+        format!("the answer comes from the service: {answer}")
+    });
+    ann.check(body.starts_with("3 found for \"lee\""), || format!("answer: {body}"));
+    ann.check(
         body.contains(&format!("Carl Lee <sip:carl.lee@{}>, Engineer, +1 555 0100 [online]", app.domain)),
-        "{body}"
+        || format!("carl, online: {body}"),
     );
-    assert!(body.contains("Ann Lee <sip:ann.lee@") && body.contains("Erin Lee <sip:erin.lee@"), "{body}");
+    ann.check(body.contains("Ann Lee <sip:ann.lee@") && body.contains("Erin Lee <sip:erin.lee@"), || body.clone());
     // The API returns the same people.
     let api = api_until(&app, "lee", "three people", |b| b.matches("\"uri\"").count() == 3);
     for a in ["ann.lee", "carl.lee", "erin.lee"] {
@@ -210,11 +229,13 @@ fn two_forests_and_a_csv_make_one_namespace() {
     });
     assert_eq!(api.matches("\"uri\"").count(), 4, "{api}");
     // The deleted person is refused at the next request and unreachable; the disabled one cannot register.
-    assert_eq!(send_message(&app, &mut ann, "carl.lee", "still there?", None), 404);
+    let mut ann_raw = registered(&app, "ann-raw", "ann.lee", "ann-pw");
+    assert_eq!(send_message(&app, &mut ann_raw, "carl.lee", "still there?", None), 404);
     let mut bob = Ua::connect_ok(&app, "bob", None);
     let r = bob.register("bob.smith", "bob-pw").unwrap_or_else(|e| app.fail(&e));
     assert_eq!(r.status(), Some(403), "{}", text(&r));
-    let r = carl.register("carl.lee", "carl-pw").unwrap_or_else(|e| app.fail(&e));
+    let mut carl_raw = Ua::connect_ok(&app, "carl-raw", None);
+    let r = carl_raw.register("carl.lee", "carl-pw").unwrap_or_else(|e| app.fail(&e));
     assert_eq!(r.status(), Some(403), "{}", text(&r));
     let _fay = registered(&app, "fay", "fay.lee", "fay-pw");
 
