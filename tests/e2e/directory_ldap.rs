@@ -305,7 +305,8 @@ fn http_post(port: u16, path: &str) -> Result<String, String> {
 /// The cap end to end: 81 SIP searches in flight at once (their presence gathers held open by the debug build's
 /// `POST /debug/directory-hold`) get 80 × 200 and one `503 Service Unavailable: directory busy` with
 /// Retry-After, and an API search meanwhile is busy too (503, the cap is the process's); once released, the 80
-/// answers arrive as MESSAGEs; the pool counts 80 searches and one busy. Three users on three connections send 27 each: the edge lets a flow have at most 32 requests in flight.
+/// answers arrive as MESSAGEs; the pool counts 80 searches and one busy. Three users on three connections send
+/// 27 each: the edge lets a flow have at most 32 requests in flight.
 #[test]
 fn eighty_one_sip_searches_get_eighty_answers_and_one_busy() {
     let mut app = Appliance::prepare("directory-busy", &[]);
