@@ -6,7 +6,7 @@
 //! term with the fewest candidates drives, the others are checked on the candidates.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::store::DirectoryRow;
@@ -304,6 +304,21 @@ impl Limiter {
             }
         }
     }
+}
+
+/// Debug builds only (`POST /debug/directory-hold?on=1` on the management listener, `on=0` to release): SIP
+/// searches waiting for other cores' presence stay in flight, answers and gather timeout held, so that an
+/// end-to-end test can have more than [`SEARCHES_MAX`] searches in flight at once without racing the mesh.
+static GATHER_HOLD: AtomicBool = AtomicBool::new(false);
+
+/// Sets or releases the gather hold (debug builds; release builds never hold).
+pub fn hold_gathers(on: bool) {
+    GATHER_HOLD.store(on && cfg!(debug_assertions), Ordering::Release);
+}
+
+/// Whether SIP searches must keep waiting (see [`hold_gathers`]).
+pub fn gathers_held() -> bool {
+    cfg!(debug_assertions) && GATHER_HOLD.load(Ordering::Acquire)
 }
 
 /// The process's searches in progress, whichever way they came (API, SIP on any core).

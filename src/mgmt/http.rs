@@ -128,6 +128,8 @@ fn route(req: &Request) -> Response {
         }
         #[cfg(debug_assertions)]
         "/debug/panic" if req.is_post() => debug_panic(req),
+        #[cfg(debug_assertions)]
+        "/debug/directory-hold" if req.is_post() => debug_directory_hold(req),
         _ => Response::text(
             "404 Not Found",
             "try /health, /ready, /metrics, /bans, /report, /dashboard, /partners, /pool/status or POST /reload\n",
@@ -237,6 +239,22 @@ fn debug_panic(req: &Request) -> Response {
             Response::ok(format!("core {id} will panic within a second (debug build)\n"))
         }
         None => Response::text("400 Bad Request", "use POST /debug/panic?core=N\n"),
+    }
+}
+
+/// Debug builds only: `POST /debug/directory-hold?on=1|0` (see [`crate::directory::search::hold_gathers`]).
+#[cfg(debug_assertions)]
+fn debug_directory_hold(req: &Request) -> Response {
+    match req.param("on") {
+        Some("1") => {
+            crate::directory::search::hold_gathers(true);
+            Response::ok("SIP directory searches held (debug build)\n")
+        }
+        Some("0") => {
+            crate::directory::search::hold_gathers(false);
+            Response::ok("SIP directory searches released (debug build)\n")
+        }
+        _ => Response::text("400 Bad Request", "use POST /debug/directory-hold?on=1 or ?on=0\n"),
     }
 }
 

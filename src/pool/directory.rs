@@ -3,6 +3,8 @@
 //! and publications end, their watchers see them offline, the subscriptions they hold end), the SIP search
 //! service (`MESSAGE sip:directory@<domain>`: 200, then a MESSAGE back with the matches and their presence,
 //! gathered from the cores that own them), and the thread that syncs on `interval_s` and hands out new views.
+//! A search holds its permit (at most `SEARCHES_MAX` in flight) until its answer is sent; over the cap the
+//! MESSAGE gets `503 Service Unavailable: directory busy` with `Retry-After: 1`, counted `directory_searches_busy`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -210,7 +212,7 @@ impl PoolCore {
                 let Some(p) = self.dir.pending.get_mut(&search) else { return };
                 p.states.extend(states);
                 p.waiting = p.waiting.saturating_sub(1);
-                if p.waiting == 0 {
+                if p.waiting == 0 && !search::gathers_held() {
                     self.finish_search(search);
                 }
             }
@@ -224,8 +226,12 @@ impl PoolCore {
         }
     }
 
-    /// From the sweep: searches whose cores did not all answer go out with what they have.
+    /// From the sweep: searches whose cores did not all answer go out with what they have (and, after a debug
+    /// gather hold, every search held).
     pub(crate) fn directory_sweep(&mut self) {
+        if search::gathers_held() {
+            return;
+        }
         let due: Vec<u32> =
             self.dir.pending.iter().filter(|(_, p)| p.deadline <= self.now.mono).map(|(id, _)| *id).collect();
         for id in due {

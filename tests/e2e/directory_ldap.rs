@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::pjsua::Agent;
 use crate::rawsip::{http_get, text, Metrics, Ua, ANSWER_TIMEOUT};
 use crate::support::{free_port_base, run_bounded, Appliance};
 use crate::support_ldap::{people_ldif, person_ldif, Slapd, ROOT_PASSWORD};
@@ -50,7 +51,7 @@ fn registered(app: &Appliance, label: &str, alias: &str, password: &str) -> Ua {
 }
 
 /// A MESSAGE with credentials (a probe answers the proxy challenge first); returns the final status.
-fn send_message(app: &Appliance, ua: &mut Ua, to_user: &str, body: &str, answer: Option<&mut Ua>) -> u16 {
+fn send_message(app: &Appliance, ua: &mut Ua, to_user: &str, body: &str) -> u16 {
     let d = app.domain.clone();
     let target = format!("sip:{to_user}@{d}");
     if ua.nonce.is_none() {
@@ -61,16 +62,24 @@ fn send_message(app: &Appliance, ua: &mut Ua, to_user: &str, body: &str, answer:
         }
     }
     let sent = ua.send_request("MESSAGE", &target, &ua.user(), &target, &[], body.as_bytes());
-    if let Some(peer) = answer {
-        let req =
-            peer.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("{to_user} got nothing: {e:?}")));
-        if !String::from_utf8_lossy(req.body()).contains(body) {
-            app.fail(&format!("{to_user} got another request:\n{}", text(&req)));
-        }
-        peer.answer_with(&req, 200, "OK", |s| s);
-    }
     let r = ua.final_response(&sent, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("MESSAGE: {e:?}")));
     r.status().unwrap_or(0)
+}
+
+/// A pjsip agent for a directory user, registered (200).
+fn pjsip_registered(app: &Appliance, label: &str, alias: &str, password: &str) -> Agent {
+    let mut agent = Agent::spawn(app, label, alias, password);
+    let ev = agent.register();
+    agent.check(ev.int("code") == Some(200), || format!("pjsip REGISTER {alias}: expected 200, got {ev}"));
+    agent
+}
+
+/// `from` sends `text` to `to_alias` with pjsip; `to` receives it and `from` sees 200.
+fn pjsip_says(app: &Appliance, from: &mut Agent, to: &mut Agent, to_alias: &str, text: &str) {
+    let st = from.message(&format!("sip:{to_alias}@{}", app.domain), text);
+    from.check(st.int("code") == Some(200), || format!("MESSAGE to {to_alias}: expected 200, got {st}"));
+    let m = to.received();
+    to.check(m.str("text") == Some(text), || format!("{to_alias} received: {m}"));
 }
 
 fn write(path: &Path, text: &str) {
@@ -158,25 +167,27 @@ fn two_forests_and_a_csv_make_one_namespace() {
     assert!(said.contains("carl.lee: password stored"), "{said}");
 
     app.run_roles("", &[]);
-    // Users of both forests (and the CSV) register and message each other.
-    let mut ann = registered(&app, "ann", "ann.lee", "ann-pw");
-    let mut carl = registered(&app, "carl", "carl.lee", "carl-pw");
-    let _erin = registered(&app, "erin", "erin.lee", "erin-pw");
-    assert_eq!(send_message(&app, &mut ann, "carl.lee", "hello lab", Some(&mut carl)), 200);
-    assert_eq!(send_message(&app, &mut carl, "ann.lee", "hello corp", Some(&mut ann)), 200);
+    // pjsip users of both forests (and the CSV) register and message each other.
+    let mut ann = pjsip_registered(&app, "ann", "ann.lee", "ann-pw");
+    let mut carl = pjsip_registered(&app, "carl", "carl.lee", "carl-pw");
+    let _erin = pjsip_registered(&app, "erin", "erin.lee", "erin-pw");
+    pjsip_says(&app, &mut ann, &mut carl, "carl.lee", "hello lab");
+    pjsip_says(&app, &mut carl, &mut ann, "ann.lee", "hello corp");
 
-    // Search over SIP: 200, then a MESSAGE back from the service with the matches.
-    assert_eq!(send_message(&app, &mut ann, "directory", "lee", None), 200);
-    let answer = ann.next_request(ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("no directory answer: {e:?}")));
-    let body = String::from_utf8_lossy(answer.body()).into_owned();
-    ann.answer_with(&answer, 200, "OK", |s| s);
-    assert!(String::from_utf8_lossy(answer.from().uri.user.unwrap_or(b"")) == "directory", "{}", text(&answer));
-    assert!(body.starts_with("3 found for \"lee\""), "{body}");
-    assert!(
+    // Search over SIP from pjsip: 200, then a MESSAGE back from the service with the matches.
+    let st = ann.message(&format!("sip:{}@{}", "directory", app.domain), "lee");
+    ann.check(st.int("code") == Some(200), || format!("ann -> directory: expected 200, got {st}"));
+    let answer = ann.received();
+    let body = answer.str("text").unwrap_or("").to_string();
+    ann.check(answer.str("from").is_some_and(|f| f.contains(&format!("sip:directory@{}", app.domain))), || {
+        format!("the answer comes from the service: {answer}")
+    });
+    ann.check(body.starts_with("3 found for \"lee\""), || format!("answer: {body}"));
+    ann.check(
         body.contains(&format!("Carl Lee <sip:carl.lee@{}>, Engineer, +1 555 0100 [online]", app.domain)),
-        "{body}"
+        || format!("carl, online: {body}"),
     );
-    assert!(body.contains("Ann Lee <sip:ann.lee@") && body.contains("Erin Lee <sip:erin.lee@"), "{body}");
+    ann.check(body.contains("Ann Lee <sip:ann.lee@") && body.contains("Erin Lee <sip:erin.lee@"), || body.clone());
     // The API returns the same people.
     let api = api_until(&app, "lee", "three people", |b| b.matches("\"uri\"").count() == 3);
     for a in ["ann.lee", "carl.lee", "erin.lee"] {
@@ -210,11 +221,13 @@ fn two_forests_and_a_csv_make_one_namespace() {
     });
     assert_eq!(api.matches("\"uri\"").count(), 4, "{api}");
     // The deleted person is refused at the next request and unreachable; the disabled one cannot register.
-    assert_eq!(send_message(&app, &mut ann, "carl.lee", "still there?", None), 404);
+    let mut ann_raw = registered(&app, "ann-raw", "ann.lee", "ann-pw");
+    assert_eq!(send_message(&app, &mut ann_raw, "carl.lee", "still there?"), 404);
     let mut bob = Ua::connect_ok(&app, "bob", None);
     let r = bob.register("bob.smith", "bob-pw").unwrap_or_else(|e| app.fail(&e));
     assert_eq!(r.status(), Some(403), "{}", text(&r));
-    let r = carl.register("carl.lee", "carl-pw").unwrap_or_else(|e| app.fail(&e));
+    let mut carl_raw = Ua::connect_ok(&app, "carl-raw", None);
+    let r = carl_raw.register("carl.lee", "carl-pw").unwrap_or_else(|e| app.fail(&e));
     assert_eq!(r.status(), Some(403), "{}", text(&r));
     let _fay = registered(&app, "fay", "fay.lee", "fay-pw");
 
@@ -264,4 +277,139 @@ fn the_pool_syncs_on_its_interval() {
     let m = Metrics::pool(&app);
     assert!(m.get("parapet_directory_syncs").is_some_and(|n| n >= 2), "the pool's own syncs are counted");
     assert_eq!(m.get("parapet_directory_people"), Some(3));
+}
+
+/// `POST path` on a management port; the whole answer (status line, headers, body).
+fn http_post(port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    // One write: the management server reads the request with a single read(2).
+    s.write_all(format!("POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write {addr}: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| format!("read {addr}{path}: {e}"))?;
+    Ok(out)
+}
+
+/// The cap end to end: 81 SIP searches in flight at once (their presence gathers held open by the debug build's
+/// `POST /debug/directory-hold`) get 80 × 200 and one `503 Service Unavailable: directory busy` with
+/// Retry-After, and an API search meanwhile is busy too (503, the cap is the process's); once released, the 80
+/// answers arrive as MESSAGEs; the pool counts 80 searches and one busy. Three users on three connections send
+/// 27 each: the edge lets a flow have at most 32 requests in flight.
+#[test]
+fn eighty_one_sip_searches_get_eighty_answers_and_one_busy() {
+    let mut app = Appliance::prepare("directory-busy", &[]);
+    let dir = app.scratch.join("hr");
+    let senders = ["ann.lee", "bo.lee", "cy.lee"];
+    // Enough Lees to live on every core: each sender's search needs other cores' presence (a gather to hold).
+    let mut lees: Vec<String> = (0..12).map(|i| format!("lee{i}")).collect();
+    lees.extend(senders.iter().map(|s| s.to_string()));
+    let mut csv = String::from("alias,display_name,first,last,password\n");
+    for a in &lees {
+        csv.push_str(&format!("{a},Pat {a},Pat,Lee,{a}-pw\n"));
+    }
+    fs::create_dir_all(&dir).unwrap_or_else(|e| app.fail(&format!("mkdir: {e}")));
+    write(&dir.join("hr.csv"), &csv);
+    add_to_pool_config(
+        &app,
+        &format!(
+            "\n[directory]\ninterval_s = 0\n\n[[directory.sources]]\nname = \"hr\"\nkind = \"csv\"\npath = \"{}\"\n",
+            dir.join("hr.csv").display()
+        ),
+    );
+    let out = sync(&app, &[]);
+    assert!(has_line(&out, "# 15 created"), "{out}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let homes: std::collections::HashSet<usize> =
+        lees.iter().map(|a| parapet::shard::shard_for(format!("{a}@{}", app.domain).as_bytes(), cores)).collect();
+    assert!(homes.len() > 1, "every Lee on one core ({cores} cores): no gather to hold");
+    app.run_roles("", &[]);
+    let pool_mgmt = app.port_base + 4;
+    let target = format!("sip:directory@{}", app.domain);
+    let mut uas: Vec<Ua> = senders.iter().map(|a| registered(&app, a, a, &format!("{a}-pw"))).collect();
+    for ua in &mut uas {
+        let probe = ua.send_request("MESSAGE", &target, &ua.user(), &target, &[], b"probe");
+        let r = ua.final_response(&probe, ANSWER_TIMEOUT).unwrap_or_else(|e| app.fail(&format!("probe: {e:?}")));
+        assert!(r.status() == Some(407) && ua.take_challenge(&r), "expected 407 with a challenge, got\n{}", text(&r));
+    }
+    let held = http_post(pool_mgmt, "/debug/directory-hold?on=1").unwrap_or_else(|e| app.fail(&e));
+    assert!(held.starts_with("HTTP/1.") && held.contains(" 200 ") && held.contains("held"), "{held}");
+
+    // Back to back, without waiting: every search is in flight until the hold ends.
+    let mut sent: Vec<Vec<String>> = vec![Vec::new(); uas.len()];
+    for n in 0..81 {
+        let k = n % uas.len();
+        let ua = &mut uas[k];
+        sent[k].push(ua.send_request("MESSAGE", &target, &ua.user(), &target, &[], b"lee").call_id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut accepted = vec![0usize; uas.len()];
+    let mut refused = Vec::new();
+    for (k, ua) in uas.iter_mut().enumerate() {
+        let mut finals = std::collections::HashSet::new();
+        while finals.len() < sent[k].len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                app.fail(&format!(
+                    "{}: only {} of {} final responses within 30 s",
+                    senders[k],
+                    finals.len(),
+                    sent[k].len()
+                ));
+            }
+            let m = ua.next_message(left).unwrap_or_else(|e| app.fail(&format!("waiting for responses: {e:?}")));
+            if m.is_request() {
+                app.fail(&format!("an answer arrived while the searches were held:\n{}", text(&m)));
+            }
+            let id = String::from_utf8_lossy(m.call_id()).into_owned();
+            if m.status().unwrap_or(0) >= 200 && sent[k].contains(&id) && finals.insert(id) {
+                if m.status() == Some(200) {
+                    accepted[k] += 1;
+                } else {
+                    refused.push(m);
+                }
+            }
+        }
+    }
+    let others: Vec<String> = refused.iter().take(3).map(text).collect();
+    assert_eq!(
+        accepted.iter().sum::<usize>(),
+        80,
+        "80 searches accepted; {} refused, such as\n{}",
+        refused.len(),
+        others.join("\n")
+    );
+    assert_eq!(refused.len(), 1, "one busy");
+    let b = &refused[0];
+    assert_eq!(b.status(), Some(503), "{}", text(b));
+    assert!(text(b).contains("503 Service Unavailable: directory busy"), "{}", text(b));
+    assert!(b.header(parapet::sip::HeaderName::RetryAfter).is_some(), "{}", text(b));
+    let m = Metrics::pool(&app);
+    assert_eq!(m.get("parapet_pool_directory_searches"), Some(80), "searches counted");
+    assert_eq!(m.get("parapet_pool_directory_searches_busy"), Some(1), "busy counted");
+    // The cap is the process's, whichever way a search comes: with 80 SIP searches in flight the API is busy too.
+    let api = http_get(pool_mgmt, "/directory/search?q=lee");
+    assert!(api.as_ref().is_err_and(|e| e.contains("503")), "API search at the cap: {api:?}");
+    assert_eq!(Metrics::pool(&app).get("parapet_directory_api_busy"), Some(1), "API busy counted");
+
+    // Released: the 80 held searches answer (each sender gets one per accepted search), each with the 15 Lees.
+    let released = http_post(pool_mgmt, "/debug/directory-hold?on=0").unwrap_or_else(|e| app.fail(&e));
+    assert!(released.contains(" 200 ") && released.contains("released"), "{released}");
+    for (k, ua) in uas.iter_mut().enumerate() {
+        for n in 0..accepted[k] {
+            let req = ua
+                .next_request(ANSWER_TIMEOUT)
+                .unwrap_or_else(|e| app.fail(&format!("{} answer {n}: {e:?}", senders[k])));
+            let body = String::from_utf8_lossy(req.body()).into_owned();
+            ua.answer_with(&req, 200, "OK", |s| s);
+            assert!(body.starts_with("15 found for \"lee\""), "{} answer {n}: {body}", senders[k]);
+        }
+    }
+    // The permits were given back: searches after the burst are accepted again, over the API and SIP.
+    let api = api_until(&app, "lee", "fifteen people once released", |b| b.matches("\"uri\"").count() == 15);
+    assert!(api.contains("bo.lee"), "{api}");
+    assert_eq!(send_message(&app, &mut uas[0], "directory", "lee"), 200);
 }
