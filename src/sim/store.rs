@@ -12,6 +12,8 @@ pub struct MemStore {
     states: BTreeMap<(String, String), StateRow>,
     members: BTreeMap<String, MemberRow>,
     secrets: BTreeMap<String, Vec<u8>>,
+    /// The hand-over fence: each user's latest claim (member, generation).
+    owners: BTreeMap<String, (String, u64)>,
 }
 
 impl Store for MemStore {
@@ -43,6 +45,19 @@ impl Store for MemStore {
     fn states(&mut self, now: u64) -> Result<Vec<StateRow>, StoreError> {
         self.states.retain(|_, r| r.expires_at > now);
         Ok(self.states.values().cloned().collect())
+    }
+    fn claim_user(&mut self, aor: &str, member: &str) -> Result<u64, StoreError> {
+        let e = self.owners.entry(aor.to_string()).or_insert((member.to_string(), 0));
+        e.0 = member.to_string();
+        e.1 += 1;
+        Ok(e.1)
+    }
+    fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError> {
+        if self.owners.get(aor).map_or(0, |o| o.1) != gen {
+            return Ok(false);
+        }
+        self.write_states(writes)?;
+        Ok(true)
     }
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError> {
         for w in writes {
@@ -89,5 +104,24 @@ impl Store for MemStore {
     }
     fn shared_secret(&mut self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
         Ok(self.secrets.entry(name.to_string()).or_insert_with(|| candidate.to_vec()).clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The model keeps the fence as SQLite and PostgreSQL do (`tests/e2e/store_conformance.rs`, `fence`).
+    #[test]
+    fn an_old_owners_late_write_is_refused_after_a_new_claim() {
+        let mut s = MemStore::default();
+        let row = |v: &[u8]| StateRow { kind: "reg".into(), key: "bob@x c1".into(), value: v.to_vec(), expires_at: 9 };
+        assert!(s.write_states_fenced("bob@x", 0, &[]).unwrap_or(false), "never claimed: generation 0");
+        let g1 = s.claim_user("bob@x", "fe1").unwrap_or(0);
+        assert!(s.write_states_fenced("bob@x", g1, &[StateWrite::Put(row(b"old"))]).unwrap_or(false));
+        let g2 = s.claim_user("bob@x", "fe2").unwrap_or(0);
+        assert_eq!(g2, g1 + 1);
+        assert!(!s.write_states_fenced("bob@x", g1, &[StateWrite::Put(row(b"stale"))]).unwrap_or(true));
+        assert_eq!(s.states_of("bob@x", 0).unwrap_or_default(), vec![row(b"old")]);
     }
 }

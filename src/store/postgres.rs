@@ -21,6 +21,7 @@ use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, Store
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/postgres/0001_initial.sql")),
     (2, include_str!("migrations/postgres/0002_members.sql")),
+    (3, include_str!("migrations/postgres/0003_user_owner.sql")),
 ];
 
 /// Longest wait between two connection attempts while the server is away.
@@ -55,6 +56,10 @@ pub mod sql {
     pub const PUT_STATE: &str = "INSERT INTO soft_state (kind, key, value, expires_at) VALUES ($1, $2, $3, $4)
         ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
     pub const DELETE_STATE: &str = "DELETE FROM soft_state WHERE kind = $1 AND key = $2";
+    pub const CLAIM_USER: &str = "INSERT INTO user_owner (aor, member, gen) VALUES ($1, $2, 1)
+        ON CONFLICT (aor) DO UPDATE SET member = excluded.member, gen = user_owner.gen + 1 RETURNING gen";
+    /// FOR UPDATE: a claim waits for this writer's commit (and a write after a claim sees it).
+    pub const USER_GEN: &str = "SELECT gen FROM user_owner WHERE aor = $1 FOR UPDATE";
     pub const STATES_OF: &str = "SELECT kind, key, value, expires_at FROM soft_state
         WHERE expires_at > $1 AND (key = $2 OR substr(key, 1, length($3)) = $3) ORDER BY kind, key";
     pub const RENEW_MEMBER: &str = "INSERT INTO member (name, addr, state, lease_until_ms, users, load)
@@ -327,6 +332,20 @@ pub fn migrate(c: &mut Client) -> Result<i32, StoreError> {
     Ok(newest)
 }
 
+fn apply_states(tx: &mut postgres::Transaction<'_>, writes: &[StateWrite]) -> Result<(), postgres::Error> {
+    for w in writes {
+        match w {
+            StateWrite::Put(r) => {
+                tx.execute(sql::PUT_STATE, &[&r.kind, &r.key, &r.value, &to_i64(r.expires_at)])?;
+            }
+            StateWrite::Delete { kind, key } => {
+                tx.execute(sql::DELETE_STATE, &[kind, key])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Store for PgStore {
     fn policies(&mut self) -> Result<Vec<PolicyRow>, StoreError> {
         let rows = self.with("policies", |c| c.query(sql::POLICIES, &[]))?;
@@ -374,17 +393,26 @@ impl Store for PgStore {
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError> {
         self.with("write state", |c| {
             let mut tx = c.transaction()?;
-            for w in writes {
-                match w {
-                    StateWrite::Put(r) => {
-                        tx.execute(sql::PUT_STATE, &[&r.kind, &r.key, &r.value, &to_i64(r.expires_at)])?;
-                    }
-                    StateWrite::Delete { kind, key } => {
-                        tx.execute(sql::DELETE_STATE, &[kind, key])?;
-                    }
-                }
-            }
+            apply_states(&mut tx, writes)?;
             tx.commit()
+        })
+    }
+
+    fn claim_user(&mut self, aor: &str, member: &str) -> Result<u64, StoreError> {
+        let row = self.with("claim user", |c| c.query_one(sql::CLAIM_USER, &[&aor, &member]))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError> {
+        self.with("fenced state write", |c| {
+            let mut tx = c.transaction()?;
+            let current = tx.query_opt(sql::USER_GEN, &[&aor])?.map_or(0, |r| r.get::<_, i64>(0));
+            if u64::try_from(current).unwrap_or(0) != gen {
+                return Ok(false);
+            }
+            apply_states(&mut tx, writes)?;
+            tx.commit()?;
+            Ok(true)
         })
     }
 

@@ -10,8 +10,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{ContactRow, MemberRow, PolicyRow, StateRow, StateWrite, Store, StoreError};
 
 /// Versioned schema steps, applied in order at open (each once; the version is `PRAGMA user_version`).
-pub const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/sqlite/0001_initial.sql")), (2, include_str!("migrations/sqlite/0002_members.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_initial.sql")),
+    (2, include_str!("migrations/sqlite/0002_members.sql")),
+    (3, include_str!("migrations/sqlite/0003_user_owner.sql")),
+];
 
 pub struct SqliteStore {
     conn: Connection,
@@ -99,6 +102,26 @@ impl SqliteStore {
             conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| err("data_version", e))?;
         Ok(SqliteStore { conn, data_version })
     }
+}
+
+fn apply_states(tx: &rusqlite::Transaction<'_>, writes: &[StateWrite]) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            StateWrite::Put(r) => {
+                tx.execute(
+                    "INSERT INTO soft_state (kind, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                    params![r.kind, r.key, r.value, i64::try_from(r.expires_at).unwrap_or(i64::MAX)],
+                )
+                .map_err(|e| err("put state", e))?;
+            }
+            StateWrite::Delete { kind, key } => {
+                tx.execute("DELETE FROM soft_state WHERE kind = ?1 AND key = ?2", params![kind, key])
+                    .map_err(|e| err("delete state", e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -200,23 +223,39 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| err("begin", e))?;
-        for w in writes {
-            match w {
-                StateWrite::Put(r) => {
-                    tx.execute(
-                        "INSERT INTO soft_state (kind, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                        params![r.kind, r.key, r.value, i64::try_from(r.expires_at).unwrap_or(i64::MAX)],
-                    )
-                    .map_err(|e| err("put state", e))?;
-                }
-                StateWrite::Delete { kind, key } => {
-                    tx.execute("DELETE FROM soft_state WHERE kind = ?1 AND key = ?2", params![kind, key])
-                        .map_err(|e| err("delete state", e))?;
-                }
-            }
-        }
+        apply_states(&tx, writes)?;
         tx.commit().map_err(|e| err("commit", e))
+    }
+
+    fn claim_user(&mut self, aor: &str, member: &str) -> Result<u64, StoreError> {
+        let gen: i64 = self
+            .conn
+            .query_row(
+                "INSERT INTO user_owner (aor, member, gen) VALUES (?1, ?2, 1)
+                 ON CONFLICT (aor) DO UPDATE SET member = excluded.member, gen = user_owner.gen + 1 RETURNING gen",
+                params![aor, member],
+                |r| r.get(0),
+            )
+            .map_err(|e| err("claim user", e))?;
+        Ok(u64::try_from(gen).unwrap_or(0))
+    }
+
+    fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError> {
+        // IMMEDIATE: the generation read and the writes are one writer's, no claim comes in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| err("begin", e))?;
+        let current: Option<i64> = tx
+            .query_row("SELECT gen FROM user_owner WHERE aor = ?1", params![aor], |r| r.get(0))
+            .optional()
+            .map_err(|e| err("read user generation", e))?;
+        if current.map_or(0, |g| u64::try_from(g).unwrap_or(0)) != gen {
+            return Ok(false);
+        }
+        apply_states(&tx, writes)?;
+        tx.commit().map_err(|e| err("commit", e))?;
+        Ok(true)
     }
 
     fn states_of(&mut self, aor: &str, now: u64) -> Result<Vec<StateRow>, StoreError> {

@@ -97,6 +97,28 @@ fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
     a.put_policy(&policy("erin@x", "@z", None, Some("block"))).expect("store call");
     assert!(a.changed_elsewhere().expect("store call"), "a change elsewhere between two of ours is not hidden by ours");
     members(&mut *a, &mut *b);
+    fence(&mut *a, &mut *b);
+}
+
+/// The hand-over fence through two connections (two front ends): once the new owner has claimed a user, the
+/// old owner's late soft-state write is refused and leaves the new owner's state alone.
+fn fence(old: &mut dyn Store, new: &mut dyn Store) {
+    let bob = "bob@fence";
+    let row = |v: &[u8]| state("reg", &format!("{bob} c1"), v, u64::MAX >> 2);
+    assert!(old.write_states_fenced("nobody@fence", 0, &[]).expect("store call"), "never claimed: generation 0");
+    assert!(!old.write_states_fenced("nobody@fence", 1, &[]).expect("store call"), "no such claim");
+    let g1 = old.claim_user(bob, "fe1").expect("store call");
+    assert_eq!(g1, 1, "a first claim");
+    assert!(old.write_states_fenced(bob, g1, &[StateWrite::Put(row(b"old"))]).expect("store call"));
+    let g2 = new.claim_user(bob, "fe2").expect("store call");
+    assert_eq!(g2, 2, "a claim raises the generation");
+    assert_eq!(new.states_of(bob, 0).expect("store call"), vec![row(b"old")], "the new owner loads the flushed state");
+    assert!(new.write_states_fenced(bob, g2, &[StateWrite::Put(row(b"new"))]).expect("store call"));
+    // The old owner's write-behind, late: refused, nothing of it written (not even its delete).
+    let late = [StateWrite::Put(row(b"stale")), StateWrite::Delete { kind: "reg".into(), key: format!("{bob} c1") }];
+    assert!(!old.write_states_fenced(bob, g1, &late).expect("store call"), "a stale generation is refused");
+    assert_eq!(new.states_of(bob, 0).expect("store call"), vec![row(b"new")]);
+    assert_eq!(old.claim_user(bob, "fe1").expect("store call"), 3, "claimed back: the generation goes on");
 }
 
 fn member(name: &str, state: &str, until: u64) -> MemberRow {
