@@ -62,6 +62,7 @@ impl Members {
                     state: MemberState::Active,
                     lease_until_ms: u64::MAX,
                     load: 0,
+                    in_flight: 0,
                     users: 0,
                 })
                 .collect(),
@@ -329,7 +330,7 @@ mod tests {
     }
 
     fn member(name: &str, state: MemberState, lease_until_ms: u64) -> Member {
-        Member { name: name.into(), addr: String::new(), state, lease_until_ms, load: 0, users: 0 }
+        Member { name: name.into(), addr: String::new(), state, lease_until_ms, load: 0, users: 0, in_flight: 0 }
     }
 
     fn roster(states: &[(&str, MemberState)]) -> Arc<Roster> {

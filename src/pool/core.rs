@@ -309,6 +309,7 @@ impl PoolCore {
         self.presence_sweep();
         self.flush_dirty_subscriptions();
         self.release_foreign();
+        self.report_in_flight();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);

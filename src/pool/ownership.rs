@@ -52,6 +52,8 @@ pub struct Ownership {
     loading: HashMap<String, Vec<(Stage, ConnId, Bytes)>>,
     waiting: usize,
     stats: Arc<MemberStats>,
+    /// This core's share of [`MemberStats::in_flight`] as last reported.
+    in_flight_reported: u64,
 }
 
 impl Ownership {
@@ -64,6 +66,7 @@ impl Ownership {
             loading: HashMap::new(),
             waiting: 0,
             stats,
+            in_flight_reported: 0,
         }
     }
 
@@ -187,6 +190,22 @@ impl PoolCore {
         }
         self.release_foreign();
         self.push(Action::Timer { after: GAIN_DELAY, timer: Timer::Gain });
+    }
+
+    /// On each sweep: this core's transactions in progress, into the member's count (a drain reports the member
+    /// stoppable only at 0, `pool drain`).
+    pub(crate) fn report_in_flight(&mut self) {
+        if self.own.me.is_none() {
+            return;
+        }
+        // Forked transactions waiting for a user's answer, and requests waiting for their user's state.
+        let now = (self.txns.len() + self.own.waiting) as u64;
+        let was = std::mem::replace(&mut self.own.in_flight_reported, now);
+        if now > was {
+            self.own.stats.in_flight.fetch_add(now - was, Ordering::Relaxed);
+        } else {
+            self.own.stats.in_flight.fetch_sub(was - now, Ordering::Relaxed);
+        }
     }
 
     /// Hands over the users the roster gives to another member: after a roster change, and on every sweep (a
@@ -342,6 +361,7 @@ mod tests {
             state: *s,
             lease_until_ms: WALL + 3_000,
             load: 0,
+            in_flight: 0,
             users: 0,
         };
         Arc::new(Roster::new(states.iter().map(m).collect()))

@@ -310,6 +310,7 @@ impl World {
                 lease_until_ms: wall + LEASE_MS,
                 users: 0,
                 load: 0,
+                in_flight: 0,
             };
             let _ = self.store.renew_member(&row);
             self.reread_members();

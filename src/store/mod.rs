@@ -68,6 +68,8 @@ pub struct MemberRow {
     pub users: u64,
     /// Requests it handled since its previous renewal.
     pub load: u64,
+    /// Transactions in progress at the member (see `proto::membership::Member::in_flight`).
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

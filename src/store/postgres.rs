@@ -62,13 +62,14 @@ pub mod sql {
     pub const USER_GEN: &str = "SELECT gen FROM user_owner WHERE aor = $1 FOR UPDATE";
     pub const STATES_OF: &str = "SELECT kind, key, value, expires_at FROM soft_state
         WHERE expires_at > $1 AND (key = $2 OR substr(key, 1, length($3)) = $3) ORDER BY kind, key";
-    pub const RENEW_MEMBER: &str = "INSERT INTO member (name, addr, state, lease_until_ms, users, load)
-        VALUES ($1, $2, $3, $4, $5, $6)
+    pub const RENEW_MEMBER: &str = "INSERT INTO member (name, addr, state, lease_until_ms, users, load, in_flight)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, lease_until_ms = excluded.lease_until_ms,
-          users = excluded.users, load = excluded.load,
+          users = excluded.users, load = excluded.load, in_flight = excluded.in_flight,
           state = CASE WHEN excluded.state = 'gone' THEN 'gone'
                        WHEN member.state = 'draining' THEN 'draining' ELSE 'active' END";
-    pub const MEMBERS: &str = "SELECT name, addr, state, lease_until_ms, users, load FROM member ORDER BY name";
+    pub const MEMBERS: &str =
+        "SELECT name, addr, state, lease_until_ms, users, load, in_flight FROM member ORDER BY name";
     pub const SET_MEMBER_STATE: &str = "UPDATE member SET state = $2 WHERE name = $1";
     pub const PUT_SECRET: &str = "INSERT INTO pool_secret (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
     pub const SECRET: &str = "SELECT value FROM pool_secret WHERE name = $1";
@@ -425,8 +426,9 @@ impl Store for PgStore {
     fn renew_member(&mut self, row: &MemberRow) -> Result<(), StoreError> {
         let state = if row.state == "gone" { "gone" } else { "active" };
         let (until, users, load) = (to_i64(row.lease_until_ms), to_i64(row.users), to_i64(row.load));
+        let in_flight = to_i64(row.in_flight);
         self.with("renew member lease", |c| {
-            c.execute(sql::RENEW_MEMBER, &[&row.name, &row.addr, &state, &until, &users, &load])
+            c.execute(sql::RENEW_MEMBER, &[&row.name, &row.addr, &state, &until, &users, &load, &in_flight])
         })?;
         Ok(())
     }
@@ -443,6 +445,7 @@ impl Store for PgStore {
                 lease_until_ms: n(r.get(3)),
                 users: n(r.get(4)),
                 load: n(r.get(5)),
+                in_flight: n(r.get(6)),
             })
             .collect())
     }

@@ -276,12 +276,21 @@ impl Store for SqliteStore {
         let state = if row.state == "gone" { "gone" } else { "active" };
         self.conn
             .execute(
-                "INSERT INTO member (name, addr, state, lease_until_ms, users, load) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO member (name, addr, state, lease_until_ms, users, load, in_flight)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, lease_until_ms = excluded.lease_until_ms,
-                   users = excluded.users, load = excluded.load,
+                   users = excluded.users, load = excluded.load, in_flight = excluded.in_flight,
                    state = CASE WHEN excluded.state = 'gone' THEN 'gone'
                                 WHEN member.state = 'draining' THEN 'draining' ELSE 'active' END",
-                params![row.name, row.addr, state, to_i64(row.lease_until_ms), to_i64(row.users), to_i64(row.load)],
+                params![
+                    row.name,
+                    row.addr,
+                    state,
+                    to_i64(row.lease_until_ms),
+                    to_i64(row.users),
+                    to_i64(row.load),
+                    to_i64(row.in_flight)
+                ],
             )
             .map_err(|e| err("renew member lease", e))?;
         Ok(())
@@ -290,7 +299,9 @@ impl Store for SqliteStore {
     fn members(&mut self) -> Result<Vec<MemberRow>, StoreError> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT name, addr, state, lease_until_ms, users, load FROM member ORDER BY name")
+            .prepare_cached(
+                "SELECT name, addr, state, lease_until_ms, users, load, in_flight FROM member ORDER BY name",
+            )
             .map_err(|e| err("members", e))?;
         let rows = st
             .query_map([], |r| {
@@ -301,6 +312,7 @@ impl Store for SqliteStore {
                     lease_until_ms: to_u64(r.get(3)?),
                     users: to_u64(r.get(4)?),
                     load: to_u64(r.get(5)?),
+                    in_flight: to_u64(r.get(6)?),
                 })
             })
             .map_err(|e| err("members", e))?;
@@ -501,6 +513,7 @@ mod tests {
             lease_until_ms: until,
             users: 3,
             load: 7,
+            in_flight: 0,
         };
         s.renew_member(&m("fe2", "active", 10)).unwrap();
         s.renew_member(&m("fe1", "active", 10)).unwrap();
@@ -540,6 +553,7 @@ mod tests {
                             lease_until_ms: i,
                             users: 0,
                             load: 0,
+                            in_flight: 0,
                         };
                         s.renew_member(&m).unwrap();
                         s.members().unwrap();

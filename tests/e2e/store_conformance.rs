@@ -129,6 +129,7 @@ fn member(name: &str, state: &str, until: u64) -> MemberRow {
         lease_until_ms: until,
         users: 3,
         load: 7,
+        in_flight: 3,
     }
 }
 
