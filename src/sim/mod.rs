@@ -10,7 +10,10 @@
 //!   ([`crate::edge::inflight`], the very table the edge keeps) with 503 once the member's link is found down
 //!   or 408 past the transaction's deadline; a member's late answer after the edge's is dropped. After the
 //!   schedule the pool runs quiet until every request is answered, so none is left unaccounted for;
-//! - every allow/block entry the store acknowledged is still there.
+//! - every allow/block entry the store acknowledged is still there;
+//! - a member's soft-state writes for the users it claimed carry its claim (the hand-over fence), and the store
+//!   model refuses those that arrive after another member's claim (the runs count both, so a run shows the
+//!   late writes happen and are refused).
 //!
 //! `cargo test --lib sim` runs [`SEEDS`] seeds (`SIM_FIRST`, `SIM_SEEDS` choose others); a failure prints its
 //! seed, and `SIM_SEED=<n> cargo test --lib sim` replays that one with its event log.
@@ -122,6 +125,8 @@ struct World {
     log: Vec<String>,
     /// Counters that show a run did something (checked by the tests: a run that never registers proves nothing).
     kills: u32,
+    /// Soft-state writes carrying a claim (the fence).
+    fenced_writes: u64,
 }
 
 fn users() -> Users {
@@ -166,6 +171,7 @@ impl World {
             roster_now: Roster::default(),
             log: Vec::new(),
             kills: 0,
+            fenced_writes: 0,
         };
         for i in 0..MEMBERS.len() {
             let core = w.new_core(i);
@@ -483,6 +489,9 @@ impl World {
                 }
                 Action::StoreWrite(w) => {
                     // Soft state written behind: lost while the store is away (clients refresh it).
+                    if matches!(w, crate::store::StateWrite::Fenced { .. }) {
+                        self.fenced_writes += 1;
+                    }
                     if self.store_up {
                         let _ = self.store.write_states(&[w]);
                     }
@@ -595,14 +604,19 @@ mod tests {
         }
         let first = std::env::var("SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0u64);
         let seeds = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(SEEDS);
-        let (mut kills, mut registered) = (0, 0);
+        let (mut kills, mut registered, mut fenced, mut refused) = (0, 0, 0, 0);
         for seed in first..first + seeds {
             let w = run_seed(seed);
             kills += w.kills;
+            fenced += w.fenced_writes;
+            refused += w.store.refused;
             registered += w.clients.values().filter(|c| c.registered).count();
         }
         // The runs did what they are for: members died and users registered through it all.
         assert!(kills as u64 > seeds, "only {kills} kills in {seeds} seeds");
+        assert!(fenced > seeds, "only {fenced} fenced soft-state writes in {seeds} seeds");
+        assert!(seeds < 500 || refused > 0, "no late write of an old owner in {seeds} seeds: the fence untested");
+        eprintln!("sim: {seeds} seeds, {kills} kills, {fenced} fenced writes, {refused} refused as late");
         assert!(registered as u64 > seeds * 3, "only {registered} registrations in {seeds} seeds");
     }
 

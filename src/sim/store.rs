@@ -14,6 +14,8 @@ pub struct MemStore {
     secrets: BTreeMap<String, Vec<u8>>,
     /// The hand-over fence: each user's latest claim (member, generation).
     owners: BTreeMap<String, (String, u64)>,
+    /// Fenced writes refused (an old owner's, late).
+    pub refused: u64,
 }
 
 impl Store for MemStore {
@@ -67,6 +69,13 @@ impl Store for MemStore {
                 }
                 StateWrite::Delete { kind, key } => {
                     self.states.remove(&(kind.clone(), key.clone()));
+                }
+                StateWrite::Fenced { aor, gen, write } => {
+                    if self.owners.get(aor).map_or(0, |o| o.1) == *gen {
+                        self.write_states(std::slice::from_ref(write))?;
+                    } else {
+                        self.refused += 1;
+                    }
                 }
             }
         }

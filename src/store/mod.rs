@@ -75,7 +75,17 @@ pub struct MemberRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateWrite {
     Put(StateRow),
-    Delete { kind: String, key: String },
+    Delete {
+        kind: String,
+        key: String,
+    },
+    /// `write`, applied only while `gen` is still `aor`'s latest claim (see [`Store::claim_user`]); skipped, in
+    /// the same transaction, otherwise: an old owner's write-behind that arrives after the hand-over.
+    Fenced {
+        aor: String,
+        gen: u64,
+        write: Box<StateWrite>,
+    },
 }
 
 #[derive(Debug)]

@@ -333,6 +333,12 @@ pub fn migrate(c: &mut Client) -> Result<i32, StoreError> {
     Ok(newest)
 }
 
+/// A user's latest claim (0: never claimed), locked until the commit.
+fn pg_gen(tx: &mut postgres::Transaction<'_>, aor: &str) -> Result<u64, postgres::Error> {
+    let g = tx.query_opt(sql::USER_GEN, &[&aor])?.map_or(0, |r| r.get::<_, i64>(0));
+    Ok(u64::try_from(g).unwrap_or(0))
+}
+
 fn apply_states(tx: &mut postgres::Transaction<'_>, writes: &[StateWrite]) -> Result<(), postgres::Error> {
     for w in writes {
         match w {
@@ -341,6 +347,13 @@ fn apply_states(tx: &mut postgres::Transaction<'_>, writes: &[StateWrite]) -> Re
             }
             StateWrite::Delete { kind, key } => {
                 tx.execute(sql::DELETE_STATE, &[kind, key])?;
+            }
+            StateWrite::Fenced { aor, gen, write } => {
+                if pg_gen(tx, aor)? == *gen {
+                    apply_states(tx, std::slice::from_ref(write))?;
+                } else {
+                    tracing::debug!(%aor, gen, "store: an old owner's soft-state write refused");
+                }
             }
         }
     }
@@ -407,8 +420,7 @@ impl Store for PgStore {
     fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError> {
         self.with("fenced state write", |c| {
             let mut tx = c.transaction()?;
-            let current = tx.query_opt(sql::USER_GEN, &[&aor])?.map_or(0, |r| r.get::<_, i64>(0));
-            if u64::try_from(current).unwrap_or(0) != gen {
+            if pg_gen(&mut tx, aor)? != gen {
                 return Ok(false);
             }
             apply_states(&mut tx, writes)?;

@@ -104,6 +104,15 @@ impl SqliteStore {
     }
 }
 
+/// A user's latest claim (0: never claimed).
+fn sqlite_gen(tx: &rusqlite::Transaction<'_>, aor: &str) -> Result<u64, StoreError> {
+    let g: Option<i64> = tx
+        .query_row("SELECT gen FROM user_owner WHERE aor = ?1", params![aor], |r| r.get(0))
+        .optional()
+        .map_err(|e| err("read user generation", e))?;
+    Ok(g.map_or(0, |g| u64::try_from(g).unwrap_or(0)))
+}
+
 fn apply_states(tx: &rusqlite::Transaction<'_>, writes: &[StateWrite]) -> Result<(), StoreError> {
     for w in writes {
         match w {
@@ -118,6 +127,13 @@ fn apply_states(tx: &rusqlite::Transaction<'_>, writes: &[StateWrite]) -> Result
             StateWrite::Delete { kind, key } => {
                 tx.execute("DELETE FROM soft_state WHERE kind = ?1 AND key = ?2", params![kind, key])
                     .map_err(|e| err("delete state", e))?;
+            }
+            StateWrite::Fenced { aor, gen, write } => {
+                if sqlite_gen(tx, aor)? == *gen {
+                    apply_states(tx, std::slice::from_ref(write))?;
+                } else {
+                    tracing::debug!(%aor, gen, "store: an old owner's soft-state write refused");
+                }
             }
         }
     }
@@ -246,11 +262,7 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| err("begin", e))?;
-        let current: Option<i64> = tx
-            .query_row("SELECT gen FROM user_owner WHERE aor = ?1", params![aor], |r| r.get(0))
-            .optional()
-            .map_err(|e| err("read user generation", e))?;
-        if current.map_or(0, |g| u64::try_from(g).unwrap_or(0)) != gen {
+        if sqlite_gen(&tx, aor)? != gen {
             return Ok(false);
         }
         apply_states(&tx, writes)?;

@@ -118,6 +118,14 @@ fn fence(old: &mut dyn Store, new: &mut dyn Store) {
     let late = [StateWrite::Put(row(b"stale")), StateWrite::Delete { kind: "reg".into(), key: format!("{bob} c1") }];
     assert!(!old.write_states_fenced(bob, g1, &late).expect("store call"), "a stale generation is refused");
     assert_eq!(new.states_of(bob, 0).expect("store call"), vec![row(b"new")]);
+    // The same through the write-behind batch: a fenced write among others is skipped alone.
+    let fenced = |gen, v: &[u8]| StateWrite::Fenced { aor: bob.into(), gen, write: Box::new(StateWrite::Put(row(v))) };
+    let other = state("reg", "carol@fence", b"c", u64::MAX >> 2);
+    old.write_states(&[fenced(g1, b"stale"), StateWrite::Put(other.clone())]).expect("store call");
+    assert_eq!(new.states_of(bob, 0).expect("store call"), vec![row(b"new")], "the stale one skipped");
+    assert_eq!(new.states_of("carol@fence", 0).expect("store call"), vec![other], "the others written");
+    new.write_states(&[fenced(g2, b"newer")]).expect("store call");
+    assert_eq!(old.states_of(bob, 0).expect("store call"), vec![row(b"newer")]);
     assert_eq!(old.claim_user(bob, "fe1").expect("store call"), 3, "claimed back: the generation goes on");
 }
 
