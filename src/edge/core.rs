@@ -143,6 +143,8 @@ pub struct EdgeCore {
     pub(super) draining: bool,
     /// An enterprise pool's members and their health (empty: the single pool).
     pub(super) members: super::members::Members,
+    /// Requests sent to a pool member and not answered yet ([`super::inflight`]).
+    pub(super) inflight: super::members::MemberTxns,
     pub(super) out: Outbox,
 }
 
@@ -162,6 +164,7 @@ impl EdgeCore {
             notices: super::notices::Notices::default(),
             draining: false,
             members: super::members::Members::new(s.pool_members.clone()),
+            inflight: super::inflight::InFlight::new(s.downstream_max, s.downstream_timeout),
             out: Outbox::default(),
             s,
             estats,
@@ -318,6 +321,7 @@ impl EdgeCore {
     /// Once a second: expire transactions toward users, refresh gauges.
     pub fn on_tick(&mut self, now: Instant) {
         let expired = self.down.expire(now);
+        self.expire_member_txns(now);
         self.guard.sweep(now);
         self.estats.banned_now.set(self.guard.banned_count() as u64);
         self.estats.downstream_expired.add(expired as u64);
@@ -408,7 +412,9 @@ impl EdgeCore {
             let s = &self.s;
             let built = self.notices.add(now, |id| notice(s, flow, self.id, aor, &path, id));
             match built {
-                Some(bytes) => self.send_to_pool(aor, bytes, now),
+                Some(bytes) => {
+                    self.send_to_pool(aor, bytes, now);
+                }
                 None => {
                     bump(&self.estats.notices_lost);
                     tracing::warn!(%aor, "flow-closed notice table full: the bindings will expire on their own");

@@ -23,8 +23,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::core::{Action, EdgeCore};
+use super::inflight::{InFlight, Verdict};
+use super::token;
 use super::NOTICE_BRANCH_PREFIX;
 use crate::net::conn::bump;
+use crate::net::ConnId;
 use crate::proto::aor_of;
 use crate::proto::membership::{owner_among, Member, MemberState, Roster};
 use crate::sip::{self, HeaderName, Message, Method};
@@ -59,6 +62,7 @@ impl Members {
                     state: MemberState::Active,
                     lease_until_ms: u64::MAX,
                     load: 0,
+                    in_flight: 0,
                     users: 0,
                 })
                 .collect(),
@@ -134,18 +138,57 @@ pub fn routing_aor(msg: &Message) -> String {
 
 impl EdgeCore {
     /// Sends a request to the pool: to the owner of `aor` among the members, or to the single pool.
-    pub(super) fn send_to_pool(&mut self, aor: &str, bytes: Bytes, now: Instant) {
+    /// Returns the member it went to (None: the single pool).
+    pub(super) fn send_to_pool(&mut self, aor: &str, bytes: Bytes, now: Instant) -> Option<usize> {
         if self.members.is_empty() {
             self.out.push(Action::ToPool(bytes));
+            return None;
+        }
+        // Every member down: the connector of the hash's choice tries anyway, and answers 503 if it fails.
+        let member =
+            self.members.pick(aor, now).unwrap_or_else(|| crate::shard::shard_for(aor.as_bytes(), self.members.len()));
+        self.out.push(Action::ToMember { member, bytes });
+        Some(member)
+    }
+
+    /// A user's request (`req`, as the user sent it, on `conn`) went to `member`: kept until its final answer.
+    pub(super) fn track_member_txn(&mut self, conn: ConnId, req: &Message, member: usize, now: Instant) {
+        if req.method() == Some(&Method::Ack) {
             return;
         }
-        match self.members.pick(aor, now) {
-            Some(member) => self.out.push(Action::ToMember { member, bytes }),
-            // Every member down: the connector of the hash's choice tries anyway, and answers 503 if it fails.
-            None => self
-                .out
-                .push(Action::ToMember { member: crate::shard::shard_for(aor.as_bytes(), self.members.len()), bytes }),
+        self.inflight.sent(TxnKey::of(conn, req), member, (conn, req.clone()), now);
+    }
+
+    /// A member's final answer to a user's request on `back`: false when the edge answered it already.
+    pub(super) fn member_answer_passes(&mut self, back: ConnId, resp: &Message) -> bool {
+        if self.members.is_empty() || resp.status().unwrap_or(0) < 200 {
+            return true;
         }
+        if self.inflight.answered(&TxnKey::of(back, resp)) == Verdict::Drop {
+            tracing::debug!("a member's late answer to a request the edge answered: dropped");
+            return false;
+        }
+        true
+    }
+
+    /// Answers, once, requests no member will answer: `503` when their member's link went down, `408` past their
+    /// deadline.
+    fn answer_for_members(&mut self, txns: Vec<(ConnId, Message)>, code: u16, reason: &'static str) {
+        for (conn, req) in txns {
+            bump(&self.estats.pool_answered_by_edge);
+            if let Some(flow) = self.flows.get_mut(conn) {
+                flow.in_flight = flow.in_flight.saturating_sub(1);
+            }
+            let extra: &[(HeaderName, &[u8])] = &[(HeaderName::RetryAfter, b"1")];
+            self.out.respond(conn, &req, code, reason, if code == 503 { extra } else { &[] });
+        }
+    }
+
+    /// Once a second: requests whose member went down, or past their deadline at a member.
+    pub(super) fn expire_member_txns(&mut self, now: Instant) {
+        let e = self.inflight.expire(now);
+        self.answer_for_members(e.lost, 503, "Service Unavailable: pool member lost");
+        self.answer_for_members(e.late, 408, "Request Timeout");
     }
 
     /// A new roster read from the store (`wall_ms`: the wall clock when it was handed over).
@@ -164,6 +207,8 @@ impl EdgeCore {
                 bump(&self.estats.pool_members_down);
                 tracing::warn!(member = i, "pool member unreachable: its users go to the others");
             }
+            // What it took and had not answered, it never will (or its answer cannot come back this way).
+            self.inflight.member_down(i);
             new
         }
     }
@@ -189,15 +234,43 @@ impl EdgeCore {
         {
             return true;
         }
+        let key = req.top_via().and_then(|v| v.branch()).and_then(token::parse_up_branch).map(|b| TxnKey::of(b, req));
+        if key.as_ref().is_some_and(|k| self.inflight.is_answered(k)) {
+            // The edge answered it already (503 or 408): sending it again could bring a second answer.
+            return true;
+        }
         let aor = routing_aor(req);
         match self.members.pick(&aor, now) {
             Some(member) => {
                 bump(&self.estats.pool_rerouted);
+                if let Some(k) = &key {
+                    self.inflight.move_to(k, member);
+                }
                 self.out.push(Action::ToMember { member, bytes: req.bytes().clone() });
                 true
             }
             None => false,
         }
+    }
+}
+
+/// Requests in flight at members, keyed as their responses name them.
+pub type MemberTxns = InFlight<TxnKey, (ConnId, Message)>;
+
+/// A transaction as both the user's request and the member's response name it: the user's connection, Call-ID and
+/// CSeq (a CANCEL is its own transaction: its method is part of the key).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TxnKey {
+    conn: ConnId,
+    call_id: Bytes,
+    seq: u32,
+    method: Method,
+}
+
+impl TxnKey {
+    fn of(conn: ConnId, msg: &Message) -> TxnKey {
+        let c = msg.cseq();
+        TxnKey { conn, call_id: Bytes::copy_from_slice(msg.call_id()), seq: c.seq, method: c.method }
     }
 }
 
@@ -257,7 +330,7 @@ mod tests {
     }
 
     fn member(name: &str, state: MemberState, lease_until_ms: u64) -> Member {
-        Member { name: name.into(), addr: String::new(), state, lease_until_ms, load: 0, users: 0 }
+        Member { name: name.into(), addr: String::new(), state, lease_until_ms, load: 0, users: 0, in_flight: 0 }
     }
 
     fn roster(states: &[(&str, MemberState)]) -> Arc<Roster> {
@@ -389,6 +462,59 @@ mod tests {
         // A passed probe brings it back: bob's requests go to his owner again.
         c.on_member_link(first, true, now);
         assert_eq!(sent_to_members(&register(&mut c, "bob", now))[0].0, first);
+    }
+
+    #[test]
+    fn a_request_taken_by_a_member_that_died_is_answered_once_by_the_edge() {
+        let now = Instant::now();
+        let mut c = core();
+        c.on_roster(all_active(), WALL, now);
+        let (first, fwd) = sent_to_members(&register(&mut c, "bob", now)).remove(0);
+        // The member took it, then died: the probe finds its link down; the next tick answers the user.
+        c.on_member_link(first, false, now);
+        assert!(actions(&mut c).iter().all(|a| !matches!(a, Action::Send { .. })));
+        c.on_tick(now + Duration::from_secs(1));
+        let to_user: Vec<Message> = actions(&mut c)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { conn, bytes } if conn == USER => {
+                    Some(Message::parse(bytes, &Limits::default()).unwrap())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(to_user.len(), 1, "exactly one final answer");
+        assert_eq!(to_user[0].status(), Some(503));
+        // Its answer after all (the link was only slow): dropped, the user has its answer.
+        let late = format!(
+            "SIP/2.0 200 OK\r\nVia: {}\r\nVia: SIP/2.0/TLS 192.0.2.10:40000;branch=z9hG4bK1\r\n\
+             From: <sip:bob@example.com>;tag=1\r\nTo: <sip:bob@example.com>;tag=2\r\nCall-ID: c1\r\n\
+             CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+            std::str::from_utf8(fwd.header(HeaderName::Via).unwrap()).unwrap()
+        );
+        c.route_response(Message::parse(Bytes::from(late), &Limits::default()).unwrap(), true, now);
+        assert!(actions(&mut c).iter().all(|a| !matches!(a, Action::Send { .. })), "a second final answer");
+    }
+
+    #[test]
+    fn a_request_its_member_never_answers_gets_408_from_the_edge() {
+        let now = Instant::now();
+        let mut c = core();
+        c.on_roster(all_active(), WALL, now);
+        register(&mut c, "carol", now);
+        c.on_tick(now + Duration::from_secs(1));
+        assert!(actions(&mut c).iter().all(|a| !matches!(a, Action::Send { .. })), "in time: no answer yet");
+        c.on_tick(now + Duration::from_secs(33));
+        let answers: Vec<u16> = actions(&mut c)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { conn, bytes } if conn == USER => {
+                    Message::parse(bytes, &Limits::default()).unwrap().status()
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answers, vec![408]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod downstream;
 pub mod federation;
 pub mod flows;
 pub mod guard;
+pub mod inflight;
 pub mod members;
 pub mod notices;
 pub mod policy;
@@ -110,6 +111,9 @@ crate::counters! {
         pool_members_down,
         /// Requests sent again to the user's new owner after its member was found unreachable.
         pool_rerouted,
+        /// Requests a member took and could not answer (its link went down, or past the deadline): the edge
+        /// answered them itself (503 or 408); their late answers are dropped.
+        pool_answered_by_edge,
         /// Federation connections refused after the handshake: certificate not admitted by the table, or the
         /// peer at its connection cap.
         federation_connections_refused,

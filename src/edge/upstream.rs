@@ -110,7 +110,9 @@ impl EdgeCore {
                 return;
             }
         }
-        self.send_to_pool(&super::members::routing_aor(msg), out.freeze(), now);
+        if let Some(member) = self.send_to_pool(&super::members::routing_aor(msg), out.freeze(), now) {
+            self.track_member_txn(conn.id, msg, member, now);
+        }
     }
 
     /// The pool's response to a user's request; `back` is the user's connection, from our Via branch.
@@ -131,6 +133,9 @@ impl EdgeCore {
             if self.flows.proven(back, aor) {
                 bump(&self.estats.identities_proven);
             }
+            return;
+        }
+        if !self.member_answer_passes(back, &msg) {
             return;
         }
         let status = msg.status().unwrap_or(0);

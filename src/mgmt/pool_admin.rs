@@ -61,6 +61,12 @@ pub fn status_text(roster: &Roster, now_ms: u64) -> String {
     out
 }
 
+/// Renewed after the drain (so it read its new state), holding no one (so it wrote each of its users out for
+/// their new owners), and with no transaction in progress (a request it forwarded still waits for its answer).
+fn drained(m: &crate::proto::membership::Member, drain_lease_before: u64) -> bool {
+    m.lease_until_ms > drain_lease_before && m.users == 0 && m.in_flight == 0
+}
+
 pub fn run(config: &Path, cmd: PoolCmd) -> Result<String, String> {
     let mut store = open(config)?;
     match cmd {
@@ -80,20 +86,18 @@ pub fn run(config: &Path, cmd: PoolCmd) -> Result<String, String> {
                 if m.state_at(now) == MemberState::Gone {
                     return Ok(format!("{member}: draining, and its lease has run out: it can be stopped\n"));
                 }
-                // Renewed after the drain (so it read its new state) and holding no one (so it wrote each of its
-                // users out for their new owners).
-                if m.lease_until_ms > before && m.users == 0 {
+                if drained(m, before) {
                     return Ok(format!(
-                        "{member}: drained: it owns no users, their state is in the store for their new owners; \
-                         it can be stopped (SIGTERM lets its transactions in flight finish)\n"
+                        "{member}: drained: it owns no users, their state is in the store for their new owners, \
+                         and no transaction is in progress there; it can be stopped\n"
                     ));
                 }
                 if Instant::now() >= deadline {
                     return Err(if m.lease_until_ms > before {
                         format!(
-                            "{member}: draining, but it still holds {} users after {wait} s (is it the only active \
-                             member? no other may own them)",
-                            m.users
+                            "{member}: draining, but it still holds {} users and {} transactions in progress after \
+                             {wait} s (is it the only active member? no other may own them)",
+                            m.users, m.in_flight
                         )
                     } else {
                         format!("{member}: marked draining, but it did not renew its lease within {wait} s")
@@ -132,6 +136,7 @@ mod tests {
             state,
             lease_until_ms: until,
             load: 4,
+            in_flight: 0,
             users: 2,
         };
         let r = Roster::new(vec![
@@ -143,5 +148,22 @@ mod tests {
         assert!(t.contains("fe1\t127.0.0.1:5062\tactive\t2000\t2\t4\n"), "{t}");
         assert!(t.contains("fe2\t127.0.0.1:5062\tdraining\t1000\t"), "{t}");
         assert!(t.contains("fe3\t127.0.0.1:5062\tgone\t0\t"), "an expired lease reads as gone: {t}");
+    }
+
+    #[test]
+    fn a_drained_member_is_stoppable_only_once_its_transactions_are_done() {
+        let m = |until, users, in_flight| Member {
+            name: "fe2".into(),
+            addr: String::new(),
+            state: MemberState::Draining,
+            lease_until_ms: until,
+            load: 0,
+            in_flight,
+            users,
+        };
+        assert!(!drained(&m(1_000, 0, 0), 1_000), "not renewed since the drain: it may not know yet");
+        assert!(!drained(&m(2_000, 3, 0), 1_000), "still holds users");
+        assert!(!drained(&m(2_000, 0, 2), 1_000), "transactions still in progress");
+        assert!(drained(&m(2_000, 0, 0), 1_000));
     }
 }

@@ -327,6 +327,7 @@ impl PoolCore {
         self.flush_dirty_subscriptions();
         self.release_foreign();
         self.directory_sweep();
+        self.report_in_flight();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);

@@ -32,6 +32,7 @@ pub fn leave() {
         lease_until_ms: 0,
         users: 0,
         load: 0,
+        in_flight: 0,
     };
     match store.call_blocking(Op::RenewMember(row)) {
         Ok(_) => tracing::info!(member = %lease.name, "pool member: lease given up"),

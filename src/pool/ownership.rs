@@ -52,6 +52,11 @@ pub struct Ownership {
     loading: HashMap<String, Vec<(Stage, ConnId, Bytes)>>,
     waiting: usize,
     stats: Arc<MemberStats>,
+    /// This core's share of [`MemberStats::in_flight`] as last reported.
+    in_flight_reported: u64,
+    /// The generation of this member's claim on each held user: its soft-state writes carry it, and the store
+    /// refuses them once another member has claimed the user since ([`crate::store::Store::claim_user`]).
+    gens: HashMap<String, u64>,
 }
 
 impl Ownership {
@@ -64,6 +69,8 @@ impl Ownership {
             loading: HashMap::new(),
             waiting: 0,
             stats,
+            in_flight_reported: 0,
+            gens: HashMap::new(),
         }
     }
 
@@ -127,10 +134,25 @@ impl PoolCore {
         let first = !self.own.loading.contains_key(&aor);
         self.own.loading.entry(aor.clone()).or_default().push((stage, origin, msg.bytes().clone()));
         if first {
-            let now = self.now.secs;
-            self.push(Action::StoreCall { op: Op::StatesOf { aor: aor.clone(), now }, then: Resume::UserLoad { aor } });
+            self.claim_and_load(aor);
         }
         false
+    }
+
+    /// Claims a user in the store, then loads its state ([`Op::ClaimAndLoad`]): the old owner's writes that
+    /// arrive after the claim are refused, so nothing it writes late overwrites what is loaded here.
+    fn claim_and_load(&mut self, aor: String) {
+        let now = self.now.secs;
+        let op = match &self.own.me {
+            Some(member) => Op::ClaimAndLoad { aor: aor.clone(), member: member.clone(), now },
+            None => Op::StatesOf { aor: aor.clone(), now },
+        };
+        self.push(Action::StoreCall { op, then: Resume::UserLoad { aor } });
+    }
+
+    /// The fence a soft-state write of `aor` carries (None: not claimed here, written as is).
+    pub(crate) fn fence_of(&self, aor: &str) -> Option<u64> {
+        self.own.gens.get(aor).copied()
     }
 
     /// The store answered a user's load: restore, hold, and let the waiting requests go on in order.
@@ -139,6 +161,10 @@ impl PoolCore {
         self.own.waiting = self.own.waiting.saturating_sub(waiting.len());
         match reply {
             Ok(Reply::States(rows)) => self.hold(&aor, rows),
+            Ok(Reply::Claimed { gen, rows }) => {
+                self.own.gens.insert(aor.clone(), gen);
+                self.hold(&aor, rows);
+            }
             other => {
                 let why = match other {
                     Err(e) => e.to_string(),
@@ -189,6 +215,22 @@ impl PoolCore {
         self.push(Action::Timer { after: GAIN_DELAY, timer: Timer::Gain });
     }
 
+    /// On each sweep: this core's transactions in progress, into the member's count (a drain reports the member
+    /// stoppable only at 0, `pool drain`).
+    pub(crate) fn report_in_flight(&mut self) {
+        if self.own.me.is_none() {
+            return;
+        }
+        // Forked transactions waiting for a user's answer, and requests waiting for their user's state.
+        let now = (self.txns.len() + self.own.waiting) as u64;
+        let was = std::mem::replace(&mut self.own.in_flight_reported, now);
+        if now > was {
+            self.own.stats.in_flight.fetch_add(now - was, Ordering::Relaxed);
+        } else {
+            self.own.stats.in_flight.fetch_sub(was - now, Ordering::Relaxed);
+        }
+    }
+
     /// Hands over the users the roster gives to another member: after a roster change, and on every sweep (a
     /// request the edge sent by an older roster may have loaded one since).
     pub(crate) fn release_foreign(&mut self) {
@@ -217,6 +259,9 @@ impl PoolCore {
         self.presence.pubs.forget(aor);
         self.presence.registered.remove(aor);
         self.own.held.remove(aor);
+        // After the write-out above (it carries this claim): whatever this core writes for the user from now on
+        // is unfenced, and the user's next claim refuses nothing of what it wrote before.
+        self.own.gens.remove(aor);
         self.own.stats.users.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(core = self.id, %aor, "user handed over to another member");
     }
@@ -239,7 +284,7 @@ impl PoolCore {
                 return;
             }
         };
-        let mut by_user: HashMap<String, Vec<StateRow>> = HashMap::new();
+        let mut gained: HashSet<String> = HashSet::new();
         for row in rows {
             let aor = super::persist::owner_of(&row).to_string();
             if shard_for(aor.as_bytes(), self.count) != self.id
@@ -249,10 +294,13 @@ impl PoolCore {
             {
                 continue;
             }
-            by_user.entry(aor).or_default().push(row);
+            gained.insert(aor);
         }
-        for (aor, rows) in by_user {
-            self.hold(&aor, rows);
+        // Each is claimed before its rows are read again: these rows were read before the claim, and the old
+        // owner may have written since.
+        for aor in gained {
+            self.own.loading.insert(aor.clone(), Vec::new());
+            self.claim_and_load(aor);
         }
     }
 }
@@ -342,6 +390,7 @@ mod tests {
             state: *s,
             lease_until_ms: WALL + 3_000,
             load: 0,
+            in_flight: 0,
             users: 0,
         };
         Arc::new(Roster::new(states.iter().map(m).collect()))
@@ -379,12 +428,16 @@ mod tests {
         }
     }
 
+    /// Bob in the store, and two members: his owner (by the roster of both) and the other.
+    fn bob_and_two_members() -> (SqliteStore, (&'static str, &'static str), Fe, Fe) {
+        let mono = Instant::now();
+        let (o, other) = bobs_owner_and_other();
+        (store_with_bob(), (o, other), Fe::new(o, mono), Fe::new(other, mono))
+    }
+
     #[test]
     fn the_owner_loads_a_gained_user_and_a_drained_one_hands_it_over() {
-        let mono = Instant::now();
-        let mut store = store_with_bob();
-        let (o, other) = bobs_owner_and_other();
-        let (mut owner_fe, mut other_fe) = (Fe::new(o, mono), Fe::new(other, mono));
+        let (mut store, (o, other), mut owner_fe, mut other_fe) = bob_and_two_members();
         let both = roster(&[(o, MemberState::Active), (other, MemberState::Active)]);
         owner_fe.roster(&mut store, &both);
         other_fe.roster(&mut store, &both);
@@ -404,6 +457,28 @@ mod tests {
     }
 
     #[test]
+    fn an_old_owners_late_write_behind_does_not_overwrite_the_new_owners_state() {
+        let (mut store, _, mut old, mut new) = bob_and_two_members();
+        let conn = ConnId { core: 0, gen: 1, slot: 3 };
+        // The old owner holds bob; then the new one takes him over (a roster it read first, say).
+        old.step(&mut store, |c, now| c.on_message(conn, register_without_credentials(), now));
+        assert!(old.registered());
+        new.step(&mut store, |c, now| c.on_message(conn, register_without_credentials(), now));
+        let (Some(g_old), Some(g_new)) = (old.core.fence_of(BOB), new.core.fence_of(BOB)) else {
+            panic!("both claimed bob")
+        };
+        assert!(g_new > g_old, "the later claim is newer");
+        // The new owner's newer state...
+        let newer = StateRow { kind: "reg".into(), key: BOB.into(), value: b"{\"b\":[]}".to_vec(), expires_at: WALL };
+        let w = StateWrite::Fenced { aor: BOB.into(), gen: g_new, write: Box::new(StateWrite::Put(newer.clone())) };
+        store.write_states(&[w]).unwrap();
+        // ...is not overwritten by the old owner's write-behind arriving late: refused by the store.
+        old.core.persist_bindings(BOB);
+        old.step(&mut store, |c, now| c.on_write_behind(now));
+        assert_eq!(store.states_of(BOB, 0).unwrap(), vec![newer]);
+    }
+
+    #[test]
     fn a_request_for_a_user_not_held_waits_for_its_state_and_gets_one_answer() {
         let mono = Instant::now();
         let mut store = store_with_bob();
@@ -415,7 +490,7 @@ mod tests {
         fe.core.on_message(ConnId { core: 0, gen: 1, slot: 3 }, req.clone(), fe.now);
         fe.core.take_actions(&mut actions);
         assert!(
-            matches!(actions.as_slice(), [Action::StoreCall { op: Op::StatesOf { aor, .. }, .. }] if aor == BOB),
+            matches!(actions.as_slice(), [Action::StoreCall { op: Op::ClaimAndLoad { aor, .. }, .. }] if aor == BOB),
             "nothing is answered before bob's state is in"
         );
         let Some(Action::StoreCall { op, then }) = actions.pop() else { unreachable!() };

@@ -141,6 +141,15 @@ pub fn saved_state(
 
 impl PoolCore {
     fn write_state(&mut self, w: StateWrite) {
+        let aor = match &w {
+            StateWrite::Put(r) => owner_of(r),
+            StateWrite::Delete { key, .. } => key.split(' ').next().unwrap_or(""),
+            StateWrite::Fenced { aor, .. } => aor,
+        };
+        let w = match self.fence_of(aor) {
+            Some(gen) => StateWrite::Fenced { aor: aor.to_string(), gen, write: Box::new(w) },
+            None => w,
+        };
         self.push(Action::StoreWrite(w));
     }
 

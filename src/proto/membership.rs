@@ -73,6 +73,8 @@ pub struct Member {
     pub load: u64,
     /// Users it owned at its last renewal (for `pool status`).
     pub users: u64,
+    /// Transactions it had in progress at its last renewal (a drained member can be stopped at 0).
+    pub in_flight: u64,
 }
 
 impl Member {
@@ -178,6 +180,7 @@ mod tests {
             state,
             lease_until_ms: NOW + 3_000,
             load: 0,
+            in_flight: 0,
             users: 0,
         }
     }

@@ -20,6 +20,10 @@ pub struct MemStore {
     people: BTreeMap<String, DirectoryRow>,
     marks: BTreeMap<String, String>,
     credentials: BTreeMap<String, CredentialRow>,
+    /// The hand-over fence: each user's latest claim (member, generation).
+    owners: BTreeMap<String, (String, u64)>,
+    /// Fenced writes refused (an old owner's, late).
+    pub refused: u64,
 }
 
 impl Store for MemStore {
@@ -52,6 +56,19 @@ impl Store for MemStore {
         self.states.retain(|_, r| r.expires_at > now);
         Ok(self.states.values().cloned().collect())
     }
+    fn claim_user(&mut self, aor: &str, member: &str) -> Result<u64, StoreError> {
+        let e = self.owners.entry(aor.to_string()).or_insert((member.to_string(), 0));
+        e.0 = member.to_string();
+        e.1 += 1;
+        Ok(e.1)
+    }
+    fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError> {
+        if self.owners.get(aor).map_or(0, |o| o.1) != gen {
+            return Ok(false);
+        }
+        self.write_states(writes)?;
+        Ok(true)
+    }
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError> {
         for w in writes {
             match w {
@@ -60,6 +77,13 @@ impl Store for MemStore {
                 }
                 StateWrite::Delete { kind, key } => {
                     self.states.remove(&(kind.clone(), key.clone()));
+                }
+                StateWrite::Fenced { aor, gen, write } => {
+                    if self.owners.get(aor).map_or(0, |o| o.1) == *gen {
+                        self.write_states(std::slice::from_ref(write))?;
+                    } else {
+                        self.refused += 1;
+                    }
                 }
             }
         }
@@ -154,5 +178,24 @@ impl Store for MemStore {
     fn put_credential(&mut self, row: &CredentialRow) -> Result<(), StoreError> {
         self.credentials.insert(row.alias.clone(), row.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The model keeps the fence as SQLite and PostgreSQL do (`tests/e2e/store_conformance.rs`, `fence`).
+    #[test]
+    fn an_old_owners_late_write_is_refused_after_a_new_claim() {
+        let mut s = MemStore::default();
+        let row = |v: &[u8]| StateRow { kind: "reg".into(), key: "bob@x c1".into(), value: v.to_vec(), expires_at: 9 };
+        assert!(s.write_states_fenced("bob@x", 0, &[]).unwrap_or(false), "never claimed: generation 0");
+        let g1 = s.claim_user("bob@x", "fe1").unwrap_or(0);
+        assert!(s.write_states_fenced("bob@x", g1, &[StateWrite::Put(row(b"old"))]).unwrap_or(false));
+        let g2 = s.claim_user("bob@x", "fe2").unwrap_or(0);
+        assert_eq!(g2, g1 + 1);
+        assert!(!s.write_states_fenced("bob@x", g1, &[StateWrite::Put(row(b"stale"))]).unwrap_or(true));
+        assert_eq!(s.states_of("bob@x", 0).unwrap_or_default(), vec![row(b"old")]);
     }
 }

@@ -116,6 +116,7 @@ mod tests {
             .map(|w| match w {
                 StateWrite::Put(r) => (r.key, r.value[0]),
                 StateWrite::Delete { key, .. } => (key, 0),
+                StateWrite::Fenced { aor, .. } => (aor, 1),
             })
             .collect()
     }

@@ -57,6 +57,7 @@ pub fn roster_of(rows: Vec<MemberRow>) -> Roster {
                 lease_until_ms: r.lease_until_ms,
                 load: r.load,
                 users: r.users,
+                in_flight: r.in_flight,
             }),
             None => {
                 tracing::warn!(member = %r.name, state = %r.state, "roster: unknown member state, row skipped");
@@ -90,6 +91,8 @@ pub struct MemberStats {
     pub users: AtomicU64,
     /// Requests handled since the previous renewal.
     pub load: AtomicU64,
+    /// Transactions in progress (the cores' sum, as last counted on their sweeps).
+    pub in_flight: AtomicU64,
     /// Set when the process stops cleanly: the next renewal gives the lease up (state "gone").
     pub leaving: std::sync::atomic::AtomicBool,
 }
@@ -129,6 +132,7 @@ pub fn start_lease_keeper(
                 lease_until_ms: if leaving { 0 } else { now_ms().saturating_add(lease_ms) },
                 users: stats.users.load(Ordering::Relaxed),
                 load: stats.load.swap(0, Ordering::Relaxed),
+                in_flight: stats.in_flight.load(Ordering::Relaxed),
             };
             if let Err(e) = store.call_blocking(Op::RenewMember(row)) {
                 tracing::warn!(error = %e, member = %lease.name, "lease: not renewed");

@@ -74,12 +74,24 @@ pub struct MemberRow {
     pub users: u64,
     /// Requests it handled since its previous renewal.
     pub load: u64,
+    /// Transactions in progress at the member (see `proto::membership::Member::in_flight`).
+    pub in_flight: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateWrite {
     Put(StateRow),
-    Delete { kind: String, key: String },
+    Delete {
+        kind: String,
+        key: String,
+    },
+    /// `write`, applied only while `gen` is still `aor`'s latest claim (see [`Store::claim_user`]); skipped, in
+    /// the same transaction, otherwise: an old owner's write-behind that arrives after the hand-over.
+    Fenced {
+        aor: String,
+        gen: u64,
+        write: Box<StateWrite>,
+    },
 }
 
 #[derive(Debug)]
@@ -111,6 +123,13 @@ pub trait Store: Send {
     /// One user's soft state: the live rows whose key is `aor` or starts with `aor` and a space (its
     /// registrations, publications and the subscriptions to it), for the front end that takes the user over.
     fn states_of(&mut self, aor: &str, now: u64) -> Result<Vec<StateRow>, StoreError>;
+    /// The hand-over fence: `member` claims `aor` (before loading its soft state), raising the user's ownership
+    /// generation by one; returns the new generation (1 for a first claim).
+    fn claim_user(&mut self, aor: &str, member: &str) -> Result<u64, StoreError>;
+    /// Applies `writes` (soft state of `aor`) in one transaction only while `gen` is still the user's latest claim
+    /// (0: never claimed); Ok(false), nothing written, when a newer claim exists: the writer is an old owner and
+    /// its write must not overwrite what the new owner loaded or wrote.
+    fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError>;
     /// Renews a member's lease: inserts the row (state "active") or updates its address, lease, users and load,
     /// keeping the stored state (a drained member stays draining while it renews). A row whose `state` is
     /// "gone" sets that state too (a member stopping cleanly gives up its lease at once).

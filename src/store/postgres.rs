@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/postgres/0003_archive.sql")),
     (4, include_str!("migrations/postgres/0004_directory.sql")),
     (5, include_str!("migrations/postgres/0005_rollup.sql")),
+    (6, include_str!("migrations/postgres/0006_user_owner.sql")),
 ];
 
 /// Longest wait between two connection attempts while the server is away.
@@ -62,15 +63,20 @@ pub mod sql {
     pub const PUT_STATE: &str = "INSERT INTO soft_state (kind, key, value, expires_at) VALUES ($1, $2, $3, $4)
         ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at";
     pub const DELETE_STATE: &str = "DELETE FROM soft_state WHERE kind = $1 AND key = $2";
+    pub const CLAIM_USER: &str = "INSERT INTO user_owner (aor, member, gen) VALUES ($1, $2, 1)
+        ON CONFLICT (aor) DO UPDATE SET member = excluded.member, gen = user_owner.gen + 1 RETURNING gen";
+    /// FOR UPDATE: a claim waits for this writer's commit (and a write after a claim sees it).
+    pub const USER_GEN: &str = "SELECT gen FROM user_owner WHERE aor = $1 FOR UPDATE";
     pub const STATES_OF: &str = "SELECT kind, key, value, expires_at FROM soft_state
         WHERE expires_at > $1 AND (key = $2 OR substr(key, 1, length($3)) = $3) ORDER BY kind, key";
-    pub const RENEW_MEMBER: &str = "INSERT INTO member (name, addr, state, lease_until_ms, users, load)
-        VALUES ($1, $2, $3, $4, $5, $6)
+    pub const RENEW_MEMBER: &str = "INSERT INTO member (name, addr, state, lease_until_ms, users, load, in_flight)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, lease_until_ms = excluded.lease_until_ms,
-          users = excluded.users, load = excluded.load,
+          users = excluded.users, load = excluded.load, in_flight = excluded.in_flight,
           state = CASE WHEN excluded.state = 'gone' THEN 'gone'
                        WHEN member.state = 'draining' THEN 'draining' ELSE 'active' END";
-    pub const MEMBERS: &str = "SELECT name, addr, state, lease_until_ms, users, load FROM member ORDER BY name";
+    pub const MEMBERS: &str =
+        "SELECT name, addr, state, lease_until_ms, users, load, in_flight FROM member ORDER BY name";
     pub const SET_MEMBER_STATE: &str = "UPDATE member SET state = $2 WHERE name = $1";
     pub const PUT_SECRET: &str = "INSERT INTO pool_secret (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
     pub const SECRET: &str = "SELECT value FROM pool_secret WHERE name = $1";
@@ -369,6 +375,33 @@ pub fn migrate(c: &mut Client) -> Result<i32, StoreError> {
     Ok(newest)
 }
 
+/// A user's latest claim (0: never claimed), locked until the commit.
+fn pg_gen(tx: &mut postgres::Transaction<'_>, aor: &str) -> Result<u64, postgres::Error> {
+    let g = tx.query_opt(sql::USER_GEN, &[&aor])?.map_or(0, |r| r.get::<_, i64>(0));
+    Ok(u64::try_from(g).unwrap_or(0))
+}
+
+fn apply_states(tx: &mut postgres::Transaction<'_>, writes: &[StateWrite]) -> Result<(), postgres::Error> {
+    for w in writes {
+        match w {
+            StateWrite::Put(r) => {
+                tx.execute(sql::PUT_STATE, &[&r.kind, &r.key, &r.value, &to_i64(r.expires_at)])?;
+            }
+            StateWrite::Delete { kind, key } => {
+                tx.execute(sql::DELETE_STATE, &[kind, key])?;
+            }
+            StateWrite::Fenced { aor, gen, write } => {
+                if pg_gen(tx, aor)? == *gen {
+                    apply_states(tx, std::slice::from_ref(write))?;
+                } else {
+                    tracing::debug!(%aor, gen, "store: an old owner's soft-state write refused");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Store for PgStore {
     fn policies(&mut self) -> Result<Vec<PolicyRow>, StoreError> {
         let rows = self.with("policies", |c| c.query(sql::POLICIES, &[]))?;
@@ -416,17 +449,25 @@ impl Store for PgStore {
     fn write_states(&mut self, writes: &[StateWrite]) -> Result<(), StoreError> {
         self.with("write state", |c| {
             let mut tx = c.transaction()?;
-            for w in writes {
-                match w {
-                    StateWrite::Put(r) => {
-                        tx.execute(sql::PUT_STATE, &[&r.kind, &r.key, &r.value, &to_i64(r.expires_at)])?;
-                    }
-                    StateWrite::Delete { kind, key } => {
-                        tx.execute(sql::DELETE_STATE, &[kind, key])?;
-                    }
-                }
-            }
+            apply_states(&mut tx, writes)?;
             tx.commit()
+        })
+    }
+
+    fn claim_user(&mut self, aor: &str, member: &str) -> Result<u64, StoreError> {
+        let row = self.with("claim user", |c| c.query_one(sql::CLAIM_USER, &[&aor, &member]))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError> {
+        self.with("fenced state write", |c| {
+            let mut tx = c.transaction()?;
+            if pg_gen(&mut tx, aor)? != gen {
+                return Ok(false);
+            }
+            apply_states(&mut tx, writes)?;
+            tx.commit()?;
+            Ok(true)
         })
     }
 
@@ -439,8 +480,9 @@ impl Store for PgStore {
     fn renew_member(&mut self, row: &MemberRow) -> Result<(), StoreError> {
         let state = if row.state == "gone" { "gone" } else { "active" };
         let (until, users, load) = (to_i64(row.lease_until_ms), to_i64(row.users), to_i64(row.load));
+        let in_flight = to_i64(row.in_flight);
         self.with("renew member lease", |c| {
-            c.execute(sql::RENEW_MEMBER, &[&row.name, &row.addr, &state, &until, &users, &load])
+            c.execute(sql::RENEW_MEMBER, &[&row.name, &row.addr, &state, &until, &users, &load, &in_flight])
         })?;
         Ok(())
     }
@@ -457,6 +499,7 @@ impl Store for PgStore {
                 lease_until_ms: n(r.get(3)),
                 users: n(r.get(4)),
                 load: n(r.get(5)),
+                in_flight: n(r.get(6)),
             })
             .collect())
     }

@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/sqlite/0002_members.sql")),
     (3, include_str!("migrations/sqlite/0003_archive.sql")),
     (4, include_str!("migrations/sqlite/0004_directory.sql")),
+    (5, include_str!("migrations/sqlite/0005_user_owner.sql")),
 ];
 
 pub struct SqliteStore {
@@ -124,6 +125,42 @@ impl SqliteStore {
             conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| err("data_version", e))?;
         Ok(SqliteStore { conn, data_version })
     }
+}
+
+/// A user's latest claim (0: never claimed).
+fn sqlite_gen(tx: &rusqlite::Transaction<'_>, aor: &str) -> Result<u64, StoreError> {
+    let g: Option<i64> = tx
+        .query_row("SELECT gen FROM user_owner WHERE aor = ?1", params![aor], |r| r.get(0))
+        .optional()
+        .map_err(|e| err("read user generation", e))?;
+    Ok(g.map_or(0, |g| u64::try_from(g).unwrap_or(0)))
+}
+
+fn apply_states(tx: &rusqlite::Transaction<'_>, writes: &[StateWrite]) -> Result<(), StoreError> {
+    for w in writes {
+        match w {
+            StateWrite::Put(r) => {
+                tx.execute(
+                    "INSERT INTO soft_state (kind, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                    params![r.kind, r.key, r.value, i64::try_from(r.expires_at).unwrap_or(i64::MAX)],
+                )
+                .map_err(|e| err("put state", e))?;
+            }
+            StateWrite::Delete { kind, key } => {
+                tx.execute("DELETE FROM soft_state WHERE kind = ?1 AND key = ?2", params![kind, key])
+                    .map_err(|e| err("delete state", e))?;
+            }
+            StateWrite::Fenced { aor, gen, write } => {
+                if sqlite_gen(tx, aor)? == *gen {
+                    apply_states(tx, std::slice::from_ref(write))?;
+                } else {
+                    tracing::debug!(%aor, gen, "store: an old owner's soft-state write refused");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -237,23 +274,35 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| err("begin", e))?;
-        for w in writes {
-            match w {
-                StateWrite::Put(r) => {
-                    tx.execute(
-                        "INSERT INTO soft_state (kind, key, value, expires_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                        params![r.kind, r.key, r.value, i64::try_from(r.expires_at).unwrap_or(i64::MAX)],
-                    )
-                    .map_err(|e| err("put state", e))?;
-                }
-                StateWrite::Delete { kind, key } => {
-                    tx.execute("DELETE FROM soft_state WHERE kind = ?1 AND key = ?2", params![kind, key])
-                        .map_err(|e| err("delete state", e))?;
-                }
-            }
-        }
+        apply_states(&tx, writes)?;
         tx.commit().map_err(|e| err("commit", e))
+    }
+
+    fn claim_user(&mut self, aor: &str, member: &str) -> Result<u64, StoreError> {
+        let gen: i64 = self
+            .conn
+            .query_row(
+                "INSERT INTO user_owner (aor, member, gen) VALUES (?1, ?2, 1)
+                 ON CONFLICT (aor) DO UPDATE SET member = excluded.member, gen = user_owner.gen + 1 RETURNING gen",
+                params![aor, member],
+                |r| r.get(0),
+            )
+            .map_err(|e| err("claim user", e))?;
+        Ok(u64::try_from(gen).unwrap_or(0))
+    }
+
+    fn write_states_fenced(&mut self, aor: &str, gen: u64, writes: &[StateWrite]) -> Result<bool, StoreError> {
+        // IMMEDIATE: the generation read and the writes are one writer's, no claim comes in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| err("begin", e))?;
+        if sqlite_gen(&tx, aor)? != gen {
+            return Ok(false);
+        }
+        apply_states(&tx, writes)?;
+        tx.commit().map_err(|e| err("commit", e))?;
+        Ok(true)
     }
 
     fn states_of(&mut self, aor: &str, now: u64) -> Result<Vec<StateRow>, StoreError> {
@@ -274,12 +323,21 @@ impl Store for SqliteStore {
         let state = if row.state == "gone" { "gone" } else { "active" };
         self.conn
             .execute(
-                "INSERT INTO member (name, addr, state, lease_until_ms, users, load) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO member (name, addr, state, lease_until_ms, users, load, in_flight)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET addr = excluded.addr, lease_until_ms = excluded.lease_until_ms,
-                   users = excluded.users, load = excluded.load,
+                   users = excluded.users, load = excluded.load, in_flight = excluded.in_flight,
                    state = CASE WHEN excluded.state = 'gone' THEN 'gone'
                                 WHEN member.state = 'draining' THEN 'draining' ELSE 'active' END",
-                params![row.name, row.addr, state, to_i64(row.lease_until_ms), to_i64(row.users), to_i64(row.load)],
+                params![
+                    row.name,
+                    row.addr,
+                    state,
+                    to_i64(row.lease_until_ms),
+                    to_i64(row.users),
+                    to_i64(row.load),
+                    to_i64(row.in_flight)
+                ],
             )
             .map_err(|e| err("renew member lease", e))?;
         Ok(())
@@ -288,7 +346,9 @@ impl Store for SqliteStore {
     fn members(&mut self) -> Result<Vec<MemberRow>, StoreError> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT name, addr, state, lease_until_ms, users, load FROM member ORDER BY name")
+            .prepare_cached(
+                "SELECT name, addr, state, lease_until_ms, users, load, in_flight FROM member ORDER BY name",
+            )
             .map_err(|e| err("members", e))?;
         let rows = st
             .query_map([], |r| {
@@ -299,6 +359,7 @@ impl Store for SqliteStore {
                     lease_until_ms: to_u64(r.get(3)?),
                     users: to_u64(r.get(4)?),
                     load: to_u64(r.get(5)?),
+                    in_flight: to_u64(r.get(6)?),
                 })
             })
             .map_err(|e| err("members", e))?;
@@ -670,6 +731,7 @@ mod tests {
             lease_until_ms: until,
             users: 3,
             load: 7,
+            in_flight: 0,
         };
         s.renew_member(&m("fe2", "active", 10)).unwrap();
         s.renew_member(&m("fe1", "active", 10)).unwrap();
@@ -709,6 +771,7 @@ mod tests {
                             lease_until_ms: i,
                             users: 0,
                             load: 0,
+                            in_flight: 0,
                         };
                         s.renew_member(&m).unwrap();
                         s.members().unwrap();

@@ -51,6 +51,12 @@ pub enum Op {
         aor: String,
         now: u64,
     },
+    /// A front end taking a user over: claims it ([`Store::claim_user`]), then reads its live soft state.
+    ClaimAndLoad {
+        aor: String,
+        member: String,
+        now: u64,
+    },
     /// This member's lease (see [`Store::renew_member`]).
     RenewMember(MemberRow),
     /// The roster's rows.
@@ -82,6 +88,11 @@ pub enum Reply {
     Contacts(Vec<ContactRow>),
     Members(Vec<MemberRow>),
     Secret(Vec<u8>),
+    /// A user claimed ([`Op::ClaimAndLoad`]): the claim's generation and the user's rows.
+    Claimed {
+        gen: u64,
+        rows: Vec<StateRow>,
+    },
     /// A write; for deletions, whether something was there.
     Done(bool),
     Archive(Vec<ArchiveRow>),
@@ -136,6 +147,11 @@ pub(crate) fn run(store: &mut dyn Store, op: Op) -> Result<Reply, StoreError> {
         Op::WatchPolicies(_) | Op::WatchContacts(_) => Reply::Done(true),
         Op::States { now } => Reply::States(store.states(now)?),
         Op::StatesOf { aor, now } => Reply::States(store.states_of(&aor, now)?),
+        Op::ClaimAndLoad { aor, member, now } => {
+            // The claim first: from here on the old owner's late writes are refused, so what is loaded is final.
+            let gen = store.claim_user(&aor, &member)?;
+            Reply::Claimed { gen, rows: store.states_of(&aor, now)? }
+        }
         Op::RenewMember(r) => {
             store.renew_member(&r)?;
             Reply::Done(true)
@@ -232,6 +248,7 @@ fn row_of(w: &StateWrite) -> (&str, &str) {
     match w {
         StateWrite::Put(r) => (r.kind.as_str(), r.key.as_str()),
         StateWrite::Delete { kind, key } => (kind.as_str(), key.as_str()),
+        StateWrite::Fenced { write, .. } => row_of(write),
     }
 }
 

@@ -103,6 +103,7 @@ fn conformance(open: &dyn Fn() -> Box<dyn Store>) {
     members(&mut *a, &mut *b);
     directory(&mut *a, &mut *b);
     rollups(&mut *a, &mut *b);
+    fence(&mut *a, &mut *b);
     archive_conformance(open);
 }
 
@@ -253,6 +254,35 @@ fn archive_conformance(open: &dyn Fn() -> Box<dyn Store>) {
     s.purge_archive(i64::MAX).expect("store call");
 }
 
+/// The hand-over fence through two connections (two front ends): once the new owner has claimed a user, the
+/// old owner's late soft-state write is refused and leaves the new owner's state alone.
+fn fence(old: &mut dyn Store, new: &mut dyn Store) {
+    let bob = "bob@fence";
+    let row = |v: &[u8]| state("reg", &format!("{bob} c1"), v, u64::MAX >> 2);
+    assert!(old.write_states_fenced("nobody@fence", 0, &[]).expect("store call"), "never claimed: generation 0");
+    assert!(!old.write_states_fenced("nobody@fence", 1, &[]).expect("store call"), "no such claim");
+    let g1 = old.claim_user(bob, "fe1").expect("store call");
+    assert_eq!(g1, 1, "a first claim");
+    assert!(old.write_states_fenced(bob, g1, &[StateWrite::Put(row(b"old"))]).expect("store call"));
+    let g2 = new.claim_user(bob, "fe2").expect("store call");
+    assert_eq!(g2, 2, "a claim raises the generation");
+    assert_eq!(new.states_of(bob, 0).expect("store call"), vec![row(b"old")], "the new owner loads the flushed state");
+    assert!(new.write_states_fenced(bob, g2, &[StateWrite::Put(row(b"new"))]).expect("store call"));
+    // The old owner's write-behind, late: refused, nothing of it written (not even its delete).
+    let late = [StateWrite::Put(row(b"stale")), StateWrite::Delete { kind: "reg".into(), key: format!("{bob} c1") }];
+    assert!(!old.write_states_fenced(bob, g1, &late).expect("store call"), "a stale generation is refused");
+    assert_eq!(new.states_of(bob, 0).expect("store call"), vec![row(b"new")]);
+    // The same through the write-behind batch: a fenced write among others is skipped alone.
+    let fenced = |gen, v: &[u8]| StateWrite::Fenced { aor: bob.into(), gen, write: Box::new(StateWrite::Put(row(v))) };
+    let other = state("reg", "carol@fence", b"c", u64::MAX >> 2);
+    old.write_states(&[fenced(g1, b"stale"), StateWrite::Put(other.clone())]).expect("store call");
+    assert_eq!(new.states_of(bob, 0).expect("store call"), vec![row(b"new")], "the stale one skipped");
+    assert_eq!(new.states_of("carol@fence", 0).expect("store call"), vec![other], "the others written");
+    new.write_states(&[fenced(g2, b"newer")]).expect("store call");
+    assert_eq!(old.states_of(bob, 0).expect("store call"), vec![row(b"newer")]);
+    assert_eq!(old.claim_user(bob, "fe1").expect("store call"), 3, "claimed back: the generation goes on");
+}
+
 fn member(name: &str, state: &str, until: u64) -> MemberRow {
     MemberRow {
         name: name.into(),
@@ -261,6 +291,7 @@ fn member(name: &str, state: &str, until: u64) -> MemberRow {
         lease_until_ms: until,
         users: 3,
         load: 7,
+        in_flight: 3,
     }
 }
 
