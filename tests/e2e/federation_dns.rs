@@ -316,7 +316,9 @@ fn discovery_federates_an_organization_in_no_table_and_checks_its_certificate_ag
     assert!(listed.contains("partner third.test  cert_name=edge.third.test  addr=third.test"), "{listed}");
     let carol = im_eventually(&ex, &mut alice, carol, "carol@third.test", "promoted");
     let scrape = Metrics::edge(&ex);
-    let cores = scrape.0.lines().filter(|l| l.starts_with("parapet_edge_federation_reloads{")).count() as u64;
+    // One line per core: counters are exposed as `<name>_total{core="N"}` (a count of 0 would wait for nothing).
+    let cores = scrape.0.lines().filter(|l| l.starts_with("parapet_edge_federation_reloads_total{")).count() as u64;
+    assert!(cores > 0, "no per-core parapet_edge_federation_reloads_total in the scrape:\n{}", scrape.0);
     // Each edit applied by every core (within a second), then the next.
     let mut reloads = scrape.must(&ex, "parapet_edge_federation_reloads");
     for edit in [["remove", "third.test"], ["block", "third.test"]] {

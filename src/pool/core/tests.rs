@@ -191,6 +191,34 @@ fn message_to_a_binding_goes_to_its_edge_with_route() {
     assert_eq!(rig.core.sizes().transactions, 0);
 }
 
+/// A request for a foreign domain goes to the edge's federation; the edge's own final refusal (a blocked domain)
+/// comes back to alice as it is, once, our Via removed.
+#[test]
+fn an_edge_refusal_of_a_federated_request_is_passed_on() {
+    let mut rig = Rig::new();
+    let out = rig.authed("alice", |n, creds| {
+        format!(
+            "MESSAGE sip:carol@third.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKm{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <sip:carol@third.test>\r\n\
+             Call-ID: f-{n}\r\nCSeq: 1 MESSAGE\r\n{creds}Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi"
+        )
+    });
+    assert!(sent(&out).is_empty(), "no answer before the edge's");
+    let fwd = to_edge(&out);
+    assert_eq!(fwd.len(), 1);
+    let (addr, req) = &fwd[0];
+    assert_eq!(*addr, EDGE.parse::<SocketAddr>().unwrap());
+    assert_eq!(req.header(HeaderName::Route), Some(format!("<sip:fed@{EDGE};lr>").as_bytes()));
+    let mut refused = BytesMut::new();
+    sip::write_response(&mut refused, req, 403, "Forbidden: domain blocked", None, &[], None);
+    let out =
+        rig.step(|c, now| c.on_message(conn(), Message::parse(refused.freeze(), &Limits::default()).unwrap(), now));
+    let resp = only_response(&out);
+    assert_eq!(resp.status(), Some(403));
+    assert!(resp.top_via().and_then(|v| v.branch()).is_some_and(|b| b.starts_with(b"z9hG4bKm")));
+    assert_eq!(rig.core.sizes().transactions, 0);
+}
+
 #[test]
 fn a_dead_edge_reads_as_offline() {
     let mut rig = Rig::new();
