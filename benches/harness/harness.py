@@ -215,6 +215,27 @@ class Server:
         self.proc = None
 
 
+def wait_parapet_ready(proc, logf, log_path, timeout_s):
+    """Copies `parapet up`'s stdout (a text pipe) into logf until it exits; returns once it printed PARAPET_READY."""
+    ready = {}
+
+    def reader():
+        for line in proc.stdout:
+            logf.write(line)
+            logf.flush()
+            if line.startswith("PARAPET_READY"):
+                ready["line"] = line.strip()
+    threading.Thread(target=reader, daemon=True).start()
+    deadline = time.time() + timeout_s
+    while "line" not in ready:
+        if proc.poll() is not None:
+            raise RuntimeError(f"parapet up exited while starting (see {log_path})")
+        if time.time() > deadline:
+            raise RuntimeError(f"parapet up not ready after {timeout_s} s (see {log_path})")
+        time.sleep(0.1)
+    return ready["line"]
+
+
 def wait_tls(port, deadline, server):
     ctx = ssl.create_default_context(cafile=os.path.join(DATA, "pki", "ca.pem"))
     last = None
@@ -240,22 +261,7 @@ class Parapet(Server):
                 str(PORTS["parapet"]), "--load-users", str(LOAD_USERS), "--cores", "1",
                 "--flood-limits", "off"]
         self.spawn(argv, self.log_path, stdout=subprocess.PIPE, text=True)
-        ready = {}
-
-        def reader():
-            for line in self.proc.stdout:
-                self.logf.write(line)
-                self.logf.flush()
-                if line.startswith("PARAPET_READY"):
-                    ready["line"] = line.strip()
-        threading.Thread(target=reader, daemon=True).start()
-        deadline = time.time() + 90
-        while "line" not in ready:
-            if not self.alive():
-                raise RuntimeError(f"parapet up exited while starting (see {self.log_path})")
-            if time.time() > deadline:
-                raise RuntimeError(f"parapet up not ready after 90 s (see {self.log_path})")
-            time.sleep(0.1)
+        wait_parapet_ready(self.proc, self.logf, self.log_path, 90)
         time.sleep(0.5)
 
     def pids(self):
