@@ -305,7 +305,7 @@ fn svg(plot: &BTreeMap<String, Vec<(u64, f64)>>) -> String {
 /// The report page; `refresh_s` adds a self-refresh (the live dashboard).
 pub fn html(tables: &[Table], since: u64, until: u64, refresh_s: Option<u32>, live: &str) -> String {
     let mut s =
-        String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>parapet report</title>");
+        String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><title>parapet report</title>");
     if let Some(r) = refresh_s {
         let _ = write!(s, "<meta http-equiv=\"refresh\" content=\"{r}\">");
     }

@@ -110,7 +110,7 @@ fn ops_mgmt_token_required_off_loopback() {
 
     app.wait_ports_released();
     let _pool = Role::start(&app, "pool", "pool.toml");
-    let _edge = Role::start(&app, "edge", "edge.toml");
+    let edge = Role::start(&app, "edge", "edge.toml");
     wait_for(&app, "edge /ready", START_TIMEOUT, || match http(mgmt, "GET", "/ready", None) {
         Ok((200, _)) => Ok(()),
         other => Err(format!("{other:?}")),
@@ -141,8 +141,20 @@ fn ops_mgmt_token_required_off_loopback() {
         assert_eq!(code, 200, "/bans with the token: {body}");
         let (code, body) = call("POST", "/reload", Some(token));
         assert_eq!(code, 200, "/reload with the token: {body}");
-        eprintln!("{at}: open routes 200, others 401/403 without/with a wrong token, 200 with it");
+        // A browser cannot send the header: GET /report and /dashboard take ?token=, nothing else does.
+        for page in ["/dashboard?token=", "/report?since=1h&token="] {
+            let (code, body) = call("GET", &format!("{page}{token}"), None);
+            assert!(code == 200 && body.contains("<html"), "GET {page}<token> at {at}: {code} {body}");
+            let (code, body) = call("GET", &format!("{page}wrong-token-wrong-token"), None);
+            assert_eq!(code, 403, "GET {page}<wrong> at {at}: {body}");
+        }
+        for (method, path) in [("POST", "/reload"), ("GET", "/bans"), ("POST", "/dashboard")] {
+            let (code, body) = call(method, &format!("{path}?token={token}"), None);
+            assert_eq!(code, 401, "{method} {path}?token=<token> at {at} must not take a token in the URL: {body}");
+        }
+        eprintln!("{at}: open routes 200, others 401/403 without/with a wrong token, 200 with it; ?token= only for GET of the pages");
     }
+    assert!(!edge.log.last(400).contains(token), "the edge logged the token:\n{}", edge.log.last(400));
     let (ok, out) = parapet(&dir, &["reload", "-c", "edge.toml"], None);
     assert!(ok, "`parapet reload` (token from the config):\n{out}");
     eprintln!("parapet reload: {}", out.trim());
