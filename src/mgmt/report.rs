@@ -186,7 +186,10 @@ fn latency(rows: &[RollupRow]) -> Table {
 
 /// What the traffic tables show, per hour and per day.
 const TRAFFIC: &[(&str, &str)] = &[
-    ("parapet_pool_messages_forked_total", "messages (internal and remote)"),
+    // Every user comes through an edge, so there is no separate "remote" path: internal means From and target
+    // both ours, federated in/out a partner's user on one side (by direction).
+    ("parapet_pool_messages_forked_total", "messages (all delivered to our users)"),
+    ("parapet_pool_messages_internal_total", "messages internal (both users ours)"),
     ("parapet_pool_messages_delivered_total", "messages delivered"),
     ("parapet_pool_messages_offline_total", "messages to offline users"),
     ("parapet_pool_federated_requests_total", "federated in"),
@@ -504,7 +507,7 @@ mod tests {
         assert_eq!(find("capacity").first().and_then(|r| r.get(1)).map(String::as_str), Some("5"));
         let daily = find("traffic_daily");
         assert_eq!(daily.len(), 2, "two days: {daily:?}");
-        assert_eq!((daily[0][0].as_str(), daily[0][6].as_str(), daily[1][6].as_str()), ("1970-01-01 00:00", "3", "3"));
+        assert_eq!((daily[0][0].as_str(), daily[0][7].as_str(), daily[1][7].as_str()), ("1970-01-01 00:00", "3", "3"));
         assert_eq!(find("traffic").len(), 3, "three hours");
         assert_eq!(find("latency"), vec![vec!["1970-01-01 01:00", "edge", "100", "1", "1", "10"]]);
         let page = html(&t, 0, 7200, None, "");

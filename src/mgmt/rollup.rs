@@ -20,6 +20,7 @@ const REPORTED: &[&str] = &[
     "parapet_pool_auth_failures_total",
     "parapet_pool_challenges_total",
     "parapet_pool_messages_forked_total",
+    "parapet_pool_messages_internal_total",
     "parapet_pool_messages_delivered_total",
     "parapet_pool_messages_offline_total",
     "parapet_pool_messages_refused_policy_total",

@@ -50,6 +50,8 @@ crate::counters! {
         auth_failures,
         registrations,
         messages_forked,
+        /// MESSAGEs forked between two of our users (From and target both ours): the report's "internal".
+        messages_internal,
         messages_delivered,
         messages_offline,
         messages_unknown_user,

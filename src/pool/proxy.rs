@@ -136,6 +136,9 @@ impl PoolCore {
             return;
         }
         bump(&self.pstats.messages_forked);
+        if self.is_local_host(&msg.from().uri) {
+            bump(&self.pstats.messages_internal);
+        }
         if let Some(t) = self.txns.map.get_mut(&id) {
             t.outstanding += sent;
         }

@@ -697,7 +697,8 @@ fn csv_column(csv: &str, key: Option<&str>, col: usize) -> Vec<(String, u64)> {
 /// federation` (the two demo partners at known rates over mutual TLS) against the appliance; then `parapet report`
 /// shows, per partner and per hour, the MESSAGEs loadgen saw answered 200 (plus each partner connection's one
 /// OPTIONS check, which the edge counts as a partner request); the pool's "federated in" equals the partners' 200s,
-/// its messages the mix's MESSAGEs plus those, its registrations both scenarios' plus the mix's refreshes.
+/// its internal messages the mix's MESSAGEs, all messages both, its registrations both scenarios' plus the
+/// mix's refreshes.
 #[test]
 fn ops_report_counts_a_loadgen_day() {
     let app = Appliance::prepare("ops-loadgen", &["--load-users", "20"]);
@@ -749,19 +750,24 @@ fn ops_report_counts_a_loadgen_day() {
             let col = traffic.lines().next().unwrap_or("").split(',').position(|h| h.starts_with(name));
             col.map_or(0, |c| csv_column(&traffic, None, c).iter().map(|(_, v)| v).sum())
         };
-        let (fed_in, forked, registrations) =
-            (column("federated in"), column("messages (internal"), column("registrations"));
+        let (fed_in, forked, internal, registrations) =
+            (column("federated in"), column("messages (all"), column("messages internal"), column("registrations"));
         let all_there = sent.iter().all(|(name, ok)| {
             let rows = csv_column(&partners, Some(name), 2);
             rows.len() <= 2 && rows.iter().map(|(_, v)| v).sum::<u64>() == ok + 1
         });
         // Registrations: each scenario registers its --count users first (10 + 10), then the mix's refreshes.
-        if all_there && fed_in == total && forked == fed_in + mix_messages && registrations == 20 + mix_refreshes {
+        if all_there
+            && fed_in == total
+            && internal == mix_messages
+            && forked == fed_in + internal
+            && registrations == 20 + mix_refreshes
+        {
             Ok((partners, traffic))
         } else {
             Err(format!(
                 "loadgen: partners {sent:?}, mix MESSAGEs {mix_messages}, refreshes {mix_refreshes}; report: federated \
-                 in {fed_in}, messages {forked}, registrations {registrations}\npartners.csv:\n{partners}\ntraffic.csv:\n{traffic}"
+                 in {fed_in}, messages {forked} (internal {internal}), registrations {registrations}\npartners.csv:\n{partners}\ntraffic.csv:\n{traffic}"
             ))
         }
     });
