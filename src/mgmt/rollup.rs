@@ -18,6 +18,11 @@ use crate::store::Store;
 const REPORTED: &[&str] = &[
     "parapet_pool_registrations_total",
     "parapet_pool_auth_failures_total",
+    "parapet_pool_register_refused_interval_total",
+    "parapet_pool_register_refused_bad_contact_total",
+    "parapet_pool_register_refused_out_of_order_total",
+    "parapet_pool_register_refused_devices_total",
+    "parapet_pool_register_refused_full_total",
     "parapet_pool_challenges_total",
     "parapet_pool_messages_forked_total",
     "parapet_pool_messages_internal_total",

@@ -772,4 +772,11 @@ fn ops_report_counts_a_loadgen_day() {
         }
     });
     eprintln!("loadgen mix: {mix_messages} MESSAGEs, {mix_refreshes} refreshes\npartners.csv:\n{partners}traffic.csv:\n{traffic}");
+    // Registrations and their failures by reason: every registration of the day succeeded.
+    let regs = fs::read_to_string(csv_dir.join("registrations.csv")).unwrap_or_else(|e| app.fail(&format!("{e}")));
+    let sums: Vec<u64> = (2..=regs.lines().next().unwrap_or("").split(',').count())
+        .map(|c| csv_column(&regs, None, c - 1).iter().map(|(_, v)| v).sum())
+        .collect();
+    assert!(sums.len() == 7 && sums[0] == 20 + mix_refreshes && sums[1..].iter().all(|&v| v == 0), "{sums:?}\n{regs}");
+    eprintln!("registrations.csv:\n{regs}");
 }
