@@ -218,6 +218,13 @@ pub fn tables(rows: &[RollupRow]) -> Vec<Table> {
         wide("traffic", "Messages, registrations, presence and peak users per hour", rows, TRAFFIC),
         wide("registrations", "Registrations and their failures by reason per hour", rows, REGISTRATIONS),
         long(
+            "talkers",
+            "Top talkers: MESSAGEs our users sent, per hour (the top 10 of each minute)",
+            rows,
+            &[(super::talkers::METRIC, "messages")],
+            "user",
+        ),
+        long(
             "partners",
             "Federation per partner per hour",
             rows,

@@ -779,4 +779,14 @@ fn ops_report_counts_a_loadgen_day() {
         .collect();
     assert!(sums.len() == 7 && sums[0] == 20 + mix_refreshes && sums[1..].iter().all(|&v| v == 0), "{sums:?}\n{regs}");
     eprintln!("registrations.csv:\n{regs}");
+    // Top talkers: the mix's senders (10 users, within the top 10 of every minute) sent all its MESSAGEs.
+    let talkers = fs::read_to_string(csv_dir.join("talkers.csv")).unwrap_or_else(|e| app.fail(&format!("{e}")));
+    let by_user = csv_column(&talkers, None, 2);
+    assert_eq!(by_user.iter().map(|(_, v)| v).sum::<u64>(), mix_messages, "talkers.csv:\n{talkers}");
+    assert!(talkers.contains("@example.com") && !talkers.contains("loadgen@"), "only our users:\n{talkers}");
+    eprintln!("talkers.csv:\n{talkers}");
+    for port in [app.port_base + 3, app.port_base + 4] {
+        let (_, metrics) = http(port, "GET", "/metrics", None).unwrap_or_else(|e| app.fail(&e));
+        assert!(!metrics.contains("top_talker") && !metrics.contains("load1@"), "no per-user family on /metrics");
+    }
 }
