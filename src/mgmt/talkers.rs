@@ -1,4 +1,5 @@
-//! Top talkers: how many MESSAGEs each of our users sent, for the report only. Never on /metrics: a label per
+//! Top talkers: how many MESSAGEs each of our users sent (counted when the pool forks one to a recipient's
+//! devices or hands it to federation; one to an offline or unknown user is not), for the report only. Never on /metrics: a label per
 //! user would make an unbounded family. Bounded twice: a core's slot holds at most [`USERS_PER_SLOT_MAX`]
 //! users per interval (later newcomers in that interval go uncounted), and the rollup thread keeps only the
 //! [`TOP_N`] of each interval when it drains the slots ([`drain_top`]).
