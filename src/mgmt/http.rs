@@ -1,7 +1,8 @@
 //! The management HTTP listener: one plain thread, one request per connection, a single dispatch `match` on the
 //! path ([`route`]), and authentication applied once before it ([`handle`]) so a route added later is covered
 //! without a line of its own: everything but [`OPEN`] needs `Authorization: Bearer <token>` when the listener
-//! has a token (`[mgmt] token_file`; mandatory off loopback, see [`crate::config::MgmtConfig::token`]).
+//! has a token (`[mgmt] token_file`; mandatory off loopback, see [`crate::config::MgmtConfig::token`]), or, for
+//! GET of the [`BROWSER_PAGES`] alone, `?token=<token>`.
 //!
 //! Never on an executor: scraping must not steal a core's time slice, and a slow client must not hold anything
 //! the data path needs.
@@ -139,21 +140,64 @@ fn route(req: &Request) -> Response {
 
 /// Ok when the route is open or the request carries the token; else the refusal to send.
 fn authorize(req: &Request) -> Result<(), Response> {
-    let Some(Some(token)) = TOKEN.get() else { return Ok(()) };
+    match TOKEN.get() {
+        Some(Some(token)) => authorize_with(req, token),
+        _ => Ok(()),
+    }
+}
+
+/// Pages a browser opens by address: it cannot add a bearer header, so these two accept `?token=` instead.
+/// Only them, only on GET (they change nothing), so a token in a URL never authorizes `/reload` or a partner
+/// change; the query is never logged (the refusal below logs the path alone).
+pub const BROWSER_PAGES: &[&str] = &["/report", "/dashboard"];
+
+fn authorize_with(req: &Request, token: &str) -> Result<(), Response> {
     if OPEN.contains(&req.path.as_str()) {
         return Ok(());
     }
-    let given = req.authorization.as_deref().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let bearer = req.authorization.as_deref().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let in_url = (req.method == "GET" && BROWSER_PAGES.contains(&req.path.as_str()))
+        .then(|| req.param("token").map(percent_decode))
+        .flatten();
+    let given = bearer.map(str::to_string).or(in_url);
     match given {
         Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => {
             tracing::warn!(path = %req.path, "management request refused: wrong token");
             Err(Response::text("403 Forbidden", "wrong token\n"))
         }
-        None => {
-            Err(Response::text("401 Unauthorized", "send Authorization: Bearer <the token in [mgmt] token_file>\n"))
+        None => Err(Response::text(
+            "401 Unauthorized",
+            "send Authorization: Bearer <the token in [mgmt] token_file> (GET /report and /dashboard also take ?token=)\n",
+        )),
+    }
+}
+
+/// `%XX` and `+` as a browser's form encoding writes them; a malformed escape is kept as is (it then simply
+/// fails the comparison).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
         }
     }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Compares without an early exit, so the time taken says nothing about how much of a guess was right.
@@ -306,5 +350,37 @@ mod tests {
         };
         assert_eq!(r.param("core"), Some("3"));
         assert_eq!(r.param("cor"), None);
+    }
+
+    fn get(method: &str, path: &str, query: &str, authorization: Option<&str>) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            authorization: authorization.map(str::to_string),
+            body: Vec::new(),
+        }
+    }
+
+    fn status(r: Result<(), Response>) -> &'static str {
+        r.map_or_else(|resp| resp.status, |()| "ok")
+    }
+
+    #[test]
+    fn token_in_the_url_only_for_get_of_the_browser_pages() {
+        let t = "s3cret/+token";
+        let enc = "s3cret%2F%2Btoken";
+        assert_eq!(status(authorize_with(&get("GET", "/dashboard", &format!("token={enc}"), None), t)), "ok");
+        assert_eq!(status(authorize_with(&get("GET", "/report", &format!("since=7d&token={enc}"), None), t)), "ok");
+        assert!(status(authorize_with(&get("GET", "/report", "token=s3cret", None), t)).starts_with("403"));
+        assert!(status(authorize_with(&get("GET", "/dashboard", "", None), t)).starts_with("401"));
+        // Anywhere else, or as a POST, the URL's token counts for nothing.
+        assert!(status(authorize_with(&get("POST", "/reload", &format!("token={enc}"), None), t)).starts_with("401"));
+        assert!(status(authorize_with(&get("GET", "/bans", &format!("token={enc}"), None), t)).starts_with("401"));
+        assert!(status(authorize_with(&get("POST", "/dashboard", &format!("token={enc}"), None), t)).starts_with("401"));
+        // The header still works everywhere, and open routes need nothing.
+        assert_eq!(status(authorize_with(&get("POST", "/reload", "", Some("Bearer s3cret/+token")), t)), "ok");
+        assert_eq!(status(authorize_with(&get("GET", "/metrics", "", None), t)), "ok");
+        assert_eq!(percent_decode("a%20b+c%zz%"), "a b c%zz%");
     }
 }

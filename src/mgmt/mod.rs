@@ -15,5 +15,6 @@ pub mod report;
 pub mod rollup;
 pub mod run;
 pub mod supervise;
+pub mod talkers;
 pub mod up;
 pub mod up_pool;

@@ -186,15 +186,29 @@ fn latency(rows: &[RollupRow]) -> Table {
 
 /// What the traffic tables show, per hour and per day.
 const TRAFFIC: &[(&str, &str)] = &[
-    ("parapet_pool_messages_forked_total", "messages (internal and remote)"),
+    // Every user comes through an edge, so there is no separate "remote" path: internal means From and target
+    // both ours, federated in/out a partner's user on one side (by direction).
+    ("parapet_pool_messages_forked_total", "messages (all delivered to our users)"),
+    ("parapet_pool_messages_internal_total", "messages internal (both users ours)"),
     ("parapet_pool_messages_delivered_total", "messages delivered"),
     ("parapet_pool_messages_offline_total", "messages to offline users"),
     ("parapet_pool_federated_requests_total", "federated in"),
     ("parapet_pool_federated_out_total", "federated out"),
     ("parapet_pool_registrations_total", "registrations"),
-    ("parapet_pool_auth_failures_total", "registration failures (auth)"),
+    ("parapet_pool_auth_failures_total", "auth failures (REGISTER and other requests)"),
     ("parapet_pool_publications_total", "presence updates"),
     ("parapet_edge_flows_authenticated_connections", "peak users online (registered flows)"),
+];
+
+/// Registrations and why the refused ones were refused (authentication: any request, REGISTER the most).
+const REGISTRATIONS: &[(&str, &str)] = &[
+    ("parapet_pool_registrations_total", "registrations"),
+    ("parapet_pool_auth_failures_total", "auth failures"),
+    ("parapet_pool_register_refused_interval_total", "expiry too brief (423)"),
+    ("parapet_pool_register_refused_bad_contact_total", "bad Contact (400)"),
+    ("parapet_pool_register_refused_out_of_order_total", "out of order (400)"),
+    ("parapet_pool_register_refused_devices_total", "too many devices (403)"),
+    ("parapet_pool_register_refused_full_total", "registrar full (503)"),
 ];
 
 /// Every table of the report.
@@ -202,6 +216,14 @@ pub fn tables(rows: &[RollupRow]) -> Vec<Table> {
     vec![
         daily("traffic_daily", "Messages, registrations, presence and peak users per day", rows, TRAFFIC),
         wide("traffic", "Messages, registrations, presence and peak users per hour", rows, TRAFFIC),
+        wide("registrations", "Registrations and their failures by reason per hour", rows, REGISTRATIONS),
+        long(
+            "talkers",
+            "Top talkers: MESSAGEs our users sent, per hour (the top 10 of each minute)",
+            rows,
+            &[(super::talkers::METRIC, "messages")],
+            "user",
+        ),
         long(
             "partners",
             "Federation per partner per hour",
@@ -305,7 +327,7 @@ fn svg(plot: &BTreeMap<String, Vec<(u64, f64)>>) -> String {
 /// The report page; `refresh_s` adds a self-refresh (the live dashboard).
 pub fn html(tables: &[Table], since: u64, until: u64, refresh_s: Option<u32>, live: &str) -> String {
     let mut s =
-        String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>parapet report</title>");
+        String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\"><title>parapet report</title>");
     if let Some(r) = refresh_s {
         let _ = write!(s, "<meta http-equiv=\"refresh\" content=\"{r}\">");
     }
@@ -504,8 +526,11 @@ mod tests {
         assert_eq!(find("capacity").first().and_then(|r| r.get(1)).map(String::as_str), Some("5"));
         let daily = find("traffic_daily");
         assert_eq!(daily.len(), 2, "two days: {daily:?}");
-        assert_eq!((daily[0][0].as_str(), daily[0][6].as_str(), daily[1][6].as_str()), ("1970-01-01 00:00", "3", "3"));
+        assert_eq!((daily[0][0].as_str(), daily[0][7].as_str(), daily[1][7].as_str()), ("1970-01-01 00:00", "3", "3"));
         assert_eq!(find("traffic").len(), 3, "three hours");
+        let regs = find("registrations");
+        assert_eq!(regs.len(), 3, "three hours: {regs:?}");
+        assert_eq!((regs[0][1].as_str(), regs[0][3].as_str()), ("2", "0"), "{regs:?}");
         assert_eq!(find("latency"), vec![vec!["1970-01-01 01:00", "edge", "100", "1", "1", "10"]]);
         let page = html(&t, 0, 7200, None, "");
         assert!(page.contains("<svg") && page.contains("edge.partner.test") && !page.contains("<script"));

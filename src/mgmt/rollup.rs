@@ -18,8 +18,14 @@ use crate::store::Store;
 const REPORTED: &[&str] = &[
     "parapet_pool_registrations_total",
     "parapet_pool_auth_failures_total",
+    "parapet_pool_register_refused_interval_total",
+    "parapet_pool_register_refused_bad_contact_total",
+    "parapet_pool_register_refused_out_of_order_total",
+    "parapet_pool_register_refused_devices_total",
+    "parapet_pool_register_refused_full_total",
     "parapet_pool_challenges_total",
     "parapet_pool_messages_forked_total",
+    "parapet_pool_messages_internal_total",
     "parapet_pool_messages_delivered_total",
     "parapet_pool_messages_offline_total",
     "parapet_pool_messages_refused_policy_total",
@@ -104,7 +110,17 @@ fn run(store: &mut dyn Store, db: &RollupDb, interval: Duration, retention_s: u6
     loop {
         std::thread::sleep(interval);
         let now = Snapshot::take();
-        let rows = now.rows_since(&last, unix_now());
+        let mut rows = now.rows_since(&last, unix_now());
+        let minute = unix_now() / 60 * 60;
+        // Drained now: if the write fails these are lost (a ranking, not a counter to catch up on).
+        rows.extend(super::talkers::drain_top(super::talkers::TOP_N).into_iter().map(|(user, n)| RollupRow {
+            minute,
+            role: "pool".into(),
+            metric: super::talkers::METRIC.into(),
+            labels: format!("user=\"{user}\""),
+            combine: Combine::Sum,
+            value: n as f64,
+        }));
         match store.write_rollups(&rows) {
             Ok(()) => last = now,
             // Kept: the next write carries this interval's growth too.

@@ -49,7 +49,19 @@ crate::counters! {
         challenges,
         auth_failures,
         registrations,
+        /// REGISTER refused: an expiry below the minimum (423).
+        register_refused_interval,
+        /// REGISTER refused: a Contact we cannot parse, or `*` misused (400).
+        register_refused_bad_contact,
+        /// REGISTER refused: out of order, CSeq not above the stored one for its Call-ID (400).
+        register_refused_out_of_order,
+        /// REGISTER refused: the user has the most devices allowed (403).
+        register_refused_devices,
+        /// REGISTER refused: the registrar table is full (503). (Failed authentication: `auth_failures`.)
+        register_refused_full,
         messages_forked,
+        /// MESSAGEs forked between two of our users (From and target both ours): the report's "internal".
+        messages_internal,
         messages_delivered,
         messages_offline,
         messages_unknown_user,

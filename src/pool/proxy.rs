@@ -136,6 +136,10 @@ impl PoolCore {
             return;
         }
         bump(&self.pstats.messages_forked);
+        if self.is_local_host(&msg.from().uri) {
+            bump(&self.pstats.messages_internal);
+            self.note_talker(&msg);
+        }
         if let Some(t) = self.txns.map.get_mut(&id) {
             t.outstanding += sent;
         }
@@ -162,6 +166,13 @@ impl PoolCore {
 
     /// A request of ours for a foreign domain: to the first edge, whose federation routes it (never relayed for a
     /// federated peer).
+    /// Our user's MESSAGE, for the report's top talkers (see [`crate::mgmt::talkers`]).
+    fn note_talker(&self, msg: &Message) {
+        if msg.method_bytes() == Some(&b"MESSAGE"[..]) {
+            crate::mgmt::talkers::note(self.id, &aor_of(&msg.from().uri));
+        }
+    }
+
     pub(crate) fn route_foreign(&mut self, origin: ConnId, msg: Message) {
         let edge = self.s.edges.first().copied();
         let Some(addr) = edge.filter(|_| msg.header(HeaderName::ParapetFederated).is_none()) else {
@@ -170,6 +181,7 @@ impl PoolCore {
         };
         let Some(id) = self.open_transaction(origin, &msg, 1) else { return };
         bump(&self.pstats.federated_out);
+        self.note_talker(&msg);
         let route = format!("<sip:fed@{addr};lr>");
         let mut via = Vec::with_capacity(96);
         via.extend_from_slice(b"SIP/2.0/TLS ");

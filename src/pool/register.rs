@@ -24,6 +24,7 @@ impl PoolCore {
                     q: na.param(b"q").flatten(),
                 }),
                 Err(_) => {
+                    bump(&self.pstats.register_refused_bad_contact);
                     self.reply(origin, msg, 400, "Bad Request: unparsable Contact", &[]);
                     return;
                 }
@@ -43,6 +44,16 @@ impl PoolCore {
         };
         let now = self.now.secs;
         let result = self.registrar.register(&req, now);
+        if let Err(e) = &result {
+            let s = &self.pstats;
+            bump(match e {
+                RegError::IntervalTooBrief { .. } => &s.register_refused_interval,
+                RegError::StarWithOthers | RegError::StarNeedsZeroExpires => &s.register_refused_bad_contact,
+                RegError::OutOfOrder => &s.register_refused_out_of_order,
+                RegError::TooManyBindings => &s.register_refused_devices,
+                RegError::Full => &s.register_refused_full,
+            });
+        }
         match result {
             Ok(bindings) => {
                 bump(&self.pstats.registrations);

@@ -110,7 +110,7 @@ fn ops_mgmt_token_required_off_loopback() {
 
     app.wait_ports_released();
     let _pool = Role::start(&app, "pool", "pool.toml");
-    let _edge = Role::start(&app, "edge", "edge.toml");
+    let edge = Role::start(&app, "edge", "edge.toml");
     wait_for(&app, "edge /ready", START_TIMEOUT, || match http(mgmt, "GET", "/ready", None) {
         Ok((200, _)) => Ok(()),
         other => Err(format!("{other:?}")),
@@ -141,8 +141,20 @@ fn ops_mgmt_token_required_off_loopback() {
         assert_eq!(code, 200, "/bans with the token: {body}");
         let (code, body) = call("POST", "/reload", Some(token));
         assert_eq!(code, 200, "/reload with the token: {body}");
-        eprintln!("{at}: open routes 200, others 401/403 without/with a wrong token, 200 with it");
+        // A browser cannot send the header: GET /report and /dashboard take ?token=, nothing else does.
+        for page in ["/dashboard?token=", "/report?since=1h&token="] {
+            let (code, body) = call("GET", &format!("{page}{token}"), None);
+            assert!(code == 200 && body.contains("<html"), "GET {page}<token> at {at}: {code} {body}");
+            let (code, body) = call("GET", &format!("{page}wrong-token-wrong-token"), None);
+            assert_eq!(code, 403, "GET {page}<wrong> at {at}: {body}");
+        }
+        for (method, path) in [("POST", "/reload"), ("GET", "/bans"), ("POST", "/dashboard")] {
+            let (code, body) = call(method, &format!("{path}?token={token}"), None);
+            assert_eq!(code, 401, "{method} {path}?token=<token> at {at} must not take a token in the URL: {body}");
+        }
+        eprintln!("{at}: open routes 200, others 401/403 without/with a wrong token, 200 with it; ?token= only for GET of the pages");
     }
+    assert!(!edge.log.last(400).contains(token), "the edge logged the token:\n{}", edge.log.last(400));
     let (ok, out) = parapet(&dir, &["reload", "-c", "edge.toml"], None);
     assert!(ok, "`parapet reload` (token from the config):\n{out}");
     eprintln!("parapet reload: {}", out.trim());
@@ -533,15 +545,7 @@ fn chromium_run(
 #[test]
 fn ops_report_and_dashboard_show_the_traffic() {
     let app = Appliance::prepare("ops-report", &[]);
-    // `up` has the edge write its rollups into the pool's database already; the test only shortens the interval.
-    for (file, port) in [("pool.toml", 4), ("edge.toml", 3)] {
-        let path = app.data_dir.join(file);
-        let text = fs::read_to_string(&path).unwrap_or_else(|e| app.fail(&format!("{file}: {e}")));
-        let listen = format!("[mgmt]\nlisten = \"127.0.0.1:{}\"\n", app.port_base + port);
-        assert!(text.contains(&listen), "{file} has no {listen:?}");
-        fs::write(&path, text.replace(&listen, &format!("{listen}rollup_interval_s = 1\n")))
-            .unwrap_or_else(|e| app.fail(&format!("{file}: {e}")));
-    }
+    rollups_every_second(&app);
     app.wait_ports_released();
     let _pool = Role::start(&app, "pool", "pool.toml");
     let _edge = Role::start(&app, "edge", "edge.toml");
@@ -588,16 +592,7 @@ fn ops_report_and_dashboard_show_the_traffic() {
     let csv_dir = app.scratch.join("csv");
     let csv_arg = csv_dir.display().to_string();
     let (partners, refusals) = wait_for(&app, "the rollups hold the traffic", Duration::from_secs(20), || {
-        let (ok, out) = parapet(
-            &dir,
-            &["report", "-c", "pool.toml", "--since", "1h", "--out", "report.html", "--csv", &csv_arg],
-            None,
-        );
-        if !ok {
-            return Err(out);
-        }
-        let partners = fs::read_to_string(csv_dir.join("partners.csv")).map_err(|e| e.to_string())?;
-        let refusals = fs::read_to_string(csv_dir.join("refusals.csv")).map_err(|e| e.to_string())?;
+        let [partners, refusals] = report_csvs(&dir, "report.html", &csv_arg, ["partners", "refusals"])?;
         let sum = |csv: &str, who: &str| -> u64 {
             csv.lines()
                 .filter(|l| l.split(',').nth(1) == Some(who))
@@ -651,4 +646,147 @@ fn ops_report_and_dashboard_show_the_traffic() {
         "dashboard DOM lacks the live figures"
     );
     eprintln!("dashboard: screenshot {} ({} bytes)", shot.display(), fs::metadata(&shot).map(|m| m.len()).unwrap_or(0));
+}
+
+/// `up` has the edge write its rollups into the pool's database already; the tests only shorten the interval.
+fn rollups_every_second(app: &Appliance) {
+    for (file, port) in [("pool.toml", 4), ("edge.toml", 3)] {
+        let path = app.data_dir.join(file);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| app.fail(&format!("{file}: {e}")));
+        let listen = format!("[mgmt]\nlisten = \"127.0.0.1:{}\"\n", app.port_base + port);
+        assert!(text.contains(&listen), "{file} has no {listen:?}");
+        fs::write(&path, text.replace(&listen, &format!("{listen}rollup_interval_s = 1\n")))
+            .unwrap_or_else(|e| app.fail(&format!("{file}: {e}")));
+    }
+}
+
+/// `parapet report -c pool.toml --since 1h --out <page> --csv <csv_dir>` in `dir`, then the named CSVs.
+fn report_csvs<const N: usize>(
+    dir: &std::path::Path,
+    page: &str,
+    csv_dir: &str,
+    names: [&str; N],
+) -> Result<[String; N], String> {
+    let (ok, out) =
+        parapet(dir, &["report", "-c", "pool.toml", "--since", "1h", "--out", page, "--csv", csv_dir], None);
+    if !ok {
+        return Err(out);
+    }
+    let mut texts = names.map(|_| String::new());
+    for (text, name) in texts.iter_mut().zip(names) {
+        let p = std::path::Path::new(csv_dir).join(format!("{name}.csv"));
+        *text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(texts)
+}
+
+/// Per-hour rows of a report CSV (`hour,key,value...`): the value in column `col` for rows whose column 1 is `key`
+/// (every row when `key` is None).
+fn csv_column(csv: &str, key: Option<&str>, col: usize) -> Vec<(String, u64)> {
+    csv.lines()
+        .skip(1)
+        .filter(|l| key.is_none_or(|k| l.split(',').nth(1) == Some(k)))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f.first()?.to_string(), f.get(col)?.parse::<u64>().ok()?))
+        })
+        .collect()
+}
+
+/// A compressed day: `loadgen mix` (registrations, MESSAGEs between our users, new handshakes) and `loadgen
+/// federation` (the two demo partners at known rates over mutual TLS) against the appliance; then `parapet report`
+/// shows, per partner and per hour, the MESSAGEs loadgen saw answered 200 (plus each partner connection's one
+/// OPTIONS check, which the edge counts as a partner request); the pool's "federated in" equals the partners' 200s,
+/// its internal messages the mix's MESSAGEs, all messages both, its registrations both scenarios' plus the
+/// mix's refreshes.
+#[test]
+fn ops_report_counts_a_loadgen_day() {
+    let app = Appliance::prepare("ops-loadgen", &["--load-users", "20"]);
+    rollups_every_second(&app);
+    app.wait_ports_released();
+    let _pool = Role::start(&app, "pool", "pool.toml");
+    let _edge = Role::start(&app, "edge", "edge.toml");
+    wait_for(&app, "edge /ready", START_TIMEOUT, || match http(app.port_base + 3, "GET", "/ready", None) {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let dir = app.data_dir.clone();
+    let target = format!("127.0.0.1:{}", app.port_base);
+    let common = ["--target", &target, "--ca", "pki/ca.pem", "--users", "users.toml", "--cores", "0", "--warmup", "0"];
+    let run = |scenario: &str, extra: &[&str]| {
+        let mut args = vec![scenario];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        crate::support_ops::loadgen_json(&dir, &args, &app.scratch.join(format!("{scenario}.json")))
+    };
+    let mix = run("mix", &["--count", "10", "--rate", "10", "--duration", "2"]);
+    eprintln!("loadgen mix: ok {} errors {} timeouts {}", mix["ok"], mix["errors"], mix["timeouts"]);
+    let clean = |r: &serde_json::Value| r["errors"].as_object().is_some_and(|e| e.is_empty()) && r["timeouts"] == 0;
+    assert!(clean(&mix) && mix["dropped"] == 0, "loadgen mix had failures: {mix}");
+    // Operation i of the mix is a MESSAGE when i % 10 < 7 and a registration refresh when it is 7 or 8 (see
+    // loadgen's engine); every operation answered, so these are the counts it produced.
+    let mix_ops = mix["ok"].as_u64().unwrap_or(0);
+    let mix_messages = (0..mix_ops).filter(|i| i % 10 < 7).count() as u64;
+    let mix_refreshes = (0..mix_ops).filter(|i| matches!(i % 10, 7 | 8)).count() as u64;
+    let fed =
+        run("federation", &["--count", "10", "--duration", "2", "--partner-rates", "partner.test=6,other.test=3"]);
+    let parts = fed["partners"].as_array().cloned().unwrap_or_default();
+    assert_eq!(parts.len(), 2, "loadgen federation reports two partners: {fed}");
+    let sent: Vec<(String, u64)> = parts
+        .iter()
+        .map(|p| (format!("edge.{}", p["partner"].as_str().unwrap_or("?")), p["ok"].as_u64().unwrap_or(0)))
+        .collect();
+    for p in &parts {
+        assert!(p["ok"].as_u64().unwrap_or(0) > 0, "a partner got no 200 at all: {p}");
+    }
+    eprintln!("loadgen federation: answered 200 per partner {sent:?}");
+
+    let csv_dir = app.scratch.join("csv");
+    let csv_arg = csv_dir.display().to_string();
+    let (partners, traffic) = wait_for(&app, "the report shows loadgen's counts", Duration::from_secs(30), || {
+        let [partners, traffic] = report_csvs(&dir, "day.html", &csv_arg, ["partners", "traffic"])?;
+        let total: u64 = sent.iter().map(|(_, ok)| ok).sum();
+        let column = |name: &str| -> u64 {
+            let col = traffic.lines().next().unwrap_or("").split(',').position(|h| h.starts_with(name));
+            col.map_or(0, |c| csv_column(&traffic, None, c).iter().map(|(_, v)| v).sum())
+        };
+        let (fed_in, forked, internal, registrations) =
+            (column("federated in"), column("messages (all"), column("messages internal"), column("registrations"));
+        let all_there = sent.iter().all(|(name, ok)| {
+            let rows = csv_column(&partners, Some(name), 2);
+            rows.len() <= 2 && rows.iter().map(|(_, v)| v).sum::<u64>() == ok + 1
+        });
+        // Registrations: each scenario registers its --count users first (10 + 10), then the mix's refreshes.
+        if all_there
+            && fed_in == total
+            && internal == mix_messages
+            && forked == fed_in + internal
+            && registrations == 20 + mix_refreshes
+        {
+            Ok((partners, traffic))
+        } else {
+            Err(format!(
+                "loadgen: partners {sent:?}, mix MESSAGEs {mix_messages}, refreshes {mix_refreshes}; report: federated \
+                 in {fed_in}, messages {forked} (internal {internal}), registrations {registrations}\npartners.csv:\n{partners}\ntraffic.csv:\n{traffic}"
+            ))
+        }
+    });
+    eprintln!("loadgen mix: {mix_messages} MESSAGEs, {mix_refreshes} refreshes\npartners.csv:\n{partners}traffic.csv:\n{traffic}");
+    // Registrations and their failures by reason: every registration of the day succeeded.
+    let regs = fs::read_to_string(csv_dir.join("registrations.csv")).unwrap_or_else(|e| app.fail(&format!("{e}")));
+    let sums: Vec<u64> = (2..=regs.lines().next().unwrap_or("").split(',').count())
+        .map(|c| csv_column(&regs, None, c - 1).iter().map(|(_, v)| v).sum())
+        .collect();
+    assert!(sums.len() == 7 && sums[0] == 20 + mix_refreshes && sums[1..].iter().all(|&v| v == 0), "{sums:?}\n{regs}");
+    eprintln!("registrations.csv:\n{regs}");
+    // Top talkers: the mix's senders (10 users, within the top 10 of every minute) sent all its MESSAGEs.
+    let talkers = fs::read_to_string(csv_dir.join("talkers.csv")).unwrap_or_else(|e| app.fail(&format!("{e}")));
+    let by_user = csv_column(&talkers, None, 2);
+    assert_eq!(by_user.iter().map(|(_, v)| v).sum::<u64>(), mix_messages, "talkers.csv:\n{talkers}");
+    assert!(talkers.contains("@example.com") && !talkers.contains("loadgen@"), "only our users:\n{talkers}");
+    eprintln!("talkers.csv:\n{talkers}");
+    for port in [app.port_base + 3, app.port_base + 4] {
+        let (_, metrics) = http(port, "GET", "/metrics", None).unwrap_or_else(|e| app.fail(&e));
+        assert!(!metrics.contains("top_talker") && !metrics.contains("load1@"), "no per-user family on /metrics");
+    }
 }

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -114,4 +114,27 @@ pub fn parapet(dir: &Path, args: &[&str], wrap: Option<&[&str]>) -> (bool, Strin
         Ok(out) => (true, out),
         Err(out) => (false, out),
     }
+}
+
+/// Builds the workspace's load generator (same profile as this test) and returns its path.
+pub fn loadgen_bin() -> PathBuf {
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(crate::support::repo_root()).args(["build", "--quiet", "-p", "loadgen", "--bin", "loadgen"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("cargo build -p loadgen: {e}"));
+    assert!(out.status.success(), "cargo build -p loadgen:\n{}", String::from_utf8_lossy(&out.stderr));
+    crate::support::target_dir().join(profile).join("loadgen")
+}
+
+/// Runs `loadgen <args> --json <out>` (bounded) and returns its JSON report.
+pub fn loadgen_json(dir: &Path, args: &[&str], out: &Path) -> serde_json::Value {
+    let mut cmd = Command::new(loadgen_bin());
+    cmd.current_dir(dir).args(args).arg("--json").arg(out);
+    let log = crate::support::run_bounded(&mut cmd, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("loadgen {}: {e}", args.join(" ")));
+    let text = std::fs::read_to_string(out).unwrap_or_else(|e| panic!("loadgen {}: {e}\n{log}", args.join(" ")));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("loadgen --json: {e}: {text}"))
 }

@@ -189,6 +189,7 @@ fn message_to_a_binding_goes_to_its_edge_with_route() {
     assert_eq!(resp.status(), Some(200));
     assert!(resp.top_via().and_then(|v| v.branch()).is_some_and(|b| b.starts_with(b"z9hG4bKm")));
     assert_eq!(rig.core.sizes().transactions, 0);
+    assert_eq!(rig.core.pstats.messages_internal.get(), 1, "alice and bob are both ours");
 }
 
 /// A request for a foreign domain goes to the edge's federation; the edge's own final refusal (a blocked domain)
@@ -348,4 +349,21 @@ fn transactions_time_out_on_the_given_clock() {
     let out = rig.step(|c, now| c.on_tick(now));
     assert_eq!(only_response(&out).status(), Some(408));
     assert_eq!(rig.core.sizes().transactions, 0);
+}
+
+/// A refused REGISTER is counted under its reason (the report's "failures by reason").
+#[test]
+fn a_refused_register_is_counted_by_reason() {
+    let mut rig = Rig::new();
+    let out = rig.authed("alice", |n, creds| {
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKb{n}\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=b{n}\r\nTo: <sip:alice@{DOMAIN}>\r\nCall-ID: brief\r\n\
+             CSeq: {n} REGISTER\r\nContact: <sip:alice@192.0.2.1:5000;transport=tls>\r\nPath: {PATH}\r\n\
+             {creds}Expires: 5\r\nContent-Length: 0\r\n\r\n"
+        )
+    });
+    assert_eq!(only_response(&out).status(), Some(423));
+    let p = &rig.core.pstats;
+    assert_eq!((p.register_refused_interval.get(), p.registrations.get(), p.register_refused_full.get()), (1, 0, 0));
 }
