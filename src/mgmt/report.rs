@@ -147,6 +147,32 @@ fn long(name: &'static str, title: &'static str, rows: &[RollupRow], metrics: &[
     t
 }
 
+/// The users who sent the most MESSAGEs over the whole period, most first (ties by name): what an operator means
+/// by "top talkers"; the hourly table beside it shows when.
+fn top_talkers(rows: &[RollupRow]) -> Table {
+    const SHOWN: usize = 10;
+    let mut by_user: BTreeMap<String, f64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.metric == super::talkers::METRIC) {
+        if let Some(user) = label(&r.labels, "user") {
+            *by_user.entry(user.to_string()).or_insert(0.0) += r.value;
+        }
+    }
+    let mut ranked: Vec<(String, f64)> = by_user.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Table {
+        name: "top_talkers",
+        title: "Top talkers over the period: the users who sent the most MESSAGEs",
+        columns: ["rank", "user", "messages"].map(String::from).to_vec(),
+        rows: ranked
+            .into_iter()
+            .take(SHOWN)
+            .enumerate()
+            .map(|(i, (user, n))| vec![(i + 1).to_string(), user, num(n)])
+            .collect(),
+        plot: BTreeMap::new(),
+    }
+}
+
 /// Latency percentiles per hour and role from the histograms' bucket growth.
 fn latency(rows: &[RollupRow]) -> Table {
     let mut t = Table {
@@ -217,6 +243,7 @@ pub fn tables(rows: &[RollupRow]) -> Vec<Table> {
         daily("traffic_daily", "Messages, registrations, presence and peak users per day", rows, TRAFFIC),
         wide("traffic", "Messages, registrations, presence and peak users per hour", rows, TRAFFIC),
         wide("registrations", "Registrations and their failures by reason per hour", rows, REGISTRATIONS),
+        top_talkers(rows),
         long(
             "talkers",
             "Top talkers: MESSAGEs our users sent, per hour (the top 10 of each minute)",

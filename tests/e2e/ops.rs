@@ -785,6 +785,11 @@ fn ops_report_counts_a_loadgen_day() {
     assert_eq!(by_user.iter().map(|(_, v)| v).sum::<u64>(), mix_messages, "talkers.csv:\n{talkers}");
     assert!(talkers.contains("@example.com") && !talkers.contains("loadgen@"), "only our users:\n{talkers}");
     eprintln!("talkers.csv:\n{talkers}");
+    // The period's ranking: most first, the same total (every mix sender is in it: 10 users, 10 shown).
+    let top = fs::read_to_string(csv_dir.join("top_talkers.csv")).unwrap_or_else(|e| app.fail(&format!("{e}")));
+    let ranked: Vec<u64> = top.lines().skip(1).filter_map(|l| l.rsplit(',').next()?.trim().parse().ok()).collect();
+    assert!(ranked.windows(2).all(|w| w[0] >= w[1]), "top_talkers.csv ranked, most first:\n{top}");
+    assert_eq!(ranked.iter().sum::<u64>(), mix_messages, "top_talkers.csv:\n{top}");
     for port in [app.port_base + 3, app.port_base + 4] {
         let (_, metrics) = http(port, "GET", "/metrics", None).unwrap_or_else(|e| app.fail(&e));
         assert!(!metrics.contains("top_talker") && !metrics.contains("load1@"), "no per-user family on /metrics");
