@@ -76,6 +76,10 @@ impl EdgeCore {
             self.to_partner(from, msg, now);
             return;
         }
+        if route.as_ref().and_then(|na| na.uri.user) == Some(crate::proto::MEMBER_ROUTE_USER) {
+            self.to_member(from, msg, now);
+            return;
+        }
         let flow = route.and_then(|na| na.uri.user.and_then(|u| token::parse_flow(&self.s.key, u)));
         let Some(flow) = flow else {
             bump(&self.estats.tokens_refused);

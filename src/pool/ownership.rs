@@ -95,6 +95,11 @@ impl Ownership {
         self.held.len()
     }
 
+    /// Whether this front end is a member of an enterprise pool (other members own some of the users).
+    pub fn is_member(&self) -> bool {
+        self.me.is_some()
+    }
+
     pub fn holds(&self, aor: &str) -> bool {
         self.me.is_none() || self.held.contains(aor)
     }
@@ -268,6 +273,8 @@ impl PoolCore {
 
     /// [`GAIN_DELAY`] after a roster change: read the soft state to find the users gained.
     pub(crate) fn gain_due(&mut self) {
+        // Contacts of this core's lists may have moved too: their back-end subscriptions follow them.
+        self.backend_follow_owners();
         let now = self.now.secs;
         self.push(Action::StoreCall { op: Op::States { now }, then: Resume::Gained });
     }

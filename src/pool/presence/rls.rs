@@ -25,7 +25,7 @@ use crate::store::ContactRow;
 pub const RLMI: &str = "application/rlmi+xml";
 pub const RLMI_NS: &str = "urn:ietf:params:xml:ns:rlmi";
 /// The user part suffix naming a user's contact list.
-pub const LIST_SUFFIX: &str = "+contacts";
+pub use crate::proto::LIST_SUFFIX;
 /// Contact-state changes within this window share one NOTIFY.
 pub const COALESCE: Duration = Duration::from_millis(50);
 /// Contacts one list subscription watches at most.
