@@ -603,10 +603,18 @@ impl PoolCore {
 
     /// The home pool of a local user this pool does not serve (`[pool] home`), if `uri` names one.
     fn homed_elsewhere(&self, uri: &Uri<'_>) -> Option<String> {
-        if self.s.home.is_empty() || !self.is_local_host(uri) {
+        if !self.is_local_host(uri) {
             return None;
         }
-        let user = self.dir.view.users.get(&uri.user_unescaped())?;
+        self.homed_elsewhere_alias(&String::from_utf8_lossy(&uri.user_unescaped()))
+    }
+
+    /// The home pool of the local user `alias` when this pool does not serve it (`[pool] home`).
+    pub(crate) fn homed_elsewhere_alias(&self, alias: &str) -> Option<String> {
+        if self.s.home.is_empty() {
+            return None;
+        }
+        let user = self.dir.view.users.get(alias.as_bytes())?;
         let served = user.home == self.s.home || (user.home.is_empty() && self.s.home_default);
         (!served).then(|| if user.home.is_empty() { "(default)".to_string() } else { user.home.clone() })
     }

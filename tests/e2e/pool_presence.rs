@@ -13,7 +13,7 @@ use crate::support_members::Enterprise;
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Reads list NOTIFYs until one's body contains `want`; fails past [`NOTIFY_TIMEOUT`].
-fn wait_list_note(raw: &mut Raw, seen: &mut Vec<crate::malformed::Response>, want: &str) -> String {
+pub(crate) fn wait_list_note(raw: &mut Raw, seen: &mut Vec<crate::malformed::Response>, want: &str) -> String {
     let deadline = Instant::now() + NOTIFY_TIMEOUT;
     loop {
         let n = next_notify(raw, seen, &format!("list NOTIFY with {want:?}"));

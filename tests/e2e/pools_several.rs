@@ -1,7 +1,8 @@
 //! Several pools behind one edge (`[[edge.pools]]`, `[edge.homes]`): the users file's `pool` column homes bob on
 //! a second Standard Edition pool ("branch", its own SQLite store), alice on the default one ("main"); pjsip
-//! clients register through the one edge, each at their own home, and message across the pools. carol, homed on
-//! a pool no edge entry names, goes to the default pool, which refuses her naming her home.
+//! clients register through the one edge, each at their own home, and message across the pools; alice's contact
+//! list shows bob's presence. carol, homed on a pool no edge entry names, goes to the default pool, which refuses
+//! her naming her home.
 
 use std::path::Path;
 use std::time::Duration;
@@ -85,6 +86,22 @@ fn pools_users_homed_on_two_pools_register_and_message_across() {
     let d = app.domain.clone();
     message_delivered(&mut alice, &mut bob, &format!("sip:bob@{d}"), "main to branch");
     message_delivered(&mut bob, &mut alice, &format!("sip:alice@{d}"), "branch to main");
+
+    // alice's contact list (on "main") shows bob's presence (on "branch"): watched through the edge.
+    crate::presence_raw::contacts(&app, &["add", "alice", "bob", "--name", "Bob"]);
+    bob.send(r#"{"cmd":"publish","status":"busy","note":"At the branch"}"#);
+    let me = app.user("alice");
+    let mut raw = crate::malformed::Raw::connect(&app);
+    crate::challenges::raw_register(&app, &mut raw, &me.alias, &me.password);
+    let call_id = format!("pools-rls-{}", crate::malformed::uniq());
+    let first = crate::presence_raw::subscribe_list(&mut raw, &me, &call_id, 1, "Supported: eventlist\r\n");
+    let mut seen = Vec::new();
+    if first.status_line().starts_with("NOTIFY ") {
+        raw.send_ok(crate::presence_raw::ok_to(&first).as_bytes(), "200 to NOTIFY");
+    } else {
+        seen.push(first);
+    }
+    crate::pool_presence::wait_list_note(&mut raw, &mut seen, "At the branch");
 
     let carol = app.user("carol");
     let mut c = Agent::spawn(&app, "carol", &carol.alias, &carol.password);
