@@ -1,6 +1,6 @@
 //! Contact lists (RFC 4662) in the enterprise pool: a user's list subscription lives on one front end, a contact
 //! of the list is owned by another; the list shows the contact's real presence, and goes on showing it after the
-//! contact's owner is killed (-9) and another front end owns the contact.
+//! contact's owner is killed (-9) and another front end owns the contact, and again after that one is drained.
 
 use std::time::{Duration, Instant};
 
@@ -76,4 +76,19 @@ fn pool_contact_list_follows_a_contact_of_another_member() {
     eprintln!("[pool-rls] {friend_aor} moved from {old} to {new} {took:?} after the kill");
     agent.send(r#"{"cmd":"publish","status":"online","note":"After the move"}"#);
     wait_list_note(&mut raw, &mut seen, "After the move");
+
+    // The contact's new owner is drained: the list follows the contact to the one member left.
+    let list_member = pool.owner(&format!("{watcher}+contacts@{d}"));
+    if list_member.as_deref() == Some(new.as_str()) {
+        pool.app.fail(&format!("{friend_aor} moved to the list's member {new}: no other member to drain"));
+    }
+    let cfg = pool.pool_config();
+    let out = pool.cli(&["pool", "-c", cfg.to_str().unwrap_or_default(), "drain", &new]);
+    if !out.contains("can be stopped") {
+        pool.app.fail(&format!("pool drain {new} said: {out}"));
+    }
+    let (last, _) = pool.wait_new_owner(&friend_aor, &new, Duration::from_secs(10));
+    eprintln!("[pool-rls] {friend_aor} moved from {new} to {last} by the drain");
+    agent.send(r#"{"cmd":"publish","status":"away","note":"After the drain"}"#);
+    wait_list_note(&mut raw, &mut seen, "After the drain");
 }
