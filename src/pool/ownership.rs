@@ -91,6 +91,12 @@ impl Ownership {
         owner(aor, &self.roster, self.wall_ms(now)).is_some_and(|m| &m.name == me)
     }
 
+    /// The member the roster gives `aor` to now (None: a single front end, or nobody may own).
+    pub fn owner_now(&self, aor: &str, now: Instant) -> Option<String> {
+        self.me.as_ref()?;
+        owner(aor, &self.roster, self.wall_ms(now)).map(|m| m.name.clone())
+    }
+
     pub fn held(&self) -> usize {
         self.held.len()
     }

@@ -460,3 +460,45 @@ fn a_members_subscribe_is_served_without_a_challenge() {
     ));
     assert_eq!(only_response(&out).status(), Some(407));
 }
+
+/// A roster change refreshes the back-end subscriptions whose contact moved to another member, and only those.
+#[test]
+fn a_roster_change_refreshes_the_watches_of_contacts_that_moved() {
+    use crate::proto::membership::{Member, MemberState, Roster};
+    let mut rig = Rig::member("fe1");
+    let sub = backend_subscribes(&list_subscribed(&mut rig, &["bob"])).remove(0);
+    let wall = rig.now.secs * 1000;
+    let roster = |names: &[&str]| {
+        let m = |n: &&str| Member {
+            name: n.to_string(),
+            addr: String::new(),
+            state: MemberState::Active,
+            lease_until_ms: wall + 60_000,
+            load: 0,
+            in_flight: 0,
+            users: 0,
+        };
+        Arc::new(Roster::new(names.iter().map(m).collect()))
+    };
+    let settle = |rig: &mut Rig, r: Arc<Roster>| {
+        let out = rig.step(|c, now| c.on_roster(r, wall, now));
+        let gain = out.into_iter().find_map(|a| match a {
+            Action::Timer { timer: t @ Timer::Gain, .. } => Some(t),
+            _ => None,
+        });
+        gain.map(|t| backend_subscribes(&rig.step(|c, now| c.on_timer(t, now)))).unwrap_or_default()
+    };
+    let refreshed = settle(&mut rig, roster(&["fe1", "fe2"]));
+    assert_eq!(refreshed.len(), 1, "bob has an owner now: his watch follows");
+    assert_eq!(refreshed[0].call_id(), sub.call_id(), "within its dialog");
+    let owner_in = |names: &[&str]| {
+        crate::proto::membership::owner("bob@example.com", &roster(names), wall).map(|m| m.name.clone())
+    };
+    let first = owner_in(&["fe1", "fe2"]);
+    // A member joins that does not take bob: nothing to refresh.
+    let stays = (3..40).map(|i| format!("fe{i}")).find(|n| owner_in(&["fe1", "fe2", n]) == first).unwrap();
+    assert!(settle(&mut rig, roster(&["fe1", "fe2", &stays])).is_empty(), "bob did not move");
+    // One that takes him: his watch follows.
+    let takes = (40..200).map(|i| format!("fe{i}")).find(|n| owner_in(&["fe1", "fe2", &stays, n]) != first).unwrap();
+    assert_eq!(settle(&mut rig, roster(&["fe1", "fe2", &stays, &takes])).len(), 1, "bob moved");
+}

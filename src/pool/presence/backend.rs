@@ -16,8 +16,8 @@
 //! `<sip:member@edge;lr>`, and the edge sends it to the contact's owner as it would a user's request; the owner
 //! serves it as any watcher's subscription (authorized, persisted with the user's soft state, handed over with
 //! the user), and its NOTIFYs come back through the edge to the member owning the list's URI, which is this
-//! one. When the roster changes, every such subscription is refreshed (within its dialog: the edge sends the
-//! refresh to the contact's owner now, which loaded the dialog with the user); an answer that says the dialog is
+//! one. When the roster changes, every such subscription whose contact moved is refreshed (within its dialog: the
+//! edge sends the refresh to the contact's owner now, which loaded the dialog with the user); an answer that says the dialog is
 //! lost (481), or that its member died (408, 503, 480, 500), starts a new subscription at once, then after
 //! [`RETRY_S`], at most [`RETRIES_MAX`] times in a row (then the contact shows closed until the list is refreshed).
 
@@ -67,6 +67,9 @@ struct Backend {
     /// Failed starts in a row (a member's subscription), and when the next one is due.
     failures: u8,
     retry_at: Option<u64>,
+    /// The member our roster gave the contact to when this was last sent (a member's subscription): a roster
+    /// change refreshes only the subscriptions whose contact moved.
+    owner_seen: Option<String>,
 }
 
 /// This core's back-end subscriptions, by Call-ID.
@@ -139,6 +142,7 @@ impl PoolCore {
                         via,
                         failures: 0,
                         retry_at: None,
+                        owner_seen: None,
                     };
                     p.backends.by_call.insert(call_id.clone(), b);
                     call_id
@@ -165,8 +169,13 @@ impl PoolCore {
             return;
         };
         let (now, listen) = (self.now.secs, self.s.listen);
+        let owner_now = match self.presence.backends.by_call.get(call_id) {
+            Some(b) if b.via == Via::Member => self.own.owner_now(&b.presentity, self.now.mono),
+            _ => None,
+        };
         let out = {
             let Some(b) = self.presence.backends.by_call.get_mut(call_id) else { return };
+            b.owner_seen = owner_now;
             b.cseq += 1;
             let expires = b.expires_at.saturating_sub(now).to_string();
             let aor_uri = format!("sip:{}", b.presentity);
@@ -300,16 +309,18 @@ impl PoolCore {
         }
     }
 
-    /// The roster changed: each member's subscription is refreshed, so that it reaches the contact's owner now
-    /// (which answers from the dialog it loaded with the user, or 481: then it starts again).
+    /// The roster changed: each member's subscription whose contact moved is refreshed, so that it reaches the
+    /// contact's owner now (which answers from the dialog it loaded with the user, or 481: then it starts again).
     pub(crate) fn backend_follow_owners(&mut self) {
-        let now = self.now.secs;
+        let (now, mono) = (self.now.secs, self.now.mono);
+        let own = &self.own;
         let live: Vec<String> = self
             .presence
             .backends
             .by_call
             .iter()
             .filter(|(_, b)| b.via == Via::Member && b.expires_at > now && b.retry_at.is_none())
+            .filter(|(_, b)| own.owner_now(&b.presentity, mono) != b.owner_seen)
             .map(|(c, _)| c.clone())
             .collect();
         for call_id in live {
