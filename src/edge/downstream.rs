@@ -170,6 +170,11 @@ impl EdgeCore {
         if msg.header(HeaderName::ParapetBind).is_some() {
             ed.remove_headers(HeaderName::ParapetBind);
         }
+        // A member's mark never rides on a request the pool forwards (it serves those itself); should one, it
+        // stays inside too.
+        if msg.header(HeaderName::ParapetMember).is_some() {
+            ed.remove_headers(HeaderName::ParapetMember);
+        }
         // One line per header name, whatever the number of values: a peer's route set cannot multiply our edits.
         let joined = join_by_name(add);
         for (name, value) in &joined {
