@@ -123,6 +123,11 @@ impl PoolCore {
                 None => {
                     if p.backends.by_call.len() >= MAX {
                         bump(&self.pstats.backend_refused);
+                        crate::warn_limited!(
+                            core,
+                            max = MAX,
+                            "back-end subscriptions at their bound: contact shown closed"
+                        );
                         self.list_state(list, &presentity, closed(&presentity));
                         return;
                     }

@@ -107,6 +107,13 @@ pub fn body(list: &ListState, call_id: &str) -> (String, Vec<u8>) {
 
 /// A list's resources from the store's rows (bounded, unusable URIs skipped, states unknown).
 fn resources_of(rows: Vec<ContactRow>) -> Vec<Resource> {
+    if rows.len() > RESOURCES_MAX {
+        crate::warn_limited!(
+            contacts = rows.len(),
+            max = RESOURCES_MAX,
+            "contact list over its bound: the rest is not watched"
+        );
+    }
     rows.into_iter()
         .take(RESOURCES_MAX)
         .filter_map(|c| {
