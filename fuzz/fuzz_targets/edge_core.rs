@@ -231,7 +231,7 @@ impl World {
                             }
                         }
                     }
-                    Action::ToPool(bytes) | Action::ToMember { bytes, .. } => {
+                    Action::ToPool(bytes) | Action::ToMember { bytes, .. } | Action::ToHomePool { bytes, .. } => {
                         let Ok(m) = Message::parse(bytes, &limits()) else {
                             panic!("the edge sent the pool a message that does not parse")
                         };

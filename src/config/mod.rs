@@ -18,6 +18,7 @@ pub mod federation;
 pub mod membership;
 pub mod ops;
 pub mod partners_file;
+pub mod pools;
 pub mod roster;
 pub mod routing;
 pub mod store;
@@ -93,6 +94,10 @@ pub struct EdgeConfig {
     pub roster: Option<roster::RosterConfig>,
     /// Names accepted on the internal listener.
     pub pool_names: Vec<String>,
+    /// `[[edge.pools]]`: pools users may be homed on besides the default one (`pool`, `roster`).
+    pub pools: Vec<pools::HomePool>,
+    /// `[edge.homes]`: where each user's home pool is read (with `[[edge.pools]]`).
+    pub homes: Option<pools::HomesConfig>,
     pub handshake_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     /// Messages per connection write queue.
@@ -166,6 +171,10 @@ pub struct PoolConfig {
     pub handshake_timeout_ms: u64,
     /// `[pool.member]`: a member of an enterprise pool; None for a single front end.
     pub member: Option<membership::MemberConfig>,
+    /// `[pool] home`: this pool's name among the edge's pools (`config::pools`); empty: it serves every user.
+    pub home: String,
+    /// `[pool] home_default`: with `home`, also serve the users the directory homes on no pool.
+    pub home_default: bool,
 }
 
 /// `[pool.presence]`: publication and subscription bounds, and the deployment's default authorization.
@@ -355,6 +364,8 @@ impl EdgeConfig {
             key: PathBuf::new(),
             ca: PathBuf::new(),
             pool_names: vec![pool.name.clone()],
+            pools: Vec::new(),
+            homes: None,
             roster: None,
             pool,
             handshake_timeout_ms: 5000,
@@ -392,6 +403,8 @@ impl PoolConfig {
             transaction_timeout_ms: 32_000,
             handshake_timeout_ms: 5000,
             member: None,
+            home: String::new(),
+            home_default: false,
         }
     }
 }
@@ -449,6 +462,8 @@ struct RawEdge {
     pool: Option<RawPeer>,
     roster: Option<roster::RawRoster>,
     pool_names: Option<Vec<String>>,
+    pools: Option<Vec<pools::RawHomePool>>,
+    homes: Option<pools::RawHomes>,
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     flow_queue_max: Option<usize>,
@@ -489,6 +504,8 @@ struct RawPool {
     transaction_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     member: Option<membership::RawMember>,
+    home: Option<String>,
+    home_default: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -629,6 +646,13 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
                 }
             }
             c.pool_names = e.pool_names.unwrap_or_else(|| vec![c.pool.name.clone()]);
+            (c.pools, c.homes) = pools::build(e.pools.unwrap_or_default(), e.homes, base_dir, &c.pool.name)?;
+            for p in &c.pools {
+                // The other pools connect to our internal listener too.
+                if !c.pool_names.iter().any(|n| n.eq_ignore_ascii_case(&p.peer.name)) {
+                    c.pool_names.push(p.peer.name.clone());
+                }
+            }
             c.roster = e.roster.map(|r| roster::build(r, base_dir, &c.pool.name)).transpose()?;
             c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
@@ -714,6 +738,11 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             };
             c.realm = p.realm;
             c.member = p.member.map(|m| membership::build(m, c.listen)).transpose()?;
+            c.home = p.home.map(|h| h.trim().to_string()).unwrap_or_default();
+            if !crate::store::directory::pool_name_ok(&c.home) {
+                return Err(invalid("[pool] home", format!("{:?}: letters, digits, '-', '_' and '.'", c.home)));
+            }
+            c.home_default = p.home_default.unwrap_or(false);
             let r = p.registrar.unwrap_or_default();
             let rd = RegistrarConfig::default();
             c.registrar = RegistrarConfig {

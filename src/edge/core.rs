@@ -54,6 +54,8 @@ pub enum Action {
     ToPool(Bytes),
     /// Through this core's connector to pool member `member` (`[edge.roster]`, [`super::members`]).
     ToMember { member: usize, bytes: Bytes },
+    /// Through this core's connector to `[[edge.pools]]` entry `pool` (a user's home pool, [`super::homes`]).
+    ToHomePool { pool: usize, bytes: Bytes },
     /// Through this core's connector to a federation peer (made on first use).
     ToPartner { name: String, addr: crate::config::PeerAddr, bytes: Bytes },
     /// To the edge of `domain` found by its `_sipfederationtls._tcp` SRV record (discovery).
@@ -130,6 +132,9 @@ pub struct EdgeCore {
     /// Partner connections of this core that have sent us a request (their responses from the pool are rewritten
     /// for a partner, not a user); forgotten when they close.
     pub(super) partner_conns: HashSet<ConnId>,
+    /// Pool connections of this core whose requests we relayed to another member ([`super::relay`]): their
+    /// answers go back as they are; forgotten when they close.
+    pub(super) member_senders: HashSet<ConnId>,
     pub(super) scratch: Vec<u8>,
     /// This core's copy of the federation table (replaced on reload, see [`super::reload`]).
     pub(super) fed_table: Option<Arc<crate::config::FederationConfig>>,
@@ -145,6 +150,8 @@ pub struct EdgeCore {
     pub(super) members: super::members::Members,
     /// Requests sent to a pool member and not answered yet ([`super::inflight`]).
     pub(super) inflight: super::members::MemberTxns,
+    /// Who is homed on which of `[[edge.pools]]` (empty: everyone on the default pool).
+    pub(super) homes: Arc<super::homes::HomeTable>,
     pub(super) out: Outbox,
 }
 
@@ -157,6 +164,7 @@ impl EdgeCore {
             down: DownTxns::new(id, s.downstream_max),
             guard: guard::Guard::new(s.flood),
             partner_conns: HashSet::new(),
+            member_senders: HashSet::new(),
             scratch: Vec::with_capacity(256),
             fed_table: s.fed.as_ref().map(|f| Arc::new(f.cfg.clone())),
             fed_limits: s.fed.as_ref().map(|f| Arc::new(federation::Limiter::build(&f.cfg, None))),
@@ -165,6 +173,7 @@ impl EdgeCore {
             draining: false,
             members: super::members::Members::new(s.pool_members.clone()),
             inflight: super::inflight::InFlight::new(s.downstream_max, s.downstream_timeout),
+            homes: Arc::default(),
             out: Outbox::default(),
             s,
             estats,
@@ -236,8 +245,13 @@ impl EdgeCore {
                 self.partner_conns.remove(&conn.id);
                 self.discovered_closed(conn.id);
             }
-            ConnKind::PeerOut => self.discovered_closed(conn.id),
-            ConnKind::PeerIn => {}
+            ConnKind::PeerOut => {
+                self.member_senders.remove(&conn.id);
+                self.discovered_closed(conn.id);
+            }
+            ConnKind::PeerIn => {
+                self.member_senders.remove(&conn.id);
+            }
         }
     }
 
@@ -274,6 +288,11 @@ impl EdgeCore {
                 ConnKind::PeerIn | ConnKind::PeerOut => self.s.peer_limits,
             },
         }
+    }
+
+    /// A new table of home pools, read by the homes reader.
+    pub fn on_homes(&mut self, homes: Arc<super::homes::HomeTable>) {
+        self.homes = homes;
     }
 
     /// A message from another core.

@@ -76,6 +76,10 @@ impl EdgeCore {
             self.to_partner(from, msg, now);
             return;
         }
+        if route.as_ref().and_then(|na| na.uri.user) == Some(crate::proto::MEMBER_ROUTE_USER) {
+            self.to_member(from, msg, now);
+            return;
+        }
         let flow = route.and_then(|na| na.uri.user.and_then(|u| token::parse_flow(&self.s.key, u)));
         let Some(flow) = flow else {
             bump(&self.estats.tokens_refused);
@@ -165,6 +169,11 @@ impl EdgeCore {
         // internal headers were removed on the way in; one edit at most here, the editor's edits are bounded.)
         if msg.header(HeaderName::ParapetBind).is_some() {
             ed.remove_headers(HeaderName::ParapetBind);
+        }
+        // A member's mark never rides on a request the pool forwards (it serves those itself); should one, it
+        // stays inside too.
+        if msg.header(HeaderName::ParapetMember).is_some() {
+            ed.remove_headers(HeaderName::ParapetMember);
         }
         // One line per header name, whatever the number of values: a peer's route set cannot multiply our edits.
         let joined = join_by_name(add);

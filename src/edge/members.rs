@@ -137,9 +137,15 @@ pub fn routing_aor(msg: &Message) -> String {
 }
 
 impl EdgeCore {
-    /// Sends a request to the pool: to the owner of `aor` among the members, or to the single pool.
-    /// Returns the member it went to (None: the single pool).
+    /// Sends a request to the pool: to the user's home pool when it is one of `[[edge.pools]]`, else to the
+    /// owner of `aor` among the members, or to the single pool. Returns the member it went to (None: a single
+    /// pool).
     pub(super) fn send_to_pool(&mut self, aor: &str, bytes: Bytes, now: Instant) -> Option<usize> {
+        if let Some(pool) = self.homes.pool_of(aor) {
+            bump(&self.estats.home_pool_routed);
+            self.out.push(Action::ToHomePool { pool, bytes });
+            return None;
+        }
         if self.members.is_empty() {
             self.out.push(Action::ToPool(bytes));
             return None;

@@ -49,6 +49,17 @@ impl Shell {
         self.step(|core, now| core.on_roster(roster, wall, now));
     }
 
+    /// Hands the core the table of home pools when a newer one was read ([`crate::edge::homes_reader`]).
+    pub(super) fn take_homes(self: &Rc<Self>) {
+        let generation = self.s.homes.generation();
+        if generation == self.homes_generation.get() {
+            return;
+        }
+        self.homes_generation.set(generation);
+        let homes = self.s.homes.get();
+        self.step(|core, _| core.on_homes(homes));
+    }
+
     /// The links' state to the core, then a probe to each member; the roster too (probes run more often than
     /// the sweep, so a drained or expired member is noticed sooner).
     pub(super) fn probe_members(self: &Rc<Self>) {

@@ -20,10 +20,13 @@ pub mod downstream;
 pub mod federation;
 pub mod flows;
 pub mod guard;
+pub mod homes;
+pub mod homes_reader;
 pub mod inflight;
 pub mod members;
 pub mod notices;
 pub mod policy;
+pub mod relay;
 pub mod reload;
 mod shell;
 pub mod testkit;
@@ -121,6 +124,11 @@ crate::counters! {
         federation_discovered_watched,
         /// Requests of discovered domains refused at the strict rate of a mostly failing domain (503).
         federation_discovered_strict,
+        /// Requests a pool member sent another member through us (a contact list's back-end subscription and
+        /// its NOTIFYs), routed to the owner of their user.
+        member_relayed,
+        /// Requests sent to the user's home pool, one of `[[edge.pools]]` (the default pool's are not counted).
+        home_pool_routed,
     }
 }
 
@@ -160,6 +168,10 @@ pub struct EdgeSettings {
     pub pool_member_peers: Vec<crate::config::Peer>,
     /// The roster the roster reader publishes (`[edge.roster]`).
     pub roster: Arc<crate::store::members::RosterSlot>,
+    /// `[[edge.pools]]`: the other pools users may be homed on, in configured order, and the table of who is
+    /// homed where the homes reader publishes (`[edge.homes]`).
+    pub home_pools: Vec<crate::config::Peer>,
+    pub homes: Arc<homes::HomesSlot>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub queue_max: usize,
@@ -216,6 +228,8 @@ impl EdgeSettings {
             pool_members: e.roster.iter().flat_map(|r| r.members.iter().map(|m| m.name.clone())).collect(),
             pool_member_peers: e.roster.iter().flat_map(|r| r.members.iter().map(|m| m.peer.clone())).collect(),
             roster: Arc::default(),
+            home_pools: e.pools.iter().map(|p| p.peer.clone()).collect(),
+            homes: Arc::default(),
             handshake_timeout: Duration::from_millis(e.handshake_timeout_ms),
             idle_timeout: Duration::from_millis(e.idle_timeout_ms),
             queue_max: e.flow_queue_max,
@@ -242,6 +256,10 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     let settings = Arc::new(EdgeSettings::from_config(cfg)?);
     if let Some(r) = &e.roster {
         shell::start_roster_reader(r, cfg.store.as_ref(), &settings)?;
+    }
+    if let Some(h) = &e.homes {
+        let pools = e.pools.iter().map(|p| p.name.clone()).collect();
+        homes_reader::start(h, pools, &cfg.domain, settings.homes.clone())?;
     }
     if let Some(f) = &e.federation {
         reload::install(f);

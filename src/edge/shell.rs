@@ -46,6 +46,10 @@ pub(super) struct Shell {
     members: Vec<Rc<Connector>>,
     /// The roster generation this core last took ([`super::members_shell`]).
     roster_generation: Cell<u64>,
+    /// One connector per `[[edge.pools]]` entry, in configured order.
+    home_pools: Vec<Rc<Connector>>,
+    /// The home table generation this core last took.
+    homes_generation: Cell<u64>,
     s: Arc<EdgeSettings>,
     /// Connectors to federation peers, by certificate name (made on first use).
     partners: super::federation::PartnerConnectors,
@@ -88,7 +92,10 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
             }),
         );
     }
-    let core = EdgeCore::new(s.clone(), id, count, estats.clone()).with_fed_limits(reload::current_limits());
+    let mut core = EdgeCore::new(s.clone(), id, count, estats.clone()).with_fed_limits(reload::current_limits());
+    // The home pools were read before the cores started: routed by from the first request.
+    let homes_generation = s.homes.generation();
+    core.on_homes(s.homes.get());
     let edge = Rc::new(Shell {
         id,
         core: RefCell::new(core),
@@ -100,6 +107,12 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         pool,
         members: members_shell::connectors(&s),
         roster_generation: Cell::new(0),
+        home_pools: s
+            .home_pools
+            .iter()
+            .map(|p| Rc::new(Connector::new(p.addr, &p.name, s.pool_tls.clone(), s.handshake_timeout)))
+            .collect(),
+        homes_generation: Cell::new(homes_generation),
         s: s.clone(),
         partners: RefCell::default(),
         fed_generation: Cell::new(reload::generation()),
@@ -128,6 +141,7 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
                 edge.stats.slow_senders_closed.add(slow as u64);
                 edge.apply_federation_reload();
                 edge.take_roster();
+                edge.take_homes();
                 edge.step(|core, now| core.on_tick(now));
             }
         })
@@ -231,6 +245,10 @@ impl Shell {
                 }
             }
             Action::ToPool(bytes) => self.pool.send(self, bytes),
+            Action::ToHomePool { pool, bytes } => match self.home_pools.get(pool) {
+                Some(c) => c.send(self, bytes),
+                None => tracing::error!(pool, "no connector for this home pool"),
+            },
             Action::ToMember { member, bytes } => match self.members.get(member) {
                 Some(c) => c.send(self, bytes),
                 None => tracing::error!(member, "no connector for this pool member"),

@@ -127,6 +127,10 @@ impl EdgeCore {
             self.response_to_partner(back, &msg, now);
             return;
         }
+        if self.is_member_sender(back) {
+            self.response_to_member(back, &msg);
+            return;
+        }
         if let Some(aor) = proto::identity_proven(&msg) {
             // The pool authenticated a request of this flow From another identity: the flow speaks for it now.
             // The notice is for us alone (a 100 goes no further than one hop).

@@ -107,6 +107,10 @@ pub struct CoreSettings {
     pub rules: Arc<super::apps::RulesSlot>,
     /// `[pool.member] name`: this front end in an enterprise pool (None: it holds every user).
     pub member: Option<String>,
+    /// `[pool] home` and `home_default`: the users this pool serves when the edge routes to several pools
+    /// (empty `home`: every user).
+    pub home: String,
+    pub home_default: bool,
     /// This member's counters (users held, requests), reported with its lease.
     pub member_stats: Arc<crate::store::members::MemberStats>,
 }
@@ -133,6 +137,8 @@ impl CoreSettings {
             archive: super::archive::ArchiveSettings::off(),
             rules: Arc::new(super::apps::RulesSlot::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
             member: None,
+            home: String::new(),
+            home_default: false,
             member_stats: Arc::default(),
         }
     }
@@ -425,6 +431,10 @@ impl PoolCore {
             self.federated_request(origin, msg);
             return;
         }
+        if crate::proto::from_member(&msg) {
+            self.member_request(origin, msg);
+            return;
+        }
         if method == Method::Notify && crate::proto::is_flow_closed_notice(&msg) {
             let key = msg.request_uri().and_then(|r| Uri::parse(r).ok()).map(|u| aor_of(&u)).unwrap_or_default();
             self.hand_to_core(key.as_bytes(), Stage::FlowClosed, origin, msg);
@@ -482,6 +492,11 @@ impl PoolCore {
                 let Some(user) = self.authenticate(origin, &msg) else { return };
                 match msg.method() {
                     Some(Method::Register) => {
+                        if let Some(home) = self.homed_elsewhere(&msg.to().uri) {
+                            let reason = format!("Forbidden: this user's home is pool \"{home}\", not this one");
+                            self.reply(origin, &msg, 403, &reason, &[]);
+                            return;
+                        }
                         self.register(origin, &msg, &user);
                         self.persist_bindings(&user.aor);
                         self.presence_registration(&user.aor);
@@ -514,6 +529,7 @@ impl PoolCore {
                 self.reply(origin, &msg, 200, "OK", &[]);
             }
             Stage::Route => match msg.method() {
+                _ if self.target_homed_elsewhere(origin, &msg) => {}
                 _ if self.rules_applied(origin, &msg) => {}
                 Some(Method::Publish) => self.publish(origin, &msg),
                 // Only federated NOTIFYs get here (users' NOTIFYs are not served).
@@ -564,6 +580,53 @@ impl PoolCore {
             Some(Method::Ack) => {}
             _ => self.reply(origin, &msg, 403, "Forbidden: not served to federated peers", &[]),
         }
+    }
+
+    /// A request another member of this pool sent through an edge (which vouched for it): a contact list's
+    /// back-end SUBSCRIBE to a user of ours, or a NOTIFY in such a dialog for a list of ours
+    /// (`presence::backend`). No digest: the list's member authenticated the list's owner.
+    fn member_request(&mut self, origin: ConnId, msg: Message) {
+        if !self.is_local_host(&msg.from().uri) || !msg.request_uri_parsed().is_some_and(|u| self.is_local_host(&u)) {
+            self.reply(origin, &msg, 403, "Forbidden: a member's request is between users of this pool", &[]);
+            return;
+        }
+        let target = msg.request_uri_parsed().map(|u| aor_of(&u)).unwrap_or_default();
+        match msg.method() {
+            Some(Method::Subscribe) if presence::event_of(&msg).is_some_and(|(p, _)| p == "presence") => {
+                self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);
+            }
+            Some(Method::Notify) => self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg),
+            Some(Method::Ack) => {}
+            _ => self.reply(origin, &msg, 403, "Forbidden: not served between members", &[]),
+        }
+    }
+
+    /// The home pool of a local user this pool does not serve (`[pool] home`), if `uri` names one.
+    fn homed_elsewhere(&self, uri: &Uri<'_>) -> Option<String> {
+        if !self.is_local_host(uri) {
+            return None;
+        }
+        self.homed_elsewhere_alias(&String::from_utf8_lossy(&uri.user_unescaped()))
+    }
+
+    /// The home pool of the local user `alias` when this pool does not serve it (`[pool] home`).
+    pub(crate) fn homed_elsewhere_alias(&self, alias: &str) -> Option<String> {
+        if self.s.home.is_empty() {
+            return None;
+        }
+        let user = self.dir.view.users.get(alias.as_bytes())?;
+        let served = user.home == self.s.home || (user.home.is_empty() && self.s.home_default);
+        (!served).then(|| if user.home.is_empty() { "(default)".to_string() } else { user.home.clone() })
+    }
+
+    /// A request for a user homed on another pool (the edge routes by the directory it reads, which may differ
+    /// from ours for a moment): answered 404 naming the home, so the misrouting is plain.
+    fn target_homed_elsewhere(&mut self, origin: ConnId, msg: &Message) -> bool {
+        let Some(home) = msg.request_uri_parsed().and_then(|u| self.homed_elsewhere(&u)) else { return false };
+        bump(&self.pstats.homed_elsewhere);
+        let reason = format!("Not Found: this user's home is pool \"{home}\", not this one");
+        self.reply(origin, msg, 404, &reason, &[]);
+        true
     }
 
     /// A MESSAGE whose (existing, local) recipient does not accept IM from the sender.

@@ -117,8 +117,13 @@ crate::counters! {
         backend_notifies,
         /// Back-end subscriptions refused by the partner, or over this core's bound (the contact shows closed).
         backend_refused,
+        /// Back-end subscriptions to a contact of our own pool started again (dialog or member lost: 481, 408,
+        /// 503, ...), each counted once.
+        backend_restarts,
         /// Back-end subscriptions held right now (a gauge).
         backend_subscriptions_now,
+        /// Requests for a user homed on another pool (`[pool] home`), answered 404 (or 403 to a REGISTER).
+        homed_elsewhere,
         messages_archived,
         archive_lost,
         messages_refused_archive,
@@ -227,6 +232,8 @@ impl PoolSettings {
             archive: archive::settings(cfg.archive.as_ref(), &store),
             rules: apps::reload::start(cfg, p.cores.len())?,
             member: p.member.as_ref().map(|m| m.name.clone()),
+            home: p.home.clone(),
+            home_default: p.home_default,
             member_stats: membership.stats.clone(),
         };
         Ok(PoolSettings {

@@ -91,8 +91,19 @@ impl Ownership {
         owner(aor, &self.roster, self.wall_ms(now)).is_some_and(|m| &m.name == me)
     }
 
+    /// The member the roster gives `aor` to now (None: a single front end, or nobody may own).
+    pub fn owner_now(&self, aor: &str, now: Instant) -> Option<String> {
+        self.me.as_ref()?;
+        owner(aor, &self.roster, self.wall_ms(now)).map(|m| m.name.clone())
+    }
+
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Whether this front end is a member of an enterprise pool (other members own some of the users).
+    pub fn is_member(&self) -> bool {
+        self.me.is_some()
     }
 
     pub fn holds(&self, aor: &str) -> bool {
@@ -268,6 +279,8 @@ impl PoolCore {
 
     /// [`GAIN_DELAY`] after a roster change: read the soft state to find the users gained.
     pub(crate) fn gain_due(&mut self) {
+        // Contacts of this core's lists may have moved too: their back-end subscriptions follow them.
+        self.backend_follow_owners();
         let now = self.now.secs;
         self.push(Action::StoreCall { op: Op::States { now }, then: Resume::Gained });
     }

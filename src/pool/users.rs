@@ -15,6 +15,8 @@ pub struct UserRec {
     pub display_name: String,
     pub ha1_md5: Option<String>,
     pub ha1_sha256: Option<String>,
+    /// The user's home pool (the users file's `pool` column; empty: the default pool).
+    pub home: String,
 }
 
 impl UserRec {
@@ -44,6 +46,7 @@ impl Users {
                 display_name: u.display_name.clone(),
                 ha1_md5: u.ha1_md5.clone().or_else(|| from_pw(Algorithm::Md5)),
                 ha1_sha256: u.ha1_sha256.clone().or_else(|| from_pw(Algorithm::Sha256)),
+                home: u.pool.clone(),
             };
             by_alias.insert(alias, rec);
         }
@@ -67,6 +70,8 @@ impl Users {
                 display_name: r.display_name.clone(),
                 ha1_md5: md5,
                 ha1_sha256: sha,
+                // The synced directory does not carry a home pool (yet): the default pool's users.
+                home: String::new(),
             };
             by_alias.insert(alias, rec);
         }

@@ -16,6 +16,7 @@
 //! | `P-Parapet-Flow` | the edge | its flow-closed notice ([`FLOW_CLOSED_EVENT`]): the Path URI it wrote in that flow's REGISTERs | the pool, only on that notice (users cannot send the event: [`is_internal_event`]) |
 //! | `P-Parapet-Failure` | the pool | a final response refusing a request: [`Failure`] | the edge, only on a response from a pool connection. It removes the header from every response of a user or partner before it goes on to the pool, and from every response it sends on to a user. |
 //! | `P-Parapet-Bind` | the edge | a request from a registered flow whose From the flow has not proven yet ([`BIND_MARK`]) | the pool, which authenticates the request as any other and, when the digest succeeds, sends the identity notice. The edge removes it from every request of a user and sets its own, and removes it again from the request when the pool forwards it toward a user. |
+//! | `P-Parapet-Member` | the edge | a request a pool member sent to another member through it ([`MEMBER_ROUTE_USER`]); the value is the Request-URI's AOR | the pool: the request comes from a member of the pool (a contact list's back-end subscription, and the NOTIFYs in its dialog), not from a user, so it is not digest-authenticated. |
 //! | `P-Parapet-Identity` | the pool | its identity notice ([`identity_proven`]): a `100 Trying` naming the AOR it just authenticated as the From of a marked request | the edge, only from a pool connection, which then lets the flow speak for that AOR; the notice is hop-by-hop and never forwarded, and the header is removed like `P-Parapet-Failure`. |
 //!
 //! # Identity per request
@@ -50,6 +51,25 @@ pub fn is_internal_event(event: &[u8]) -> bool {
 /// Whether a request is the edge's flow-closed notice (believed by the pool: users cannot send the event).
 pub fn is_flow_closed_notice(msg: &Message) -> bool {
     msg.header(HeaderName::Event).is_some_and(|e| e.eq_ignore_ascii_case(FLOW_CLOSED_EVENT.as_bytes()))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Requests between the members of a pool
+
+/// The user part of the Route (`<sip:member@<edge internal>;lr>`) by which a pool member asks the edge to send a
+/// request on to the member owning the request's user (REGISTER aside, the Request-URI's), as a user's request
+/// would go. The edge also Record-Routes an initial SUBSCRIBE so, so that the dialog's NOTIFYs come back the same
+/// way, to the member owning the subscriber's Contact (a contact list: the list's member).
+pub const MEMBER_ROUTE_USER: &[u8] = b"member";
+
+/// The user part suffix naming a user's contact list (`sip:alice+contacts@<domain>`, RFC 4662): the pool serves
+/// it, the edge routes it as its owner's.
+pub const LIST_SUFFIX: &str = "+contacts";
+
+/// Whether a request came from another member of the pool, through the edge (which set [`HeaderName::ParapetMember`]
+/// and removes it from every user's and partner's request).
+pub fn from_member(msg: &Message) -> bool {
+    msg.header(HeaderName::ParapetMember).is_some()
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -171,6 +191,7 @@ pub const INTERNAL_HEADERS: &[HeaderName] = &[
     HeaderName::ParapetFailure,
     HeaderName::ParapetBind,
     HeaderName::ParapetIdentity,
+    HeaderName::ParapetMember,
 ];
 
 /// Removes the internal headers ([`INTERNAL_HEADERS`]) from a message being forwarded. An edit only for a header

@@ -7,6 +7,7 @@
 //! Architecture invariant: cores share no mutable state; the mesh is the only channel between them.
 //! Architecture invariant: no process goes on with a dead core ([`watch`]).
 
+pub mod published;
 pub mod watch;
 
 use std::future::Future;

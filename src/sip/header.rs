@@ -54,6 +54,9 @@ pub enum HeaderName {
     ParapetBind,
     /// Ours: on the pool's notice, the identity it proved for the flow (`proto::identity_proven`, pool to edge only).
     ParapetIdentity,
+    /// Ours: on a request one pool member sent another through the edge (`proto::MEMBER_ROUTE_USER`), edge to
+    /// pool only.
+    ParapetMember,
     Other,
 }
 
@@ -104,6 +107,7 @@ pub const TABLE: &[(HeaderName, &str, Option<u8>, &str)] = &[
     (HeaderName::ParapetFailure, "P-Parapet-Failure", None, "parapet"),
     (HeaderName::ParapetBind, "P-Parapet-Bind", None, "parapet"),
     (HeaderName::ParapetIdentity, "P-Parapet-Identity", None, "parapet"),
+    (HeaderName::ParapetMember, "P-Parapet-Member", None, "parapet"),
 ];
 
 // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.

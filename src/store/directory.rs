@@ -31,6 +31,9 @@ pub struct User {
     pub ha1_md5: Option<String>,
     /// Lowercase hex, 64 digits.
     pub ha1_sha256: Option<String>,
+    /// The user's home pool (`pool` column): the name of one of the edge's pools (`[[edge.pools]]`); empty for
+    /// the default pool.
+    pub pool: String,
 }
 
 // Hand-written so that logging a User (or a Directory) never prints a secret.
@@ -52,6 +55,7 @@ impl fmt::Debug for User {
             .field("password", &format_args!("{}", redact(&self.password)))
             .field("ha1_md5", &format_args!("{}", redact(&self.ha1_md5)))
             .field("ha1_sha256", &format_args!("{}", redact(&self.ha1_sha256)))
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -133,8 +137,8 @@ impl std::error::Error for DirectoryError {
 }
 
 /// Column / key names, in the order `write_demo` and the CSV header use them.
-pub const FIELDS: [&str; 8] =
-    ["alias", "display_name", "first", "last", "account", "password", "ha1_md5", "ha1_sha256"];
+pub const FIELDS: [&str; 9] =
+    ["alias", "display_name", "first", "last", "account", "password", "ha1_md5", "ha1_sha256", "pool"];
 
 /// One entry as read, every field optional so a missing one can be reported by name.
 #[derive(Deserialize, Serialize, Default)]
@@ -156,6 +160,8 @@ struct RawUser {
     ha1_md5: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ha1_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +180,11 @@ struct DemoFile<'a> {
 /// `user-unreserved`), minus '%': aliases are compared verbatim, so escapes would create aliases.
 pub(crate) fn alias_char_ok(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c)
+}
+
+/// Whether `name` may name a pool (`pool` column, `[[edge.pools]] name`, `[pool] home`); empty: the default pool.
+pub fn pool_name_ok(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn nonempty(v: Option<String>) -> Option<String> {
@@ -215,6 +226,10 @@ fn to_user(raw: RawUser) -> Result<User, String> {
     if password.is_none() && ha1_md5.is_none() && ha1_sha256.is_none() {
         return Err(format!("user {alias}: password or ha1_md5/ha1_sha256 missing"));
     }
+    let pool = nonempty(raw.pool).unwrap_or_default();
+    if !pool_name_ok(&pool) {
+        return Err(format!("pool {pool:?}: a pool name is letters, digits, '-', '_' and '.'"));
+    }
     Ok(User {
         alias,
         display_name,
@@ -224,6 +239,7 @@ fn to_user(raw: RawUser) -> Result<User, String> {
         password,
         ha1_md5,
         ha1_sha256,
+        pool,
     })
 }
 
@@ -316,6 +332,7 @@ impl Directory {
                     "account" => &mut raw.account,
                     "password" => &mut raw.password,
                     "ha1_md5" => &mut raw.ha1_md5,
+                    "pool" => &mut raw.pool,
                     _ => &mut raw.ha1_sha256,
                 };
                 *slot = Some(value);
@@ -389,6 +406,7 @@ impl Directory {
                 password: Some(password),
                 ha1_md5: None,
                 ha1_sha256: None,
+                pool: None,
             });
         }
         let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
@@ -626,6 +644,20 @@ ha1_md5 = "0123456789ABCDEF0123456789abcdef"
         let e =
             Directory::from_toml_str("[[user]]\nalias = \"a b\"\npassword = \"x\"\n", &p("u.toml")).expect_err("space");
         assert!(e.to_string().contains("not allowed in a SIP user name"), "{e}");
+    }
+
+    #[test]
+    fn home_pool_column() {
+        let text =
+            "[[user]]\nalias = \"a\"\npassword = \"x\"\npool = \"ent\"\n\n[[user]]\nalias = \"b\"\npassword = \"y\"\n";
+        let d = Directory::from_toml_str(text, &p("users.toml")).expect("parse");
+        assert_eq!(d.get("a").map(|u| u.pool.as_str()), Some("ent"));
+        assert_eq!(d.get("b").map(|u| u.pool.as_str()), Some(""), "no column: the default pool");
+        let d = Directory::from_csv_str("alias,password,pool\na,x,se\nb,y,\n", &p("u.csv")).expect("parse");
+        assert_eq!(d.get("a").map(|u| u.pool.as_str()), Some("se"));
+        assert_eq!(d.get("b").map(|u| u.pool.as_str()), Some(""));
+        let e = Directory::from_csv_str("alias,password,pool\na,x,s e\n", &p("u.csv")).expect_err("bad name");
+        assert!(e.to_string().contains("a pool name is"), "{e}");
     }
 
     #[test]

@@ -5,43 +5,28 @@
 //! What the rows mean is `crate::proto::membership`'s business; this file only moves them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use super::thread::{Op, Reply, StoreHandle};
 use super::MemberRow;
 use crate::proto::membership::{Member, MemberState, Roster};
+use crate::shard::published::Published;
 
-/// The latest roster read from the store, shared by the cores of one process. `generation` moves with each
-/// publication, so a core compares one integer per tick and clones the `Arc` only when it moved.
+/// The latest roster read from the store, shared by the cores of one process ([`Published`]).
 #[derive(Default)]
 pub struct RosterSlot {
-    roster: Mutex<Arc<Roster>>,
-    generation: AtomicU64,
+    roster: Published<Roster>,
     /// Reads that failed in a row (the store unreachable): `pool status` and the logs say so.
     pub failed_reads: AtomicU64,
 }
 
-impl RosterSlot {
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
+impl std::ops::Deref for RosterSlot {
+    type Target = Published<Roster>;
 
-    pub fn get(&self) -> Arc<Roster> {
-        match self.roster.lock() {
-            Ok(r) => r.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn publish(&self, roster: Roster) {
-        let mut slot = match self.roster.lock() {
-            Ok(r) => r,
-            Err(p) => p.into_inner(),
-        };
-        *slot = Arc::new(roster);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    fn deref(&self) -> &Published<Roster> {
+        &self.roster
     }
 }
 

@@ -34,6 +34,8 @@ mod lifecycle;
 mod malformed;
 mod ops;
 mod pool_failover;
+mod pool_presence;
+mod pools_several;
 mod presence_pjsip;
 mod presence_raw;
 mod presence_restart;

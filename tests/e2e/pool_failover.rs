@@ -13,8 +13,13 @@ const READ_SLACK: Duration = Duration::from_millis(300);
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn registered(pool: &Enterprise, label: &str, user: &str) -> Agent {
-    let u = pool.app.user(user);
-    let mut a = Agent::spawn(&pool.app, label, &u.alias, &u.password);
+    registered_at(&pool.app, label, user)
+}
+
+/// A pjsip agent of `user` registered through the appliance's edge (or the test fails).
+pub(crate) fn registered_at(app: &crate::support::Appliance, label: &str, user: &str) -> Agent {
+    let u = app.user(user);
+    let mut a = Agent::spawn(app, label, &u.alias, &u.password);
     let ev = a.register();
     a.check(ev.int("code") == Some(200), || format!("{label} REGISTER: {ev}"));
     a
@@ -33,7 +38,7 @@ fn wait_state(agent: &mut Agent, uri: &str, status: &str, activity: &str, note: 
     })
 }
 
-fn message_delivered(from: &mut Agent, to: &mut Agent, uri: &str, text: &str) {
+pub(crate) fn message_delivered(from: &mut Agent, to: &mut Agent, uri: &str, text: &str) {
     let st = from.message(uri, text);
     from.check(st.int("code") == Some(200), || format!("MESSAGE {text:?} to {uri}: {st}"));
     let m = to.received();
@@ -42,7 +47,7 @@ fn message_delivered(from: &mut Agent, to: &mut Agent, uri: &str, text: &str) {
 
 #[test]
 fn pool_failover_kill9_of_bobs_owner() {
-    let mut pool = Enterprise::start("pool-failover-kill", &["fe1", "fe2", "fe3"]);
+    let pool = Enterprise::start("pool-failover-kill", &["fe1", "fe2", "fe3"]);
     let mut alice = registered(&pool, "alice", "alice");
     let mut bob = registered(&pool, "bob", "bob");
     let bob_aor = format!("bob@{}", pool.app.domain);

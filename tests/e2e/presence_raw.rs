@@ -240,6 +240,42 @@ fn presence_winfo_tells_the_presentity_who_watches() {
     }
 }
 
+/// An authenticated SUBSCRIBE of `user`'s contact list on a raw connection (sent twice: first for the challenge,
+/// at CSeq `cseq` then `cseq + 1`), with `extra` header lines; the first message that follows (a response, or a
+/// NOTIFY that overtook it).
+pub(crate) fn subscribe_list(
+    raw: &mut Raw,
+    user: &crate::support::User,
+    call_id: &str,
+    cseq: u32,
+    extra: &str,
+) -> Response {
+    let d = raw.app.domain.clone();
+    let me = format!("sip:{}@{d}", user.alias);
+    let list = format!("sip:{}+contacts@{d}", user.alias);
+    let p = raw.local_port;
+    let build = |cseq: u32, extra: &str| {
+        let u = uniq();
+        format!(
+            "SUBSCRIBE {list} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{p};branch=z9hG4bK{u};rport\r\nMax-Forwards: 70\r\n\
+             From: <{me}>;tag=l1\r\nTo: <{list}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\n\
+             Contact: <sip:{}@127.0.0.1:{p};transport=tls>\r\nEvent: presence\r\n\
+             Accept: application/pidf+xml, application/rlmi+xml, multipart/related\r\nExpires: 600\r\n{extra}\
+             Content-Length: 0\r\n\r\n",
+            user.alias
+        )
+    };
+    raw.send_ok(build(cseq, extra).as_bytes(), "list SUBSCRIBE");
+    let r = raw.expect_response("list SUBSCRIBE without credentials");
+    let chals = headers(&r, "Proxy-Authenticate");
+    let chal = chals.iter().find(|c| c.contains("MD5")).or(chals.first()).copied().unwrap_or("");
+    let Some(auth) = authorization(chal, &user.alias, &user.password, "SUBSCRIBE", &list) else {
+        raw.app.fail(&format!("list SUBSCRIBE: no usable challenge\n{}", r.head));
+    };
+    raw.send_ok(build(cseq + 1, &format!("{extra}Proxy-Authorization: {auth}\r\n")).as_bytes(), "list SUBSCRIBE");
+    raw.expect_response("list SUBSCRIBE with credentials")
+}
+
 /// `parapet contacts` against the appliance's pool config.
 pub(crate) fn contacts(app: &Appliance, args: &[&str]) {
     let mut cmd = std::process::Command::new(crate::support::parapet_bin());
@@ -266,31 +302,8 @@ fn presence_resource_list_returns_every_contact() {
     let mut raw = Raw::connect(&app);
     raw_register(&app, &mut raw, &alice.alias, &alice.password);
     let d = app.domain.clone();
-    let me = format!("sip:alice@{d}");
-    let list = format!("sip:alice+contacts@{d}");
-    let p = raw.local_port;
     let call_id = format!("rls-{}", uniq());
-    let build = |cseq: u32, extra: &str| {
-        let u = uniq();
-        format!(
-            "SUBSCRIBE {list} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{p};branch=z9hG4bK{u};rport\r\nMax-Forwards: 70\r\n\
-             From: <{me}>;tag=l1\r\nTo: <{list}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\n\
-             Contact: <sip:alice@127.0.0.1:{p};transport=tls>\r\nEvent: presence\r\n\
-             Accept: application/pidf+xml, application/rlmi+xml, multipart/related\r\nExpires: 600\r\n{extra}\
-             Content-Length: 0\r\n\r\n"
-        )
-    };
-    let authed = |raw: &mut Raw, cseq: u32, extra: &str| -> Response {
-        raw.send_ok(build(cseq, extra).as_bytes(), "list SUBSCRIBE");
-        let r = raw.expect_response("list SUBSCRIBE without credentials");
-        let chals = headers(&r, "Proxy-Authenticate");
-        let chal = chals.iter().find(|c| c.contains("MD5")).or(chals.first()).copied().unwrap_or("");
-        let Some(auth) = authorization(chal, &alice.alias, &alice.password, "SUBSCRIBE", &list) else {
-            raw.app.fail(&format!("list SUBSCRIBE: no usable challenge\n{}", r.head));
-        };
-        raw.send_ok(build(cseq + 1, &format!("{extra}Proxy-Authorization: {auth}\r\n")).as_bytes(), "list SUBSCRIBE");
-        raw.expect_response("list SUBSCRIBE with credentials")
-    };
+    let authed = |raw: &mut Raw, cseq: u32, extra: &str| subscribe_list(raw, &alice, &call_id, cseq, extra);
     let r = authed(&mut raw, 1, "");
     if r.code() != Some(421) {
         app.fail(&format!("list SUBSCRIBE without Supported: eventlist: expected 421\n{}", r.head));

@@ -22,8 +22,36 @@ use crate::support_pg;
 pub const FRONT_ENDS: [&str; 3] = ["fe1", "fe2", "fe3"];
 
 /// One role process, killed with its group on drop.
-struct Proc {
+pub struct Proc {
     child: Option<Child>,
+}
+
+/// `parapet run -c <config>` in the appliance's data folder, its stderr kept as `<log>.stderr` in the scratch
+/// folder; returns once it listens on `port` and a core is ready (or the test fails).
+pub fn spawn_role(app: &Appliance, log: &str, config: &Path, port: u16) -> Proc {
+    let mut cmd = Command::new(support::parapet_bin());
+    cmd.arg("run")
+        .arg("-c")
+        .arg(config)
+        .current_dir(&app.data_dir)
+        .env("PARAPET_MEMLOCK_SHARE", "4")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    support::stops_with_the_test(&mut cmd);
+    let mut child = cmd.spawn().unwrap_or_else(|e| app.fail(&format!("cannot start {}: {e}", config.display())));
+    let stderr = Tail::default();
+    let path = app.scratch.join(format!("{log}.stderr"));
+    stderr.collect(child.stderr.take().expect("piped"), Some(path), None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() || !stderr.last(400).contains("core ready") {
+        if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            app.fail(&format!("{} not listening on {port}:\n{}", config.display(), stderr.last(40)));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Proc { child: Some(child) }
 }
 
 impl Drop for Proc {
@@ -38,7 +66,8 @@ pub struct Enterprise {
     pub app: Appliance,
     /// (name, config, pool port), in `FRONT_ENDS` order.
     pub front_ends: Vec<(&'static str, PathBuf, u16)>,
-    running: Vec<(&'static str, Proc)>,
+    /// Behind a RefCell so that a test holding a client borrowed from `app` can still kill a role.
+    running: std::cell::RefCell<Vec<(&'static str, Proc)>>,
     /// The pool's PostgreSQL server (last: it stops after the roles).
     pg: Cluster,
 }
@@ -60,41 +89,18 @@ impl Enterprise {
         let ports = [app.port_base + 1, b2, b2 + 2];
         let front_ends: Vec<_> =
             FRONT_ENDS.iter().zip(ports).map(|(n, p)| (*n, app.data_dir.join(format!("{n}.toml")), p)).collect();
-        let mut e = Enterprise { app, front_ends, running: Vec::new(), pg };
+        let mut e = Enterprise { app, front_ends, running: Default::default(), pg };
         for n in start {
             e.start_front_end(n);
         }
         let edge_cfg = e.app.data_dir.join("edge.toml");
         let p = e.spawn("edge", &edge_cfg, e.app.port_base);
-        e.running.push(("edge", p));
+        e.running.get_mut().push(("edge", p));
         e
     }
 
     fn spawn(&self, log: &str, config: &Path, port: u16) -> Proc {
-        let app = &self.app;
-        let mut cmd = Command::new(support::parapet_bin());
-        cmd.arg("run")
-            .arg("-c")
-            .arg(config)
-            .current_dir(&app.data_dir)
-            .env("PARAPET_MEMLOCK_SHARE", "4")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        support::stops_with_the_test(&mut cmd);
-        let mut child = cmd.spawn().unwrap_or_else(|e| app.fail(&format!("cannot start {}: {e}", config.display())));
-        let stderr = Tail::default();
-        let path = app.scratch.join(format!("{log}.stderr"));
-        stderr.collect(child.stderr.take().expect("piped"), Some(path), None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() || !stderr.last(400).contains("core ready") {
-            if Instant::now() >= deadline || matches!(child.try_wait(), Ok(Some(_))) {
-                app.fail(&format!("{} not listening on {port}:\n{}", config.display(), stderr.last(40)));
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        Proc { child: Some(child) }
+        spawn_role(&self.app, log, config, port)
     }
 
     pub fn start_front_end(&mut self, name: &str) {
@@ -102,15 +108,16 @@ impl Enterprise {
             self.app.fail(&format!("no front end {name}"));
         };
         let p = self.spawn(n, &cfg, port);
-        self.running.push((n, p));
+        self.running.get_mut().push((n, p));
     }
 
     /// kill -9 of one role's process group.
-    pub fn kill9(&mut self, name: &str) {
-        let Some(i) = self.running.iter().position(|(n, _)| *n == name) else {
+    pub fn kill9(&self, name: &str) {
+        let mut running = self.running.borrow_mut();
+        let Some(i) = running.iter().position(|(n, _)| *n == name) else {
             self.app.fail(&format!("{name} is not running"));
         };
-        let (_, mut p) = self.running.remove(i);
+        let (_, mut p) = running.remove(i);
         if let Some(mut c) = p.child.take() {
             support::signal_group(c.id(), libc::SIGKILL);
             let _ = support::wait_timeout(&mut c, Duration::from_secs(5));

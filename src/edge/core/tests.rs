@@ -272,3 +272,51 @@ fn a_request_for_an_inbound_only_partner_gets_a_final_403_naming_why() {
     assert!(reason.contains("partner.test accepts no requests from us"), "{reason}");
     assert_eq!(stats.federation_refused.get(), 1, "counted");
 }
+
+/// A back-end SUBSCRIBE a pool member sends another member through us (`relay`): marked, Record-Routed, our Via
+/// naming the sender's connection; the answer goes back to that connection as it is.
+#[test]
+fn a_members_request_goes_on_to_the_pool_marked_and_its_answer_back_to_the_member() {
+    let mut c = core();
+    let now = Instant::now();
+    let internal = &settings().internal_text;
+    let sub = parse(format!(
+        "SUBSCRIBE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5062;branch=z9hG4bKb1x1\r\n\
+         Route: <sip:member@{internal};lr>\r\nMax-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=b1\r\n\
+         To: <sip:bob@example.com>\r\nCall-ID: bes-1@pool\r\nCSeq: 1 SUBSCRIBE\r\n\
+         Contact: <sip:alice+contacts@example.com;transport=tls>\r\nEvent: presence\r\nExpires: 600\r\n\
+         P-Parapet-Federated: forged.test\r\nContent-Length: 0\r\n\r\n"
+    ));
+    c.on_message(&pool(), sub, now);
+    let fwd = to_pool(&actions(&mut c));
+    assert_eq!(fwd.header(HeaderName::ParapetMember), Some(&b"bob@example.com"[..]));
+    assert!(fwd.header(HeaderName::ParapetFederated).is_none(), "no other internal mark goes on");
+    assert!(fwd.header(HeaderName::Route).is_none());
+    let rr = format!("<sip:member@{internal};lr>");
+    assert_eq!(fwd.header(HeaderName::RecordRoute), Some(rr.as_bytes()), "the dialog's NOTIFYs come back here");
+    assert_eq!(fwd.values(HeaderName::Via).count(), 2);
+    let ok = pool_response(&fwd, 200, &[]);
+    c.on_message(&pool(), ok, now);
+    let back = sent_to(&actions(&mut c), POOL);
+    assert_eq!(back.len(), 1, "the answer goes back to the member that asked");
+    assert_eq!(back[0].values(HeaderName::Via).count(), 1, "our Via off");
+    assert_eq!(back[0].status(), Some(200));
+}
+
+/// `[[edge.pools]]`: a user homed on another pool has every request sent there; the others go to the default.
+#[test]
+fn a_user_homed_on_another_pool_is_routed_there() {
+    let mut c = core();
+    let now = Instant::now();
+    let person =
+        |a: &str, p: &str| crate::store::directory::User { alias: a.into(), pool: p.into(), ..Default::default() };
+    let dir = crate::store::directory::Directory { users: vec![person("bob", "branch"), person("alice", "")] };
+    let (table, _) = crate::edge::homes::HomeTable::build(&dir, &["branch".to_string()], "example.com");
+    c.on_homes(Arc::new(table));
+    c.on_message(&user(), request("REGISTER", "bob"), now);
+    let a = actions(&mut c);
+    assert!(matches!(a.as_slice(), [Action::ToHomePool { pool: 0, .. }]), "bob's REGISTER to his home pool");
+    let alice = ConnInfo { id: ConnId { core: 0, gen: 1, slot: 5 }, ..user() };
+    c.on_message(&alice, request("REGISTER", "alice"), now);
+    to_pool(&actions(&mut c));
+}

@@ -40,9 +40,19 @@ pub(crate) fn conn() -> ConnId {
 
 impl Rig {
     pub(crate) fn new() -> Rig {
+        Rig::with(|_| {})
+    }
+
+    /// A front end of an enterprise pool (`[pool.member] name`), no roster read yet.
+    pub(crate) fn member(name: &str) -> Rig {
+        Rig::with(|s| s.member = Some(name.into()))
+    }
+
+    fn with(f: impl FnOnce(&mut CoreSettings)) -> Rig {
         let edge: SocketAddr = EDGE.parse().unwrap();
         let mut s = CoreSettings::with_defaults(DOMAIN, "127.0.0.1:5062".parse().unwrap(), vec![edge], users());
         s.algorithms = vec![Algorithm::Md5];
+        f(&mut s);
         let now = Now { secs: 1_700_000_000, mono: Instant::now() };
         Rig { core: PoolCore::new(Arc::new(s), 0, 1, Arc::new(PoolStats::default()), now), now, n: 0 }
     }
@@ -260,16 +270,7 @@ fn flow_closed_notice_removes_the_bindings() {
 fn a_store_reply_completes_a_list_subscription() {
     let mut rig = Rig::new();
     rig.register("alice");
-    let out = rig.authed("alice", |n, creds| {
-        format!(
-            "SUBSCRIBE sip:alice+contacts@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKs{n}\r\n\
-             From: <sip:alice@{DOMAIN}>;tag=s{n}\r\nTo: <sip:alice+contacts@{DOMAIN}>\r\nCall-ID: list-1\r\n\
-             CSeq: {n} SUBSCRIBE\r\nContact: <sip:alice@192.0.2.1:5000;transport=tls>\r\n\
-             Record-Route: <sip:127.0.0.1:5063;transport=tls;lr>\r\nEvent: presence\r\nSupported: eventlist\r\n\
-             Accept: application/pidf+xml, application/rlmi+xml, multipart/related\r\n{creds}Expires: 600\r\n\
-             Content-Length: 0\r\n\r\n"
-        )
-    });
+    let out = subscribe_alices_list(&mut rig);
     assert!(sent(&out).is_empty(), "answered once the list is read");
     let Some(Action::StoreCall { op: Op::Contacts { owner }, then }) =
         out.into_iter().find(|a| matches!(a, Action::StoreCall { .. }))
@@ -366,4 +367,138 @@ fn a_refused_register_is_counted_by_reason() {
     assert_eq!(only_response(&out).status(), Some(423));
     let p = &rig.core.pstats;
     assert_eq!((p.register_refused_interval.get(), p.registrations.get(), p.register_refused_full.get()), (1, 0, 0));
+}
+
+/// alice's SUBSCRIBE to her contact list, authenticated (the list is then read from the store).
+fn subscribe_alices_list(rig: &mut Rig) -> Vec<Action> {
+    rig.authed("alice", |n, creds| {
+        format!(
+            "SUBSCRIBE sip:alice+contacts@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKs{n}\r\n\
+             From: <sip:alice@{DOMAIN}>;tag=s{n}\r\nTo: <sip:alice+contacts@{DOMAIN}>\r\nCall-ID: list-1\r\n\
+             CSeq: {n} SUBSCRIBE\r\nContact: <sip:alice@192.0.2.1:5000;transport=tls>\r\n\
+             Record-Route: <sip:127.0.0.1:5063;transport=tls;lr>\r\nEvent: presence\r\nSupported: eventlist\r\n\
+             Accept: application/pidf+xml, application/rlmi+xml, multipart/related\r\n{creds}Expires: 600\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    })
+}
+
+/// A list subscription whose store read is answered with `contacts` (their AORs' users); returns the actions.
+fn list_subscribed(rig: &mut Rig, contacts: &[&str]) -> Vec<Action> {
+    let out = subscribe_alices_list(rig);
+    let Some(Action::StoreCall { then, .. }) = out.into_iter().find(|a| matches!(a, Action::StoreCall { .. })) else {
+        panic!("the list is read from the store")
+    };
+    let rows = contacts
+        .iter()
+        .map(|c| ContactRow {
+            owner: format!("alice@{DOMAIN}"),
+            uri: format!("sip:{c}@{DOMAIN}"),
+            display_name: String::new(),
+            group: String::new(),
+        })
+        .collect();
+    rig.step(|c, now| c.on_store_reply(then, Ok(Reply::Contacts(rows)), now))
+}
+
+/// The back-end SUBSCRIBEs among `out` (their Call-IDs tell them apart).
+fn backend_subscribes(out: &[Action]) -> Vec<Message> {
+    to_edge(out).into_iter().map(|(_, m)| m).filter(|m| m.method() == Some(&Method::Subscribe)).collect()
+}
+
+/// In an enterprise pool a list's contact of our own domain is watched through the edge, by its owner: a
+/// SUBSCRIBE routed `member`; a lost dialog (481) starts a new one, a refusal (403) leaves the contact closed.
+#[test]
+fn a_members_list_watches_its_contacts_through_the_edge_and_starts_again_when_lost() {
+    let mut rig = Rig::member("fe1");
+    let out = list_subscribed(&mut rig, &["bob"]);
+    let subs = backend_subscribes(&out);
+    assert_eq!(subs.len(), 1, "one back-end SUBSCRIBE for bob");
+    let sub = &subs[0];
+    assert_eq!(sub.request_uri(), Some(format!("sip:bob@{DOMAIN}").as_bytes()));
+    assert_eq!(sub.header(HeaderName::Route), Some(format!("<sip:member@{EDGE};lr>").as_bytes()));
+    assert_eq!(sub.from().uri.user, Some(&b"alice"[..]), "the list's owner is the watcher");
+    let answer = |m: &Message, code: u16| {
+        let mut b = BytesMut::new();
+        sip::write_response(&mut b, m, code, "x", Some(b"t"), &[], None);
+        Message::parse(b.freeze(), &Limits::default()).unwrap()
+    };
+    let out = rig.step(|c, now| c.on_message(conn(), answer(sub, 481), now));
+    let again = backend_subscribes(&out);
+    assert_eq!(again.len(), 1, "a lost dialog starts again at once");
+    assert_ne!(again[0].call_id(), sub.call_id(), "as a new dialog");
+    assert!(again[0].to().tag().is_none());
+    assert_eq!(rig.core.pstats.backend_restarts.get(), 1);
+    let out = rig.step(|c, now| c.on_message(conn(), answer(&again[0], 403), now));
+    assert!(backend_subscribes(&out).is_empty(), "a refusal is final");
+    assert!(out.iter().any(|a| matches!(a, Action::Timer { timer: Timer::ListFlush(_), .. })), "bob shown closed");
+    assert_eq!(rig.core.presence.backends.len(), 0);
+}
+
+/// A member's SUBSCRIBE (the edge's mark) is served without a challenge, as the list owner's watch.
+#[test]
+fn a_members_subscribe_is_served_without_a_challenge() {
+    let mut rig = Rig::new();
+    let out = rig.input(&format!(
+        "SUBSCRIBE sip:bob@{DOMAIN} SIP/2.0\r\nP-Parapet-Member: bob@{DOMAIN}\r\n\
+         Via: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKe1\r\nVia: SIP/2.0/TLS 127.0.0.1:5062;branch=z9hG4bKb1x1\r\n\
+         Record-Route: <sip:member@{EDGE};lr>\r\nFrom: <sip:alice@{DOMAIN}>;tag=b1\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: bes-1\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:alice+contacts@{DOMAIN};transport=tls>\r\n\
+         Event: presence\r\nAccept: application/pidf+xml\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(only_response(&out).status(), Some(200));
+    let notify = to_edge(&out);
+    assert_eq!(notify.len(), 1, "the first NOTIFY");
+    assert_eq!(notify[0].1.request_uri(), Some(format!("sip:alice+contacts@{DOMAIN};transport=tls").as_bytes()));
+    assert_eq!(notify[0].1.header(HeaderName::Route), Some(format!("<sip:member@{EDGE};lr>").as_bytes()));
+    // Without the mark the same request is a user's: challenged.
+    let out = rig.input(&format!(
+        "SUBSCRIBE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKe2\r\n\
+         Record-Route: <sip:member@{EDGE};lr>\r\nFrom: <sip:alice@{DOMAIN}>;tag=b2\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: bes-2\r\nCSeq: 1 SUBSCRIBE\r\nContact: <sip:alice+contacts@{DOMAIN};transport=tls>\r\n\
+         Event: presence\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(only_response(&out).status(), Some(407));
+}
+
+/// A roster change refreshes the back-end subscriptions whose contact moved to another member, and only those.
+#[test]
+fn a_roster_change_refreshes_the_watches_of_contacts_that_moved() {
+    use crate::proto::membership::{Member, MemberState, Roster};
+    let mut rig = Rig::member("fe1");
+    let sub = backend_subscribes(&list_subscribed(&mut rig, &["bob"])).remove(0);
+    let wall = rig.now.secs * 1000;
+    let roster = |names: &[&str]| {
+        let m = |n: &&str| Member {
+            name: n.to_string(),
+            addr: String::new(),
+            state: MemberState::Active,
+            lease_until_ms: wall + 60_000,
+            load: 0,
+            in_flight: 0,
+            users: 0,
+        };
+        Arc::new(Roster::new(names.iter().map(m).collect()))
+    };
+    let settle = |rig: &mut Rig, r: Arc<Roster>| {
+        let out = rig.step(|c, now| c.on_roster(r, wall, now));
+        let gain = out.into_iter().find_map(|a| match a {
+            Action::Timer { timer: t @ Timer::Gain, .. } => Some(t),
+            _ => None,
+        });
+        gain.map(|t| backend_subscribes(&rig.step(|c, now| c.on_timer(t, now)))).unwrap_or_default()
+    };
+    let refreshed = settle(&mut rig, roster(&["fe1", "fe2"]));
+    assert_eq!(refreshed.len(), 1, "bob has an owner now: his watch follows");
+    assert_eq!(refreshed[0].call_id(), sub.call_id(), "within its dialog");
+    let owner_in = |names: &[&str]| {
+        crate::proto::membership::owner("bob@example.com", &roster(names), wall).map(|m| m.name.clone())
+    };
+    let first = owner_in(&["fe1", "fe2"]);
+    // A member joins that does not take bob: nothing to refresh.
+    let stays = (3..40).map(|i| format!("fe{i}")).find(|n| owner_in(&["fe1", "fe2", n]) == first).unwrap();
+    assert!(settle(&mut rig, roster(&["fe1", "fe2", &stays])).is_empty(), "bob did not move");
+    // One that takes him: his watch follows.
+    let takes = (40..200).map(|i| format!("fe{i}")).find(|n| owner_in(&["fe1", "fe2", &stays, n]) != first).unwrap();
+    assert_eq!(settle(&mut rig, roster(&["fe1", "fe2", &stays, &takes])).len(), 1, "bob moved");
 }

@@ -10,6 +10,16 @@
 //! NOTIFY told us the partner's tag and Contact); the list ending, or the contact leaving it, unsubscribes.
 //! Refusals and failures leave the contact closed. Not persisted: after a restart the list is subscribed again
 //! (the client's refresh gets 481), and with it its contacts.
+//!
+//! In an enterprise pool the same goes for a contact of our own domain ([`Via::Member`]): another member may own
+//! it, and which one changes (kill, drain). The SUBSCRIBE goes to the edge with the Route
+//! `<sip:member@edge;lr>`, and the edge sends it to the contact's owner as it would a user's request; the owner
+//! serves it as any watcher's subscription (authorized, persisted with the user's soft state, handed over with
+//! the user), and its NOTIFYs come back through the edge to the member owning the list's URI, which is this
+//! one. When the roster changes, every such subscription whose contact moved is refreshed (within its dialog: the
+//! edge sends the refresh to the contact's owner now, which loaded the dialog with the user); an answer that says the dialog is
+//! lost (481), or that its member died (408, 503, 480, 500), starts a new subscription at once, then after
+//! [`RETRY_S`], at most [`RETRIES_MAX`] times in a row (then the contact shows closed until the list is refreshed).
 
 use std::collections::HashMap;
 
@@ -25,6 +35,19 @@ use crate::sip::{self, HeaderName, Message};
 pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKb";
 /// Back-end subscriptions one core keeps at most (a list holds at most `rls::RESOURCES_MAX` contacts).
 const MAX: usize = 10_000;
+/// A member's subscription that failed is started again after this long (the first time at once).
+pub const RETRY_S: u64 = 2;
+/// Failed starts in a row of a member's subscription before the contact is left closed.
+pub const RETRIES_MAX: u8 = 5;
+
+/// How a back-end subscription reaches its contact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Another organization's contact: through the edge's federation.
+    Federation,
+    /// A contact of our own pool (enterprise): through the edge, to the contact's owner.
+    Member,
+}
 
 struct Backend {
     list: u32,
@@ -40,6 +63,13 @@ struct Backend {
     remote_target: Option<String>,
     cseq: u32,
     expires_at: u64,
+    via: Via,
+    /// Failed starts in a row (a member's subscription), and when the next one is due.
+    failures: u8,
+    retry_at: Option<u64>,
+    /// The member our roster gave the contact to when this was last sent (a member's subscription): a roster
+    /// change refreshes only the subscriptions whose contact moved.
+    owner_seen: Option<String>,
 }
 
 /// This core's back-end subscriptions, by Call-ID.
@@ -63,6 +93,11 @@ impl Backends {
     }
 }
 
+/// Answers to a member's subscription that mean its dialog or its member is lost, not a refusal.
+fn restartable(status: u16) -> bool {
+    matches!(status, 408 | 480 | 481 | 500 | 503)
+}
+
 fn closed(presentity: &str) -> Option<(String, Bytes)> {
     Some((PIDF.to_string(), Bytes::from(pidf::closed(&format!("sip:{presentity}")))))
 }
@@ -70,7 +105,7 @@ fn closed(presentity: &str) -> Option<(String, Bytes)> {
 impl PoolCore {
     /// A list subscription `list` (refreshed or new) watches `presentity` of another organization until
     /// `expires_at`: subscribe, or refresh the subscription already made.
-    pub(crate) fn backend_watch(&mut self, presentity: String, owner: String, list: u32, expires_at: u64) {
+    pub(crate) fn backend_watch(&mut self, presentity: String, owner: String, list: u32, expires_at: u64, via: Via) {
         let Some(contact) = self.presence.subs.get(list).map(|s| format!("<{};transport=tls>", s.entity)) else {
             return;
         };
@@ -88,6 +123,11 @@ impl PoolCore {
                 None => {
                     if p.backends.by_call.len() >= MAX {
                         bump(&self.pstats.backend_refused);
+                        crate::warn_limited!(
+                            core,
+                            max = MAX,
+                            "back-end subscriptions at their bound: contact shown closed"
+                        );
                         self.list_state(list, &presentity, closed(&presentity));
                         return;
                     }
@@ -104,6 +144,10 @@ impl PoolCore {
                         remote_target: None,
                         cseq: 0,
                         expires_at,
+                        via,
+                        failures: 0,
+                        retry_at: None,
+                        owner_seen: None,
                     };
                     p.backends.by_call.insert(call_id.clone(), b);
                     call_id
@@ -130,8 +174,13 @@ impl PoolCore {
             return;
         };
         let (now, listen) = (self.now.secs, self.s.listen);
+        let owner_now = match self.presence.backends.by_call.get(call_id) {
+            Some(b) if b.via == Via::Member => self.own.owner_now(&b.presentity, self.now.mono),
+            _ => None,
+        };
         let out = {
             let Some(b) = self.presence.backends.by_call.get_mut(call_id) else { return };
+            b.owner_seen = owner_now;
             b.cseq += 1;
             let expires = b.expires_at.saturating_sub(now).to_string();
             let aor_uri = format!("sip:{}", b.presentity);
@@ -144,7 +193,13 @@ impl PoolCore {
             let from = format!("<sip:{}>;tag={}", b.owner, b.local_tag);
             let prefix = std::str::from_utf8(BRANCH_PREFIX).unwrap_or_default();
             let via = format!("SIP/2.0/TLS {};branch={prefix}{:x}x{:x}", listen, b.cseq, now);
-            let route = format!("<sip:fed@{addr};lr>");
+            let route = match b.via {
+                Via::Federation => format!("<sip:fed@{addr};lr>"),
+                Via::Member => format!(
+                    "<sip:{}@{addr};lr>",
+                    std::str::from_utf8(crate::proto::MEMBER_ROUTE_USER).unwrap_or("member")
+                ),
+            };
             let cseq = format!("{} SUBSCRIBE", b.cseq);
             let headers: [(HeaderName, &[u8]); 11] = [
                 (HeaderName::Via, via.as_bytes()),
@@ -213,13 +268,25 @@ impl PoolCore {
         self.list_state(list, &presentity, state);
     }
 
-    /// The final answer to one of our back-end SUBSCRIBEs: a refusal leaves the contact closed.
+    /// The final answer to one of our back-end SUBSCRIBEs: a refusal leaves the contact closed; a member's
+    /// subscription whose dialog or member is lost starts again (see the module).
     pub(crate) fn backend_response(&mut self, msg: &Message) {
         let status = msg.status().unwrap_or(0);
+        let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
         if status < 300 {
+            if let Some(b) = self.presence.backends.by_call.get_mut(&call_id) {
+                b.failures = 0;
+            }
             return;
         }
-        let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
+        let now = self.now.secs;
+        let restart = self.presence.backends.by_call.get(&call_id).is_some_and(|b| {
+            b.via == Via::Member && b.expires_at > now && b.failures < RETRIES_MAX && restartable(status)
+        });
+        if restart {
+            self.backend_restart(&call_id);
+            return;
+        }
         let gone = self.presence.backends.by_call.remove(&call_id);
         if let Some(b) = gone {
             bump(&self.pstats.backend_refused);
@@ -228,8 +295,60 @@ impl PoolCore {
         }
     }
 
+    /// A member's subscription starts again as a new dialog: at once the first time, then after [`RETRY_S`].
+    fn backend_restart(&mut self, call_id: &str) {
+        let now = self.now.secs;
+        let Some(mut b) = self.presence.backends.by_call.remove(call_id) else { return };
+        let p = &mut self.presence.backends;
+        p.next += 1;
+        let fresh = format!("bes-{:x}-{:x}-{:x}@{}", self.id, p.next, now, self.s.listen);
+        b.local_tag = format!("b{:x}{:x}", self.id, p.next);
+        (b.remote_tag, b.remote_target, b.cseq) = (None, None, 0);
+        b.failures += 1;
+        let at_once = b.failures == 1;
+        b.retry_at = (!at_once).then_some(now + RETRY_S);
+        p.by_call.insert(fresh.clone(), b);
+        bump(&self.pstats.backend_restarts);
+        if at_once {
+            self.backend_subscribe(&fresh);
+        }
+    }
+
+    /// The roster changed: each member's subscription whose contact moved is refreshed, so that it reaches the
+    /// contact's owner now (which answers from the dialog it loaded with the user, or 481: then it starts again).
+    pub(crate) fn backend_follow_owners(&mut self) {
+        let (now, mono) = (self.now.secs, self.now.mono);
+        let own = &self.own;
+        let live: Vec<String> = self
+            .presence
+            .backends
+            .by_call
+            .iter()
+            .filter(|(_, b)| b.via == Via::Member && b.expires_at > now && b.retry_at.is_none())
+            .filter(|(_, b)| own.owner_now(&b.presentity, mono) != b.owner_seen)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for call_id in live {
+            self.backend_subscribe(&call_id);
+        }
+    }
+
     /// Sweep: back-end subscriptions whose list stopped refreshing.
     pub(crate) fn expire_backends(&mut self, now: u64) {
         self.presence.backends.by_call.retain(|_, b| b.expires_at > now);
+        let due: Vec<String> = self
+            .presence
+            .backends
+            .by_call
+            .iter_mut()
+            .filter(|(_, b)| b.retry_at.is_some_and(|t| t <= now))
+            .map(|(c, b)| {
+                b.retry_at = None;
+                c.clone()
+            })
+            .collect();
+        for call_id in due {
+            self.backend_subscribe(&call_id);
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use super::backend::Via;
 use super::pidf;
 use super::policy::Watch;
 use crate::pool::{Action, PoolCore, PoolMsg};
@@ -55,7 +56,13 @@ impl PoolCore {
     pub(crate) fn remote_watch(&mut self, presentity: String, watcher: String, list: u32, expires_at: u64) {
         if !self.is_local_aor(&presentity) {
             // Another organization's contact: its own server answers, to a SUBSCRIBE of ours (`backend.rs`).
-            self.backend_watch(presentity, watcher, list, expires_at);
+            self.backend_watch(presentity, watcher, list, expires_at, Via::Federation);
+            return;
+        }
+        if self.watched_through_edge(&presentity) {
+            // Whichever member owns the contact (now, and after a kill or a drain), or the contact's home pool,
+            // answers a SUBSCRIBE the edge routes to it (`backend.rs`).
+            self.backend_watch(presentity, watcher, list, expires_at, Via::Member);
             return;
         }
         let core = shard_for(presentity.as_bytes(), self.count);
@@ -64,7 +71,7 @@ impl PoolCore {
     }
 
     pub(crate) fn remote_unwatch(&mut self, presentity: String, list: u32) {
-        if !self.is_local_aor(&presentity) {
+        if !self.is_local_aor(&presentity) || self.watched_through_edge(&presentity) {
             self.backend_unwatch(&presentity, list);
             return;
         }
@@ -97,6 +104,16 @@ impl PoolCore {
             }
             Msg::State { list, presentity, state } => self.list_state(list, &presentity, state),
         }
+    }
+
+    /// Whether a contact of our own domain is watched through the edge rather than the mesh: in an enterprise
+    /// pool (another member may own it), or when the directory homes it on another pool (`[pool] home`).
+    fn watched_through_edge(&self, aor: &str) -> bool {
+        if self.own.is_member() {
+            return true;
+        }
+        let (alias, _) = aor.rsplit_once('@').unwrap_or((aor, ""));
+        self.homed_elsewhere_alias(alias).is_some()
     }
 
     /// Whether an AOR key (`bob@example.com`) is of a domain this pool serves.

@@ -25,7 +25,7 @@ use crate::store::ContactRow;
 pub const RLMI: &str = "application/rlmi+xml";
 pub const RLMI_NS: &str = "urn:ietf:params:xml:ns:rlmi";
 /// The user part suffix naming a user's contact list.
-pub const LIST_SUFFIX: &str = "+contacts";
+pub use crate::proto::LIST_SUFFIX;
 /// Contact-state changes within this window share one NOTIFY.
 pub const COALESCE: Duration = Duration::from_millis(50);
 /// Contacts one list subscription watches at most.
@@ -107,6 +107,13 @@ pub fn body(list: &ListState, call_id: &str) -> (String, Vec<u8>) {
 
 /// A list's resources from the store's rows (bounded, unusable URIs skipped, states unknown).
 fn resources_of(rows: Vec<ContactRow>) -> Vec<Resource> {
+    if rows.len() > RESOURCES_MAX {
+        crate::warn_limited!(
+            contacts = rows.len(),
+            max = RESOURCES_MAX,
+            "contact list over its bound: the rest is not watched"
+        );
+    }
     rows.into_iter()
         .take(RESOURCES_MAX)
         .filter_map(|c| {
