@@ -172,6 +172,8 @@ pub struct PoolCore {
     pub(crate) own: super::ownership::Ownership,
     /// The synced directory's view (users, search index) and the searches in progress ([`super::directory`]).
     pub(crate) dir: super::directory::DirState,
+    /// The help desks whose address this core owns, and their gathers ([`super::helpdesk`]).
+    pub(crate) hd: super::helpdesk::HelpdeskState,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -195,6 +197,7 @@ impl PoolCore {
             ),
             own: super::ownership::Ownership::new(s.member.clone(), s.member_stats.clone()),
             dir: super::directory::DirState::new(s.users.clone()),
+            hd: Default::default(),
             now,
             actions: Vec::new(),
             s,
@@ -255,6 +258,7 @@ impl PoolCore {
             },
             PoolMsg::Presence(m) => self.on_presence_msg(m),
             PoolMsg::Directory(m) => self.on_directory_msg(m),
+            PoolMsg::Helpdesk(m) => self.on_helpdesk_msg(m),
         }
     }
 
@@ -327,6 +331,7 @@ impl PoolCore {
         self.flush_dirty_subscriptions();
         self.release_foreign();
         self.directory_sweep();
+        self.helpdesk_sweep();
         self.report_in_flight();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
@@ -515,6 +520,7 @@ impl PoolCore {
             }
             Stage::Route => match msg.method() {
                 _ if self.rules_applied(origin, &msg) => {}
+                Some(Method::Message) if self.helpdesk_took(origin, &msg) => {}
                 Some(Method::Publish) => self.publish(origin, &msg),
                 // Only federated NOTIFYs get here (users' NOTIFYs are not served).
                 Some(Method::Notify) => self.backend_notify(origin, &msg),
