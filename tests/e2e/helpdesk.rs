@@ -1,9 +1,10 @@
 //! The presence-aware help desk with real SIP stacks (pjsip agents) against a real appliance whose pool config
-//! carries a `[[helpdesk]]` with two members, bob and carol: registered but not published (the desk here says
+//! carries a `[[helpdesk]]` (`support@`, beside `up`'s demo desk) with two members, bob and carol: registered but not published (the desk here says
 //! `unpublished = "unavailable"`) they get nothing and the sender gets the auto-reply; once both publish open, a
 //! first conversation (alice) reaches one of them, a second (load1) the other, alice's next message stays with
 //! hers, whose answer reaches alice directly; with bob published closed and carol unregistered, the user gets the
-//! auto-reply From the desk.
+//! auto-reply From the desk. `up`'s demo desk (`helpdesk@`, `unpublished` left at "available") hands a message to
+//! one of them as soon as they are registered.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ fn desk_config() -> String {
     format!(
         r#"
 [[helpdesk]]
-address = "sip:helpdesk@example.com"
+address = "sip:support@example.com"
 members = ["sip:bob@example.com", "sip:carol@example.com"]
 stick_s = 600
 auto_reply = "{AUTO_REPLY}"
@@ -56,7 +57,7 @@ fn expect_auto_reply(user: &mut Agent, desk: &str, text: &str) {
     user.check(code(&st) == 200, || format!("MESSAGE to the desk with nobody there: expected 200, got {st}"));
     let m = user.received();
     user.check(m.str("text") == Some(AUTO_REPLY), || format!("auto-reply text: {m}"));
-    user.check(m.str("from").is_some_and(|f| f.contains("helpdesk@example.com")), || format!("auto-reply From: {m}"));
+    user.check(m.str("from").is_some_and(|f| f.contains("support@example.com")), || format!("auto-reply From: {m}"));
 }
 
 #[test]
@@ -66,13 +67,19 @@ fn helpdesk_round_robin_among_online_members_sticky_and_auto_reply_with_pjsip() 
     let base = std::fs::read_to_string(&pool_cfg).unwrap_or_else(|e| app.fail(&e.to_string()));
     std::fs::write(&pool_cfg, format!("{base}\n{}", desk_config())).unwrap_or_else(|e| app.fail(&e.to_string()));
     app.run_roles("", &[]);
-    let desk = aor(&app, "helpdesk");
+    let desk = aor(&app, "support");
     let (bob_uri, carol_uri) = (aor(&app, "bob"), aor(&app, "carol"));
 
     let mut alice = registered(&app, "alice", "alice");
     let mut load1 = registered(&app, "load1", "load1");
     let mut bob = registered(&app, "bob", "bob");
     let mut carol = registered(&app, "carol", "carol");
+
+    // `up`'s demo desk counts a registered member who published nothing as available (the default).
+    let st = alice.message(&aor(&app, "helpdesk"), "hello demo desk");
+    alice.check(code(&st) == 200, || format!("alice -> the demo desk: {st}"));
+    let (_, m) = who_received(&mut [&mut bob, &mut carol], "the demo desk's message");
+    bob.check(m.str("to").is_some_and(|t| t.contains("helpdesk@")), || format!("the demo desk's message: {m}"));
 
     // Registered, nothing published: this desk counts them unavailable.
     expect_auto_reply(&mut alice, &desk, "anyone there?");
@@ -92,7 +99,7 @@ fn helpdesk_round_robin_among_online_members_sticky_and_auto_reply_with_pjsip() 
     let (first, m) = who_received(&mut [&mut bob, &mut carol], "alice's first message");
     bob.check(m.str("text") == Some("my printer is on fire"), || format!("the member received: {m}"));
     bob.check(m.str("from").is_some_and(|f| f.contains("alice@example.com")), || format!("From kept: {m}"));
-    bob.check(m.str("to").is_some_and(|t| t.contains("helpdesk@")), || format!("To kept (the desk): {m}"));
+    bob.check(m.str("to").is_some_and(|t| t.contains("support@")), || format!("To kept (the desk): {m}"));
 
     // The next conversation (another user) reaches the other member.
     let st = load1.message(&desk, "I forgot my password");
@@ -127,7 +134,7 @@ fn helpdesk_round_robin_among_online_members_sticky_and_auto_reply_with_pjsip() 
     }
 
     let metrics = Metrics::pool(&app);
-    assert_eq!(metrics.must(&app, "parapet_pool_helpdesk_assigned"), 2);
+    assert_eq!(metrics.must(&app, "parapet_pool_helpdesk_assigned"), 3, "two here, one at the demo desk");
     assert_eq!(metrics.must(&app, "parapet_pool_helpdesk_sticky"), 1);
     assert_eq!(metrics.must(&app, "parapet_pool_helpdesk_no_agent"), 2);
 }
