@@ -152,6 +152,9 @@ pub struct Sizes {
     pub subscriptions: usize,
     pub publications: usize,
     pub backends: usize,
+    /// Help desk messages waiting for members' states, and conversations remembered (all desks of this core).
+    pub helpdesk_gathers: usize,
+    pub helpdesk_conversations: usize,
 }
 
 /// One pool core's logic and state.
@@ -222,6 +225,8 @@ impl PoolCore {
             subscriptions: self.presence.subs.len(),
             publications: self.presence.pubs.len(),
             backends: self.presence.backends.len(),
+            helpdesk_gathers: self.hd.gathers(),
+            helpdesk_conversations: self.hd.conversations(),
         }
     }
 

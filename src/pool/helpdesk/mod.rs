@@ -63,6 +63,15 @@ impl HelpdeskState {
     pub fn desk(&self, address: &str) -> Option<&DeskState> {
         self.desks.get(address)
     }
+
+    pub fn gathers(&self) -> usize {
+        self.gathers.len()
+    }
+
+    /// Conversations remembered, all desks together.
+    pub fn conversations(&self) -> usize {
+        self.desks.values().map(DeskState::len).sum()
+    }
 }
 
 impl PoolCore {

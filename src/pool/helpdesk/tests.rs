@@ -311,3 +311,25 @@ fn members_on_other_cores_are_asked_through_the_mesh() {
         assert_eq!(stats.helpdesk_assigned.get(), 1);
     }
 }
+
+#[test]
+fn desks_come_and_go_with_the_rules_generation() {
+    let stats = Arc::new(PoolStats::default());
+    let mut c = PoolCore::new(settings(vec![]), 0, 1, stats.clone(), now(T0));
+    register(&mut c, "bob");
+    // No desk: an unknown address, as for any MESSAGE.
+    to_desk(&mut c, "alice", 1, now(T0));
+    assert_eq!(outcome(&take(&mut c)), (vec![], vec![404]));
+    let with_desk = RoutingConfig { helpdesks: vec![desk(&["bob"])], ..Default::default() };
+    c.on_rules(Arc::new(RuleSet::new(&with_desk, 2, 1)), now(T0));
+    to_desk(&mut c, "alice", 2, now(T0));
+    assert_eq!(outcome(&take(&mut c)).0, vec!["bob"]);
+    assert_eq!(c.sizes().helpdesk_conversations, 1);
+    // The desk removed: its conversations are forgotten at the next sweep, its address is nobody's again.
+    c.on_rules(Arc::new(RuleSet::new(&RoutingConfig::default(), 3, 1)), now(T0 + 1));
+    c.on_tick(now(T0 + 1));
+    assert_eq!(c.sizes().helpdesk_conversations, 0);
+    to_desk(&mut c, "alice", 3, now(T0 + 2));
+    assert_eq!(outcome(&take(&mut c)), (vec![], vec![404]));
+    assert_eq!(stats.helpdesk_assigned.get(), 1);
+}
