@@ -86,7 +86,12 @@ impl PoolCore {
         let Some(desk) = set.helpdesks.iter().find(|d| d.address == target) else { return false };
         if self.hd.gathers.len() >= GATHERS_MAX {
             bump(&self.pstats.helpdesk_busy);
-            tracing::warn!(core = self.id, desk = %desk.address, "help desk: too many messages waiting for members' states; 503");
+            // Logged at the 1st, 2nd, 4th, 8th... refusal: an overload does not flood the log.
+            let n = self.pstats.helpdesk_busy.get();
+            if n.is_power_of_two() {
+                tracing::warn!(core = self.id, desk = %desk.address, refused = n,
+                    "help desk: too many messages waiting for members' states; 503");
+            }
             self.reply(origin, msg, 503, "Service Unavailable: help desk busy", &[(HeaderName::RetryAfter, b"1")]);
             return true;
         }
@@ -177,9 +182,14 @@ impl PoolCore {
             Choice::Assigned { agent, evicted } => {
                 bump(&self.pstats.helpdesk_assigned);
                 if evicted > 0 {
-                    self.pstats.helpdesk_evicted.add(evicted as u64);
-                    tracing::warn!(desk = %desk.address, max = desk.conversations_max, evicted,
-                        "help desk: conversation table full; the least recently active forgotten");
+                    let before = self.pstats.helpdesk_evicted.get();
+                    let after = before.saturating_add(evicted as u64);
+                    self.pstats.helpdesk_evicted.set(after);
+                    // Logged when the count passes a power of two: a full table does not flood the log.
+                    if after.checked_ilog2() != before.checked_ilog2() {
+                        tracing::warn!(desk = %desk.address, max = desk.conversations_max, evicted = after,
+                            "help desk: conversation table full; the least recently active forgotten");
+                    }
                 }
                 tracing::debug!(desk = %desk.address, %sender, %agent, "help desk: conversation assigned");
                 self.divert(g.origin, &msg, &agent);
