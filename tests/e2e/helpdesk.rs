@@ -1,10 +1,10 @@
 //! The presence-aware help desk with real SIP stacks (pjsip agents) against a real appliance whose pool config
-//! carries a `[[helpdesk]]` (`support@`, beside `up`'s demo desk) with two members, bob and carol: registered but not published (the desk here says
-//! `unpublished = "unavailable"`) they get nothing and the sender gets the auto-reply; once both publish open, a
-//! first conversation (alice) reaches one of them, a second (load1) the other, alice's next message stays with
-//! hers, whose answer reaches alice directly; with bob published closed and carol unregistered, the user gets the
-//! auto-reply From the desk. `up`'s demo desk (`helpdesk@`, `unpublished` left at "available") hands a message to
-//! one of them as soon as they are registered.
+//! carries a `[[helpdesk]]` (`support@`, beside `up`'s demo desk) with two members, bob and carol. Registered but
+//! not published (this desk says `unpublished = "unavailable"`) they get nothing and the sender gets the
+//! auto-reply; once both publish open, a first conversation (alice) reaches one of them, a second (load1) the
+//! other, alice's next message stays with hers, whose answer reaches alice directly; with bob published closed and
+//! carol unregistered, the user gets the auto-reply From the desk. `up`'s demo desk (`helpdesk@`, `unpublished`
+//! left at "available") hands a message to one of them as soon as they are registered.
 
 use std::time::{Duration, Instant};
 
