@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use parapet::config::helpdesk::Desk;
+use parapet::config::routing::RoutingConfig;
 use parapet::net::ConnId;
+use parapet::pool::apps::{RuleSet, RulesSlot};
 use parapet::pool::digest::{self, Algorithm};
 use parapet::pool::presence::subscriptions::SubLimits;
 use parapet::pool::presence::{publications::PubLimits, PresenceSettings};
@@ -47,6 +50,8 @@ const NONCES_MAX: usize = 6;
 const TXNS_MAX: usize = 3;
 const SUBS_MAX: usize = 5;
 const PUBS_MAX: usize = 4;
+/// Conversations the fuzzed help desk remembers (a small table: eviction is exercised).
+const DESK_CONVERSATIONS_MAX: usize = 2;
 
 struct Data<'a>(&'a [u8]);
 
@@ -87,6 +92,17 @@ fn settings() -> Arc<CoreSettings> {
     s.nonces_max = NONCES_MAX;
     s.transactions_max = TXNS_MAX;
     s.nonce_ttl_s = 120;
+    // A help desk (MESSAGEs to `desk@`): members on both cores, one of them no user at all; a small table.
+    let desk = Desk {
+        address: format!("desk@{DOMAIN}"),
+        members: ["bob", "carol", "zed"].map(aor).to_vec(),
+        stick_s: 30,
+        auto_reply: "nobody".into(),
+        unpublished_available: true,
+        conversations_max: DESK_CONVERSATIONS_MAX,
+    };
+    let routing = RoutingConfig { helpdesks: vec![desk], ..Default::default() };
+    s.rules = Arc::new(RulesSlot::new(RuleSet::new(&routing, 1, 2)));
     s.presence = PresenceSettings {
         publications: PubLimits { per_presentity_max: 2, total_max: PUBS_MAX, ..Default::default() },
         subscriptions: SubLimits {
@@ -237,6 +253,8 @@ impl Harness {
             assert!(s.subscriptions <= SUBS_MAX, "{s:?}");
             assert!(s.publications <= PUBS_MAX, "{s:?}");
             assert!(s.backends <= SUBS_MAX * 500, "{s:?}");
+            assert!(s.helpdesk_gathers <= parapet::pool::helpdesk::GATHERS_MAX, "{s:?}");
+            assert!(s.helpdesk_conversations <= DESK_CONVERSATIONS_MAX, "{s:?}");
         }
     }
 
@@ -316,10 +334,11 @@ impl Harness {
                 );
             }
             1 => {
-                let (c, u, v, f) = (d.pick(2), USERS[d.pick(4)], d.pick(6), d.byte());
+                let (c, u, v, f) = (d.pick(2), USERS[d.pick(4)], d.pick(7), d.byte());
                 let to = match v {
                     0..=3 => aor(USERS[v]),
                     4 => "bob@partner.test".to_string(),
+                    5 => format!("desk@{DOMAIN}"),
                     _ => format!("{}+contacts@{DOMAIN}", USERS[d.pick(4)]),
                 };
                 let creds = if f & 1 == 1 {

@@ -15,6 +15,7 @@ pub mod certs;
 pub mod devpki;
 pub mod directory;
 pub mod federation;
+pub mod helpdesk;
 pub mod membership;
 pub mod ops;
 pub mod partners_file;
@@ -51,7 +52,8 @@ pub struct Config {
     pub store: Option<store::StoreConfig>,
     /// `[archive]`: IM archiving; None: nothing archived.
     pub archive: Option<archive::ArchiveConfig>,
-    /// `[[routing.rules]]`: the pool's routing rules (re-read when the file changes).
+    /// `[[routing.rules]]` and `[[helpdesk]]`: the pool's routing rules and help desks (re-read when the file
+    /// changes).
     pub routing: routing::RoutingConfig,
     /// The file this was loaded from (the pool re-reads its routing rules there).
     pub source: Option<PathBuf>,
@@ -431,6 +433,7 @@ struct RawConfig {
     store: Option<store::RawStore>,
     archive: Option<archive::RawArchive>,
     routing: Option<routing::RawRouting>,
+    helpdesk: Option<Vec<helpdesk::RawDesk>>,
     directory: Option<directory::RawDirectory>,
 }
 
@@ -765,7 +768,8 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let log_format = ops::log_format(raw.log_format.as_deref())?;
     let store = raw.store.map(store::build).transpose()?;
     let archive = raw.archive.map(archive::build).transpose()?;
-    let routing = routing::build(raw.routing.unwrap_or_default())?;
+    let mut routing = routing::build(raw.routing.unwrap_or_default())?;
+    routing.helpdesks = helpdesk::build(raw.helpdesk.unwrap_or_default(), &domain)?;
     let directory = raw.directory.map(|d| directory::build(d, base_dir)).transpose()?;
     Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store, archive, routing, source: None, directory })
 }

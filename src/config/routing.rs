@@ -113,10 +113,11 @@ pub struct Rule {
     pub action: RuleAction,
 }
 
-/// Rules in evaluation order.
+/// Rules in evaluation order, and the help desks (`[[helpdesk]]`, `super::helpdesk`), which reload with them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingConfig {
     pub rules: Vec<Rule>,
+    pub helpdesks: Vec<super::helpdesk::Desk>,
 }
 
 /// Rules one config may hold (each is evaluated for every request: the bound keeps that cost known).
@@ -233,7 +234,7 @@ pub(super) fn build(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
     }
     // Stable: equal priorities keep file order.
     rules.sort_by_key(|r| r.priority);
-    Ok(RoutingConfig { rules })
+    Ok(RoutingConfig { rules, helpdesks: Vec::new() })
 }
 
 #[cfg(test)]

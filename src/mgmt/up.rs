@@ -136,7 +136,10 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         "# Written by `parapet up` at every start; copy it elsewhere to customise.\n\
          domain = \"{d}\"\n\n[pool]\ncores = {cores}\nlisten = \"{pool}\"\n\
          cert = \"pki/pool.pem\"\nkey = \"pki/pool.key\"\nca = \"pki/ca.pem\"\ndirectory = \"users.toml\"\n\n\
-         [[pool.edges]]\nname = \"{edge_name}\"\naddr = \"{internal}\"\n\n[mgmt]\nlisten = \"{mgmt}\"\n",
+         [[pool.edges]]\nname = \"{edge_name}\"\naddr = \"{internal}\"\n\n\
+         # A demo help desk (README): a MESSAGE to it reaches bob or carol, whoever is available.\n\
+         [[helpdesk]]\naddress = \"sip:helpdesk@{d}\"\nmembers = [\"sip:bob@{d}\", \"sip:carol@{d}\"]\n\n\
+         [mgmt]\nlisten = \"{mgmt}\"\n",
         mgmt = addr(o.port_base + 4),
         cores = o.cores,
         pool = addr(pool_port),

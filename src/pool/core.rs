@@ -158,6 +158,9 @@ pub struct Sizes {
     pub subscriptions: usize,
     pub publications: usize,
     pub backends: usize,
+    /// Help desk messages waiting for members' states, and conversations remembered (all desks of this core).
+    pub helpdesk_gathers: usize,
+    pub helpdesk_conversations: usize,
 }
 
 /// One pool core's logic and state.
@@ -178,6 +181,8 @@ pub struct PoolCore {
     pub(crate) own: super::ownership::Ownership,
     /// The synced directory's view (users, search index) and the searches in progress ([`super::directory`]).
     pub(crate) dir: super::directory::DirState,
+    /// The help desks whose address this core owns, and their gathers ([`super::helpdesk`]).
+    pub(crate) hd: super::helpdesk::HelpdeskState,
     /// The time of the step being run.
     pub(crate) now: Now,
     actions: Vec<Action>,
@@ -201,6 +206,7 @@ impl PoolCore {
             ),
             own: super::ownership::Ownership::new(s.member.clone(), s.member_stats.clone()),
             dir: super::directory::DirState::new(s.users.clone()),
+            hd: Default::default(),
             now,
             actions: Vec::new(),
             s,
@@ -225,6 +231,8 @@ impl PoolCore {
             subscriptions: self.presence.subs.len(),
             publications: self.presence.pubs.len(),
             backends: self.presence.backends.len(),
+            helpdesk_gathers: self.hd.gathers(),
+            helpdesk_conversations: self.hd.conversations(),
         }
     }
 
@@ -261,6 +269,7 @@ impl PoolCore {
             },
             PoolMsg::Presence(m) => self.on_presence_msg(m),
             PoolMsg::Directory(m) => self.on_directory_msg(m),
+            PoolMsg::Helpdesk(m) => self.on_helpdesk_msg(m),
         }
     }
 
@@ -333,6 +342,7 @@ impl PoolCore {
         self.flush_dirty_subscriptions();
         self.release_foreign();
         self.directory_sweep();
+        self.helpdesk_sweep();
         self.report_in_flight();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
@@ -531,6 +541,7 @@ impl PoolCore {
             Stage::Route => match msg.method() {
                 _ if self.target_homed_elsewhere(origin, &msg) => {}
                 _ if self.rules_applied(origin, &msg) => {}
+                Some(Method::Message) if self.helpdesk_took(origin, &msg) => {}
                 Some(Method::Publish) => self.publish(origin, &msg),
                 // Only federated NOTIFYs get here (users' NOTIFYs are not served).
                 Some(Method::Notify) => self.backend_notify(origin, &msg),

@@ -185,17 +185,7 @@ impl PoolCore {
 
     /// Online (registered) with the best published state, else offline.
     fn presence_state(&self, aor: &str) -> &'static str {
-        if !self.registrar.is_registered(aor, self.now.secs) {
-            return "offline";
-        }
-        self.presence
-            .pubs
-            .of(aor)
-            .iter()
-            .filter(|p| p.expires_at > self.now.secs)
-            .map(|p| p.summary.rich)
-            .max()
-            .map_or("online", |r| r.as_str())
+        self.member_state(aor).label()
     }
 
     pub(crate) fn on_directory_msg(&mut self, m: Msg) {

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod core;
 pub mod digest;
 pub mod directory;
+pub mod helpdesk;
 pub mod membership;
 pub mod ownership;
 pub mod persist;
@@ -130,6 +131,16 @@ crate::counters! {
         /// Searches of the directory service (`MESSAGE sip:directory@<domain>`), and those refused as busy.
         directory_searches,
         directory_searches_busy,
+        /// Help desk conversations given to a member (new, or reassigned after their member went away).
+        helpdesk_assigned,
+        /// Help desk messages that stayed with their conversation's member.
+        helpdesk_sticky,
+        /// Help desk messages that found no member available (the sender got the auto-reply).
+        helpdesk_no_agent,
+        /// Help desk conversations forgotten because the desk's table was full.
+        helpdesk_evicted,
+        /// Help desk messages refused (503) because too many were waiting for members' states.
+        helpdesk_busy,
     }
 }
 
@@ -158,6 +169,8 @@ pub enum PoolMsg {
     Presence(presence::remote::Msg),
     /// Directory searches' presence states, across cores.
     Directory(directory::Msg),
+    /// Help desk members' states, across cores.
+    Helpdesk(helpdesk::Msg),
 }
 
 /// Read-only settings shared by every core: the logic's ([`CoreSettings`]) and the shell's (TLS, the store,

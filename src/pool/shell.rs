@@ -222,7 +222,7 @@ impl PoolShell {
                 // A request kept (a reference, not a copy) to be answered if the channel is full.
                 let request = match &msg {
                     PoolMsg::Request { origin, bytes, .. } => Some((*origin, bytes.clone())),
-                    PoolMsg::Write { .. } | PoolMsg::Presence(_) | PoolMsg::Directory(_) => None,
+                    PoolMsg::Write { .. } | PoolMsg::Presence(_) | PoolMsg::Directory(_) | PoolMsg::Helpdesk(_) => None,
                 };
                 if self.mesh.try_send_to(core, msg).is_err() {
                     match request {

@@ -26,6 +26,7 @@ mod federation_limits;
 mod federation_ops;
 mod federation_presence;
 mod federation_routes;
+mod helpdesk;
 mod internal_links;
 mod interop_baresip;
 mod interop_linphone;

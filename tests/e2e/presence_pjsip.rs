@@ -13,7 +13,7 @@ fn aor(app: &Appliance, user: &str) -> String {
     format!("sip:{user}@{}", app.domain)
 }
 
-fn registered(app: &Appliance, label: &str, user: &str) -> Agent {
+pub(crate) fn registered(app: &Appliance, label: &str, user: &str) -> Agent {
     let u = app.user(user);
     let mut a = Agent::spawn(app, label, &u.alias, &u.password);
     let ev = a.register();
@@ -21,7 +21,7 @@ fn registered(app: &Appliance, label: &str, user: &str) -> Agent {
     a
 }
 
-fn publish(agent: &mut Agent, status: &str, note: &str) {
+pub(crate) fn publish(agent: &mut Agent, status: &str, note: &str) {
     agent.send(&format!(r#"{{"cmd":"publish","status":{},"note":{}}}"#, quote(status), quote(note)));
 }
 

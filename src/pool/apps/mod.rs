@@ -24,11 +24,13 @@ use crate::sip::{self, Editor, HeaderName, Message, Method};
 /// The origin of requests the pool makes itself (auto-replies): their answers go nowhere.
 pub const NO_ORIGIN: ConnId = ConnId { core: u16::MAX, gen: u16::MAX, slot: u32::MAX };
 /// Call-ID prefix of auto-replies: a rule never auto-replies to one (two auto-replies would answer each other).
-const AUTO_CALL_ID: &str = "parapet-auto-";
+pub(crate) const AUTO_CALL_ID: &str = "parapet-auto-";
 
 /// One generation of the rules, with its hit counters (`[core][rule]`, each core writes only its own row).
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// The help desks (`crate::pool::helpdesk`), loaded and reloaded with the rules.
+    pub helpdesks: Arc<Vec<crate::config::helpdesk::Desk>>,
     pub generation: u64,
     cores: usize,
     hits: Vec<Counter>,
@@ -38,7 +40,7 @@ impl RuleSet {
     pub fn new(config: &RoutingConfig, generation: u64, cores: usize) -> RuleSet {
         let cores = cores.max(1);
         let hits = (0..config.rules.len() * cores).map(|_| Counter::default()).collect();
-        RuleSet { rules: config.rules.clone(), generation, cores, hits }
+        RuleSet { rules: config.rules.clone(), helpdesks: Arc::new(config.helpdesks.clone()), generation, cores, hits }
     }
 
     fn hit(&self, core: usize, rule: usize) {
@@ -190,7 +192,7 @@ impl PoolCore {
 
     /// A MESSAGE with `text` From `target` To `sender`, routed like any (on the sender's core; federated senders
     /// through the edge). Its answers go nowhere.
-    fn auto_reply(&mut self, sender: &str, target: &str, text: &str) {
+    pub(crate) fn auto_reply(&mut self, sender: &str, target: &str, text: &str) {
         self.rules.next = self.rules.next.wrapping_add(1);
         let n = format!("{:x}{:08x}", self.id, self.rules.next);
         let via = format!("SIP/2.0/TLS {};branch=z9hG4bKauto{n}", self.s.listen);
@@ -218,7 +220,7 @@ impl PoolCore {
         }
     }
 
-    fn divert(&mut self, origin: ConnId, msg: &Message, target: &str) {
+    pub(crate) fn divert(&mut self, origin: ConnId, msg: &Message, target: &str) {
         let hops = msg.max_forwards().unwrap_or(70);
         if hops == 0 {
             self.reply(origin, msg, 483, "Too Many Hops", &[]);

@@ -41,7 +41,7 @@ fn core(mut rules: Vec<Rule>) -> PoolCore {
         vec!["127.0.0.1:5063".parse().unwrap()],
         users,
     );
-    s.rules = Arc::new(RulesSlot::new(RuleSet::new(&RoutingConfig { rules }, 1, 1)));
+    s.rules = Arc::new(RulesSlot::new(RuleSet::new(&RoutingConfig { rules, ..Default::default() }, 1, 1)));
     let now = Now { secs: 1_700_000_000, mono: Instant::now() };
     PoolCore::new(Arc::new(s), 0, 1, Arc::new(PoolStats::default()), now)
 }
@@ -149,8 +149,10 @@ fn a_new_rule_set_replaces_the_old_on_the_core() {
         answers(&run(&mut c, request("MESSAGE", "bob@example.com", 70))),
         vec![(480, "Temporarily Unavailable".into())]
     );
-    let cfg =
-        RoutingConfig { rules: vec![rule("now", 1, None, RuleAction::Reject { code: 410, reason: "Gone".into() })] };
+    let cfg = RoutingConfig {
+        rules: vec![rule("now", 1, None, RuleAction::Reject { code: 410, reason: "Gone".into() })],
+        ..Default::default()
+    };
     c.on_rules(Arc::new(RuleSet::new(&cfg, 2, 1)), Now { secs: 1_700_000_001, mono: Instant::now() });
     assert_eq!(c.rules_generation(), 2);
     assert_eq!(answers(&run(&mut c, request("MESSAGE", "bob@example.com", 70))), vec![(410, "Gone".into())]);

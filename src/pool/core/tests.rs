@@ -114,6 +114,22 @@ impl Rig {
     }
 }
 
+/// A binding of `alias`'s one device through the edge's flow [`PATH`], as a REGISTER would have made it.
+pub(crate) fn binding(alias: &str, expires_at: u64) -> crate::pool::registrar::Binding {
+    crate::pool::registrar::Binding {
+        contact: format!("sip:{alias}@192.0.2.1:5000;transport=tls"),
+        contact_params: String::new(),
+        instance: None,
+        reg_id: None,
+        q: None,
+        path: vec![PATH.to_string()],
+        call_id: format!("c-{alias}"),
+        cseq: 1,
+        expires_at,
+        flow: None,
+    }
+}
+
 pub(crate) fn sent(actions: &[Action]) -> Vec<Message> {
     actions
         .iter()

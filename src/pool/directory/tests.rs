@@ -116,7 +116,6 @@ fn states_from_other_cores_are_gathered() {
 /// has them; a core that never answers delays the answer by the gather timeout, not forever.
 #[test]
 fn presence_is_gathered_from_the_core_that_owns_it() {
-    use crate::pool::registrar::Binding;
     let rows: Vec<DirectoryRow> = (0..8).map(|i| row(&format!("p{i}"), "Pat", &format!("Lee{i}"))).collect();
     let owner = |a: &str| shard_for(format!("{a}@{DOMAIN}").as_bytes(), 2);
     let me = rows.iter().find(|r| owner(&r.alias) == 0).unwrap().alias.clone();
@@ -135,18 +134,7 @@ fn presence_is_gathered_from_the_core_that_owns_it() {
     for c in [&mut a, &mut b] {
         c.on_directory(view(&rows), now);
     }
-    let binding = |alias: &str| Binding {
-        contact: format!("sip:{alias}@192.0.2.1:5000;transport=tls"),
-        contact_params: String::new(),
-        instance: None,
-        reg_id: None,
-        q: None,
-        path: vec![crate::pool::core::tests::PATH.to_string()],
-        call_id: "c".into(),
-        cseq: 1,
-        expires_at: now.secs + 600,
-        flow: None,
-    };
+    let binding = |alias: &str| crate::pool::core::tests::binding(alias, now.secs + 600);
     assert!(a.registrar.restore(&format!("{me}@{DOMAIN}"), vec![binding(&me)], now.secs));
     assert!(b.registrar.restore(&format!("{other}@{DOMAIN}"), vec![binding(&other)], now.secs));
     let req = format!(
