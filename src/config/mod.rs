@@ -10,6 +10,7 @@
 //! (CPU ids, limit ordering, required files); callers run it once before starting a role.
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
+pub mod applications;
 pub mod archive;
 pub mod certs;
 pub mod devpki;
@@ -52,6 +53,8 @@ pub struct Config {
     pub archive: Option<archive::ArchiveConfig>,
     /// `[[routing.rules]]`: the pool's routing rules (re-read when the file changes).
     pub routing: routing::RoutingConfig,
+    /// `[[applications]]`: trusted applications serving agent addresses over mutual TLS (read at start).
+    pub applications: Vec<applications::Application>,
     /// The file this was loaded from (the pool re-reads its routing rules there).
     pub source: Option<PathBuf>,
     /// `[directory]`: the sources synced into the pool's store (`crate::directory`); absent: the users file.
@@ -336,6 +339,7 @@ impl Default for Config {
             store: None,
             archive: None,
             routing: routing::RoutingConfig::default(),
+            applications: Vec::new(),
             source: None,
             directory: None,
         }
@@ -418,6 +422,7 @@ struct RawConfig {
     store: Option<store::RawStore>,
     archive: Option<archive::RawArchive>,
     routing: Option<routing::RawRouting>,
+    applications: Option<Vec<applications::RawApplication>>,
     directory: Option<directory::RawDirectory>,
 }
 
@@ -737,8 +742,34 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let store = raw.store.map(store::build).transpose()?;
     let archive = raw.archive.map(archive::build).transpose()?;
     let routing = routing::build(raw.routing.unwrap_or_default())?;
+    let applications = applications::build(raw.applications)?;
+    for (i, r) in routing.rules.iter().enumerate() {
+        if let routing::RuleAction::Deliver { application, .. } | routing::RuleAction::Fork { application } = &r.action
+        {
+            if !applications.iter().any(|a| &a.name == application) {
+                return Err(invalid(
+                    format!("[[routing.rules]] {i} ({}) application", r.name),
+                    format!("{application:?} is no [[applications]] name"),
+                ));
+            }
+        }
+    }
     let directory = raw.directory.map(|d| directory::build(d, base_dir)).transpose()?;
-    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store, archive, routing, source: None, directory })
+    Ok(Config {
+        domain,
+        log,
+        log_format,
+        limits,
+        edge,
+        pool,
+        mgmt,
+        store,
+        archive,
+        routing,
+        applications,
+        source: None,
+        directory,
+    })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

@@ -153,6 +153,8 @@ pub enum PoolMsg {
     Presence(presence::remote::Msg),
     /// Directory searches' presence states, across cores.
     Directory(directory::Msg),
+    /// Applications' registrations, closed connections and answers, across cores.
+    Apps(apps::agents::Msg),
 }
 
 /// Read-only settings shared by every core: the logic's ([`CoreSettings`]) and the shell's (TLS, the store,
@@ -226,6 +228,7 @@ impl PoolSettings {
             transactions_max: core::TRANSACTIONS_MAX,
             archive: archive::settings(cfg.archive.as_ref(), &store),
             rules: apps::reload::start(cfg, p.cores.len())?,
+            apps: Arc::new(apps::agents::AppTable::new(&cfg.applications, p.cores.len())),
             member: p.member.as_ref().map(|m| m.name.clone()),
             member_stats: membership.stats.clone(),
         };
