@@ -1,0 +1,55 @@
+//! The example bot: answers every MESSAGE sent to its agent address with the same text, prefixed "echo: ";
+//! `who` answers with the agent addresses it serves. Run against `parapet up` (which issues its certificate):
+//!
+//!     cargo run -p agent --example echo -- --pool 127.0.0.1:5062 --server-name pool.example.com \
+//!         --ca data/pki/ca.pem --cert data/pki/echo-app.pem --key data/pki/echo-app.key --agent sip:echo@example.com
+//!
+//! It prints `AGENT READY` once registered, and one line per MESSAGE it answers.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let (mut cfg, mut agents) = (agent::Config::new("127.0.0.1:5062", "pool.example.com", "", "", ""), Vec::new());
+    while let Some(flag) = args.next() {
+        let Some(value) = args.next() else {
+            eprintln!("echo: {flag} needs a value");
+            return ExitCode::from(2);
+        };
+        match flag.as_str() {
+            "--pool" => cfg.pool = value,
+            "--server-name" => cfg.server_name = value,
+            "--ca" => cfg.ca = value.into(),
+            "--cert" => cfg.cert = value.into(),
+            "--key" => cfg.key = value.into(),
+            "--agent" => agents.push(value),
+            _ => {
+                eprintln!("echo: unknown flag {flag} (--pool --server-name --ca --cert --key --agent)");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(&cfg, &agents) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: &agent::Config, agents: &[String]) -> std::io::Result<()> {
+    let mut agent = agent::Agent::connect(cfg)?;
+    for a in agents {
+        agent.register(a)?;
+    }
+    println!("AGENT READY {}", agents.join(" "));
+    loop {
+        let m = agent.recv()?;
+        let text = m.text();
+        println!("MESSAGE from {} to {}: {text}", m.from, m.target);
+        let answer =
+            if text.trim() == "who" { format!("I serve {}", agents.join(", ")) } else { format!("echo: {text}") };
+        agent.reply(&m, &answer)?;
+    }
+}
