@@ -4,13 +4,15 @@
 //!     cargo run -p agent --example echo -- --pool 127.0.0.1:5062 --server-name pool.example.com \
 //!         --ca data/pki/ca.pem --cert data/pki/echo-app.pem --key data/pki/echo-app.key --agent sip:echo@example.com
 //!
-//! It prints `AGENT READY` once registered, and one line per MESSAGE it answers.
+//! It prints `AGENT READY` once registered, and one line per MESSAGE it answers. `--delay-ms N` waits N ms before
+//! each answer: a slow (or, with a large N, hung) application, to watch the pool's timeout and fallback.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut cfg, mut agents) = (agent::Config::new("127.0.0.1:5062", "pool.example.com", "", "", ""), Vec::new());
+    let mut delay = std::time::Duration::ZERO;
     while let Some(flag) = args.next() {
         let Some(value) = args.next() else {
             eprintln!("echo: {flag} needs a value");
@@ -23,13 +25,20 @@ fn main() -> ExitCode {
             "--cert" => cfg.cert = value.into(),
             "--key" => cfg.key = value.into(),
             "--agent" => agents.push(value),
+            "--delay-ms" => match value.parse() {
+                Ok(ms) => delay = std::time::Duration::from_millis(ms),
+                Err(_) => {
+                    eprintln!("echo: --delay-ms {value}: a number of milliseconds");
+                    return ExitCode::from(2);
+                }
+            },
             _ => {
-                eprintln!("echo: unknown flag {flag} (--pool --server-name --ca --cert --key --agent)");
+                eprintln!("echo: unknown flag {flag} (--pool --server-name --ca --cert --key --agent --delay-ms)");
                 return ExitCode::from(2);
             }
         }
     }
-    match run(&cfg, &agents) {
+    match run(&cfg, &agents, delay) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("echo: {e}");
@@ -38,7 +47,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: &agent::Config, agents: &[String]) -> std::io::Result<()> {
+fn run(cfg: &agent::Config, agents: &[String], delay: std::time::Duration) -> std::io::Result<()> {
     let mut agent = agent::Agent::connect(cfg)?;
     for a in agents {
         agent.register(a)?;
@@ -48,6 +57,7 @@ fn run(cfg: &agent::Config, agents: &[String]) -> std::io::Result<()> {
         let m = agent.recv()?;
         let text = m.text();
         println!("MESSAGE from {} to {}: {text}", m.from, m.target);
+        std::thread::sleep(delay);
         let answer =
             if text.trim() == "who" { format!("I serve {}", agents.join(", ")) } else { format!("echo: {text}") };
         agent.reply(&m, &answer)?;
