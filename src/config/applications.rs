@@ -206,3 +206,19 @@ mod tests {
         assert!(parse(two).err().unwrap().to_string().contains("also served by a"));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod with_rules {
+    use crate::config::Config;
+
+    #[test]
+    fn a_rule_must_name_a_configured_application() {
+        let apps = "[[applications]]\nname = \"crm\"\ncert_name = \"crm.apps\"\nagents = [\"sip:crm@example.com\"]\n";
+        let rule = "[[routing.rules]]\nname = \"r\"\naction = \"fork\"\napplication = \"crm\"\n";
+        let c = Config::from_toml_str(&format!("{apps}{rule}"), std::path::Path::new("/")).unwrap();
+        assert_eq!(c.applications.len(), 1);
+        let e = Config::from_toml_str(rule, std::path::Path::new("/")).err().unwrap().to_string();
+        assert!(e.contains("(r) application") && e.contains("no [[applications]] name"), "{e}");
+    }
+}

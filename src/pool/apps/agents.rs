@@ -108,8 +108,8 @@ pub enum Msg {
     Bind { agent: String, app: usize, conn: ConnId, expires: u64 },
     /// An application's connection closed: whatever it served and whatever waits for it.
     Closed { conn: ConnId },
-    /// An application's answer, for the core that sent the MESSAGE.
-    Response(Bytes),
+    /// An application's answer (on connection `conn`), for the core that sent the MESSAGE.
+    Response { conn: ConnId, bytes: Bytes },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,7 +172,7 @@ impl PoolCore {
     pub fn on_app_message(&mut self, origin: ConnId, app: usize, msg: Message, now: super::super::Now) {
         self.now = now;
         if !msg.is_request() {
-            self.app_answer(msg);
+            self.app_answer(origin, msg);
             return;
         }
         let Some(a) = self.s.apps.apps.get(app) else { return };
@@ -220,7 +220,7 @@ impl PoolCore {
                     Msg::Bind { agent: agent.clone(), app: *app, conn: *conn, expires: *expires }
                 }
                 Msg::Closed { conn } => Msg::Closed { conn: *conn },
-                Msg::Response(b) => Msg::Response(b.clone()),
+                Msg::Response { conn, bytes } => Msg::Response { conn: *conn, bytes: bytes.clone() },
             };
             self.push(Action::Mesh { core, msg: PoolMsg::Apps(copy) });
         }
@@ -250,9 +250,9 @@ impl PoolCore {
                     }
                 }
             }
-            Msg::Response(bytes) => {
+            Msg::Response { conn, bytes } => {
                 if let Ok(m) = Message::parse(bytes, &self.s.limits) {
-                    self.app_answer(m);
+                    self.app_answer(conn, m);
                 }
             }
         }
@@ -390,23 +390,29 @@ impl PoolCore {
         Some(d)
     }
 
-    /// An application's answer (here, or handed over by the core its connection is on).
-    fn app_answer(&mut self, msg: Message) {
+    /// An application's answer on connection `conn` (here, or handed over by the core that connection is on).
+    fn app_answer(&mut self, conn: ConnId, msg: Message) {
         let Some((core, id)) = msg.top_via().and_then(|v| v.branch()).and_then(parse_branch) else {
             bump(&self.pstats.responses_unmatched);
             return;
         };
+        if core >= self.count {
+            bump(&self.pstats.responses_unmatched);
+            return;
+        }
         if core != self.id {
             let bytes = msg.bytes().clone();
-            self.push(Action::Mesh { core, msg: PoolMsg::Apps(Msg::Response(bytes)) });
+            self.push(Action::Mesh { core, msg: PoolMsg::Apps(Msg::Response { conn, bytes }) });
             return;
         }
         let Some(status) = msg.status().filter(|s| *s >= 200) else { return };
-        let Some(d) = self.take_delivery(id) else {
-            // Late (after its timeout) or forged: the fallback already answered.
+        // Only the connection it was sent to answers it: another application cannot answer for this one.
+        if self.agents.waiting.get(&id).is_none_or(|d| d.conn != conn) {
+            // Late (after its timeout: the fallback answered), or not this connection's.
             bump(&self.pstats.responses_unmatched);
             return;
-        };
+        }
+        let Some(d) = self.take_delivery(id) else { return };
         self.count_app(d.app, |c| &c.delivered);
         if d.fallback.is_none() {
             return;

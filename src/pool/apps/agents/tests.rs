@@ -167,7 +167,18 @@ fn a_message_to_an_agent_reaches_the_application_and_its_answer_the_sender() {
     // A late duplicate answer goes nowhere.
     c.on_app_message(APP, 0, answer(&sent[0], 200, ""), now());
     assert!(answers(&drain(&mut c), EDGE).is_empty());
-    assert_eq!(c.s.apps.counters(0, 0).unwrap().delivered.get(), 1);
+    // Nor does an answer from another connection, or one naming a core that does not exist.
+    c.on_message(EDGE, federated("echo@example.com"), now());
+    let sent = to_app(&drain(&mut c));
+    let other = ConnId { core: 0, gen: 1, slot: 10 };
+    c.on_app_message(other, 0, answer(&sent[0], 200, ""), now());
+    assert!(drain(&mut c).is_empty(), "answered by a connection it was not sent to");
+    let forged = String::from_utf8_lossy(answer(&sent[0], 200, "").bytes()).replace("z9hG4bKapp0000", "z9hG4bKapp0007");
+    c.on_app_message(APP, 0, parse(forged), now());
+    assert!(drain(&mut c).is_empty(), "a branch naming no core");
+    c.on_app_message(APP, 0, answer(&sent[0], 200, ""), now());
+    assert_eq!(answers(&drain(&mut c), EDGE).len(), 1);
+    assert_eq!(c.s.apps.counters(0, 0).unwrap().delivered.get(), 2);
 }
 
 #[test]
