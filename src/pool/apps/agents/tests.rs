@@ -258,3 +258,92 @@ fn deliver_and_fork_rules() {
     assert!(answers(&drain(&mut c), EDGE).is_empty(), "a forked copy's timeout answers nobody");
     assert_eq!(c.s.apps.counters(0, 0).unwrap().timed_out.get(), 1);
 }
+
+/// Random interleavings (a fixed-seed generator) of MESSAGEs from an edge, the application's REGISTERs, answers
+/// (duplicates, redirects, provisional), timers and closes: every MESSAGE from the edge gets exactly one final
+/// answer in the end, and no more than `queue` wait for the application at any time.
+#[test]
+fn any_interleaving_answers_each_message_once() {
+    for seed in 1..=40u64 {
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let fork = rule(RuleAction::Fork { application: "echo".into() });
+        let mut c = core(echo(2, reject(480)), vec![fork]);
+        let (mut at_app, mut timers, mut finals) = (Vec::<Message>::new(), Vec::<u32>::new(), Vec::<u32>::new());
+        let mut sent = 0usize;
+        let absorb = |out: Vec<Action>, at_app: &mut Vec<Message>, timers: &mut Vec<u32>, finals: &mut Vec<u32>| {
+            for a in out {
+                match a {
+                    Action::Send { conn, bytes } if conn == EDGE => {
+                        let m = Message::parse(bytes, &Limits::default()).unwrap();
+                        let b = m.top_via().unwrap().branch().unwrap().to_vec();
+                        let k: usize = String::from_utf8_lossy(b.strip_prefix(b"z9hG4bKe").unwrap()).parse().unwrap();
+                        if m.status().unwrap() >= 200 {
+                            finals[k] += 1;
+                            assert!(finals[k] <= 1, "seed {seed}: two final answers to MESSAGE {k}");
+                        }
+                    }
+                    Action::Send { conn, bytes } if conn == APP => {
+                        let m = Message::parse(bytes, &Limits::default()).unwrap();
+                        if m.is_request() {
+                            at_app.push(m);
+                        }
+                    }
+                    Action::Timer { timer: Timer::AppDeadline(id), .. } => timers.push(id),
+                    _ => {}
+                }
+            }
+        };
+        for _ in 0..300 {
+            match next(6) {
+                0 => {
+                    let to = ["echo@example.com", "bob@example.com"][next(2)];
+                    let raw =
+                        String::from_utf8_lossy(federated(to).bytes()).replace("z9hG4bKf1", &format!("z9hG4bKe{sent}"));
+                    finals.push(0);
+                    sent += 1;
+                    c.on_message(EDGE, parse(raw), now());
+                }
+                1 => {
+                    let expires = ["600", "0"][next(2)];
+                    let raw =
+                        String::from_utf8_lossy(from_app("REGISTER", "echo@example.com", "echo@example.com").bytes())
+                            .replace("Content-Length: 0", &format!("Expires: {expires}\r\nContent-Length: 0"));
+                    c.on_app_message(APP, 0, parse(raw), now());
+                }
+                2 if !at_app.is_empty() => {
+                    let k = next(at_app.len());
+                    let req = if next(3) == 0 { at_app[k].clone() } else { at_app.swap_remove(k) };
+                    let extra =
+                        ["", "", "Contact: <sip:nobody@example.com>\r\n", "Contact: <sip:echo@example.com>\r\n"];
+                    let (code, extra) =
+                        [(200, extra[0]), (486, extra[1]), (302, extra[2]), (302, extra[3]), (180, "")][next(5)];
+                    c.on_app_message(APP, 0, answer(&req, code, extra), now());
+                }
+                3 if !timers.is_empty() => {
+                    let id = timers.swap_remove(next(timers.len()));
+                    c.on_timer(Timer::AppDeadline(id), now());
+                }
+                4 => c.on_app_closed(APP, now()),
+                _ => {
+                    let to = ["bob@example.com", "echo@example.com", "nobody@example.com"][next(3)];
+                    c.on_app_message(APP, 0, from_app("MESSAGE", "echo@example.com", to), now());
+                }
+            }
+            absorb(drain(&mut c), &mut at_app, &mut timers, &mut finals);
+            assert!(c.agents.waiting() <= 2, "seed {seed}: the queue bound");
+        }
+        // Every timer fired (redirects may deliver again, arming new ones): each MESSAGE has its one answer.
+        while let Some(id) = timers.pop() {
+            c.on_timer(Timer::AppDeadline(id), now());
+            absorb(drain(&mut c), &mut at_app, &mut timers, &mut finals);
+        }
+        assert_eq!(c.agents.waiting(), 0);
+        assert!(finals.iter().all(|n| *n == 1), "seed {seed}: answers per MESSAGE {finals:?}");
+    }
+}
