@@ -395,3 +395,24 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_plain_sip_uris() {
+        assert_eq!(plain_uri(b"\"Alice\" <sip:alice@Example.COM;transport=tls>;tag=1"), "sip:alice@example.com");
+        assert_eq!(plain_uri(b"sip:echo@example.com"), "sip:echo@example.com");
+        assert_eq!(with_scheme("echo@example.com"), "sip:echo@example.com");
+        assert_eq!(with_scheme("sip:echo@example.com"), "sip:echo@example.com");
+    }
+
+    #[test]
+    fn connect_fails_with_the_reason() {
+        let cfg = Config::new("127.0.0.1:9", "pool.example.com", "/nonexistent/ca.pem", "/x.pem", "/x.key");
+        let e = Agent::connect(&cfg).err().unwrap().to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+    }
+}
