@@ -1,5 +1,6 @@
 //! The example bot: answers every MESSAGE sent to its agent address with the same text, prefixed "echo: ";
-//! `who` answers with the agent addresses it serves. Run against `parapet up` (which issues its certificate):
+//! `who` answers with the agent addresses it serves; `forward to sip:bob@example.com` hands the MESSAGE back to
+//! the pool for bob (a 302), who gets it. Run against `parapet up` (which issues its certificate):
 //!
 //!     cargo run -p agent --example echo -- --pool 127.0.0.1:5062 --server-name pool.example.com \
 //!         --ca data/pki/ca.pem --cert data/pki/echo-app.pem --key data/pki/echo-app.key --agent sip:echo@example.com
@@ -58,6 +59,11 @@ fn run(cfg: &agent::Config, agents: &[String], delay: std::time::Duration) -> st
         let text = m.text();
         println!("MESSAGE from {} to {}: {text}", m.from, m.target);
         std::thread::sleep(delay);
+        if let Some(target) = text.trim().strip_prefix("forward to ") {
+            // Hand-back with another target: the pool delivers this MESSAGE there.
+            agent.redirect(&m, target)?;
+            continue;
+        }
         let answer =
             if text.trim() == "who" { format!("I serve {}", agents.join(", ")) } else { format!("echo: {text}") };
         agent.reply(&m, &answer)?;

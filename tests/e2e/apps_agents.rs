@@ -1,10 +1,11 @@
 //! Trusted applications end to end: the example bot (`agent/examples/echo.rs`, built here and run as a process
 //! of its own) connects to the pool over mutual TLS with the certificate `parapet up` issued for the demo
 //! application, registers `sip:echo@example.com`, and pjsip users talk to it: a MESSAGE to it is answered and its
-//! reply reaches the user; a `deliver` rule hands it a MESSAGE for another address, a `fork` rule a copy of one
-//! between two users (who still get it). A second bot, hung (it never answers), gets its timeout and fallback
-//! while other users' IM goes on; with the bot gone the rule's and the application's fallbacks apply. Clients
-//! with a certificate from another CA, or with a name no application has, are refused and counted.
+//! reply reaches the user, or it hands the MESSAGE on to another user (a 302); a `deliver` rule hands it a MESSAGE
+//! for another address, a `fork` rule a copy of one between two users (who still get it). A second bot, hung (it
+//! never answers), gets its timeout and fallback while other users' IM goes on; with the bot gone the rule's and
+//! the application's fallbacks apply. Clients with a certificate from another CA, or with a name no application
+//! has, are refused and counted.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -167,6 +168,13 @@ fn applications_over_mutual_tls_with_pjsip() {
     let m = alice.received();
     alice.check(m.str("text") == Some("echo: hello bot"), || format!("the bot's reply: {m}\n{}", echo.out.last(20)));
     alice.check(m.str("from").is_some_and(|f| f.contains("echo@example.com")), || format!("reply From: {m}"));
+
+    // Hand-back with another target: the bot answers 302 with bob as Contact, the pool delivers it to bob.
+    let st = alice.message("sip:echo@example.com", "forward to sip:bob@example.com");
+    alice.check(code(&st) == 200, || format!("alice -> echo -> bob: {st}"));
+    let m = bob.received();
+    bob.check(m.str("text") == Some("forward to sip:bob@example.com"), || format!("bob received: {m}"));
+    bob.check(m.str("from").is_some_and(|f| f.contains("alice@example.com")), || format!("From kept: {m}"));
 
     // A `deliver` rule: a MESSAGE to sales@ (nobody's account) goes to the bot.
     let st = alice.message("sip:sales@example.com", "a quote please");
