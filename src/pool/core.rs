@@ -234,9 +234,10 @@ impl PoolCore {
         &self.s
     }
 
-    /// Forked transactions still open (the shell waits for none at shutdown).
+    /// Forked transactions still open, and MESSAGEs waiting for an application's answer (the shell waits for
+    /// none at shutdown).
     pub fn transactions_in_flight(&self) -> usize {
-        self.txns.len()
+        self.txns.len() + self.agents.waiting()
     }
 
     // ---- inputs ----
@@ -340,6 +341,7 @@ impl PoolCore {
         self.report_in_flight();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
+        self.pstats.app_waiting_now.set(self.agents.waiting() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);
     }
 

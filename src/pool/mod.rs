@@ -125,6 +125,8 @@ crate::counters! {
         /// Searches of the directory service (`MESSAGE sip:directory@<domain>`), and those refused as busy.
         directory_searches,
         directory_searches_busy,
+        /// MESSAGEs sent to applications and waiting for their answer on this core (a gauge, updated by the sweep).
+        app_waiting_now,
     }
 }
 

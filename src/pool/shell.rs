@@ -274,7 +274,7 @@ impl PoolShell {
     fn deliver(&self, conn: ConnId, bytes: Bytes) {
         if usize::from(conn.core) == self.id {
             if let Err(SendError::Full) = self.table.borrow().send(conn, &bytes) {
-                tracing::warn!(?conn, "edge connection queue full: closed");
+                tracing::warn!(?conn, "connection queue full (an edge or an application not reading): closed");
             }
             return;
         }
