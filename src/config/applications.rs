@@ -220,5 +220,8 @@ mod with_rules {
         assert_eq!(c.applications.len(), 1);
         let e = Config::from_toml_str(rule, std::path::Path::new("/")).err().unwrap().to_string();
         assert!(e.contains("(r) application") && e.contains("no [[applications]] name"), "{e}");
+        let edge = "[pool]\n[[pool.edges]]\nname = \"crm.apps\"\naddr = \"127.0.0.1:5063\"\n";
+        let e = Config::from_toml_str(&format!("{edge}{apps}"), std::path::Path::new("/")).err().unwrap().to_string();
+        assert!(e.contains("(crm) cert_name") && e.contains("also an edge's"), "{e}");
     }
 }

@@ -743,6 +743,17 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let archive = raw.archive.map(archive::build).transpose()?;
     let routing = routing::build(raw.routing.unwrap_or_default())?;
     let applications = applications::build(raw.applications)?;
+    if let Some(p) = &pool {
+        // The pool tells an application's connection from an edge's by the certificate name: one name, one role.
+        for (i, a) in applications.iter().enumerate() {
+            if p.edges.iter().any(|e| e.name.eq_ignore_ascii_case(&a.cert_name)) {
+                return Err(invalid(
+                    format!("[[applications]] {i} ({}) cert_name", a.name),
+                    format!("{:?} is also an edge's ([[pool.edges]] name)", a.cert_name),
+                ));
+            }
+        }
+    }
     for (i, r) in routing.rules.iter().enumerate() {
         if let routing::RuleAction::Deliver { application, .. } | routing::RuleAction::Fork { application } = &r.action
         {
