@@ -1,7 +1,8 @@
 //! Two pool cores driven by a sequence of inputs decoded from the fuzz data: requests from edge connections
 //! (REGISTER, MESSAGE, SUBSCRIBE, PUBLISH with and without valid credentials, raw messages), answers to what the
 //! cores sent to the edge, undeliverable requests, mesh messages delivered (or refused as full) between the two
-//! cores, store replies, timers and ticks of a fake clock. The harness plays the shell: it keeps what the cores
+//! cores, store replies, timers and ticks of a fake clock; and an application's connection on either core
+//! (REGISTERs, MESSAGEs, answers to what the pool sent it, including redirects, and its close). The harness plays the shell: it keeps what the cores
 //! asked for and hands it back when the data says so.
 //!
 //! Invariants after every step: no panic; every table within its configured bound; at most one final response
@@ -15,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use parapet::config::applications::{Application, Fallback};
 use parapet::config::helpdesk::Desk;
 use parapet::config::routing::RoutingConfig;
 use parapet::net::ConnId;
+use parapet::pool::apps::agents::AppTable;
 use parapet::pool::apps::{RuleSet, RulesSlot};
 use parapet::pool::digest::{self, Algorithm};
 use parapet::pool::presence::subscriptions::SubLimits;
@@ -52,6 +55,9 @@ const SUBS_MAX: usize = 5;
 const PUBS_MAX: usize = 4;
 /// Conversations the fuzzed help desk remembers (a small table: eviction is exercised).
 const DESK_CONVERSATIONS_MAX: usize = 2;
+/// The application's connection slot (on either core), and the MESSAGEs it may have waiting per core.
+const APP_SLOT: u32 = 30;
+const APP_QUEUE: usize = 2;
 
 struct Data<'a>(&'a [u8]);
 
@@ -103,6 +109,15 @@ fn settings() -> Arc<CoreSettings> {
     };
     let routing = RoutingConfig { helpdesks: vec![desk], ..Default::default() };
     s.rules = Arc::new(RulesSlot::new(RuleSet::new(&routing, 1, 2)));
+    let echo = Application {
+        name: "echo".into(),
+        cert_name: "echo.apps".into(),
+        agents: vec![format!("echo@{DOMAIN}")],
+        timeout_ms: 500,
+        queue: APP_QUEUE,
+        fallback: Fallback::Reject { code: 480, reason: "Temporarily Unavailable".into() },
+    };
+    s.apps = Arc::new(AppTable::new(&[echo], 2));
     s.presence = PresenceSettings {
         publications: PubLimits { per_presentity_max: 2, total_max: PUBS_MAX, ..Default::default() },
         subscriptions: SubLimits {
@@ -122,6 +137,8 @@ struct Harness {
     n: u32,
     /// Requests the cores sent to the edge, to answer.
     to_edge: VecDeque<(usize, Bytes)>,
+    /// Requests the cores sent to the application (the core its connection is on), to answer.
+    to_app: VecDeque<(usize, Bytes)>,
     mesh: VecDeque<(usize, PoolMsg)>,
     calls: VecDeque<(usize, Op, Resume)>,
     timers: VecDeque<(usize, Timer)>,
@@ -160,6 +177,7 @@ impl Harness {
             now,
             n: 0,
             to_edge: VecDeque::new(),
+            to_app: VecDeque::new(),
             mesh: VecDeque::new(),
             calls: VecDeque::new(),
             timers: VecDeque::new(),
@@ -187,12 +205,17 @@ impl Harness {
 
     fn perform(&mut self, c: usize, a: Action) {
         match a {
+            Action::Send { conn, bytes } if conn.slot == APP_SLOT => self.seen_at_app(conn, bytes),
             Action::Send { bytes, .. } => self.seen_response(c, bytes),
             Action::Mesh { core, msg } => {
                 assert_ne!(core, c, "a core hands nothing to itself over the mesh");
                 assert!(core < 2, "no such core");
-                if let PoolMsg::Write { bytes, .. } = msg {
-                    self.seen_response(core, bytes);
+                if let PoolMsg::Write { conn, bytes } = msg {
+                    if conn.slot == APP_SLOT {
+                        self.seen_at_app(conn, bytes);
+                    } else {
+                        self.seen_response(core, bytes);
+                    }
                 } else {
                     push_bounded(&mut self.mesh, (core, msg));
                 }
@@ -205,6 +228,19 @@ impl Harness {
             Action::StoreWrite(_) | Action::Archive(_) => {}
             Action::StoreCall { op, then } => push_bounded(&mut self.calls, (c, op, then)),
             Action::Timer { timer, .. } => push_bounded(&mut self.timers, (c, timer)),
+        }
+    }
+
+    /// Something written to the application's connection: a request to answer later, or an answer to its own.
+    fn seen_at_app(&mut self, conn: ConnId, bytes: Bytes) {
+        let is_request = match Message::parse(bytes.clone(), &parapet::net::conn::peer_limits(&Limits::default())) {
+            Ok(m) => m.is_request(),
+            Err(e) => panic!("the pool sent the application something that does not parse: {e:?}"),
+        };
+        if is_request {
+            push_bounded(&mut self.to_app, (usize::from(conn.core), bytes));
+        } else {
+            self.seen_response(usize::from(conn.core), bytes);
         }
     }
 
@@ -255,6 +291,7 @@ impl Harness {
             assert!(s.backends <= SUBS_MAX * 500, "{s:?}");
             assert!(s.helpdesk_gathers <= parapet::pool::helpdesk::GATHERS_MAX, "{s:?}");
             assert!(s.helpdesk_conversations <= DESK_CONVERSATIONS_MAX, "{s:?}");
+            assert!(core.transactions_in_flight() - s.transactions <= APP_QUEUE, "application queue bound");
         }
     }
 
@@ -300,7 +337,7 @@ impl Harness {
     }
 
     fn run(&mut self, d: &mut Data<'_>) {
-        match d.pick(19) {
+        match d.pick(22) {
             0 => {
                 let (c, u, f) = (d.pick(2), USERS[d.pick(4)], d.byte());
                 let creds =
@@ -334,11 +371,12 @@ impl Harness {
                 );
             }
             1 => {
-                let (c, u, v, f) = (d.pick(2), USERS[d.pick(4)], d.pick(7), d.byte());
+                let (c, u, v, f) = (d.pick(2), USERS[d.pick(4)], d.pick(8), d.byte());
                 let to = match v {
                     0..=3 => aor(USERS[v]),
                     4 => "bob@partner.test".to_string(),
                     5 => format!("desk@{DOMAIN}"),
+                    6 => aor("echo"),
                     _ => format!("{}+contacts@{DOMAIN}", USERS[d.pick(4)]),
                 };
                 let creds = if f & 1 == 1 {
@@ -619,6 +657,59 @@ impl Harness {
                 for c in 0..2 {
                     self.step(c, |core, now| core.on_write_behind(now));
                 }
+            }
+            19 => {
+                // The application's own requests, on its connection on core `c`.
+                let (c, f) = (d.pick(2), d.byte());
+                let me = ["echo", "bob"][usize::from(f & 1)];
+                let to = ["echo@example.com", "bob@example.com", "zed@example.com", "bob@partner.test"]
+                    [usize::from(f >> 1) % 4]
+                    .to_string();
+                let method = ["REGISTER", "MESSAGE", "OPTIONS", "SUBSCRIBE"][usize::from(f >> 3) % 4];
+                let (ruri, to) = if method == "REGISTER" { (DOMAIN.to_string(), aor(me)) } else { (to.clone(), to) };
+                let expires = if f & 0x20 == 0x20 { 0 } else { 600 };
+                let internal = if f & 0x40 == 0x40 { "P-Parapet-Federated: x\r\n" } else { "" };
+                let b = self.branch();
+                let raw = format!(
+                    "{method} sip:{ruri} SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.7:40000;branch={b}\r\nMax-Forwards: 70\r\n\
+                     From: <sip:{me}@{DOMAIN}>;tag=a{b}\r\nTo: <sip:{to}>\r\nCall-ID: a-{b}\r\nCSeq: 1 {method}\r\n\
+                     Contact: <sip:{me}@192.0.2.7:40000>\r\nExpires: {expires}\r\nEvent: presence\r\n{internal}\
+                     Content-Length: 0\r\n\r\n"
+                );
+                let Ok(msg) = Message::parse(Bytes::from(raw), &parapet::net::conn::peer_limits(&Limits::default()))
+                else {
+                    return;
+                };
+                self.step(c, |core, now| core.on_app_message(conn(c, APP_SLOT), 0, msg, now));
+            }
+            20 => {
+                // The application answers something the pool sent it (on the connection it was sent to).
+                let k = d.pick(self.to_app.len());
+                let (status, contact) = [
+                    (100, ""),
+                    (200, ""),
+                    (302, "Contact: <sip:bob@example.com>\r\n"),
+                    (302, "Contact: <sip:echo@example.com>\r\n"),
+                    (302, ""),
+                    (486, ""),
+                ][d.pick(6)];
+                let keep = d.byte() & 1 == 1;
+                let Some((c, bytes)) = (if keep { self.to_app.get(k).cloned() } else { self.to_app.remove(k) }) else {
+                    return;
+                };
+                let Ok(req) = Message::parse(bytes, &Limits::default()) else { return };
+                let mut out = BytesMut::new();
+                let extra: Vec<(HeaderName, &[u8])> = match contact.strip_prefix("Contact: ") {
+                    Some(v) => vec![(HeaderName::Contact, v.trim_end().as_bytes())],
+                    None => Vec::new(),
+                };
+                sip::write_response(&mut out, &req, status, "X", Some(b"app"), &extra, None);
+                let Ok(resp) = Message::parse(out.freeze(), &Limits::default()) else { return };
+                self.step(c, |core, now| core.on_app_message(conn(c, APP_SLOT), 0, resp, now));
+            }
+            21 => {
+                let c = d.pick(2);
+                self.step(c, |core, now| core.on_app_closed(conn(c, APP_SLOT), now));
             }
             _ => {
                 for c in 0..2 {

@@ -10,6 +10,7 @@
 //! (CPU ids, limit ordering, required files); callers run it once before starting a role.
 //! Every value has a default, so `Config::default()` (no file at all) is a valid starting point.
 
+pub mod applications;
 pub mod archive;
 pub mod certs;
 pub mod devpki;
@@ -55,6 +56,8 @@ pub struct Config {
     /// `[[routing.rules]]` and `[[helpdesk]]`: the pool's routing rules and help desks (re-read when the file
     /// changes).
     pub routing: routing::RoutingConfig,
+    /// `[[applications]]`: trusted applications serving agent addresses over mutual TLS (read at start).
+    pub applications: Vec<applications::Application>,
     /// The file this was loaded from (the pool re-reads its routing rules there).
     pub source: Option<PathBuf>,
     /// `[directory]`: the sources synced into the pool's store (`crate::directory`); absent: the users file.
@@ -347,6 +350,7 @@ impl Default for Config {
             store: None,
             archive: None,
             routing: routing::RoutingConfig::default(),
+            applications: Vec::new(),
             source: None,
             directory: None,
         }
@@ -434,6 +438,7 @@ struct RawConfig {
     archive: Option<archive::RawArchive>,
     routing: Option<routing::RawRouting>,
     helpdesk: Option<Vec<helpdesk::RawDesk>>,
+    applications: Option<Vec<applications::RawApplication>>,
     directory: Option<directory::RawDirectory>,
 }
 
@@ -770,8 +775,45 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let archive = raw.archive.map(archive::build).transpose()?;
     let mut routing = routing::build(raw.routing.unwrap_or_default())?;
     routing.helpdesks = helpdesk::build(raw.helpdesk.unwrap_or_default(), &domain)?;
+    let applications = applications::build(raw.applications)?;
+    if let Some(p) = &pool {
+        // The pool tells an application's connection from an edge's by the certificate name: one name, one role.
+        for (i, a) in applications.iter().enumerate() {
+            if p.edges.iter().any(|e| e.name.eq_ignore_ascii_case(&a.cert_name)) {
+                return Err(invalid(
+                    format!("[[applications]] {i} ({}) cert_name", a.name),
+                    format!("{:?} is also an edge's ([[pool.edges]] name)", a.cert_name),
+                ));
+            }
+        }
+    }
+    for (i, r) in routing.rules.iter().enumerate() {
+        if let routing::RuleAction::Deliver { application, .. } | routing::RuleAction::Fork { application } = &r.action
+        {
+            if !applications.iter().any(|a| &a.name == application) {
+                return Err(invalid(
+                    format!("[[routing.rules]] {i} ({}) application", r.name),
+                    format!("{application:?} is no [[applications]] name"),
+                ));
+            }
+        }
+    }
     let directory = raw.directory.map(|d| directory::build(d, base_dir)).transpose()?;
-    Ok(Config { domain, log, log_format, limits, edge, pool, mgmt, store, archive, routing, source: None, directory })
+    Ok(Config {
+        domain,
+        log,
+        log_format,
+        limits,
+        edge,
+        pool,
+        mgmt,
+        store,
+        archive,
+        routing,
+        applications,
+        source: None,
+        directory,
+    })
 }
 
 /// Turns a toml/serde error into one line naming the table, key and line, e.g.

@@ -16,10 +16,15 @@
 //! reason = "Forbidden: not accepted here"
 //! # text = "Out of office"       # auto-reply: 200 to the sender, then a MESSAGE with this text From the target
 //! # target = "sip:desk@example.com"  # divert: the MESSAGE goes to this address instead
+//! # application = "crm"          # deliver | fork: an `[[applications]]` name (deliver: it answers instead of the
+//! #                              # target; fork: it gets a copy, the MESSAGE goes on as usual)
+//! # fallback = "deliver"         # deliver: when the application is down or slow: deliver (as usual, the
+//! #                              # default) | reject (code, reason) | auto-reply (text)
 //! ```
 
 use serde::Deserialize;
 
+use super::applications::Fallback;
 use super::{invalid, ConfigError};
 
 /// Who a rule's `from` / `to` matches (AOR keys `user@domain`, domain lowercased).
@@ -94,9 +99,25 @@ pub enum DirectionMatch {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleAction {
-    Reject { code: u16, reason: String },
-    AutoReply { text: String },
-    Divert { target: String },
+    Reject {
+        code: u16,
+        reason: String,
+    },
+    AutoReply {
+        text: String,
+    },
+    Divert {
+        target: String,
+    },
+    /// The MESSAGE goes to the application (its Request-URI kept); when it is down or slow, the fallback.
+    Deliver {
+        application: String,
+        fallback: Fallback,
+    },
+    /// A copy goes to the application (its answer is not waited for); the MESSAGE is routed as usual.
+    Fork {
+        application: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +165,8 @@ struct RawRule {
     reason: Option<String>,
     text: Option<String>,
     target: Option<String>,
+    application: Option<String>,
+    fallback: Option<String>,
 }
 
 fn rule(i: usize, r: RawRule) -> Result<Rule, ConfigError> {
@@ -199,8 +222,32 @@ fn rule(i: usize, r: RawRule) -> Result<Rule, ConfigError> {
             };
             RuleAction::Divert { target: aor }
         }
+        Some(a @ ("deliver" | "fork")) => {
+            let application = r
+                .application
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .ok_or_else(|| invalid(key("application"), "missing (an [[applications]] name)"))?;
+            if a == "fork" {
+                RuleAction::Fork { application }
+            } else {
+                let fallback = super::applications::fallback(
+                    &key,
+                    r.fallback.as_deref(),
+                    Fallback::Deliver,
+                    r.code,
+                    r.reason.as_deref(),
+                    r.text.as_deref(),
+                    true,
+                )?;
+                RuleAction::Deliver { application, fallback }
+            }
+        }
         other => {
-            return Err(invalid(key("action"), format!("{other:?}: expected reject, auto-reply or divert")));
+            return Err(invalid(
+                key("action"),
+                format!("{other:?}: expected reject, auto-reply, divert, deliver or fork"),
+            ));
         }
     };
     Ok(Rule {
@@ -272,6 +319,18 @@ mod tests {
         let e = build(bad).err().unwrap().to_string();
         assert!(e.contains("(x) code") && e.contains("400 to 699"), "{e}");
         let bad: RawRouting = toml::from_str("[[rules]]\nname = \"x\"\naction = \"explode\"\n").unwrap();
-        assert!(build(bad).err().unwrap().to_string().contains("reject, auto-reply or divert"));
+        assert!(build(bad).err().unwrap().to_string().contains("reject, auto-reply, divert, deliver or fork"));
+        let app: RawRouting = toml::from_str(
+            "[[rules]]\nname = \"d\"\naction = \"deliver\"\napplication = \"crm\"\n\
+             [[rules]]\nname = \"f\"\naction = \"fork\"\napplication = \"crm\"\n\
+             [[rules]]\nname = \"r\"\naction = \"deliver\"\napplication = \"crm\"\nfallback = \"reject\"\ncode = 503\n",
+        )
+        .unwrap();
+        let c = build(app).unwrap();
+        assert_eq!(c.rules[0].action, RuleAction::Deliver { application: "crm".into(), fallback: Fallback::Deliver });
+        assert_eq!(c.rules[1].action, RuleAction::Fork { application: "crm".into() });
+        assert!(matches!(&c.rules[2].action, RuleAction::Deliver { fallback: Fallback::Reject { code: 503, .. }, .. }));
+        let bad: RawRouting = toml::from_str("[[rules]]\nname = \"x\"\naction = \"fork\"\n").unwrap();
+        assert!(build(bad).err().unwrap().to_string().contains("(x) application"));
     }
 }

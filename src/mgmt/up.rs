@@ -77,6 +77,10 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         std::slice::from_ref(&pool_name),
     )
     .map_err(|e| ctx("cannot make the development PKI in", &dir.join("pki"), e))?;
+    // The demo application (`cargo run -p agent --example echo`, printed below) and its client certificate.
+    let echo_name = format!("echo.apps.{d}");
+    let (echo_cert, echo_key) = devpki::issue_leaf(&dir.join("pki"), "echo-app", std::slice::from_ref(&echo_name))
+        .map_err(|e| ctx("cannot make the demo application's certificate in", &dir.join("pki"), e))?;
     let peer = o.federate_with.as_deref().map(super::federate_with::Peer::read).transpose()?;
     let peer_domain = peer.as_ref().map_or("", |p| p.domain.as_str());
     // A partner cannot have our own domain (`up --domain partner.test` makes the partner's appliance), nor the
@@ -144,6 +148,10 @@ pub fn up(o: &UpOptions) -> Result<(), String> {
         cores = o.cores,
         pool = addr(pool_port),
         internal = addr(internal_port),
+    );
+    let pool_toml = format!(
+        "{pool_toml}\n# The demo application: `cargo run -p agent --example echo` (see docs/agents.md).\n\
+         [[applications]]\nname = \"echo\"\ncert_name = \"{echo_name}\"\nagents = [\"sip:echo@{d}\"]\n"
     );
     // Dropped (the server stopped) when `up` returns, after the roles.
     let pg = if o.store_postgres {
@@ -277,6 +285,15 @@ url = \"{}\"\n",
             dir.join("pki").display()
         );
     }
+    let _ = writeln!(
+        out,
+        "  application    sip:echo@{d}: cargo run -p agent --example echo -- --pool {} --server-name {pool_name} \
+         --ca {} --cert {} --key {} --agent sip:echo@{d}",
+        addr(pool_port),
+        pki.ca_cert.display(),
+        echo_cert.display(),
+        echo_key.display()
+    );
     if let Some(t) = &told {
         let _ = writeln!(out, "  federated with {t}");
     }

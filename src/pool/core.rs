@@ -78,6 +78,8 @@ pub enum Timer {
     Restored(Vec<u32>),
     /// A roster change settled: load the users gained.
     Gain,
+    /// A MESSAGE sent to an application is due its answer ([`super::apps::agents`]).
+    AppDeadline(u32),
 }
 
 /// Settings the core's logic reads (no sockets, no TLS, no store: see [`super::PoolSettings`] for those).
@@ -105,6 +107,8 @@ pub struct CoreSettings {
     pub archive: super::archive::ArchiveSettings,
     /// The routing rules in force (the reload thread replaces them; the shell hands a new set to the core).
     pub rules: Arc<super::apps::RulesSlot>,
+    /// `[[applications]]`: the trusted applications and their counters.
+    pub apps: Arc<super::apps::agents::AppTable>,
     /// `[pool.member] name`: this front end in an enterprise pool (None: it holds every user).
     pub member: Option<String>,
     /// `[pool] home` and `home_default`: the users this pool serves when the edge routes to several pools
@@ -136,6 +140,7 @@ impl CoreSettings {
             transactions_max: TRANSACTIONS_MAX,
             archive: super::archive::ArchiveSettings::off(),
             rules: Arc::new(super::apps::RulesSlot::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
+            apps: Arc::default(),
             member: None,
             home: String::new(),
             home_default: false,
@@ -177,6 +182,8 @@ pub struct PoolCore {
     pub(crate) presence: presence::Presence,
     pub(crate) archive: super::archive::ArchiveCoreState,
     pub(crate) rules: super::apps::RulesState,
+    /// Which connection serves each agent address, and the MESSAGEs waiting for an application's answer.
+    pub(crate) agents: super::apps::agents::AgentsState,
     /// The users this core answers for ([`super::ownership`]).
     pub(crate) own: super::ownership::Ownership,
     /// The synced directory's view (users, search index) and the searches in progress ([`super::directory`]).
@@ -204,6 +211,7 @@ impl PoolCore {
             rules: super::apps::RulesState::new(
                 s.rules.current().unwrap_or_else(|| Arc::new(super::apps::RuleSet::new(&Default::default(), 0, 1))),
             ),
+            agents: Default::default(),
             own: super::ownership::Ownership::new(s.member.clone(), s.member_stats.clone()),
             dir: super::directory::DirState::new(s.users.clone()),
             hd: Default::default(),
@@ -240,9 +248,10 @@ impl PoolCore {
         &self.s
     }
 
-    /// Forked transactions still open (the shell waits for none at shutdown).
+    /// Forked transactions still open, and MESSAGEs waiting for an application's answer (the shell waits for
+    /// none at shutdown).
     pub fn transactions_in_flight(&self) -> usize {
-        self.txns.len()
+        self.txns.len() + self.agents.waiting()
     }
 
     // ---- inputs ----
@@ -270,6 +279,7 @@ impl PoolCore {
             PoolMsg::Presence(m) => self.on_presence_msg(m),
             PoolMsg::Directory(m) => self.on_directory_msg(m),
             PoolMsg::Helpdesk(m) => self.on_helpdesk_msg(m),
+            PoolMsg::Apps(m) => self.on_apps_msg(m),
         }
     }
 
@@ -330,6 +340,7 @@ impl PoolCore {
                 }
             }
             Timer::Gain => self.gain_due(),
+            Timer::AppDeadline(id) => self.app_deadline(id),
         }
     }
 
@@ -346,6 +357,7 @@ impl PoolCore {
         self.report_in_flight();
         self.pstats.bindings_now.set(self.registrar.binding_count() as u64);
         self.pstats.transactions_now.set(self.txns.len() as u64);
+        self.pstats.app_waiting_now.set(self.agents.waiting() as u64);
         self.pstats.backend_subscriptions_now.set(self.presence.backends.len() as u64);
     }
 
@@ -389,6 +401,11 @@ impl PoolCore {
     /// Responses to our NOTIFYs and to forked requests are told apart by their branch.
     fn on_any_response(&mut self, msg: Message) {
         if super::directory::is_answer_response(&msg) {
+            return;
+        }
+        if super::apps::agents::is_app_response(&msg) {
+            // Only from an application's connection (the shell tells them apart): an edge may not answer for one.
+            bump(&self.pstats.responses_unmatched);
             return;
         }
         if msg.top_via().and_then(|v| v.branch()).is_some_and(presence::notify::is_notify_branch) {
@@ -538,22 +555,28 @@ impl PoolCore {
                 }
                 self.reply(origin, &msg, 200, "OK", &[]);
             }
-            Stage::Route => match msg.method() {
-                _ if self.target_homed_elsewhere(origin, &msg) => {}
-                _ if self.rules_applied(origin, &msg) => {}
-                Some(Method::Message) if self.helpdesk_took(origin, &msg) => {}
-                Some(Method::Publish) => self.publish(origin, &msg),
-                // Only federated NOTIFYs get here (users' NOTIFYs are not served).
-                Some(Method::Notify) => self.backend_notify(origin, &msg),
-                Some(Method::Subscribe) => self.subscribe(origin, &msg),
-                Some(Method::Message) if self.im_refused(&msg) => {
-                    // The same answer an offline recipient gives: the sender cannot tell it is blocked.
-                    bump(&self.pstats.messages_refused_policy);
-                    self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
-                }
-                Some(Method::Message) if !self.archive_admits(origin, &msg) => {}
-                _ => self.route(origin, msg),
-            },
+            Stage::Route if self.target_homed_elsewhere(origin, &msg) => {}
+            Stage::Route if self.rules_applied(origin, &msg) => {}
+            Stage::Route if msg.method() == Some(&Method::Message) && self.helpdesk_took(origin, &msg) => {}
+            Stage::Route => self.route_after_rules(origin, msg),
+        }
+    }
+
+    /// On the target's core, once no routing rule decided (or a rule's fallback says "deliver as usual").
+    pub(crate) fn route_after_rules(&mut self, origin: ConnId, msg: Message) {
+        match msg.method() {
+            Some(Method::Publish) => self.publish(origin, &msg),
+            // Only federated NOTIFYs get here (users' NOTIFYs are not served).
+            Some(Method::Notify) => self.backend_notify(origin, &msg),
+            Some(Method::Subscribe) => self.subscribe(origin, &msg),
+            Some(Method::Message) if self.im_refused(&msg) => {
+                // The same answer an offline recipient gives: the sender cannot tell it is blocked.
+                bump(&self.pstats.messages_refused_policy);
+                self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
+            }
+            Some(Method::Message) if !self.archive_admits(origin, &msg) => {}
+            Some(Method::Message) if self.deliver_to_agent(origin, &msg) => {}
+            _ => self.route(origin, msg),
         }
     }
 

@@ -141,6 +141,8 @@ crate::counters! {
         helpdesk_evicted,
         /// Help desk messages refused (503) because too many were waiting for members' states.
         helpdesk_busy,
+        /// MESSAGEs sent to applications and waiting for their answer on this core (a gauge, updated by the sweep).
+        app_waiting_now,
     }
 }
 
@@ -171,6 +173,8 @@ pub enum PoolMsg {
     Directory(directory::Msg),
     /// Help desk members' states, across cores.
     Helpdesk(helpdesk::Msg),
+    /// Applications' registrations, closed connections and answers, across cores.
+    Apps(apps::agents::Msg),
 }
 
 /// Read-only settings shared by every core: the logic's ([`CoreSettings`]) and the shell's (TLS, the store,
@@ -244,6 +248,7 @@ impl PoolSettings {
             transactions_max: core::TRANSACTIONS_MAX,
             archive: archive::settings(cfg.archive.as_ref(), &store),
             rules: apps::reload::start(cfg, p.cores.len())?,
+            apps: Arc::new(apps::agents::AppTable::new(&cfg.applications, p.cores.len())),
             member: p.member.as_ref().map(|m| m.name.clone()),
             home: p.home.clone(),
             home_default: p.home_default,

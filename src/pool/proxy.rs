@@ -257,7 +257,7 @@ impl PoolCore {
         }
     }
 
-    fn forward_response(&mut self, origin: ConnId, bytes: Bytes) {
+    pub(crate) fn forward_response(&mut self, origin: ConnId, bytes: Bytes) {
         let Ok(resp) = Message::parse(bytes, &self.s.limits) else { return };
         let mut ed = Editor::new(&resp);
         ed.pop_via();

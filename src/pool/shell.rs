@@ -77,6 +77,8 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         );
         let rules = s.core.rules.clone();
         crate::mgmt::metrics::register("pool", 0, Box::new(move |f| rules.visit(f)));
+        let apps = s.core.apps.clone();
+        crate::mgmt::metrics::register("pool", 0, Box::new(move |f| apps.visit(f)));
     }
     let pool = Rc::new(PoolShell {
         id,
@@ -167,7 +169,10 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
         tls: crate::net::listener::tls_slot(s.server_tls.clone()),
         kind: ConnKind::PeerIn,
         handshake_timeout: s.handshake_timeout,
-        admit_names: Some(s.edges.iter().map(|e| e.name.clone()).collect()),
+        // Edges, and the applications (`admit_peer` tells them apart).
+        admit_names: Some(
+            s.edges.iter().map(|e| e.name.clone()).chain(s.core.apps.cert_names().map(str::to_string)).collect(),
+        ),
         connections_max: 10_000,
     };
     tracing::info!(core = id, listen = %s.core.listen, "pool core ready");
@@ -222,7 +227,11 @@ impl PoolShell {
                 // A request kept (a reference, not a copy) to be answered if the channel is full.
                 let request = match &msg {
                     PoolMsg::Request { origin, bytes, .. } => Some((*origin, bytes.clone())),
-                    PoolMsg::Write { .. } | PoolMsg::Presence(_) | PoolMsg::Directory(_) | PoolMsg::Helpdesk(_) => None,
+                    PoolMsg::Write { .. }
+                    | PoolMsg::Presence(_)
+                    | PoolMsg::Directory(_)
+                    | PoolMsg::Helpdesk(_)
+                    | PoolMsg::Apps(_) => None,
                 };
                 if self.mesh.try_send_to(core, msg).is_err() {
                     match request {
@@ -269,7 +278,7 @@ impl PoolShell {
     fn deliver(&self, conn: ConnId, bytes: Bytes) {
         if usize::from(conn.core) == self.id {
             if let Err(SendError::Full) = self.table.borrow().send(conn, &bytes) {
-                tracing::warn!(?conn, "edge connection queue full: closed");
+                tracing::warn!(?conn, "connection queue full (an edge or an application not reading): closed");
             }
             return;
         }
@@ -301,7 +310,39 @@ impl Handler for PoolShell {
     }
     fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
         let origin = conn.id;
+        if conn.kind == ConnKind::Partner {
+            // An application's connection (`admit_peer`): its certificate says which.
+            let app = self.core.borrow().settings().apps.by_cert(&conn.peer_names);
+            if let Some(app) = app {
+                self.step(|c, now| c.on_app_message(origin, app, msg, now));
+            }
+            return;
+        }
         self.step(|c, now| c.on_message(origin, msg, now));
+    }
+    fn on_closed(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.kind == ConnKind::Partner {
+            let id = conn.id;
+            self.step(|c, now| c.on_app_closed(id, now));
+        }
+    }
+    /// An application's certificate makes its connection a `Partner` one: authenticated, not an internal link
+    /// (the user-sized write queue: an application that stops reading is closed, never waited for).
+    fn admit_peer(
+        &self,
+        kind: ConnKind,
+        names: &[String],
+        _chain: &[rustls::pki_types::CertificateDer<'_>],
+    ) -> Option<(ConnKind, crate::net::conn::Permit)> {
+        let s = self.core.borrow();
+        match s.settings().apps.by_cert(names) {
+            Some(app) => {
+                let name = s.settings().apps.apps.get(app).map(|a| a.name.clone()).unwrap_or_default();
+                tracing::info!(application = %name, ?names, "application connected");
+                Some((ConnKind::Partner, None))
+            }
+            None => Some((kind, None)),
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod support_members;
 mod support_ops;
 mod support_pg;
 
+mod apps_agents;
 mod archive;
 mod challenges;
 mod core_death;

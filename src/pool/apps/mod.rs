@@ -2,10 +2,13 @@
 //! (`[[routing.rules]]`, `crate::config::routing`) are tried in priority order; the first that matches and whose
 //! action applies to the method decides: reject (the code and reason given), auto-reply (200, then a MESSAGE
 //! with the text From the target to the sender, which is not delivered), or divert (the MESSAGE goes to another
-//! address instead, Max-Forwards one lower, so rules that divert in a circle end in 483). Each rule counts its
+//! address instead, Max-Forwards one lower, so rules that divert in a circle end in 483), deliver (to an
+//! application, [`agents`], with a fallback when it is down or slow) or fork (a copy to an application, the
+//! MESSAGE routed as usual). Each rule counts its
 //! hits per core. The rule set is replaced whole when the config file changes ([`reload`]); a core swaps its copy
 //! on its next sweep.
 
+pub mod agents;
 pub mod reload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,6 +183,19 @@ impl PoolCore {
                 RuleAction::Divert { target } if is_message => {
                     set.hit(self.id, i);
                     self.divert(origin, msg, target);
+                }
+                RuleAction::Deliver { application, fallback } if is_message => {
+                    set.hit(self.id, i);
+                    if self.archive_admits(origin, msg) {
+                        self.deliver_to_application(origin, msg, application, Some(fallback.clone()));
+                    }
+                }
+                RuleAction::Fork { application } if is_message => {
+                    set.hit(self.id, i);
+                    self.deliver_to_application(origin, msg, application, None);
+                    tracing::debug!(rule = %r.name, %from, %to, "routing rule forked a copy");
+                    // The MESSAGE itself goes on as usual.
+                    return false;
                 }
                 // An action that does not apply to this request: the next rule may.
                 _ => continue,

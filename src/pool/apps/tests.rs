@@ -31,7 +31,13 @@ fn rule(name: &str, priority: i32, to: Option<&str>, action: RuleAction) -> Rule
     }
 }
 
-fn core(mut rules: Vec<Rule>) -> PoolCore {
+fn core(rules: Vec<Rule>) -> PoolCore {
+    let now = Now { secs: 1_700_000_000, mono: Instant::now() };
+    PoolCore::new(Arc::new(settings(rules)), 0, 1, Arc::new(PoolStats::default()), now)
+}
+
+/// One core's settings: users bob and desk, these rules (the applications' tests too).
+pub(super) fn settings(mut rules: Vec<Rule>) -> CoreSettings {
     rules.sort_by_key(|r| r.priority);
     let user = |alias: &str| User { alias: alias.into(), password: Some("pw".into()), ..User::default() };
     let users = Users::from_directory(&Directory { users: vec![user("bob"), user("desk")] }, DOMAIN, DOMAIN);
@@ -42,8 +48,7 @@ fn core(mut rules: Vec<Rule>) -> PoolCore {
         users,
     );
     s.rules = Arc::new(RulesSlot::new(RuleSet::new(&RoutingConfig { rules, ..Default::default() }, 1, 1)));
-    let now = Now { secs: 1_700_000_000, mono: Instant::now() };
-    PoolCore::new(Arc::new(s), 0, 1, Arc::new(PoolStats::default()), now)
+    s
 }
 
 fn request(method: &str, to: &str, max_forwards: u32) -> Message {
