@@ -18,7 +18,7 @@
 
 use serde::Deserialize;
 
-use super::routing::AddrMatch;
+use super::routing::{AddrMatch, RoutingConfig, RuleAction};
 use super::{invalid, ConfigError};
 
 /// What happens to a MESSAGE an application did not take in time (down, queue full, no answer).
@@ -165,6 +165,37 @@ pub(super) fn build(raw: Option<Vec<RawApplication>>) -> Result<Vec<Application>
         }
     }
     Ok(apps)
+}
+
+/// What no single `[[applications]]` entry can tell: an application's certificate name is no edge's (the pool tells
+/// the two roles apart by it), and every rule that hands MESSAGEs to an application names one.
+pub fn check(
+    applications: &[Application],
+    pool: Option<&super::PoolConfig>,
+    routing: &RoutingConfig,
+) -> Result<(), ConfigError> {
+    if let Some(p) = pool {
+        // The pool tells an application's connection from an edge's by the certificate name: one name, one role.
+        for (i, a) in applications.iter().enumerate() {
+            if p.edges.iter().any(|e| e.name.eq_ignore_ascii_case(&a.cert_name)) {
+                return Err(invalid(
+                    format!("[[applications]] {i} ({}) cert_name", a.name),
+                    format!("{:?} is also an edge's ([[pool.edges]] name)", a.cert_name),
+                ));
+            }
+        }
+    }
+    for (i, r) in routing.rules.iter().enumerate() {
+        if let RuleAction::Deliver { application, .. } | RuleAction::Fork { application } = &r.action {
+            if !applications.iter().any(|a| &a.name == application) {
+                return Err(invalid(
+                    format!("[[routing.rules]] {i} ({}) application", r.name),
+                    format!("{application:?} is no [[applications]] name"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

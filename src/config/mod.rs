@@ -776,28 +776,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
     let mut routing = routing::build(raw.routing.unwrap_or_default())?;
     routing.helpdesks = helpdesk::build(raw.helpdesk.unwrap_or_default(), &domain)?;
     let applications = applications::build(raw.applications)?;
-    if let Some(p) = &pool {
-        // The pool tells an application's connection from an edge's by the certificate name: one name, one role.
-        for (i, a) in applications.iter().enumerate() {
-            if p.edges.iter().any(|e| e.name.eq_ignore_ascii_case(&a.cert_name)) {
-                return Err(invalid(
-                    format!("[[applications]] {i} ({}) cert_name", a.name),
-                    format!("{:?} is also an edge's ([[pool.edges]] name)", a.cert_name),
-                ));
-            }
-        }
-    }
-    for (i, r) in routing.rules.iter().enumerate() {
-        if let routing::RuleAction::Deliver { application, .. } | routing::RuleAction::Fork { application } = &r.action
-        {
-            if !applications.iter().any(|a| &a.name == application) {
-                return Err(invalid(
-                    format!("[[routing.rules]] {i} ({}) application", r.name),
-                    format!("{application:?} is no [[applications]] name"),
-                ));
-            }
-        }
-    }
+    applications::check(&applications, pool.as_ref(), &routing)?;
     let directory = raw.directory.map(|d| directory::build(d, base_dir)).transpose()?;
     Ok(Config {
         domain,
