@@ -419,9 +419,28 @@ fn a_member_held_by_another_front_end_is_watched_through_the_edge() {
     take(&mut c);
     assert_eq!((stats.helpdesk_assigned.get(), stats.helpdesk_no_agent.get()), (1, 2), "closed: nobody");
 
+    // The owner grants 60 s of the 600 asked: refreshed after 30.
+    let h = |n| String::from_utf8_lossy(sub.header(n).unwrap()).to_string();
+    use crate::sip::HeaderName as H;
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=owner\r\nCall-ID: {}\r\nCSeq: 1 SUBSCRIBE\r\n\
+         Expires: 60\r\nContent-Length: 0\r\n\r\n",
+        h(H::Via),
+        h(H::From),
+        h(H::To),
+        h(H::CallId)
+    );
+    c.on_response(Message::parse(Bytes::from(ok), &Limits::default()).unwrap());
+    c.on_tick(now(T0 + 32));
+    assert!(crate::pool::core::tests::to_edge(&take(&mut c)).is_empty(), "not yet");
+    c.on_tick(now(T0 + 33));
+    let refresh = crate::pool::core::tests::to_edge(&take(&mut c));
+    assert_eq!(refresh.len(), 1, "refreshed at half of what was granted");
+    assert_eq!(refresh[0].1.call_id(), sub.call_id(), "in its dialog");
+
     // The desk removed: its watch ends (an unsubscribe).
-    c.on_rules(Arc::new(RuleSet::new(&RoutingConfig::default(), 3, 1)), now(T0 + 4));
-    c.on_tick(now(T0 + 4));
+    c.on_rules(Arc::new(RuleSet::new(&RoutingConfig::default(), 3, 1)), now(T0 + 40));
+    c.on_tick(now(T0 + 40));
     let out = crate::pool::core::tests::to_edge(&take(&mut c));
     assert!(out.iter().any(|(_, m)| m.header(crate::sip::HeaderName::Expires) == Some(&b"0"[..])), "unsubscribed");
     assert_eq!(c.hd.watched(), 0);

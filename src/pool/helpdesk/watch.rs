@@ -26,14 +26,15 @@ use crate::pool::PoolCore;
 use crate::shard::shard_for;
 use crate::sip::{Editor, Message};
 
-/// Expiry asked for a member's watch; refreshed when half of it is left.
+/// Expiry asked for a member's watch; refreshed when half of it (or of what the owner granted) is left.
 pub const WATCH_S: u64 = 600;
 /// A watch whose back-end subscription was refused or gave up is started again after this long.
 pub const RESTART_S: u64 = 30;
 
 /// One member watched for a desk.
 pub(super) struct Watched {
-    expires_at: u64,
+    /// When the sweep refreshes it.
+    refresh_at: u64,
     /// When it was last (re)started.
     started: u64,
     state: MemberState,
@@ -76,7 +77,7 @@ impl PoolCore {
             let due = match self.hd.watched.get(&(desk.clone(), member.clone())) {
                 None => true,
                 Some(w) => {
-                    w.expires_at <= now.saturating_add(WATCH_S / 2)
+                    w.refresh_at <= now
                         || (!self.presence.backends.has(&watcher, &member)
                             && w.started.saturating_add(RESTART_S) <= now)
                 }
@@ -85,12 +86,13 @@ impl PoolCore {
                 continue;
             }
             let expires_at = now.saturating_add(WATCH_S);
+            let refresh_at = now.saturating_add(WATCH_S / 2);
             let w = self.hd.watched.entry((desk.clone(), member.clone())).or_insert(Watched {
-                expires_at,
+                refresh_at,
                 started: now,
                 state: MemberState::Offline,
             });
-            w.expires_at = expires_at;
+            w.refresh_at = refresh_at;
             if !self.presence.backends.has(&watcher, &member) {
                 w.started = now;
             }
@@ -122,6 +124,14 @@ impl PoolCore {
         match Message::parse(out.freeze(), &self.s.limits) {
             Ok(m) => self.route_to_member(origin, m),
             Err(_) => self.reply(origin, msg, 500, "Server Internal Error", &[]),
+        }
+    }
+
+    /// The member's owner accepted the watch for `granted` seconds (it may grant less than asked).
+    pub(crate) fn helpdesk_watch_granted(&mut self, desk: &str, member: &str, granted: u64) {
+        let now = self.now.secs;
+        if let Some(w) = self.hd.watched.get_mut(&(desk.to_string(), member.to_string())) {
+            w.refresh_at = w.refresh_at.min(now.saturating_add((granted / 2).max(1)));
         }
     }
 

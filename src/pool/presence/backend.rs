@@ -314,8 +314,21 @@ impl PoolCore {
         let status = msg.status().unwrap_or(0);
         let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
         if status < 300 {
-            if let Some(b) = self.presence.backends.by_call.get_mut(&call_id) {
+            let granted = msg
+                .header(HeaderName::Expires)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let desk = self.presence.backends.by_call.get_mut(&call_id).and_then(|b| {
                 b.failures = 0;
+                match (&b.watcher, granted) {
+                    (Watcher::Desk(d), Some(g)) => Some((d.clone(), b.presentity.clone(), g)),
+                    _ => None,
+                }
+            });
+            // A list is refreshed by its own subscriber; a desk refreshes its watches itself, within what the
+            // member's owner granted.
+            if let Some((desk, member, granted)) = desk {
+                self.helpdesk_watch_granted(&desk, &member, granted);
             }
             return;
         }
