@@ -616,9 +616,10 @@ impl PoolCore {
         }
     }
 
-    /// A request another member of this pool sent through an edge (which vouched for it): a contact list's
-    /// back-end SUBSCRIBE to a user of ours, or a NOTIFY in such a dialog for a list of ours
-    /// (`presence::backend`). No digest: the list's member authenticated the list's owner.
+    /// A request another member of this pool sent through an edge (which vouched for it): a contact list's (or a
+    /// help desk's) back-end SUBSCRIBE to a user of ours, or a NOTIFY in such a dialog for a list of ours
+    /// (`presence::backend`), or a help desk's MESSAGE to its member. No digest: the sending member authenticated
+    /// the list's owner, or the desk's sender.
     fn member_request(&mut self, origin: ConnId, msg: Message) {
         if !self.is_local_host(&msg.from().uri) || !msg.request_uri_parsed().is_some_and(|u| self.is_local_host(&u)) {
             self.reply(origin, &msg, 403, "Forbidden: a member's request is between users of this pool", &[]);
@@ -630,6 +631,8 @@ impl PoolCore {
                 self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg);
             }
             Some(Method::Notify) => self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg),
+            // A help desk's conversation for its member held here (`helpdesk::watch`): delivered as usual.
+            Some(Method::Message) => self.hand_to_core(target.as_bytes(), Stage::Route, origin, msg),
             Some(Method::Ack) => {}
             _ => self.reply(origin, &msg, 403, "Forbidden: not served between members", &[]),
         }

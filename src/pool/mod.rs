@@ -141,6 +141,8 @@ crate::counters! {
         helpdesk_evicted,
         /// Help desk messages refused (503) because too many were waiting for members' states.
         helpdesk_busy,
+        /// NOTIFYs about help desk members held by other front ends (enterprise pool), from their owners.
+        helpdesk_member_notifies,
         /// MESSAGEs sent to applications and waiting for their answer on this core (a gauge, updated by the sweep).
         app_waiting_now,
     }

@@ -86,7 +86,7 @@ impl Ownership {
         owner(aor, &self.roster, self.wall_ms(now)).is_some_and(|m| &m.name != me)
     }
 
-    fn owned_here(&self, aor: &str, now: Instant) -> bool {
+    pub(crate) fn owned_here(&self, aor: &str, now: Instant) -> bool {
         let Some(me) = &self.me else { return true };
         owner(aor, &self.roster, self.wall_ms(now)).is_some_and(|m| &m.name == me)
     }

@@ -182,13 +182,29 @@ impl PoolCore {
         let Some(id) = self.open_transaction(origin, &msg, 1) else { return };
         bump(&self.pstats.federated_out);
         self.note_talker(&msg);
-        let route = format!("<sip:fed@{addr};lr>");
+        self.through_edge(addr, id, &msg, &format!("<sip:fed@{addr};lr>"));
+    }
+
+    /// A request for a local user another front end of the enterprise pool holds (a help desk's MESSAGE to its
+    /// member, `helpdesk::watch`): to the first edge, which sends it to the user's owner.
+    pub(crate) fn route_to_member(&mut self, origin: ConnId, msg: Message) {
+        let Some(addr) = self.s.edges.first().copied() else {
+            self.reply(origin, &msg, 480, "Temporarily Unavailable", &[]);
+            return;
+        };
+        let Some(id) = self.open_transaction(origin, &msg, 1) else { return };
+        let user = std::str::from_utf8(crate::proto::MEMBER_ROUTE_USER).unwrap_or("member");
+        self.through_edge(addr, id, &msg, &format!("<sip:{user}@{addr};lr>"));
+    }
+
+    /// Branch 0 of transaction `id`: `msg` to the edge `addr` with our Via and the single Route `route`.
+    fn through_edge(&mut self, addr: std::net::SocketAddr, id: u32, msg: &Message, route: &str) {
         let mut via = Vec::with_capacity(96);
         via.extend_from_slice(b"SIP/2.0/TLS ");
         via.extend_from_slice(self.s.listen.to_string().as_bytes());
         via.extend_from_slice(b";branch=");
         write_branch(&mut via, self.id, id, 0);
-        let mut ed = Editor::new(&msg);
+        let mut ed = Editor::new(msg);
         ed.remove_headers(HeaderName::Route);
         ed.remove_headers(HeaderName::ProxyAuthorization);
         ed.prepend_header(HeaderName::Route, route.as_bytes());

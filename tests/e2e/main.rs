@@ -28,6 +28,7 @@ mod federation_ops;
 mod federation_presence;
 mod federation_routes;
 mod helpdesk;
+mod helpdesk_pool;
 mod internal_links;
 mod interop_baresip;
 mod interop_linphone;

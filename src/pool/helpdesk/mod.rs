@@ -7,13 +7,15 @@
 //!
 //! "Available" is what a watcher would see: a live binding, and the most available live publication open with no
 //! busy/away/brb/dnd activity; a registered member who never published counts as available unless the desk says
-//! `unpublished = "unavailable"`. A member of an enterprise pool held by another front end reads as offline here.
+//! `unpublished = "unavailable"`. In an enterprise pool, members the roster gives to another front end are
+//! watched through the edge instead and read as their owner's NOTIFYs say ([`watch`]).
 //!
 //! Bounds: gathers in flight per core ([`GATHERS_MAX`], over it 503 and `helpdesk_busy`), a gather waits at
 //! most [`GATHER_TIMEOUT`] (members whose core did not answer count as offline), conversations per desk
 //! (`conversations_max`, the oldest forgotten first: `helpdesk_evicted`).
 
 pub mod select;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -56,6 +58,8 @@ pub struct HelpdeskState {
     desks: HashMap<String, DeskState>,
     gathers: HashMap<u32, Gather>,
     next: u32,
+    /// (desk, member) watched through the edge (enterprise pool, [`watch`]).
+    watched: HashMap<(String, String), watch::Watched>,
 }
 
 impl HelpdeskState {
@@ -66,6 +70,11 @@ impl HelpdeskState {
 
     pub fn gathers(&self) -> usize {
         self.gathers.len()
+    }
+
+    /// Members watched through the edge, all desks together.
+    pub fn watched(&self) -> usize {
+        self.watched.len()
     }
 
     /// Conversations remembered, all desks together.
@@ -99,7 +108,9 @@ impl PoolCore {
         let mut by_core: HashMap<usize, Vec<String>> = HashMap::new();
         for m in &desk.members {
             let core = shard_for(m.as_bytes(), self.count);
-            if core == self.id {
+            if self.watched_member(m) {
+                states.insert(m.clone(), self.watched_state(&desk.address, m));
+            } else if core == self.id {
                 states.insert(m.clone(), self.member_state(m));
             } else {
                 by_core.entry(core).or_default().push(m.clone());
@@ -177,7 +188,7 @@ impl PoolCore {
         match choice {
             Choice::Sticky(agent) => {
                 bump(&self.pstats.helpdesk_sticky);
-                self.divert(g.origin, &msg, &agent);
+                self.helpdesk_hand(g.origin, &msg, &agent);
             }
             Choice::Assigned { agent, evicted } => {
                 bump(&self.pstats.helpdesk_assigned);
@@ -192,7 +203,7 @@ impl PoolCore {
                     }
                 }
                 tracing::debug!(desk = %desk.address, %sender, %agent, "help desk: conversation assigned");
-                self.divert(g.origin, &msg, &agent);
+                self.helpdesk_hand(g.origin, &msg, &agent);
             }
             Choice::NoAgent => {
                 bump(&self.pstats.helpdesk_no_agent);
@@ -219,6 +230,7 @@ impl PoolCore {
                 self.helpdesk_decide(g);
             }
         }
+        self.helpdesk_watch_sweep();
         let set = self.rules.set.clone();
         let secs = self.now.secs;
         self.hd.desks.retain(|addr, st| match set.helpdesks.iter().find(|d| d.address == *addr) {

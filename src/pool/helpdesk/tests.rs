@@ -149,6 +149,10 @@ fn the_conversation_table_is_bounded_oldest_forgotten_first() {
 // ---- in pool cores ----
 
 fn settings(desks: Vec<Desk>) -> Arc<CoreSettings> {
+    settings_with(desks, |_| {})
+}
+
+fn settings_with(desks: Vec<Desk>, f: impl FnOnce(&mut CoreSettings)) -> Arc<CoreSettings> {
     let user = |alias: &str| User { alias: alias.into(), password: Some("pw".into()), ..User::default() };
     let people = ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hal"];
     let users = Users::from_directory(&Directory { users: people.map(user).to_vec() }, DOMAIN, DOMAIN);
@@ -156,6 +160,7 @@ fn settings(desks: Vec<Desk>) -> Arc<CoreSettings> {
     let mut s = CoreSettings::with_defaults(DOMAIN, "127.0.0.1:5062".parse().unwrap(), vec![edge], users);
     let routing = RoutingConfig { helpdesks: desks, ..Default::default() };
     s.rules = Arc::new(crate::pool::apps::RulesSlot::new(RuleSet::new(&routing, 1, 1)));
+    f(&mut s);
     Arc::new(s)
 }
 
@@ -332,4 +337,111 @@ fn desks_come_and_go_with_the_rules_generation() {
     to_desk(&mut c, "alice", 3, now(T0 + 2));
     assert_eq!(outcome(&take(&mut c)), (vec![], vec![404]));
     assert_eq!(stats.helpdesk_assigned.get(), 1);
+}
+
+/// An enterprise front end running the desk watches a member another front end owns (a back-end SUBSCRIBE
+/// through the edge, From and Contact the desk) and reads it as the owner's NOTIFYs say: none yet or closed,
+/// offline; open, available.
+#[test]
+fn a_member_held_by_another_front_end_is_watched_through_the_edge() {
+    use crate::proto::membership::{owner, Member, MemberState as Lease, Roster};
+    let wall = T0 * 1000;
+    let m = |n: &str| Member {
+        name: n.into(),
+        addr: String::new(),
+        state: Lease::Active,
+        lease_until_ms: wall + 60_000,
+        load: 0,
+        in_flight: 0,
+        users: 0,
+    };
+    let roster = Arc::new(Roster::new(vec![m("fe1"), m("fe2")]));
+    let owner_of = |a: &str| owner(&aor(a), &roster, wall).map(|m| m.name.clone()).unwrap();
+    let me = owner_of("helpdesk");
+    let people = ["bob", "carol", "dave", "erin", "frank", "gina", "hal"];
+    let remote = people.into_iter().find(|p| owner_of(p) != me).unwrap();
+    let s = settings_with(vec![desk(&[remote])], |s| s.member = Some(me));
+    let stats = Arc::new(PoolStats::default());
+    let mut c = PoolCore::new(s, 0, 1, stats.clone(), now(T0));
+    c.on_roster(roster, wall, now(T0));
+    take(&mut c);
+    c.on_tick(now(T0));
+    let subs: Vec<Message> = crate::pool::core::tests::to_edge(&take(&mut c)).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(subs.len(), 1, "one watch: {subs:?}");
+    let sub = &subs[0];
+    assert_eq!(sub.method(), Some(&Method::Subscribe));
+    assert_eq!(sub.request_uri(), Some(format!("sip:{}", aor(remote)).as_bytes()));
+    assert_eq!(aor_of(&sub.from().uri), aor("helpdesk"), "the desk is the watcher");
+    assert_eq!(c.hd.watched(), 1);
+    c.on_tick(now(T0 + 1));
+    assert!(crate::pool::core::tests::to_edge(&take(&mut c)).is_empty(), "not again before its refresh");
+
+    // No NOTIFY yet: offline.
+    to_desk(&mut c, "alice", 1, now(T0 + 1));
+    take(&mut c);
+    assert_eq!(stats.helpdesk_no_agent.get(), 1);
+
+    let notify = |c: &mut PoolCore, n: u32, basic: &str| {
+        let body = format!(
+            "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:{}\">\
+             <tuple id=\"t\"><status><basic>{basic}</basic></status></tuple></presence>",
+            aor(remote)
+        );
+        let raw = format!(
+            "NOTIFY sip:helpdesk@{DOMAIN};transport=tls SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKn{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{}>;tag=owner\r\nTo: <sip:helpdesk@{DOMAIN}>;tag={}\r\n\
+             Call-ID: {}\r\nCSeq: {n} NOTIFY\r\nEvent: presence\r\nSubscription-State: active;expires=600\r\n\
+             Content-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{body}",
+            aor(remote),
+            String::from_utf8_lossy(sub.from().tag().unwrap()),
+            String::from_utf8_lossy(sub.call_id()),
+            body.len()
+        );
+        let msg = Message::parse(Bytes::from(raw), &Limits::default()).unwrap();
+        c.resume_stage(crate::pool::Stage::Route, crate::pool::core::tests::conn(), msg);
+        outcome(&take(c)).1
+    };
+    assert_eq!(notify(&mut c, 1, "open"), vec![200]);
+    assert_eq!(stats.helpdesk_member_notifies.get(), 1);
+    to_desk(&mut c, "alice", 2, now(T0 + 2));
+    let sent = crate::pool::core::tests::to_edge(&take(&mut c));
+    assert_eq!(stats.helpdesk_assigned.get(), 1, "open: the conversation is the member's");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let fwd = &sent[0].1;
+    assert_eq!(fwd.method(), Some(&Method::Message));
+    assert_eq!(fwd.request_uri(), Some(format!("sip:{}", aor(remote)).as_bytes()));
+    let route = fwd.header(crate::sip::HeaderName::Route).unwrap();
+    assert!(route.starts_with(b"<sip:member@"), "through the edge to the member's owner, not loaded here");
+    assert!(!c.holds_user(&aor(remote)), "the member stays with its owner");
+
+    assert_eq!(notify(&mut c, 2, "closed"), vec![200]);
+    to_desk(&mut c, "dave", 3, now(T0 + 3));
+    take(&mut c);
+    assert_eq!((stats.helpdesk_assigned.get(), stats.helpdesk_no_agent.get()), (1, 2), "closed: nobody");
+
+    // The owner grants 60 s of the 600 asked: refreshed after 30.
+    let h = |n| String::from_utf8_lossy(sub.header(n).unwrap()).to_string();
+    use crate::sip::HeaderName as H;
+    let ok = format!(
+        "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=owner\r\nCall-ID: {}\r\nCSeq: 1 SUBSCRIBE\r\n\
+         Expires: 60\r\nContent-Length: 0\r\n\r\n",
+        h(H::Via),
+        h(H::From),
+        h(H::To),
+        h(H::CallId)
+    );
+    c.on_response(Message::parse(Bytes::from(ok), &Limits::default()).unwrap());
+    c.on_tick(now(T0 + 32));
+    assert!(crate::pool::core::tests::to_edge(&take(&mut c)).is_empty(), "not yet");
+    c.on_tick(now(T0 + 33));
+    let refresh = crate::pool::core::tests::to_edge(&take(&mut c));
+    assert_eq!(refresh.len(), 1, "refreshed at half of what was granted");
+    assert_eq!(refresh[0].1.call_id(), sub.call_id(), "in its dialog");
+
+    // The desk removed: its watch ends (an unsubscribe).
+    c.on_rules(Arc::new(RuleSet::new(&RoutingConfig::default(), 3, 1)), now(T0 + 40));
+    c.on_tick(now(T0 + 40));
+    let out = crate::pool::core::tests::to_edge(&take(&mut c));
+    assert!(out.iter().any(|(_, m)| m.header(crate::sip::HeaderName::Expires) == Some(&b"0"[..])), "unsubscribed");
+    assert_eq!(c.hd.watched(), 0);
 }

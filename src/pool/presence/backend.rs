@@ -20,6 +20,9 @@
 //! edge sends the refresh to the contact's owner now, which loaded the dialog with the user); an answer that says the dialog is
 //! lost (481), or that its member died (408, 503, 480, 500), starts a new subscription at once, then after
 //! [`RETRY_S`], at most [`RETRIES_MAX`] times in a row (then the contact shows closed until the list is refreshed).
+//!
+//! A help desk watches its members the same way ([`Watcher::Desk`]: Contact and From the desk's address, whose
+//! core runs the desk; see `crate::pool::helpdesk::watch`).
 
 use std::collections::HashMap;
 
@@ -49,8 +52,18 @@ pub enum Via {
     Member,
 }
 
+/// Who a back-end subscription reports to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watcher {
+    /// A contact list subscription of this core.
+    List(u32),
+    /// A help desk (its address, owned by this core) watching a member another front end may hold
+    /// (`crate::pool::helpdesk::watch`).
+    Desk(String),
+}
+
 struct Backend {
-    list: u32,
+    watcher: Watcher,
     /// The contact's AOR key (`bob@partner.test`).
     presentity: String,
     /// The list owner's AOR key: our From, the watcher the partner authorizes.
@@ -80,8 +93,13 @@ pub struct Backends {
 }
 
 impl Backends {
-    fn find(&self, list: u32, presentity: &str) -> Option<String> {
-        self.by_call.iter().find(|(_, b)| b.list == list && b.presentity == presentity).map(|(k, _)| k.clone())
+    fn find(&self, watcher: &Watcher, presentity: &str) -> Option<String> {
+        self.by_call.iter().find(|(_, b)| b.watcher == *watcher && b.presentity == presentity).map(|(k, _)| k.clone())
+    }
+
+    /// Whether `watcher` has a back-end subscription to `presentity` (live, or waiting for its retry).
+    pub fn has(&self, watcher: &Watcher, presentity: &str) -> bool {
+        self.by_call.values().any(|b| b.watcher == *watcher && b.presentity == presentity)
     }
 
     pub fn len(&self) -> usize {
@@ -109,10 +127,24 @@ impl PoolCore {
         let Some(contact) = self.presence.subs.get(list).map(|s| format!("<{};transport=tls>", s.entity)) else {
             return;
         };
+        self.backend_watch_for(presentity, owner, Watcher::List(list), contact, expires_at, via);
+    }
+
+    /// `watcher` watches `presentity` until `expires_at`, as `owner` (our From), NOTIFYs to `contact` (whose core
+    /// must be this one): subscribe, or refresh the subscription already made.
+    pub(crate) fn backend_watch_for(
+        &mut self,
+        presentity: String,
+        owner: String,
+        watcher: Watcher,
+        contact: String,
+        expires_at: u64,
+        via: Via,
+    ) {
         let (core, now, listen) = (self.id, self.now.secs, self.s.listen);
         let call_id = {
             let p = &mut self.presence;
-            let existing = p.backends.find(list, &presentity);
+            let existing = p.backends.find(&watcher, &presentity);
             match existing {
                 Some(c) => {
                     if let Some(b) = p.backends.by_call.get_mut(&c) {
@@ -128,14 +160,14 @@ impl PoolCore {
                             max = MAX,
                             "back-end subscriptions at their bound: contact shown closed"
                         );
-                        self.list_state(list, &presentity, closed(&presentity));
+                        self.backend_state(&watcher, &presentity, closed(&presentity));
                         return;
                     }
                     p.backends.next += 1;
                     let call_id = format!("bes-{:x}-{:x}-{:x}@{}", core, p.backends.next, now, listen);
                     let local_tag = format!("b{:x}{:x}", core, p.backends.next);
                     let b = Backend {
-                        list,
+                        watcher,
                         presentity: presentity.clone(),
                         owner,
                         contact,
@@ -158,8 +190,8 @@ impl PoolCore {
     }
 
     /// The list no longer watches `presentity` (it ended, or the contact left it): unsubscribe.
-    pub(crate) fn backend_unwatch(&mut self, presentity: &str, list: u32) {
-        let found = self.presence.backends.find(list, presentity);
+    pub(crate) fn backend_unwatch(&mut self, presentity: &str, watcher: &Watcher) {
+        let found = self.presence.backends.find(watcher, presentity);
         let Some(call_id) = found else { return };
         if let Some(b) = self.presence.backends.by_call.get_mut(&call_id) {
             b.expires_at = 0;
@@ -239,12 +271,12 @@ impl PoolCore {
                     if let Some(Ok(sip::Contact::Addr(na))) = msg.contacts().next() {
                         b.remote_target = Some(String::from_utf8_lossy(na.uri_raw).to_string());
                     }
-                    Some((b.list, b.presentity.clone()))
+                    Some((b.watcher.clone(), b.presentity.clone()))
                 }
                 None => None,
             }
         };
-        let Some((list, presentity)) = found else {
+        let Some((watcher, presentity)) = found else {
             self.reply(origin, msg, 481, "Subscription Does Not Exist", &[]);
             return;
         };
@@ -265,7 +297,15 @@ impl PoolCore {
             None
         };
         self.reply(origin, msg, 200, "OK", &[]);
-        self.list_state(list, &presentity, state);
+        self.backend_state(&watcher, &presentity, state);
+    }
+
+    /// A watched contact's state (None: pending, no document yet) goes to whoever watches it.
+    fn backend_state(&mut self, watcher: &Watcher, presentity: &str, state: Option<(String, Bytes)>) {
+        match watcher {
+            Watcher::List(id) => self.list_state(*id, presentity, state),
+            Watcher::Desk(desk) => self.helpdesk_member_notified(desk, presentity, state.as_ref().map(|(_, b)| b)),
+        }
     }
 
     /// The final answer to one of our back-end SUBSCRIBEs: a refusal leaves the contact closed; a member's
@@ -274,8 +314,21 @@ impl PoolCore {
         let status = msg.status().unwrap_or(0);
         let call_id = String::from_utf8_lossy(msg.call_id()).to_string();
         if status < 300 {
-            if let Some(b) = self.presence.backends.by_call.get_mut(&call_id) {
+            let granted = msg
+                .header(HeaderName::Expires)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let desk = self.presence.backends.by_call.get_mut(&call_id).and_then(|b| {
                 b.failures = 0;
+                match (&b.watcher, granted) {
+                    (Watcher::Desk(d), Some(g)) => Some((d.clone(), b.presentity.clone(), g)),
+                    _ => None,
+                }
+            });
+            // A list is refreshed by its own subscriber; a desk refreshes its watches itself, within what the
+            // member's owner granted.
+            if let Some((desk, member, granted)) = desk {
+                self.helpdesk_watch_granted(&desk, &member, granted);
             }
             return;
         }
@@ -291,7 +344,7 @@ impl PoolCore {
         if let Some(b) = gone {
             bump(&self.pstats.backend_refused);
             tracing::info!(presentity = %b.presentity, status, "back-end subscription refused: contact shown closed");
-            self.list_state(b.list, &b.presentity, closed(&b.presentity));
+            self.backend_state(&b.watcher, &b.presentity, closed(&b.presentity));
         }
     }
 

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::backend::Via;
+use super::backend::{Via, Watcher};
 use super::pidf;
 use super::policy::Watch;
 use crate::pool::{Action, PoolCore, PoolMsg};
@@ -72,7 +72,7 @@ impl PoolCore {
 
     pub(crate) fn remote_unwatch(&mut self, presentity: String, list: u32) {
         if !self.is_local_aor(&presentity) || self.watched_through_edge(&presentity) {
-            self.backend_unwatch(&presentity, list);
+            self.backend_unwatch(&presentity, &Watcher::List(list));
             return;
         }
         let core = shard_for(presentity.as_bytes(), self.count);
