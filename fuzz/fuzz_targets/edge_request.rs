@@ -35,11 +35,11 @@ fuzz_target!(|data: &[u8]| {
         let prove = decision == Decision::Prove;
         let key = TokenKey::from_bytes([3; 16]);
         let peer = "192.0.2.7:40000".parse().expect("addr");
-        let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer, prove };
+        let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer, prove, remote: mode & 4 == 4 };
         let mut scratch = Vec::new();
         let mut out = BytesMut::new();
         if policy::rewrite_for_pool(&msg, &hop, &is_myself, &mut scratch, &mut out).is_err() {
-            panic!("at most fourteen edits refused: the cap is {}", parapet::sip::EDIT_OPS_MAX);
+            panic!("at most seventeen edits refused: the cap is {}", parapet::sip::EDIT_OPS_MAX);
         }
         let big = parapet::net::conn::peer_limits(&limits);
         match Message::parse(out.freeze(), &big) {

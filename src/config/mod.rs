@@ -18,6 +18,7 @@ pub mod directory;
 pub mod federation;
 pub mod helpdesk;
 pub mod membership;
+pub mod networks;
 pub mod ops;
 pub mod partners_file;
 pub mod pools;
@@ -107,6 +108,8 @@ pub struct EdgeConfig {
     pub idle_timeout_ms: u64,
     /// Messages per connection write queue.
     pub flow_queue_max: usize,
+    /// `[edge] internal_networks`: users connecting from elsewhere are remote (`networks`).
+    pub internal_networks: Vec<networks::Network>,
     /// `[edge.flood]`: per source address and per flow limits, lockout and bans.
     pub flood: FloodConfig,
     /// `[edge.federation]`: the federation listener and the partner table; off when absent.
@@ -377,6 +380,7 @@ impl EdgeConfig {
             handshake_timeout_ms: 5000,
             idle_timeout_ms: 300_000,
             flow_queue_max: 256,
+            internal_networks: networks::build(None).unwrap_or_default(),
             flood: FloodConfig::default(),
             federation: None,
         }
@@ -475,6 +479,7 @@ struct RawEdge {
     handshake_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     flow_queue_max: Option<usize>,
+    internal_networks: Option<Vec<String>>,
     flood: Option<RawFlood>,
     federation: Option<federation::RawFederation>,
 }
@@ -665,6 +670,7 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
             c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);
+            c.internal_networks = networks::build(e.internal_networks)?;
             if let Some(f) = e.federation {
                 c.federation = Some(federation::build(f, base_dir, &domain, limits.message_bytes_max)?);
             }

@@ -10,7 +10,8 @@
 //! from = "@evil.test"            # optional: "user@domain" exact, "@domain", or a pattern with * and ?
 //! to = "*@example.com"           # optional: the target (Request-URI), same forms
 //! content_type = "text/plain"    # optional: the media type, parameters ignored
-//! direction = "federated-in"     # optional: internal, federated-in, federated-out, federated (either way)
+//! direction = "federated-in"     # optional: internal (between our users), remote (from one of ours connected
+//!                                # outside [edge] internal_networks), federated-in, federated-out, federated
 //! action = "reject"              # reject | auto-reply | divert
 //! code = 403                     # reject: 400..699
 //! reason = "Forbidden: not accepted here"
@@ -91,7 +92,10 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectionMatch {
+    /// Between our users (remote ones included).
     Internal,
+    /// From one of our users connected outside `[edge] internal_networks`, to one of ours.
+    Remote,
     FederatedIn,
     FederatedOut,
     Federated,
@@ -192,11 +196,15 @@ fn rule(i: usize, r: RawRule) -> Result<Rule, ConfigError> {
     let direction = match r.direction.as_deref().map(str::trim) {
         None => None,
         Some("internal") => Some(DirectionMatch::Internal),
+        Some("remote") => Some(DirectionMatch::Remote),
         Some("federated-in") => Some(DirectionMatch::FederatedIn),
         Some("federated-out") => Some(DirectionMatch::FederatedOut),
         Some("federated") => Some(DirectionMatch::Federated),
         Some(d) => {
-            return Err(invalid(key("direction"), format!("{d:?}: internal, federated-in, federated-out or federated")))
+            return Err(invalid(
+                key("direction"),
+                format!("{d:?}: internal, remote, federated-in, federated-out or federated"),
+            ))
         }
     };
     let action = match r.action.as_deref().map(str::trim) {

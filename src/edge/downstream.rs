@@ -175,6 +175,10 @@ impl EdgeCore {
         if msg.header(HeaderName::ParapetMember).is_some() {
             ed.remove_headers(HeaderName::ParapetMember);
         }
+        // Whether the sender is a remote user is ours to know, not the recipient's.
+        if msg.header(HeaderName::ParapetRemote).is_some() {
+            ed.remove_headers(HeaderName::ParapetRemote);
+        }
         // One line per header name, whatever the number of values: a peer's route set cannot multiply our edits.
         let joined = join_by_name(add);
         for (name, value) in &joined {

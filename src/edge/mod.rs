@@ -185,6 +185,8 @@ pub struct EdgeSettings {
     /// How long a SIGTERM waits for transactions in flight before closing connections.
     pub drain_timeout: Duration,
     pub flood: crate::config::FloodConfig,
+    /// `[edge] internal_networks`: users connecting from elsewhere are remote.
+    pub internal_networks: Vec<crate::config::networks::Network>,
     /// `[edge.federation]`, when configured.
     pub fed: Option<federation::FedSettings>,
 }
@@ -240,6 +242,7 @@ impl EdgeSettings {
             key: TokenKey::random()?,
             drain_timeout: Duration::from_secs(5),
             flood: e.flood,
+            internal_networks: e.internal_networks.clone(),
             fed,
         })
     }

@@ -112,6 +112,8 @@ pub struct Hop<'a> {
     pub peer: SocketAddr,
     /// Mark the request for the pool to prove its From ([`Decision::Prove`]).
     pub prove: bool,
+    /// The user connects from outside `[edge] internal_networks`: mark the request `P-Parapet-Remote`.
+    pub remote: bool,
 }
 
 /// The request as the pool gets it: our Routes popped, the user's Via stamped with received/rport, our Via on
@@ -160,6 +162,9 @@ pub fn rewrite_for_pool(
         let (name, value) = crate::proto::BIND_MARK;
         ed.prepend_header(name, value);
     }
+    if hop.remote {
+        ed.prepend_header(HeaderName::ParapetRemote, b"1");
+    }
     ed.set_top_via_params(Some(received.as_bytes()), Some(hop.peer.port()));
     ed.push_via(via);
     if let Some(name) = flow_header {
@@ -197,6 +202,7 @@ mod tests {
                 conn,
                 peer: "192.0.2.7:40000".parse().expect("addr"),
                 prove: false,
+                remote: false,
             };
             let is_myself = |u: &Uri<'_>| u.host_eq(b"127.0.0.1");
             let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
@@ -222,11 +228,31 @@ mod tests {
             conn,
             peer: "192.0.2.7:40000".parse().expect("addr"),
             prove: false,
+            remote: false,
         };
         let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
         rewrite_for_pool(&msg, &hop, &|_: &Uri<'_>| false, &mut scratch, &mut out).expect("fixed edits fit");
         let fwd = Message::parse(out.freeze(), &crate::net::conn::peer_limits(&limits)).expect("parses");
         assert!(fwd.header(HeaderName::ParapetFederated).is_none());
+    }
+
+    #[test]
+    fn a_remote_users_request_is_marked_and_a_forged_mark_removed() {
+        let limits = Limits::default();
+        let text = "MESSAGE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.5;branch=z9hG4bK1\r\n\
+                    P-Parapet-Remote: 1\r\nFrom: <sip:alice@example.com>;tag=1\r\n\
+                    To: <sip:bob@example.com>\r\nCall-ID: c1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        let msg = Message::parse(bytes::Bytes::from(text), &limits).expect("parses");
+        let key = TokenKey::from_bytes([3; 16]);
+        let conn = ConnId { core: 0, gen: 1, slot: 7 };
+        for remote in [false, true] {
+            let peer = "192.0.2.7:40000".parse().expect("addr");
+            let hop = Hop { internal: "127.0.0.1:5063", key: &key, conn, peer, prove: false, remote };
+            let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
+            rewrite_for_pool(&msg, &hop, &|_: &Uri<'_>| false, &mut scratch, &mut out).expect("fixed edits fit");
+            let fwd = Message::parse(out.freeze(), &crate::net::conn::peer_limits(&limits)).expect("parses");
+            assert_eq!(fwd.values(HeaderName::ParapetRemote).count(), usize::from(remote), "remote={remote}");
+        }
     }
 
     #[test]
@@ -312,8 +338,14 @@ mod tests {
         let key = TokenKey::from_bytes([3; 16]);
         let conn = ConnId { core: 0, gen: 1, slot: 7 };
         let forwarded = |msg: &Message, prove: bool| {
-            let hop =
-                Hop { internal: "127.0.0.1:5063", key: &key, conn, peer: "192.0.2.7:40000".parse().expect("a"), prove };
+            let hop = Hop {
+                internal: "127.0.0.1:5063",
+                key: &key,
+                conn,
+                peer: "192.0.2.7:40000".parse().expect("a"),
+                prove,
+                remote: false,
+            };
             let (mut scratch, mut out) = (Vec::new(), BytesMut::new());
             rewrite_for_pool(msg, &hop, &|_: &Uri<'_>| false, &mut scratch, &mut out).expect("fits");
             Message::parse(out.freeze(), &crate::net::conn::peer_limits(&Limits::default())).expect("parses")

@@ -99,9 +99,10 @@ impl EdgeCore {
                 conn: conn.id,
                 peer: conn.peer,
                 prove: decision == Decision::Prove,
+                remote: !crate::config::networks::any_contains(&s.internal_networks, conn.peer.ip()),
             };
             let is_myself = |u: &sip::Uri<'_>| is_myself(s, u);
-            // Fourteen edits at most (four Routes of ours popped, five internal headers removed): cannot overflow.
+            // Seventeen edits at most (four Routes of ours popped, seven internal headers removed): cannot overflow.
             if policy::rewrite_for_pool(msg, &hop, &is_myself, &mut self.scratch, &mut out).is_err() {
                 if let Some(f) = self.flows.get_mut_registered(conn.id) {
                     f.in_flight = f.in_flight.saturating_sub(1);

@@ -192,6 +192,7 @@ pub const INTERNAL_HEADERS: &[HeaderName] = &[
     HeaderName::ParapetBind,
     HeaderName::ParapetIdentity,
     HeaderName::ParapetMember,
+    HeaderName::ParapetRemote,
 ];
 
 /// Removes the internal headers ([`INTERNAL_HEADERS`]) from a message being forwarded. An edit only for a header

@@ -10,7 +10,7 @@ use bytes::{BufMut, BytesMut};
 
 /// Edits one message may carry. Callers keep their edits bounded (values of one header go into one line), but the
 /// count may still depend on what a peer sent: beyond it, `write` refuses ([`TooManyEdits`]) instead of panicking.
-pub const EDIT_OPS_MAX: usize = 16;
+pub const EDIT_OPS_MAX: usize = 20;
 
 /// More than [`EDIT_OPS_MAX`] edits were asked of one message: nothing was written. The caller answers the
 /// request with an error (the peer's message needed more rewriting than any legitimate one does).

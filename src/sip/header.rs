@@ -57,6 +57,9 @@ pub enum HeaderName {
     /// Ours: on a request one pool member sent another through the edge (`proto::MEMBER_ROUTE_USER`), edge to
     /// pool only.
     ParapetMember,
+    /// Ours: on a request of a user connected from outside `[edge] internal_networks` (a remote user), edge to pool
+    /// only.
+    ParapetRemote,
     Other,
 }
 
@@ -108,6 +111,7 @@ pub const TABLE: &[(HeaderName, &str, Option<u8>, &str)] = &[
     (HeaderName::ParapetBind, "P-Parapet-Bind", None, "parapet"),
     (HeaderName::ParapetIdentity, "P-Parapet-Identity", None, "parapet"),
     (HeaderName::ParapetMember, "P-Parapet-Member", None, "parapet"),
+    (HeaderName::ParapetRemote, "P-Parapet-Remote", None, "parapet"),
 ];
 
 // Indexing in const evaluation: out of bounds is a compile error, not a runtime panic.

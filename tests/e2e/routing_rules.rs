@@ -107,3 +107,53 @@ fn routing_rules_reject_divert_autoreply_and_reload_with_pjsip() {
     }
     assert!(Metrics::pool(&app).must(&app, "parapet_pool_rules_reloads") >= 1);
 }
+
+/// `direction = "remote"`: with `[edge] internal_networks = ["127.0.0.1/32"]`, a user connecting from 127.0.0.2 is
+/// remote (the edge marks its requests) and the rule refuses its MESSAGE to bob; the same MESSAGE from a user on
+/// 127.0.0.1 (internal) is delivered, and bob never sees the edge's mark.
+#[test]
+fn routing_rule_matches_remote_users_only() {
+    use crate::rawsip::Ua;
+    use std::net::Ipv4Addr;
+    let mut app = Appliance::prepare("routing-remote", &[]);
+    let pool_cfg = app.data_dir.join("pool.toml");
+    let base = std::fs::read_to_string(&pool_cfg).unwrap_or_else(|e| app.fail(&e.to_string()));
+    let rule = "\n[[routing.rules]]\nname = \"no-remote-to-bob\"\nto = \"bob@example.com\"\ndirection = \"remote\"\n\
+                action = \"reject\"\ncode = 403\nreason = \"Forbidden: not from outside\"\n";
+    std::fs::write(&pool_cfg, format!("{base}{rule}")).unwrap_or_else(|e| app.fail(&e.to_string()));
+    let edge_cfg = app.data_dir.join("edge.toml");
+    let edge = std::fs::read_to_string(&edge_cfg).unwrap_or_else(|e| app.fail(&e.to_string()));
+    if !edge.contains("[edge]\n") {
+        app.fail(&format!("edge.toml has no [edge] table:\n{edge}"));
+    }
+    let edge = edge.replacen("[edge]\n", "[edge]\ninternal_networks = [\"127.0.0.1/32\"]\n", 1);
+    std::fs::write(&edge_cfg, edge).unwrap_or_else(|e| app.fail(&e.to_string()));
+    app.run_roles("", &[]);
+
+    let mut bob = Ua::connect_ok(&app, "bob", None);
+    bob.register_ok(&app, "bob");
+    let mut outside = Ua::connect_ok(&app, "alice-outside", Some(Ipv4Addr::new(127, 0, 0, 2)));
+    outside.register_ok(&app, "alice");
+    let r = outside.message("bob", "from outside").unwrap_or_else(|e| app.fail(&e));
+    assert_eq!(r.status(), Some(403), "remote alice → bob: {}", String::from_utf8_lossy(r.bytes()));
+    assert_eq!(r.reason(), Some(&b"Forbidden: not from outside"[..]));
+
+    let mut inside = Ua::connect_ok(&app, "carol-inside", None);
+    inside.register_ok(&app, "carol");
+    let delivered = std::thread::scope(|s| {
+        let answering = s.spawn(|| {
+            let req =
+                bob.next_request(Duration::from_secs(10)).map_err(|e| format!("no MESSAGE reached bob: {e:?}"))?;
+            let leaked = req.header(parapet::sip::HeaderName::ParapetRemote).is_some();
+            let _ = bob.answer_with(&req, 200, "OK", |b| b);
+            Ok::<_, String>((req.body() == b"from inside", leaked))
+        });
+        let r = inside.message("bob", "from inside");
+        (answering.join(), r)
+    });
+    match delivered {
+        (Ok(Ok((true, false))), Ok(r)) if r.status() == Some(200) => {}
+        other => app.fail(&format!("internal carol → bob: expected delivery and 200, got {other:?}")),
+    }
+    assert_eq!(Metrics::pool(&app).must(&app, "parapet_pool_rule_hits_no_remote_to_bob"), 1);
+}

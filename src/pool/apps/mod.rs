@@ -129,10 +129,12 @@ fn method_name(m: &Method) -> &'static str {
 
 fn direction_matches(want: DirectionMatch, dir: Direction) -> bool {
     match want {
-        DirectionMatch::Internal => dir == Direction::Internal,
+        // Between our users, wherever the sender connects from.
+        DirectionMatch::Internal => !dir.is_federated(),
+        DirectionMatch::Remote => dir == Direction::Remote,
         DirectionMatch::FederatedIn => dir == Direction::FederatedIn,
         DirectionMatch::FederatedOut => dir == Direction::FederatedOut,
-        DirectionMatch::Federated => dir != Direction::Internal,
+        DirectionMatch::Federated => dir.is_federated(),
     }
 }
 

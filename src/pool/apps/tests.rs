@@ -162,3 +162,26 @@ fn a_new_rule_set_replaces_the_old_on_the_core() {
     assert_eq!(c.rules_generation(), 2);
     assert_eq!(answers(&run(&mut c, request("MESSAGE", "bob@example.com", 70))), vec![(410, "Gone".into())]);
 }
+
+#[test]
+fn remote_users_requests_match_remote_and_internal() {
+    use super::super::archive::Direction;
+    use crate::config::routing::DirectionMatch;
+    let c = core(Vec::new());
+    let msg = |to: &str, remote: bool| {
+        let mark = if remote { "P-Parapet-Remote: 1\r\n" } else { "" };
+        let raw = format!(
+            "MESSAGE sip:{to} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKr1\r\nMax-Forwards: 70\r\n\
+             From: <sip:bob@example.com>;tag=r1\r\nTo: <sip:{to}>\r\nCall-ID: r-1\r\nCSeq: 1 MESSAGE\r\n{mark}\
+             Content-Length: 0\r\n\r\n"
+        );
+        Message::parse(Bytes::from(raw), &Limits::default()).unwrap()
+    };
+    assert_eq!(c.direction_of(&msg("desk@example.com", true)), Direction::Remote);
+    assert_eq!(c.direction_of(&msg("desk@example.com", false)), Direction::Internal);
+    assert_eq!(c.direction_of(&msg("x@partner.test", true)), Direction::FederatedOut, "to a partner: federated");
+    let m = |want, dir| super::direction_matches(want, dir);
+    assert!(m(DirectionMatch::Remote, Direction::Remote) && m(DirectionMatch::Internal, Direction::Remote));
+    assert!(!m(DirectionMatch::Remote, Direction::Internal) && !m(DirectionMatch::Federated, Direction::Remote));
+    assert_eq!(Direction::Remote.as_str(), "remote", "the archive's direction column");
+}

@@ -43,6 +43,8 @@ pub struct ArchiveCoreState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Internal,
+    /// Between our users, from one connected outside `[edge] internal_networks` (the edge's `P-Parapet-Remote`).
+    Remote,
     FederatedIn,
     FederatedOut,
 }
@@ -51,9 +53,15 @@ impl Direction {
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Internal => "internal",
+            Direction::Remote => "remote",
             Direction::FederatedIn => "federated-in",
             Direction::FederatedOut => "federated-out",
         }
+    }
+
+    /// With another organization, either way.
+    pub fn is_federated(self) -> bool {
+        matches!(self, Direction::FederatedIn | Direction::FederatedOut)
     }
 }
 
@@ -71,7 +79,7 @@ fn party(c: &ArchiveConfig, aor: &str) -> ArchivePolicy {
 pub fn wanted(c: &ArchiveConfig, sender: &str, recipient: &str, dir: Direction) -> bool {
     match party(c, sender).max(party(c, recipient)) {
         ArchivePolicy::All => true,
-        ArchivePolicy::Federated => dir != Direction::Internal,
+        ArchivePolicy::Federated => dir.is_federated(),
         ArchivePolicy::None => false,
     }
 }
@@ -88,12 +96,15 @@ pub fn settings(c: Option<&ArchiveConfig>, store: &crate::store::thread::StoreHa
 }
 
 impl PoolCore {
-    /// Where a request at the Route stage goes: from a partner, to another organization, or between our users.
+    /// Where a request at the Route stage goes: from a partner, to another organization, or between our users (from
+    /// a remote one, or not).
     pub(crate) fn direction_of(&self, msg: &Message) -> Direction {
         if msg.header(HeaderName::ParapetFederated).is_some() {
             Direction::FederatedIn
         } else if msg.request_uri_parsed().is_some_and(|u| !self.is_local_host(&u)) {
             Direction::FederatedOut
+        } else if msg.header(HeaderName::ParapetRemote).is_some() {
+            Direction::Remote
         } else {
             Direction::Internal
         }
