@@ -137,6 +137,15 @@ pub fn routing_aor(msg: &Message) -> String {
 }
 
 impl EdgeCore {
+    /// The AOR [`Self::send_to_pool`] routes `msg` by, or nothing when the edge has one pool and no homes (it
+    /// routes by no user then, and this runs on every user's request: no String for it).
+    pub(super) fn pool_routing_aor(&self, msg: &Message) -> String {
+        if self.members.is_empty() && self.homes.is_empty() {
+            return String::new();
+        }
+        routing_aor(msg)
+    }
+
     /// Sends a request to the pool: to the user's home pool when it is one of `[[edge.pools]]`, else to the
     /// owner of `aor` among the members, or to the single pool. Returns the member it went to (None: a single
     /// pool).

@@ -52,7 +52,7 @@ impl EdgeCore {
         ed.prepend_header(HeaderName::ParapetMember, aor.as_bytes());
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
-        // At most eleven edits (six internal headers removed): cannot overflow.
+        // At most twelve edits (seven internal headers removed), under EDIT_OPS_MAX.
         if ed.write(&mut out).is_err() {
             self.out.reply(from, &msg, 500, "Server Internal Error: too many edits");
             return;

@@ -111,7 +111,7 @@ impl EdgeCore {
                 return;
             }
         }
-        if let Some(member) = self.send_to_pool(&super::members::routing_aor(msg), out.freeze(), now) {
+        if let Some(member) = self.send_to_pool(&self.pool_routing_aor(msg), out.freeze(), now) {
             self.track_member_txn(conn.id, msg, member, now);
         }
     }

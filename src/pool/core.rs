@@ -640,7 +640,8 @@ impl PoolCore {
 
     /// The home pool of a local user this pool does not serve (`[pool] home`), if `uri` names one.
     fn homed_elsewhere(&self, uri: &Uri<'_>) -> Option<String> {
-        if !self.is_local_host(uri) {
+        // `home` first: a single pool (the common case) pays for no alias string on each request.
+        if self.s.home.is_empty() || !self.is_local_host(uri) {
             return None;
         }
         self.homed_elsewhere_alias(&String::from_utf8_lossy(&uri.user_unescaped()))

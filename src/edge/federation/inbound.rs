@@ -139,9 +139,9 @@ impl EdgeCore {
         ed.prepend_header(HeaderName::ParapetFederated, from.as_bytes());
         ed.set_max_forwards(max_forwards - 1);
         let mut out = BytesMut::with_capacity(msg.bytes().len() + 256);
-        // At most eleven edits (five internal headers removed): cannot overflow.
+        // At most thirteen edits (seven internal headers removed), under EDIT_OPS_MAX.
         if ed.write(&mut out).is_ok() {
-            self.send_to_pool(&crate::edge::members::routing_aor(msg), out.freeze(), now);
+            self.send_to_pool(&self.pool_routing_aor(msg), out.freeze(), now);
         }
     }
 

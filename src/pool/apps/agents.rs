@@ -291,6 +291,10 @@ impl PoolCore {
 
     /// On the target's core: a MESSAGE to an agent address goes to its application. False: not an agent address.
     pub(crate) fn deliver_to_agent(&mut self, origin: ConnId, msg: &Message) -> bool {
+        // No application, no agent: every MESSAGE comes through here, so no AOR string is made for nothing.
+        if self.s.apps.agents.is_empty() {
+            return false;
+        }
         let Some(target) = msg.request_uri_parsed().map(|u| aor_of(&u)) else { return false };
         let Some(&app) = self.s.apps.agents.get(&target) else { return false };
         let fallback = self.s.apps.apps.get(app).map(|a| a.fallback.clone());

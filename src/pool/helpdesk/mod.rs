@@ -87,10 +87,10 @@ impl PoolCore {
     /// On the target's core, for a MESSAGE: true when the target is a help desk (the request is then taken care
     /// of); false: route as usual.
     pub(crate) fn helpdesk_took(&mut self, origin: ConnId, msg: &Message) -> bool {
-        let set = self.rules.set.clone();
-        if set.helpdesks.is_empty() {
+        if self.rules.set.helpdesks.is_empty() {
             return false;
         }
+        let set = self.rules.set.clone();
         let Some(target) = msg.request_uri_parsed().map(|u| aor_of(&u)) else { return false };
         let Some(desk) = set.helpdesks.iter().find(|d| d.address == target) else { return false };
         if self.hd.gathers.len() >= GATHERS_MAX {
