@@ -2,6 +2,7 @@
 //!
 //! Layout follows the data path; see ARCHITECTURE.md for the map and its invariants.
 
+pub mod civil;
 pub mod config;
 pub mod directory;
 pub mod edge;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::archive::{json_line, now_ms, ArchiveQuery, ArchiveRow};
+use crate::civil::{civil_from_days, days_from_civil};
 use crate::config::Config;
 
 /// `parapet archive ...` (the binary's command line embeds this).
@@ -68,29 +69,6 @@ pub struct Filters {
     pub text: Option<String>,
     #[arg(skip)]
     pub limit: Option<u32>,
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
 }
 
 /// `1733232000` (unix seconds), `2026-12-03` or `2026-12-03T13:40:00Z` (UTC) -> unix milliseconds.
