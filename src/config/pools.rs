@@ -1,6 +1,7 @@
 //! Several pools behind one edge: a user's home pool is named in the directory (the users file's `pool`
-//! column), and the edge sends the user's requests to it, so a deployment can mix a Standard Edition server and
-//! an enterprise pool.
+//! column, or the synced directory's people: an LDAP attribute or a source's fixed `pool`, see
+//! `config::directory`), and the edge sends the user's requests to it, so a deployment can mix a Standard
+//! Edition server and an enterprise pool.
 //!
 //! ```toml
 //! [edge.pool]                # the default pool (single address, or the enterprise pool of [edge.roster])
@@ -12,8 +13,10 @@
 //! addr = "127.0.0.1:5071"
 //! cert_name = "pool.example.com"   # the certificate name it presents; default: [edge.pool] name
 //!
-//! [edge.homes]
-//! users = "users.toml"       # who is homed where; read on a thread at start and when it changes
+//! [edge.homes]                # who is homed where, read on a thread at start and every reload_s; one of:
+//! users = "users.toml"        # a users file with a `pool` column, re-read when it changes
+//! # database = "parapet.db"   # the default pool's SQLite store, where `parapet directory sync` lands
+//! # url = "postgres://..."    # the default pool's PostgreSQL store, likewise
 //! reload_s = 10
 //! ```
 //!
@@ -25,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::store::{StoreConfig, DEFAULT_START_TIMEOUT_S};
 use super::{parse_addr, resolve, ConfigError, Peer};
 use crate::store::directory::pool_name_ok;
 
@@ -44,6 +48,8 @@ pub(super) struct RawHomePool {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHomes {
     users: Option<PathBuf>,
+    database: Option<PathBuf>,
+    url: Option<String>,
     reload_s: Option<u64>,
 }
 
@@ -56,11 +62,20 @@ pub struct HomePool {
     pub peer: Peer,
 }
 
+/// Where the edge reads homes from; either is read on a thread of its own, never on an executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HomesFrom {
+    /// A users file (.toml or .csv) with a `pool` column.
+    Users(PathBuf),
+    /// The default pool's store, where the synced directory's people are (`directory_person.home_pool`): the
+    /// SQLite file `database`, or PostgreSQL when `store` has a URL.
+    Store { database: PathBuf, store: Option<StoreConfig> },
+}
+
 /// `[edge.homes]`: where the edge learns each user's home pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HomesConfig {
-    /// A users file (.toml or .csv) with a `pool` column; read on a thread of its own, never on an executor.
-    pub users: PathBuf,
+    pub from: HomesFrom,
     pub reload_s: u64,
 }
 
@@ -97,17 +112,36 @@ pub(super) fn build(
     }
     let homes = match homes {
         None if out.is_empty() => None,
-        None => return Err(invalid("[edge.homes] users", "missing (who is homed on which of [[edge.pools]])")),
+        None => {
+            return Err(invalid(
+                "[edge.homes] users",
+                "missing (who is homed on which of [[edge.pools]]: users, database or url)",
+            ))
+        }
         Some(h) => {
             let users = resolve(base_dir, h.users);
-            if users.as_os_str().is_empty() {
-                return Err(invalid("[edge.homes] users", "missing (a users file with a `pool` column)"));
-            }
+            let database = resolve(base_dir, h.database);
+            let url = h.url.map(|u| u.trim().to_string()).filter(|u| !u.is_empty());
+            let from = match (users.as_os_str().is_empty(), database.as_os_str().is_empty(), url) {
+                (false, true, None) => HomesFrom::Users(users),
+                (true, false, None) => HomesFrom::Store { database, store: None },
+                (true, true, Some(url)) => HomesFrom::Store {
+                    database,
+                    store: Some(StoreConfig { url: Some(url), start_timeout_s: DEFAULT_START_TIMEOUT_S }),
+                },
+                (true, true, None) => {
+                    return Err(invalid(
+                        "[edge.homes] users",
+                        "missing: a users file with a `pool` column, or the default pool's store (database or url)",
+                    ))
+                }
+                _ => return Err(invalid("[edge.homes] users", "users, database and url: give exactly one")),
+            };
             let reload_s = h.reload_s.unwrap_or(DEFAULT_RELOAD_S);
             if !(1..=3600).contains(&reload_s) {
                 return Err(invalid("[edge.homes] reload_s", format!("{reload_s}: expected 1 to 3600")));
             }
-            Some(HomesConfig { users, reload_s })
+            Some(HomesConfig { from, reload_s })
         }
     };
     Ok((out, homes))
@@ -123,7 +157,7 @@ mod tests {
     }
 
     fn homes() -> Option<RawHomes> {
-        Some(RawHomes { users: Some("users.toml".into()), reload_s: None })
+        Some(RawHomes { users: Some("users.toml".into()), ..RawHomes::default() })
     }
 
     #[test]
@@ -132,9 +166,25 @@ mod tests {
         assert_eq!(pools[0].name, "branch");
         assert_eq!(pools[0].peer.name, "pool.x", "the default certificate name");
         let h = h.unwrap();
-        assert_eq!(h.users, PathBuf::from("/etc/p/users.toml"));
+        assert_eq!(h.from, HomesFrom::Users(PathBuf::from("/etc/p/users.toml")));
         assert_eq!(h.reload_s, DEFAULT_RELOAD_S);
         assert_eq!(build(vec![], None, Path::new("."), "p").unwrap(), (vec![], None));
+    }
+
+    #[test]
+    fn homes_from_the_default_pools_store() {
+        let b = |h: RawHomes| build(vec![raw("b", "127.0.0.1:1")], Some(h), Path::new("/d"), "p").map(|(_, h)| h);
+        let db = RawHomes { database: Some("parapet.db".into()), reload_s: Some(2), ..RawHomes::default() };
+        let h = b(db).unwrap().unwrap();
+        assert_eq!(h.from, HomesFrom::Store { database: PathBuf::from("/d/parapet.db"), store: None });
+        assert_eq!(h.reload_s, 2);
+        let pg = RawHomes { url: Some("postgres://db/parapet".into()), ..RawHomes::default() };
+        let HomesFrom::Store { store: Some(s), .. } = b(pg).unwrap().unwrap().from else { panic!("a store") };
+        assert_eq!(s.url.as_deref(), Some("postgres://db/parapet"));
+        let both = RawHomes { users: Some("u.toml".into()), database: Some("p.db".into()), ..RawHomes::default() };
+        assert!(b(both).unwrap_err().to_string().contains("exactly one"));
+        let none = RawHomes { reload_s: Some(5), ..RawHomes::default() };
+        assert!(b(none).unwrap_err().to_string().contains("[edge.homes] users missing"));
     }
 
     #[test]
@@ -144,7 +194,7 @@ mod tests {
         assert!(e(vec![raw("a b", "127.0.0.1:1")], homes()).contains("[edge.pools.0] name"));
         assert!(e(vec![raw("a", "127.0.0.1:1"), raw("a", "127.0.0.1:2")], homes()).contains("named twice"));
         assert!(e(vec![raw("a", "nowhere")], homes()).contains("addr"));
-        let slow = Some(RawHomes { users: Some("u.toml".into()), reload_s: Some(0) });
+        let slow = Some(RawHomes { users: Some("u.toml".into()), reload_s: Some(0), ..RawHomes::default() });
         assert!(e(vec![raw("a", "127.0.0.1:1")], slow).contains("reload_s"));
     }
 }

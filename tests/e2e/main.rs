@@ -38,6 +38,7 @@ mod malformed;
 mod ops;
 mod pool_failover;
 mod pool_presence;
+mod pools_directory;
 mod pools_several;
 mod presence_pjsip;
 mod presence_raw;

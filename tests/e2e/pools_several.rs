@@ -4,7 +4,7 @@
 //! list shows bob's presence. carol, homed on a pool no edge entry names, goes to the default pool, which refuses
 //! her naming her home.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::pjsua::Agent;
@@ -23,15 +23,32 @@ fn home_user(app: &Appliance, file: &Path, alias: &str, pool: &str) {
     std::fs::write(file, text).unwrap_or_else(|e| app.fail(&format!("write {}: {e}", file.display())));
 }
 
-fn write(app: &Appliance, path: &Path, text: &str) {
+pub(crate) fn write(app: &Appliance, path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| app.fail(&format!("mkdir {}: {e}", dir.display())));
     }
     std::fs::write(path, text).unwrap_or_else(|e| app.fail(&format!("write {}: {e}", path.display())));
 }
 
-fn read(app: &Appliance, path: &Path) -> String {
+pub(crate) fn read(app: &Appliance, path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| app.fail(&format!("read {}: {e}", path.display())))
+}
+
+/// `main`'s pool config (the text of data/pool.toml with `home = "main"`) made into the "branch" pool's, in a
+/// folder of its own (its own store) on ports from `b2`; written, its path returned.
+pub(crate) fn branch_config(app: &Appliance, main: &str, b2: u16) -> PathBuf {
+    let branch_cfg = app.data_dir.join("branch").join("pool.toml");
+    let branch = main
+        .replace("\"pki/", "\"../pki/")
+        .replace("directory = \"users.toml\"", "directory = \"../users.toml\"")
+        .replace(&format!("127.0.0.1:{}\"\ncert", app.port_base + 1), &format!("127.0.0.1:{b2}\"\ncert"))
+        .replace(&format!("127.0.0.1:{}", app.port_base + 4), &format!("127.0.0.1:{}", b2 + 1))
+        .replace("home = \"main\"\nhome_default = true\n", "home = \"branch\"\n");
+    if !branch.contains(&format!("listen = \"127.0.0.1:{b2}\"")) {
+        app.fail(&format!("the branch pool's config did not take its port:\n{branch}"));
+    }
+    write(app, &branch_cfg, &branch);
+    branch_cfg
 }
 
 #[test]
@@ -56,17 +73,7 @@ fn pools_users_homed_on_two_pools_register_and_message_across() {
     write(&app, &main_cfg, &main);
     // A second Standard Edition pool in a folder of its own (its own store), on ports of its own.
     let b2 = support::free_port_base();
-    let branch_cfg = dir.join("branch").join("pool.toml");
-    let branch = main
-        .replace("\"pki/", "\"../pki/")
-        .replace("directory = \"users.toml\"", "directory = \"../users.toml\"")
-        .replace(&format!("127.0.0.1:{}\"\ncert", app.port_base + 1), &format!("127.0.0.1:{b2}\"\ncert"))
-        .replace(&format!("127.0.0.1:{}", app.port_base + 4), &format!("127.0.0.1:{}", b2 + 1))
-        .replace("home = \"main\"\nhome_default = true\n", "home = \"branch\"\n");
-    if !branch.contains(&format!("listen = \"127.0.0.1:{b2}\"")) {
-        app.fail(&format!("the branch pool's config did not take its port:\n{branch}"));
-    }
-    write(&app, &branch_cfg, &branch);
+    let branch_cfg = branch_config(&app, &main, b2);
     let edge_cfg = dir.join("edge.toml");
     let edge = format!(
         "{}\n[[edge.pools]]\nname = \"branch\"\naddr = \"127.0.0.1:{b2}\"\n\n[edge.homes]\nusers = \"users.toml\"\n",
