@@ -13,6 +13,14 @@
 //! addr = "127.0.0.1:5071"
 //! cert_name = "pool.example.com"   # the certificate name it presents; default: [edge.pool] name
 //!
+//! [[edge.pools]]             # or an enterprise pool: its members instead of addr, as in [edge.roster]
+//! name = "ent"
+//! [edge.pools.roster]
+//! database = "ent/parapet.db"      # or url = "postgres://...": its store, for the members' leases
+//! [[edge.pools.roster.members]]
+//! name = "fe1"
+//! addr = "127.0.0.1:5081"
+//!
 //! [edge.homes]                # who is homed where, read on a thread at start and every reload_s; one of:
 //! users = "users.toml"        # a users file with a `pool` column, re-read when it changes
 //! # database = "parapet.db"   # the default pool's SQLite store, where `parapet directory sync` lands
@@ -28,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::roster::{RawRoster, RosterConfig};
 use super::store::{StoreConfig, DEFAULT_START_TIMEOUT_S};
 use super::{parse_addr, resolve, ConfigError, Peer};
 use crate::store::directory::pool_name_ok;
@@ -42,6 +51,7 @@ pub(super) struct RawHomePool {
     name: Option<String>,
     addr: Option<String>,
     cert_name: Option<String>,
+    roster: Option<RawRoster>,
 }
 
 #[derive(Deserialize, Default)]
@@ -58,8 +68,10 @@ pub(super) struct RawHomes {
 pub struct HomePool {
     /// Its home name (the users file's `pool` column).
     pub name: String,
-    /// Where to connect, and the certificate name it must present.
-    pub peer: Peer,
+    /// A single front end: where to connect, and the certificate name it must present.
+    pub peer: Option<Peer>,
+    /// An enterprise pool: its members, routed to by owner as the default pool's (exactly one of the two).
+    pub roster: Option<RosterConfig>,
 }
 
 /// Where the edge reads homes from; either is read on a thread of its own, never on an executor.
@@ -105,10 +117,19 @@ pub(super) fn build(
         if out.iter().any(|o| o.name == name) {
             return Err(invalid(format!("{table} name"), format!("{name:?} is named twice")));
         }
-        let Some(addr) = p.addr else { return Err(invalid(format!("{table} addr"), "missing")) };
-        let addr = parse_addr(&bare, "addr", &addr)?;
         let cert = p.cert_name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
-        out.push(HomePool { name, peer: Peer { name: cert.unwrap_or_else(|| default_cert.to_string()), addr } });
+        let cert = cert.unwrap_or_else(|| default_cert.to_string());
+        let (peer, roster) = match (p.addr, p.roster) {
+            (Some(addr), None) => (Some(Peer { name: cert, addr: parse_addr(&bare, "addr", &addr)? }), None),
+            (None, Some(r)) => (None, Some(super::roster::build(r, &format!("{bare}.roster"), base_dir, &cert)?)),
+            (None, None) => {
+                return Err(invalid(format!("{table} addr"), "missing (or its members: [edge.pools.roster])"))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!("{table} addr"), "and [edge.pools.roster]: a pool is one or the other"))
+            }
+        };
+        out.push(HomePool { name, peer, roster });
     }
     let homes = match homes {
         None if out.is_empty() => None,
@@ -153,7 +174,7 @@ mod tests {
     use super::*;
 
     fn raw(name: &str, addr: &str) -> RawHomePool {
-        RawHomePool { name: Some(name.into()), addr: Some(addr.into()), cert_name: None }
+        RawHomePool { name: Some(name.into()), addr: Some(addr.into()), ..RawHomePool::default() }
     }
 
     fn homes() -> Option<RawHomes> {
@@ -164,7 +185,7 @@ mod tests {
     fn pools_with_their_homes_file() {
         let (pools, h) = build(vec![raw("branch", "127.0.0.1:5071")], homes(), Path::new("/etc/p"), "pool.x").unwrap();
         assert_eq!(pools[0].name, "branch");
-        assert_eq!(pools[0].peer.name, "pool.x", "the default certificate name");
+        assert_eq!(pools[0].peer.as_ref().map(|p| p.name.as_str()), Some("pool.x"), "the default certificate name");
         let h = h.unwrap();
         assert_eq!(h.from, HomesFrom::Users(PathBuf::from("/etc/p/users.toml")));
         assert_eq!(h.reload_s, DEFAULT_RELOAD_S);
@@ -196,5 +217,30 @@ mod tests {
         assert!(e(vec![raw("a", "nowhere")], homes()).contains("addr"));
         let slow = Some(RawHomes { users: Some("u.toml".into()), reload_s: Some(0), ..RawHomes::default() });
         assert!(e(vec![raw("a", "127.0.0.1:1")], slow).contains("reload_s"));
+    }
+
+    #[test]
+    fn an_enterprise_pool_as_an_extra_pool() {
+        let text = "domain = \"x.test\"\n[edge]\ncert = \"e.pem\"\nkey = \"e.key\"\nca = \"ca.pem\"\n\
+                    [edge.pool]\nname = \"pool.x.test\"\naddr = \"127.0.0.1:5061\"\n\
+                    [[edge.pools]]\nname = \"ent\"\ncert_name = \"ent.x.test\"\n\
+                    [edge.pools.roster]\ndatabase = \"ent/parapet.db\"\n\
+                    [[edge.pools.roster.members]]\nname = \"fe1\"\naddr = \"127.0.0.1:5081\"\n\
+                    [[edge.pools.roster.members]]\nname = \"fe2\"\naddr = \"127.0.0.1:5082\"\n\
+                    [edge.homes]\ndatabase = \"parapet.db\"\n";
+        let c = crate::config::Config::from_toml_str(text, Path::new("/d")).unwrap();
+        let e = c.edge.unwrap();
+        let r = e.pools[0].roster.as_ref().unwrap();
+        assert!(e.pools[0].peer.is_none());
+        assert_eq!(r.database, PathBuf::from("/d/ent/parapet.db"));
+        assert_eq!(r.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["fe1", "fe2"]);
+        assert_eq!(r.members[1].peer.name, "ent.x.test", "the pool's certificate name");
+        assert!(e.pool_names.iter().any(|n| n == "ent.x.test"), "its members may connect: {:?}", e.pool_names);
+        let both = text.replace("cert_name = \"ent.x.test\"\n", "addr = \"127.0.0.1:1\"\n");
+        let err = crate::config::Config::from_toml_str(&both, Path::new("/d")).unwrap_err().to_string();
+        assert!(err.contains("[edge.pools.0] addr") && err.contains("one or the other"), "{err}");
+        let empty = text.replace("[[edge.pools.roster.members]]", "[[edge.pools.roster.x]]");
+        let err = crate::config::Config::from_toml_str(&empty, Path::new("/d")).unwrap_err().to_string();
+        assert!(err.contains("edge.pools"), "{err}");
     }
 }

@@ -39,6 +39,7 @@ mod ops;
 mod pool_failover;
 mod pool_presence;
 mod pools_directory;
+mod pools_enterprise;
 mod pools_several;
 mod presence_pjsip;
 mod presence_raw;

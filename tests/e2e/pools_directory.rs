@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::pjsua::Agent;
 use crate::pool_failover::message_delivered;
-use crate::pools_several::{branch_config, read, write};
+use crate::pools_several::{branch_config, main_pool_config, read, write};
 use crate::rawsip::{text, Ua};
 use crate::support::{self, free_port_base, run_bounded, Appliance};
 use crate::support_ldap::{people_ldif, person_ldif, Slapd, ROOT_PASSWORD};
@@ -79,13 +79,7 @@ fn pools_homes_from_ldap_and_a_move() {
     directory.push_str(&source("branch", "branch", "pool = \"branch\"\n"));
 
     // Both pools read the same directory into their own stores; "main" also serves people homed nowhere.
-    let main_cfg = dir.join("pool.toml");
-    let main = read(&app, &main_cfg).replacen(
-        "directory = \"users.toml\"\n",
-        "directory = \"users.toml\"\nhome = \"main\"\nhome_default = true\n",
-        1,
-    ) + &directory;
-    write(&app, &main_cfg, &main);
+    let (main_cfg, main) = main_pool_config(&app, &directory);
     let b2 = support::free_port_base();
     let branch_cfg = branch_config(&app, &main, b2);
     let edge_cfg = dir.join("edge.toml");
