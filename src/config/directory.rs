@@ -20,6 +20,8 @@
 //! base_dn = "ou=people,dc=corp,dc=example"
 //! filter = "(&(objectClass=person)(mail=*))"
 //! timeout_ms = 10000
+//! pool = "branch"             # the home pool of this source's people (a whole forest homed on one pool);
+//!                             # default: the default pool. The edge routes by it (`[edge.homes] database`)
 //!
 //! [directory.sources.mapping]
 //! alias = "mail"              # "mail" takes the local part of the mail attribute; any other names an attribute
@@ -29,6 +31,7 @@
 //! account = "uid"
 //! credentials = "none"        # or "password:<attribute>", "ha1:<attribute>" (MD5 HA1, 32 hex digits)
 //! disabled = "employeeType=disabled"   # attribute=value marking a disabled person (optional)
+//! pool = "businessCategory"   # an attribute naming the person's home pool; wins over the source's `pool`
 //! ```
 //!
 //! File sources (`ldif`, `csv`, `toml`) take `path` instead of the LDAP keys. Mappings default per kind: LDAP
@@ -116,6 +119,11 @@ pub struct Mapping {
     pub credentials: Credentials,
     /// `(attribute, value)`: a person whose attribute holds the value (case-insensitive) is disabled.
     pub disabled: Option<(String, String)>,
+    /// An attribute naming the person's home pool (`[[edge.pools]] name`); empty: not mapped.
+    pub pool: String,
+    /// The home pool of a person whose entry names none: the source's `pool` (empty: the default pool). Here
+    /// rather than on the source so that an incremental mark taken under another home is not used.
+    pub home: String,
 }
 
 impl Mapping {
@@ -134,6 +142,8 @@ impl Mapping {
                 manager: "manager".into(),
                 credentials: Credentials::None,
                 disabled: None,
+                pool: String::new(),
+                home: String::new(),
             },
             SourceKind::Csv | SourceKind::Toml => Mapping {
                 alias: AliasFrom::Attribute("alias".into()),
@@ -148,6 +158,8 @@ impl Mapping {
                 manager: "manager".into(),
                 credentials: Credentials::Classic,
                 disabled: None,
+                pool: "pool".into(),
+                home: String::new(),
             },
         }
     }
@@ -196,6 +208,7 @@ struct RawSource {
     base_dn: Option<String>,
     filter: Option<String>,
     timeout_ms: Option<u64>,
+    pool: Option<String>,
     mapping: Option<RawMapping>,
 }
 
@@ -214,6 +227,7 @@ struct RawMapping {
     manager: Option<String>,
     credentials: Option<String>,
     disabled: Option<String>,
+    pool: Option<String>,
 }
 
 fn mapping(key: &str, kind: SourceKind, raw: Option<RawMapping>) -> Result<Mapping, ConfigError> {
@@ -240,6 +254,7 @@ fn mapping(key: &str, kind: SourceKind, raw: Option<RawMapping>) -> Result<Mappi
         (&mut m.phone, r.phone),
         (&mut m.office, r.office),
         (&mut m.manager, r.manager),
+        (&mut m.pool, r.pool),
     ] {
         if let Some(v) = v {
             *slot = v.trim().to_string();
@@ -332,14 +347,13 @@ fn source(i: usize, r: RawSource, base_dir: &Path) -> Result<SourceConfig, Confi
     if kind != SourceKind::Ldap && path.as_os_str().is_empty() {
         return Err(invalid(k("path"), "missing"));
     }
-    Ok(SourceConfig {
-        name,
-        kind,
-        precedence: r.precedence.unwrap_or(i as u32 + 1),
-        path,
-        ldap,
-        mapping: mapping(&key, kind, r.mapping)?,
-    })
+    let home = r.pool.unwrap_or_default().trim().to_string();
+    if !crate::store::directory::pool_name_ok(&home) {
+        return Err(invalid(k("pool"), format!("{home:?}: a pool name is letters, digits, '-', '_' and '.'")));
+    }
+    let mut mapping = mapping(&key, kind, r.mapping)?;
+    mapping.home = home;
+    Ok(SourceConfig { name, kind, precedence: r.precedence.unwrap_or(i as u32 + 1), path, ldap, mapping })
 }
 
 impl DirectoryConfig {
@@ -424,10 +438,12 @@ bind_dn = "cn=admin,dc=corp"
 password_file = "bind.secret"
 base_dn = "dc=corp"
 filter = "(mail=*)"
+pool = "branch"
 [directory.sources.mapping]
 alias = "sAMAccountName"
 credentials = "ha1:parapetHA1"
 disabled = "employeeType=disabled"
+pool = "businessCategory"
 [[directory.sources]]
 name = "hr"
 kind = "csv"
@@ -443,6 +459,8 @@ path = "hr.csv"
         assert_eq!(corp.mapping.credentials, Credentials::Ha1("parapetHA1".into()));
         assert_eq!(corp.mapping.first, "givenName");
         assert_eq!(corp.mapping.disabled, Some(("employeeType".into(), "disabled".into())));
+        assert_eq!((corp.mapping.pool.as_str(), corp.mapping.home.as_str()), ("businessCategory", "branch"));
+        assert_eq!((d.sources[1].mapping.pool.as_str(), d.sources[1].mapping.home.as_str()), ("pool", ""));
         let l = corp.ldap.as_ref().unwrap();
         assert_eq!(l.ca, PathBuf::from("/etc/p/ca.pem"));
         assert!(l.starttls);
@@ -469,6 +487,8 @@ path = "hr.csv"
                  [directory.sources.mapping]\ncredentials = \"plain\"\n";
         assert!(e(t).contains("[directory.sources.0.mapping] credentials"), "{}", e(t));
         assert!(e("[directory]\nmax_delete_share = 2.0\n").contains("max_delete_share"));
+        let t = "[[directory.sources]]\nname = \"a\"\nkind = \"csv\"\npath = \"a.csv\"\npool = \"a b\"\n";
+        assert!(e(t).contains("[directory.sources.0] pool"), "{}", e(t));
         let c = Config::from_toml_str(
             "[[directory.sources]]\nname = \"a\"\nkind = \"csv\"\npath = \"/nonexistent/a.csv\"\n",
             Path::new(""),

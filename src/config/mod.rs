@@ -661,13 +661,18 @@ fn build(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
             }
             c.pool_names = e.pool_names.unwrap_or_else(|| vec![c.pool.name.clone()]);
             (c.pools, c.homes) = pools::build(e.pools.unwrap_or_default(), e.homes, base_dir, &c.pool.name)?;
+            // The other pools (their members too) connect to our internal listener.
+            let mut peers: Vec<Peer> = Vec::new();
             for p in &c.pools {
-                // The other pools connect to our internal listener too.
-                if !c.pool_names.iter().any(|n| n.eq_ignore_ascii_case(&p.peer.name)) {
-                    c.pool_names.push(p.peer.name.clone());
+                peers.extend(p.peer.iter().cloned());
+                peers.extend(p.roster.iter().flat_map(|r| r.members.iter().map(|m| m.peer.clone())));
+            }
+            for peer in peers {
+                if !c.pool_names.iter().any(|n| n.eq_ignore_ascii_case(&peer.name)) {
+                    c.pool_names.push(peer.name);
                 }
             }
-            c.roster = e.roster.map(|r| roster::build(r, base_dir, &c.pool.name)).transpose()?;
+            c.roster = e.roster.map(|r| roster::build(r, "edge.roster", base_dir, &c.pool.name)).transpose()?;
             c.handshake_timeout_ms = e.handshake_timeout_ms.unwrap_or(c.handshake_timeout_ms);
             c.idle_timeout_ms = e.idle_timeout_ms.unwrap_or(c.idle_timeout_ms);
             c.flow_queue_max = e.flow_queue_max.unwrap_or(c.flow_queue_max);

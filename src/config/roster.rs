@@ -1,9 +1,11 @@
 //! `[edge.roster]`: the members of an enterprise pool the edge routes to, and where it reads their leases.
-//! Absent: the single `[edge.pool]` gets every request, as before.
+//! Absent: the single `[edge.pool]` gets every request, as before. An `[[edge.pools]]` entry may carry the same
+//! table (`[edge.pools.roster]`, `config::pools`): an enterprise pool users are homed on.
 //!
 //! ```toml
 //! [edge.roster]
 //! database = "parapet.db"   # the pool's store (its `[pool] database`), read for the members' leases
+//! # url = "postgres://..."  # or its PostgreSQL (default for [edge.roster]: the edge config's [store] url)
 //! read_ms = 500
 //! [[edge.roster.members]]
 //! name = "fe1"              # the member's `[pool.member] name`
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::store::{StoreConfig, DEFAULT_START_TIMEOUT_S};
 use super::{parse_addr, resolve, ConfigError, Peer};
 
 pub const DEFAULT_READ_MS: u64 = 500;
@@ -23,6 +26,7 @@ pub const DEFAULT_READ_MS: u64 = 500;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRoster {
     database: Option<PathBuf>,
+    url: Option<String>,
     read_ms: Option<u64>,
     members: Option<Vec<RawRosterMember>>,
 }
@@ -46,6 +50,8 @@ pub struct RosterMember {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RosterConfig {
     pub database: PathBuf,
+    /// `url`: the pool's PostgreSQL; None: SQLite `database` (or, for `[edge.roster]`, the edge's `[store] url`).
+    pub store: Option<StoreConfig>,
     pub read_ms: u64,
     pub members: Vec<RosterMember>,
 }
@@ -54,19 +60,27 @@ fn invalid(key: String, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, reason: reason.into() }
 }
 
-/// `pool_name` is `[edge.pool] name`, the default certificate name of every member.
-pub(super) fn build(raw: RawRoster, base_dir: &Path, pool_name: &str) -> Result<RosterConfig, ConfigError> {
+/// `pool_name` is `[edge.pool] name`, the default certificate name of every member; `table` names the table in
+/// errors (`edge.roster`, `edge.pools.0.roster`).
+pub(super) fn build(
+    raw: RawRoster,
+    table: &str,
+    base_dir: &Path,
+    pool_name: &str,
+) -> Result<RosterConfig, ConfigError> {
     let database = resolve(base_dir, raw.database);
-    if database.as_os_str().is_empty() {
-        return Err(invalid("[edge.roster] database".into(), "missing (the pool's store, its [pool] database)"));
+    let url = raw.url.map(|u| u.trim().to_string()).filter(|u| !u.is_empty());
+    if database.as_os_str().is_empty() && url.is_none() {
+        return Err(invalid(format!("[{table}] database"), "missing (the pool's store, its [pool] database)"));
     }
+    let store = url.map(|url| StoreConfig { url: Some(url), start_timeout_s: DEFAULT_START_TIMEOUT_S });
     let read_ms = raw.read_ms.unwrap_or(DEFAULT_READ_MS);
     if !(50..=10_000).contains(&read_ms) {
-        return Err(invalid("[edge.roster] read_ms".into(), format!("{read_ms}: expected 50 to 10000")));
+        return Err(invalid(format!("[{table}] read_ms"), format!("{read_ms}: expected 50 to 10000")));
     }
     let mut members: Vec<RosterMember> = Vec::new();
     for (i, m) in raw.members.unwrap_or_default().into_iter().enumerate() {
-        let table = format!("edge.roster.members.{i}");
+        let table = format!("{table}.members.{i}");
         let name = m.name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
         let name = name.ok_or_else(|| invalid(format!("[{table}] name"), "missing"))?;
         if members.iter().any(|x| x.name == name) {
@@ -78,10 +92,10 @@ pub(super) fn build(raw: RawRoster, base_dir: &Path, pool_name: &str) -> Result<
         members.push(RosterMember { name, peer: Peer { name: cert_name, addr } });
     }
     if members.is_empty() {
-        return Err(invalid("[edge.roster] members".into(), "empty: list the pool's members"));
+        return Err(invalid(format!("[{table}] members"), "empty: list the pool's members"));
     }
     if members.len() > crate::proto::membership::MEMBERS_MAX {
-        return Err(invalid("[edge.roster] members".into(), "more than the pool's member limit"));
+        return Err(invalid(format!("[{table}] members"), "more than the pool's member limit"));
     }
-    Ok(RosterConfig { database, read_ms, members })
+    Ok(RosterConfig { database, store, read_ms, members })
 }

@@ -42,8 +42,18 @@ fn attributes(m: &Mapping) -> Vec<String> {
     match &m.alias {
         AliasFrom::LocalPart(x) | AliasFrom::Attribute(x) => a.push(x.clone()),
     }
-    for x in [&m.display_name, &m.first, &m.last, &m.account, &m.title, &m.department, &m.phone, &m.office, &m.manager]
-    {
+    for x in [
+        &m.display_name,
+        &m.first,
+        &m.last,
+        &m.account,
+        &m.title,
+        &m.department,
+        &m.phone,
+        &m.office,
+        &m.manager,
+        &m.pool,
+    ] {
         if !x.is_empty() {
             a.push(x.clone());
         }

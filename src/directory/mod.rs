@@ -118,6 +118,10 @@ pub fn map_entry(e: &Entry, m: &Mapping, source: &str, realm: &str) -> Result<Di
             }
         }
     };
+    let pool = e.first(&m.pool).unwrap_or(&m.home).to_string();
+    if !crate::store::directory::pool_name_ok(&pool) {
+        return Err(format!("{} {pool:?}: a pool name is letters, digits, '-', '_' and '.'", m.pool));
+    }
     let disabled = m.disabled.as_ref().is_some_and(|(attr, value)| {
         e.attrs
             .get(&attr.to_ascii_lowercase())
@@ -139,6 +143,7 @@ pub fn map_entry(e: &Entry, m: &Mapping, source: &str, realm: &str) -> Result<Di
         ha1_md5,
         ha1_sha256,
         disabled_at: disabled.then_some(0),
+        pool,
     })
 }
 
@@ -182,6 +187,24 @@ mod tests {
         assert!(map_entry(&entry("uid=x", &[("cn", "X")]), &m, "corp", "r").unwrap_err().contains("no mail"));
         let bad = entry("uid=y", &[("mail", "a b@x")]);
         assert!(map_entry(&bad, &m, "corp", "r").unwrap_err().contains("not allowed"));
+    }
+
+    #[test]
+    fn the_home_pool_is_the_entrys_else_the_sources() {
+        let mut m = Mapping::default_for(SourceKind::Ldap);
+        let ann = entry("uid=ann", &[("mail", "ann@x"), ("businessCategory", "hq")]);
+        assert_eq!(map_entry(&ann, &m, "corp", "r").unwrap().pool, "", "not mapped: the default pool");
+        m.home = "branch".into();
+        assert_eq!(map_entry(&ann, &m, "corp", "r").unwrap().pool, "branch", "the source's home");
+        m.pool = "businessCategory".into();
+        assert_eq!(map_entry(&ann, &m, "corp", "r").unwrap().pool, "hq", "the entry's own wins");
+        let bo = entry("uid=bo", &[("mail", "bo@x")]);
+        assert_eq!(map_entry(&bo, &m, "corp", "r").unwrap().pool, "branch", "none of its own");
+        let bad = entry("uid=cy", &[("mail", "cy@x"), ("businessCategory", "Sales team")]);
+        assert!(map_entry(&bad, &m, "corp", "r").unwrap_err().contains("businessCategory \"Sales team\""));
+        let csv = Mapping::default_for(SourceKind::Csv);
+        let r = map_entry(&entry("", &[("alias", "dee"), ("pool", "se1")]), &csv, "hr", "r").unwrap();
+        assert_eq!(r.pool, "se1", "the users file's column");
     }
 
     #[test]

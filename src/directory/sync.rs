@@ -94,11 +94,13 @@ impl Plan {
     /// then a summary line.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        // A home pool is shown where it is set, so that a move in the directory shows in the plan.
+        let home = |r: &DirectoryRow| if r.pool.is_empty() { String::new() } else { format!("\tpool={}", r.pool) };
         for r in &self.created {
-            let _ = writeln!(out, "create\t{}\t{}\t{}", r.alias, r.source, r.display_name);
+            let _ = writeln!(out, "create\t{}\t{}\t{}{}", r.alias, r.source, r.display_name, home(r));
         }
         for r in &self.updated {
-            let _ = writeln!(out, "update\t{}\t{}\t{}", r.alias, r.source, r.display_name);
+            let _ = writeln!(out, "update\t{}\t{}\t{}{}", r.alias, r.source, r.display_name, home(r));
         }
         for r in &self.disabled {
             let _ = writeln!(out, "disable\t{}\t{}\t{}", r.alias, r.source, r.display_name);

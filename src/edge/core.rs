@@ -52,7 +52,8 @@ pub enum Action {
     MeshToFlow { core: usize, from: ConnId, flow: ConnId, req: Message },
     /// Through this core's connector to the pool (undeliverable requests come back as an input).
     ToPool(Bytes),
-    /// Through this core's connector to pool member `member` (`[edge.roster]`, [`super::members`]).
+    /// Through this core's connector to pool member `member` (`[edge.roster]`, an `[[edge.pools]]` roster:
+    /// [`super::members`]).
     ToMember { member: usize, bytes: Bytes },
     /// Through this core's connector to `[[edge.pools]]` entry `pool` (a user's home pool, [`super::homes`]).
     ToHomePool { pool: usize, bytes: Bytes },
@@ -146,7 +147,7 @@ pub struct EdgeCore {
     pub(super) notices: super::notices::Notices,
     /// Shutting down: new requests are refused (set by the shell before each step).
     pub(super) draining: bool,
-    /// An enterprise pool's members and their health (empty: the single pool).
+    /// The enterprise pools' members and their health (the default pool's, then `[[edge.pools]]`'; empty: none).
     pub(super) members: super::members::Members,
     /// Requests sent to a pool member and not answered yet ([`super::inflight`]).
     pub(super) inflight: super::members::MemberTxns,
@@ -171,7 +172,9 @@ impl EdgeCore {
             discovery: Default::default(),
             notices: super::notices::Notices::default(),
             draining: false,
-            members: super::members::Members::new(s.pool_members.clone()),
+            members: super::members::Members::of_pools(
+                std::iter::once(s.pool_members.clone()).chain(s.home_pool_members.iter().cloned()).collect(),
+            ),
             inflight: super::inflight::InFlight::new(s.downstream_max, s.downstream_timeout),
             homes: Arc::default(),
             out: Outbox::default(),

@@ -1,6 +1,7 @@
-//! Routing to the members of an enterprise pool (`[edge.roster]`): each request goes to the front end that
-//! **owns** the user it concerns (`proto::membership::owner_among`), by the roster read from the store and this
-//! core's view of each member's health.
+//! Routing to the members of an enterprise pool (`[edge.roster]`, and any `[[edge.pools]]` entry with a roster):
+//! each request goes to the front end of the user's pool that **owns** the user it concerns
+//! (`proto::membership::owner_among`), by that pool's roster read from its store and this core's view of each
+//! member's health.
 //!
 //! Which user a request concerns, so that its owner holds what the request needs:
 //! - REGISTER: the registered AOR (To): the owner holds the user's bindings;
@@ -39,43 +40,61 @@ pub const DOWN_FOR: Duration = Duration::from_secs(2);
 /// The branch of probes: under the notice prefix, with an id that is not hex, so their answers are dropped.
 const PROBE_BRANCH_REST: &str = "probe";
 
-/// The members this core routes to, in configured order (the shell's connectors have the same indices).
-pub struct Members {
-    names: Vec<String>,
+/// One enterprise pool's view: its roster and what routing falls back on without one.
+struct PoolView {
     roster: Arc<Roster>,
     /// The roster's wall-clock reading (unix ms) and the step clock then: the leases are compared with
     /// `wall + (now - at)`, so a lease runs out on time between two reads.
     anchor: Option<(u64, Instant)>,
-    down_until: Vec<Option<Instant>>,
     /// Every member as if its lease never ran out, for routing without a roster.
     fallback: Roster,
 }
 
+/// The members this core routes to, in configured order (the shell's connectors have the same indices): the
+/// default pool's (`[edge.roster]`, pool 0) first, then those of each `[[edge.pools]]` entry that is an
+/// enterprise pool (pool 1 + its index). Each pool's users are owned among its own members, by its own roster.
+pub struct Members {
+    names: Vec<String>,
+    /// The pool of each member.
+    pool_of: Vec<usize>,
+    pools: Vec<PoolView>,
+    down_until: Vec<Option<Instant>>,
+}
+
 impl Members {
+    /// The default pool's members only.
     pub fn new(names: Vec<String>) -> Members {
-        let fallback = Roster::new(
-            names
-                .iter()
-                .map(|n| Member {
-                    name: n.clone(),
-                    addr: String::new(),
-                    state: MemberState::Active,
-                    lease_until_ms: u64::MAX,
-                    load: 0,
-                    in_flight: 0,
-                    users: 0,
-                })
-                .collect(),
-        );
-        Members {
-            down_until: vec![None; names.len()],
-            names,
-            roster: Arc::new(Roster::default()),
-            anchor: None,
-            fallback,
-        }
+        Members::of_pools(vec![names])
     }
 
+    /// Each pool's members (the default pool first; an empty list: a single front end or no pool).
+    pub fn of_pools(pools: Vec<Vec<String>>) -> Members {
+        let mut names = Vec::new();
+        let mut pool_of = Vec::new();
+        let mut views = Vec::with_capacity(pools.len());
+        for (p, members) in pools.into_iter().enumerate() {
+            let fallback = Roster::new(
+                members
+                    .iter()
+                    .map(|n| Member {
+                        name: n.clone(),
+                        addr: String::new(),
+                        state: MemberState::Active,
+                        lease_until_ms: u64::MAX,
+                        load: 0,
+                        in_flight: 0,
+                        users: 0,
+                    })
+                    .collect(),
+            );
+            views.push(PoolView { roster: Arc::new(Roster::default()), anchor: None, fallback });
+            pool_of.extend(std::iter::repeat_n(p, members.len()));
+            names.extend(members);
+        }
+        Members { down_until: vec![None; names.len()], names, pool_of, pools: views }
+    }
+
+    /// Members of every pool.
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -84,32 +103,55 @@ impl Members {
         self.names.is_empty()
     }
 
-    fn index(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
+    /// Whether `pool` is an enterprise pool (has members).
+    pub fn has_members(&self, pool: usize) -> bool {
+        self.pool_of.contains(&pool)
+    }
+
+    fn index(&self, pool: usize, name: &str) -> Option<usize> {
+        self.names.iter().zip(&self.pool_of).position(|(n, p)| *p == pool && n == name)
     }
 
     fn is_down(&self, i: usize, now: Instant) -> bool {
         self.down_until.get(i).copied().flatten().is_some_and(|t| now < t)
     }
 
-    fn wall_ms(&self, now: Instant) -> u64 {
-        let Some((wall, at)) = self.anchor else { return 0 };
+    fn wall_ms(view: &PoolView, now: Instant) -> u64 {
+        let Some((wall, at)) = view.anchor else { return 0 };
         let since = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
         wall.saturating_add(since)
     }
 
-    /// The member that owns `aor` now, by the roster, else by the configured members; None only when every
-    /// configured member is down.
+    /// The default pool's member that owns `aor` now (see [`Self::pick_in`]).
     pub fn pick(&self, aor: &str, now: Instant) -> Option<usize> {
-        let up = |m: &Member| self.index(&m.name).is_some_and(|i| !self.is_down(i, now));
-        let by_roster = owner_among(aor, &self.roster, self.wall_ms(now), up);
-        let owner = by_roster.or_else(|| owner_among(aor, &self.fallback, 0, up))?;
-        self.index(&owner.name)
+        self.pick_in(0, aor, now)
+    }
+
+    /// The member of `pool` that owns `aor` now, by its roster, else by its configured members; None only when
+    /// every configured member is down.
+    pub fn pick_in(&self, pool: usize, aor: &str, now: Instant) -> Option<usize> {
+        let view = self.pools.get(pool)?;
+        let up = |m: &Member| self.index(pool, &m.name).is_some_and(|i| !self.is_down(i, now));
+        let by_roster = owner_among(aor, &view.roster, Self::wall_ms(view, now), up);
+        let owner = by_roster.or_else(|| owner_among(aor, &view.fallback, 0, up))?;
+        self.index(pool, &owner.name)
+    }
+
+    /// A member of `pool` by the hash alone (every member down: its connector tries anyway).
+    pub fn any_in(&self, pool: usize, aor: &str) -> Option<usize> {
+        let members: Vec<usize> = (0..self.names.len()).filter(|i| self.pool_of.get(*i) == Some(&pool)).collect();
+        members.get(crate::shard::shard_for(aor.as_bytes(), members.len().max(1))).copied()
     }
 
     pub fn set_roster(&mut self, roster: Arc<Roster>, wall_ms: u64, now: Instant) {
-        self.roster = roster;
-        self.anchor = Some((wall_ms, now));
+        self.set_roster_of(0, roster, wall_ms, now);
+    }
+
+    pub fn set_roster_of(&mut self, pool: usize, roster: Arc<Roster>, wall_ms: u64, now: Instant) {
+        if let Some(view) = self.pools.get_mut(pool) {
+            view.roster = roster;
+            view.anchor = Some((wall_ms, now));
+        }
     }
 
     /// Whether this marked the member down anew (it was up).
@@ -150,20 +192,28 @@ impl EdgeCore {
     /// owner of `aor` among the members, or to the single pool. Returns the member it went to (None: a single
     /// pool).
     pub(super) fn send_to_pool(&mut self, aor: &str, bytes: Bytes, now: Instant) -> Option<usize> {
-        if let Some(pool) = self.homes.pool_of(aor) {
+        let home = self.homes.pool_of(aor);
+        if home.is_some() {
             bump(&self.estats.home_pool_routed);
-            self.out.push(Action::ToHomePool { pool, bytes });
-            return None;
         }
-        if self.members.is_empty() {
-            self.out.push(Action::ToPool(bytes));
+        let Some(pool) = self.member_pool(home) else {
+            match home {
+                Some(pool) => self.out.push(Action::ToHomePool { pool, bytes }),
+                None => self.out.push(Action::ToPool(bytes)),
+            }
             return None;
-        }
+        };
         // Every member down: the connector of the hash's choice tries anyway, and answers 503 if it fails.
-        let member =
-            self.members.pick(aor, now).unwrap_or_else(|| crate::shard::shard_for(aor.as_bytes(), self.members.len()));
+        let member = self.members.pick_in(pool, aor, now).or_else(|| self.members.any_in(pool, aor))?;
         self.out.push(Action::ToMember { member, bytes });
         Some(member)
+    }
+
+    /// The pool (in [`Members`]' numbering) whose members serve a user homed on `home` (None: the default pool),
+    /// when that pool is an enterprise pool.
+    fn member_pool(&self, home: Option<usize>) -> Option<usize> {
+        let pool = home.map_or(0, |h| h + 1);
+        self.members.has_members(pool).then_some(pool)
     }
 
     /// A user's request (`req`, as the user sent it, on `conn`) went to `member`: kept until its final answer.
@@ -206,9 +256,14 @@ impl EdgeCore {
         self.answer_for_members(e.late, 408, "Request Timeout");
     }
 
-    /// A new roster read from the store (`wall_ms`: the wall clock when it was handed over).
+    /// A new roster of the default pool read from the store (`wall_ms`: the wall clock when it was handed over).
     pub fn on_roster(&mut self, roster: Arc<Roster>, wall_ms: u64, now: Instant) {
         self.members.set_roster(roster, wall_ms, now);
+    }
+
+    /// A new roster of `[[edge.pools]]` entry `pool`, an enterprise pool.
+    pub fn on_home_pool_roster(&mut self, pool: usize, roster: Arc<Roster>, wall_ms: u64, now: Instant) {
+        self.members.set_roster_of(pool + 1, roster, wall_ms, now);
     }
 
     /// What the shell knows of member `i`'s link: up (connected), or failed (a send could not be delivered).
@@ -255,7 +310,8 @@ impl EdgeCore {
             return true;
         }
         let aor = routing_aor(req);
-        match self.members.pick(&aor, now) {
+        let Some(pool) = self.member_pool(self.homes.pool_of(&aor)) else { return false };
+        match self.members.pick_in(pool, &aor, now) {
             Some(member) => {
                 bump(&self.estats.pool_rerouted);
                 if let Some(k) = &key {
@@ -395,6 +451,54 @@ mod tests {
     fn owner_index(r: &Roster, aor: &str) -> usize {
         let name = &owner(aor, r, WALL).unwrap().name;
         NAMES.iter().position(|n| n == name).unwrap()
+    }
+
+    #[test]
+    fn an_enterprise_home_pool_owns_its_users_among_its_own_members() {
+        let now = Instant::now();
+        let dir = std::env::temp_dir().join(format!("parapet-edge-members-ent-{}", std::process::id()));
+        let mut s = crate::edge::testkit::settings(&dir).expect("settings");
+        s.pool_members = NAMES.iter().map(|n| n.to_string()).collect();
+        // "ent" has members named as the default pool's: names are the pool's own.
+        s.home_pools = vec![None];
+        s.home_pool_members = vec![vec!["fe1".into(), "fe2".into()]];
+        let mut c = EdgeCore::new(Arc::new(s), 0, 1, Arc::new(EdgeStats::default()));
+        c.on_roster(all_active(), WALL, now);
+        let ent = roster(&[("fe1", MemberState::Active), ("fe2", MemberState::Active)]);
+        c.on_home_pool_roster(0, ent.clone(), WALL, now);
+        let users = ["bob", "bo", "bea", "ben", "bill", "babs"];
+        let dir = crate::store::directory::Directory {
+            users: users
+                .iter()
+                .map(|u| crate::store::directory::User {
+                    alias: u.to_string(),
+                    pool: "ent".into(),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        c.on_homes(Arc::new(super::super::homes::HomeTable::build(&dir, &["ent".to_string()], "example.com").0));
+        let mut hits = [0usize; 2];
+        for u in users {
+            let sent = sent_to_members(&register(&mut c, u, now));
+            assert_eq!(sent.len(), 1, "{u}: one member");
+            let want = 3 + owner_index(&ent, &format!("{u}@example.com"));
+            assert_eq!(sent[0].0, want, "{u} goes to its owner among ent's members (after the default pool's 3)");
+            hits[want - 3] += 1;
+        }
+        assert!(hits.iter().all(|h| *h > 0), "both of ent's members own someone: {hits:?}");
+        let sent = sent_to_members(&register(&mut c, "alice", now));
+        assert!(sent[0].0 < 3, "a user of the default pool stays among its members: {}", sent[0].0);
+        // ent's fe1 (member 3) fails: its users go to fe2, never to a default pool member.
+        assert!(c.on_member_link(3, false, now));
+        for u in users {
+            assert_eq!(sent_to_members(&register(&mut c, u, now))[0].0, 4, "{u}");
+        }
+        // Both down: the hash's choice among ent's members tries anyway.
+        c.on_member_link(4, false, now);
+        for u in users {
+            assert!((3..5).contains(&sent_to_members(&register(&mut c, u, now))[0].0), "{u}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::config::store::StoreConfig;
 use crate::edge::EdgeSettings;
 use crate::net::connector::Connector;
 use crate::store::members::now_ms;
+use crate::store::members::RosterSlot;
 use crate::store::thread::StoreHandle;
 
 /// One connector per configured member, in configured order.
@@ -21,32 +22,40 @@ pub(super) fn connectors(s: &EdgeSettings) -> Vec<Rc<Connector>> {
         .collect()
 }
 
-/// Reads the members' leases from the pool's store on a thread of its own (a blocking read, never on an
-/// executor); each core takes the roster on its tick. The pool's store is the edge config's `[store] url`
-/// (PostgreSQL) when set, else the SQLite file `[edge.roster] database`.
+/// Reads the members' leases from a pool's store on a thread of its own (a blocking read, never on an
+/// executor); each core takes the roster on its tick. The store is `store` (PostgreSQL) when given, else the
+/// SQLite file `database`; `key` names the roster's table in errors.
 pub(in crate::edge) fn start_roster_reader(
     r: &RosterConfig,
     store: Option<&StoreConfig>,
-    s: &EdgeSettings,
+    slot: Arc<RosterSlot>,
+    key: &str,
 ) -> Result<(), String> {
-    let store = crate::store::open(store, &r.database).map_err(|e| format!("[edge.roster] database: {e}"))?;
+    let store = crate::store::open(store, &r.database).map_err(|e| format!("{key} database: {e}"))?;
     let handle = StoreHandle::start(store).map_err(|e| e.to_string())?;
-    crate::mgmt::pool_admin::serve_roster(s.roster.clone());
-    crate::store::members::start_roster_reader(handle, s.roster.clone(), Duration::from_millis(r.read_ms)).map(drop)
+    crate::store::members::start_roster_reader(handle, slot, Duration::from_millis(r.read_ms)).map(drop)
 }
 
 impl Shell {
-    /// Hands the core the roster when a newer one was read.
+    /// Hands the core each pool's roster when a newer one was read.
     pub(super) fn take_roster(self: &Rc<Self>) {
         let slot: &Arc<_> = &self.s.roster;
         let generation = slot.generation();
-        if generation == self.roster_generation.get() {
-            return;
+        if generation != self.roster_generation.get() {
+            self.roster_generation.set(generation);
+            let roster = slot.get();
+            let wall = now_ms();
+            self.step(|core, now| core.on_roster(roster, wall, now));
         }
-        self.roster_generation.set(generation);
-        let roster = slot.get();
-        let wall = now_ms();
-        self.step(|core, now| core.on_roster(roster, wall, now));
+        for (pool, (slot, seen)) in self.s.home_rosters.iter().zip(&self.home_roster_generations).enumerate() {
+            let generation = slot.generation();
+            if generation != seen.get() {
+                seen.set(generation);
+                let roster = slot.get();
+                let wall = now_ms();
+                self.step(|core, now| core.on_home_pool_roster(pool, roster, wall, now));
+            }
+        }
     }
 
     /// Hands the core the table of home pools when a newer one was read ([`crate::edge::homes_reader`]).

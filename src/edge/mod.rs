@@ -168,9 +168,14 @@ pub struct EdgeSettings {
     pub pool_member_peers: Vec<crate::config::Peer>,
     /// The roster the roster reader publishes (`[edge.roster]`).
     pub roster: Arc<crate::store::members::RosterSlot>,
-    /// `[[edge.pools]]`: the other pools users may be homed on, in configured order, and the table of who is
-    /// homed where the homes reader publishes (`[edge.homes]`).
-    pub home_pools: Vec<crate::config::Peer>,
+    /// `[[edge.pools]]`: the other pools users may be homed on, in configured order (a single front end's
+    /// address, or none for an enterprise pool), and the table of who is homed where the homes reader publishes
+    /// (`[edge.homes]`).
+    pub home_pools: Vec<Option<crate::config::Peer>>,
+    /// Per `[[edge.pools]]` entry: an enterprise pool's members (empty: a single front end; their peers follow
+    /// the default pool's in `pool_member_peers`) and the roster its reader publishes.
+    pub home_pool_members: Vec<Vec<String>>,
+    pub home_rosters: Vec<Arc<crate::store::members::RosterSlot>>,
     pub homes: Arc<homes::HomesSlot>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -228,9 +233,20 @@ impl EdgeSettings {
             pool_name: e.pool.name.clone(),
             pool_names: if e.pool_names.is_empty() { vec![e.pool.name.clone()] } else { e.pool_names.clone() },
             pool_members: e.roster.iter().flat_map(|r| r.members.iter().map(|m| m.name.clone())).collect(),
-            pool_member_peers: e.roster.iter().flat_map(|r| r.members.iter().map(|m| m.peer.clone())).collect(),
+            pool_member_peers: e
+                .roster
+                .iter()
+                .chain(e.pools.iter().filter_map(|p| p.roster.as_ref()))
+                .flat_map(|r| r.members.iter().map(|m| m.peer.clone()))
+                .collect(),
             roster: Arc::default(),
             home_pools: e.pools.iter().map(|p| p.peer.clone()).collect(),
+            home_pool_members: e
+                .pools
+                .iter()
+                .map(|p| p.roster.iter().flat_map(|r| r.members.iter().map(|m| m.name.clone())).collect())
+                .collect(),
+            home_rosters: e.pools.iter().map(|_| Arc::default()).collect(),
             homes: Arc::default(),
             handshake_timeout: Duration::from_millis(e.handshake_timeout_ms),
             idle_timeout: Duration::from_millis(e.idle_timeout_ms),
@@ -258,7 +274,14 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     }
     let settings = Arc::new(EdgeSettings::from_config(cfg)?);
     if let Some(r) = &e.roster {
-        shell::start_roster_reader(r, cfg.store.as_ref(), &settings)?;
+        crate::mgmt::pool_admin::serve_roster(settings.roster.clone());
+        let store = r.store.as_ref().or(cfg.store.as_ref());
+        shell::start_roster_reader(r, store, settings.roster.clone(), "[edge.roster]")?;
+    }
+    for (i, (p, slot)) in e.pools.iter().zip(&settings.home_rosters).enumerate() {
+        if let Some(r) = &p.roster {
+            shell::start_roster_reader(r, r.store.as_ref(), slot.clone(), &format!("[edge.pools.{i}.roster]"))?;
+        }
     }
     if let Some(h) = &e.homes {
         let pools = e.pools.iter().map(|p| p.name.clone()).collect();

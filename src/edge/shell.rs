@@ -46,8 +46,11 @@ pub(super) struct Shell {
     members: Vec<Rc<Connector>>,
     /// The roster generation this core last took ([`super::members_shell`]).
     roster_generation: Cell<u64>,
-    /// One connector per `[[edge.pools]]` entry, in configured order.
-    home_pools: Vec<Rc<Connector>>,
+    /// One connector per `[[edge.pools]]` entry, in configured order (None: an enterprise pool, whose members
+    /// are in `members`).
+    home_pools: Vec<Option<Rc<Connector>>>,
+    /// The roster generation of each `[[edge.pools]]` entry this core last took.
+    home_roster_generations: Vec<Cell<u64>>,
     /// The home table generation this core last took.
     homes_generation: Cell<u64>,
     s: Arc<EdgeSettings>,
@@ -110,8 +113,11 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
         home_pools: s
             .home_pools
             .iter()
-            .map(|p| Rc::new(Connector::new(p.addr, &p.name, s.pool_tls.clone(), s.handshake_timeout)))
+            .map(|p| {
+                p.as_ref().map(|p| Rc::new(Connector::new(p.addr, &p.name, s.pool_tls.clone(), s.handshake_timeout)))
+            })
             .collect(),
+        home_roster_generations: s.home_rosters.iter().map(|_| Cell::new(0)).collect(),
         homes_generation: Cell::new(homes_generation),
         s: s.clone(),
         partners: RefCell::default(),
@@ -245,7 +251,7 @@ impl Shell {
                 }
             }
             Action::ToPool(bytes) => self.pool.send(self, bytes),
-            Action::ToHomePool { pool, bytes } => match self.home_pools.get(pool) {
+            Action::ToHomePool { pool, bytes } => match self.home_pools.get(pool).and_then(Option::as_ref) {
                 Some(c) => c.send(self, bytes),
                 None => tracing::error!(pool, "no connector for this home pool"),
             },

@@ -15,7 +15,7 @@ pub struct UserRec {
     pub display_name: String,
     pub ha1_md5: Option<String>,
     pub ha1_sha256: Option<String>,
-    /// The user's home pool (the users file's `pool` column; empty: the default pool).
+    /// The user's home pool (the users file's `pool` column, or the synced person's; empty: the default pool).
     pub home: String,
 }
 
@@ -70,8 +70,7 @@ impl Users {
                 display_name: r.display_name.clone(),
                 ha1_md5: md5,
                 ha1_sha256: sha,
-                // The synced directory does not carry a home pool (yet): the default pool's users.
-                home: String::new(),
+                home: r.pool.clone(),
             };
             by_alias.insert(alias, rec);
         }

@@ -29,6 +29,9 @@ pub struct DirectoryRow {
     pub ha1_sha256: Option<String>,
     /// Unix seconds since which the person is disabled (refused); None: enabled.
     pub disabled_at: Option<u64>,
+    /// The person's home pool (`[[edge.pools]] name`, `[pool] home`): the entry's mapped `pool` attribute, else
+    /// the source's `pool`; empty: the default pool.
+    pub pool: String,
 }
 
 // Hand-written so that logging a row never prints a secret.
@@ -45,6 +48,7 @@ impl fmt::Debug for DirectoryRow {
             .field("title", &self.title)
             .field("ha1", &(self.ha1_md5.is_some() || self.ha1_sha256.is_some()))
             .field("disabled_at", &self.disabled_at)
+            .field("pool", &self.pool)
             .finish()
     }
 }

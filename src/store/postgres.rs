@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("migrations/postgres/0004_directory.sql")),
     (5, include_str!("migrations/postgres/0005_rollup.sql")),
     (6, include_str!("migrations/postgres/0006_user_owner.sql")),
+    (7, include_str!("migrations/postgres/0007_directory_pool.sql")),
 ];
 
 /// Longest wait between two connection attempts while the server is away.
@@ -81,15 +82,16 @@ pub mod sql {
     pub const PUT_SECRET: &str = "INSERT INTO pool_secret (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
     pub const SECRET: &str = "SELECT value FROM pool_secret WHERE name = $1";
     pub const DIRECTORY_ROWS: &str = "SELECT alias, source, source_key, display_name, first, last, account, title,
-        department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at FROM directory_person ORDER BY alias";
+        department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at, home_pool
+        FROM directory_person ORDER BY alias";
     pub const PUT_PERSON: &str = "INSERT INTO directory_person (alias, source, source_key, display_name, first, last,
-        account, title, department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+        account, title, department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at, home_pool)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
         ON CONFLICT (alias) DO UPDATE SET source = excluded.source, source_key = excluded.source_key,
           display_name = excluded.display_name, first = excluded.first, last = excluded.last,
           account = excluded.account, title = excluded.title, department = excluded.department,
           phone = excluded.phone, office = excluded.office, manager = excluded.manager, ha1_md5 = excluded.ha1_md5,
-          ha1_sha256 = excluded.ha1_sha256, disabled_at = excluded.disabled_at";
+          ha1_sha256 = excluded.ha1_sha256, disabled_at = excluded.disabled_at, home_pool = excluded.home_pool";
     pub const DELETE_PERSON: &str = "DELETE FROM directory_person WHERE alias = $1";
     pub const PUT_MARK: &str = "INSERT INTO directory_mark (source, mark) VALUES ($1, $2)
         ON CONFLICT (source) DO UPDATE SET mark = excluded.mark";
@@ -619,6 +621,7 @@ impl Store for PgStore {
                     ha1_md5: r.get(12),
                     ha1_sha256: r.get(13),
                     disabled_at: at.map(|a| u64::try_from(a).unwrap_or(0)),
+                    pool: r.get(15),
                 }
             })
             .collect())
@@ -649,6 +652,7 @@ impl Store for PgStore {
                                 &p.ha1_md5,
                                 &p.ha1_sha256,
                                 &at,
+                                &p.pool,
                             ],
                         )?;
                     }

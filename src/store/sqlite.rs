@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/sqlite/0003_archive.sql")),
     (4, include_str!("migrations/sqlite/0004_directory.sql")),
     (5, include_str!("migrations/sqlite/0005_user_owner.sql")),
+    (6, include_str!("migrations/sqlite/0006_directory_pool.sql")),
 ];
 
 pub struct SqliteStore {
@@ -399,7 +400,7 @@ impl Store for SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT alias, source, source_key, display_name, first, last, account, title, department, phone,
-                        office, manager, ha1_md5, ha1_sha256, disabled_at
+                        office, manager, ha1_md5, ha1_sha256, disabled_at, home_pool
                  FROM directory_person ORDER BY alias",
             )
             .map_err(|e| err("directory", e))?;
@@ -422,6 +423,7 @@ impl Store for SqliteStore {
                     ha1_md5: r.get(12)?,
                     ha1_sha256: r.get(13)?,
                     disabled_at: at.map(|a| u64::try_from(a).unwrap_or(0)),
+                    pool: r.get(15)?,
                 })
             })
             .map_err(|e| err("directory", e))?;
@@ -435,14 +437,15 @@ impl Store for SqliteStore {
                 DirectoryWrite::Put(p) => {
                     tx.execute(
                         "INSERT INTO directory_person (alias, source, source_key, display_name, first, last, account,
-                            title, department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                            title, department, phone, office, manager, ha1_md5, ha1_sha256, disabled_at, home_pool)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                          ON CONFLICT (alias) DO UPDATE SET source = excluded.source,
                             source_key = excluded.source_key, display_name = excluded.display_name,
                             first = excluded.first, last = excluded.last, account = excluded.account,
                             title = excluded.title, department = excluded.department, phone = excluded.phone,
                             office = excluded.office, manager = excluded.manager, ha1_md5 = excluded.ha1_md5,
-                            ha1_sha256 = excluded.ha1_sha256, disabled_at = excluded.disabled_at",
+                            ha1_sha256 = excluded.ha1_sha256, disabled_at = excluded.disabled_at,
+                            home_pool = excluded.home_pool",
                         params![
                             p.alias,
                             p.source,
@@ -458,7 +461,8 @@ impl Store for SqliteStore {
                             p.manager,
                             p.ha1_md5,
                             p.ha1_sha256,
-                            p.disabled_at.map(|a| i64::try_from(a).unwrap_or(i64::MAX))
+                            p.disabled_at.map(|a| i64::try_from(a).unwrap_or(i64::MAX)),
+                            p.pool
                         ],
                     )
                     .map_err(|e| err("put person", e))?;
@@ -829,14 +833,14 @@ mod tests {
             ha1_md5: Some("0".repeat(32)),
             ..Default::default()
         };
-        let bob = DirectoryRow { alias: "bob".into(), disabled_at: Some(77), ..ann.clone() };
+        let bob = DirectoryRow { alias: "bob".into(), disabled_at: Some(77), pool: "branch".into(), ..ann.clone() };
         s.write_directory(
             &[DirectoryWrite::Put(Box::new(bob.clone())), DirectoryWrite::Put(Box::new(ann.clone()))],
             &[("corp".into(), "20261203120000Z".into())],
         )
         .unwrap();
         assert_eq!(s.directory_rows().unwrap(), vec![ann.clone(), bob]);
-        let ann2 = DirectoryRow { title: "CTO".into(), ..ann };
+        let ann2 = DirectoryRow { title: "CTO".into(), pool: "hq".into(), ..ann };
         s.write_directory(
             &[DirectoryWrite::Put(Box::new(ann2.clone())), DirectoryWrite::Delete { alias: "bob".into() }],
             &[],

@@ -38,6 +38,8 @@ mod malformed;
 mod ops;
 mod pool_failover;
 mod pool_presence;
+mod pools_directory;
+mod pools_enterprise;
 mod pools_several;
 mod presence_pjsip;
 mod presence_raw;

@@ -4,7 +4,7 @@
 //! list shows bob's presence. carol, homed on a pool no edge entry names, goes to the default pool, which refuses
 //! her naming her home.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::pjsua::Agent;
@@ -13,7 +13,7 @@ use crate::support::{self, Appliance};
 use crate::support_members::{spawn_role, Proc};
 
 /// Adds `line` to the `[[user]]` table of `alias` in a users file `parapet up` wrote.
-fn home_user(app: &Appliance, file: &Path, alias: &str, pool: &str) {
+pub(crate) fn home_user(app: &Appliance, file: &Path, alias: &str, pool: &str) {
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| app.fail(&format!("read {}: {e}", file.display())));
     let key = format!("alias = \"{alias}\"\n");
     if !text.contains(&key) {
@@ -23,15 +23,57 @@ fn home_user(app: &Appliance, file: &Path, alias: &str, pool: &str) {
     std::fs::write(file, text).unwrap_or_else(|e| app.fail(&format!("write {}: {e}", file.display())));
 }
 
-fn write(app: &Appliance, path: &Path, text: &str) {
+pub(crate) fn write(app: &Appliance, path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| app.fail(&format!("mkdir {}: {e}", dir.display())));
     }
     std::fs::write(path, text).unwrap_or_else(|e| app.fail(&format!("write {}: {e}", path.display())));
 }
 
-fn read(app: &Appliance, path: &Path) -> String {
+pub(crate) fn read(app: &Appliance, path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| app.fail(&format!("read {}: {e}", path.display())))
+}
+
+/// The default pool "main": data/pool.toml with `home = "main"`, also serving users homed nowhere in particular,
+/// and `extra` appended; written. Its path and text.
+pub(crate) fn main_pool_config(app: &Appliance, extra: &str) -> (PathBuf, String) {
+    let path = app.data_dir.join("pool.toml");
+    let text = read(app, &path).replacen(
+        "directory = \"users.toml\"\n",
+        "directory = \"users.toml\"\nhome = \"main\"\nhome_default = true\n",
+        1,
+    ) + extra;
+    write(app, &path, &text);
+    (path, text)
+}
+
+/// `main`'s pool config (the text of data/pool.toml with `home = "main"`) made into the "branch" pool's, in a
+/// folder of its own (its own store) on ports from `b2`; written, its path returned.
+pub(crate) fn branch_config(app: &Appliance, main: &str, b2: u16) -> PathBuf {
+    other_pool_config(app, main, &app.data_dir.join("branch").join("pool.toml"), b2, b2 + 1, "home = \"branch\"\n")
+}
+
+/// `main`'s pool config made into another pool's at `path` (a folder under the data folder: its own store),
+/// listening on `listen`, its management on `mgmt`, `home` (lines) instead of main's home; written.
+pub(crate) fn other_pool_config(
+    app: &Appliance,
+    main: &str,
+    path: &Path,
+    listen: u16,
+    mgmt: u16,
+    home: &str,
+) -> PathBuf {
+    let text = main
+        .replace("\"pki/", "\"../pki/")
+        .replace("directory = \"users.toml\"", "directory = \"../users.toml\"")
+        .replace(&format!("127.0.0.1:{}\"\ncert", app.port_base + 1), &format!("127.0.0.1:{listen}\"\ncert"))
+        .replace(&format!("127.0.0.1:{}", app.port_base + 4), &format!("127.0.0.1:{mgmt}"))
+        .replace("home = \"main\"\nhome_default = true\n", home);
+    if !text.contains(&format!("listen = \"127.0.0.1:{listen}\"")) {
+        app.fail(&format!("{}: the pool's config did not take its port:\n{text}", path.display()));
+    }
+    write(app, path, &text);
+    path.to_path_buf()
 }
 
 #[test]
@@ -47,26 +89,10 @@ fn pools_users_homed_on_two_pools_register_and_message_across() {
     home_user(&app, &users, "carol", "nowhere");
 
     // The default pool: "main", also serving users homed nowhere in particular (alice).
-    let main_cfg = dir.join("pool.toml");
-    let main = read(&app, &main_cfg).replacen(
-        "directory = \"users.toml\"\n",
-        "directory = \"users.toml\"\nhome = \"main\"\nhome_default = true\n",
-        1,
-    );
-    write(&app, &main_cfg, &main);
+    let (main_cfg, main) = main_pool_config(&app, "");
     // A second Standard Edition pool in a folder of its own (its own store), on ports of its own.
     let b2 = support::free_port_base();
-    let branch_cfg = dir.join("branch").join("pool.toml");
-    let branch = main
-        .replace("\"pki/", "\"../pki/")
-        .replace("directory = \"users.toml\"", "directory = \"../users.toml\"")
-        .replace(&format!("127.0.0.1:{}\"\ncert", app.port_base + 1), &format!("127.0.0.1:{b2}\"\ncert"))
-        .replace(&format!("127.0.0.1:{}", app.port_base + 4), &format!("127.0.0.1:{}", b2 + 1))
-        .replace("home = \"main\"\nhome_default = true\n", "home = \"branch\"\n");
-    if !branch.contains(&format!("listen = \"127.0.0.1:{b2}\"")) {
-        app.fail(&format!("the branch pool's config did not take its port:\n{branch}"));
-    }
-    write(&app, &branch_cfg, &branch);
+    let branch_cfg = branch_config(&app, &main, b2);
     let edge_cfg = dir.join("edge.toml");
     let edge = format!(
         "{}\n[[edge.pools]]\nname = \"branch\"\naddr = \"127.0.0.1:{b2}\"\n\n[edge.homes]\nusers = \"users.toml\"\n",

@@ -150,14 +150,21 @@ fn directory(a: &mut dyn Store, b: &mut dyn Store) {
         ha1_md5: Some("0".repeat(32)),
         ..Default::default()
     };
-    let bob = DirectoryRow { alias: "bob".into(), disabled_at: Some(77), ha1_md5: None, ..ann.clone() };
+    let bob = DirectoryRow {
+        alias: "bob".into(),
+        disabled_at: Some(77),
+        ha1_md5: None,
+        pool: "branch".into(),
+        ..ann.clone()
+    };
     a.write_directory(
         &[DirectoryWrite::Put(Box::new(bob.clone())), DirectoryWrite::Put(Box::new(ann.clone()))],
         &[("corp".into(), "20261203120000Z".into())],
     )
     .expect("store call");
     assert_eq!(b.directory_rows().expect("store call"), vec![ann.clone(), bob], "ordered by alias, all fields");
-    let ann2 = DirectoryRow { title: "CTO".into(), ..ann };
+    // A home pool set, then moved: the edge routes by it (`[edge.homes] database`).
+    let ann2 = DirectoryRow { title: "CTO".into(), pool: "hq".into(), ..ann };
     b.write_directory(
         &[DirectoryWrite::Put(Box::new(ann2.clone())), DirectoryWrite::Delete { alias: "bob".into() }],
         &[("corp".into(), "20261203130000Z".into()), ("lab".into(), "1".into())],

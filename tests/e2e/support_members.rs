@@ -54,6 +54,16 @@ pub fn spawn_role(app: &Appliance, log: &str, config: &Path, port: u16) -> Proc 
     Proc { child: Some(child) }
 }
 
+impl Proc {
+    /// kill -9 of its process group.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            support::signal_group(c.id(), libc::SIGKILL);
+            let _ = support::wait_timeout(&mut c, Duration::from_secs(5));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -46,6 +46,17 @@ fn first_sync_creates_one_namespace_and_reports_conflicts() {
 }
 
 #[test]
+fn a_home_pool_move_is_an_update_and_shows_in_the_plan() {
+    let cur = vec![person("a", "ann", "Ann"), DirectoryRow { pool: "hq".into(), ..person("a", "bo", "Bo") }];
+    let now = vec![DirectoryRow { pool: "branch".into(), ..person("a", "ann", "Ann") }, person("a", "bo", "Bo")];
+    let p = plan(&cur, vec![snap("a", 1, now)], &S);
+    assert_eq!(aliases(&p.updated), ["ann", "bo"]);
+    let out = p.render();
+    assert!(out.lines().any(|l| l == "update\tann\ta\tAnn\tpool=branch"), "{out}");
+    assert!(out.lines().any(|l| l == "update\tbo\ta\tBo"), "back to the default pool: {out}");
+}
+
+#[test]
 fn changes_rename_disable_delete_and_purge() {
     let mut cur = vec![
         person("a", "ann", "Ann"),
