@@ -124,7 +124,17 @@ impl PoolCore {
             (Stage::Auth, _) => None,
             (Stage::Route | Stage::FlowClosed, _) => msg.request_uri().and_then(|r| Uri::parse(r).ok()),
         }?;
-        (self.is_local_host(&uri) && self.s.users.get(&uri.user_unescaped()).is_some()).then(|| aor_of(&uri))
+        if !self.is_local_host(&uri) {
+            return None;
+        }
+        let user = uri.user_unescaped();
+        // A contact list (`alice+contacts`) is state of its own, held by the owner of the list's AOR (the key the
+        // edge routes it by), not by alice's.
+        let named = match super::presence::rls::list_owner(&user) {
+            Some(alias) => self.s.users.get(alias.as_bytes()).is_some(),
+            None => self.s.users.get(&user).is_some(),
+        };
+        named.then(|| aor_of(&uri))
     }
 
     /// Whether the request may go on now; otherwise it waits for its user's state (or was answered 503).
@@ -264,7 +274,11 @@ impl PoolCore {
         for id in all {
             self.persist_subscription(id);
             self.presence.dirty.remove(&id);
-            self.presence.subs.remove(id);
+            let gone = self.presence.subs.remove(id);
+            // A contact list's watches end with it here; the new owner watches the contacts again.
+            for r in gone.and_then(|s| s.list).map(|l| l.resources).unwrap_or_default() {
+                self.remote_unwatch(r.aor, id);
+            }
         }
         self.registrar.forget(aor);
         self.presence.pubs.forget(aor);
