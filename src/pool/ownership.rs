@@ -46,6 +46,8 @@ pub struct Ownership {
     roster: Arc<Roster>,
     /// The roster's wall-clock reading and the step clock then (leases compare with the wall clock).
     anchor: Option<(u64, Instant)>,
+    /// The members that may own users, as the last hand-over saw them ([`PoolCore::follow_roster`]).
+    eligible_seen: Vec<String>,
     /// Users whose state is in memory here.
     held: HashSet<String>,
     /// Users being loaded, and the requests waiting for them.
@@ -65,6 +67,7 @@ impl Ownership {
             me,
             roster: Arc::new(Roster::default()),
             anchor: None,
+            eligible_seen: Vec::new(),
             held: HashSet::new(),
             loading: HashMap::new(),
             waiting: 0,
@@ -78,6 +81,11 @@ impl Ownership {
         let Some((wall, at)) = self.anchor else { return 0 };
         let since = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
         wall.saturating_add(since)
+    }
+
+    /// The members that may own users now, by the roster and the leases' times.
+    fn eligible_now(&self, now: Instant) -> Vec<String> {
+        self.roster.eligible(self.wall_ms(now)).map(|m| m.name.clone()).collect()
     }
 
     /// Whether the roster gives `aor` to another member now (None, an empty roster, is nobody's: kept).
@@ -225,13 +233,25 @@ impl PoolCore {
         if self.own.me.is_none() {
             return;
         }
-        let before = self.own.wall_ms(now.mono);
-        let changed = !self.own.roster.same_owners(&roster, before.max(wall_ms));
         self.own.roster = roster;
         self.own.anchor = Some((wall_ms, now.mono));
-        if !changed {
+        self.follow_roster();
+    }
+
+    /// After a roster read, and on every sweep: when the members that may own users are not those the last
+    /// hand-over saw, hand over the users lost and, [`GAIN_DELAY`] later, load those gained. Compared with what
+    /// was seen, not between two reads at one instant: a killed member stops renewing, so the reads just before
+    /// and after its lease runs out hold the same row; only the clock makes it gone (and its users, and the
+    /// contact lists it held, must be loaded by the others without waiting for a request).
+    pub(crate) fn follow_roster(&mut self) {
+        if self.own.me.is_none() {
             return;
         }
+        let eligible = self.own.eligible_now(self.now.mono);
+        if eligible == self.own.eligible_seen {
+            return;
+        }
+        self.own.eligible_seen = eligible;
         self.release_foreign();
         self.push(Action::Timer { after: GAIN_DELAY, timer: Timer::Gain });
     }
@@ -481,6 +501,39 @@ mod tests {
         assert!(other_fe.registered(), "the new owner has bob's binding without a new REGISTER");
         let rows = store.states_of(BOB, 0).unwrap();
         assert_eq!(rows.len(), 1, "the hand-over kept bob's row: {rows:?}");
+    }
+
+    /// bob's owner is killed: it renews its lease no more, so the rows the others read just before and just after
+    /// its lease runs out are the same for it; the clock alone makes it gone. The other member loads bob then, with
+    /// no request of his to make it.
+    #[test]
+    fn a_killed_members_users_are_loaded_by_the_others_when_its_lease_runs_out() {
+        let (mut store, (o, other), _, mut other_fe) = bob_and_two_members();
+        let at = |lease_until_ms: &[(&str, u64)]| {
+            let m = |(n, until): &(&str, u64)| Member {
+                name: n.to_string(),
+                addr: String::new(),
+                state: MemberState::Active,
+                lease_until_ms: *until,
+                load: 0,
+                in_flight: 0,
+                users: 0,
+            };
+            Arc::new(Roster::new(lease_until_ms.iter().map(m).collect()))
+        };
+        // Read while both renew; bob's owner dies just after renewing until WALL + 3 s.
+        other_fe.roster(&mut store, &at(&[(o, WALL + 3_000), (other, WALL + 3_000)]));
+        assert!(!other_fe.registered(), "bob is his owner's");
+        let mut later = |fe: &mut Fe, secs: u64, roster: Arc<Roster>| {
+            fe.now.mono += Duration::from_secs(secs);
+            fe.now.secs += secs;
+            let wall = fe.now.secs * 1000;
+            fe.step(&mut store, |c, now| c.on_roster(roster, wall, now));
+        };
+        later(&mut other_fe, 2, at(&[(o, WALL + 3_000), (other, WALL + 5_000)]));
+        assert!(!other_fe.registered(), "the dead owner's lease still runs");
+        later(&mut other_fe, 2, at(&[(o, WALL + 3_000), (other, WALL + 7_000)]));
+        assert!(other_fe.registered(), "loaded once the dead owner's lease ran out");
     }
 
     #[test]

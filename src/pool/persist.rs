@@ -373,7 +373,9 @@ impl PoolCore {
                         event_id: s.event_id,
                         expires_at: s.expires_at,
                         local_cseq: s.local_cseq.wrapping_add(CSEQ_SKIP),
-                        saved_cseq: s.local_cseq.wrapping_add(CSEQ_SKIP),
+                        // What the store holds: the first NOTIFY (past the skip) marks the subscription to be
+                        // saved again, so that a later hand-over skips ahead from there, not from this row again.
+                        saved_cseq: s.local_cseq,
                         remote_cseq: s.remote_cseq,
                         state: if s.pending { SubState::Pending } else { SubState::Active },
                         list,

@@ -606,7 +606,12 @@ fn list_gained_by_fe2(rows: Vec<StateRow>) -> Message {
     let mut n = notifies(&out);
     assert_eq!(n.len(), 1, "one NOTIFY once every contact's state is in");
     assert!(notifies(&b.step(|c, now| c.on_timer(gather, now))).is_empty(), "the gather timer sends nothing more");
-    n.remove(0)
+    let n = n.remove(0);
+    // The next sweep saves the dialog past the skip: a later hand-over skips ahead from there.
+    let saved = saved_subs(&b.step(|c, now| c.on_tick(now)));
+    let cseq = format!("\"local_cseq\":{}", n.cseq().seq);
+    assert!(saved.len() == 1 && String::from_utf8_lossy(&saved[0].value).contains(&cseq), "saved again with {cseq}");
+    n
 }
 
 /// The same dialog, a higher CSeq and RLMI version, full state with bob's document.
