@@ -355,7 +355,6 @@ impl PoolCore {
         self.expire_transactions();
         self.presence_sweep();
         self.flush_dirty_subscriptions();
-        self.follow_roster();
         self.release_foreign();
         self.directory_sweep();
         self.helpdesk_sweep();

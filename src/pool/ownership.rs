@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use super::core::{Action, PoolCore, Resume, Timer};
 use super::{aor_of, Stage};
+use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::proto::membership::{owner, Roster};
 use crate::shard::shard_for;
@@ -155,6 +156,18 @@ impl PoolCore {
         if self.own.held.contains(&aor) {
             return true;
         }
+        if msg.method() == Some(&Method::Notify)
+            && crate::proto::from_member(msg)
+            && self.own.owned_elsewhere(&aor, self.now.mono)
+        {
+            // A contact's NOTIFY for a contact list another member holds now, sent here by an edge that has not
+            // read the roster yet (or in a back-end dialog this member ended when it handed the list over).
+            // Loading the list to answer it would make two members notify its subscriber in one dialog; its
+            // owner subscribes to every contact afresh when it takes the list, so the state is not lost.
+            bump(&self.pstats.list_notifies_elsewhere);
+            self.reply(origin, msg, 200, "OK", &[]);
+            return false;
+        }
         if self.own.waiting >= WAITING_MAX {
             self.reply(origin, msg, 503, "Service Unavailable: loading", &[(HeaderName::RetryAfter, b"1")]);
             return false;
@@ -221,6 +234,11 @@ impl PoolCore {
         }
         self.own.stats.users.fetch_add(1, Ordering::Relaxed);
         let restored = self.restore(rows);
+        for id in &restored {
+            // Saved at once past the CSeq skip: a member taking the user over after this one skips ahead from
+            // here, above every NOTIFY this one sends before its next save.
+            self.persist_subscription(*id);
+        }
         if !restored.is_empty() {
             // The watchers hear the state as it is now, with the dialog's CSeq carried on from the store.
             self.push(Action::Timer { after: Duration::ZERO, timer: Timer::Restored(restored) });
@@ -238,11 +256,12 @@ impl PoolCore {
         self.follow_roster();
     }
 
-    /// After a roster read, and on every sweep: when the members that may own users are not those the last
+    /// After a roster read (every lease renewal): when the members that may own users are not those the last
     /// hand-over saw, hand over the users lost and, [`GAIN_DELAY`] later, load those gained. Compared with what
     /// was seen, not between two reads at one instant: a killed member stops renewing, so the reads just before
     /// and after its lease runs out hold the same row; only the clock makes it gone (and its users, and the
-    /// contact lists it held, must be loaded by the others without waiting for a request).
+    /// contact lists it held, must be loaded by the others without waiting for a request). Not on the sweep: a
+    /// renewal a moment late would hand users back and forth.
     pub(crate) fn follow_roster(&mut self) {
         if self.own.me.is_none() {
             return;
