@@ -156,7 +156,9 @@ impl PoolCore {
         if self.own.held.contains(&aor) {
             return true;
         }
-        if msg.method() == Some(&Method::Notify)
+        let is_list = aor.split('@').next().and_then(|u| super::presence::rls::list_owner(u.as_bytes())).is_some();
+        if is_list
+            && msg.method() == Some(&Method::Notify)
             && crate::proto::from_member(msg)
             && self.own.owned_elsewhere(&aor, self.now.mono)
         {
