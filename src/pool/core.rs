@@ -336,7 +336,11 @@ impl PoolCore {
             Timer::ListFlush(id) => self.list_flush_due(id),
             Timer::Restored(subs) => {
                 for id in subs {
-                    self.send_notify(id, None);
+                    if self.presence.subs.get(id).is_some_and(|s| s.list.is_some()) {
+                        self.list_restored(id);
+                    } else {
+                        self.send_notify(id, None);
+                    }
                 }
             }
             Timer::Gain => self.gain_due(),

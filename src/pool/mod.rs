@@ -121,6 +121,9 @@ crate::counters! {
         /// Back-end subscriptions to a contact of our own pool started again (dialog or member lost: 481, 408,
         /// 503, ...), each counted once.
         backend_restarts,
+        /// A contact's NOTIFY for a contact list another member holds now, answered without loading the list (an
+        /// edge that had not read the roster yet sent it here; the list's owner subscribes to its contacts afresh).
+        list_notifies_elsewhere,
         /// Back-end subscriptions held right now (a gauge).
         backend_subscriptions_now,
         /// Requests for a user homed on another pool (`[pool] home`), answered 404 (or 403 to a REGISTER).

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use super::core::{Action, PoolCore, Resume, Timer};
 use super::{aor_of, Stage};
+use crate::net::conn::bump;
 use crate::net::ConnId;
 use crate::proto::membership::{owner, Roster};
 use crate::shard::shard_for;
@@ -46,6 +47,8 @@ pub struct Ownership {
     roster: Arc<Roster>,
     /// The roster's wall-clock reading and the step clock then (leases compare with the wall clock).
     anchor: Option<(u64, Instant)>,
+    /// The members that may own users, as the last hand-over saw them ([`PoolCore::follow_roster`]).
+    eligible_seen: Vec<String>,
     /// Users whose state is in memory here.
     held: HashSet<String>,
     /// Users being loaded, and the requests waiting for them.
@@ -65,6 +68,7 @@ impl Ownership {
             me,
             roster: Arc::new(Roster::default()),
             anchor: None,
+            eligible_seen: Vec::new(),
             held: HashSet::new(),
             loading: HashMap::new(),
             waiting: 0,
@@ -78,6 +82,11 @@ impl Ownership {
         let Some((wall, at)) = self.anchor else { return 0 };
         let since = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
         wall.saturating_add(since)
+    }
+
+    /// The members that may own users now, by the roster and the leases' times.
+    fn eligible_now(&self, now: Instant) -> Vec<String> {
+        self.roster.eligible(self.wall_ms(now)).map(|m| m.name.clone()).collect()
     }
 
     /// Whether the roster gives `aor` to another member now (None, an empty roster, is nobody's: kept).
@@ -124,7 +133,17 @@ impl PoolCore {
             (Stage::Auth, _) => None,
             (Stage::Route | Stage::FlowClosed, _) => msg.request_uri().and_then(|r| Uri::parse(r).ok()),
         }?;
-        (self.is_local_host(&uri) && self.s.users.get(&uri.user_unescaped()).is_some()).then(|| aor_of(&uri))
+        if !self.is_local_host(&uri) {
+            return None;
+        }
+        let user = uri.user_unescaped();
+        // A contact list (`alice+contacts`) is state of its own, held by the owner of the list's AOR (the key the
+        // edge routes it by), not by alice's.
+        let named = match super::presence::rls::list_owner(&user) {
+            Some(alias) => self.s.users.get(alias.as_bytes()).is_some(),
+            None => self.s.users.get(&user).is_some(),
+        };
+        named.then(|| aor_of(&uri))
     }
 
     /// Whether the request may go on now; otherwise it waits for its user's state (or was answered 503).
@@ -136,6 +155,20 @@ impl PoolCore {
         self.own.stats.load.fetch_add(1, Ordering::Relaxed);
         if self.own.held.contains(&aor) {
             return true;
+        }
+        let is_list = aor.split('@').next().and_then(|u| super::presence::rls::list_owner(u.as_bytes())).is_some();
+        if is_list
+            && msg.method() == Some(&Method::Notify)
+            && crate::proto::from_member(msg)
+            && self.own.owned_elsewhere(&aor, self.now.mono)
+        {
+            // A contact's NOTIFY for a contact list another member holds now, sent here by an edge that has not
+            // read the roster yet (or in a back-end dialog this member ended when it handed the list over).
+            // Loading the list to answer it would make two members notify its subscriber in one dialog; its
+            // owner subscribes to every contact afresh when it takes the list, so the state is not lost.
+            bump(&self.pstats.list_notifies_elsewhere);
+            self.reply(origin, msg, 200, "OK", &[]);
+            return false;
         }
         if self.own.waiting >= WAITING_MAX {
             self.reply(origin, msg, 503, "Service Unavailable: loading", &[(HeaderName::RetryAfter, b"1")]);
@@ -203,6 +236,11 @@ impl PoolCore {
         }
         self.own.stats.users.fetch_add(1, Ordering::Relaxed);
         let restored = self.restore(rows);
+        for id in &restored {
+            // Saved at once past the CSeq skip: a member taking the user over after this one skips ahead from
+            // here, above every NOTIFY this one sends before its next save.
+            self.persist_subscription(*id);
+        }
         if !restored.is_empty() {
             // The watchers hear the state as it is now, with the dialog's CSeq carried on from the store.
             self.push(Action::Timer { after: Duration::ZERO, timer: Timer::Restored(restored) });
@@ -215,13 +253,26 @@ impl PoolCore {
         if self.own.me.is_none() {
             return;
         }
-        let before = self.own.wall_ms(now.mono);
-        let changed = !self.own.roster.same_owners(&roster, before.max(wall_ms));
         self.own.roster = roster;
         self.own.anchor = Some((wall_ms, now.mono));
-        if !changed {
+        self.follow_roster();
+    }
+
+    /// After a roster read (every lease renewal): when the members that may own users are not those the last
+    /// hand-over saw, hand over the users lost and, [`GAIN_DELAY`] later, load those gained. Compared with what
+    /// was seen, not between two reads at one instant: a killed member stops renewing, so the reads just before
+    /// and after its lease runs out hold the same row; only the clock makes it gone (and its users, and the
+    /// contact lists it held, must be loaded by the others without waiting for a request). Not on the sweep: a
+    /// renewal a moment late would hand users back and forth.
+    pub(crate) fn follow_roster(&mut self) {
+        if self.own.me.is_none() {
             return;
         }
+        let eligible = self.own.eligible_now(self.now.mono);
+        if eligible == self.own.eligible_seen {
+            return;
+        }
+        self.own.eligible_seen = eligible;
         self.release_foreign();
         self.push(Action::Timer { after: GAIN_DELAY, timer: Timer::Gain });
     }
@@ -264,7 +315,11 @@ impl PoolCore {
         for id in all {
             self.persist_subscription(id);
             self.presence.dirty.remove(&id);
-            self.presence.subs.remove(id);
+            let gone = self.presence.subs.remove(id);
+            // A contact list's watches end with it here; the new owner watches the contacts again.
+            for r in gone.and_then(|s| s.list).map(|l| l.resources).unwrap_or_default() {
+                self.remote_unwatch(r.aor, id);
+            }
         }
         self.registrar.forget(aor);
         self.presence.pubs.forget(aor);
@@ -467,6 +522,39 @@ mod tests {
         assert!(other_fe.registered(), "the new owner has bob's binding without a new REGISTER");
         let rows = store.states_of(BOB, 0).unwrap();
         assert_eq!(rows.len(), 1, "the hand-over kept bob's row: {rows:?}");
+    }
+
+    /// bob's owner is killed: it renews its lease no more, so the rows the others read just before and just after
+    /// its lease runs out are the same for it; the clock alone makes it gone. The other member loads bob then, with
+    /// no request of his to make it.
+    #[test]
+    fn a_killed_members_users_are_loaded_by_the_others_when_its_lease_runs_out() {
+        let (mut store, (o, other), _, mut other_fe) = bob_and_two_members();
+        let at = |lease_until_ms: &[(&str, u64)]| {
+            let m = |(n, until): &(&str, u64)| Member {
+                name: n.to_string(),
+                addr: String::new(),
+                state: MemberState::Active,
+                lease_until_ms: *until,
+                load: 0,
+                in_flight: 0,
+                users: 0,
+            };
+            Arc::new(Roster::new(lease_until_ms.iter().map(m).collect()))
+        };
+        // Read while both renew; bob's owner dies just after renewing until WALL + 3 s.
+        other_fe.roster(&mut store, &at(&[(o, WALL + 3_000), (other, WALL + 3_000)]));
+        assert!(!other_fe.registered(), "bob is his owner's");
+        let mut later = |fe: &mut Fe, secs: u64, roster: Arc<Roster>| {
+            fe.now.mono += Duration::from_secs(secs);
+            fe.now.secs += secs;
+            let wall = fe.now.secs * 1000;
+            fe.step(&mut store, |c, now| c.on_roster(roster, wall, now));
+        };
+        later(&mut other_fe, 2, at(&[(o, WALL + 3_000), (other, WALL + 5_000)]));
+        assert!(!other_fe.registered(), "the dead owner's lease still runs");
+        later(&mut other_fe, 2, at(&[(o, WALL + 3_000), (other, WALL + 7_000)]));
+        assert!(other_fe.registered(), "loaded once the dead owner's lease ran out");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The pool's soft state in the store, so a restarted pool comes back with its registrations, publications and
-//! subscriptions, and watchers get the current state again without doing anything.
+//! subscriptions (contact-list ones too, with their resources and RLMI version: `presence::rls`), and watchers
+//! get the current state again without doing anything.
 //!
 //! Write-behind, and why: REGISTER, PUBLISH and SUBSCRIBE are answered at once and their new state is queued to
 //! the store thread, which gathers them for up to `store::thread::BATCH_WINDOW` (50 ms) and commits them in one
@@ -23,9 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use super::presence::pidf;
 use super::presence::publications::Publication;
+use super::presence::rls::{self, ListState};
 use super::presence::subscriptions::{Package, SubState, Subscription};
 use super::registrar::Binding;
 use super::{Action, PoolCore};
+use crate::net::conn::bump;
 use crate::shard::shard_for;
 use crate::store::{StateRow, StateWrite};
 
@@ -84,6 +87,19 @@ struct SavedSubscription {
     local_cseq: u32,
     remote_cseq: u32,
     pending: bool,
+    /// A contact-list subscription's list (absent from other subscriptions, and from rows of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    list: Option<SavedList>,
+}
+
+/// A contact list as its subscription had it: the resources (their states are asked again on restore) and the
+/// RLMI version of its next NOTIFY.
+#[derive(Serialize, Deserialize)]
+struct SavedList {
+    uri: String,
+    version: u32,
+    /// (URI, display name) of each contact.
+    resources: Vec<(String, String)>,
 }
 
 fn sub_key(s: &Subscription) -> String {
@@ -233,9 +249,7 @@ impl PoolCore {
     /// After a subscription was created or refreshed, or sent [`CSEQ_SAVE_EVERY`] NOTIFYs.
     pub(crate) fn persist_subscription(&mut self, id: u32) {
         let p = &mut self.presence;
-        // Contact-list subscriptions are not kept: after a restart the client's refresh gets 481 and it
-        // subscribes again (the list itself is in the store).
-        let Some(s) = p.subs.get_mut(id).filter(|s| s.list.is_none()) else { return };
+        let Some(s) = p.subs.get_mut(id) else { return };
         s.saved_cseq = s.local_cseq;
         let s = &*s;
         let saved = SavedSubscription {
@@ -254,6 +268,11 @@ impl PoolCore {
             local_cseq: s.local_cseq,
             remote_cseq: s.remote_cseq,
             pending: s.state == SubState::Pending,
+            list: s.list.as_ref().map(|l| SavedList {
+                uri: l.uri.clone(),
+                version: l.version,
+                resources: l.resources.iter().map(|r| (r.uri.clone(), r.name.clone())).collect(),
+            }),
         };
         let (key, expires_at) = (sub_key(s), s.expires_at);
         if let Some(value) = encode(&saved) {
@@ -332,6 +351,12 @@ impl PoolCore {
                     if s.expires_at <= now {
                         continue;
                     }
+                    // The version jumps ahead with the CSeq: it moves once per NOTIFY too, so it also stays
+                    // above any sent since the last save (RFC 4662 §5.2: a subscriber discards older versions).
+                    let list = s.list.map(|l| {
+                        let resources = rls::resources_of(l.resources.into_iter());
+                        Box::new(ListState::new(l.uri, resources, l.version.wrapping_add(CSEQ_SKIP)))
+                    });
                     let sub = Subscription {
                         id: 0,
                         package,
@@ -348,18 +373,24 @@ impl PoolCore {
                         event_id: s.event_id,
                         expires_at: s.expires_at,
                         local_cseq: s.local_cseq.wrapping_add(CSEQ_SKIP),
-                        saved_cseq: s.local_cseq.wrapping_add(CSEQ_SKIP),
+                        // What the store holds: the first NOTIFY (past the skip) marks the subscription to be
+                        // saved again, so that a later hand-over skips ahead from there, not from this row again.
+                        saved_cseq: s.local_cseq,
                         remote_cseq: s.remote_cseq,
                         state: if s.pending { SubState::Pending } else { SubState::Active },
-                        list: None,
+                        list,
                     };
                     let registered = self.registrar.is_registered(&sub.presentity, now);
                     let p = &mut self.presence;
-                    if p.subs.admit(&sub.watcher, &sub.presentity).is_ok() {
-                        let presentity = sub.presentity.clone();
-                        p.registered.entry(presentity).or_insert(registered);
-                        subs.push(p.subs.insert(sub));
+                    if let Err(e) = p.subs.admit(&sub.watcher, &sub.presentity) {
+                        bump(&self.pstats.subscriptions_over_cap);
+                        tracing::info!(watcher = %sub.watcher, presentity = %sub.presentity, error = ?e, "saved subscription over a bound: not restored");
+                        continue;
                     }
+                    if sub.list.is_none() {
+                        p.registered.entry(sub.presentity.clone()).or_insert(registered);
+                    }
+                    subs.push(p.subs.insert(sub));
                 }
                 _ => {}
             }
@@ -415,6 +446,27 @@ mod tests {
             owner_of(&StateRow { kind: "sub".into(), key: "bob@x call id".into(), value: vec![], expires_at: 0 }),
             "bob@x"
         );
+    }
+
+    #[test]
+    fn a_list_subscription_keeps_its_resources_and_version_and_earlier_rows_still_read() {
+        let row = |list: &str| {
+            format!(
+                "{{\"package\":\"presence\",\"presentity\":\"a+contacts@x\",\"entity\":\"sip:a+contacts@x\",\
+                 \"watcher\":\"a@x\",\"call_id\":\"c\",\"remote_tag\":\"r\",\"local_tag\":\"l\",\
+                 \"remote_uri\":\"<sip:a@x>;tag=r\",\"remote_target\":\"sip:a@1.2.3.4\",\"route_set\":[],\
+                 \"event_id\":null,\"expires_at\":9,\"local_cseq\":4,\"remote_cseq\":2,\"pending\":false{list}}}"
+            )
+        };
+        let earlier: SavedSubscription = decode(row("").as_bytes()).expect("a row without a list");
+        assert!(earlier.list.is_none());
+        assert!(!String::from_utf8(encode(&earlier).unwrap()).unwrap().contains("\"list\""), "nor written with one");
+        let list = r#","list":{"uri":"sip:a+contacts@x","version":7,"resources":[["sip:b@x","Bob"]]}"#;
+        let saved: SavedSubscription = decode(row(list).as_bytes()).expect("a list subscription's row");
+        let back: SavedSubscription = decode(&encode(&saved).unwrap()).unwrap();
+        let l = back.list.expect("its list");
+        assert_eq!((l.uri.as_str(), l.version), ("sip:a+contacts@x", 7));
+        assert_eq!(l.resources, vec![("sip:b@x".to_string(), "Bob".to_string())]);
     }
 
     #[test]

@@ -120,12 +120,6 @@ impl Roster {
     pub fn eligible(&self, now_ms: u64) -> impl Iterator<Item = &Member> {
         self.members.iter().filter(move |m| m.may_own(now_ms))
     }
-
-    /// Whether both rosters give every user the same owner now (the same members may own): a reader that sees
-    /// this after a fresh read has no hand-over to do.
-    pub fn same_owners(&self, other: &Roster, now_ms: u64) -> bool {
-        self.eligible(now_ms).map(|m| &m.name).eq(other.eligible(now_ms).map(|m| &m.name))
-    }
 }
 
 /// The weight of `member` for `aor_key`: the heaviest eligible member owns the user.
@@ -281,14 +275,5 @@ mod tests {
             assert_eq!(MemberState::parse(s.as_str()), Some(s));
         }
         assert_eq!(MemberState::parse("maybe"), None);
-    }
-
-    #[test]
-    fn same_owners_compares_the_eligible_set() {
-        let a = roster(&["fe1", "fe2"]);
-        let mut b = a.clone();
-        assert!(a.same_owners(&b, NOW));
-        b.members[1].state = MemberState::Draining;
-        assert!(!a.same_owners(&b, NOW));
     }
 }

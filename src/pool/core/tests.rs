@@ -401,7 +401,13 @@ fn subscribe_alices_list(rig: &mut Rig) -> Vec<Action> {
 
 /// A list subscription whose store read is answered with `contacts` (their AORs' users); returns the actions.
 fn list_subscribed(rig: &mut Rig, contacts: &[&str]) -> Vec<Action> {
-    let out = subscribe_alices_list(rig);
+    let mut out = subscribe_alices_list(rig);
+    // A member first claims and loads the list's AOR (nothing saved for it here), then reads the list.
+    if let Some(Action::StoreCall { op: Op::ClaimAndLoad { .. }, then }) =
+        out.iter().find(|a| matches!(a, Action::StoreCall { op: Op::ClaimAndLoad { .. }, .. })).map(clone_call)
+    {
+        out = rig.step(|c, now| c.on_store_reply(then, Ok(Reply::Claimed { gen: 1, rows: Vec::new() }), now));
+    }
     let Some(Action::StoreCall { then, .. }) = out.into_iter().find(|a| matches!(a, Action::StoreCall { .. })) else {
         panic!("the list is read from the store")
     };
@@ -517,4 +523,176 @@ fn a_roster_change_refreshes_the_watches_of_contacts_that_moved() {
     // One that takes him: his watch follows.
     let takes = (40..200).map(|i| format!("fe{i}")).find(|n| owner_in(&["fe1", "fe2", &stays, n]) != first).unwrap();
     assert_eq!(settle(&mut rig, roster(&["fe1", "fe2", &stays, &takes])).len(), 1, "bob moved");
+}
+
+fn clone_call(a: &Action) -> Action {
+    match a {
+        Action::StoreCall { op, then } => Action::StoreCall { op: op.clone(), then: then.clone() },
+        _ => unreachable!("a store call"),
+    }
+}
+
+/// The subscription rows among `out`'s store writes (fenced or not).
+fn saved_subs(out: &[Action]) -> Vec<StateRow> {
+    fn put(w: &StateWrite) -> Option<&StateRow> {
+        match w {
+            StateWrite::Put(r) => Some(r),
+            StateWrite::Fenced { write, .. } => put(write),
+            StateWrite::Delete { .. } => None,
+        }
+    }
+    let rows = out.iter().filter_map(|a| match a {
+        Action::StoreWrite(w) => put(w),
+        _ => None,
+    });
+    rows.filter(|r| r.kind == "sub").cloned().collect()
+}
+
+fn notifies(out: &[Action]) -> Vec<Message> {
+    to_edge(out).into_iter().map(|(_, m)| m).filter(|m| m.method() == Some(&Method::Notify)).collect()
+}
+
+/// The RLMI `version` of a list NOTIFY.
+fn rlmi_version(n: &Message) -> u32 {
+    let body = String::from_utf8_lossy(n.body()).to_string();
+    let list = body.split("<list ").nth(1).unwrap_or_default();
+    let v = list.split(" version=\"").nth(1).and_then(|r| r.split('"').next()).and_then(|v| v.parse().ok());
+    v.unwrap_or_else(|| panic!("no RLMI version in:\n{body}"))
+}
+
+/// Member fe2 gains alice's list from these saved rows: it watches bob again, and once bob's owner tells it his
+/// state, the subscriber gets one full-state NOTIFY in her dialog; returns it.
+fn list_gained_by_fe2(rows: Vec<StateRow>) -> Message {
+    let mut b = Rig::member("fe2");
+    let aor = format!("alice+contacts@{DOMAIN}");
+    let out = b.step(|c, now| c.on_store_reply(Resume::UserLoad { aor }, Ok(Reply::Claimed { gen: 2, rows }), now));
+    // Saved again at once past the skip: a later hand-over skips ahead from there.
+    let saved = saved_subs(&out);
+    assert_eq!(saved.len(), 1, "saved again when restored");
+    let saved = String::from_utf8_lossy(&saved[0].value).to_string();
+    let restored = out.into_iter().find_map(|a| match a {
+        Action::Timer { timer: t @ Timer::Restored(_), .. } => Some(t),
+        _ => None,
+    });
+    let out = b.step(|c, now| c.on_timer(restored.expect("the list subscription is restored"), now));
+    assert!(notifies(&out).is_empty(), "no NOTIFY before the contacts' states are in");
+    assert!(
+        out.iter().any(|a| matches!(a, Action::StoreCall { op: Op::Contacts { .. }, .. })),
+        "the list is read again"
+    );
+    let gather = out.iter().find_map(|a| match a {
+        Action::Timer { timer: t @ Timer::ListFlush(_), after } => Some((t.clone(), *after)),
+        _ => None,
+    });
+    let Some((gather, after)) = gather else { panic!("a gather timer") };
+    assert_eq!(after, crate::pool::presence::rls::RESTORED_GATHER);
+    let watch = backend_subscribes(&out);
+    assert_eq!(watch.len(), 1, "bob is watched again, through the edge");
+    assert_eq!(
+        watch[0].header(HeaderName::Contact),
+        Some(format!("<sip:alice+contacts@{DOMAIN};transport=tls>").as_bytes())
+    );
+    // bob's owner answers with his state.
+    let pidf = format!(
+        "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:bob@{DOMAIN}\">\
+         <tuple id=\"t\"><status><basic>open</basic></status><note>In the lab</note></tuple></presence>"
+    );
+    let tag = String::from_utf8_lossy(watch[0].from().tag().unwrap()).to_string();
+    let call_id = String::from_utf8_lossy(watch[0].call_id()).to_string();
+    let out = b.input(&format!(
+        "NOTIFY sip:alice+contacts@{DOMAIN};transport=tls SIP/2.0\r\nP-Parapet-Member: bob@{DOMAIN}\r\n\
+         Via: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKbn1\r\nFrom: <sip:bob@{DOMAIN}>;tag=bt\r\n\
+         To: <sip:alice@{DOMAIN}>;tag={tag}\r\nCall-ID: {call_id}\r\nCSeq: 1 NOTIFY\r\n\
+         Contact: <sip:bob@{DOMAIN};transport=tls>\r\nEvent: presence\r\nSubscription-State: active;expires=600\r\n\
+         Content-Type: application/pidf+xml\r\nContent-Length: {}\r\n\r\n{pidf}",
+        pidf.len()
+    ));
+    let mut n = notifies(&out);
+    assert_eq!(n.len(), 1, "one NOTIFY once every contact's state is in");
+    assert!(notifies(&b.step(|c, now| c.on_timer(gather, now))).is_empty(), "the gather timer sends nothing more");
+    let n = n.remove(0);
+    let base = format!("\"local_cseq\":{}", n.cseq().seq - 1);
+    assert!(saved.contains(&base), "saved with {base}: {saved}");
+    n
+}
+
+/// The same dialog, a higher CSeq and RLMI version, full state with bob's document.
+fn assert_continues(first: &Message, after: &Message) {
+    assert_eq!(after.call_id(), first.call_id());
+    assert_eq!(after.from().tag(), first.from().tag(), "our tag");
+    assert_eq!(after.header(HeaderName::To), first.header(HeaderName::To), "the subscriber's tag");
+    assert_eq!(after.request_uri(), first.request_uri());
+    assert_eq!(after.header(HeaderName::Route), first.header(HeaderName::Route));
+    assert!(after.cseq().seq > first.cseq().seq, "CSeq {} after {}", after.cseq().seq, first.cseq().seq);
+    assert!(rlmi_version(after) > rlmi_version(first));
+    assert!(after.header(HeaderName::SubscriptionState).is_some_and(|v| v.starts_with(b"active")));
+    let body = String::from_utf8_lossy(after.body()).to_string();
+    assert!(body.contains("fullState=\"true\"") && body.contains("In the lab"), "bob's state:\n{body}");
+}
+
+/// The list's member dies: another gains the list's AOR and restores the subscription from the row written when
+/// it was made (nothing else was saved since), watches the contacts again and goes on in the same dialog.
+#[test]
+fn a_list_subscription_is_restored_by_the_member_that_gains_it() {
+    let mut a = Rig::member("fe1");
+    let out = list_subscribed(&mut a, &["bob"]);
+    let rows = saved_subs(&out);
+    assert_eq!(rows.len(), 1, "written behind when made");
+    assert!(rows[0].key.starts_with(&format!("alice+contacts@{DOMAIN} list-1 ")), "keyed by the list's AOR");
+    let first = notifies(&out).remove(0);
+    assert_continues(&first, &list_gained_by_fe2(rows));
+}
+
+/// fe1 reads a roster where it drains and fe2 owns everyone; the actions of that step.
+fn fe1_drained(rig: &mut Rig) -> Vec<Action> {
+    use crate::proto::membership::{Member, MemberState, Roster};
+    let wall = rig.now.secs * 1000;
+    let m = |name: &str, state| Member {
+        name: name.into(),
+        addr: String::new(),
+        state,
+        lease_until_ms: wall + 60_000,
+        load: 0,
+        in_flight: 0,
+        users: 0,
+    };
+    let roster = Arc::new(Roster::new(vec![m("fe1", MemberState::Draining), m("fe2", MemberState::Active)]));
+    rig.step(|c, now| c.on_roster(roster, wall, now))
+}
+
+/// The list's member drains: it writes the subscription out with its exact CSeq, ends its watches and drops it;
+/// the member that gains the list goes on with it.
+#[test]
+fn a_drained_member_hands_a_list_subscription_over() {
+    let mut a = Rig::member("fe1");
+    let first = notifies(&list_subscribed(&mut a, &["bob"])).remove(0);
+    let out = fe1_drained(&mut a);
+    assert_eq!(a.core.sizes().subscriptions, 0, "dropped here");
+    assert!(
+        out.iter().any(|x| matches!(x, Action::StoreWrite(StateWrite::Fenced { gen: 1, .. }))),
+        "written under its claim"
+    );
+    let ended = backend_subscribes(&out);
+    assert_eq!(ended.len(), 1, "bob's watch ends here");
+    assert_eq!(ended[0].expires(), Some(0));
+    let rows = saved_subs(&out);
+    assert_eq!(rows.len(), 1);
+    assert_continues(&first, &list_gained_by_fe2(rows));
+}
+
+/// A contact's NOTIFY for a list another member holds now (the edge had not read the roster yet) is answered
+/// without loading the list here: two members would notify its subscriber in one dialog.
+#[test]
+fn a_contacts_notify_for_a_list_held_elsewhere_does_not_load_it() {
+    let mut rig = Rig::member("fe1");
+    fe1_drained(&mut rig);
+    let out = rig.input(&format!(
+        "NOTIFY sip:alice+contacts@{DOMAIN};transport=tls SIP/2.0\r\nP-Parapet-Member: bob@{DOMAIN}\r\n\
+         Via: SIP/2.0/TLS 127.0.0.1:5063;branch=z9hG4bKbn9\r\nFrom: <sip:bob@{DOMAIN}>;tag=bt\r\n\
+         To: <sip:alice@{DOMAIN}>;tag=b01\r\nCall-ID: bes-0-1-1@127.0.0.1:5062\r\nCSeq: 2 NOTIFY\r\n\
+         Event: presence\r\nSubscription-State: terminated;reason=timeout\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert_eq!(only_response(&out).status(), Some(200));
+    assert!(!out.iter().any(|a| matches!(a, Action::StoreCall { .. })), "the list is not loaded here");
+    assert_eq!(rig.core.pstats.list_notifies_elsewhere.get(), 1);
 }

@@ -8,8 +8,9 @@
 //! list, exactly as a local contact's state arrives from its core ([`super::remote`]). The partner's server
 //! authorizes the list owner as the watcher. A refresh of the list refreshes it (in its dialog once the first
 //! NOTIFY told us the partner's tag and Contact); the list ending, or the contact leaving it, unsubscribes.
-//! Refusals and failures leave the contact closed. Not persisted: after a restart the list is subscribed again
-//! (the client's refresh gets 481), and with it its contacts.
+//! Refusals and failures leave the contact closed. Not persisted: the list subscription is, and when it is restored
+//! (a restart, or its member died or drained) it starts its back-end subscriptions again; the old ones' NOTIFYs
+//! get 481 there, which ends them at the contact's owner.
 //!
 //! In an enterprise pool the same goes for a contact of our own domain ([`Via::Member`]): another member may own
 //! it, and which one changes (kill, drain). The SUBSCRIBE goes to the edge with the Route

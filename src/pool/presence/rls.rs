@@ -8,6 +8,12 @@
 //! document (or a closed one, for a blocked owner) now and at every change. A contact in another organization is
 //! watched by a SUBSCRIBE of our own through the federation (`backend.rs`). NOTIFYs are coalesced: changes that
 //! arrive within [`COALESCE`] go out in one.
+//!
+//! A list subscription is soft state like any other (`crate::pool::persist`): its dialog, its resources (URIs and
+//! names, not their states) and its RLMI version are written behind, and it is handed over with the list's AOR
+//! (`alice+contacts@domain`, the key the edge routes and the pool shards it by). The member that gains it watches
+//! every contact again and, once their states are in (or after [`RESTORED_GATHER`]), sends the subscriber a
+//! full-state NOTIFY in the same dialog, its CSeq and version above anything sent before.
 
 use std::time::Duration;
 
@@ -30,6 +36,9 @@ pub use crate::proto::LIST_SUFFIX;
 pub const COALESCE: Duration = Duration::from_millis(50);
 /// Contacts one list subscription watches at most.
 pub const RESOURCES_MAX: usize = 500;
+/// A restored list waits this long at most for its contacts' states before its first NOTIFY (it goes out at
+/// once when every contact answered): one NOTIFY with the states, not one showing every contact pending.
+pub const RESTORED_GATHER: Duration = Duration::from_millis(1_000);
 
 #[derive(Debug, Clone)]
 pub struct Resource {
@@ -49,6 +58,15 @@ pub struct ListState {
     pub version: u32,
     /// A coalesced NOTIFY is already on its way.
     pub flush_scheduled: bool,
+    /// Restored and waiting for its contacts' states: the NOTIFY goes once every one is known.
+    pub gathering: bool,
+}
+
+impl ListState {
+    /// A list of these resources (states unknown), its next NOTIFY of this version.
+    pub fn new(uri: String, resources: Vec<Resource>, version: u32) -> ListState {
+        ListState { uri, resources, version, flush_scheduled: false, gathering: false }
+    }
 }
 
 /// The owner's alias when `user` names a contact list (`alice+contacts` -> `alice`).
@@ -105,22 +123,27 @@ pub fn body(list: &ListState, call_id: &str) -> (String, Vec<u8>) {
     (ct, out)
 }
 
-/// A list's resources from the store's rows (bounded, unusable URIs skipped, states unknown).
-fn resources_of(rows: Vec<ContactRow>) -> Vec<Resource> {
-    if rows.len() > RESOURCES_MAX {
+/// A list's resources from (URI, display name) pairs, as the store or a saved subscription has them (bounded,
+/// unusable URIs skipped, states unknown).
+pub fn resources_of(entries: impl ExactSizeIterator<Item = (String, String)>) -> Vec<Resource> {
+    if entries.len() > RESOURCES_MAX {
         crate::warn_limited!(
-            contacts = rows.len(),
+            contacts = entries.len(),
             max = RESOURCES_MAX,
             "contact list over its bound: the rest is not watched"
         );
     }
-    rows.into_iter()
+    entries
         .take(RESOURCES_MAX)
-        .filter_map(|c| {
-            let aor = c.uri.trim_start_matches("sip:").to_ascii_lowercase();
-            aor.contains('@').then(|| Resource { uri: c.uri, aor, name: c.display_name, state: None })
+        .filter_map(|(uri, name)| {
+            let aor = uri.trim_start_matches("sip:").to_ascii_lowercase();
+            aor.contains('@').then(|| Resource { uri, aor, name, state: None })
         })
         .collect()
+}
+
+fn rows_to_resources(rows: Vec<ContactRow>) -> Vec<Resource> {
+    resources_of(rows.into_iter().map(|c| (c.uri, c.display_name)))
 }
 
 fn short_hash(s: &str) -> String {
@@ -182,7 +205,7 @@ impl PoolCore {
         if !self.admit_subscription(origin, msg, owner, &list_key) {
             return;
         }
-        let resources = resources_of(rows);
+        let resources = rows_to_resources(rows);
         let expires_at = self.now.secs + u64::from(granted);
         let sub = Subscription {
             id: 0,
@@ -203,12 +226,7 @@ impl PoolCore {
             saved_cseq: 0,
             remote_cseq: msg.cseq().seq,
             state: SubState::Active,
-            list: Some(Box::new(ListState {
-                uri: list_uri.to_string(),
-                resources,
-                version: 0,
-                flush_scheduled: false,
-            })),
+            list: Some(Box::new(ListState::new(list_uri.to_string(), resources, 0))),
         };
         let id = self.presence.subs.insert(sub);
         bump(&self.pstats.subscriptions);
@@ -228,8 +246,37 @@ impl PoolCore {
             self.send_notify(id, Some(super::notify::Final::Timeout));
             return;
         }
+        self.persist_subscription(id);
         self.send_notify(id, None);
         self.watch_list(id);
+    }
+
+    /// A list subscription restored from the store (after a restart, or gained from another member): watch its
+    /// contacts again, read the list again (it may have changed meanwhile), and tell the subscriber once the
+    /// states are in ([`RESTORED_GATHER`]).
+    pub(crate) fn list_restored(&mut self, id: u32) {
+        let Some((owner, list)) =
+            self.presence.subs.get_mut(id).and_then(|s| Some((s.watcher.clone(), s.list.as_mut()?)))
+        else {
+            return;
+        };
+        list.gathering = true;
+        list.flush_scheduled = true;
+        self.push(Action::Timer { after: RESTORED_GATHER, timer: Timer::ListFlush(id) });
+        self.push(Action::StoreCall { op: Op::Contacts { owner }, then: Resume::ListReload { id } });
+        self.watch_list(id);
+        self.list_gathered(id);
+    }
+
+    /// A restored list whose every contact's state is known: its NOTIFY goes now rather than at the gather timer.
+    fn list_gathered(&mut self, id: u32) {
+        let Some(list) = self.presence.subs.get_mut(id).and_then(|s| s.list.as_mut()) else { return };
+        if !list.gathering || list.resources.iter().any(|r| r.state.is_none()) {
+            return;
+        }
+        list.gathering = false;
+        list.flush_scheduled = false;
+        self.send_notify(id, None);
     }
 
     /// Asks every contact's core for its state, now and at each change (also after a refresh: new expiry).
@@ -259,7 +306,7 @@ impl PoolCore {
             let Some(s) = self.presence.subs.get_mut(id) else { return };
             let (expires_at, watcher) = (s.expires_at, s.watcher.clone());
             let Some(list) = s.list.as_mut() else { return };
-            let fresh = resources_of(rows);
+            let fresh = rows_to_resources(rows);
             let old = std::mem::take(&mut list.resources);
             let removed: Vec<String> =
                 old.iter().filter(|o| !fresh.iter().any(|f| f.aor == o.aor)).map(|o| o.aor.clone()).collect();
@@ -283,6 +330,12 @@ impl PoolCore {
         for aor in added {
             self.remote_watch(aor, watcher.clone(), id, expires_at);
         }
+        self.persist_subscription(id);
+        if self.presence.subs.get(id).and_then(|s| s.list.as_ref()).is_some_and(|l| l.gathering) {
+            // A restored list still gathering: its NOTIFY comes with the states.
+            self.list_gathered(id);
+            return;
+        }
         self.send_notify(id, None);
     }
 
@@ -292,6 +345,10 @@ impl PoolCore {
         for r in list.resources.iter_mut().filter(|r| r.aor == presentity) {
             r.state = state.clone();
         }
+        if list.gathering {
+            self.list_gathered(id);
+            return;
+        }
         if !std::mem::replace(&mut list.flush_scheduled, true) {
             self.push(Action::Timer { after: COALESCE, timer: Timer::ListFlush(id) });
         }
@@ -299,12 +356,10 @@ impl PoolCore {
 
     /// The coalescing window of list subscription `id` is over: one NOTIFY for the changes it gathered.
     pub(crate) fn list_flush_due(&mut self, id: u32) {
-        let due = self
-            .presence
-            .subs
-            .get_mut(id)
-            .and_then(|s| s.list.as_mut())
-            .map(|l| std::mem::replace(&mut l.flush_scheduled, false));
+        let due = self.presence.subs.get_mut(id).and_then(|s| s.list.as_mut()).map(|l| {
+            l.gathering = false;
+            std::mem::replace(&mut l.flush_scheduled, false)
+        });
         if due == Some(true) {
             self.send_notify(id, None);
         }
@@ -326,9 +381,9 @@ mod tests {
     #[test]
     fn multipart_body_has_rlmi_first_and_one_part_per_known_state() {
         let pidf = Bytes::from_static(b"<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:bob@x\"/>");
-        let list = ListState {
-            uri: "sip:alice+contacts@x".into(),
-            resources: vec![
+        let list = ListState::new(
+            "sip:alice+contacts@x".into(),
+            vec![
                 Resource {
                     uri: "sip:bob@x".into(),
                     aor: "bob@x".into(),
@@ -337,9 +392,8 @@ mod tests {
                 },
                 Resource { uri: "sip:carol@x".into(), aor: "carol@x".into(), name: String::new(), state: None },
             ],
-            version: 3,
-            flush_scheduled: false,
-        };
+            3,
+        );
         let (ct, body) = body(&list, "call-1");
         let text = String::from_utf8(body).unwrap();
         assert!(ct.starts_with("multipart/related;type=\"application/rlmi+xml\";start=\"<list."));
