@@ -1,18 +1,7 @@
 """The harness's constants and small helpers, shared by its modules (harness.py runs them)."""
 
-import json
 import os
-import platform
-import re
-import resource
-import shutil
-import signal
-import socket
-import ssl
-import subprocess
 import sys
-import threading
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))

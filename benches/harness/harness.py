@@ -17,19 +17,16 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import resource
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 
-from common import *  # noqa: F401,F403 - constants and helpers
+sys.dont_write_bytecode = True  # the harness's own modules, imported below: no __pycache__ in the source tree
+from common import *  # noqa: E402,F401,F403 - constants and helpers
 from measure import PerfCounts, Sampler, num, perf_events, window_from_hdr_log
 from report import crypto_calibration, host_info, versions, write_report
 from servers import HAProxy, Kamailio, KamailioEdge, Parapet, parapet_modes, read_users

@@ -5,15 +5,8 @@ import json
 import os
 import platform
 import re
-import resource
-import shutil
-import signal
 import socket
-import ssl
 import subprocess
-import sys
-import threading
-import time
 
 from common import *  # noqa: F401,F403 - constants and helpers
 from measure import PERF_INTERVAL_MS

@@ -2,9 +2,7 @@
 `-x tlsf` or its default allocator), HAProxy terminating TLS, and Kamailio as the edge in front of parapet's pool.
 Each starts fresh, says which processes are its own, and stops its process group."""
 
-import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -12,7 +10,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 
