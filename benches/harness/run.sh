@@ -20,7 +20,7 @@
 # submissions and io_uring_enter calls per operation (perf stat on the server's processes), latency, memory per
 # idle connection. Writes target/harness/results.md and target/harness/results.json.
 #
-#   --quick            fixed rates, 5 s per scenario: about 10-15 minutes in all (servers restart per run)
+#   --quick            fixed rates, 5 s per scenario: about 5-10 minutes in all (servers restart per run)
 #   (default)          find-max per scenario, then 15 s at a common rate
 #   --systems LIST     any of the systems above (parapet = both parapet modes; default: all; missing peers skipped)
 #   --scenarios LIST   idle,register,im,handshake,handshake-resumed,mix,federation,capacity
