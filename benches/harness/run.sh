@@ -29,6 +29,7 @@
 #   --counters off     no perf stat (its tracepoints add a little to each syscall); the columns stay empty
 #   --perimeter-args A `parapet up` arguments for the perimeter mode, when `up --help` does not name them
 #   --no-build         use the binaries already in target/release
+#   HARNESS_PARAPET=path, HARNESS_LOADGEN=path   other binaries (e.g. an older build, for a before/after table)
 #   --duration SECS    seconds per measured run (default 5 with --quick, 15 otherwise)
 #   --smoke-kamailio PYTHON   check the generated Kamailio config with pjsua2 (PYTHON must have pjsua2-python)
 #
