@@ -260,6 +260,8 @@ class Parapet(Server):
         argv = ["taskset", "-c", self.args.server_cpu, PARAPET, "up", "--data-dir", DATA, "--port-base",
                 str(PORTS["parapet"]), "--load-users", str(LOAD_USERS), "--cores", "1",
                 "--flood-limits", "off"]
+        # e.g. HARNESS_UP_ARGS=--perimeter: edge and pool as two processes over mutual TLS (default: co-located).
+        argv += os.environ.get("HARNESS_UP_ARGS", "").split()
         self.spawn(argv, self.log_path, stdout=subprocess.PIPE, text=True)
         wait_parapet_ready(self.proc, self.logf, self.log_path, 90)
         time.sleep(0.5)

@@ -84,6 +84,9 @@ pub struct Connector {
     exact_name: bool,
     /// A link to our own pool or edge (back-pressure), not to a federation partner (closed when it stops reading).
     internal: bool,
+    /// Who we are on a local link ([`super::local`]): set, a peer served on this executor thread is reached in
+    /// memory instead of over TLS.
+    local: Option<super::local::LocalIdentity>,
 }
 
 impl Connector {
@@ -100,7 +103,15 @@ impl Connector {
             overflowing: Cell::new(false),
             exact_name: false,
             internal: true,
+            local: None,
         }
+    }
+
+    /// An internal connector that reaches its peer in memory when the peer runs on this executor thread
+    /// (co-located roles), presenting `me` as its certificate would.
+    pub fn local_as(mut self, me: super::local::LocalIdentity) -> Connector {
+        self.local = Some(me);
+        self
     }
 
     /// New certificates or trust (hot reload), for the connections made from now on; the current one stays.
@@ -110,7 +121,7 @@ impl Connector {
 
     /// A connector to a SIP federation peer: its certificate must name it exactly (RFC 5922 §7.3).
     pub fn federated(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
-        Connector { exact_name: true, internal: false, ..Connector::new(addr, name, tls, timeout) }
+        Connector { exact_name: true, internal: false, local: None, ..Connector::new(addr, name, tls, timeout) }
     }
 
     /// Whether the last connection attempt failed or the connection closed (not merely never used yet).
@@ -298,6 +309,26 @@ impl Connector {
     }
 
     async fn connect<H: Undeliverable>(self: Rc<Self>, h: Rc<H>) {
+        let local = match (&self.local, &self.lookup) {
+            (Some(me), None) if self.internal => super::local::connect(self.addr.get(), me),
+            _ => None,
+        };
+        match local {
+            // Checked as the TLS handshake checks the server's certificate: it must carry the name we connect to.
+            Some(Ok((stream, names))) if presents(&names, &self.name) => {
+                bump(&h.stats().local_links);
+                return self.run_link(h, stream, names, "in memory").await;
+            }
+            Some(Ok((_, names))) => {
+                tracing::warn!(name = %self.name, ?names, "local peer does not present the name connected to");
+                return self.give_back(&h);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(peer = %self.addr.get(), name = %self.name, error = %e, "local peer refused us");
+                return self.give_back(&h);
+            }
+            None => {}
+        }
         let addrs: Result<Vec<(SocketAddr, String)>, String> = match &self.lookup {
             None => Ok(vec![(self.addr.get(), self.name.clone())]),
             Some((resolver, Lookup::Name(q))) => match resolver.resolve(q).await {
@@ -332,17 +363,7 @@ impl Connector {
             result = Err(e);
         }
         match result {
-            Ok((tls, names)) => {
-                let (conn, rx) =
-                    h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr.get(), names, self.internal);
-                *self.state.borrow_mut() = State::Up(conn.id);
-                tracing::info!(peer = %self.addr.get(), name = %self.name, "connected");
-                // What waited while connecting: into the new link, as much as fits; the rest as room appears.
-                if let Flush::Full = self.flush(&h, conn.id) {
-                    self.start_flush(&h);
-                }
-                drive(tls, conn, rx, h).await;
-            }
+            Ok((tls, names)) => self.run_link(h, tls, names, "TLS").await,
             // A name that does not resolve is logged once by the resolver, not at every attempt.
             Err(e) if dns_failed => {
                 tracing::debug!(name = %self.name, error = %e, "cannot reach peer");
@@ -353,6 +374,22 @@ impl Connector {
                 self.give_back(&h);
             }
         }
+    }
+
+    /// The link is made (over TLS or in memory): registers it, sends what waited, and drives it until it ends.
+    async fn run_link<H, S>(self: Rc<Self>, h: Rc<H>, stream: S, names: Vec<String>, how: &'static str)
+    where
+        H: Undeliverable,
+        S: futures_lite::io::AsyncRead + futures_lite::io::AsyncWrite + Unpin,
+    {
+        let (conn, rx) = h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr.get(), names, self.internal);
+        *self.state.borrow_mut() = State::Up(conn.id);
+        tracing::info!(peer = %self.addr.get(), name = %self.name, link = how, "connected");
+        // What waited while connecting: into the new link, as much as fits; the rest as room appears.
+        if let Flush::Full = self.flush(&h, conn.id) {
+            self.start_flush(&h);
+        }
+        drive(stream, conn, rx, h).await;
     }
 
     /// The connection could not be made: what waited for it is handed back as undeliverable.
@@ -390,6 +427,16 @@ impl Connector {
         let tls = self.tls.borrow().clone();
         TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())
     }
+}
+
+/// Whether a local peer's certificate names cover `name` as web PKI verification would (an exact name, or a
+/// wildcard for its first label).
+fn presents(names: &[String], name: &str) -> bool {
+    let wildcard = |n: &str| {
+        n.strip_prefix("*.")
+            .is_some_and(|suffix| name.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix)))
+    };
+    names.iter().any(|n| n.eq_ignore_ascii_case(name) || wildcard(n))
 }
 
 #[cfg(test)]
