@@ -116,6 +116,24 @@ pub fn run_many(paths: &[PathBuf]) -> Result<(), String> {
     let executors = if together.is_ok() { edge_cores } else { edge_cores + pool_cores };
     let io_memory = crate::shard::io_memory_per_executor(executors, share)?;
     let mut rollups = false;
+    // One management API per process (its token is process-wide): every file's [mgmt] must ask for the same one,
+    // or a listener would be served with another file's token (or none).
+    let mut first_token: Option<(&Path, Option<String>)> = None;
+    for (path, cfg) in &cfgs {
+        let Some(m) = &cfg.mgmt else { continue };
+        let token = m.token().map_err(|e| e.to_string())?;
+        match &first_token {
+            None => first_token = Some((path, token)),
+            Some((first, t)) if *t != token => {
+                return Err(format!(
+                    "run: {} and {} have different [mgmt] tokens: one process serves one management API token",
+                    first.display(),
+                    path.display()
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     for (_, cfg) in &cfgs {
         if let Some(m) = &cfg.mgmt {
             let token = m.token().map_err(|e| e.to_string())?;
@@ -238,3 +256,31 @@ const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest a SIGTERM waits for the cores (their own drain takes up to 5 s, closing up to 2 s more).
 const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(9);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(edge_cores: &str, pool_cores: &str, pool_addr: &str, edge_internal: &str) -> Config {
+        let text = format!(
+            "domain = \"example.com\"\n\
+             [edge]\ncores = {edge_cores}\nlisten = \"127.0.0.1:5061\"\ninternal_listen = \"127.0.0.1:5063\"\n\
+             cert = \"edge.pem\"\nkey = \"edge.key\"\nca = \"ca.pem\"\n\
+             [edge.pool]\nname = \"pool.example.com\"\naddr = \"{pool_addr}\"\n\
+             [pool]\ncores = {pool_cores}\nlisten = \"127.0.0.1:5062\"\ncert = \"pool.pem\"\nkey = \"pool.key\"\n\
+             ca = \"ca.pem\"\ndirectory = \"users.toml\"\n\
+             [[pool.edges]]\nname = \"edge.example.com\"\naddr = \"{edge_internal}\"\n"
+        );
+        Config::from_toml_str(&text, Path::new("/data")).expect("parses")
+    }
+
+    #[test]
+    fn colocated_only_on_the_same_cores_pointing_at_each_other() {
+        let c = config("[0, 1]", "[0, 1]", "127.0.0.1:5062", "127.0.0.1:5063");
+        assert_eq!(colocated(&c, &c), Ok(()));
+        let why = |c: &Config| colocated(c, c).expect_err("not co-located");
+        assert!(why(&config("[0, 1]", "[0]", "127.0.0.1:5062", "127.0.0.1:5063")).contains("cores"));
+        assert!(why(&config("[0]", "[0]", "127.0.0.1:6000", "127.0.0.1:5063")).contains("[edge.pool] addr"));
+        assert!(why(&config("[0]", "[0]", "127.0.0.1:5062", "127.0.0.1:6000")).contains("[[pool.edges]]"));
+    }
+}
