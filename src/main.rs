@@ -14,7 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Zero-setup appliance on loopback: dev PKI, demo users, one edge and one pool process.
+    /// Zero-setup appliance on loopback: dev PKI, demo users, the edge and the pool co-located in one process
+    /// (`--perimeter`: two processes over mutual TLS).
     Up {
         /// Where certificates, users and generated configs live.
         #[arg(long, default_value = "data")]
@@ -53,11 +54,16 @@ enum Cmd {
         /// Another `parapet up` data dir (on this machine): federate with its organization (both ways).
         #[arg(long)]
         federate_with: Option<PathBuf>,
+        /// Run the edge and the pool as two processes talking mutual TLS, as an edge in a DMZ would (the
+        /// perimeter deployment); by default they are co-located in one process, linked in memory.
+        #[arg(long)]
+        perimeter: bool,
     },
-    /// Run the roles ([edge], [pool] or both) that a config file describes.
+    /// Run the roles ([edge], [pool] or both) that a config file describes; `-c` again for another file (e.g.
+    /// `-c pool.toml -c edge.toml`: one process, the two roles co-located when they share their cores).
     Run {
-        #[arg(short, long)]
-        config: PathBuf,
+        #[arg(short, long, required = true)]
+        config: Vec<PathBuf>,
     },
     /// The running edge's federation partners: add, remove, list (through its management API).
     Partner {
@@ -260,6 +266,7 @@ fn main() -> ExitCode {
             front_ends,
             front_end_ports,
             federate_with,
+            perimeter,
         } => {
             let cores = cores.unwrap_or_else(parapet::config::online_cpus).max(1);
             parapet::mgmt::up::up(&parapet::mgmt::up::UpOptions {
@@ -274,9 +281,10 @@ fn main() -> ExitCode {
                 front_ends,
                 front_end_ports,
                 federate_with,
+                perimeter,
             })
         }
-        Cmd::Run { config } => parapet::mgmt::run::run(&config),
+        Cmd::Run { config } => parapet::mgmt::run::run_many(&config),
         Cmd::Partner { cmd } => parapet::mgmt::partners::cli(cmd),
         Cmd::DnsRecords { config } => parapet::mgmt::dns_records::run(&config),
         Cmd::CheckConfig { config } => parapet::config::Config::load(&config)

@@ -154,6 +154,8 @@ pub struct EdgeSettings {
     pub internal_text: String,
     /// Host names (lowercase) a Route may carry and still mean this edge.
     pub myself: Vec<String>,
+    /// The names our certificate carries: what a pool co-located on our threads admits us by ([`crate::net::local`]).
+    pub own_names: Vec<String>,
     pub limits: Limits,
     /// For what comes from trusted peers (the pool), and for re-parsing on another core.
     pub peer_limits: Limits,
@@ -217,13 +219,15 @@ impl EdgeSettings {
         let internal_tls = tls::server_config(&e.cert, &e.key, Some(&e.ca)).map_err(|e| e.to_string())?;
         let pool_tls = tls::client_config(&e.ca, Some((&e.cert, &e.key))).map_err(|e| e.to_string())?;
         let mut myself = vec!["localhost".to_string(), e.listen.ip().to_string(), cfg.domain.to_ascii_lowercase()];
-        myself.extend(tls::peer_dns_names(Some(&tls::load_certs(&e.cert).map_err(|e| e.to_string())?)));
+        let own_names = tls::peer_dns_names(Some(&tls::load_certs(&e.cert).map_err(|e| e.to_string())?));
+        myself.extend(own_names.iter().cloned());
         Ok(EdgeSettings {
             listen: e.listen,
             internal: e.internal_listen,
             listen_text: e.listen.to_string(),
             internal_text: e.internal_listen.to_string(),
             myself,
+            own_names,
             limits: crate::proto::sip_limits(cfg),
             peer_limits: crate::proto::peer_limits(cfg),
             user_tls,
@@ -266,6 +270,17 @@ impl EdgeSettings {
 
 /// Starts the edge on its cores. Returns once every executor is running.
 pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoinHandle<()>>, String> {
+    let cores = cfg.edge.as_ref().map(|r| r.cores.clone()).unwrap_or_default();
+    shard::start_role("edge", &cores, MESH_CAPACITY, io_memory, prepare(cfg)?, run_core).map_err(|e| e.to_string())
+}
+
+/// Mesh channel capacity between the edge's cores.
+pub const MESH_CAPACITY: usize = 4096;
+
+/// What [`start`] does before the cores start (ports, settings, the threads the edge needs); the settings each core
+/// is then run with ([`run_core`]), for a caller that starts the executors itself (roles co-located on the same
+/// executors, `mgmt::run`).
+pub fn prepare(cfg: &Config) -> Result<Arc<EdgeSettings>, String> {
     let e = cfg.edge.as_ref().ok_or("config: no [edge] section")?;
     ensure_port_free(e.listen, "[edge] listen").map_err(|e| e.to_string())?;
     ensure_port_free(e.internal_listen, "[edge] internal_listen").map_err(|e| e.to_string())?;
@@ -290,11 +305,12 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     if let Some(f) = &e.federation {
         reload::install(f);
     }
-    shard::start("edge", &e.cores, 4096, io_memory, move |shard: Shard<EdgeMsg>| {
-        let settings = settings.clone();
-        async move { shell::run_core(shard, settings).await }
-    })
-    .map_err(|e| e.to_string())
+    Ok(settings)
+}
+
+/// One edge core, on an executor someone else started (see [`prepare`]).
+pub async fn run_core(shard: Shard<EdgeMsg>, settings: Arc<EdgeSettings>) {
+    shell::run_core(shard, settings).await
 }
 
 /// Branches of the edge's own notices to the pool.

@@ -26,6 +26,7 @@ use super::{reload, EdgeMsg, EdgeSettings, EdgeStats, MESSAGE_DEADLINE_MS};
 use crate::config::PeerAddr;
 use crate::net::conn::{bump, NetTimes, Permit};
 use crate::net::listener::{listen, tls_slot, ListenSpec, TlsSlot};
+use crate::net::local::{self, LocalIdentity, LocalSpec};
 use crate::net::{tls, Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
 use crate::sip::{Limits, Message};
@@ -74,7 +75,9 @@ fn info(conn: &Conn) -> ConnInfo<'_> {
 
 pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
     let Shard { id, count, senders, mut receivers } = shard;
-    let pool = Rc::new(Connector::new(s.pool_addr, &s.pool_name, s.pool_tls.clone(), s.handshake_timeout));
+    // A pool co-located on this thread is reached in memory ([`crate::net::local`]), as the edge it admits.
+    let me = LocalIdentity { names: s.own_names.clone(), addr: s.internal };
+    let pool = Rc::new(Connector::new(s.pool_addr, &s.pool_name, s.pool_tls.clone(), s.handshake_timeout).local_as(me));
     let stats = Arc::new(NetStats::default());
     let times = Arc::new(NetTimes::default());
     let estats = Arc::new(EdgeStats::default());
@@ -202,9 +205,20 @@ pub(super) async fn run_core(shard: Shard<EdgeMsg>, s: Arc<EdgeSettings>) {
             }
         }
     }
+    // The pool co-located on this thread (if any) reaches the internal listener in memory.
+    let local = local::serve(
+        LocalSpec {
+            addr: s.internal,
+            kind: ConnKind::PeerIn,
+            admit_names: s.pool_names.clone(),
+            own_names: s.own_names.clone(),
+        },
+        edge.clone(),
+    );
     shard::drain_requested().await;
     // Stop accepting: dropping the tasks closes the listeners.
     drop(listeners);
+    drop(local);
     // Draining: the listeners are closed; let transactions in flight finish, then close every flow so that
     // clients re-register elsewhere at once instead of waiting for a timeout.
     let in_flight = || edge.core.borrow().in_flight();

@@ -18,10 +18,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 /// Longer than a role's own drain deadline, so children exit by themselves.
 const STOP_GRACE: Duration = Duration::from_secs(12);
 
-/// One role process (`parapet run -c <config>`) and its restart history.
+/// One role process (`parapet run -c <config>`, or `-c` per role for co-located roles) and its restart history.
 pub struct Role {
     pub name: &'static str,
-    config: PathBuf,
+    configs: Vec<PathBuf>,
     child: Option<Child>,
     /// When it was restarted, within the last [`RESTART_WINDOW`].
     restarts: VecDeque<Instant>,
@@ -31,8 +31,13 @@ pub struct Role {
 
 impl Role {
     pub fn start(name: &'static str, config: &Path) -> Result<Role, String> {
-        let child = spawn(config)?;
-        Ok(Role { name, config: config.to_path_buf(), child: Some(child), restarts: VecDeque::new(), due: None })
+        Role::start_many(name, &[config.to_path_buf()])
+    }
+
+    /// One process running the roles of several config files (`parapet run -c A -c B`).
+    pub fn start_many(name: &'static str, configs: &[PathBuf]) -> Result<Role, String> {
+        let child = spawn(configs)?;
+        Ok(Role { name, configs: configs.to_vec(), child: Some(child), restarts: VecDeque::new(), due: None })
     }
 
     /// Its exit status, if it has exited (reaped: asked once per death).
@@ -43,10 +48,16 @@ impl Role {
     }
 }
 
-fn spawn(config: &Path) -> Result<Child, String> {
+fn spawn(configs: &[PathBuf]) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("up: cannot find my own binary: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("run").arg("-c").arg(config).env("PARAPET_MEMLOCK_SHARE", "2").stdin(Stdio::null());
+    cmd.arg("run");
+    for c in configs {
+        cmd.arg("-c").arg(c);
+    }
+    // Every process of `up` but a co-located one shares the locked-memory limit with another.
+    let share = if configs.len() > 1 { "1" } else { "2" };
+    cmd.env("PARAPET_MEMLOCK_SHARE", share).stdin(Stdio::null());
     // SAFETY: prctl is async-signal-safe; it makes the child stop when `up` dies, even by SIGKILL.
     unsafe {
         cmd.pre_exec(|| {
@@ -54,7 +65,8 @@ fn spawn(config: &Path) -> Result<Child, String> {
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| format!("up: cannot start {}: {e}", config.display()))
+    let names: Vec<String> = configs.iter().map(|c| c.display().to_string()).collect();
+    cmd.spawn().map_err(|e| format!("up: cannot start {}: {e}", names.join(" + ")))
 }
 
 /// Waits until every address accepts connections; an exited role or the timeout is an error.
@@ -129,7 +141,7 @@ fn tend(roles: &mut [Role], now: Instant) -> Result<(), String> {
         if r.due.is_some_and(|d| d <= now) {
             r.due = None;
             r.restarts.push_back(now);
-            let child = spawn(&r.config)?;
+            let child = spawn(&r.configs)?;
             tracing::warn!(role = r.name, pid = child.id(), "restarted the {} process", r.name);
             r.child = Some(child);
         }
@@ -195,7 +207,7 @@ mod tests {
         let t0 = Instant::now();
         let mut roles = [Role {
             name: "pool",
-            config: PathBuf::from("/nonexistent/pool.toml"),
+            configs: vec![PathBuf::from("/nonexistent/pool.toml")],
             child: dead("sh", &["-c", "exit 3"]),
             restarts: VecDeque::new(),
             due: None,

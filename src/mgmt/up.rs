@@ -1,7 +1,9 @@
 //! `parapet up`: everything a first run needs, with zero setup. Makes (once) a development PKI and demo users
-//! under the data folder, writes one config per role, starts the edge and the pool as two processes that talk
-//! over mutual TLS exactly as two hosts would, waits until both accept connections, and says where to connect;
-//! then keeps them running: a role process that dies is restarted ([`super::supervise`]).
+//! under the data folder, writes one config per role, starts the edge and the pool co-located in one process
+//! (`parapet run -c pool.toml -c edge.toml`: one executor per core runs both roles, linked in memory), or with
+//! `--perimeter` as two processes that talk over mutual TLS exactly as two hosts would; waits until every port
+//! accepts connections, and says where to connect; then keeps them running: a process that dies is restarted
+//! ([`super::supervise`]). An enterprise pool (`--front-ends N`) always runs each front end and the edge apart.
 //!
 //! Ports, from `--port-base` B: B users (TLS), B+1 pool, B+2 edge internal, B+3 and B+4 management (edge, pool),
 //! B+5 federation (mutual TLS; two demo partner organizations whose edges `loadgen federation` plays present
@@ -36,6 +38,9 @@ pub struct UpOptions {
     pub front_end_ports: Option<u16>,
     /// Another `up` data dir to federate with ([`super::federate_with`]).
     pub federate_with: Option<PathBuf>,
+    /// true: the edge and the pool as two processes over mutual TLS (the perimeter deployment); false: one
+    /// process, co-located (a single pool only).
+    pub perimeter: bool,
 }
 
 /// Demo partner organizations (domain, the name their edge's certificate carries), issued by a CA of their own
@@ -206,16 +211,21 @@ url = \"{}\"\n",
     std::fs::write(&pool_cfg, pool_toml).map_err(|e| ctx("cannot write", &pool_cfg, e))?;
 
     let set = super::run::signals();
+    let colocated = !enterprise && !o.perimeter;
     let mut roles = if enterprise {
         front_ends.iter().map(|fe| Role::start(fe.name, &fe.config)).collect::<Result<Vec<_>, _>>()?
+    } else if colocated {
+        vec![Role::start_many("edge+pool", &[pool_cfg.clone(), edge_cfg.clone()])?]
     } else {
         vec![Role::start("pool", &pool_cfg)?]
     };
-    match Role::start("edge", &edge_cfg) {
-        Ok(edge) => roles.push(edge),
-        Err(e) => {
-            supervise::stop(&mut roles);
-            return Err(e);
+    if !colocated {
+        match Role::start("edge", &edge_cfg) {
+            Ok(edge) => roles.push(edge),
+            Err(e) => {
+                supervise::stop(&mut roles);
+                return Err(e);
+            }
         }
     }
     let ready: Vec<SocketAddr> = listeners.iter().map(|&(_, p)| addr(p)).collect();
@@ -298,6 +308,14 @@ url = \"{}\"\n",
         let _ = writeln!(out, "  federated with {t}");
     }
     let _ = writeln!(out, "  configs        {} and {}", edge_cfg.display(), pool_cfg.display());
+    let processes = if colocated {
+        "one: edge and pool co-located, linked in memory (--perimeter: two, over mutual TLS)"
+    } else if enterprise {
+        "one per front end and one edge, over mutual TLS"
+    } else {
+        "two: edge and pool over mutual TLS (perimeter)"
+    };
+    let _ = writeln!(out, "  processes      {processes}");
     if let Some(c) = &pg {
         let _ = writeln!(out, "  store          PostgreSQL {} (cluster in {})", c.url(), c.root().display());
     }

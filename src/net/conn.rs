@@ -89,6 +89,9 @@ crate::counters! {
         connector_backlogged,
         /// Messages a connector could not hold (its pending list full) and handed back as undeliverable.
         connector_backlog_full,
+        /// Internal links made in memory to the other role on the same executor thread (co-located edge and
+        /// pool: no TLS, no socket), accepted or connected.
+        local_links,
         idle_closed,
         /// Connections closed for not finishing a message in time (slowloris).
         slow_senders_closed,

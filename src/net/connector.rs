@@ -36,6 +36,12 @@ pub enum Lookup {
     Srv(String),
 }
 
+/// A connection made: over TLS, or in memory to a role on this thread.
+enum Link {
+    Tls(Box<TlsStream>),
+    Local(super::local::LocalLink),
+}
+
 /// Messages held while a connection is being made, or while an internal link's queue is full.
 const PENDING_MAX: usize = 4096;
 
@@ -84,6 +90,9 @@ pub struct Connector {
     exact_name: bool,
     /// A link to our own pool or edge (back-pressure), not to a federation partner (closed when it stops reading).
     internal: bool,
+    /// Who we are on a local link ([`super::local`]): set, a peer served on this executor thread is reached in
+    /// memory instead of over TLS.
+    local: Option<super::local::LocalIdentity>,
 }
 
 impl Connector {
@@ -100,7 +109,15 @@ impl Connector {
             overflowing: Cell::new(false),
             exact_name: false,
             internal: true,
+            local: None,
         }
+    }
+
+    /// An internal connector that reaches its peer in memory when the peer runs on this executor thread
+    /// (co-located roles), presenting `me` as its certificate would.
+    pub fn local_as(mut self, me: super::local::LocalIdentity) -> Connector {
+        self.local = Some(me);
+        self
     }
 
     /// New certificates or trust (hot reload), for the connections made from now on; the current one stays.
@@ -110,7 +127,7 @@ impl Connector {
 
     /// A connector to a SIP federation peer: its certificate must name it exactly (RFC 5922 §7.3).
     pub fn federated(addr: SocketAddr, name: &str, tls: Arc<ClientConfig>, timeout: Duration) -> Connector {
-        Connector { exact_name: true, internal: false, ..Connector::new(addr, name, tls, timeout) }
+        Connector { exact_name: true, internal: false, local: None, ..Connector::new(addr, name, tls, timeout) }
     }
 
     /// Whether the last connection attempt failed or the connection closed (not merely never used yet).
@@ -298,6 +315,26 @@ impl Connector {
     }
 
     async fn connect<H: Undeliverable>(self: Rc<Self>, h: Rc<H>) {
+        let local = match (&self.local, &self.lookup) {
+            (Some(me), None) if self.internal => super::local::connect(self.addr.get(), me),
+            _ => None,
+        };
+        match local {
+            // Checked as the TLS handshake checks the server's certificate: it must carry the name we connect to.
+            Some(Ok((link, names))) if presents(&names, &self.name) => {
+                bump(&h.stats().local_links);
+                return self.run_link(h, Link::Local(link), names).await;
+            }
+            Some(Ok((_, names))) => {
+                tracing::warn!(name = %self.name, ?names, "local peer does not present the name connected to");
+                return self.give_back(&h);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(peer = %self.addr.get(), name = %self.name, error = %e, "local peer refused us");
+                return self.give_back(&h);
+            }
+            None => {}
+        }
         let addrs: Result<Vec<(SocketAddr, String)>, String> = match &self.lookup {
             None => Ok(vec![(self.addr.get(), self.name.clone())]),
             Some((resolver, Lookup::Name(q))) => match resolver.resolve(q).await {
@@ -332,17 +369,7 @@ impl Connector {
             result = Err(e);
         }
         match result {
-            Ok((tls, names)) => {
-                let (conn, rx) =
-                    h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr.get(), names, self.internal);
-                *self.state.borrow_mut() = State::Up(conn.id);
-                tracing::info!(peer = %self.addr.get(), name = %self.name, "connected");
-                // What waited while connecting: into the new link, as much as fits; the rest as room appears.
-                if let Flush::Full = self.flush(&h, conn.id) {
-                    self.start_flush(&h);
-                }
-                drive(tls, conn, rx, h).await;
-            }
+            Ok((tls, names)) => self.run_link(h, Link::Tls(Box::new(tls)), names).await,
             // A name that does not resolve is logged once by the resolver, not at every attempt.
             Err(e) if dns_failed => {
                 tracing::debug!(name = %self.name, error = %e, "cannot reach peer");
@@ -352,6 +379,22 @@ impl Connector {
                 tracing::warn!(peer = %self.addr.get(), name = %self.name, error = %e, "cannot reach peer");
                 self.give_back(&h);
             }
+        }
+    }
+
+    /// The link is made (over TLS or in memory): registers it, sends what waited, and drives it until it ends.
+    async fn run_link<H: Undeliverable>(self: Rc<Self>, h: Rc<H>, link: Link, names: Vec<String>) {
+        let (conn, rx) = h.table().borrow_mut().insert_link(ConnKind::PeerOut, self.addr.get(), names, self.internal);
+        *self.state.borrow_mut() = State::Up(conn.id);
+        let how = if matches!(link, Link::Local(_)) { "in memory" } else { "TLS" };
+        tracing::info!(peer = %self.addr.get(), name = %self.name, link = how, "connected");
+        // What waited while connecting: into the new link, as much as fits; the rest as room appears.
+        if let Flush::Full = self.flush(&h, conn.id) {
+            self.start_flush(&h);
+        }
+        match link {
+            Link::Tls(tls) => drive(tls, conn, rx, h).await,
+            Link::Local(local) => local.run(conn, rx, h).await,
         }
     }
 
@@ -392,19 +435,47 @@ impl Connector {
     }
 }
 
+/// Whether a local peer's certificate names cover `name` as web PKI verification would (an exact name, or a
+/// wildcard for its first label).
+fn presents(names: &[String], name: &str) -> bool {
+    let wildcard = |n: &str| {
+        n.strip_prefix("*.")
+            .is_some_and(|suffix| name.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix)))
+    };
+    names.iter().any(|n| n.eq_ignore_ascii_case(name) || wildcard(n))
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::net::conn::{Conn, ConnTable, NetStats, NetTimes, INTERNAL_QUEUE_MAX};
+    use crate::net::conn::{Conn, ConnId, ConnTable, NetStats, NetTimes, INTERNAL_QUEUE_MAX};
     use crate::sip::{Limits, Message};
 
-    /// A role that only records what is handed back.
-    struct Role {
+    /// A role that records what it receives, which of its connections ended, and what is handed back (also the
+    /// local links' tests' role).
+    pub(in crate::net) struct Role {
         table: RefCell<ConnTable>,
-        stats: Arc<NetStats>,
+        pub(in crate::net) stats: Arc<NetStats>,
         times: NetTimes,
         limits: Limits,
         handed_back: RefCell<Vec<Bytes>>,
+        pub(in crate::net) got: RefCell<Vec<(ConnId, Bytes)>>,
+        pub(in crate::net) closed: RefCell<Vec<ConnId>>,
+    }
+
+    impl Role {
+        pub(in crate::net) fn new(core: usize) -> Rc<Role> {
+            let stats = Arc::new(NetStats::default());
+            Rc::new(Role {
+                table: RefCell::new(ConnTable::new(core, 256, stats.clone())),
+                stats,
+                times: NetTimes::default(),
+                limits: Limits::DEFAULT,
+                handed_back: RefCell::default(),
+                got: RefCell::default(),
+                closed: RefCell::default(),
+            })
+        }
     }
 
     impl Handler for Role {
@@ -420,7 +491,12 @@ mod tests {
         fn limits(&self) -> &Limits {
             &self.limits
         }
-        fn on_message(self: &Rc<Self>, _conn: &Rc<Conn>, _msg: Message) {}
+        fn on_message(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
+            self.got.borrow_mut().push((conn.id, msg.bytes().clone()));
+        }
+        fn on_closed(self: &Rc<Self>, conn: &Rc<Conn>) {
+            self.closed.borrow_mut().push(conn.id);
+        }
     }
 
     impl Undeliverable for Role {
@@ -433,8 +509,8 @@ mod tests {
         Bytes::from(format!("m{i}"))
     }
 
-    /// Lets the connector's tasks run.
-    async fn settle(until: impl Fn() -> bool) {
+    /// Lets the tasks under test run until `until` holds (bounded).
+    pub(in crate::net) async fn settle(until: impl Fn() -> bool) {
         for _ in 0..500 {
             if until() {
                 return;
@@ -450,14 +526,8 @@ mod tests {
             .make()
             .expect("executor");
         ex.run(async {
-            let stats = Arc::new(NetStats::default());
-            let role = Rc::new(Role {
-                table: RefCell::new(ConnTable::new(0, 256, stats.clone())),
-                stats: stats.clone(),
-                times: NetTimes::default(),
-                limits: Limits::DEFAULT,
-                handed_back: RefCell::new(Vec::new()),
-            });
+            let role = Role::new(0);
+            let stats = role.stats.clone();
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let tls = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()

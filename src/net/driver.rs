@@ -217,6 +217,34 @@ async fn stalled(conn: &Conn) -> bool {
     false
 }
 
+/// Parses one whole message and hands it to the role; a malformed request's error response goes into `wbuf` (for
+/// the same connection). Also how a local link delivers ([`super::local`]).
+pub(super) fn dispatch<H: Handler>(
+    raw: bytes::Bytes,
+    wbuf: &mut BytesMut,
+    conn: &Rc<Conn>,
+    h: &Rc<H>,
+    limits: &Limits,
+) {
+    let stats = h.stats();
+    bump(&stats.messages_in);
+    match Message::parse(raw.clone(), limits) {
+        Ok(msg) => {
+            stats.count_message(&msg);
+            let start = Instant::now();
+            h.on_message(conn, msg);
+            h.times().handle.record_us(start.elapsed().as_micros() as u64);
+        }
+        Err(e) => {
+            bump(&stats.parse_errors);
+            crate::info_limited!(peer = %conn.peer, error = %e, "malformed SIP message");
+            if !raw.starts_with(b"SIP/") {
+                let _ = sip::write_error_response_raw(wbuf, &raw, e.status(), e.reason());
+            }
+        }
+    }
+}
+
 /// Frames and dispatches every complete message in `rbuf`. Returns true when the connection must close.
 fn process_input<H: Handler>(
     rbuf: &mut BytesMut,
@@ -244,22 +272,7 @@ fn process_input<H: Handler>(
             }
             Ok(Frame::Message { len }) => {
                 let raw = rbuf.split_to(len.min(rbuf.len())).freeze();
-                bump(&stats.messages_in);
-                match Message::parse(raw.clone(), limits) {
-                    Ok(msg) => {
-                        stats.count_message(&msg);
-                        let start = Instant::now();
-                        h.on_message(conn, msg);
-                        h.times().handle.record_us(start.elapsed().as_micros() as u64);
-                    }
-                    Err(e) => {
-                        bump(&stats.parse_errors);
-                        crate::info_limited!(peer = %conn.peer, error = %e, "malformed SIP message");
-                        if !raw.starts_with(b"SIP/") {
-                            let _ = sip::write_error_response_raw(wbuf, &raw, e.status(), e.reason());
-                        }
-                    }
-                }
+                dispatch(raw, wbuf, conn, h, limits);
             }
             Err(FrameError::TooLarge { header_len, content_length }) => {
                 bump(&stats.too_large);

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod driver;
 pub mod identity;
 pub mod listener;
+pub mod local;
 pub mod queue;
 pub mod ratelog;
 pub mod tls;

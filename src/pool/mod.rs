@@ -189,6 +189,9 @@ pub struct PoolSettings {
     pub server_tls: Arc<rustls::ServerConfig>,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub edges: Vec<crate::config::Peer>,
+    /// The names our certificate carries: what an edge co-located on our threads admits us by
+    /// ([`crate::net::local`]).
+    pub own_names: Vec<String>,
     pub handshake_timeout: Duration,
     /// The durable store, on its own thread.
     pub store: crate::store::thread::StoreHandle,
@@ -264,6 +267,7 @@ impl PoolSettings {
             server_tls: tls::server_config(&p.cert, &p.key, Some(&p.ca)).map_err(|e| e.to_string())?,
             client_tls: tls::client_config(&p.ca, Some((&p.cert, &p.key))).map_err(|e| e.to_string())?,
             edges: p.edges.clone(),
+            own_names: tls::peer_dns_names(Some(&tls::load_certs(&p.cert).map_err(|e| e.to_string())?)),
             handshake_timeout: Duration::from_millis(p.handshake_timeout_ms),
             store,
             restore,
@@ -274,6 +278,17 @@ impl PoolSettings {
 }
 
 pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoinHandle<()>>, String> {
+    let cores = cfg.pool.as_ref().map(|r| r.cores.clone()).unwrap_or_default();
+    shard::start_role("pool", &cores, MESH_CAPACITY, io_memory, prepare(cfg)?, run_core).map_err(|e| e.to_string())
+}
+
+/// Mesh channel capacity between the pool's cores.
+pub const MESH_CAPACITY: usize = 4096;
+
+/// What [`start`] does before the cores start (port, settings, membership, the directory thread); the settings
+/// each core is then run with ([`run_core`]), for a caller that starts the executors itself (roles
+/// co-located on the same executors, `mgmt::run`).
+pub fn prepare(cfg: &Config) -> Result<Arc<PoolSettings>, String> {
     let p = cfg.pool.as_ref().ok_or("config: no [pool] section")?;
     ensure_port_free(p.listen, "[pool] listen").map_err(|e| e.to_string())?;
     let settings = Arc::new(PoolSettings::from_config(cfg)?);
@@ -282,11 +297,12 @@ pub fn start(cfg: &Config, io_memory: usize) -> Result<Vec<glommio::ExecutorJoin
     }
     directory::start_thread(cfg, settings.directory.senders.clone())?;
     tracing::info!(users = settings.core.users.len(), realm = %settings.core.realm, "pool directory loaded");
-    shard::start("pool", &p.cores, 4096, io_memory, move |shard: Shard<PoolMsg>| {
-        let settings = settings.clone();
-        async move { shell::run_core(shard, settings).await }
-    })
-    .map_err(|e| e.to_string())
+    Ok(settings)
+}
+
+/// One pool core, on an executor someone else started (see [`prepare`]).
+pub async fn run_core(shard: Shard<PoolMsg>, settings: Arc<PoolSettings>) {
+    shell::run_core(shard, settings).await
 }
 
 pub fn now_secs() -> u64 {

@@ -19,6 +19,7 @@ use super::core::{Action, Now, PoolCore};
 use super::{persist, PoolMsg, PoolSettings, PoolStats};
 use crate::net::conn::bump;
 use crate::net::listener::{listen, ListenSpec};
+use crate::net::local::{self, LocalIdentity, LocalSpec};
 use crate::net::{Conn, ConnId, ConnKind, ConnTable, Connector, Handler, NetStats, SendError, Undeliverable};
 use crate::shard::{self, Shard};
 use crate::sip::{Limits, Message};
@@ -47,7 +48,12 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
     let edges = s
         .edges
         .iter()
-        .map(|e| (e.addr, Rc::new(Connector::new(e.addr, &e.name, s.client_tls.clone(), s.handshake_timeout))))
+        .map(|e| {
+            // An edge co-located on this thread is reached in memory ([`crate::net::local`]), as the pool it admits.
+            let me = LocalIdentity { names: s.own_names.clone(), addr: s.core.listen };
+            let c = Connector::new(e.addr, &e.name, s.client_tls.clone(), s.handshake_timeout).local_as(me);
+            (e.addr, Rc::new(c))
+        })
         .collect();
     let stats = Arc::new(NetStats::default());
     let times = Arc::new(crate::net::conn::NetTimes::default());
@@ -183,9 +189,20 @@ pub(super) async fn run_core(shard: Shard<PoolMsg>, s: Arc<PoolSettings>) {
             std::process::exit(1);
         }
     };
+    // The edge co-located on this thread (if any) reaches the pool in memory.
+    let local = local::serve(
+        LocalSpec {
+            addr: s.core.listen,
+            kind: ConnKind::PeerIn,
+            admit_names: s.edges.iter().map(|e| e.name.clone()).collect(),
+            own_names: s.own_names.clone(),
+        },
+        pool.clone(),
+    );
     shard::drain_requested().await;
     // Stop accepting: dropping the task closes the listener.
     drop(listener);
+    drop(local);
     let done = shard::wait_until(Duration::from_secs(5), || pool.core.borrow().transactions_in_flight() == 0).await;
     tracing::info!(core = id, finished = done, "pool draining: closing connections");
     pool.step(PoolCore::on_drain);

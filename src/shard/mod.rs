@@ -163,6 +163,95 @@ where
     Ok(handles)
 }
 
+/// [`start`] for a role whose cores all run `run` with the same shared settings.
+pub fn start_role<M, S, F, Fut>(
+    name: &'static str,
+    cores: &[usize],
+    mesh_capacity: usize,
+    io_memory: usize,
+    settings: std::sync::Arc<S>,
+    run: F,
+) -> io::Result<Vec<glommio::ExecutorJoinHandle<()>>>
+where
+    M: Send + 'static,
+    S: Send + Sync + 'static,
+    F: Fn(Shard<M>, std::sync::Arc<S>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    start(name, cores, mesh_capacity, io_memory, move |shard| run(shard, settings.clone()))
+}
+
+/// Starts one executor per entry of `cores`, pinned to that CPU, each running two roles: `a`'s core and `b`'s
+/// core share the thread (co-located roles, e.g. the edge and the pool in one process), each role with its own
+/// mesh and body. Everything [`start`] guarantees holds for each role: a body returning before a drain, or a panic,
+/// ends the process. Roles on one thread can reach each other without a socket ([`crate::net::local`]).
+#[allow(clippy::too_many_arguments)]
+pub fn start_pair<A, B, FA, FB, FutA, FutB>(
+    names: (&'static str, &'static str),
+    cores: &[usize],
+    mesh_capacity: (usize, usize),
+    io_memory: usize,
+    body_a: FA,
+    body_b: FB,
+) -> io::Result<Vec<glommio::ExecutorJoinHandle<()>>>
+where
+    A: Send + 'static,
+    B: Send + 'static,
+    FA: Fn(Shard<A>) -> FutA + Send + Clone + 'static,
+    FB: Fn(Shard<B>) -> FutB + Send + Clone + 'static,
+    FutA: Future<Output = ()> + 'static,
+    FutB: Future<Output = ()> + 'static,
+{
+    watch::exit_on_panic();
+    // Two roles per executor, each beating on its own.
+    watch::expect_cores(2 * cores.len());
+    let (name_a, name_b) = names;
+    let mesh_a = MeshBuilder::<A, _>::full(cores.len(), mesh_capacity.0);
+    let mesh_b = MeshBuilder::<B, _>::full(cores.len(), mesh_capacity.1);
+    let mut handles = Vec::with_capacity(cores.len());
+    for &cpu in cores {
+        let (mesh_a, mesh_b) = (mesh_a.clone(), mesh_b.clone());
+        let (body_a, body_b) = (body_a.clone(), body_b.clone());
+        let count = cores.len();
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("{name_a}+{name_b}-{cpu}"))
+            .io_memory(io_memory)
+            .spawn(move || async move {
+                // Every executor joins the meshes in the same order, so none waits on another joining the other.
+                let joined = match mesh_a.join().await {
+                    Ok(a) => mesh_b.join().await.map(|b| (a, b)),
+                    Err(e) => Err(e),
+                };
+                let ((sa, ra), (sb, rb)) = match joined {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!("{name_a}+{name_b} on CPU {cpu}: could not join the meshes: {e}");
+                        watch::stopped(name_a, None);
+                        return;
+                    }
+                };
+                let (id_a, id_b) = (sa.peer_id(), sb.peer_id());
+                let alive_a = watch::core_started(name_a, id_a);
+                let alive_b = watch::core_started(name_b, id_b);
+                watch::name_thread(name_a, name_b, id_a);
+                // Each body sets up (its listeners offered on this thread) before its first await, and connections
+                // are made in tasks of their own: both roles serve before either's first connection looks.
+                let task_b = glommio::spawn_local(async move {
+                    body_b(Shard { id: id_b, count, senders: sb, receivers: rb }).await;
+                    drop(alive_b);
+                    watch::stopped(name_b, Some(id_b));
+                });
+                body_a(Shard { id: id_a, count, senders: sa, receivers: ra }).await;
+                drop(alive_a);
+                watch::stopped(name_a, Some(id_a));
+                task_b.await;
+            })
+            .map_err(|e| io::Error::other(format!("starting executor on CPU {cpu}: {e}")))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,17 @@ pub(super) fn core_started(role: &'static str, id: usize) -> CoreGuard {
     CoreGuard(beat)
 }
 
+/// An executor running two roles' cores ([`super::start_pair`]): the panic hook names both.
+pub(super) fn name_thread(a: &'static str, b: &'static str, id: usize) {
+    let both: &'static str = match (a, b) {
+        ("edge", "pool") => "edge+pool",
+        ("pool", "edge") => "pool+edge",
+        // Leaks one short string per executor thread started, once: names are static in the hook's table.
+        _ => Box::leak(format!("{a}+{b}").into_boxed_str()),
+    };
+    CORE.with(|c| c.set(Some((both, id))));
+}
+
 /// Marks its core stopped when the executor's body ends (normally or not).
 pub(super) struct CoreGuard(Arc<Beat>);
 

@@ -102,7 +102,8 @@ fn up_restarts_a_role_whose_core_died() {
         eprintln!("skipped: only debug builds can kill a core on purpose");
         return;
     }
-    let mut app = Appliance::start_with_args("core-death-up", &["--cores", "2"]);
+    // Two processes (the perimeter deployment), so that each role's death and restart can be told apart.
+    let mut app = Appliance::start_with_args("core-death-up", &["--cores", "2", "--perimeter"]);
     let mut ua = Ua::connect_ok(&app, "alice-before", None);
     ua.register_ok(&app, "alice");
 

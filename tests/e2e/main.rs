@@ -14,6 +14,7 @@ mod support_pg;
 mod apps_agents;
 mod archive;
 mod challenges;
+mod colocated;
 mod core_death;
 mod directory_ldap;
 mod edge_abuse;
