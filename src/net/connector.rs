@@ -442,7 +442,7 @@ fn presents(names: &[String], name: &str) -> bool {
         n.strip_prefix("*.")
             .is_some_and(|suffix| name.split_once('.').is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix)))
     };
-    names.iter().any(|n| n.eq_ignore_ascii_case(name) || wildcard(n))
+    super::identity::matches(names, name) || names.iter().any(|n| wildcard(n))
 }
 
 #[cfg(test)]

@@ -20,6 +20,11 @@ pub fn matches(identities: &[String], name: &str) -> bool {
     identities.iter().any(|i| i.eq_ignore_ascii_case(name))
 }
 
+/// Whether a mutual-TLS peer presenting `names` is admitted by a listener admitting `admitted` (one in common).
+pub fn admitted(names: &[String], admitted: &[String]) -> bool {
+    names.iter().any(|n| matches(admitted, n))
+}
+
 /// The SIP domain identities of an end-entity certificate, lowercased, in certificate order (RFC 5922 §7.1).
 pub fn of_certificate(der: &CertificateDer<'_>) -> Vec<String> {
     let Ok(cert) = webpki::EndEntityCert::try_from(der) else { return Vec::new() };

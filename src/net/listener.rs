@@ -189,7 +189,7 @@ async fn handshake_and_drive<H: Handler>(
     let chain = tls.get_ref().1.peer_certificates();
     let names = peer_dns_names(chain);
     if let Some(admit) = &spec.admit_names {
-        if !names.iter().any(|n| admit.iter().any(|a| a.eq_ignore_ascii_case(n))) {
+        if !super::identity::admitted(&names, admit) {
             bump(&handler.stats().peers_refused);
             tracing::warn!(%peer, ?names, admitted = ?admit, "peer certificate names not admitted: closing");
             return;

@@ -140,7 +140,7 @@ pub fn serve<H: Handler>(spec: LocalSpec, handler: Rc<H>) -> Served {
             handler.release(peer, spec.kind);
             Err(why)
         };
-        if !names.iter().any(|n| spec.admit_names.iter().any(|a| a.eq_ignore_ascii_case(n))) {
+        if !super::identity::admitted(names, &spec.admit_names) {
             return refused(format!("names {names:?} not admitted (admitted: {:?})", spec.admit_names));
         }
         let Some((kind, permit)) = handler.admit_peer(spec.kind, names, &[]) else {

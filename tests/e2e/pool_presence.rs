@@ -93,6 +93,29 @@ fn list_and_contact_of_different_members(pool: &Enterprise) -> (&'static str, &'
     pair
 }
 
+/// `friend` in `watcher`'s contact list: `friend` registers (pjsua) and publishes busy with `note`; `watcher`
+/// registers on a raw connection and subscribes to the list (Call-ID `tag`-n). The contact's agent, the raw
+/// connection, and what came first after the SUBSCRIBE (its answer or the first NOTIFY).
+fn watch_list<'a>(
+    pool: &'a Enterprise,
+    watcher: &str,
+    friend: &str,
+    note: &str,
+    tag: &str,
+) -> (Agent, Raw<'a>, Response) {
+    contacts(&pool.app, &["add", watcher, friend, "--name", "Friend"]);
+    let u = pool.app.user(friend);
+    let mut agent = Agent::spawn(&pool.app, friend, &u.alias, &u.password);
+    let ev = agent.register();
+    agent.check(ev.int("code") == Some(200), || format!("{friend} REGISTER: {ev}"));
+    agent.send(&format!(r#"{{"cmd":"publish","status":"busy","note":"{note}"}}"#));
+    let me = pool.app.user(watcher);
+    let mut raw = Raw::connect(&pool.app);
+    raw_register(&pool.app, &mut raw, &me.alias, &me.password);
+    let first = subscribe_list(&mut raw, &me, &format!("{tag}-{}", uniq()), 1, "Supported: eventlist\r\n");
+    (agent, raw, first)
+}
+
 #[test]
 fn pool_contact_list_follows_a_contact_of_another_member() {
     let pool = Enterprise::start("pool-rls", &["fe1", "fe2", "fe3"]);
@@ -100,18 +123,8 @@ fn pool_contact_list_follows_a_contact_of_another_member() {
     // A list owner and a contact whose owners differ (ownership is by rendezvous hash of the AOR).
     let (watcher, friend) = list_and_contact_of_different_members(&pool);
     let friend_aor = format!("{friend}@{d}");
-    contacts(&pool.app, &["add", watcher, friend, "--name", "Friend"]);
-    let u = pool.app.user(friend);
-    let mut agent = Agent::spawn(&pool.app, friend, &u.alias, &u.password);
-    let ev = agent.register();
-    agent.check(ev.int("code") == Some(200), || format!("{friend} REGISTER: {ev}"));
-    agent.send(r#"{"cmd":"publish","status":"busy","note":"Before the move"}"#);
-
-    let me = pool.app.user(watcher);
-    let mut raw = Raw::connect(&pool.app);
-    raw_register(&pool.app, &mut raw, &me.alias, &me.password);
+    let (mut agent, mut raw, first) = watch_list(&pool, watcher, friend, "Before the move", "pool-rls");
     let mut seen = Vec::new();
-    let first = subscribe_list(&mut raw, &me, &format!("pool-rls-{}", uniq()), 1, "Supported: eventlist\r\n");
     if first.status_line().starts_with("NOTIFY ") {
         raw.send_ok(ok_to(&first).as_bytes(), "200 to NOTIFY");
     } else {
@@ -167,18 +180,8 @@ fn pool_contact_list_outlives_its_own_front_end() {
     let d = pool.app.domain.clone();
     let (watcher, friend) = list_and_contact_of_different_members(&pool);
     let list_aor = format!("{watcher}+contacts@{d}");
-    contacts(&pool.app, &["add", watcher, friend, "--name", "Friend"]);
-    let u = pool.app.user(friend);
-    let mut agent = Agent::spawn(&pool.app, friend, &u.alias, &u.password);
-    let ev = agent.register();
-    agent.check(ev.int("code") == Some(200), || format!("{friend} REGISTER: {ev}"));
-    agent.send(r#"{"cmd":"publish","status":"busy","note":"Before the kill"}"#);
-
-    let me = pool.app.user(watcher);
-    let mut raw = Raw::connect(&pool.app);
-    raw_register(&pool.app, &mut raw, &me.alias, &me.password);
+    let (mut agent, mut raw, first) = watch_list(&pool, watcher, friend, "Before the kill", "pool-rls-own");
     let mut seen = Vec::new();
-    let first = subscribe_list(&mut raw, &me, &format!("pool-rls-own-{}", uniq()), 1, "Supported: eventlist\r\n");
     let mut dialog = None::<Dialog>;
     let mut follow = |n: &Response| match dialog.as_mut() {
         Some(dl) => dl.follow(n),
